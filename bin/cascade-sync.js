@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// The only place that touches the process: signals, exit codes. Everything else is main().
+import { fileURLToPath } from "node:url";
+
+let mod;
+try {
+  mod = await import("../dist/src/cli/main.js");
+} catch (err) {
+  if (err && err.code === "ERR_MODULE_NOT_FOUND") {
+    process.stderr.write("cascade-sync is not built: run `npm ci` (or `npm run build`) in the cascade-sync folder\n");
+    process.exit(2);
+  }
+  throw err;
+}
+const controller = new AbortController();
+let stopping = false;
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    controller.abort();
+  });
+}
+const code = await mod.main({
+  argv: process.argv.slice(2),
+  cwd: process.cwd(),
+  env: process.env,
+  stdout: process.stdout,
+  stderr: process.stderr,
+  clock: { now: () => Date.now() },
+  signal: controller.signal,
+  binPath: fileURLToPath(import.meta.url),
+  onNudge: (handler) => process.on("SIGUSR1", handler),
+});
+process.exit(code);

@@ -1,0 +1,155 @@
+import { commitWorktree, type CommittedPath } from "../src/git/commit.js";
+import { RefConflictError } from "../src/git/refs.js";
+import { stalled, transient } from "../src/errors.js";
+import type { Config } from "../src/config/types.js";
+import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
+import type { SandboxObservation } from "../src/worktree.js";
+
+/** What the sandbox looks like now. */
+export interface SandboxObserved {
+  checkedOut: string | null;
+  head: string | null;
+  observation: SandboxObservation;
+  full: boolean;
+}
+
+export type SandboxAction =
+  | { type: "commit"; paths: { path: string; deleted: boolean }[]; refresh: string[]; preview: string }
+  | { type: "refresh-index"; paths: string[] };
+
+/**
+ * sandbox -> branch: commits what changed in the working folder as one commit per batch. It
+ * looks only at the paths the watcher hinted (or the whole tree on a full scan) and compares them
+ * with the branch head, so its cost follows the change.
+ */
+export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
+  name: "sandbox",
+
+  async observe(ctx, desired) {
+    const checkedOut = await ctx.repo.currentBranch();
+    const head = await ctx.repo.branchHead(desired.sandbox.branch);
+    const empty: SandboxObservation = { changes: [], refresh: [], scanned: 0 };
+    if (checkedOut !== desired.sandbox.branch || !head) return { checkedOut, head, observation: empty, full: ctx.hints.full };
+    const paths = ctx.hints.full ? [""] : [...ctx.hints.paths];
+    const observation = paths.length ? await ctx.worktree.observe(await ctx.repo.commitTree(head), paths, await ctx.statCache()) : empty;
+    return { checkedOut, head, observation, full: ctx.hints.full };
+  },
+
+  plan(desired, o): Plan<SandboxAction> {
+    const branch = desired.sandbox.branch;
+    if (!o.head) {
+      return { actions: [], blocked: { reason: "BranchMissing", message: `branch ${branch} does not exist in the sandbox`, hint: "run `cascade-sync init` in the sandbox" } };
+    }
+    if (o.checkedOut !== branch) {
+      return {
+        actions: [],
+        blocked: {
+          reason: "WrongBranch",
+          message: `the sandbox has ${o.checkedOut ? `branch ${o.checkedOut}` : "a detached HEAD"} checked out; cascade-sync commits only to ${branch}`,
+          hint: `run \`git checkout ${branch}\` in the sandbox`,
+        },
+      };
+    }
+    const { changes, refresh } = o.observation;
+    if (changes.length) {
+      const paths = changes.map((c) => ({ path: c.path, deleted: !c.work }));
+      const preview = summarize(changes.map((c) => ({ path: c.path, ...(c.head ? { before: c.head } : {}), ...(c.work ? { after: { mode: c.work.mode, oid: c.work.oid } } : {}) }))).summary;
+      return { actions: [{ type: "commit", paths, refresh: refresh.map((r) => r.path), preview }] };
+    }
+    if (refresh.length) return { actions: [{ type: "refresh-index", paths: refresh.map((r) => r.path) }] };
+    return { actions: [] };
+  },
+
+  async apply(ctx, desired, plan, o): Promise<Result> {
+    if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
+    const action = plan.actions[0];
+    if (!action) return { summary: o.observation.scanned ? `no changes in ${o.observation.scanned} files` : "no changes" };
+    const who = await ctx.who();
+    try {
+      const outcome = await ctx.exclusive(() =>
+        commitWorktree(ctx.repo, {
+          branch: desired.sandbox.branch,
+          parent: o.head!,
+          paths: action.type === "commit" ? action.paths : [],
+          refresh: action.type === "commit" ? action.refresh : action.paths,
+          modeOf: (st, head) => ctx.worktree.modeOf(st, head),
+          headEntry: async (p) => {
+            const e = await ctx.worktree.headEntry(o.head ? await ctx.repo.commitTree(o.head) : "", p);
+            return e && !e.isTree ? { mode: e.mode, oid: e.oid } : undefined;
+          },
+          message: (paths) => commitMessage(desired, paths),
+          author: who,
+        }),
+      );
+      if (!outcome.commit) return { summary: action.type === "commit" ? "changes were undone before the commit" : `refreshed ${action.paths.length} index entries` };
+      const message = commitMessage(desired, outcome.paths).split("\n")[0]!;
+      ctx.state.lastCommit = { commit: outcome.commit, message, at: new Date(ctx.clock.now()).toISOString() };
+      ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: outcome.paths.length });
+      ctx.branchMoved();
+      return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}` };
+    } catch (err) {
+      if (err instanceof RefConflictError) {
+        // Someone (a native `git commit`) moved the branch meanwhile: look again at once.
+        throw transient("BranchMoved", `${desired.sandbox.branch} moved while committing; observing again`);
+      }
+      throw err;
+    }
+  },
+
+  describe(a) {
+    return a.type === "commit" ? `commit ${a.paths.length} path(s): ${a.preview}` : `refresh ${a.paths.length} index entries (content unchanged)`;
+  },
+};
+
+/** Builds the commit message from the config's template and the committed paths. */
+export function commitMessage(desired: Config, paths: CommittedPath[]): string {
+  const { summary, body } = summarize(paths);
+  const subject = desired.sandbox.commitMessage
+    .replaceAll("{summary}", summary)
+    .replaceAll("{count}", String(paths.length))
+    .replaceAll("{branch}", desired.sandbox.branch);
+  return `${subject}\n\n${body}\n`;
+}
+
+const MAX_SUBJECT_PATHS = 3;
+
+/**
+ * Describes a set of committed paths for people: counts by kind and the first few paths
+ * (`2 modified, 1 added (src/app.ts, README.md, docs/intro.md)`), and a body listing every path.
+ * A deletion and an addition of the same content are one rename.
+ */
+export function summarize(paths: CommittedPath[]): { summary: string; body: string } {
+  const added = paths.filter((p) => p.after && !p.before);
+  const deleted = paths.filter((p) => p.before && !p.after);
+  const modified = paths.filter((p) => p.before && p.after);
+  const renamed: { from: string; to: string }[] = [];
+  const addedByOid = new Map<string, CommittedPath[]>();
+  for (const a of added) addedByOid.set(a.after!.oid, [...(addedByOid.get(a.after!.oid) ?? []), a]);
+  const renamedAway = new Set<CommittedPath>();
+  for (const d of deleted) {
+    const to = addedByOid.get(d.before!.oid)?.shift();
+    if (to) {
+      renamed.push({ from: d.path, to: to.path });
+      renamedAway.add(d).add(to);
+    }
+  }
+  const plainAdded = added.filter((p) => !renamedAway.has(p));
+  const plainDeleted = deleted.filter((p) => !renamedAway.has(p));
+  const counts = [
+    [modified.length, "modified"],
+    [plainAdded.length, "added"],
+    [plainDeleted.length, "deleted"],
+    [renamed.length, "renamed"],
+  ].filter(([n]) => (n as number) > 0).map(([n, w]) => `${n} ${w}`);
+  const shown = [...modified.map((p) => p.path), ...plainAdded.map((p) => p.path), ...plainDeleted.map((p) => p.path), ...renamed.map((r) => r.to)];
+  const more = shown.length - MAX_SUBJECT_PATHS;
+  const list = shown.slice(0, MAX_SUBJECT_PATHS).join(", ") + (more > 0 ? `, +${more} more` : "");
+  const summary = counts.length ? `${counts.join(", ")} (${list})` : "no changes";
+  const body = [
+    ...modified.map((p) => `M ${p.path}`),
+    ...plainAdded.map((p) => `A ${p.path}`),
+    ...plainDeleted.map((p) => `D ${p.path}`),
+    ...renamed.map((r) => `R ${r.from} -> ${r.to}`),
+  ].join("\n");
+  return { summary, body };
+}

@@ -1,0 +1,278 @@
+import { resolve, dirname, join } from "node:path";
+import { spawn } from "node:child_process";
+import { openSync, closeSync } from "node:fs";
+import { CONFIG_FILE, formatProblem, loadConfig } from "../config/load.js";
+import type { Clock } from "../clock.js";
+import { Controller, type StatusSnapshot } from "../controller.js";
+import { CascadeError, toCascadeError } from "../errors.js";
+import { init } from "../init.js";
+import { Logger } from "../log.js";
+import { Redactor } from "../redact.js";
+import { Repo } from "../git/repo.js";
+import { isAlive, readLock, readRuntimeJson, runningController, runtimeDir, takeControllerLock } from "../runtime.js";
+import { parseArgs } from "./args.js";
+import { runDemo } from "./demo.js";
+import { formatStatus } from "./format.js";
+
+/** The world the CLI runs in, passed in so that tests run it in-process. */
+export interface MainArgs {
+  argv: string[];
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  stdout: { write(s: string): unknown; isTTY?: boolean };
+  stderr: { write(s: string): unknown };
+  clock: Clock;
+  /** Aborted on SIGTERM/SIGINT: long-running commands stop gracefully. */
+  signal: AbortSignal;
+  /** Path of the bin script, for `start --detach`. */
+  binPath?: string;
+  /** Asks a running controller to reconcile now (SIGUSR1 in production). */
+  onNudge?: (handler: () => void) => void;
+}
+
+const USAGE = `usage: cascade-sync <command> [options]
+
+commands:
+  init [DIR] [--remote URL]   make DIR (default .) a sandbox; idempotent
+  start [--detach]            run the controller (foreground unless --detach)
+  stop                        stop the controller gracefully (pending batch committed and pushed)
+  status [--json]             the pipeline at a glance
+  plan [--json]               what the controller would do now and why, changing nothing
+  validate                    check the config; every problem as file:line:col: path: message
+  reconcile                   one full pass, then exit
+  demo                        run on an embedded demo under the project folder (npm start)
+  health, approve, deploy-staging, deploy-production
+                              the promotion pipeline (not in this version yet)
+
+options:
+  --config PATH               the config file (default ./${CONFIG_FILE})
+`;
+
+/**
+ * Runs one cascade-sync command and returns its exit code: 0 success, 1 the command's check
+ * failed (invalid config, unhealthy, failed pass), 2 usage or a blocking error.
+ */
+export async function main(args: MainArgs): Promise<number> {
+  const out = (s: string) => args.stdout.write(s.endsWith("\n") ? s : `${s}\n`);
+  const err = (s: string) => args.stderr.write(s.endsWith("\n") ? s : `${s}\n`);
+  let parsed;
+  try {
+    parsed = parseArgs(args.argv);
+  } catch (e) {
+    err(`cascade-sync: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { command, positionals, flags } = parsed;
+  if (!command || flags.help || command === "help") {
+    out(USAGE);
+    return command || flags.help ? 0 : 2;
+  }
+  const configFile = resolve(args.cwd, typeof flags.config === "string" ? flags.config : CONFIG_FILE);
+  const redactor = new Redactor();
+  try {
+    switch (command) {
+      case "init": {
+        const report = await init({ dir: positionals[0] ?? ".", ...(typeof flags.remote === "string" ? { remote: flags.remote } : {}), cwd: args.cwd, env: args.env, now: () => args.clock.now() });
+        for (const l of report.lines) out(l);
+        if (report.changed) out(`next: cd ${positionals[0] ?? "."} && cascade-sync start`);
+        return 0;
+      }
+      case "validate": {
+        const loaded = await loadConfig(configFile, args.env);
+        const problems = loaded.ok ? loaded.warnings : loaded.problems;
+        for (const p of problems) (p.severity === "error" ? err : out)(formatProblem(p));
+        if (!loaded.ok) {
+          err(`${loaded.problems.filter((p) => p.severity === "error").length} problem(s) in ${configFile}`);
+          return 1;
+        }
+        out(`${configFile}: valid`);
+        return 0;
+      }
+      case "start":
+        return flags.detach ? await startDetached(args, configFile, out, err) : await startForeground(args, configFile, redactor, out);
+      case "stop":
+        return await stop(args, configFile, out, err);
+      case "status":
+        return await status(args, configFile, redactor, out, !!flags.json);
+      case "reconcile":
+        return await reconcileOnce(args, configFile, redactor, out, err);
+      case "plan":
+        return await plan(args, configFile, redactor, out, !!flags.json);
+      case "demo":
+        return await runDemo(args, out);
+      case "health":
+      case "approve":
+      case "deploy-staging":
+      case "deploy-production":
+        err(`cascade-sync ${command}: the promotion pipeline (gates, approvals, deploys, health) is not part of this version yet; this version syncs the sandbox with its remotes`);
+        return 2;
+      default:
+        err(`cascade-sync: unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (e) {
+    const ce = toCascadeError(e);
+    err(redactor.redact(`cascade-sync ${command}: ${ce.message}${ce.hint ? `\nhint: ${ce.hint}` : ""}`));
+    if (ce.reason === "InternalError" && e instanceof Error && e.stack) err(redactor.redact(e.stack));
+    return 2;
+  }
+}
+
+function makeLogger(args: MainArgs, redactor: Redactor, file: string | undefined, terminal: boolean): Logger {
+  return new Logger({ ...(terminal ? { terminal: args.stdout } : {}), ...(file ? { file } : {}) }, "info", redactor, args.clock);
+}
+
+async function openController(args: MainArgs, configFile: string, redactor: Redactor, terminal: boolean): Promise<Controller> {
+  const log = makeLogger(args, redactor, undefined, terminal);
+  const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log, redactor });
+  log.reconfigure(c.current.logging.file, c.current.logging.level);
+  return c;
+}
+
+async function startForeground(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void): Promise<number> {
+  const controller = await openController(args, configFile, redactor, true);
+  const repo = await Repo.open(controller.current.dir);
+  const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));
+  try {
+    if (lock.tookOver) out(`took over a stale lock left by pid ${lock.tookOver.pid} (no longer running)`);
+    out(`cascade-sync: watching ${controller.current.dir} (branch ${controller.current.sandbox.branch}, ${controller.current.remotes.length} remote(s)); Ctrl-C stops`);
+    args.onNudge?.(() => controller.requestFullScan());
+    await controller.start(args.signal, () => out("cascade-sync: ready"));
+    out("cascade-sync: stopped");
+    return 0;
+  } finally {
+    await lock.release();
+  }
+}
+
+async function startDetached(args: MainArgs, configFile: string, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  const loaded = await loadConfig(configFile, args.env);
+  if (!loaded.ok) {
+    for (const p of loaded.problems) err(formatProblem(p));
+    return 1;
+  }
+  const repo = await Repo.open(loaded.config.dir);
+  const running = await runningController(repo.gitdir);
+  if (running) {
+    err(`cascade-sync is already running for this sandbox (pid ${running.pid}, since ${running.startedAt})`);
+    return 2;
+  }
+  if (!args.binPath) throw new Error("start --detach needs the bin path");
+  const logFile = join(runtimeDir(repo.gitdir), "controller.out");
+  const fd = openSync(logFile, "a", 0o600);
+  const child = spawn(process.execPath, [args.binPath, "start", "--config", configFile], { cwd: args.cwd, env: args.env, detached: true, stdio: ["ignore", fd, fd] });
+  closeSync(fd);
+  child.unref();
+  const deadline = args.clock.now() + 60_000;
+  while (args.clock.now() < deadline) {
+    const lock = await readLock(repo.gitdir);
+    const st = await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json");
+    if (lock?.pid === child.pid && st !== undefined && st.pid === child.pid && st.running) {
+      out(`cascade-sync started in the background (pid ${child.pid}); log: ${loaded.config.logging.file}; stop with \`cascade-sync stop\``);
+      return 0;
+    }
+    if (child.exitCode !== null || !(await isChildAlive(child.pid))) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  err(`the controller did not come up; see ${logFile}`);
+  return 1;
+}
+
+async function isChildAlive(pid: number | undefined): Promise<boolean> {
+  return pid !== undefined && (await isAlive({ pid, startedAt: "" }));
+}
+
+async function stop(args: MainArgs, configFile: string, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  const repo = await Repo.open(dirname(configFile));
+  const running = await runningController(repo.gitdir);
+  if (!running) {
+    out("cascade-sync is not running for this sandbox");
+    return 0;
+  }
+  process.kill(running.pid, "SIGTERM");
+  out(`stopping cascade-sync (pid ${running.pid}): committing and pushing the pending batch...`);
+  const deadline = args.clock.now() + 120_000;
+  while (args.clock.now() < deadline) {
+    if (!(await isAlive(running))) {
+      out("stopped");
+      return 0;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  err(`pid ${running.pid} did not stop within 120s; it may still be pushing. Check \`cascade-sync status\`.`);
+  return 1;
+}
+
+async function status(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void, json: boolean): Promise<number> {
+  const repo = await Repo.open(dirname(configFile)).catch(() => undefined);
+  if (!repo) {
+    out(`${dirname(configFile)} is not a cascade-sync sandbox (no git repository); run \`cascade-sync init\``);
+    return 2;
+  }
+  const running = await runningController(repo.gitdir);
+  const loaded = await loadConfig(configFile, args.env);
+  let snap: StatusSnapshot | undefined = await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json");
+  if (!running && loaded.ok) {
+    // Not running: observe now, so that pending changes and heads are current.
+    const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log: makeLogger(args, redactor, undefined, false), redactor });
+    const pending = (await c.planAll()).find((p) => p.name === "sandbox");
+    snap = { ...(await c.snapshot(false)), ...(snap ? { remotes: mergeRemotes(snap, await c.snapshot(false)) } : {}) };
+    const action = pending?.plan?.actions[0] as { type: string; paths?: unknown[] } | undefined;
+    snap.sandbox.pendingPaths = action?.type === "commit" ? action.paths?.length ?? 0 : 0;
+  }
+  const report = {
+    running: !!running,
+    ...(running ? { pid: running.pid } : {}),
+    config: loaded.ok ? { valid: true, problems: [] as string[] } : { valid: false, problems: loaded.problems.map(formatProblem) },
+    snapshot: snap ? redactor.redactValue(snap) : null,
+  };
+  if (json) out(JSON.stringify(report, null, 2));
+  else out(formatStatus(report));
+  return 0;
+}
+
+function mergeRemotes(previous: StatusSnapshot, now: StatusSnapshot): StatusSnapshot["remotes"] {
+  return now.remotes.map((r) => ({ ...previous.remotes.find((p) => p.name === r.name), ...r }));
+}
+
+async function reconcileOnce(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  const controller = await openController(args, configFile, redactor, false);
+  const repo = await Repo.open(controller.current.dir);
+  const running = await runningController(repo.gitdir);
+  if (running) {
+    process.kill(running.pid, "SIGUSR1");
+    out(`asked the running controller (pid ${running.pid}) to reconcile now; see \`cascade-sync status\``);
+    return 0;
+  }
+  const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));
+  try {
+    const { ok, results } = await controller.runOnce();
+    for (const r of results) {
+      if (r.error) err(redactor.redact(`${r.name}: ${r.error.kind} ${r.error.reason}: ${r.error.message}${r.error.hint ? ` (hint: ${r.error.hint})` : ""}`));
+      else out(`${r.name}: ${r.summary ?? "ok"}`);
+    }
+    return ok ? 0 : 1;
+  } finally {
+    await lock.release();
+  }
+}
+
+async function plan(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void, json: boolean): Promise<number> {
+  const controller = await openController(args, configFile, redactor, false);
+  const plans = await controller.planAll();
+  if (json) {
+    out(JSON.stringify(redactor.redactValue(plans.map((p) => ({ name: p.name, actions: p.lines, blocked: p.plan?.blocked ?? null, error: p.error ? errorJson(p.error) : null }))), null, 2));
+    return 0;
+  }
+  for (const p of plans) {
+    if (p.error) out(redactor.redact(`${p.name}: cannot observe: ${p.error.message}${p.error.hint ? ` (hint: ${p.error.hint})` : ""}`));
+    else if (p.plan?.blocked) out(`${p.name}: blocked: ${p.plan.blocked.message}${p.plan.blocked.hint ? ` (hint: ${p.plan.blocked.hint})` : ""}`);
+    else if (!p.lines.length) out(`${p.name}: nothing to do`);
+    else for (const l of p.lines) out(`${p.name}: would ${l}`);
+  }
+  return 0;
+}
+
+function errorJson(e: CascadeError) {
+  return { kind: e.kind, reason: e.reason, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
+}

@@ -1,0 +1,204 @@
+import { readFile, stat } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { LineCounter, parseDocument } from "yaml";
+import { Ajv, type ErrorObject } from "ajv";
+import addFormatsModule from "ajv-formats";
+import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
+import type { CascadeSyncConfig } from "../generated/config.js";
+import { formatPath, SourcePositions } from "./positions.js";
+import { normalize } from "./normalize.js";
+import { semanticRules } from "./rules.js";
+import type { ConfigProblem, LoadResult } from "./types.js";
+import { nearest } from "../text.js";
+
+/** The config file's name in a sandbox. */
+export const CONFIG_FILE = "cascade-sync-config.yaml";
+/** A config larger than this is refused before parsing (it is hand-edited YAML, never this big). */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+const MAX_ALIASES = 100;
+const MAX_DEPTH = 32;
+
+const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
+let validator: ReturnType<Ajv["compile"]> | undefined;
+function validate(value: unknown): ErrorObject[] {
+  validator ??= addFormats(new Ajv({ allErrors: true, useDefaults: true, strict: false })).compile(configSchema);
+  return validator(value) ? [] : [...(validator.errors ?? [])];
+}
+
+/**
+ * Loads a config file through the whole pipeline: YAML with source positions, schema validation
+ * (every error, not the first), normalization (defaults, durations to ms, paths, ${VAR}s), then the
+ * semantic rules. Returns `{ ok: false, problems }` with every error found, never throws.
+ */
+export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<LoadResult> {
+  const abs = resolve(file);
+  try {
+    const st = await stat(abs);
+    if (st.size > MAX_CONFIG_BYTES) {
+      return fail(abs, `the file is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
+    }
+    return parseConfig(await readFile(abs, "utf8"), abs, env);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") {
+      return fail(abs, "no config file here", `run \`cascade-sync init\` in ${dirname(abs)}, or pass --config PATH`);
+    }
+    return fail(abs, `cannot read the config: ${(err as Error).message}`);
+  }
+}
+
+/** Runs the pipeline on config text; `file` names it in problems and anchors relative paths. */
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv): LoadResult {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const positions = new SourcePositions(doc, lines);
+  const problems: ConfigProblem[] = [];
+  const at = (path: (string | number)[], message: string, hint?: string, key?: string, severity: ConfigProblem["severity"] = "error") =>
+    problems.push({ severity, file, ...positions.at(path, key), path: formatPath(key ? [...path, key] : path), message, ...(hint ? { hint } : {}) });
+
+  for (const e of doc.errors) {
+    problems.push({ severity: "error", file, ...positions.pos(e.pos[0]), path: "", message: firstLine(e.message), hint: "fix the YAML syntax here" });
+  }
+  if (problems.length) return { ok: false, problems };
+
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: MAX_ALIASES });
+  } catch (err) {
+    return fail(file, `cannot expand the YAML: ${(err as Error).message}`, `use at most ${MAX_ALIASES} alias expansions`);
+  }
+  if (depth(raw) > MAX_DEPTH) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, "the config is never this deep; is this the right file?");
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    return fail(file, "the config must be a YAML mapping with at least `version: 1` and `sandbox:`", "see the example in the README");
+  }
+
+  const data = substituteVars(raw, env, [], (path, name) => {
+    // The default credential variables may stay unset: then no credentials are sent (public remotes).
+    if (OPTIONAL_VARS.has(name) && path[0] === "remotes") return;
+    at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
+  });
+
+  for (const e of validate(data)) {
+    const path = e.instancePath.split("/").slice(1).map(unescapePointer).map((p) => (/^\d+$/.test(p) ? Number(p) : p));
+    if (e.keyword === "additionalProperty" || e.keyword === "additionalProperties") {
+      const key = String((e.params as { additionalProperty: string }).additionalProperty);
+      const known = Object.keys(schemaAt(path)?.properties ?? {});
+      const guess = nearest(key, known);
+      at(path, `unknown key "${key}"`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : undefined, key);
+    } else if (e.keyword === "enum") {
+      at(path, `${e.message}: ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`);
+    } else if (e.keyword === "required") {
+      at(path, `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`);
+    } else if (e.schemaPath.includes("/oneOf/") || e.schemaPath.includes("/anyOf/")) {
+      continue; // A branch's detail; the oneOf error itself says what is wrong, once.
+    } else if (e.keyword === "oneOf") {
+      const node = schemaAt(path);
+      const branches = node?.oneOf ?? Object.values(node?.dependencies ?? {}).flatMap((d) => d.oneOf ?? []);
+      const options = [...new Set(branches.flatMap((s) => s.required ?? []))];
+      at(path, options.length ? `needs exactly one of: ${options.join(", ")}` : e.message ?? "is not valid");
+    } else {
+      at(path, e.message ?? "is not valid");
+    }
+  }
+  if (problems.some((p) => p.severity === "error")) return { ok: false, problems };
+
+  const config = normalize(data as CascadeSyncConfig, file, env);
+  for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
+  const errors = problems.filter((p) => p.severity === "error");
+  if (errors.length) return { ok: false, problems };
+  return { ok: true, config, warnings: problems };
+}
+
+/** Formats a problem as `file:line:col: path: message (hint)` for terminals, logs and status. */
+export function formatProblem(p: ConfigProblem): string {
+  const where = `${p.file}:${p.line}:${p.col}:`;
+  const what = p.path ? `${p.path}: ${p.message}` : p.message;
+  return `${where} ${p.severity === "warning" ? "warning: " : ""}${what}${p.hint ? ` (hint: ${p.hint})` : ""}`;
+}
+
+function fail(file: string, message: string, hint?: string): LoadResult {
+  return { ok: false, problems: [{ severity: "error", file, line: 1, col: 1, path: "", message, ...(hint ? { hint } : {}) }] };
+}
+
+/** Variables that the defaults use and that may be unset: then the remote gets no credentials. */
+const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
+
+const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+
+/**
+ * Replaces ${VAR} in every string with the environment's value. A variable the user wrote that is
+ * not set is reported through `missing`; defaults filled in later are substituted by normalize().
+ */
+function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], missing: (path: (string | number)[], name: string) => void): unknown {
+  if (typeof value === "string") {
+    return value.replace(VAR, (_, name: string) => {
+      const v = env[name];
+      if (v === undefined) missing(path, name);
+      return v ?? "";
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], missing));
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substituteVars(v, env, [...path, k], missing);
+    return out;
+  }
+  return value;
+}
+
+/** Substitutes ${VAR}s in a default value; an unset variable yields undefined (the default is optional). */
+export function expandDefault(value: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
+  if (value === undefined) return undefined;
+  let unset = false;
+  const out = value.replace(VAR, (_, name: string) => {
+    const v = env[name];
+    if (v === undefined || v === "") unset = true;
+    return v ?? "";
+  });
+  return unset || out === "" ? undefined : out;
+}
+
+type SchemaNode = {
+  properties?: Record<string, SchemaNode>;
+  items?: SchemaNode;
+  additionalProperties?: SchemaNode | boolean;
+  oneOf?: SchemaNode[];
+  dependencies?: Record<string, SchemaNode>;
+  required?: string[];
+  $ref?: string;
+  definitions?: Record<string, SchemaNode>;
+};
+
+/** The schema node that describes the value at `path` (following $refs), for hints. */
+function schemaAt(path: (string | number)[]): SchemaNode | undefined {
+  const root = configSchema as SchemaNode;
+  const deref = (n: SchemaNode | undefined): SchemaNode | undefined => {
+    if (n?.$ref?.startsWith("#/definitions/")) return deref(root.definitions?.[n.$ref.slice("#/definitions/".length)]);
+    return n;
+  };
+  let node = deref(root);
+  for (const p of path) {
+    if (!node) return undefined;
+    if (typeof p === "number") node = deref(node.items);
+    else node = deref(node.properties?.[p] ?? (typeof node.additionalProperties === "object" ? node.additionalProperties : undefined));
+  }
+  return node;
+}
+
+function unescapePointer(s: string): string {
+  return s.replace(/~1/g, "/").replace(/~0/g, "~");
+}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0] ?? s;
+}
+
+function depth(v: unknown, d = 0): number {
+  if (d > MAX_DEPTH) return d;
+  if (v && typeof v === "object") {
+    let max = d;
+    for (const c of Object.values(v)) max = Math.max(max, depth(c, d + 1));
+    return max;
+  }
+  return d;
+}

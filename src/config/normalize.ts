@@ -1,0 +1,138 @@
+import { homedir } from "node:os";
+import { dirname, isAbsolute, resolve } from "node:path";
+import type { CascadeSyncConfig } from "../generated/config.js";
+import { parseDuration, parseSize } from "../duration.js";
+import { expandDefault } from "./load.js";
+import type { Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
+import type { LogLevel } from "../log.js";
+
+/** A duration string the schema has already accepted, in ms. */
+function ms(text: string | undefined, fallback: string): number {
+  return parseDuration(text ?? fallback) ?? parseDuration(fallback)!;
+}
+
+/** Resolves `~` (from $HOME) and relative paths (against `base`). */
+export function resolvePath(p: string, base: string, env: NodeJS.ProcessEnv): string {
+  if (p === "~" || p.startsWith("~/")) return resolve(env.HOME || homedir(), p.slice(2));
+  return isAbsolute(p) ? p : resolve(base, p);
+}
+
+/** True when a remote URL is fetched over HTTP(S) rather than being a local path. */
+export function isHttpUrl(url: string): boolean {
+  return /^https?:\/\//i.test(url);
+}
+
+/**
+ * Turns a schema-valid config (defaults already filled by the validator) into the `Config` the
+ * controller runs on. Pure apart from reading `env`; never fails: the schema has already checked
+ * every shape, and the semantic rules check meaning afterwards.
+ */
+export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.ProcessEnv): Config {
+  const dir = dirname(file);
+  const secrets: string[] = [];
+  const remotes: RemoteSpec[] = (data.remotes ?? []).map((r) => {
+    const http = isHttpUrl(r.url);
+    const username = expandDefault(r.username, env);
+    const password = expandDefault(r.password, env);
+    secrets.push(...[username, password].filter((s): s is string => !!s));
+    return {
+      name: r.name,
+      url: http ? r.url : resolvePath(r.url, dir, env),
+      kind: http ? "http" : "local",
+      ...(username ? { username } : {}),
+      ...(password ? { password } : {}),
+    };
+  });
+
+  const environments: Record<string, EnvironmentSpec> = {};
+  for (const [name, e] of Object.entries(data.environments ?? {})) {
+    const promotion = e.promotion ?? "auto";
+    environments[name] = {
+      name,
+      branch: e.branch,
+      from: e.from,
+      promotion,
+      gates: (e.gates ?? []).map((g) => check(g, "10m") as GateSpec),
+      approvals: { required: e.approvals?.required ?? 1, signers: e.approvals?.signers ?? [] },
+      windows: (e.windows ?? []).map((w) => ({ kind: w.kind, schedule: w.schedule, durationMs: ms(w.duration, "1h"), timezone: w.timezone })),
+      ...(e.deploy
+        ? {
+            deploy: {
+              directory: resolvePath(e.deploy.directory, dir, env),
+              keep: e.deploy.keep ?? 5,
+              selfHeal: e.deploy.selfHeal ?? true,
+              hooks: { ...(e.deploy.hooks?.pre ? { pre: e.deploy.hooks.pre } : {}), ...(e.deploy.hooks?.post ? { post: e.deploy.hooks.post } : {}) },
+            },
+          }
+        : {}),
+      health: (e.health ?? []).map((h) => check(h, "5s") as HealthCheckSpec),
+      healthyAfter: e.healthyAfter ?? 3,
+      failureThreshold: e.failureThreshold ?? 3,
+      progressDeadlineMs: ms(e.progressDeadline, "5m"),
+      rollback: { automatic: e.rollback?.automatic ?? promotion === "approval" },
+    };
+  }
+
+  const webhooks = (data.notifications?.webhooks ?? []).map((w) => {
+    if (w.secret) secrets.push(w.secret);
+    return { url: w.url, ...(w.secret ? { secret: w.secret } : {}), ...(w.events ? { events: [...w.events] } : {}) };
+  });
+  const key = data.security?.key ? expandDefault(data.security.key, env) : undefined;
+  if (key) secrets.push(key);
+  if (data.server?.token) secrets.push(data.server.token);
+
+  return {
+    file,
+    dir,
+    version: 1,
+    sandbox: {
+      branch: data.sandbox.branch ?? "develop",
+      debounceMs: ms(data.sandbox.debounce, "3s"),
+      batchWindowMs: ms(data.sandbox.batchWindow, "10s"),
+      exclude: [...(data.sandbox.exclude ?? [])],
+      commitMessage: data.sandbox.commitMessage ?? "sync: {summary}",
+      ...(data.sandbox.author ? { author: { name: data.sandbox.author.name ?? "cascade-sync", email: data.sandbox.author.email ?? "cascade-sync@localhost" } } : {}),
+    },
+    remotes,
+    retry: {
+      initialMs: ms(data.retry?.initial, "1s"),
+      factor: data.retry?.factor ?? 2,
+      maxMs: ms(data.retry?.max, "5m"),
+      jitter: data.retry?.jitter ?? 0.2,
+    },
+    intervals: {
+      fetchMs: ms(data.intervals?.fetch, "30s"),
+      healthMs: ms(data.intervals?.health, "20s"),
+      rescanMs: ms(data.intervals?.rescan, "10m"),
+    },
+    environments,
+    notifications: { desktop: data.notifications?.desktop ?? true, webhooks },
+    logging: {
+      file: resolvePath(data.logging?.file ?? "~/.headyme/logs/cascade-sync.log", dir, env),
+      level: (data.logging?.level ?? "info") as LogLevel,
+    },
+    security: {
+      encrypt: [...(data.security?.encrypt ?? [])],
+      ...(key ? { key } : {}),
+      maxFileSizeBytes: parseSize(data.security?.maxFileSize ?? "50MB") ?? 50 * 1024 * 1024,
+      allow: [...(data.security?.allow ?? [])],
+    },
+    server: { listen: data.server?.listen ?? "", ...(data.server?.token ? { token: data.server.token } : {}) },
+    secrets,
+  };
+}
+
+type CheckInput = { name: string; command?: string; http?: { url: string; status?: number; body?: string }; builtin?: string; timeout?: string };
+
+function check(c: CheckInput, defaultTimeout: string): GateSpec | HealthCheckSpec {
+  const http: HttpCheckSpec | undefined = c.http
+    ? { url: c.http.url, status: c.http.status ?? 200, ...(c.http.body !== undefined ? { body: c.http.body } : {}) }
+    : undefined;
+  return {
+    name: c.name,
+    ...(c.command !== undefined ? { command: c.command } : {}),
+    ...(http ? { http } : {}),
+    ...(c.builtin ? { builtin: c.builtin as GateSpec["builtin"] } : {}),
+    timeoutMs: ms(c.timeout, defaultTimeout),
+  };
+}

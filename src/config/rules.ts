@@ -1,0 +1,90 @@
+import { CronExpressionParser } from "cron-parser";
+import { nearest } from "../text.js";
+import type { Config } from "./types.js";
+
+/** Reports a problem at a config path. */
+export type Report = (path: (string | number)[], message: string, hint?: string, severity?: "error" | "warning") => void;
+
+/** A semantic rule: checks meaning the schema cannot express, reporting every problem it finds. */
+export type Rule = (config: Config, report: Report) => void;
+
+const uniqueRemoteNames: Rule = (c, report) => {
+  const seen = new Set<string>();
+  c.remotes.forEach((r, i) => {
+    if (seen.has(r.name)) report(["remotes", i, "name"], `remote "${r.name}" is listed twice`, "give each remote its own name");
+    seen.add(r.name);
+  });
+};
+
+const knownFrom: Rule = (c, report) => {
+  const names = Object.keys(c.environments);
+  for (const env of Object.values(c.environments)) {
+    if (env.from === c.sandbox.branch || names.includes(env.from)) continue;
+    const guess = nearest(env.from, [...names, c.sandbox.branch]);
+    report(["environments", env.name, "from"], `unknown environment "${env.from}"`,
+      guess ? `did you mean "${guess}"?` : `use the sandbox branch "${c.sandbox.branch}" or one of: ${names.join(", ") || "(no environments)"}`);
+  }
+};
+
+const noCycles: Rule = (c, report) => {
+  for (const start of Object.values(c.environments)) {
+    const chain = [start.name];
+    let next = c.environments[start.from];
+    while (next) {
+      if (next.name === start.name) {
+        report(["environments", start.name, "from"], `environments form a cycle: ${[...chain, start.name].join(" <- ")}`,
+          `one environment must take its commits from the sandbox branch "${c.sandbox.branch}"`);
+        break;
+      }
+      if (chain.includes(next.name)) break; // A cycle further up; reported from its own members.
+      chain.push(next.name);
+      next = c.environments[next.from];
+    }
+  }
+};
+
+const distinctBranches: Rule = (c, report) => {
+  const owner = new Map<string, string>([[c.sandbox.branch, "the sandbox"]]);
+  for (const env of Object.values(c.environments)) {
+    const other = owner.get(env.branch);
+    if (other) report(["environments", env.name, "branch"], `branch "${env.branch}" is already used by ${other}`, "each environment needs a branch of its own");
+    else owner.set(env.branch, `environment "${env.name}"`);
+  }
+};
+
+const validWindows: Rule = (c, report) => {
+  for (const env of Object.values(c.environments)) {
+    env.windows.forEach((w, i) => {
+      try {
+        if (w.schedule.trim().split(/\s+/).length !== 5) throw new Error("expected 5 fields: minute hour day-of-month month day-of-week");
+        CronExpressionParser.parse(w.schedule, { tz: w.timezone });
+      } catch (err) {
+        report(["environments", env.name, "windows", i, "schedule"], `cron schedule "${w.schedule}" does not parse: ${(err as Error).message}`, 'e.g. "0 9 * * 1-5" for 09:00 on weekdays');
+      }
+      try {
+        new Intl.DateTimeFormat("en", { timeZone: w.timezone });
+      } catch {
+        report(["environments", env.name, "windows", i, "timezone"], `unknown time zone "${w.timezone}"`, 'use an IANA name such as "Europe/Berlin" or "UTC"');
+      }
+    });
+  }
+};
+
+const batchAfterDebounce: Rule = (c, report) => {
+  if (c.sandbox.batchWindowMs < c.sandbox.debounceMs) {
+    report(["sandbox", "batchWindow"], "batchWindow is shorter than debounce, so every batch is cut by the window", "make batchWindow at least as long as debounce", "warning");
+  }
+};
+
+const loopbackOrToken: Rule = (c, report) => {
+  const listen = c.server.listen;
+  if (!listen) return;
+  const host = listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
+  if (!loopback && !c.server.token) {
+    report(["server", "listen"], `listening on ${listen} without a token would expose the pipeline to the network`, "set server.token, or listen on 127.0.0.1");
+  }
+};
+
+/** Every semantic rule, run in order after normalization. */
+export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, loopbackOrToken];

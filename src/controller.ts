@@ -1,0 +1,508 @@
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { CONFIG_FILE, formatProblem, loadConfig } from "./config/load.js";
+import type { Config, ConfigProblem } from "./config/types.js";
+import { CascadeError, stalled, toCascadeError } from "./errors.js";
+import { Exclusions } from "./exclusions.js";
+import { readIndex } from "./git/index-file.js";
+import { Repo, type Person } from "./git/repo.js";
+import type { Clock } from "./clock.js";
+import type { Logger } from "./log.js";
+import { Notifier } from "./notify.js";
+import type { Redactor } from "./redact.js";
+import { reconcile, type Condition, type Plan, type ReconcileContext, type Reconciler, type Result, type SharedState } from "./reconcile.js";
+import { ensureRuntimeDir, writeRuntimeFile } from "./runtime.js";
+import { SandboxWatcher } from "./watcher.js";
+import { Worktree, type StatCache } from "./worktree.js";
+import { sandboxReconciler } from "../reconcilers/sandbox.js";
+import { remoteReconciler } from "../reconcilers/remote.js";
+
+/** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
+interface Slot {
+  r: Reconciler<any, any>;
+  nextRunAt: number | undefined;
+  failures: number;
+  running: boolean;
+  lastError?: { kind: string; reason: string; message: string; hint?: string; at: string };
+  lastSummary?: string;
+  lastSuccessAt?: string;
+  conditions: Condition[];
+}
+
+/** The controller's view, written to .git/cascade-sync/status.json and shown by `status`. */
+export interface StatusSnapshot {
+  version: 1;
+  pid: number;
+  running: boolean;
+  startedAt: string;
+  updatedAt: string;
+  sandbox: { dir: string; branch: string; head: string | null; pendingPaths: number; lastCommit?: SharedState["lastCommit"] };
+  config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
+  remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
+  reconcilers: { name: string; conditions: Condition[]; failures: number; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
+}
+
+export interface ControllerDeps {
+  configFile: string;
+  env: NodeJS.ProcessEnv;
+  clock: Clock;
+  log: Logger;
+  redactor: Redactor;
+  /** Network timeout for remotes. */
+  timeoutMs?: number;
+}
+
+const STALLED_PROBE_MS = 60_000;
+
+/**
+ * The long-running loop: observes the sandbox, the remotes and the config, and reconciles them
+ * toward the config. Watcher events, timers and config edits only wake reconcilers; each one
+ * re-observes. Failures back off per reconciler and never stop the others.
+ */
+export class Controller {
+  private slots = new Map<string, Slot>();
+  private hints = { paths: new Set<string>(), full: true };
+  private firstHintAt: number | undefined;
+  private lastHintAt: number | undefined;
+  private configDueAt: number | undefined;
+  private wakeUp: (() => void) | undefined;
+  private mutex: Promise<unknown> = Promise.resolve();
+  private statCacheKey = "";
+  private statCacheValue: StatCache | undefined;
+  private readonly state: SharedState = { pendingPaths: 0, remotes: {} };
+  private configProblems: ConfigProblem[] = [];
+  private configLastGoodAt: string;
+  private lastConfigDigest = "";
+  private readonly startedAt: string;
+  private watcher: SandboxWatcher | undefined;
+  private head: string | null = null;
+
+  private constructor(
+    private readonly deps: ControllerDeps,
+    private config: Config,
+    private readonly repo: Repo,
+    private exclusions: Exclusions,
+    private worktree: Worktree,
+    private readonly notifier: Notifier,
+    private readonly filemode: boolean,
+  ) {
+    this.startedAt = new Date(deps.clock.now()).toISOString();
+    this.configLastGoodAt = this.startedAt;
+    this.rebuildSlots();
+  }
+
+  /**
+   * Loads the config and opens the sandbox. Throws Stalled `ConfigInvalid` (with every problem in
+   * the message) when there is no valid config to start from, `NotASandbox` when the folder has no
+   * git repository.
+   */
+  static async open(deps: ControllerDeps): Promise<Controller> {
+    const loaded = await loadConfig(deps.configFile, deps.env);
+    if (!loaded.ok) {
+      throw stalled("ConfigInvalid", `the config is not valid:\n${loaded.problems.map(formatProblem).join("\n")}`, "fix the problems above, then run `cascade-sync validate`");
+    }
+    const config = loaded.config;
+    for (const w of loaded.warnings) deps.log.warn(formatProblem(w));
+    for (const s of config.secrets) deps.redactor.add(s);
+    const repo = await Repo.open(config.dir).catch(() => {
+      throw stalled("NotASandbox", `${config.dir} is not a git repository`, `run \`cascade-sync init ${config.dir}\``);
+    });
+    await ensureRuntimeDir(repo.gitdir);
+    const filemode = (await repo.getConfig("core.filemode")) !== "false";
+    const exclusions = await Exclusions.load(config.dir, config.sandbox.exclude);
+    await exclusions.writeInfoExclude(repo.gitdir);
+    const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
+    const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode);
+    c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
+    return c;
+  }
+
+  /** The config in force (the last valid one). */
+  get current(): Config {
+    return this.config;
+  }
+
+  /**
+   * Runs until `signal` aborts: watches the sandbox, runs a full scan first (edits made while
+   * stopped are committed), then reconciles on events and timers. On abort it commits the pending
+   * batch and pushes it if the remotes are reachable, then resolves.
+   */
+  async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
+    this.watcher = new SandboxWatcher(this.config.dir, () => this.exclusions, {
+      changed: (rel) => this.onPathChanged(rel),
+      missedEvents: (why) => {
+        this.deps.log.warn(`${why}; rescanning the whole sandbox`);
+        this.requestFullScan();
+      },
+    });
+    await this.watcher.start();
+    this.requestFullScan();
+    for (const slot of this.slots.values()) if (slot.r.name !== "sandbox") slot.nextRunAt = this.now();
+    const rescan = setInterval(() => this.requestFullScan(), this.config.intervals.rescanMs);
+    const onAbort = () => this.wakeUp?.();
+    signal.addEventListener("abort", onAbort);
+    let readySignalled = false;
+    try {
+      while (!signal.aborted) {
+        await this.runDue();
+        if (!readySignalled && !this.slots.get("sandbox")!.running && !this.hints.full) {
+          readySignalled = true;
+          onReady?.();
+        }
+        await this.sleepUntilDue(signal);
+      }
+    } finally {
+      clearInterval(rescan);
+      signal.removeEventListener("abort", onAbort);
+      await this.watcher.close();
+      await this.flush();
+    }
+  }
+
+  /** One full pass (the `reconcile` command): scan the whole sandbox, commit, fetch, merge, push. */
+  async runOnce(): Promise<{ ok: boolean; results: { name: string; summary?: string; error?: CascadeError }[] }> {
+    this.requestFullScan();
+    const results: { name: string; summary?: string; error?: CascadeError }[] = [];
+    for (const slot of this.orderedSlots()) results.push(await this.runSlot(slot));
+    // Remote commits merged in the first pass may leave edited paths to commit, and new commits to push.
+    if (this.hints.paths.size) {
+      for (const slot of this.orderedSlots()) results.push(await this.runSlot(slot));
+    }
+    await this.writeStatus(false);
+    return { ok: results.every((r) => !r.error), results };
+  }
+
+  /** Observes and plans every reconciler without applying anything (the `plan` command). */
+  async planAll(): Promise<{ name: string; plan?: Plan<unknown>; lines: string[]; error?: CascadeError }[]> {
+    this.requestFullScan();
+    const out: { name: string; plan?: Plan<unknown>; lines: string[]; error?: CascadeError }[] = [];
+    for (const slot of this.orderedSlots()) {
+      try {
+        const observed = await slot.r.observe(this.context(), this.config);
+        const plan = slot.r.plan(this.config, observed);
+        out.push({ name: slot.r.name, plan, lines: plan.actions.map((a) => slot.r.describe(a)) });
+      } catch (err) {
+        out.push({ name: slot.r.name, lines: [], error: toCascadeError(err) });
+      }
+    }
+    return out;
+  }
+
+  /** A hint from the watcher: `rel` may have changed. */
+  onPathChanged(rel: string): void {
+    if (rel === CONFIG_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
+    if (rel === ".gitignore" || rel.endsWith("/.gitignore")) {
+      this.exclusions.invalidate();
+      if (rel === ".gitignore") this.configDueAt = this.now() + this.config.sandbox.debounceMs;
+    }
+    this.addHint(rel);
+  }
+
+  /** Asks for a whole-tree scan in the next batch (start, periodic rescan, missed events). */
+  requestFullScan(): void {
+    this.hints.full = true;
+    this.addHint(undefined);
+  }
+
+  private addHint(rel: string | undefined): void {
+    const now = this.now();
+    if (rel !== undefined) this.hints.paths.add(rel);
+    this.firstHintAt ??= now;
+    this.lastHintAt = now;
+    this.state.pendingPaths = this.hints.paths.size;
+    const slot = this.slots.get("sandbox")!;
+    const { debounceMs, batchWindowMs } = this.config.sandbox;
+    const due = Math.min(this.lastHintAt + debounceMs, this.firstHintAt + batchWindowMs);
+    // A slot in backoff keeps its retry time unless the batch is due later than that.
+    slot.nextRunAt = slot.failures > 0 && slot.nextRunAt !== undefined ? Math.max(slot.nextRunAt, due) : due;
+    this.wakeUp?.();
+  }
+
+  private orderedSlots(): Slot[] {
+    return [...this.slots.values()].sort((a, b) => (a.r.name === "sandbox" ? -1 : b.r.name === "sandbox" ? 1 : 0));
+  }
+
+  private async runDue(): Promise<void> {
+    try {
+      if (this.configDueAt !== undefined && this.configDueAt <= this.now()) {
+        this.configDueAt = undefined;
+        await this.reloadConfig();
+      }
+      const due = (s: Slot) => !s.running && s.nextRunAt !== undefined && s.nextRunAt <= this.now();
+      const sandbox = this.slots.get("sandbox")!;
+      if (due(sandbox)) await this.runSlot(sandbox);
+      await Promise.all([...this.slots.values()].filter((s) => s !== sandbox && due(s)).map((s) => this.runSlot(s)));
+    } finally {
+      await this.writeStatus(true).catch((err) => this.deps.log.warn(`cannot write status: ${(err as Error).message}`));
+    }
+  }
+
+  private async runSlot(slot: Slot): Promise<{ name: string; summary?: string; error?: CascadeError }> {
+    const isSandbox = slot.r.name === "sandbox";
+    const taken = isSandbox ? this.takeHints() : undefined;
+    slot.running = true;
+    slot.nextRunAt = undefined;
+    const ctx = this.context(taken);
+    try {
+      const observed = await slot.r.observe(ctx, this.config);
+      const result: Result = await reconcile(slot.r, ctx, this.config, observed);
+      this.succeeded(slot, result);
+      return { name: slot.r.name, ...(result.summary ? { summary: result.summary } : {}) };
+    } catch (err) {
+      const e = toCascadeError(err);
+      if (taken) this.returnHints(taken);
+      await this.failed(slot, e, err);
+      return { name: slot.r.name, error: e };
+    } finally {
+      slot.running = false;
+    }
+  }
+
+  private succeeded(slot: Slot, result: Result): void {
+    if (slot.failures > 0 && slot.r.name.startsWith("remote:")) {
+      this.deps.log.info(`${slot.r.name} recovered`);
+      this.notifier.reset("push-failing", slot.r.name);
+    }
+    slot.failures = 0;
+    delete slot.lastError;
+    slot.lastSummary = result.summary;
+    slot.lastSuccessAt = new Date(this.now()).toISOString();
+    slot.conditions = [{ type: "Ready", status: true, reason: "Succeeded", message: result.summary ?? "reconciled" }];
+    if (result.requeueAfterMs !== undefined) slot.nextRunAt = this.earliest(slot.nextRunAt, this.now() + result.requeueAfterMs);
+    if (slot.r.name === "sandbox" && this.hints.paths.size === 0 && !this.hints.full) {
+      this.firstHintAt = undefined;
+      this.lastHintAt = undefined;
+    }
+  }
+
+  private async failed(slot: Slot, e: CascadeError, raw: unknown): Promise<void> {
+    slot.failures++;
+    const at = new Date(this.now()).toISOString();
+    slot.lastError = { kind: e.kind, reason: e.reason, message: this.deps.redactor.redact(e.message), ...(e.hint ? { hint: e.hint } : {}), at };
+    let delay: number;
+    if (e.kind === "Waiting") delay = e.retryAfterMs ?? this.config.retry.initialMs;
+    else if (e.kind === "Stalled") delay = Math.max(this.config.retry.maxMs, STALLED_PROBE_MS);
+    else delay = this.backoff(slot.failures);
+    slot.nextRunAt = this.now() + delay;
+    slot.conditions = [
+      { type: "Ready", status: false, reason: e.reason, message: slot.lastError.message, ...(e.hint ? { hint: e.hint } : {}) },
+      ...(e.kind === "Stalled" ? [{ type: "Stalled" as const, status: true, reason: e.reason, message: slot.lastError.message, ...(e.hint ? { hint: e.hint } : {}) }] : []),
+    ];
+    const level = e.kind === "Stalled" ? "error" : "warn";
+    this.deps.log[level](`${slot.r.name}: ${e.message}${e.hint ? ` (hint: ${e.hint})` : ""}; ${e.kind === "Stalled" ? "a person must act" : "retrying"} in ${Math.round(delay / 1000)}s`,
+      { reconciler: slot.r.name, reason: e.reason, kind: e.kind, failures: slot.failures, ...(e.reason === "InternalError" ? { stack: (raw as Error)?.stack } : {}) });
+    if (slot.r.name.startsWith("remote:") && (e.kind === "Stalled" || slot.failures >= 3)) {
+      await this.notifier.notify({ event: "push-failing", key: slot.r.name, message: `${slot.r.name}: ${e.message}`, details: { reason: e.reason } });
+    }
+  }
+
+  /** Exponential backoff from `retry`, with jitter so that many sandboxes do not retry in step. */
+  private backoff(failures: number): number {
+    const { initialMs, factor, maxMs, jitter } = this.config.retry;
+    const base = Math.min(maxMs, initialMs * factor ** Math.max(0, failures - 1));
+    return Math.round(base * (1 - jitter + 2 * jitter * Math.random()));
+  }
+
+  private takeHints(): { paths: Set<string>; full: boolean } {
+    const taken = this.hints;
+    this.hints = { paths: new Set(), full: false };
+    this.firstHintAt = undefined;
+    this.lastHintAt = undefined;
+    this.state.pendingPaths = 0;
+    return taken;
+  }
+
+  /** Puts hints of a failed batch back, so that nothing is lost. */
+  private returnHints(taken: { paths: Set<string>; full: boolean }): void {
+    for (const p of taken.paths) this.hints.paths.add(p);
+    this.hints.full ||= taken.full;
+    this.state.pendingPaths = this.hints.paths.size;
+    this.firstHintAt ??= this.now();
+  }
+
+  private context(hints = this.hints): ReconcileContext {
+    return {
+      repo: this.repo,
+      worktree: this.worktree,
+      exclusions: this.exclusions,
+      log: this.deps.log,
+      notifier: this.notifier,
+      clock: this.deps.clock,
+      state: this.state,
+      hints,
+      hint: (p) => this.addHint(p),
+      exclusive: (fn) => this.exclusive(fn),
+      statCache: () => this.statCache(),
+      who: () => this.who(),
+      branchMoved: () => {
+        for (const s of this.slots.values()) {
+          if (s.r.name.startsWith("remote:") && s.failures === 0) s.nextRunAt = this.now();
+        }
+        this.wakeUp?.();
+      },
+      timeoutMs: this.deps.timeoutMs ?? 60_000,
+    };
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.mutex.then(fn, fn);
+    this.mutex = run.catch(() => undefined);
+    return run;
+  }
+
+  private async statCache(): Promise<StatCache> {
+    const file = join(this.repo.gitdir, "index");
+    const st = await stat(file, { bigint: true }).catch(() => null);
+    const key = st ? `${st.mtimeNs}:${st.size}:${st.ino}` : "none";
+    if (key !== this.statCacheKey || !this.statCacheValue) {
+      const index = await readIndex(this.repo.gitdir);
+      this.statCacheValue = {
+        entries: index.entries,
+        mtime: st ? { sec: Number(st.mtimeNs / 1_000_000_000n), nsec: Number(st.mtimeNs % 1_000_000_000n) } : { sec: 0, nsec: 0 },
+      };
+      this.statCacheKey = key;
+    }
+    return this.statCacheValue;
+  }
+
+  private async who(): Promise<Person> {
+    const name = this.config.sandbox.author?.name ?? (await this.repo.getConfig("user.name")) ?? "cascade-sync";
+    const email = this.config.sandbox.author?.email ?? (await this.repo.getConfig("user.email")) ?? "cascade-sync@localhost";
+    const now = this.now();
+    return { name, email, timestamp: Math.floor(now / 1000), timezoneOffset: new Date(now).getTimezoneOffset() };
+  }
+
+  /**
+   * Re-reads the config after an edit. A valid one takes effect at once (exclusions, remotes,
+   * logging, notifications); an invalid one is reported and the last good config stays in force.
+   */
+  private async reloadConfig(): Promise<void> {
+    const text = await readFile(this.config.file, "utf8").catch(() => "");
+    const d = digest(text);
+    const loaded = await loadConfig(this.config.file, this.deps.env);
+    if (!loaded.ok) {
+      this.configProblems = loaded.problems;
+      const lines = loaded.problems.map(formatProblem);
+      this.deps.log.error(`config edit is not valid; the last good config stays in force:\n${lines.join("\n")}`);
+      await this.notifier.notify({ event: "config-invalid", key: d, message: `config edit is not valid (last good config kept): ${lines[0] ?? ""}`, details: { problems: lines } });
+      return;
+    }
+    const wasInvalid = this.configProblems.length > 0;
+    this.configProblems = [];
+    if (d === this.lastConfigDigest && !wasInvalid) return;
+    this.lastConfigDigest = d;
+    const old = this.config;
+    const config = loaded.config;
+    for (const s of config.secrets) this.deps.redactor.add(s);
+    this.config = config;
+    this.configLastGoodAt = new Date(this.now()).toISOString();
+    this.deps.log.reconfigure(config.logging.file, config.logging.level);
+    this.notifier.reconfigure(config.notifications);
+    this.exclusions = await Exclusions.load(config.dir, config.sandbox.exclude);
+    await this.exclusions.writeInfoExclude(this.repo.gitdir);
+    this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
+    this.rebuildSlots();
+    for (const s of this.slots.values()) if (s.r.name.startsWith("remote:")) s.nextRunAt = this.now();
+    this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
+    if (JSON.stringify(old.sandbox.exclude) !== JSON.stringify(config.sandbox.exclude)) this.requestFullScan();
+  }
+
+  /** Keeps slots for reconcilers that stay, adds new remotes, drops removed ones. */
+  private rebuildSlots(): void {
+    const wanted: Reconciler<any, any>[] = [sandboxReconciler, ...this.config.remotes.map((r) => remoteReconciler(r.name))];
+    const next = new Map<string, Slot>();
+    for (const r of wanted) {
+      const old = this.slots.get(r.name);
+      next.set(r.name, old ? { ...old, r } : { r, nextRunAt: undefined, failures: 0, running: false, conditions: [] });
+    }
+    this.slots = next;
+  }
+
+  private async sleepUntilDue(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return;
+    const times = [...this.slots.values()].map((s) => (s.running ? undefined : s.nextRunAt)).filter((t): t is number => t !== undefined);
+    if (this.configDueAt !== undefined) times.push(this.configDueAt);
+    const wait = times.length ? Math.max(0, Math.min(...times) - this.now()) : 60_000;
+    if (wait === 0) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, Math.min(wait, 60_000));
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeUp = done;
+    });
+    this.wakeUp = undefined;
+  }
+
+  /** On stop: commit what is pending and push it if the remotes answer, within a bounded time. */
+  private async flush(): Promise<void> {
+    const sandbox = this.slots.get("sandbox")!;
+    if (this.hints.paths.size || this.hints.full) {
+      this.deps.log.info("stopping: committing the pending batch");
+      await this.runSlot(sandbox);
+    }
+    const remotes = [...this.slots.values()].filter((s) => s.r.name.startsWith("remote:"));
+    if (remotes.length) {
+      this.deps.log.info("stopping: pushing to the remotes that answer");
+      const previous = this.deps.timeoutMs;
+      (this.deps as { timeoutMs?: number }).timeoutMs = Math.min(previous ?? 60_000, 10_000);
+      await Promise.all(remotes.map((s) => this.runSlot(s)));
+      (this.deps as { timeoutMs?: number }).timeoutMs = previous;
+    }
+    await this.writeStatus(false);
+  }
+
+  /** The status snapshot (also written to status.json). */
+  async snapshot(running: boolean): Promise<StatusSnapshot> {
+    this.head = await this.repo.branchHead(this.config.sandbox.branch).catch(() => this.head);
+    const slots = [...this.slots.values()];
+    return {
+      version: 1,
+      pid: process.pid,
+      running,
+      startedAt: this.startedAt,
+      updatedAt: new Date(this.now()).toISOString(),
+      sandbox: {
+        dir: this.config.dir,
+        branch: this.config.sandbox.branch,
+        head: this.head,
+        pendingPaths: this.hints.paths.size,
+        ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
+      },
+      config: { file: this.config.file, valid: this.configProblems.length === 0, problems: this.configProblems.map(formatProblem), lastGoodAt: this.configLastGoodAt },
+      remotes: this.config.remotes.map((r) => {
+        const s = this.slots.get(`remote:${r.name}`);
+        return { name: r.name, url: this.deps.redactor.redact(r.url), ...this.state.remotes[r.name], ...(s?.lastError ? { error: s.lastError } : {}) };
+      }),
+      reconcilers: slots.map((s) => ({
+        name: s.r.name,
+        conditions: s.conditions,
+        failures: s.failures,
+        ...(s.nextRunAt !== undefined ? { nextRunAt: new Date(s.nextRunAt).toISOString() } : {}),
+        ...(s.lastError ? { lastError: s.lastError } : {}),
+        ...(s.lastSummary ? { lastSummary: s.lastSummary } : {}),
+        ...(s.lastSuccessAt ? { lastSuccessAt: s.lastSuccessAt } : {}),
+      })),
+    };
+  }
+
+  private async writeStatus(running: boolean): Promise<void> {
+    const snap = this.deps.redactor.redactValue(await this.snapshot(running));
+    await writeRuntimeFile(this.repo.gitdir, "status.json", JSON.stringify(snap, null, 2));
+  }
+
+  private now(): number {
+    return this.deps.clock.now();
+  }
+
+  private earliest(a: number | undefined, b: number): number {
+    return a === undefined ? b : Math.min(a, b);
+  }
+}
+
+function digest(text: string): string {
+  return createHash("sha256").update(text).digest("hex").slice(0, 16);
+}

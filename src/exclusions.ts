@@ -1,0 +1,102 @@
+import { readFile, writeFile, mkdir } from "node:fs/promises";
+import { dirname, join, posix } from "node:path";
+import ignoreModule from "ignore";
+
+type Ignore = { add(p: string | string[]): Ignore; ignores(p: string): boolean };
+const ignore = ignoreModule as unknown as () => Ignore;
+
+/** Paths the controller never syncs nor watches, whatever the config says: git's own and ours. */
+export function isInternalPath(rel: string): boolean {
+  const parts = rel.split("/");
+  const base = parts[parts.length - 1] ?? "";
+  return parts.some((part) => part.toLowerCase() === ".git") || (base.startsWith(".cascade-sync-") && base.endsWith(".tmp"));
+}
+
+const MANAGED_BEGIN = "# BEGIN cascade-sync exclusions (managed by cascade-sync; edit sandbox.exclude instead)";
+const MANAGED_END = "# END cascade-sync exclusions";
+
+/**
+ * Decides which sandbox paths are synced: the config's `sandbox.exclude` patterns plus every
+ * .gitignore in the tree (each applying below its own folder, as in git), with gitignore semantics.
+ * Nested .gitignore files are read on first use and cached until `invalidate()`.
+ */
+export class Exclusions {
+  private readonly root: Ignore;
+  private readonly nested = new Map<string, Ignore | null>();
+
+  private constructor(
+    private readonly dir: string,
+    readonly patterns: string[],
+    rootGitignore: string,
+  ) {
+    this.root = ignore().add(patterns).add(rootGitignore);
+  }
+
+  /** Loads the exclusions of the sandbox at `dir` with the config's patterns. */
+  static async load(dir: string, patterns: string[]): Promise<Exclusions> {
+    return new Exclusions(dir, patterns, await readOptional(join(dir, ".gitignore")));
+  }
+
+  /** True when `rel` (posix, relative to the sandbox) is not synced; `isDir` for folders. */
+  async isExcluded(rel: string, isDir = false): Promise<boolean> {
+    if (isInternalPath(rel)) return true;
+    const probe = isDir ? `${rel}/` : rel;
+    if (this.root.ignores(probe)) return true;
+    const parts = rel.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const base = parts.slice(0, i).join("/");
+      const rules = await this.nestedRules(base);
+      if (rules?.ignores(posix.relative(base, rel) + (isDir ? "/" : ""))) return true;
+    }
+    return false;
+  }
+
+  /**
+   * A synchronous first cut for the watcher: internal paths and the top-level rules only. It never
+   * excludes more than isExcluded(), so nothing is missed; observation applies the full rules.
+   */
+  quickExcluded(rel: string, isDir = false): boolean {
+    return isInternalPath(rel) || (rel !== "" && this.root.ignores(isDir ? `${rel}/` : rel));
+  }
+
+  /** Forgets cached .gitignore files (call when one changed). */
+  invalidate(): void {
+    this.nested.clear();
+  }
+
+  private async nestedRules(base: string): Promise<Ignore | null> {
+    if (!this.nested.has(base)) {
+      const text = await readOptional(join(this.dir, base, ".gitignore"));
+      this.nested.set(base, text ? ignore().add(text) : null);
+    }
+    return this.nested.get(base) ?? null;
+  }
+
+  /**
+   * Writes the config's patterns into .git/info/exclude inside a managed block, so that native
+   * `git status` agrees with the controller. Lines outside the block are the user's and are kept.
+   * Returns true when the file changed.
+   */
+  async writeInfoExclude(gitdir: string): Promise<boolean> {
+    const file = join(gitdir, "info", "exclude");
+    const old = await readOptional(file);
+    const block = [MANAGED_BEGIN, ...this.patterns, MANAGED_END].join("\n");
+    const start = old.indexOf(MANAGED_BEGIN);
+    const end = old.indexOf(MANAGED_END);
+    const next = start >= 0 && end > start
+      ? old.slice(0, start) + block + old.slice(end + MANAGED_END.length)
+      : `${old}${old && !old.endsWith("\n") ? "\n" : ""}${block}\n`;
+    if (next === old) return false;
+    await mkdir(dirname(file), { recursive: true });
+    await writeFile(file, next);
+    return true;
+  }
+}
+
+async function readOptional(file: string): Promise<string> {
+  try {
+    return await readFile(file, "utf8");
+  } catch {
+    return "";
+  }
+}

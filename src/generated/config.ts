@@ -1,0 +1,394 @@
+/* DO NOT EDIT. Generated from schema/cascade-sync-config.schema.json by scripts/gen-types.mjs; run `npm run gen` after editing the schema. */
+
+/**
+ * Name of an event that can be notified.
+ */
+export type NotificationEvent =
+  | "approval-needed"
+  | "promoted"
+  | "gate-failed"
+  | "health-degraded"
+  | "health-recovered"
+  | "rolled-back"
+  | "config-invalid"
+  | "push-failing"
+  | "drift-detected"
+  | "secret-found";
+
+/**
+ * The desired state of one cascade-sync sandbox, read from cascade-sync-config.yaml. Only version and sandbox are required; a file without environments only commits and pushes the sandbox.
+ */
+export interface CascadeSyncConfig {
+  /**
+   * Version of this file's format. Only 1 exists today; it lets a later release read old files correctly.
+   */
+  version: 1;
+  sandbox: Sandbox;
+  /**
+   * Git remotes that the sandbox branch and the environment branches are pushed to and fetched from. An empty list keeps everything local.
+   */
+  remotes?: Remote[];
+  retry?: Retry;
+  intervals?: Intervals;
+  environments?: Environments;
+  notifications?: Notifications;
+  logging?: Logging;
+  security?: Security;
+  server?: Server;
+}
+/**
+ * How the working folder is committed: which branch, how changes are batched, what is left out and how commits are written. Every field is optional.
+ */
+export interface Sandbox {
+  /**
+   * Branch that receives the sandbox commits and is pushed to every remote.
+   */
+  branch?: string;
+  /**
+   * Quiet time after the last change before a batch is committed.
+   */
+  debounce?: string;
+  /**
+   * A burst of changes is committed at the latest this long after its first change, even if files keep changing.
+   */
+  batchWindow?: string;
+  /**
+   * Gitignore-style patterns that are never committed. They apply in addition to the repository's .gitignore; setting this list replaces these defaults, so repeat the ones you want to keep.
+   */
+  exclude?: string[];
+  /**
+   * Message of each sandbox commit. {summary} becomes a short list of what changed, {count} the number of changed files and {branch} the sandbox branch.
+   */
+  commitMessage?: string;
+  author?: Author;
+}
+/**
+ * Author and committer of sandbox commits. When absent, the repository's git user.name and user.email are used.
+ */
+export interface Author {
+  /**
+   * Name written into sandbox commits.
+   */
+  name?: string;
+  /**
+   * Email address written into sandbox commits.
+   */
+  email?: string;
+}
+/**
+ * A git remote reached over HTTP(S) or through a local path.
+ */
+export interface Remote {
+  /**
+   * Name of the remote, such as origin. Letters, digits, dots, underscores and dashes.
+   */
+  name: string;
+  /**
+   * An http:// or https:// URL, or the path of a local bare repository. ssh:// and git:// remotes are not supported.
+   */
+  url: string;
+  /**
+   * User name for HTTP authentication. ${VAR} reads the environment variable VAR when the controller starts, and the value is never written to logs or status. With the default, no credentials are sent while CASCADE_CLIENT_ID is unset.
+   */
+  username?: string;
+  /**
+   * Password or access token for HTTP authentication. ${VAR} reads the environment variable VAR when the controller starts, and the value is never written to logs or status. With the default, no credentials are sent while CASCADE_CLIENT_SECRET is unset.
+   */
+  password?: string;
+}
+/**
+ * Backoff for transient failures such as an unreachable remote or a held lock. The wait starts at initial, is multiplied by factor after each failure up to max, and resets after a success.
+ */
+export interface Retry {
+  /**
+   * Wait before the first retry.
+   */
+  initial?: string;
+  /**
+   * Multiplier applied to the wait after each further failure.
+   */
+  factor?: number;
+  /**
+   * Longest wait between two retries.
+   */
+  max?: string;
+  /**
+   * Random spread applied to each wait, as a fraction of it: 0.2 means up to 20% shorter or longer, so several controllers do not retry in step.
+   */
+  jitter?: number;
+}
+/**
+ * How often the controller looks again on its own, without any event telling it to.
+ */
+export interface Intervals {
+  /**
+   * How often the remotes are fetched to notice commits pushed by others.
+   */
+  fetch?: string;
+  /**
+   * How often every environment's health checks run.
+   */
+  health?: string;
+  /**
+   * How often the whole sandbox is rescanned to catch changes the file watcher missed.
+   */
+  rescan?: string;
+}
+/**
+ * The stages after the sandbox, keyed by environment name (lowercase letters, digits and dashes, starting with a letter). Without environments cascade-sync only commits and pushes the sandbox.
+ */
+export interface Environments {
+  [k: string]: Environment;
+}
+/**
+ * One stage of the pipeline: a branch that is moved to candidate commits once they pass gates, windows and approvals, and optionally a deploy directory whose health is watched.
+ */
+export interface Environment {
+  /**
+   * Branch that holds what this environment runs. Promotion fast-forwards it to the candidate commit.
+   */
+  branch: string;
+  /**
+   * Where candidate commits come from: the name of another environment, whose healthy commit is the candidate, or a branch name such as develop. An environment name wins over a branch of the same name.
+   */
+  from: string;
+  /**
+   * auto promotes as soon as the gates pass and a window allows it; approval also waits for signed approvals of that exact commit in cascade-sync-state.yaml.
+   */
+  promotion?: "auto" | "approval";
+  /**
+   * Checks that must all pass on the candidate commit before promotion. They run in a clean export of that commit, never in the sandbox.
+   */
+  gates?: Gate[];
+  approvals?: Approvals;
+  /**
+   * When promotion may happen. With no windows it may happen at any time; with allow windows only while one is open; a deny window blocks it while open, even inside an allow window.
+   */
+  windows?: Window[];
+  deploy?: Deploy;
+  /**
+   * Checks run every intervals.health against the live release. With no checks, a deployed release counts as healthy at once.
+   */
+  health?: HealthCheck[];
+  /**
+   * Number of consecutive rounds in which every health check passes before a new release counts as healthy and may feed the next environment.
+   */
+  healthyAfter?: number;
+  /**
+   * Number of consecutive rounds with a failing health check before the environment counts as degraded.
+   */
+  failureThreshold?: number;
+  /**
+   * How long a new release may take to become healthy. Past this it counts as failed.
+   */
+  progressDeadline?: string;
+  rollback?: Rollback;
+}
+/**
+ * A check that must pass on a candidate commit before promotion. Exactly one of command, http or builtin is given.
+ */
+export interface Gate {
+  /**
+   * Name shown in status, plan and notifications, such as test.
+   */
+  name: string;
+  /**
+   * Shell command run in a clean export of the candidate commit. It passes when it exits with status 0.
+   */
+  command?: string;
+  http?: HttpCheck;
+  /**
+   * A check built into cascade-sync: config validates the candidate's cascade-sync-config.yaml, integrity checks that the commit's objects are complete and readable, and security-scan looks for secrets and oversized files as set in security.
+   */
+  builtin?: "config" | "integrity" | "security-scan";
+  /**
+   * The gate fails when it has not finished after this long.
+   */
+  timeout?: string;
+}
+/**
+ * An HTTP GET that passes when the response has the expected status and, if body is given, contains that text.
+ */
+export interface HttpCheck {
+  /**
+   * Absolute URL to request, such as http://127.0.0.1:3001/healthz.
+   */
+  url: string;
+  /**
+   * Response status the check expects.
+   */
+  status?: number;
+  /**
+   * Text the response body must contain. When absent, the body is not checked.
+   */
+  body?: string;
+}
+/**
+ * Who may approve a promotion when promotion is approval, and how many of them must. The signers list is read from the config committed on this environment's branch, so a sandbox edit cannot make itself an approver.
+ */
+export interface Approvals {
+  /**
+   * Number of distinct signers whose valid approvals a commit needs.
+   */
+  required?: number;
+  /**
+   * Keys allowed to approve, one OpenSSH allowed_signers line each: principal, key type, base64 key and an optional comment, such as "alice@example.com ssh-ed25519 AAAA... alice laptop".
+   */
+  signers?: string[];
+}
+/**
+ * A recurring period that allows or blocks promotion: it opens at each time the schedule matches and stays open for duration.
+ */
+export interface Window {
+  /**
+   * allow permits promotion while the window is open; deny blocks it while open.
+   */
+  kind: "allow" | "deny";
+  /**
+   * When the window opens, as a five-field cron expression (minute hour day-of-month month day-of-week), such as "0 9 * * 1-5" for 09:00 on weekdays.
+   */
+  schedule: string;
+  /**
+   * How long the window stays open each time, such as 8h.
+   */
+  duration: string;
+  /**
+   * IANA time zone the schedule is read in, such as Europe/Berlin or UTC.
+   */
+  timezone: string;
+}
+/**
+ * Where promoted commits are materialized: releases/<commit>/ holds each release and current is a symlink switched atomically to the live one. Without deploy, promotion only moves the branch.
+ */
+export interface Deploy {
+  /**
+   * Directory that holds releases/ and the current symlink. It is created when missing.
+   */
+  directory: string;
+  /**
+   * Number of releases kept on disk, counting the live one; older ones are removed.
+   */
+  keep?: number;
+  /**
+   * When true, a deploy directory changed by hand (current repointed, release files edited or removed) is put back to the promoted commit. When false, the drift is only reported.
+   */
+  selfHeal?: boolean;
+  hooks?: DeployHooks;
+}
+/**
+ * Shell commands run around the switch of current.
+ */
+export interface DeployHooks {
+  /**
+   * Shell command run in the new release directory before current is switched to it. If it fails, current is not switched.
+   */
+  pre?: string;
+  /**
+   * Shell command run in the new release directory after current is switched to it. If it fails, the deploy counts as failed.
+   */
+  post?: string;
+}
+/**
+ * A check of a live release. Exactly one of command or http is given.
+ */
+export interface HealthCheck {
+  /**
+   * Name shown in status and notifications, such as web.
+   */
+  name: string;
+  /**
+   * Shell command run in the live release directory. It passes when it exits with status 0.
+   */
+  command?: string;
+  http?: HttpCheck;
+  /**
+   * The check fails when it has not finished after this long.
+   */
+  timeout?: string;
+}
+/**
+ * What happens when a promoted release fails.
+ */
+export interface Rollback {
+  /**
+   * When true, a release that becomes degraded or misses progressDeadline is replaced by the last healthy one, and the failed commit is not promoted again. Defaults to true when promotion is approval and to false otherwise.
+   */
+  automatic?: boolean;
+}
+/**
+ * Where events such as a needed approval, a promotion or a rollback are reported.
+ */
+export interface Notifications {
+  /**
+   * Show desktop notifications where the system supports them.
+   */
+  desktop?: boolean;
+  /**
+   * URLs that receive each event as an HTTP POST with a JSON body.
+   */
+  webhooks?: Webhook[];
+}
+/**
+ * A URL that receives events as HTTP POST requests with a JSON body.
+ */
+export interface Webhook {
+  /**
+   * Absolute URL the events are posted to.
+   */
+  url: string;
+  /**
+   * Shared secret used to sign each request so the receiver can check that it came from cascade-sync. ${VAR} reads the environment variable VAR; the value is never logged.
+   */
+  secret?: string;
+  /**
+   * Events sent to this URL. When absent, every event is sent.
+   */
+  events?: NotificationEvent[];
+}
+/**
+ * Where the controller writes its log and how much detail it includes. Secrets are redacted before anything is written.
+ */
+export interface Logging {
+  /**
+   * Log file, written as JSON lines. A leading ~ stands for the home directory.
+   */
+  file?: string;
+  /**
+   * Least severe level that is written: debug, info, warn or error.
+   */
+  level?: "debug" | "info" | "warn" | "error";
+}
+/**
+ * What keeps secrets and oversized files out of the history.
+ */
+export interface Security {
+  /**
+   * Gitignore-style patterns of files that are committed only in encrypted form, with key. The sandbox copy stays readable.
+   */
+  encrypt?: string[];
+  /**
+   * Key used for encrypt: 32 random bytes in base64, normally written as ${CASCADE_ENCRYPTION_KEY} so it is read from the environment, or the path of a file that holds it. When absent, files matching encrypt are not committed at all.
+   */
+  key?: string;
+  /**
+   * Largest file that is committed, such as 500KB or 50MB. Larger files are left out and reported.
+   */
+  maxFileSize?: string;
+  /**
+   * Gitignore-style patterns of files the secret scan accepts, for known false positives such as test fixtures.
+   */
+  allow?: string[];
+}
+/**
+ * The optional local HTTP endpoint that serves status and accepts nudges.
+ */
+export interface Server {
+  /**
+   * Address to listen on as host:port, such as 127.0.0.1:7420. Empty means no server.
+   */
+  listen?: string;
+  /**
+   * Token that clients must present to the server. ${VAR} reads the environment variable VAR; the value is never logged.
+   */
+  token?: string;
+}

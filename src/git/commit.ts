@@ -1,0 +1,175 @@
+import { lstat, type BigIntStats } from "node:fs";
+import { mkdir, rename, rm, symlink, writeFile, chmod } from "node:fs/promises";
+import { promisify } from "node:util";
+import { dirname, join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { acquireLock } from "./lockfile.js";
+import { entryFromStat, readIndex, writeIndex, type GitIndex } from "./index-file.js";
+import { branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
+import { readContent } from "../worktree.js";
+
+const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
+
+/** One path to record in a commit: the working file at `path`, or its deletion. */
+export interface StagedPath {
+  path: string;
+  deleted: boolean;
+}
+
+/** What a sandbox commit recorded, per path, as finally read from disk. */
+export interface CommittedPath {
+  path: string;
+  before?: FileEntry;
+  after?: FileEntry;
+}
+
+/** The outcome of commitWorktree: the new commit, or null when the content equals the head. */
+export interface CommitOutcome {
+  commit: string | null;
+  paths: CommittedPath[];
+}
+
+/**
+ * Records the working-tree state of `paths` as a commit on `branch`, like `git add <paths> && git
+ * commit`: holds `.git/index.lock` for the whole operation (so a native git command waits or fails
+ * cleanly instead of racing), re-reads each file (it may have changed since it was observed),
+ * writes blobs, rebuilds only the trees on those paths, writes the commit, moves the branch with
+ * compare-and-swap from `parent`, and then writes the index. A file that vanished meanwhile is
+ * recorded as deleted. `message` gets the paths as finally read and returns the commit message.
+ * Returns a null commit when the result equals the parent's tree (e.g. a change undone meanwhile).
+ * Throws LockBusyError (Transient) when the index is locked, RefConflictError when the branch moved.
+ */
+export async function commitWorktree(
+  repo: Repo,
+  opts: {
+    branch: string;
+    /** The branch's current commit (compare-and-swap), or null for the first commit of a new branch. */
+    parent: string | null;
+    paths: StagedPath[];
+    refresh: string[];
+    modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode;
+    message: (paths: CommittedPath[]) => string;
+    author: Person;
+    headEntry: (path: string) => Promise<FileEntry | undefined>;
+    /** Commit even when nothing changed (the first commit of an empty folder). */
+    allowEmpty?: boolean;
+    /** What the branch must point at now, when that is not `parent` (null: the branch must not exist yet). */
+    expectedBranchHead?: string | null;
+  },
+): Promise<CommitOutcome> {
+  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
+  try {
+    const index = await readIndex(repo.gitdir);
+    const parentTree = opts.parent ? await repo.commitTree(opts.parent) : null;
+    const changes = new Map<string, FileEntry | null>();
+    const recorded: CommittedPath[] = [];
+    for (const p of opts.paths) {
+      const before = await opts.headEntry(p.path);
+      const after = p.deleted ? undefined : await stageFile(repo, index, p.path, opts.modeOf, before);
+      if (before?.oid === after?.oid && before?.mode === after?.mode) continue;
+      changes.set(p.path, after ?? null);
+      if (!after) index.entries.delete(p.path);
+      recorded.push({ path: p.path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
+    }
+    for (const path of opts.refresh) await stageFile(repo, index, path, opts.modeOf, await opts.headEntry(path));
+    let commit: string | null = null;
+    if (changes.size || opts.allowEmpty) {
+      const tree = await repo.buildTree(parentTree, changes);
+      if (tree !== parentTree) {
+        commit = await repo.writeCommit({ tree, parents: opts.parent ? [opts.parent] : [], message: opts.message(recorded), author: opts.author });
+        await repo.setRef(branchRef(opts.branch), commit, opts.expectedBranchHead === undefined ? opts.parent : opts.expectedBranchHead, `commit: ${firstLine(opts.message(recorded))}`, opts.author);
+      }
+    }
+    await writeIndex(repo.gitdir, index, { lock });
+    return { commit, paths: commit ? recorded : [] };
+  } catch (err) {
+    await lock.rollback().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Reads a working file, writes its blob and updates its index entry; undefined when it is gone. */
+async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, head?: FileEntry): Promise<FileEntry | undefined> {
+  const abs = join(repo.dir, path);
+  const st = await lstatBig(abs, { bigint: true }).catch(() => null);
+  if (!st || !(st.isFile() || st.isSymbolicLink())) {
+    index.entries.delete(path);
+    return undefined;
+  }
+  // Stat before reading: if the file changes after this, its new stat differs from the index
+  // entry and the next observation reads it again.
+  const content = await readContent(abs, st).catch(() => null);
+  if (content === null) {
+    index.entries.delete(path);
+    return undefined;
+  }
+  const mode = modeOf(st, head);
+  const oid = await repo.writeBlob(content);
+  index.entries.set(path, entryFromStat(path, st, oid, parseInt(mode, 8)));
+  return { mode, oid };
+}
+
+/**
+ * Brings the working tree from `from` to the merged result: writes every changed path whose working
+ * file still holds exactly what `isUntouched` says it had, atomically (temp file + rename), and
+ * updates the index for it under `.git/index.lock`. A path being edited (not untouched) is left as
+ * it is and returned, so that the next batch commits the sandbox's version. Never deletes or
+ * overwrites an edit. `finalize` (moving the branch) runs after the files are written and before
+ * the index is, still under the lock; if it throws, the index is left as it was.
+ */
+export async function applyToWorktree(
+  repo: Repo,
+  diff: TreeDiff[],
+  isUntouched: (path: string, expected: FileEntry | undefined) => Promise<boolean>,
+  finalize: () => Promise<void>,
+): Promise<{ written: string[]; skipped: string[] }> {
+  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
+  const written: string[] = [];
+  const skipped: string[] = [];
+  try {
+    const index = await readIndex(repo.gitdir);
+    for (const d of diff) {
+      if (!(await isUntouched(d.path, d.before))) {
+        skipped.push(d.path);
+        continue;
+      }
+      const abs = join(repo.dir, d.path);
+      if (!d.after) {
+        await rm(abs, { force: true });
+        index.entries.delete(d.path);
+      } else {
+        await writeWorkFile(abs, await repo.readBlob(d.after.oid), d.after.mode);
+        const st = await lstatBig(abs, { bigint: true });
+        index.entries.set(d.path, entryFromStat(d.path, st, d.after.oid, parseInt(d.after.mode, 8)));
+      }
+      written.push(d.path);
+    }
+    await finalize();
+    await writeIndex(repo.gitdir, index, { lock });
+    return { written, skipped };
+  } catch (err) {
+    await lock.rollback().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Writes a file (or symlink) atomically: a temp file beside it, then rename over the old one. */
+async function writeWorkFile(abs: string, content: Buffer, mode: EntryMode): Promise<void> {
+  await mkdir(dirname(abs), { recursive: true });
+  const tmp = join(dirname(abs), `.cascade-sync-${randomBytes(6).toString("hex")}.tmp`);
+  if (mode === "120000") await symlink(content.toString(), tmp);
+  else {
+    await writeFile(tmp, content);
+    await chmod(tmp, mode === "100755" ? 0o755 : 0o644);
+  }
+  try {
+    await rename(tmp, abs);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0] ?? s;
+}

@@ -1,0 +1,740 @@
+/**
+ * The git index (`.git/index`) in git's own on-disk format (Documentation/technical/index-format.txt,
+ * read-cache.c): versions 2 and 3 read and written, version 4 (prefix-compressed paths) read and written,
+ * split index and other required extensions refused. isomorphic-git cannot read v4 or a split index and
+ * writes the index without `index.lock`, so cascade-sync owns this file format.
+ *
+ * Extension policy on write: only `REUC` (resolve-undo) is written back; every other extension is
+ * dropped. `TREE` (cache-tree), `UNTR` (untracked cache), `FSMN` (fsmonitor), `EOIE`/`IEOT` (entry offset
+ * tables) describe the entries or the work tree as they were and may be stale after our change; all are
+ * optional caches git rebuilds on its own. `REUC` is keyed by path and records how past conflicts were
+ * resolved; changing stage-0 entries does not invalidate it. Unknown optional (upper-case) extensions are
+ * dropped because we cannot know they stay valid. Required (lower-case) extensions, `link` (split index)
+ * and `sdir` (sparse index) among them, make readIndex throw UnsupportedIndexError.
+ */
+import { createHash } from "node:crypto";
+import type * as fs from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { CascadeError, InternalError } from "../errors.js";
+import { acquireLock, type Lock, type LockOptions } from "./lockfile.js";
+
+/** Per-entry flags as stored in the index. */
+export interface IndexEntryFlags {
+  /** CE_VALID: `git update-index --assume-unchanged`. */
+  assumeValid: boolean;
+  /** The entry carries the v3 extended flags (skipWorktree or intentToAdd); recomputed on write. */
+  extended: boolean;
+  /** 0 for a normal entry; 1 (base), 2 (ours), 3 (theirs) for an unresolved merge conflict. */
+  stage: 0 | 1 | 2 | 3;
+  /** CE_SKIP_WORKTREE: sparse checkout leaves this path out of the work tree. */
+  skipWorktree: boolean;
+  /** CE_INTENT_TO_ADD: `git add -N`. */
+  intentToAdd: boolean;
+}
+
+/** One index entry; the stat fields are 32-bit truncated exactly as git stores them. */
+export interface IndexEntry {
+  /** Repository-relative, `/`-separated, UTF-8. */
+  path: string;
+  /** 0o100644, 0o100755, 0o120000 (symlink) or 0o160000 (gitlink). */
+  mode: number;
+  /** 40-hex blob (or commit, for a gitlink) id. */
+  oid: string;
+  size: number;
+  ctimeSec: number;
+  ctimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  dev: number;
+  ino: number;
+  uid: number;
+  gid: number;
+  flags: IndexEntryFlags;
+}
+
+/** An extension block kept as raw bytes. */
+export interface IndexExtension {
+  /** Four ASCII characters, e.g. `TREE`, `REUC`. */
+  signature: string;
+  data: Buffer;
+}
+
+/** A file timestamp as git keeps it: seconds (32-bit) and nanoseconds. */
+export interface IndexTimestamp {
+  sec: number;
+  nsec: number;
+}
+
+/** An index in memory. */
+export interface GitIndex {
+  /** Format version of the file read (2 for a new index). writeIndex keeps 4, else writes 2 or 3. */
+  version: 2 | 3 | 4;
+  /** Stage-0 entries by path. */
+  entries: Map<string, IndexEntry>;
+  /** Unresolved conflict entries (stages 1-3), preserved on write unless `entries` has the path. */
+  conflicts: IndexEntry[];
+  /** Every extension read, raw and in file order; writeIndex writes back only `REUC` (module doc). */
+  extensions: IndexExtension[];
+  /** The index file's mtime when read or last written by us; null when there is no index file. */
+  mtime: IndexTimestamp | null;
+}
+
+/**
+ * The index uses a feature cascade-sync cannot handle safely (split index, sparse index, another
+ * required extension, an unknown entry format or version). Stalled (reason `UnsupportedIndex`): a
+ * person must convert the index; the message says how.
+ */
+export class UnsupportedIndexError extends CascadeError {
+  constructor(
+    readonly file: string,
+    problem: string,
+    hint: string,
+  ) {
+    super("Stalled", "UnsupportedIndex", `cannot use the git index ${file}: ${problem}`, { hint });
+  }
+}
+
+/**
+ * The index file is damaged: wrong signature, truncated, or its SHA-1 trailer does not match its
+ * content. Stalled (reason `IndexCorrupt`); the hint says how to rebuild it from HEAD.
+ */
+export class CorruptIndexError extends CascadeError {
+  constructor(
+    readonly file: string,
+    problem: string,
+  ) {
+    super("Stalled", "IndexCorrupt", `the git index ${file} is corrupt: ${problem}`, {
+      hint: `rebuild it from HEAD without touching your files: \`rm ${file} && git reset\` in the work tree`,
+    });
+  }
+}
+
+const HEADER_SIZE = 12;
+const HASH_SIZE = 20;
+const FIXED_SIZE = 62; // stat data (40) + oid (20) + flags (2)
+const EXTENDED_FIXED_SIZE = 64;
+const NAME_MASK = 0x0fff;
+const F_ASSUME_VALID = 0x8000;
+const F_EXTENDED = 0x4000;
+const F2_SKIP_WORKTREE = 0x4000;
+const F2_INTENT_TO_ADD = 0x2000;
+const F2_KNOWN = F2_SKIP_WORKTREE | F2_INTENT_TO_ADD;
+const MODE_GITLINK = 0o160000;
+const MODE_SYMLINK = 0o120000;
+const VALID_MODES = new Set([0o100644, 0o100755, MODE_SYMLINK, MODE_GITLINK]);
+/** Extensions written back unchanged (module doc: extension policy). */
+const KEPT_EXTENSIONS = new Set(["REUC"]);
+
+/** Path of the index file of `gitdir`. */
+function indexPath(gitdir: string): string {
+  return join(gitdir, "index");
+}
+
+/** An index with no entries, as readIndex returns when `.git/index` does not exist. */
+export function emptyIndex(): GitIndex {
+  return { version: 2, entries: new Map(), conflicts: [], extensions: [], mtime: null };
+}
+
+function timestampOf(stats: fs.BigIntStats): IndexTimestamp {
+  const [sec, nsec] = splitNs(stats.mtimeNs);
+  return { sec, nsec };
+}
+
+/** Seconds (32-bit truncated, as git's `(unsigned int)st_mtime`) and nanoseconds of a bigint ns time. */
+function splitNs(ns: bigint): [number, number] {
+  let sec = ns / 1_000_000_000n;
+  let nsec = ns % 1_000_000_000n;
+  if (nsec < 0n) {
+    // Before 1970: C's timespec keeps tv_nsec in [0, 1e9) and floors tv_sec.
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return [Number(BigInt.asUintN(32, sec)), Number(nsec)];
+}
+
+function u32(n: bigint): number {
+  return Number(BigInt.asUintN(32, n));
+}
+
+/**
+ * Reads `<gitdir>/index`. Returns an empty index (version 2, mtime null) when the file does not exist.
+ *
+ * Throws CorruptIndexError when the file is truncated, malformed, or its SHA-1 trailer does not match
+ * (an all-zero trailer, written by git's `index.skipHash`, is accepted); UnsupportedIndexError for a
+ * split index (`link`), a sparse index (`sdir`), any other required extension, an unknown version or
+ * unknown extended entry flags, or a path that is not valid UTF-8.
+ */
+export async function readIndex(gitdir: string): Promise<GitIndex> {
+  const file = indexPath(gitdir);
+  let handle: FileHandle;
+  try {
+    handle = await open(file, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return emptyIndex();
+    throw err;
+  }
+  let buf: Buffer;
+  let stats: fs.BigIntStats;
+  try {
+    // fstat and read through one descriptor: the mtime belongs to exactly the bytes we parse, even if a
+    // native git renames a new index into place meanwhile.
+    stats = await handle.stat({ bigint: true });
+    buf = await handle.readFile();
+  } finally {
+    await handle.close();
+  }
+  const index = parseIndex(buf, file);
+  index.mtime = timestampOf(stats);
+  return index;
+}
+
+/**
+ * Parses index file content (`file` only names it in errors). Returns the index with `mtime` null.
+ * Throws CorruptIndexError / UnsupportedIndexError as readIndex does.
+ */
+export function parseIndex(buf: Buffer, file = "index"): GitIndex {
+  if (buf.length < HEADER_SIZE + HASH_SIZE) throw new CorruptIndexError(file, `only ${buf.length} bytes`);
+  if (buf.toString("latin1", 0, 4) !== "DIRC") throw new CorruptIndexError(file, "bad signature (not DIRC)");
+  const version = buf.readUInt32BE(4);
+  if (version !== 2 && version !== 3 && version !== 4) {
+    throw new UnsupportedIndexError(file, `index format version ${version}`, "run `git update-index --index-version 2`");
+  }
+  const bodyEnd = buf.length - HASH_SIZE;
+  const trailer = buf.subarray(bodyEnd);
+  if (trailer.some((b) => b !== 0)) {
+    const actual = createHash("sha1").update(buf.subarray(0, bodyEnd)).digest();
+    if (!actual.equals(trailer)) {
+      throw new CorruptIndexError(
+        file,
+        `SHA-1 checksum mismatch (trailer ${trailer.toString("hex")}, content hashes to ${actual.toString("hex")})`,
+      );
+    }
+  }
+  const count = buf.readUInt32BE(8);
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const entries = new Map<string, IndexEntry>();
+  const conflicts: IndexEntry[] = [];
+  let off = HEADER_SIZE;
+  // v4: the previous path's bytes, to which the next entry's suffix is appended.
+  let scratch = Buffer.allocUnsafe(4096);
+  let prevLen = 0;
+
+  for (let i = 0; i < count; i++) {
+    if (off + FIXED_SIZE > bodyEnd) throw new CorruptIndexError(file, `entry ${i} of ${count} runs past the end`);
+    const flags = dv.getUint16(off + 60);
+    let flags2 = 0;
+    let nameStart = off + FIXED_SIZE;
+    if (flags & F_EXTENDED) {
+      flags2 = dv.getUint16(off + 62);
+      if (flags2 & ~F2_KNOWN) {
+        throw new UnsupportedIndexError(
+          file,
+          `unknown index entry format 0x${(flags2 << 16).toString(16).padStart(8, "0")}`,
+          "this index was written by a newer git; run `git update-index --index-version 2` with it",
+        );
+      }
+      nameStart = off + EXTENDED_FIXED_SIZE;
+    }
+    let path: string;
+    let next: number;
+    if (version === 4) {
+      // Prefix compression: varint N = bytes to drop from the end of the previous path, then the
+      // NUL-terminated suffix (git varint.c: each continuation adds 1 before shifting).
+      let p = nameStart;
+      let c = buf[p++] ?? 0;
+      let strip = c & 127;
+      while (c & 128) {
+        c = buf[p++] ?? 0;
+        strip = (strip + 1) * 128 + (c & 127);
+      }
+      const end = buf.indexOf(0, p);
+      if (end < 0 || end >= bodyEnd || strip > prevLen) throw new CorruptIndexError(file, `entry ${i}: bad compressed path`);
+      const keep = prevLen - strip;
+      const len = keep + (end - p);
+      if (len > scratch.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(len, scratch.length * 2));
+        scratch.copy(bigger, 0, 0, keep);
+        scratch = bigger;
+      }
+      buf.copy(scratch, keep, p, end);
+      prevLen = len;
+      path = decodePath(scratch, 0, len, file);
+      next = end + 1;
+    } else {
+      let len = flags & NAME_MASK;
+      if (len === NAME_MASK) len = buf.indexOf(0, nameStart + NAME_MASK) - nameStart;
+      if (len < 0 || nameStart + len >= bodyEnd || buf[nameStart + len] !== 0) {
+        throw new CorruptIndexError(file, `entry ${i}: path not NUL-terminated`);
+      }
+      path = decodePath(buf, nameStart, nameStart + len, file);
+      // 1-8 NULs pad the entry to a multiple of 8 bytes.
+      next = off + ((nameStart - off + len + 8) & ~7);
+    }
+    const entry: IndexEntry = {
+      path,
+      mode: dv.getUint32(off + 24),
+      oid: buf.toString("hex", off + 40, off + 60),
+      size: dv.getUint32(off + 36),
+      ctimeSec: dv.getUint32(off),
+      ctimeNsec: dv.getUint32(off + 4),
+      mtimeSec: dv.getUint32(off + 8),
+      mtimeNsec: dv.getUint32(off + 12),
+      dev: dv.getUint32(off + 16),
+      ino: dv.getUint32(off + 20),
+      uid: dv.getUint32(off + 28),
+      gid: dv.getUint32(off + 32),
+      flags: {
+        assumeValid: (flags & F_ASSUME_VALID) !== 0,
+        extended: (flags & F_EXTENDED) !== 0,
+        stage: ((flags >> 12) & 3) as 0 | 1 | 2 | 3,
+        skipWorktree: (flags2 & F2_SKIP_WORKTREE) !== 0,
+        intentToAdd: (flags2 & F2_INTENT_TO_ADD) !== 0,
+      },
+    };
+    if (entry.flags.stage === 0) entries.set(path, entry);
+    else conflicts.push(entry);
+    off = next;
+  }
+
+  const extensions: IndexExtension[] = [];
+  while (off < bodyEnd) {
+    if (off + 8 > bodyEnd) throw new CorruptIndexError(file, "truncated extension header");
+    const signature = buf.toString("latin1", off, off + 4);
+    const size = buf.readUInt32BE(off + 4);
+    if (off + 8 + size > bodyEnd) throw new CorruptIndexError(file, `extension ${signature} runs past the end`);
+    if (signature === "link") {
+      throw new UnsupportedIndexError(
+        file,
+        "it is a split index (core.splitIndex), which cascade-sync cannot read",
+        "run `git update-index --no-split-index` (and `git config core.splitIndex false` so it stays unsplit)",
+      );
+    }
+    if (signature === "sdir") {
+      throw new UnsupportedIndexError(
+        file,
+        "it is a sparse index (index.sparse), which cascade-sync cannot read",
+        "run `git sparse-checkout init --no-sparse-index` (or `git sparse-checkout disable`)",
+      );
+    }
+    const first = signature.charCodeAt(0);
+    if (first < 0x41 || first > 0x5a) {
+      // git: an extension whose signature does not start with A-Z is required for correctness.
+      throw new UnsupportedIndexError(
+        file,
+        `it uses the required extension ${JSON.stringify(signature)} that cascade-sync does not understand`,
+        "run `git update-index --index-version 2 --no-split-index` with a git that wrote it",
+      );
+    }
+    extensions.push({ signature, data: Buffer.from(buf.subarray(off + 8, off + 8 + size)) });
+    off += 8 + size;
+  }
+  return { version, entries, conflicts, extensions, mtime: null };
+}
+
+function decodePath(buf: Buffer, start: number, end: number, file: string): string {
+  const path = buf.toString("utf8", start, end);
+  // U+FFFD is either in the name or the decoder replaced an invalid byte; re-encode to tell which.
+  if (path.includes("\uFFFD") && !Buffer.from(path, "utf8").equals(buf.subarray(start, end))) {
+    throw new UnsupportedIndexError(
+      file,
+      `the path ${JSON.stringify(path)} is not valid UTF-8`,
+      "rename the file to a UTF-8 name (git mv), then let cascade-sync continue",
+    );
+  }
+  return path;
+}
+
+/**
+ * Builds an index entry from `fs.lstat(file, { bigint: true })` exactly as git's fill_stat_data does:
+ * seconds, dev, ino, uid, gid and size truncated to 32 bits, nanoseconds kept. `mode` defaults to what
+ * git derives from the stat (symlink 0o120000, directory 0o160000, else 0o100755 when the owner may
+ * execute, 0o100644 otherwise); pass it to keep a recorded mode when core.filemode is false.
+ *
+ * Returns a stage-0 entry with no flags set. Throws nothing.
+ */
+export function entryFromStat(path: string, stats: fs.BigIntStats, oid: string, mode?: number): IndexEntry {
+  const [ctimeSec, ctimeNsec] = splitNs(stats.ctimeNs);
+  const [mtimeSec, mtimeNsec] = splitNs(stats.mtimeNs);
+  return {
+    path,
+    mode: mode ?? modeFromStat(stats),
+    oid,
+    size: u32(stats.size),
+    ctimeSec,
+    ctimeNsec,
+    mtimeSec,
+    mtimeNsec,
+    dev: u32(stats.dev),
+    ino: u32(stats.ino),
+    uid: u32(stats.uid),
+    gid: u32(stats.gid),
+    flags: { assumeValid: false, extended: false, stage: 0, skipWorktree: false, intentToAdd: false },
+  };
+}
+
+/** git's create_ce_mode: the index mode for a file of this stat. */
+export function modeFromStat(stats: fs.BigIntStats): number {
+  if (stats.isSymbolicLink()) return MODE_SYMLINK;
+  if (stats.isDirectory()) return MODE_GITLINK;
+  return (stats.mode & 0o100n) !== 0n ? 0o100755 : 0o100644;
+}
+
+/** Options of {@link isStatClean}. */
+export interface StatCleanOptions {
+  /** core.filemode: when false, the executable bit is not compared. Default true. */
+  trustExecutableBit?: boolean;
+}
+
+/**
+ * Whether `stats` (fs.lstat with bigint) proves the file still has the content the entry records,
+ * without reading it, by git's rules (ce_match_stat_basic) made strict: file type (and the owner
+ * executable bit unless disabled), size, mtime and ctime (seconds and nanoseconds), inode, uid and gid
+ * all match, and the entry is not racily clean (its mtime is before `indexMtime`, the mtime of the index
+ * file the entry was read from or written to).
+ *
+ * Returns true only then. False means "unknown": hash the file. Always false for gitlinks (the caller
+ * must read the submodule's HEAD), intent-to-add entries, smudged entries (size 0 with a non-empty file)
+ * and when `indexMtime` is null (no index file).
+ */
+export function isStatClean(
+  entry: IndexEntry,
+  stats: fs.BigIntStats,
+  indexMtime: IndexTimestamp | null,
+  opts: StatCleanOptions = {},
+): boolean {
+  if (indexMtime === null || entry.flags.intentToAdd) return false;
+  const type = entry.mode & 0o170000;
+  if (type === 0o100000) {
+    if (!stats.isFile()) return false;
+    if ((opts.trustExecutableBit ?? true) && ((BigInt(entry.mode) ^ stats.mode) & 0o100n) !== 0n) return false;
+  } else if (type === MODE_SYMLINK) {
+    if (!stats.isSymbolicLink()) return false;
+  } else {
+    return false;
+  }
+  const [ctimeSec, ctimeNsec] = splitNs(stats.ctimeNs);
+  const [mtimeSec, mtimeNsec] = splitNs(stats.mtimeNs);
+  if (
+    entry.size !== u32(stats.size) ||
+    entry.mtimeSec !== mtimeSec ||
+    entry.mtimeNsec !== mtimeNsec ||
+    entry.ctimeSec !== ctimeSec ||
+    entry.ctimeNsec !== ctimeNsec ||
+    entry.ino !== u32(stats.ino) ||
+    entry.uid !== u32(stats.uid) ||
+    entry.gid !== u32(stats.gid)
+  ) {
+    return false;
+  }
+  return !isRacy(entry, indexMtime);
+}
+
+/** git's is_racy_stat with nanoseconds: the file may have changed in the same tick the index was written. */
+function isRacy(entry: IndexEntry, indexMtime: IndexTimestamp): boolean {
+  return (
+    indexMtime.sec < entry.mtimeSec || (indexMtime.sec === entry.mtimeSec && indexMtime.nsec <= entry.mtimeNsec)
+  );
+}
+
+/**
+ * Orders paths by their UTF-8 bytes, as git does (memcmp, shorter first), without encoding them: UTF-16
+ * order equals code point order (hence UTF-8 byte order) except that a surrogate (a code point above
+ * U+FFFF) must sort after U+E000..U+FFFF.
+ */
+export function comparePaths(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i === n) return a.length - b.length;
+  const x = a.charCodeAt(i);
+  const y = b.charCodeAt(i);
+  if (x >= 0xd800 && x <= 0xdfff && y >= 0xe000) return 1;
+  if (y >= 0xd800 && y <= 0xdfff && x >= 0xe000) return -1;
+  return x - y;
+}
+
+/** git's verify_path, for what our callers can produce: no empty, `.`, `..` or `.git` components. */
+const BAD_PATH = /(^|\/)(\.|\.\.|\.git)?(\/|$)|\0/i;
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** Cheap pre-filter for BAD_PATH: only paths with a `.` component start, `//`, edge `/` or NUL can fail. */
+function suspiciousPath(p: string): boolean {
+  return (
+    p === "" ||
+    p.charCodeAt(0) === 0x2e ||
+    p.charCodeAt(0) === 0x2f ||
+    p.charCodeAt(p.length - 1) === 0x2f ||
+    p.includes("/.") ||
+    p.includes("//") ||
+    p.includes("\0")
+  );
+}
+
+/** Options of {@link writeIndex}. */
+export interface WriteIndexOptions extends LockOptions {
+  /**
+   * An already held lock on `<gitdir>/index` (acquire it before readIndex for a read-modify-write that
+   * cannot lose a concurrent native git's update). writeIndex commits it.
+   */
+  lock?: Lock;
+}
+
+/** What {@link writeIndex} wrote. */
+export interface WriteIndexResult {
+  version: 2 | 3 | 4;
+  /** mtime of the new index file: the `indexMtime` for isStatClean. */
+  mtime: IndexTimestamp;
+  /** Paths written with size 0 because they were racily clean (git re-checks their content). */
+  smudged: string[];
+}
+
+/**
+ * Writes `index` to `<gitdir>/index` atomically under `<gitdir>/index.lock` (the given lock, else one
+ * acquired here), in git's format with its SHA-1 trailer: entries sorted by path bytes then stage,
+ * version 4 when the index was version 4, else 3 when an entry needs extended flags, else 2; extensions
+ * per the module's policy (only REUC kept). A conflict entry is dropped when `entries` holds a stage-0
+ * entry for its path (that resolves it, as `git add` does).
+ *
+ * Racy git: every entry whose mtime is not older than the new file's own mtime is written with size 0
+ * ("smudged", as git does) so that git and isStatClean re-check its content.
+ *
+ * Afterwards `index` mirrors the file: version, mtime, kept extensions, resolved conflicts gone, smudged
+ * entries replaced by copies with size 0. Returns what was written. Throws LockBusyError when index.lock
+ * is held past the timeout (nothing written); InternalError for an entry git would reject (bad path,
+ * mode or oid, or a lock for another file) — a bug in the caller.
+ */
+export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteIndexOptions = {}): Promise<WriteIndexResult> {
+  const file = indexPath(gitdir);
+  if (opts.lock && resolve(opts.lock.path) !== resolve(file)) {
+    throw new InternalError(`writeIndex got a lock for ${opts.lock.path}, not ${file}`);
+  }
+  const { buf, version, offsets, sorted, extensions } = serialize(index);
+  const lock = opts.lock ?? (await acquireLock(file, opts));
+  try {
+    await lock.reset();
+    await lock.write(buf);
+    let mtime = timestampOf(await lock.stat());
+    const smudgedAt = new Set<number>();
+    // Smudging rewrites the file and so moves its mtime forward; entries not yet smudged are older than
+    // the first mtime and stay older than the next. The loop only repeats if the clock went backwards.
+    for (let round = 0; round < 5; round++) {
+      let changed = false;
+      for (let i = 0; i < sorted.length; i++) {
+        const e = sorted[i]!;
+        if (smudgedAt.has(i) || e.mode === MODE_GITLINK || !isRacy(e, mtime)) continue;
+        smudgedAt.add(i);
+        const at = offsets[i]! + 36;
+        if (buf.readUInt32BE(at) !== 0) {
+          buf.writeUInt32BE(0, at);
+          changed = true;
+        }
+      }
+      if (!changed) break;
+      createHash("sha1").update(buf.subarray(0, buf.length - HASH_SIZE)).digest().copy(buf, buf.length - HASH_SIZE);
+      await lock.reset();
+      await lock.write(buf);
+      mtime = timestampOf(await lock.stat());
+    }
+    await lock.commit();
+
+    const smudged: string[] = [];
+    for (const i of smudgedAt) {
+      const e = sorted[i]!;
+      smudged.push(e.path);
+      if (e.flags.stage === 0 && e.size !== 0) index.entries.set(e.path, { ...e, size: 0 });
+    }
+    index.version = version;
+    index.mtime = mtime;
+    index.extensions = extensions;
+    index.conflicts = index.conflicts.filter((c) => !index.entries.has(c.path));
+    return { version, mtime, smudged };
+  } finally {
+    if (!opts.lock && !lock.released) await lock.rollback();
+  }
+}
+
+/**
+ * Locks `<gitdir>/index`, reads it, lets `mutate` change it, and writes it back: the read-modify-write
+ * that cannot lose an index update made by a native git meanwhile. If `mutate` throws, nothing is
+ * written. Returns what writeIndex returns; throws what readIndex, mutate and writeIndex throw.
+ */
+export async function updateIndex(
+  gitdir: string,
+  mutate: (index: GitIndex) => void | Promise<void>,
+  opts: LockOptions = {},
+): Promise<WriteIndexResult> {
+  const lock = await acquireLock(indexPath(gitdir), opts);
+  try {
+    const index = await readIndex(gitdir);
+    await mutate(index);
+    return await writeIndex(gitdir, index, { lock });
+  } finally {
+    if (!lock.released) await lock.rollback();
+  }
+}
+
+const varintScratch = new Uint8Array(16);
+
+/**
+ * git varint.c encode_varint (big-endian base 128 where each continuation byte implies +1), written at
+ * `buf[at]` (or only measured when `buf` is null). Returns the number of bytes.
+ */
+function putVarint(buf: Buffer | null, at: number, value: number): number {
+  let pos = varintScratch.length - 1;
+  varintScratch[pos] = value & 127;
+  while ((value = Math.floor(value / 128)) > 0) {
+    value -= 1;
+    varintScratch[--pos] = 128 | (value & 127);
+  }
+  const len = varintScratch.length - pos;
+  if (buf) buf.set(varintScratch.subarray(pos), at);
+  return len;
+}
+
+const STAT_FIELDS = ["ctimeSec", "ctimeNsec", "mtimeSec", "mtimeNsec", "dev", "ino", "mode", "uid", "gid", "size"] as const;
+
+function checkEntry(e: IndexEntry): void {
+  if (suspiciousPath(e.path) && BAD_PATH.test(e.path)) throw new InternalError(`invalid path for the index: ${JSON.stringify(e.path)}`);
+  if (!VALID_MODES.has(e.mode)) throw new InternalError(`invalid mode 0o${e.mode.toString(8)} for ${JSON.stringify(e.path)}`);
+  if (!OID_RE.test(e.oid)) throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
+  for (const f of STAT_FIELDS) {
+    // The DataView below would silently wrap anything that is not a uint32.
+    const v = e[f];
+    if (v >>> 0 !== v) throw new InternalError(`index entry ${JSON.stringify(e.path)}: ${f} ${v} is not a 32-bit unsigned integer`);
+  }
+}
+
+const OID_RE = /^[0-9a-f]{40}$/;
+
+function serialize(index: GitIndex): {
+  buf: Buffer;
+  version: 2 | 3 | 4;
+  offsets: Uint32Array;
+  sorted: IndexEntry[];
+  extensions: IndexExtension[];
+} {
+  const sorted: IndexEntry[] = [];
+  for (const [key, e] of index.entries) {
+    if (key !== e.path) throw new InternalError(`index entry stored under ${JSON.stringify(key)} has path ${JSON.stringify(e.path)}`);
+    if (e.flags.stage !== 0) throw new InternalError(`index entry ${JSON.stringify(e.path)} in entries has stage ${e.flags.stage}`);
+    sorted.push(e);
+  }
+  for (const c of index.conflicts) {
+    if (c.flags.stage === 0) throw new InternalError(`conflict entry ${JSON.stringify(c.path)} has stage 0`);
+    if (!index.entries.has(c.path)) sorted.push(c);
+  }
+  // Native string comparison is UTF-16 order, which is git's byte order unless a path holds a surrogate
+  // pair (a code point above U+FFFF); only then pay for the exact comparator.
+  if (sorted.some((e) => SURROGATE.test(e.path))) {
+    sorted.sort((a, b) => comparePaths(a.path, b.path) || a.flags.stage - b.flags.stage);
+  } else {
+    sorted.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.flags.stage - b.flags.stage));
+  }
+
+  const count = sorted.length;
+  let extended = false;
+  for (let i = 0; i < count; i++) {
+    const e = sorted[i]!;
+    checkEntry(e);
+    const prev = sorted[i - 1];
+    if (prev && prev.path === e.path && prev.flags.stage === e.flags.stage) {
+      throw new InternalError(`duplicate index entry ${JSON.stringify(e.path)} stage ${e.flags.stage}`);
+    }
+    if (e.flags.skipWorktree || e.flags.intentToAdd) extended = true;
+  }
+  const version: 2 | 3 | 4 = index.version === 4 ? 4 : extended ? 3 : 2;
+  const extensions = index.extensions.filter((x) => KEPT_EXTENSIONS.has(x.signature));
+
+  // All paths UTF-8 encoded by one native call; entry i's bytes are names[starts[i] .. starts[i]+lens[i]).
+  const joined = sorted.map((e) => e.path).join("\0");
+  const names = Buffer.from(joined, "utf8");
+  const starts = new Uint32Array(count);
+  const lens = new Uint32Array(count);
+  const ascii = names.length === joined.length;
+  for (let i = 0, at = 0; i < count; i++) {
+    const path = sorted[i]!.path;
+    const len = ascii ? path.length : Buffer.byteLength(path, "utf8");
+    starts[i] = at;
+    lens[i] = len;
+    at += len + 1;
+  }
+
+  // Pass 1: sizes (and, for v4, how many bytes each entry shares with the previous path).
+  const commons = version === 4 ? new Uint32Array(count) : null;
+  let size = HEADER_SIZE;
+  for (let i = 0; i < count; i++) {
+    const e = sorted[i]!;
+    const len = lens[i]!;
+    const fixed = e.flags.skipWorktree || e.flags.intentToAdd ? EXTENDED_FIXED_SIZE : FIXED_SIZE;
+    if (commons) {
+      let common = 0;
+      if (i > 0) {
+        const a = starts[i - 1]!;
+        const b = starts[i]!;
+        const n = Math.min(lens[i - 1]!, len);
+        while (common < n && names[a + common] === names[b + common]) common++;
+      }
+      commons[i] = common;
+      size += fixed + putVarint(null, 0, (i > 0 ? lens[i - 1]! : 0) - common) + (len - common) + 1;
+    } else {
+      size += (fixed + len + 8) & ~7;
+    }
+  }
+  for (const x of extensions) size += 8 + x.data.length;
+  size += HASH_SIZE;
+
+  // Pass 2: fill. alloc (zeroed) provides the NUL terminators and padding.
+  const buf = Buffer.alloc(size);
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  buf.write("DIRC", 0, "latin1");
+  dv.setUint32(4, version);
+  dv.setUint32(8, count);
+  const offsets = new Uint32Array(count);
+  let off = HEADER_SIZE;
+  for (let i = 0; i < count; i++) {
+    const e = sorted[i]!;
+    const start = starts[i]!;
+    const len = lens[i]!;
+    offsets[i] = off;
+    dv.setUint32(off, e.ctimeSec);
+    dv.setUint32(off + 4, e.ctimeNsec);
+    dv.setUint32(off + 8, e.mtimeSec);
+    dv.setUint32(off + 12, e.mtimeNsec);
+    dv.setUint32(off + 16, e.dev);
+    dv.setUint32(off + 20, e.ino);
+    dv.setUint32(off + 24, e.mode);
+    dv.setUint32(off + 28, e.uid);
+    dv.setUint32(off + 32, e.gid);
+    dv.setUint32(off + 36, e.size);
+    buf.write(e.oid, off + 40, 20, "hex");
+    const ext = e.flags.skipWorktree || e.flags.intentToAdd;
+    const flags =
+      (e.flags.assumeValid ? F_ASSUME_VALID : 0) | (ext ? F_EXTENDED : 0) | (e.flags.stage << 12) | Math.min(len, NAME_MASK);
+    dv.setUint16(off + 60, flags);
+    let p = off + FIXED_SIZE;
+    if (ext) {
+      dv.setUint16(p, (e.flags.skipWorktree ? F2_SKIP_WORKTREE : 0) | (e.flags.intentToAdd ? F2_INTENT_TO_ADD : 0));
+      p += 2;
+    }
+    if (commons) {
+      const common = commons[i]!;
+      p += putVarint(buf, p, (i > 0 ? lens[i - 1]! : 0) - common);
+      p += names.copy(buf, p, start + common, start + len);
+      off = p + 1;
+    } else {
+      names.copy(buf, p, start, start + len);
+      off += (p - off + len + 8) & ~7;
+    }
+  }
+  for (const x of extensions) {
+    buf.write(x.signature, off, 4, "latin1");
+    dv.setUint32(off + 4, x.data.length);
+    x.data.copy(buf, off + 8);
+    off += 8 + x.data.length;
+  }
+  if (off !== size - HASH_SIZE) throw new InternalError(`index serialization size mismatch: ${off} vs ${size - HASH_SIZE}`);
+  createHash("sha1").update(buf.subarray(0, off)).digest().copy(buf, off);
+  return { buf, version, offsets, sorted, extensions };
+}

@@ -1,0 +1,187 @@
+import * as fs from "node:fs";
+import { access } from "node:fs/promises";
+import { join } from "node:path";
+import git from "isomorphic-git";
+import { stalled, transient, type CascadeError } from "../errors.js";
+import { makeHttpClient } from "./http.js";
+import { RefConflictError } from "./refs.js";
+import { branchRef, Repo, type Person } from "./repo.js";
+
+/** A remote as the transport needs it. */
+export interface RemoteTarget {
+  name: string;
+  url: string;
+  kind: "http" | "local";
+  username?: string;
+  password?: string;
+}
+
+/** Options every transport call takes. */
+export interface TransportOptions {
+  timeoutMs: number;
+  who: Person;
+}
+
+/**
+ * Fetches `branch` from the remote into `refs/remotes/<name>/<branch>` and returns the remote's
+ * commit, or null when the remote has no such branch yet. Errors are classified (see remoteError).
+ */
+export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: string, opts: TransportOptions): Promise<string | null> {
+  try {
+    if (remote.kind === "local") {
+      const bare = await openLocalRemote(remote);
+      const tip = await bare.branchHead(branch);
+      if (!tip) return null;
+      await copyClosure(bare, repo, tip);
+      await repo.setRef(`refs/remotes/${remote.name}/${branch}`, tip, undefined, `fetch: from ${remote.name}`, opts.who);
+      return tip;
+    }
+    await configureRemote(repo, remote);
+    const res = await git.fetch({
+      fs,
+      http: makeHttpClient(opts.timeoutMs),
+      gitdir: repo.gitdir,
+      url: remote.url,
+      remote: remote.name,
+      ref: branch,
+      singleBranch: true,
+      tags: false,
+      cache: repo.cache,
+      ...auth(remote),
+    });
+    return res.fetchHead ?? null;
+  } catch (err) {
+    if (isMissingBranch(err, branch)) return null;
+    throw remoteError(remote, "fetch", err);
+  }
+}
+
+/**
+ * Pushes the local commit `oid` to the remote's `branch` as a fast-forward (never forced). Throws a
+ * Transient `NonFastForward` when the remote moved on (fetch and merge, then push again), a Stalled
+ * error when credentials or the remote's hooks refuse it, Transient when the remote is unreachable.
+ */
+export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: string, oid: string, opts: TransportOptions): Promise<void> {
+  try {
+    if (remote.kind === "local") {
+      const bare = await openLocalRemote(remote);
+      const theirs = await bare.branchHead(branch);
+      if (theirs && !(await repo.isAncestor(theirs, oid))) throw nonFastForward(remote, branch);
+      await copyClosure(repo, bare, oid);
+      await bare.setRef(branchRef(branch), oid, theirs, `push: cascade-sync from ${repo.dir}`, opts.who);
+      return;
+    }
+    await configureRemote(repo, remote);
+    const res = await git.push({
+      fs,
+      http: makeHttpClient(opts.timeoutMs),
+      gitdir: repo.gitdir,
+      url: remote.url,
+      remote: remote.name,
+      ref: branchRef(branch),
+      remoteRef: branchRef(branch),
+      cache: repo.cache,
+      ...auth(remote),
+    });
+    if (!res.ok) throw stalled("PushRejected", `remote ${remote.name} refused the push of ${branch}: ${res.error ?? JSON.stringify(res.refs)}`, "the remote's hooks or branch protection refused it; see the remote's message");
+  } catch (err) {
+    if (err instanceof RefConflictError) throw nonFastForward(remote, branch);
+    throw remoteError(remote, "push", err);
+  }
+}
+
+function nonFastForward(remote: RemoteTarget, branch: string): CascadeError {
+  return transient("NonFastForward", `${branch} on remote ${remote.name} has commits that are not here yet`, "they are fetched and merged before the next push");
+}
+
+function auth(remote: RemoteTarget) {
+  if (!remote.username && !remote.password) return { onAuth: () => ({ cancel: true }) };
+  return {
+    onAuth: () => ({ username: remote.username ?? "", password: remote.password ?? "" }),
+    // A second 401 means the credentials are wrong: stop instead of asking again.
+    onAuthFailure: () => ({ cancel: true }),
+  };
+}
+
+/** Mirrors a configured remote into .git/config so native `git fetch <name>` works too. */
+async function configureRemote(repo: Repo, remote: RemoteTarget): Promise<void> {
+  await repo.setConfig(`remote.${remote.name}.url`, remote.url);
+  await repo.setConfig(`remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`);
+}
+
+async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
+  try {
+    await access(join(remote.url, "objects"));
+    await access(join(remote.url, "HEAD"));
+  } catch {
+    throw stalled("RemoteNotFound", `remote ${remote.name}: ${remote.url} is not a bare git repository`,
+      `create it with \`git init --bare ${remote.url}\`, or fix remotes[].url`);
+  }
+  return Repo.bare(remote.url);
+}
+
+/**
+ * Copies every object reachable from `tip` that `dst` lacks, children before parents (blobs, then
+ * trees, then commits, oldest commit first), so that a crash midway never leaves an object in `dst`
+ * whose closure is incomplete; the closure of an object `dst` already has is then complete.
+ */
+export async function copyClosure(src: Repo, dst: Repo, tip: string): Promise<number> {
+  let copied = 0;
+  const done = new Set<string>();
+  const copy = async (oid: string) => {
+    const { type, object } = await src.readRaw(oid);
+    await dst.writeRaw(type, object);
+    done.add(oid);
+    copied++;
+  };
+  const copyTree = async (oid: string): Promise<void> => {
+    if (done.has(oid) || (await dst.hasObject(oid))) return void done.add(oid);
+    for (const e of await src.readTree(oid)) {
+      if (e.mode === "040000") await copyTree(e.oid);
+      else if (e.mode !== "160000" && !done.has(e.oid) && !(await dst.hasObject(e.oid))) await copy(e.oid);
+    }
+    await copy(oid);
+  };
+  const stack: { oid: string; expanded: boolean }[] = [{ oid: tip, expanded: false }];
+  while (stack.length) {
+    const top = stack[stack.length - 1]!;
+    if (done.has(top.oid)) { stack.pop(); continue; }
+    if (!top.expanded) {
+      if (await dst.hasObject(top.oid)) { done.add(top.oid); stack.pop(); continue; }
+      top.expanded = true;
+      for (const p of (await src.readCommit(top.oid)).parent) if (!done.has(p)) stack.push({ oid: p, expanded: false });
+    } else {
+      stack.pop();
+      await copyTree((await src.readCommit(top.oid)).tree);
+      await copy(top.oid);
+    }
+  }
+  return copied;
+}
+
+function isMissingBranch(err: unknown, branch: string): boolean {
+  const e = err as { code?: string; message?: string };
+  return e?.code === "NotFoundError" && (e.message ?? "").includes(branch);
+}
+
+/** Classifies a remote operation's failure into Stalled (a person must act) or Transient (retry). */
+export function remoteError(remote: RemoteTarget, op: string, err: unknown): CascadeError {
+  if ((err as CascadeError)?.kind) return err as CascadeError;
+  const e = err as { code?: string; message?: string; data?: { statusCode?: number; reason?: string; prettyDetails?: string }; cause?: { code?: string } };
+  const where = `${op} ${remote.name} (${remote.url})`;
+  const status = e?.data?.statusCode;
+  if (e?.code === "UserCanceledError" || status === 401 || status === 403) {
+    return stalled("AuthFailed", `${where}: the remote refused the credentials${status ? ` (HTTP ${status})` : ""}`,
+      `set remotes[].username/password in the config (by default \${CASCADE_CLIENT_ID} and \${CASCADE_CLIENT_SECRET})`);
+  }
+  if (status === 404) return stalled("RemoteNotFound", `${where}: no repository at this URL (HTTP 404)`, "check remotes[].url");
+  if (e?.code === "PushRejectedError") {
+    return transient("NonFastForward", `${where}: the remote has commits that are not here yet`, "they are fetched and merged before the next push");
+  }
+  if (e?.code === "GitPushError") {
+    return stalled("PushRejected", `${where}: the remote refused the push: ${e.data?.prettyDetails ?? e.message}`, "the remote's hooks or branch protection refused it");
+  }
+  const code = e?.code ?? e?.cause?.code;
+  const why = status ? `HTTP ${status}` : code ?? e?.message ?? String(err);
+  return transient("RemoteUnavailable", `${where}: remote unreachable: ${why}`, "retried with backoff; commits wait locally until it is back", err);
+}

@@ -1,0 +1,81 @@
+import type { Config } from "./config/types.js";
+import type { Exclusions } from "./exclusions.js";
+import type { Repo, Person } from "./git/repo.js";
+import type { Clock } from "./clock.js";
+import type { Logger } from "./log.js";
+import type { Notifier } from "./notify.js";
+import type { StatCache, Worktree } from "./worktree.js";
+
+/** A status condition, as in Kubernetes/Flux: a type, whether it holds, a stable reason and a message. */
+export interface Condition {
+  type: "Ready" | "Reconciling" | "Stalled";
+  status: boolean;
+  reason: string;
+  message: string;
+  hint?: string;
+}
+
+/** What a reconcile pass asks of the loop: when to look again (undefined: only when woken). */
+export interface Result {
+  requeueAfterMs?: number;
+  /** A one-line account of what was done, for the log and `status`. */
+  summary?: string;
+}
+
+/** The pure output of `plan`: actions to apply, and why nothing (more) happens. */
+export interface Plan<A> {
+  actions: A[];
+  /** Set when the reconciler cannot proceed until a person acts (e.g. wrong branch checked out). */
+  blocked?: { reason: string; message: string; hint?: string };
+  requeueAfterMs?: number;
+}
+
+/** Shared facts the reconcilers report for `status`. */
+export interface SharedState {
+  lastCommit?: { commit: string; message: string; at: string };
+  pendingPaths: number;
+  remotes: Record<string, { lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string }>;
+}
+
+/** Everything a reconciler may use: the world (repo, worktree), the loop's services, and hints. */
+export interface ReconcileContext {
+  repo: Repo;
+  worktree: Worktree;
+  exclusions: Exclusions;
+  log: Logger;
+  notifier: Notifier;
+  clock: Clock;
+  state: SharedState;
+  /** Paths the watcher says may have changed; `full` asks for a whole-tree scan. */
+  hints: { paths: Set<string>; full: boolean };
+  /** Marks a path for the next sandbox batch (e.g. a merge left it alone because it is being edited). */
+  hint(path: string): void;
+  /** Runs `fn` while no other reconciler mutates the sandbox's branch, index or files. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T>;
+  /** The index as a stat cache (re-read when the index file changed). */
+  statCache(): Promise<StatCache>;
+  /** The author/committer for commits made now. */
+  who(): Promise<Person>;
+  /** Tells the loop that the sandbox branch moved (remotes push soon). */
+  branchMoved(): void;
+  timeoutMs: number;
+}
+
+/**
+ * One reconciler: a name and three stages kept apart. `observe` does read-only I/O and returns
+ * plain data, `plan` is pure, `apply` holds every side effect. `cascade-sync plan` is observe +
+ * plan + print; the controller runs `reconcile`.
+ */
+export interface Reconciler<O = unknown, A = unknown> {
+  name: string;
+  observe(ctx: ReconcileContext, desired: Config): Promise<O>;
+  plan(desired: Config, observed: O): Plan<A>;
+  apply(ctx: ReconcileContext, desired: Config, plan: Plan<A>, observed: O): Promise<Result>;
+  /** A line a person can read for one action (used by `plan`). */
+  describe(action: A): string;
+}
+
+/** Plans and applies one pass for already observed state. */
+export async function reconcile<O, A>(r: Reconciler<O, A>, ctx: ReconcileContext, desired: Config, observed: O): Promise<Result> {
+  return r.apply(ctx, desired, r.plan(desired, observed), observed);
+}

@@ -1,0 +1,51 @@
+import { relative, sep } from "node:path";
+import { watch, type FSWatcher } from "chokidar";
+import type { Exclusions } from "./exclusions.js";
+
+/** What the watcher reports: a path that may have changed, or that events may have been missed. */
+export interface WatchSink {
+  changed(rel: string): void;
+  missedEvents(why: string): void;
+}
+
+/**
+ * Watches the sandbox with chokidar and turns every event into a hint: "look at this path again".
+ * Events are never trusted as the truth (a burst can overflow inotify without an error); the
+ * controller re-observes hinted paths and rescans the whole tree periodically and after errors.
+ * `exclusions()` is read on every event, so a config reload applies at once.
+ */
+export class SandboxWatcher {
+  private watcher: FSWatcher | undefined;
+
+  constructor(
+    private readonly dir: string,
+    private readonly exclusions: () => Exclusions,
+    private readonly sink: WatchSink,
+  ) {}
+
+  /** Starts watching; resolves once the initial directory walk is done. */
+  async start(): Promise<void> {
+    const rel = (p: string) => relative(this.dir, p).split(sep).join("/");
+    this.watcher = watch(this.dir, {
+      ignoreInitial: true,
+      followSymlinks: false,
+      persistent: true,
+      ignored: (p, stats) => {
+        const r = rel(p);
+        return r !== "" && !r.startsWith("..") && this.exclusions().quickExcluded(r, stats?.isDirectory() ?? false);
+      },
+    });
+    const ready = new Promise<void>((resolve) => this.watcher!.once("ready", () => resolve()));
+    for (const ev of ["add", "change", "unlink", "addDir", "unlinkDir"] as const) {
+      this.watcher.on(ev, (p: string) => this.sink.changed(rel(p)));
+    }
+    this.watcher.on("error", (err: unknown) => this.sink.missedEvents(`watcher error: ${(err as Error).message ?? String(err)}`));
+    await ready;
+  }
+
+  /** Stops watching and releases every watch. */
+  async close(): Promise<void> {
+    await this.watcher?.close();
+    this.watcher = undefined;
+  }
+}

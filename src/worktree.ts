@@ -1,0 +1,174 @@
+import { lstat, readdir, readFile, readlink, type BigIntStats } from "node:fs";
+import { promisify } from "node:util";
+import { join } from "node:path";
+import { blobOid, EMPTY_TREE, type EntryMode, type FileEntry, type Repo } from "./git/repo.js";
+import { isStatClean, type IndexEntry } from "./git/index-file.js";
+import type { Exclusions } from "./exclusions.js";
+
+const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
+const readdirTyped = promisify(readdir) as unknown as (p: string) => Promise<string[]>;
+const readBytes = promisify(readFile) as (p: string) => Promise<Buffer>;
+const readLink = promisify(readlink) as unknown as (p: string, o: { encoding: "buffer" }) => Promise<Buffer>;
+
+/** A file as it is in the working tree now. */
+export interface WorkFile {
+  mode: EntryMode;
+  oid: string;
+  stats: BigIntStats;
+}
+
+/** A path whose working-tree state differs from the branch head; `work` absent means deleted. */
+export interface PathChange {
+  path: string;
+  head?: FileEntry;
+  work?: WorkFile;
+}
+
+/** What observing the sandbox found: changes against the head, and index entries merely out of date. */
+export interface SandboxObservation {
+  changes: PathChange[];
+  /** Paths whose content equals the head but whose index stat data is stale (e.g. a `touch`). */
+  refresh: { path: string; work: WorkFile }[];
+  /** Files looked at. */
+  scanned: number;
+}
+
+/** The index as a stat cache: its entries, and the index file's own mtime for racy-git checks. */
+export interface StatCache {
+  entries: Map<string, IndexEntry>;
+  mtime: { sec: number; nsec: number };
+}
+
+const CONCURRENCY = 32;
+
+/**
+ * Reads the sandbox's working tree and compares it with a commit's tree, using the git index only
+ * as a stat cache (a file whose stat data matches its index entry is not read again). Read-only.
+ */
+export class Worktree {
+  private readonly trees = new Map<string, Map<string, FileEntry & { isTree: boolean }>>();
+
+  constructor(
+    readonly dir: string,
+    private readonly repo: Repo,
+    private readonly exclusions: Exclusions,
+    private readonly filemode: boolean,
+  ) {}
+
+  /**
+   * Observes the given paths (posix, relative; "" is the whole sandbox) against `headTree`.
+   * Folders are walked; a path that vanished is a deletion of whatever the head has there.
+   */
+  async observe(headTree: string, paths: Iterable<string>, cache: StatCache): Promise<SandboxObservation> {
+    const out: SandboxObservation = { changes: [], refresh: [], scanned: 0 };
+    const seen = new Set<string>();
+    const queue = [...new Set(paths)];
+    const worker = async () => {
+      for (let p = queue.pop(); p !== undefined; p = queue.pop()) {
+        if (seen.has(p)) continue;
+        seen.add(p);
+        await this.observeOne(headTree, p, cache, out, queue);
+      }
+    };
+    // Workers drain one queue that folders keep adding to; loop until nothing is left in flight.
+    while (queue.length) await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    out.changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return out;
+  }
+
+  private async observeOne(headTree: string, rel: string, cache: StatCache, out: SandboxObservation, queue: string[]): Promise<void> {
+    if (rel !== "" && (await this.exclusions.isExcluded(rel))) return;
+    const abs = rel === "" ? this.dir : join(this.dir, rel);
+    const st = await lstatBig(abs, { bigint: true }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT" || e.code === "ENOTDIR") return null;
+      throw e;
+    });
+    const head = rel === "" ? { mode: "040000" as EntryMode, oid: headTree, isTree: true } : await this.headEntry(headTree, rel);
+    if (!st || (!st.isFile() && !st.isSymbolicLink() && !st.isDirectory())) {
+      if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
+      else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
+      return;
+    }
+    if (st.isDirectory()) {
+      if (rel !== "" && (await this.exclusions.isExcluded(rel, true))) return;
+      const names = await readdirTyped(abs);
+      // A nested repository is not ours to sync (git would record it as a gitlink).
+      if (rel !== "" && names.includes(".git")) return;
+      const prefix = rel === "" ? "" : `${rel}/`;
+      for (const n of names) queue.push(prefix + n);
+      if (head?.isTree) {
+        const onDisk = new Set(names);
+        for (const name of (await this.treeEntries(head.oid)).keys()) if (!onDisk.has(name)) queue.push(prefix + name);
+      } else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
+      return;
+    }
+    out.scanned++;
+    const work = await this.readWorkFile(abs, rel, st, cache, head);
+    if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
+    const headFile = head && !head.isTree ? { mode: head.mode, oid: head.oid } : undefined;
+    if (!headFile || headFile.oid !== work.oid || headFile.mode !== work.mode) {
+      out.changes.push({ path: rel, ...(headFile ? { head: headFile } : {}), work });
+    } else {
+      const idx = cache.entries.get(rel);
+      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, cache.mtime)) out.refresh.push({ path: rel, work });
+    }
+  }
+
+  /** Reads one working file's mode and blob id, trusting the index's oid when its stat data matches. */
+  async readWorkFile(abs: string, rel: string, st: BigIntStats, cache: StatCache, head?: FileEntry): Promise<WorkFile> {
+    const mode = this.modeOf(st, head);
+    const idx = cache.entries.get(rel);
+    if (idx && modeString(idx.mode) === mode && isStatClean(idx, st, cache.mtime)) return { mode, oid: idx.oid, stats: st };
+    return { mode, oid: blobOid(await readContent(abs, st)), stats: st };
+  }
+
+  /** The mode git records for a file with these stats (keeping the head's exec bit when core.filemode is false). */
+  modeOf(st: BigIntStats, head?: FileEntry): EntryMode {
+    if (st.isSymbolicLink()) return "120000";
+    if (!this.filemode && head && (head.mode === "100644" || head.mode === "100755")) return head.mode;
+    return (Number(st.mode) & 0o100) !== 0 ? "100755" : "100644";
+  }
+
+  private async deleteTree(tree: string, prefix: string, out: SandboxObservation): Promise<void> {
+    for (const [name, e] of await this.treeEntries(tree)) {
+      if (e.isTree) await this.deleteTree(e.oid, `${prefix}${name}/`, out);
+      else out.changes.push({ path: prefix + name, head: { mode: e.mode, oid: e.oid } });
+    }
+  }
+
+  /** The head's entry at a path (file or tree), walking only the trees on that path. */
+  async headEntry(tree: string, rel: string): Promise<(FileEntry & { isTree: boolean }) | undefined> {
+    let current = tree;
+    const parts = rel.split("/");
+    for (let i = 0; i < parts.length; i++) {
+      const e = (await this.treeEntries(current)).get(parts[i]!);
+      if (!e) return undefined;
+      if (i === parts.length - 1) return e;
+      if (!e.isTree) return undefined;
+      current = e.oid;
+    }
+    return undefined;
+  }
+
+  private async treeEntries(oid: string): Promise<Map<string, FileEntry & { isTree: boolean }>> {
+    let m = this.trees.get(oid);
+    if (!m) {
+      m = new Map();
+      if (oid !== EMPTY_TREE) for (const e of await this.repo.readTree(oid)) m.set(e.path, { mode: e.mode, oid: e.oid, isTree: e.mode === "040000" });
+      // Trees are immutable by oid, so the cache never goes stale; it is bounded to keep memory flat.
+      if (this.trees.size > 20_000) this.trees.clear();
+      this.trees.set(oid, m);
+    }
+    return m;
+  }
+}
+
+/** A file's blob content: its bytes, or a symlink's target. */
+export async function readContent(abs: string, st: { isSymbolicLink(): boolean }): Promise<Buffer> {
+  return st.isSymbolicLink() ? readLink(abs, { encoding: "buffer" }) : readBytes(abs);
+}
+
+/** An index entry's numeric mode as a tree mode string. */
+export function modeString(mode: number): EntryMode {
+  return mode.toString(8).padStart(6, "0") as EntryMode;
+}
