@@ -65,6 +65,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const action = plan.actions[0];
     if (!action) return { summary: o.observation.scanned ? `no changes in ${o.observation.scanned} files` : "no changes" };
     const who = await ctx.who();
+    const headTree = await ctx.repo.commitTree(o.head!);
     try {
       const outcome = await ctx.exclusive(() =>
         commitWorktree(ctx.repo, {
@@ -74,7 +75,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           refresh: action.type === "commit" ? action.refresh : action.paths,
           modeOf: (st, head) => ctx.worktree.modeOf(st, head),
           headEntry: async (p) => {
-            const e = await ctx.worktree.headEntry(o.head ? await ctx.repo.commitTree(o.head) : "", p);
+            const e = await ctx.worktree.headEntry(headTree, p);
             return e && !e.isTree ? { mode: e.mode, oid: e.oid } : undefined;
           },
           message: (paths) => commitMessage(desired, paths),

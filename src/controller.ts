@@ -246,8 +246,11 @@ export class Controller {
     slot.nextRunAt = undefined;
     const ctx = this.context(taken);
     try {
+      const t0 = Date.now();
       const observed = await slot.r.observe(ctx, this.config);
+      const t1 = Date.now();
       const result: Result = await reconcile(slot.r, ctx, this.config, observed);
+      this.deps.log.debug(`${slot.r.name}: ${result.summary ?? "done"}`, { observeMs: t1 - t0, applyMs: Date.now() - t1 });
       this.succeeded(slot, result);
       return { name: slot.r.name, ...(result.summary ? { summary: result.summary } : {}) };
     } catch (err) {

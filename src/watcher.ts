@@ -1,4 +1,4 @@
-import { relative, sep } from "node:path";
+import { basename, join, relative, sep } from "node:path";
 import { watch, type FSWatcher } from "chokidar";
 import type { Exclusions } from "./exclusions.js";
 
@@ -39,6 +39,15 @@ export class SandboxWatcher {
     for (const ev of ["add", "change", "unlink", "addDir", "unlinkDir"] as const) {
       this.watcher.on(ev, (p: string) => this.sink.changed(rel(p)));
     }
+    // chokidar filters out changes that touch only metadata (a chmod after the file was read), so the
+    // raw inotify events are hints too: for a directory's watcher they name the entry that changed.
+    this.watcher.on("raw", (_event: string, evPath: string | undefined, details: unknown) => {
+      const watched = (details as { watchedPath?: string } | undefined)?.watchedPath;
+      if (!watched) return;
+      const target = evPath && evPath !== basename(watched) ? join(watched, evPath) : watched;
+      const r = rel(target);
+      if (r !== "" && !r.startsWith("..") && !this.exclusions().quickExcluded(r)) this.sink.changed(r);
+    });
     this.watcher.on("error", (err: unknown) => this.sink.missedEvents(`watcher error: ${(err as Error).message ?? String(err)}`));
     await ready;
   }

@@ -14,6 +14,7 @@ import {
   readRef,
   readSymbolicRef,
   RefConflictError,
+  RefCorruptError,
   updateRef,
   writeSymbolicRef,
   type RefCommitter,
@@ -185,6 +186,12 @@ describe("readRef / readSymbolicRef", () => {
     expect((await readPackedRefs(gitdir)).get("refs/tags/v1")).toEqual({ oid: tagOid, peeled: c2 });
   });
 
+  it("reports a ref file holding garbage as RefCorruptError", async () => {
+    await writeFile(join(gitdir, "refs/heads/bad"), "garbage\n");
+    await expect(readRef(gitdir, "refs/heads/bad")).rejects.toBeInstanceOf(RefCorruptError);
+    await expect(readRef(gitdir, "refs/heads/bad")).rejects.toMatchObject({ kind: "Stalled", reason: "RefCorrupt" });
+  });
+
   it("follows chains of symbolic refs and treats an unborn branch as absent", async () => {
     await writeFile(join(gitdir, "refs/heads/alias"), "ref: refs/heads/develop\n");
     await writeFile(join(gitdir, "refs/heads/alias2"), "ref: refs/heads/alias\n");
@@ -217,6 +224,9 @@ describe("updateRef", () => {
         `${c1}|feature@{1700000000 +0100}|Cascade Bot|bot@example.com|sync: create\n`,
     );
     expect(existsSync(join(gitdir, "refs/heads/feature.lock"))).toBe(false);
+    // setting the value it already has writes nothing, like git
+    expect(await updateRef(gitdir, "refs/heads/feature", c2, { expectedOld: c2, message: "again", committer: bot })).toBe(c2);
+    expect((await git(repo, "reflog", "show", "--format=%gs", "feature")).split("\n")[0]).toBe("sync: two files changed");
     await fsckClean();
   });
 

@@ -7,7 +7,9 @@ import { acquireLock } from "./lockfile.js";
 import { entryFromStat, readIndex, writeIndex, type GitIndex } from "./index-file.js";
 import { branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { readContent } from "../worktree.js";
+import { mapLimit } from "../concurrency.js";
 
+const PARALLEL_WRITES = 16;
 const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
 
 /** One path to record in a commit: the working file at `path`, or its deletion. */
@@ -63,15 +65,19 @@ export async function commitWorktree(
     const parentTree = opts.parent ? await repo.commitTree(opts.parent) : null;
     const changes = new Map<string, FileEntry | null>();
     const recorded: CommittedPath[] = [];
-    for (const p of opts.paths) {
+    // Blobs are written in parallel (each is a deflate and a file write); the order of `recorded` stays the paths' order.
+    const staged = await mapLimit(opts.paths, PARALLEL_WRITES, async (p) => {
       const before = await opts.headEntry(p.path);
       const after = p.deleted ? undefined : await stageFile(repo, index, p.path, opts.modeOf, before);
+      return { path: p.path, before, after };
+    });
+    for (const { path, before, after } of staged) {
       if (before?.oid === after?.oid && before?.mode === after?.mode) continue;
-      changes.set(p.path, after ?? null);
-      if (!after) index.entries.delete(p.path);
-      recorded.push({ path: p.path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
+      changes.set(path, after ?? null);
+      if (!after) index.entries.delete(path);
+      recorded.push({ path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
     }
-    for (const path of opts.refresh) await stageFile(repo, index, path, opts.modeOf, await opts.headEntry(path));
+    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, path, opts.modeOf, await opts.headEntry(path)));
     let commit: string | null = null;
     if (changes.size || opts.allowEmpty) {
       const tree = await repo.buildTree(parentTree, changes);

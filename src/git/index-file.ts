@@ -373,7 +373,10 @@ export function entryFromStat(path: string, stats: fs.BigIntStats, oid: string, 
   };
 }
 
-/** git's create_ce_mode: the index mode for a file of this stat. */
+/**
+ * git's create_ce_mode: the index mode for a file of this lstat. Returns 0o120000 for a symlink, 0o160000
+ * for a directory (a gitlink), else 0o100755 or 0o100644 by the owner's executable bit. Throws nothing.
+ */
 export function modeFromStat(stats: fs.BigIntStats): number {
   if (stats.isSymbolicLink()) return MODE_SYMLINK;
   if (stats.isDirectory()) return MODE_GITLINK;
@@ -440,7 +443,7 @@ function isRacy(entry: IndexEntry, indexMtime: IndexTimestamp): boolean {
 /**
  * Orders paths by their UTF-8 bytes, as git does (memcmp, shorter first), without encoding them: UTF-16
  * order equals code point order (hence UTF-8 byte order) except that a surrogate (a code point above
- * U+FFFF) must sort after U+E000..U+FFFF.
+ * U+FFFF) must sort after U+E000..U+FFFF. Returns <0, 0 or >0 like Array#sort comparators; throws nothing.
  */
 export function comparePaths(a: string, b: string): number {
   const n = Math.min(a.length, b.length);

@@ -180,8 +180,12 @@ function isMissing(err: unknown): boolean {
 
 type Loose = { kind: "oid"; oid: string } | { kind: "symref"; target: string } | null;
 
-/** Reads the loose ref file `<base>/<name>` without following symbolic refs. */
-async function readLoose(base: string, name: string): Promise<Loose> {
+/**
+ * Reads the loose ref file `<base>/<name>` without following symbolic refs. A malformed file is read a
+ * second time after a moment before it counts as corrupt: isomorphic-git (fetch) still writes
+ * refs/remotes/* with plain writes, so a reader can catch one half-written.
+ */
+async function readLoose(base: string, name: string, retry = true): Promise<Loose> {
   const file = join(base, name);
   let text: string;
   try {
@@ -190,6 +194,16 @@ async function readLoose(base: string, name: string): Promise<Loose> {
     if (isMissing(err)) return null;
     throw err;
   }
+  try {
+    return parseLoose(name, file, text);
+  } catch (err) {
+    if (!retry || !(err instanceof RefCorruptError)) throw err;
+    await new Promise((r) => setTimeout(r, 20));
+    return readLoose(base, name, false);
+  }
+}
+
+function parseLoose(name: string, file: string, text: string): Loose {
   if (text.startsWith("ref:")) {
     const target = text.slice(4).trim();
     if (checkRefFormat(target) !== null && !/^[A-Z][A-Z_]*$/.test(target)) {
@@ -416,7 +430,8 @@ async function removeEmptyParents(base: string, name: string): Promise<void> {
  * written while the lock is held, so a concurrent native git can never interleave its entries with ours.
  * When HEAD points to the ref, HEAD.lock is held for the HEAD reflog entry, as git does.
  *
- * Returns the previous value (null when the ref was created). Throws InvalidRefNameError for a short or
+ * Returns the previous value (null when the ref was created). When the ref already is `newOid`, nothing is
+ * written and no reflog entry added (as in git). Throws InvalidRefNameError for a short or
  * invalid name, RefConflictError when the current value differs from `expectedOld` (nothing written),
  * LockBusyError when `<name>.lock` (or HEAD.lock) stays held past the timeout (nothing written),
  * RefCorruptError when the ref file is unreadable or is a symbolic ref.
@@ -442,6 +457,8 @@ export async function updateRef(gitdir: string, name: string, newOid: string, op
       if (opts.expectedOld !== undefined && opts.expectedOld !== actual) {
         throw new RefConflictError(name, opts.expectedOld, actual);
       }
+      // git writes neither the ref nor a reflog entry when the ref already has the value.
+      if (actual === newOid) return actual;
       const line = formatReflogLine(actual, newOid, opts.committer, opts.message);
       await lock.write(`${newOid}\n`);
 

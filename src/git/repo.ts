@@ -1,6 +1,8 @@
 import * as fs from "node:fs";
-import { createHash } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { promisify } from "node:util";
+import { deflate } from "node:zlib";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
@@ -116,7 +118,31 @@ export class Repo {
 
   /** Writes a blob and returns its oid. */
   async writeBlob(content: Buffer): Promise<string> {
-    return git.writeBlob({ fs, gitdir: this.gitdir, blob: content });
+    return this.writeLoose("blob", content);
+  }
+
+  /**
+   * Writes a loose object as git does: deflated into a temp file in objects/, renamed into place
+   * (so a reader never sees half an object), read-only. An object that exists is not written again.
+   * zlib runs on libuv's thread pool, so parallel writes use both cores.
+   */
+  private async writeLoose(type: string, content: Buffer): Promise<string> {
+    const header = Buffer.from(`${type} ${content.length}\0`);
+    const oid = createHash("sha1").update(header).update(content).digest("hex");
+    const dir = join(this.gitdir, "objects", oid.slice(0, 2));
+    const file = join(dir, oid.slice(2));
+    if (await fs.promises.access(file).then(() => true, () => false)) return oid;
+    const data = await deflateAsync(Buffer.concat([header, content]));
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `tmp_obj_${randomBytes(6).toString("hex")}`);
+    try {
+      await writeFile(tmp, data, { mode: 0o444 });
+      await rename(tmp, file);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    return oid;
   }
 
   /** Reads a blob's bytes; throws NotFoundError when it is missing. */
@@ -138,18 +164,20 @@ export class Repo {
     return tree.map((e) => ({ mode: normalizeMode(e.mode), path: e.path, oid: e.oid, type: e.type }));
   }
 
-  /** Writes a tree from its entries and returns its oid; git's own entry order is applied. */
+  /**
+   * Writes a tree from its entries and returns its oid. Entries are sorted in git's order (a
+   * folder sorts as if its name ended in "/"); modes are written without a leading zero, as git does.
+   */
   async writeTree(entries: { mode: EntryMode; path: string; oid: string }[]): Promise<string> {
-    if (!entries.length) return this.writeEmptyTree();
-    return git.writeTree({
-      fs,
-      gitdir: this.gitdir,
-      tree: entries.map((e) => ({ mode: e.mode, path: e.path, oid: e.oid, type: e.mode === "040000" ? "tree" : e.mode === "160000" ? "commit" : "blob" })),
-    });
+    const key = (e: { mode: EntryMode; path: string }) => Buffer.from(e.mode === "040000" ? `${e.path}/` : e.path);
+    const sorted = entries.map((e) => ({ e, k: key(e) })).sort((a, b) => Buffer.compare(a.k, b.k));
+    const parts: Buffer[] = [];
+    for (const { e } of sorted) parts.push(Buffer.from(`${e.mode.replace(/^0/, "")} ${e.path}\0`), Buffer.from(e.oid, "hex"));
+    return this.writeLoose("tree", Buffer.concat(parts));
   }
 
   private async writeEmptyTree(): Promise<string> {
-    return git.writeObject({ fs, gitdir: this.gitdir, type: "tree", object: Buffer.alloc(0), format: "content" });
+    return this.writeLoose("tree", Buffer.alloc(0));
   }
 
   /** Writes a commit and returns its oid (refs are not touched). */
@@ -283,7 +311,7 @@ export class Repo {
 
   /** Writes an object from its type and content; returns its oid. */
   async writeRaw(type: string, object: Buffer): Promise<string> {
-    return git.writeObject({ fs, gitdir: this.gitdir, type: type as "blob", object, format: "content" });
+    return this.writeLoose(type, object);
   }
 
   /** Reads a git config value of this repository (e.g. `user.name`). */
@@ -298,6 +326,8 @@ export class Repo {
     await git.setConfig({ fs, gitdir: this.gitdir, path, value });
   }
 }
+
+const deflateAsync = promisify(deflate);
 
 function same(a: { mode: string; oid: string } | undefined, b: { mode: string; oid: string } | undefined): boolean {
   return a === b || (!!a && !!b && a.mode === b.mode && a.oid === b.oid);
