@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { applyToWorktree } from "../src/git/commit.js";
 import { fetchBranch, pushBranch } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
-import { transient } from "../src/errors.js";
+import { stalled, transient } from "../src/errors.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 
@@ -15,6 +15,8 @@ export type Relation = "in-sync" | "remote-empty" | "ahead" | "behind" | "diverg
 
 export interface RemoteObserved {
   remote: RemoteSpec;
+  /** The branch checked out in the sandbox: remote commits are brought into the files only on the sandbox branch. */
+  checkedOut: string | null;
   local: string | null;
   remoteTip: string | null;
   relation: Relation;
@@ -57,11 +59,22 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
         base = await ctx.repo.mergeBase(local, remoteTip);
       }
       ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastFetch: { commit: remoteTip, at }, relation };
-      return { remote, local, remoteTip, relation, base };
+      return { remote, checkedOut: await ctx.repo.currentBranch(), local, remoteTip, relation, base };
     },
 
-    plan(_desired, o): Plan<RemoteAction> {
+    plan(desired, o): Plan<RemoteAction> {
       if (!o.local) return { actions: [] };
+      const branch = desired.sandbox.branch;
+      if ((o.relation === "behind" || o.relation === "diverged") && o.checkedOut !== branch) {
+        return {
+          actions: [],
+          blocked: {
+            reason: "WrongBranch",
+            message: `${remoteName} has new commits on ${branch}, but the sandbox has ${o.checkedOut ? `branch ${o.checkedOut}` : "a detached HEAD"} checked out, so they cannot be brought into its files`,
+            hint: `run \`git checkout ${branch}\` in the sandbox`,
+          },
+        };
+      }
       switch (o.relation) {
         case "in-sync":
           return { actions: [] };
@@ -76,6 +89,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     },
 
     async apply(ctx, desired, plan, o): Promise<Result> {
+      if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
       const branch = desired.sandbox.branch;
       const done: string[] = [];
       let head = o.local;

@@ -28,10 +28,15 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   async observe(ctx, desired) {
     const checkedOut = await ctx.repo.currentBranch();
     const head = await ctx.repo.branchHead(desired.sandbox.branch);
-    const empty: SandboxObservation = { changes: [], refresh: [], scanned: 0 };
+    const empty: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
     if (checkedOut !== desired.sandbox.branch || !head) return { checkedOut, head, observation: empty, full: ctx.hints.full };
     const paths = ctx.hints.full ? [""] : [...ctx.hints.paths];
     const observation = paths.length ? await ctx.worktree.observe(await ctx.repo.commitTree(head), paths, await ctx.statCache()) : empty;
+    // What is held back is reported in status: replaced on a full scan, updated for hinted paths.
+    const held = ctx.hints.full ? new Set<string>() : new Set(ctx.state.heldBack);
+    if (!ctx.hints.full) for (const p of paths) held.delete(p);
+    for (const p of observation.heldBack) held.add(p);
+    ctx.state.heldBack = [...held].sort();
     return { checkedOut, head, observation, full: ctx.hints.full };
   },
 

@@ -130,11 +130,11 @@ export function generate(schema) {
   for (const [key, raw] of Object.entries(schema.properties)) {
     const rows = [];
     walk(schema, key, raw, topRequired.includes(key), rows);
-    out.push(`#### \`${key}\``, "", "| field | type | default | description |", "|---|---|---|---|");
+    out.push(`### \`${key}\``, "", "| field | type | default | description |", "|---|---|---|---|");
     for (const r of rows) out.push(`| \`${r.path}\` | ${cell(r.type)} | ${cell(r.default)} | ${cell(r.description)} |`);
     out.push("");
   }
-  out.push("#### Value types", "", "| type | format |", "|---|---|");
+  out.push("### Value types", "", "| type | format |", "|---|---|");
   for (const [name, label] of Object.entries(VALUE_TYPES)) {
     const def = schema.definitions[name];
     out.push(`| ${label} | ${cell(def.description)} |`);

@@ -38,7 +38,7 @@ export interface StatusSnapshot {
   running: boolean;
   startedAt: string;
   updatedAt: string;
-  sandbox: { dir: string; branch: string; head: string | null; pendingPaths: number; lastCommit?: SharedState["lastCommit"] };
+  sandbox: { dir: string; branch: string; head: string | null; pendingPaths: number; heldBack: string[]; lastCommit?: SharedState["lastCommit"] };
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
   remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
   reconcilers: { name: string; conditions: Condition[]; failures: number; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
@@ -67,11 +67,12 @@ export class Controller {
   private firstHintAt: number | undefined;
   private lastHintAt: number | undefined;
   private configDueAt: number | undefined;
+  private nextRescanAt: number | undefined;
   private wakeUp: (() => void) | undefined;
   private mutex: Promise<unknown> = Promise.resolve();
   private statCacheKey = "";
   private statCacheValue: StatCache | undefined;
-  private readonly state: SharedState = { pendingPaths: 0, remotes: {} };
+  private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [] };
   private configProblems: ConfigProblem[] = [];
   private configLastGoodAt: string;
   private lastConfigDigest = "";
@@ -111,7 +112,7 @@ export class Controller {
     });
     await ensureRuntimeDir(repo.gitdir);
     const filemode = (await repo.getConfig("core.filemode")) !== "false";
-    const exclusions = await Exclusions.load(config.dir, config.sandbox.exclude);
+    const exclusions = await Exclusions.load(config.dir, config.sandbox.exclude, config.security.encrypt);
     await exclusions.writeInfoExclude(repo.gitdir);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode);
@@ -130,8 +131,9 @@ export class Controller {
    * batch and pushes it if the remotes are reachable, then resolves.
    */
   async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
-    this.watcher = new SandboxWatcher(this.config.dir, () => this.exclusions, {
+    this.watcher = new SandboxWatcher(this.config.dir, this.repo.gitdir, () => this.exclusions, {
       changed: (rel) => this.onPathChanged(rel),
+      headChanged: () => this.retryStalled(),
       missedEvents: (why) => {
         this.deps.log.warn(`${why}; rescanning the whole sandbox`);
         this.requestFullScan();
@@ -139,8 +141,9 @@ export class Controller {
     });
     await this.watcher.start();
     this.requestFullScan();
-    for (const slot of this.slots.values()) if (slot.r.name !== "sandbox") slot.nextRunAt = this.now();
-    const rescan = setInterval(() => this.requestFullScan(), this.config.intervals.rescanMs);
+    // Edits made while stopped are committed at once, not after a debounce.
+    for (const slot of this.slots.values()) slot.nextRunAt = this.now();
+    this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
     const onAbort = () => this.wakeUp?.();
     signal.addEventListener("abort", onAbort);
     let readySignalled = false;
@@ -154,7 +157,6 @@ export class Controller {
         await this.sleepUntilDue(signal);
       }
     } finally {
-      clearInterval(rescan);
       signal.removeEventListener("abort", onAbort);
       await this.watcher.close();
       await this.flush();
@@ -200,6 +202,21 @@ export class Controller {
     this.addHint(rel);
   }
 
+  /** Runs every reconciler now with a full scan (the `reconcile` command's nudge to a running controller). */
+  reconcileNow(): void {
+    this.requestFullScan();
+    for (const s of this.slots.values()) s.nextRunAt = this.now();
+    this.wakeUp?.();
+  }
+
+  /** Runs every Stalled reconciler again soon: something a person does may have unblocked it. */
+  retryStalled(): void {
+    for (const s of this.slots.values()) {
+      if (s.lastError?.kind === "Stalled") s.nextRunAt = this.now() + this.config.sandbox.debounceMs;
+    }
+    this.wakeUp?.();
+  }
+
   /** Asks for a whole-tree scan in the next batch (start, periodic rescan, missed events). */
   requestFullScan(): void {
     this.hints.full = true;
@@ -229,6 +246,11 @@ export class Controller {
       if (this.configDueAt !== undefined && this.configDueAt <= this.now()) {
         this.configDueAt = undefined;
         await this.reloadConfig();
+      }
+      if (this.nextRescanAt !== undefined && this.nextRescanAt <= this.now()) {
+        // Read from the config on each turn, so an edited rescan interval applies at once.
+        this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
+        this.requestFullScan();
       }
       const due = (s: Slot) => !s.running && s.nextRunAt !== undefined && s.nextRunAt <= this.now();
       const sandbox = this.slots.get("sandbox")!;
@@ -268,8 +290,10 @@ export class Controller {
       this.deps.log.info(`${slot.r.name} recovered`);
       this.notifier.reset("push-failing", slot.r.name);
     }
+    const recovered = slot.failures > 0;
     slot.failures = 0;
     delete slot.lastError;
+    if (recovered && slot.r.name === "sandbox") this.retryStalled();
     slot.lastSummary = result.summary;
     slot.lastSuccessAt = new Date(this.now()).toISOString();
     slot.conditions = [{ type: "Ready", status: true, reason: "Succeeded", message: result.summary ?? "reconciled" }];
@@ -403,13 +427,14 @@ export class Controller {
     this.configLastGoodAt = new Date(this.now()).toISOString();
     this.deps.log.reconfigure(config.logging.file, config.logging.level);
     this.notifier.reconfigure(config.notifications);
-    this.exclusions = await Exclusions.load(config.dir, config.sandbox.exclude);
+    this.exclusions = await Exclusions.load(config.dir, config.sandbox.exclude, config.security.encrypt);
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
     this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
     for (const s of this.slots.values()) if (s.r.name.startsWith("remote:")) s.nextRunAt = this.now();
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
-    if (JSON.stringify(old.sandbox.exclude) !== JSON.stringify(config.sandbox.exclude)) this.requestFullScan();
+    if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
+    if (JSON.stringify(old.sandbox.exclude) !== JSON.stringify(config.sandbox.exclude) || JSON.stringify(old.security.encrypt) !== JSON.stringify(config.security.encrypt)) this.requestFullScan();
   }
 
   /** Keeps slots for reconcilers that stay, adds new remotes, drops removed ones. */
@@ -427,6 +452,7 @@ export class Controller {
     if (signal.aborted) return;
     const times = [...this.slots.values()].map((s) => (s.running ? undefined : s.nextRunAt)).filter((t): t is number => t !== undefined);
     if (this.configDueAt !== undefined) times.push(this.configDueAt);
+    if (this.nextRescanAt !== undefined) times.push(this.nextRescanAt);
     const wait = times.length ? Math.max(0, Math.min(...times) - this.now()) : 60_000;
     if (wait === 0) return;
     await new Promise<void>((resolve) => {
@@ -473,6 +499,7 @@ export class Controller {
         branch: this.config.sandbox.branch,
         head: this.head,
         pendingPaths: this.hints.paths.size,
+        heldBack: this.state.heldBack,
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
       },
       config: { file: this.config.file, valid: this.configProblems.length === 0, problems: this.configProblems.map(formatProblem), lastGoodAt: this.configLastGoodAt },

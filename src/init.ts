@@ -90,7 +90,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     }
   }
 
-  const exclusions = await Exclusions.load(dir, config.sandbox.exclude);
+  const exclusions = await Exclusions.load(dir, config.sandbox.exclude, config.security.encrypt);
   if (await exclusions.writeInfoExclude(repo.gitdir)) lines.push("wrote the exclusions to .git/info/exclude");
 
   const branches = [config.sandbox.branch, ...PIPELINE_BRANCHES.filter((b) => !Object.values(config.environments).some((e) => e.branch === b)), ...Object.values(config.environments).map((e) => e.branch)];
@@ -120,6 +120,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       allowEmpty: !base,
       expectedBranchHead: sandboxHead,
     });
+    if (obs.heldBack.length) lines.push(`held back (match security.encrypt; never committed in plaintext): ${obs.heldBack.join(", ")}`);
     const start = outcome.commit ?? base!;
     if (!sandboxHead && !outcome.commit) await repo.setRef(branchRef(config.sandbox.branch), start, null, "cascade-sync init", who);
     if (outcome.commit) lines.push(`committed the current content as ${outcome.commit.slice(0, 7)} on ${config.sandbox.branch} (${outcome.paths.length} file(s))`);

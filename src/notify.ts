@@ -8,7 +8,7 @@ import type { Redactor } from "./redact.js";
 /** Event names a notification can carry (contract: webhooks filter on them). */
 export type NotificationEvent =
   | "approval-needed" | "promoted" | "gate-failed" | "health-degraded" | "health-recovered"
-  | "rolled-back" | "config-invalid" | "config-recovered" | "push-failing" | "push-recovered" | "drift-detected" | "secret-found";
+  | "rolled-back" | "config-invalid" | "push-failing" | "drift-detected" | "secret-found";
 
 /** One notification: what happened, to which subject, and a message a person can read. */
 export interface Notification {

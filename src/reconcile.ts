@@ -34,6 +34,8 @@ export interface Plan<A> {
 export interface SharedState {
   lastCommit?: { commit: string; message: string; at: string };
   pendingPaths: number;
+  /** Files not committed because they match security.encrypt (they never leave in plaintext). */
+  heldBack: string[];
   remotes: Record<string, { lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string }>;
 }
 

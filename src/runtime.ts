@@ -1,6 +1,7 @@
 import { mkdir, open, readFile, rename, rm, writeFile, chmod } from "node:fs/promises";
 import { join } from "node:path";
 import { stalled } from "./errors.js";
+import { disableLockJournal, enableLockJournal, recoverStaleLocks } from "./git/lockfile.js";
 
 /** The controller's runtime folder inside .git (never committed, never watched). */
 export function runtimeDir(gitdir: string): string {
@@ -47,8 +48,19 @@ export async function isAlive(info: LockInfo): Promise<boolean> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
   }
+  // A zombie (killed, not yet reaped by its parent) has exited: it holds nothing any more.
+  if (await isZombie(info.pid)) return false;
   if (!info.procStart) return true;
   return (await procStartTime(info.pid)) === info.procStart;
+}
+
+async function isZombie(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z";
+  } catch {
+    return false;
+  }
 }
 
 /** The start time of a process (field 22 of /proc/PID/stat), or undefined off Linux. */
@@ -75,9 +87,10 @@ export async function runningController(gitdir: string): Promise<LockInfo | unde
 /**
  * Takes the one-controller-per-sandbox lock. A lock whose process is gone (kill -9, a crash) is
  * stale and taken over. Throws Stalled `AlreadyRunning` naming the pid when a live controller holds it.
- * Returns a function that releases the lock.
+ * Git lock files (index.lock, ref locks) that a crashed holder left are removed (see
+ * recoverStaleLocks). Returns a function that releases the lock, and what was taken over or removed.
  */
-export async function takeControllerLock(gitdir: string, now: Date): Promise<{ release(): Promise<void>; tookOver?: LockInfo }> {
+export async function takeControllerLock(gitdir: string, now: Date): Promise<{ release(): Promise<void>; tookOver?: LockInfo; removedLocks: string[] }> {
   const dir = await ensureRuntimeDir(gitdir);
   const file = join(dir, "lock");
   const mine: LockInfo = { pid: process.pid, startedAt: now.toISOString(), ...(await procInfo()) };
@@ -87,7 +100,12 @@ export async function takeControllerLock(gitdir: string, now: Date): Promise<{ r
       const fh = await open(file, "wx", 0o600);
       await fh.writeFile(JSON.stringify(mine));
       await fh.close();
-      return { release: async () => {
+      // Only the lock holder touches git lock files' journal: first clear what a crashed holder left.
+      const journal = join(dir, "locks.json");
+      const removedLocks = await recoverStaleLocks(journal, (pid) => isAlive({ pid, startedAt: "" }));
+      enableLockJournal(gitdir, journal);
+      return {
+        removedLocks, release: async () => {
         const cur = await readLock(gitdir);
         if (cur?.pid === process.pid) await rm(file, { force: true });
       }, ...(tookOver ? { tookOver } : {}) };

@@ -1,11 +1,14 @@
 import { basename, join, relative, sep } from "node:path";
 import { watch, type FSWatcher } from "chokidar";
+import { watch as fsWatch, type FSWatcher as NodeFSWatcher } from "node:fs";
 import type { Exclusions } from "./exclusions.js";
 
 /** What the watcher reports: a path that may have changed, or that events may have been missed. */
 export interface WatchSink {
   changed(rel: string): void;
   missedEvents(why: string): void;
+  /** HEAD was rewritten (a checkout): what blocked on the branch may proceed now. */
+  headChanged(): void;
 }
 
 /**
@@ -16,9 +19,11 @@ export interface WatchSink {
  */
 export class SandboxWatcher {
   private watcher: FSWatcher | undefined;
+  private head: NodeFSWatcher | undefined;
 
   constructor(
     private readonly dir: string,
+    private readonly gitdir: string,
     private readonly exclusions: () => Exclusions,
     private readonly sink: WatchSink,
   ) {}
@@ -49,11 +54,23 @@ export class SandboxWatcher {
       if (r !== "" && !r.startsWith("..") && !this.exclusions().quickExcluded(r)) this.sink.changed(r);
     });
     this.watcher.on("error", (err: unknown) => this.sink.missedEvents(`watcher error: ${(err as Error).message ?? String(err)}`));
+    // .git itself is not watched (our own writes would wake us), except HEAD: a checkout moves it
+    // without touching any file when both branches have the same tree.
+    try {
+      this.head = fsWatch(this.gitdir, { persistent: false }, (_ev, name) => {
+        if (name === "HEAD") this.sink.headChanged();
+      });
+      this.head.on("error", () => undefined);
+    } catch {
+      // Without it, a checkout is noticed at the next event or rescan.
+    }
     await ready;
   }
 
   /** Stops watching and releases every watch. */
   async close(): Promise<void> {
+    this.head?.close();
+    this.head = undefined;
     await this.watcher?.close();
     this.watcher = undefined;
   }

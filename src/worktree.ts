@@ -31,6 +31,8 @@ export interface SandboxObservation {
   refresh: { path: string; work: WorkFile }[];
   /** Files looked at. */
   scanned: number;
+  /** Files that exist but are held back (security.encrypt): never committed in plaintext. */
+  heldBack: string[];
 }
 
 /** The index as a stat cache: its entries, and the index file's own mtime for racy-git checks. */
@@ -60,7 +62,7 @@ export class Worktree {
    * Folders are walked; a path that vanished is a deletion of whatever the head has there.
    */
   async observe(headTree: string, paths: Iterable<string>, cache: StatCache): Promise<SandboxObservation> {
-    const out: SandboxObservation = { changes: [], refresh: [], scanned: 0 };
+    const out: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
     const seen = new Set<string>();
     const queue = [...new Set(paths)];
     const worker = async () => {
@@ -73,6 +75,7 @@ export class Worktree {
     // Workers drain one queue that folders keep adding to; loop until nothing is left in flight.
     while (queue.length) await Promise.all(Array.from({ length: CONCURRENCY }, worker));
     out.changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    out.heldBack.sort();
     return out;
   }
 
@@ -100,6 +103,10 @@ export class Worktree {
         const onDisk = new Set(names);
         for (const name of (await this.treeEntries(head.oid)).keys()) if (!onDisk.has(name)) queue.push(prefix + name);
       } else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
+      return;
+    }
+    if (this.exclusions.isHeldBack(rel)) {
+      out.heldBack.push(rel);
       return;
     }
     out.scanned++;

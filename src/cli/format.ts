@@ -17,6 +17,10 @@ export function formatStatus(r: StatusReport): string {
   const s = r.snapshot;
   if (!s) return lines.join("\n");
   lines.push(`sandbox:    ${s.sandbox.dir} on ${s.sandbox.branch} at ${s.sandbox.head?.slice(0, 7) ?? "(no commit)"}, ${s.sandbox.pendingPaths} pending change(s)`);
+  if (s.sandbox.heldBack?.length) {
+    lines.push(`held back:  ${s.sandbox.heldBack.join(", ")}`);
+    lines.push("            (they match security.encrypt; this version cannot encrypt, so they are never committed or pushed)");
+  }
   if (s.sandbox.lastCommit) lines.push(`            last commit ${s.sandbox.lastCommit.commit.slice(0, 7)} ${s.sandbox.lastCommit.at}: ${s.sandbox.lastCommit.message}`);
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");
   for (const rm of s.remotes) {

@@ -114,7 +114,8 @@ export async function main(args: MainArgs): Promise<number> {
     const ce = toCascadeError(e);
     err(redactor.redact(`cascade-sync ${command}: ${ce.message}${ce.hint ? `\nhint: ${ce.hint}` : ""}`));
     if (ce.reason === "InternalError" && e instanceof Error && e.stack) err(redactor.redact(e.stack));
-    return 2;
+    // An invalid config is the command's check failing (as for `validate`), not a usage error.
+    return ce.reason === "ConfigInvalid" ? 1 : 2;
   }
 }
 
@@ -135,8 +136,9 @@ async function startForeground(args: MainArgs, configFile: string, redactor: Red
   const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));
   try {
     if (lock.tookOver) out(`took over a stale lock left by pid ${lock.tookOver.pid} (no longer running)`);
+    for (const l of lock.removedLocks) out(`removed ${l}, left behind by the crashed controller`);
     out(`cascade-sync: watching ${controller.current.dir} (branch ${controller.current.sandbox.branch}, ${controller.current.remotes.length} remote(s)); Ctrl-C stops`);
-    args.onNudge?.(() => controller.requestFullScan());
+    args.onNudge?.(() => controller.reconcileNow());
     await controller.start(args.signal, () => out("cascade-sync: ready"));
     out("cascade-sync: stopped");
     return 0;
@@ -154,7 +156,7 @@ async function startDetached(args: MainArgs, configFile: string, out: (s: string
   const repo = await Repo.open(loaded.config.dir);
   const running = await runningController(repo.gitdir);
   if (running) {
-    err(`cascade-sync is already running for this sandbox (pid ${running.pid}, since ${running.startedAt})`);
+    err(`cascade-sync is already running for this sandbox (pid ${running.pid}, since ${running.startedAt})\nhint: use \`cascade-sync status\` to see it, or \`cascade-sync stop\` to stop it`);
     return 2;
   }
   if (!args.binPath) throw new Error("start --detach needs the bin path");
@@ -241,7 +243,7 @@ async function reconcileOnce(args: MainArgs, configFile: string, redactor: Redac
   const running = await runningController(repo.gitdir);
   if (running) {
     process.kill(running.pid, "SIGUSR1");
-    out(`asked the running controller (pid ${running.pid}) to reconcile now; see \`cascade-sync status\``);
+    out(`asked the running controller (pid ${running.pid}) to run a full pass now (scan, commit, fetch, merge, push); see \`cascade-sync status\``);
     return 0;
   }
   const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));

@@ -9,6 +9,7 @@
  */
 import * as fs from "node:fs";
 import { open, rename, unlink, type FileHandle } from "node:fs/promises";
+import { sep } from "node:path";
 import { CascadeError, InternalError } from "../errors.js";
 
 /** Options of {@link acquireLock} and {@link withLock}. */
@@ -100,7 +101,7 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
     try {
       // "wx" = O_WRONLY|O_CREAT|O_EXCL; the kernel applies the umask to 0o666 like git's open().
       const handle = await open(lockPath, "wx", 0o666);
-      return new HeldLock(path, lockPath, handle);
+      return new HeldLock(path, lockPath, handle, Number((await handle.stat()).ino));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
@@ -130,16 +131,77 @@ export async function withLock<T>(path: string, fn: (lock: Lock) => Promise<T>, 
   }
 }
 
-/** Lock files held by this process, removed on exit like git's tempfile cleanup (a crash cannot). */
-const held = new Set<string>();
+/** Lock files held by this process (path -> inode), removed on exit like git's tempfile cleanup (a crash cannot). */
+const held = new Map<string, number>();
 let exitHookInstalled = false;
+/** Journals by repository: gitdir -> journal file (one per controller running in this process). */
+const journals = new Map<string, string>();
 
-function track(lockPath: string): void {
-  held.add(lockPath);
+/** What the lock journal records: which lock files a process held, by inode. */
+interface LockJournal {
+  pid: number;
+  locks: { path: string; ino: number }[];
+}
+
+/**
+ * Records every lock this process holds under `gitdir` in `file` (rewritten on each acquire and
+ * release), so that after a crash (kill -9) the next controller can remove exactly the lock files
+ * the dead one left, and never a lock a native git holds. See {@link recoverStaleLocks}.
+ */
+export function enableLockJournal(gitdir: string, file: string): void {
+  journals.set(gitdir.endsWith(sep) ? gitdir : gitdir + sep, file);
+  writeJournals();
+}
+
+/** Stops journaling locks under `gitdir` (the controller released the sandbox). */
+export function disableLockJournal(gitdir: string): void {
+  journals.delete(gitdir.endsWith(sep) ? gitdir : gitdir + sep);
+}
+
+function writeJournals(): void {
+  for (const [prefix, file] of journals) {
+    const data: LockJournal = { pid: process.pid, locks: [...held].filter(([p]) => p.startsWith(prefix)).map(([path, ino]) => ({ path, ino })) };
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      fs.writeFileSync(tmp, JSON.stringify(data), { mode: 0o600 });
+      fs.renameSync(tmp, file);
+    } catch {
+      // The sandbox is gone (or read-only): a journal is a recovery aid, never a reason to fail.
+    }
+  }
+}
+
+/**
+ * Removes the lock files that a dead process recorded in the journal `file` and left behind,
+ * checking each one's inode so that a lock created since by someone else stays. `isAlive(pid)`
+ * decides whether the recorder is gone. Returns the lock files removed.
+ */
+export async function recoverStaleLocks(file: string, isAlive: (pid: number) => Promise<boolean>): Promise<string[]> {
+  let journal: LockJournal;
+  try {
+    journal = JSON.parse(await fs.promises.readFile(file, "utf8")) as LockJournal;
+  } catch {
+    return [];
+  }
+  if (journal.pid === process.pid || (await isAlive(journal.pid))) return [];
+  const removed: string[] = [];
+  for (const l of journal.locks) {
+    const st = await fs.promises.lstat(l.path).catch(() => null);
+    if (st && st.ino === l.ino) {
+      await unlink(l.path).catch(() => undefined);
+      removed.push(l.path);
+    }
+  }
+  return removed;
+}
+
+function track(lockPath: string, ino: number): void {
+  held.set(lockPath, ino);
+  writeJournals();
   if (!exitHookInstalled) {
     exitHookInstalled = true;
     process.on("exit", () => {
-      for (const p of held) {
+      for (const p of held.keys()) {
         try {
           fs.unlinkSync(p);
         } catch {
@@ -148,6 +210,11 @@ function track(lockPath: string): void {
       }
     });
   }
+}
+
+function untrack(lockPath: string): void {
+  held.delete(lockPath);
+  writeJournals();
 }
 
 class HeldLock implements Lock {
@@ -159,9 +226,10 @@ class HeldLock implements Lock {
     readonly path: string,
     readonly lockPath: string,
     handle: FileHandle,
+    ino: number,
   ) {
     this.handle = handle;
-    track(lockPath);
+    track(lockPath, ino);
   }
 
   get released(): boolean {
@@ -208,7 +276,7 @@ class HeldLock implements Lock {
     // (which tolerates the closed handle) removes it.
     await rename(this.lockPath, this.path);
     this.state = "committed";
-    held.delete(this.lockPath);
+    untrack(this.lockPath);
   }
 
   async rollback(): Promise<void> {
@@ -219,7 +287,7 @@ class HeldLock implements Lock {
     try {
       await handle?.close();
     } finally {
-      held.delete(this.lockPath);
+      untrack(this.lockPath);
       try {
         await unlink(this.lockPath);
       } catch (err) {

@@ -1,0 +1,156 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { fsckStrict, git, gitOk, logOneline, lsTree, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
+import { makeSandbox, testEnv } from './helpers/sandbox.js';
+import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+
+const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  // The bin runs the compiled code: `npm test` builds first; make sure a stale dist is not tested.
+  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
+}, 120_000);
+
+afterEach(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  children.length = 0;
+  await cleanupTmpDirs();
+});
+
+function cli(cwd: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { cwd, env: testEnv() }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** Starts `cascade-sync start` as a real process; resolves once it says it is ready. */
+async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string }> {
+  const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: 'the controller process to be ready', timeoutMs: 30_000 }).catch((e: Error) => {
+    throw new Error(`${e.message}\n--- controller output ---\n${out}`);
+  });
+  return { child, out: () => out };
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
+}
+
+describe('the controller process', () => {
+  it('runs one controller per sandbox: --detach returns once up, a second start names the pid, stop is graceful', async () => {
+    const remote = path.join(await makeTmpDir('remote'), 'r.git');
+    await makeBareRepo(remote, { initialBranch: 'develop' });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }], debounce: '1h', batchWindow: '2h' });
+    const up = await cli(dir, 'start', '--detach');
+    expect(up.code, up.stderr).toBe(0);
+    const pid = Number(/pid (\d+)/.exec(up.stdout)?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    const second = await cli(dir, 'start');
+    expect(second.code).toBe(2);
+    expect(second.stderr).toContain(`already running for this sandbox (pid ${pid}`);
+    const st = JSON.parse((await cli(dir, 'status', '--json')).stdout);
+    expect(st.running).toBe(true);
+    expect(st.pid).toBe(pid);
+    expect(st.snapshot.sandbox.branch).toBe('develop');
+    // A pending batch (debounce 1h) is committed and pushed by a graceful stop.
+    await writeFile(path.join(dir, 'pending.txt'), 'do not lose me');
+    await waitFor(async () => JSON.parse((await cli(dir, 'status', '--json')).stdout).snapshot.sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
+    const stop = await cli(dir, 'stop');
+    expect(stop.code, stop.stderr).toBe(0);
+    expect((await showFile(dir, 'develop', 'pending.txt')).toString()).toBe('do not lose me');
+    expect(await revParse(remote, 'develop')).toBe(await revParse(dir, 'develop'));
+    const after = JSON.parse((await cli(dir, 'status', '--json')).stdout);
+    expect(after.running).toBe(false);
+    await fsckStrict(dir);
+  });
+
+  it('commits the pending batch on SIGTERM', async () => {
+    const { dir } = await makeSandbox({ debounce: '1h', batchWindow: '2h' });
+    const { child } = await startProcess(dir);
+    await writeFile(path.join(dir, 'on-term.txt'), 'x');
+    await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
+    child.kill('SIGTERM');
+    expect(await exited(child)).toBe(0);
+    expect((await showFile(dir, 'develop', 'on-term.txt')).toString()).toBe('x');
+  });
+
+  it('loses nothing when killed with -9 during a batch: restart takes over the lock and commits it all', async () => {
+    const { dir } = await makeSandbox({ debounce: '200ms', batchWindow: '1s' });
+    const first = await startProcess(dir);
+    for (let d = 0; d < 20; d++) {
+      await mkdir(path.join(dir, `many/d${d}`), { recursive: true });
+      await Promise.all(Array.from({ length: 150 }, (_, f) => writeFile(path.join(dir, `many/d${d}/f${f}.txt`), `${d}/${f}`)));
+    }
+    // Kill while the batch holds the index lock, i.e. in the middle of writing the commit.
+    await waitFor(() => access(path.join(dir, '.git/index.lock')).then(() => true, () => undefined), { what: 'the batch to be under way', intervalMs: 2 });
+    first.child.kill('SIGKILL');
+    await exited(first.child);
+    const second = await startProcess(dir);
+    expect(second.out()).toContain('took over a stale lock');
+    await waitFor(async () => (await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length === 3000 || undefined, { what: 'all 3000 files committed after the restart', timeoutMs: 60_000 });
+    await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
+    await fsckStrict(dir);
+    second.child.kill('SIGTERM');
+    await exited(second.child);
+  });
+
+  it("survives the user's own git commit in the sandbox while running", async () => {
+    const { dir } = await makeSandbox({ debounce: '300ms' });
+    const { child } = await startProcess(dir);
+    await writeFile(path.join(dir, 'mine.txt'), 'committed by hand');
+    // The user's git may meet the controller's index.lock: git then fails, and the user retries.
+    await waitFor(async () => (await gitOk(dir, 'add', 'mine.txt')).code === 0 && (await gitOk(dir, 'commit', '-m', 'my own commit')).code === 0 || (await logOneline(dir, 'develop')).some((s) => s.includes('mine.txt')) || undefined, { what: 'the user commit' });
+    await writeFile(path.join(dir, 'after.txt'), 'then the controller again');
+    await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'after.txt') || undefined, { what: 'the next batch' });
+    const tree = new Map((await lsTree(dir, 'develop')).map((e) => [e.path, e]));
+    expect(tree.has('mine.txt')).toBe(true);
+    await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
+    await fsckStrict(dir);
+    child.kill('SIGTERM');
+    await exited(child);
+  });
+
+  it('reconcile runs one full pass: edits made while stopped are committed and pushed', async () => {
+    const remote = path.join(await makeTmpDir('remote'), 'r.git');
+    await makeBareRepo(remote, { initialBranch: 'develop' });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }] });
+    await writeFile(path.join(dir, 'offline.txt'), 'edited while stopped');
+    const r = await cli(dir, 'reconcile');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/sandbox: committed/);
+    expect(r.stdout).toMatch(/remote:origin: pushed/);
+    expect((await showFile(remote, 'develop', 'offline.txt')).toString()).toBe('edited while stopped');
+    const again = await cli(dir, 'reconcile');
+    expect(again.stdout).toMatch(/sandbox: no changes/);
+    expect(await tryRevParse(remote, 'develop')).toBe(await revParse(dir, 'develop'));
+  });
+});
+
+describe('the demo (npm start)', () => {
+  it('shows a change flowing from the demo sandbox to its local remote', async () => {
+    const demoDir = await makeTmpDir('demo');
+    const child = spawn(process.execPath, [BIN, 'demo'], { cwd: demoDir, env: testEnv({ CASCADE_DEMO_DIR: demoDir }), stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    await waitFor(() => out.includes('the change is in the remote') || undefined, { what: 'the demo change in the remote', timeoutMs: 40_000 });
+    const remote = path.join(demoDir, 'remote.git');
+    expect((await showFile(remote, 'develop', 'hello.txt')).toString()).toMatch(/hello from the cascade-sync demo/);
+    await access(path.join(demoDir, 'cascade-sync.log'));
+    child.kill('SIGINT');
+    expect(await exited(child)).toBe(0);
+    expect(await git(remote, 'log', '--oneline', 'develop')).toMatch(/sync: 1 added \(hello\.txt\)/);
+  });
+});
