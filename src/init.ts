@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import { mkdir, readFile, writeFile, access } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
+import { lockedFs } from "./git/locked-fs.js";
 import { parseDocument } from "yaml";
 import { CONFIG_FILE } from "./config/load.js";
 import { isHttpUrl } from "./config/normalize.js";
@@ -51,7 +52,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
 
   let repo = await Repo.open(dir).catch(() => undefined);
   if (!repo) {
-    await git.init({ fs, dir, defaultBranch: "develop" });
+    await git.init({ fs: lockedFs, dir, defaultBranch: "develop" });
     repo = await Repo.open(dir);
     // isomorphic-git writes core.filemode=false, which would lose exec-bit changes.
     await repo.setConfig("core.filemode", "true");
@@ -78,7 +79,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const config = loaded.config;
   for (const r of config.remotes) {
     if (r.kind === "local" && !(await exists(r.url))) {
-      await git.init({ fs, gitdir: r.url, bare: true, defaultBranch: config.sandbox.branch });
+      await git.init({ fs: lockedFs, gitdir: r.url, bare: true, defaultBranch: config.sandbox.branch });
       lines.push(`created the bare repository ${r.url} for remote ${r.name}`);
     }
     if (r.kind === "local" || r.kind === "http") {

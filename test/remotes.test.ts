@@ -112,7 +112,8 @@ describe('develop <-> remotes', () => {
     await git(other, 'push', 'origin', 'develop');
     await waitFor(async () => (await readFile(path.join(dir, 'from-elsewhere.txt'), 'utf8').catch(() => '')) === 'hello\n' || undefined, { what: 'the remote file in the sandbox' });
     expect(await readFile(path.join(dir, 'a.txt'), 'utf8')).toBe('a changed elsewhere\n');
-    expect(await revParse(dir, 'develop')).toBe(theirs);
+    // Files are written first, the branch moves last (a crash in between never commits a revert).
+    await waitFor(async () => (await revParse(dir, 'develop')) === theirs || undefined, { what: 'develop fast-forwarded to the remote commit' });
     await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
     await fsckStrict(dir);
   });

@@ -1,6 +1,6 @@
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { LineCounter, parseDocument } from "yaml";
+import { CST, LineCounter, Lexer, parseDocument } from "yaml";
 import { Ajv, type ErrorObject } from "ajv";
 import addFormatsModule from "ajv-formats";
 import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
@@ -49,6 +49,11 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
 
 /** Runs the pipeline on config text; `file` names it in problems and anchors relative paths. */
 export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv): LoadResult {
+  const bytes = Buffer.byteLength(text, "utf8");
+  if (bytes > MAX_CONFIG_BYTES) return fail(file, `the file is ${bytes} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
+  // The YAML composer recurses once per nesting level: thousands of levels overflow the stack (and
+  // take seconds), so nesting is measured on the token stream before anything is composed.
+  if (nestingEstimate(text, MAX_DEPTH + 2) > MAX_DEPTH + 1) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, "the config is never this deep; is this the right file?");
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const positions = new SourcePositions(doc, lines);
@@ -201,4 +206,93 @@ function depth(v: unknown, d = 0): number {
     return max;
   }
   return d;
+}
+
+/**
+ * An estimate of how deeply the YAML in `text` nests (a mapping with scalar values counts 1), read
+ * from the lexer's tokens without composing anything, so it stays linear and never recurses. Block
+ * collections are counted by the columns their nodes start at, flow collections by their brackets.
+ * Returns as soon as the estimate exceeds `limit`. The exact depth is checked on the parsed value.
+ */
+function nestingEstimate(text: string, limit: number): number {
+  const columns: number[] = [];
+  let flow = 0;
+  let col = 0;
+  let atLineStart = true;
+  let nodeNext = false; // After "-" or "?" a block collection may start on the same line.
+  let scalarNext = false; // The lexer marks a scalar's source with a zero-width control token first.
+  let max = 0;
+  const startNode = () => {
+    if (flow === 0 && (atLineStart || nodeNext)) {
+      while (columns.length && columns[columns.length - 1]! >= col) columns.pop();
+      columns.push(col);
+    }
+    atLineStart = false;
+    nodeNext = false;
+    max = Math.max(max, columns.length + flow);
+  };
+  const advance = (src: string) => {
+    const nl = src.lastIndexOf("\n");
+    col = nl >= 0 ? src.length - nl - 1 : col + src.length;
+  };
+  for (const src of new Lexer().lex(text)) {
+    if (scalarNext) {
+      scalarNext = false;
+      startNode();
+      advance(src);
+    } else {
+      switch (CST.tokenType(src)) {
+        case "scalar":
+          scalarNext = true;
+          break;
+        case "doc-mode":
+        case "flow-error-end":
+        case "byte-order-mark":
+          break;
+        case "newline":
+          atLineStart = true;
+          nodeNext = false;
+          col = 0;
+          break;
+        case "doc-start":
+        case "doc-end":
+          columns.length = 0;
+          flow = 0;
+          advance(src);
+          break;
+        case "space":
+        case "comment":
+        case "directive-line":
+        case "comma":
+        case "map-value-ind":
+          if (src.includes("\n")) atLineStart = true;
+          advance(src);
+          break;
+        case "seq-item-ind":
+        case "explicit-key-ind":
+          startNode();
+          nodeNext = true;
+          advance(src);
+          break;
+        case "flow-map-start":
+        case "flow-seq-start":
+          startNode();
+          flow++;
+          max = Math.max(max, columns.length + flow);
+          advance(src);
+          break;
+        case "flow-map-end":
+        case "flow-seq-end":
+          flow = Math.max(0, flow - 1);
+          advance(src);
+          break;
+        default:
+          // Anchors, tags, aliases, quoted scalars and block scalar headers start a node here.
+          startNode();
+          advance(src);
+      }
+    }
+    if (max > limit) return max;
+  }
+  return max;
 }

@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import { deflate } from "node:zlib";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
+import { lockedFs } from "./locked-fs.js";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
 
 /** A tree entry's mode as git writes it in trees. */
@@ -183,7 +184,7 @@ export class Repo {
   /** Writes a commit and returns its oid (refs are not touched). */
   async writeCommit(c: { tree: string; parents: string[]; message: string; author: Person; committer?: Person }): Promise<string> {
     return git.writeCommit({
-      fs,
+      fs: lockedFs,
       gitdir: this.gitdir,
       commit: { tree: c.tree, parent: c.parents, message: c.message, author: c.author, committer: c.committer ?? c.author },
     });
@@ -323,7 +324,7 @@ export class Repo {
   /** Sets a git config value of this repository when it differs. */
   async setConfig(path: string, value: string | undefined): Promise<void> {
     if ((await this.getConfig(path)) === value) return;
-    await git.setConfig({ fs, gitdir: this.gitdir, path, value });
+    await git.setConfig({ fs: lockedFs, gitdir: this.gitdir, path, value });
   }
 }
 

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import { access } from "node:fs/promises";
 import { join } from "node:path";
 import git from "isomorphic-git";
+import { lockedFs } from "./locked-fs.js";
 import { stalled, transient, type CascadeError } from "../errors.js";
 import { makeHttpClient } from "./http.js";
 import { RefConflictError } from "./refs.js";
@@ -38,7 +39,7 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
     }
     await configureRemote(repo, remote);
     const res = await git.fetch({
-      fs,
+      fs: lockedFs,
       http: makeHttpClient(opts.timeoutMs),
       gitdir: repo.gitdir,
       url: remote.url,
@@ -73,7 +74,7 @@ export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: strin
     }
     await configureRemote(repo, remote);
     const res = await git.push({
-      fs,
+      fs: lockedFs,
       http: makeHttpClient(opts.timeoutMs),
       gitdir: repo.gitdir,
       url: remote.url,
