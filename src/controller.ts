@@ -9,6 +9,7 @@ import { Exclusions } from "./exclusions.js";
 import { readIndex } from "./git/index-file.js";
 import { Repo, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
+import { backoffDelay } from "./backoff.js";
 import type { Logger } from "./log.js";
 import { Notifier } from "./notify.js";
 import type { Redactor } from "./redact.js";
@@ -311,7 +312,7 @@ export class Controller {
     let delay: number;
     if (e.kind === "Waiting") delay = e.retryAfterMs ?? this.config.retry.initialMs;
     else if (e.kind === "Stalled") delay = Math.max(this.config.retry.maxMs, STALLED_PROBE_MS);
-    else delay = this.backoff(slot.failures);
+    else delay = backoffDelay(this.config.retry, slot.failures);
     slot.nextRunAt = this.now() + delay;
     slot.conditions = [
       { type: "Ready", status: false, reason: e.reason, message: slot.lastError.message, ...(e.hint ? { hint: e.hint } : {}) },
@@ -323,13 +324,6 @@ export class Controller {
     if (slot.r.name.startsWith("remote:") && (e.kind === "Stalled" || slot.failures >= 3)) {
       await this.notifier.notify({ event: "push-failing", key: slot.r.name, message: `${slot.r.name}: ${e.message}`, details: { reason: e.reason } });
     }
-  }
-
-  /** Exponential backoff from `retry`, with jitter so that many sandboxes do not retry in step. */
-  private backoff(failures: number): number {
-    const { initialMs, factor, maxMs, jitter } = this.config.retry;
-    const base = Math.min(maxMs, initialMs * factor ** Math.max(0, failures - 1));
-    return Math.round(base * (1 - jitter + 2 * jitter * Math.random()));
   }
 
   private takeHints(): { paths: Set<string>; full: boolean } {

@@ -98,3 +98,25 @@ describe('init', () => {
     expect(r.stderr).toMatch(/cascade-sync-config\.yaml:3:13: sandbox\.debounce: /);
   });
 });
+
+describe('plan', () => {
+  it('says what the controller would do and why, changing nothing', async () => {
+    const remoteDir = await makeTmpDir('remote');
+    const remote = path.join(remoteDir, 'r.git');
+    const dir = await makeTmpDir('plan');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), configText({ logFile: path.join(dir, '..', 'plan.log'), remotes: [{ name: 'origin', url: remote }] }));
+    expect((await run(dir, ['init'])).code).toBe(0);
+    await writeFile(path.join(dir, 'draft.md'), 'new');
+    const head = await revParse(dir, 'develop');
+    const r = await run(dir, ['plan']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/sandbox: would commit 1 path\(s\): 1 added \(draft\.md\)/);
+    expect(r.stdout).toMatch(/remote:origin: would push [0-9a-f]{7} to origin/);
+    const json = JSON.parse((await run(dir, ['plan', '--json'])).stdout);
+    expect(json.find((p: { name: string }) => p.name === 'sandbox').actions).toHaveLength(1);
+    // Nothing changed: no commit, nothing pushed, the edit still pending.
+    expect(await revParse(dir, 'develop')).toBe(head);
+    expect((await git(remote, 'for-each-ref')).trim()).toBe('');
+    expect(await statusPorcelain(dir)).toEqual(['?? draft.md']);
+  });
+});

@@ -77,30 +77,52 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
     return fail(file, "the config must be a YAML mapping with at least `version: 1` and `sandbox:`", "see the example in the README");
   }
 
+  fillCredentialDefaults(raw);
+  const unset = new Set<string>();
   const data = substituteVars(raw, env, [], (path, name) => {
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
-    if (OPTIONAL_VARS.has(name) && path[0] === "remotes") return;
+    if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return;
+    unset.add(formatPath(path));
     at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
   });
 
   for (const e of validate(data)) {
     const path = e.instancePath.split("/").slice(1).map(unescapePointer).map((p) => (/^\d+$/.test(p) ? Number(p) : p));
-    if (e.keyword === "additionalProperty" || e.keyword === "additionalProperties") {
+    // A value emptied by an unset variable is already reported, with the variable's name.
+    if (unset.has(formatPath(path))) continue;
+    // A branch's detail (each branch of "exactly one of" lists its own missing key): the oneOf
+    // error itself says what is wrong, once. Checked first, as those details are "required" errors.
+    if (e.schemaPath.includes("/oneOf/") || e.schemaPath.includes("/anyOf/")) continue;
+    // A key's name failing its pattern: the detail is the regex; the propertyNames error names the key.
+    if (e.schemaPath.includes("/propertyNames/")) continue;
+    if (e.keyword === "propertyNames") {
+      const name = String((e.params as { propertyName: string }).propertyName);
+      at(path, `"${name}" is not a valid name`, "use lowercase letters, digits and dashes, starting with a letter", name);
+    } else if (e.keyword === "additionalProperty" || e.keyword === "additionalProperties") {
       const key = String((e.params as { additionalProperty: string }).additionalProperty);
       const known = Object.keys(schemaAt(path)?.properties ?? {});
       const guess = nearest(key, known);
       at(path, `unknown key "${key}"`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : undefined, key);
     } else if (e.keyword === "enum") {
       at(path, `${e.message}: ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`);
+    } else if (e.keyword === "const") {
+      at(path, `must be ${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)}`);
     } else if (e.keyword === "required") {
       at(path, `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`);
-    } else if (e.schemaPath.includes("/oneOf/") || e.schemaPath.includes("/anyOf/")) {
-      continue; // A branch's detail; the oneOf error itself says what is wrong, once.
     } else if (e.keyword === "oneOf") {
       const node = schemaAt(path);
       const branches = node?.oneOf ?? Object.values(node?.dependencies ?? {}).flatMap((d) => d.oneOf ?? []);
       const options = [...new Set(branches.flatMap((s) => s.required ?? []))];
-      at(path, options.length ? `needs exactly one of: ${options.join(", ")}` : e.message ?? "is not valid");
+      if (!options.length) {
+        at(path, e.message ?? "is not valid");
+        continue;
+      }
+      const value = valueAt(data, path);
+      const given = options.filter((o) => value && typeof value === "object" && o in value);
+      at(path, given.length > 1 ? `has both ${given.join(" and ")}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
+    } else if (e.keyword === "pattern" && PATTERN_HINTS[definitionOf(e.schemaPath)]) {
+      const { what, hint } = PATTERN_HINTS[definitionOf(e.schemaPath)]!;
+      at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);
     } else {
       at(path, e.message ?? "is not valid");
     }
@@ -145,22 +167,46 @@ function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | 
   if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], missing));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = substituteVars(v, env, [...path, k], missing);
+    // defineProperty: a YAML key "__proto__" must stay a plain key (and be reported as unknown).
+    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, env, [...path, k], missing), enumerable: true, writable: true, configurable: true });
     return out;
   }
   return value;
 }
 
-/** Substitutes ${VAR}s in a default value; an unset variable yields undefined (the default is optional). */
-export function expandDefault(value: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
-  if (value === undefined) return undefined;
-  let unset = false;
-  const out = value.replace(VAR, (_, name: string) => {
-    const v = env[name];
-    if (v === undefined || v === "") unset = true;
-    return v ?? "";
-  });
-  return unset || out === "" ? undefined : out;
+/**
+ * Writes the schema's credential defaults (`${CASCADE_CLIENT_ID}`, `${CASCADE_CLIENT_SECRET}`) into
+ * each remote that leaves them out, before ${VAR} substitution, so that every value is substituted
+ * exactly once: a value read from the environment is never expanded a second time.
+ */
+function fillCredentialDefaults(raw: object): void {
+  const remotes = (raw as { remotes?: unknown }).remotes;
+  if (!Array.isArray(remotes)) return;
+  const props = schemaAt(["remotes", 0])?.properties ?? {};
+  for (const r of remotes) {
+    if (!r || typeof r !== "object" || Array.isArray(r)) continue;
+    for (const key of ["username", "password"]) {
+      const fallback = props[key]?.default;
+      if (!(key in r) && typeof fallback === "string") (r as Record<string, unknown>)[key] = fallback;
+    }
+  }
+}
+
+/** Readable messages for the schema's shared patterns, keyed by definition name. */
+const PATTERN_HINTS: Record<string, { what: string; hint: string }> = {
+  duration: { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" },
+  branchName: { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" },
+};
+
+/** The definition a schema path points into (`#/definitions/duration/pattern` -> `duration`). */
+function definitionOf(schemaPath: string): string {
+  return /^#\/definitions\/([^/]+)\/[^/]+$/.exec(schemaPath)?.[1] ?? "";
+}
+
+function valueAt(value: unknown, path: (string | number)[]): unknown {
+  let v = value;
+  for (const p of path) v = v && typeof v === "object" ? (v as Record<string | number, unknown>)[p] : undefined;
+  return v;
 }
 
 type SchemaNode = {
@@ -172,6 +218,7 @@ type SchemaNode = {
   required?: string[];
   $ref?: string;
   definitions?: Record<string, SchemaNode>;
+  default?: unknown;
 };
 
 /** The schema node that describes the value at `path` (following $refs), for hints. */

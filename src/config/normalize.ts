@@ -2,13 +2,16 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { parseDuration, parseSize } from "../duration.js";
-import { expandDefault } from "./load.js";
 import type { Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
 import type { LogLevel } from "../log.js";
 
 /** A duration string the schema has already accepted, in ms. */
 function ms(text: string | undefined, fallback: string): number {
   return parseDuration(text ?? fallback) ?? parseDuration(fallback)!;
+}
+
+function nonEmpty(s: string | undefined): string | undefined {
+  return s ? s : undefined;
 }
 
 /** Resolves `~` (from $HOME) and relative paths (against `base`). */
@@ -32,8 +35,9 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
   const secrets: string[] = [];
   const remotes: RemoteSpec[] = (data.remotes ?? []).map((r) => {
     const http = isHttpUrl(r.url);
-    const username = expandDefault(r.username, env);
-    const password = expandDefault(r.password, env);
+    // ${VAR}s are already substituted; an unset optional credential variable leaves "".
+    const username = nonEmpty(r.username);
+    const password = nonEmpty(r.password);
     secrets.push(...[username, password].filter((s): s is string => !!s));
     return {
       name: r.name,
@@ -77,7 +81,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
     if (w.secret) secrets.push(w.secret);
     return { url: w.url, ...(w.secret ? { secret: w.secret } : {}), ...(w.events ? { events: [...w.events] } : {}) };
   });
-  const key = data.security?.key ? expandDefault(data.security.key, env) : undefined;
+  const key = nonEmpty(data.security?.key);
   if (key) secrets.push(key);
   if (data.server?.token) secrets.push(data.server.token);
 

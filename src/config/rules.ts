@@ -26,19 +26,29 @@ const knownFrom: Rule = (c, report) => {
   }
 };
 
+/** The environment named `name`; never an inherited property such as "constructor". */
+function environment(c: Config, name: string): Config["environments"][string] | undefined {
+  return Object.hasOwn(c.environments, name) ? c.environments[name] : undefined;
+}
+
 const noCycles: Rule = (c, report) => {
+  const reported = new Set<string>();
   for (const start of Object.values(c.environments)) {
     const chain = [start.name];
-    let next = c.environments[start.from];
+    let next = environment(c, start.from);
     while (next) {
       if (next.name === start.name) {
+        // One cycle is one mistake: report it once, at the member written first.
+        const key = [...chain].sort().join("\0");
+        if (reported.has(key)) break;
+        reported.add(key);
         report(["environments", start.name, "from"], `environments form a cycle: ${[...chain, start.name].join(" <- ")}`,
           `one environment must take its commits from the sandbox branch "${c.sandbox.branch}"`);
         break;
       }
       if (chain.includes(next.name)) break; // A cycle further up; reported from its own members.
       chain.push(next.name);
-      next = c.environments[next.from];
+      next = environment(c, next.from);
     }
   }
 };
