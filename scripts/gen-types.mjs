@@ -2,16 +2,33 @@
 // Generates src/generated/*.ts from the JSON Schemas in schema/, the single source of truth.
 //   node scripts/gen-types.mjs          write the files
 //   node scripts/gen-types.mjs --check  change nothing; exit 1 when a committed file is stale
+// --schema-dir DIR and --out-dir DIR read the schemas from / compare or write the types in other
+// folders than schema/ and src/generated/ (tests use them to prove the check fails on a stale copy).
 import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { compileFromFile } from "json-schema-to-typescript";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
+/** The value after `name` on the command line, resolved against the current directory. */
+function dirOption(name, fallback) {
+  const i = process.argv.indexOf(name);
+  if (i < 0) return fallback;
+  const value = process.argv[i + 1];
+  if (!value || value.startsWith("--")) {
+    console.error(`${name} needs a directory`);
+    process.exit(2);
+  }
+  return resolve(value);
+}
+
+const schemaDir = dirOption("--schema-dir", join(root, "schema"));
+const outDir = dirOption("--out-dir", join(root, "src", "generated"));
+
 const targets = [
-  { schema: "cascade-sync-config.schema.json", output: "src/generated/config.ts" },
-  { schema: "cascade-sync-state.schema.json", output: "src/generated/state.ts" },
+  { schema: "cascade-sync-config.schema.json", output: "config.ts" },
+  { schema: "cascade-sync-state.schema.json", output: "state.ts" },
 ];
 
 // Pinned formatting, so the output depends only on the schema and the installed generator,
@@ -30,7 +47,6 @@ const style = {
 
 /** Returns the TypeScript source generated for one schema file in schema/. */
 async function generate(schemaFile) {
-  const schemaDir = join(root, "schema");
   return compileFromFile(join(schemaDir, schemaFile), {
     bannerComment: `/* DO NOT EDIT. Generated from schema/${schemaFile} by scripts/gen-types.mjs; run \`npm run gen\` after editing the schema. */`,
     additionalProperties: false,
@@ -55,13 +71,14 @@ const check = process.argv.includes("--check");
 const stale = [];
 for (const { schema, output } of targets) {
   const source = await generate(schema);
-  const path = join(root, output);
+  const path = join(outDir, output);
+  const shown = relative(root, path).startsWith("..") ? path : relative(root, path);
   if (check) {
-    if ((await readOrEmpty(path)) !== source) stale.push(output);
+    if ((await readOrEmpty(path)) !== source) stale.push(shown);
   } else {
     await mkdir(dirname(path), { recursive: true });
     await writeFile(path, source);
-    console.log(`wrote ${output}`);
+    console.log(`wrote ${shown}`);
   }
 }
 

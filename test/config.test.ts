@@ -1,30 +1,771 @@
-import { test } from 'vitest';
-import { readFileSync } from 'node:fs';
-import { parseDocument } from 'yaml';
-import { parseConfig, formatProblem } from '../src/config/load.js';
-const env = { HOME: '/home/u' };
-function jsDepth(v: unknown, d = 0): number { if (v && typeof v === 'object') { let m = d; for (const c of Object.values(v)) m = Math.max(m, jsDepth(c, d + 1)); return m; } return d; }
-const design = readFileSync('/work/shared/DESIGN.md', 'utf8').split('```yaml\n')[1]!.split('```')[0]!;
-let block = 'version: 1\nsandbox: {}\nx:\n'; for (let i = 0; i < 2000; i++) block += ' '.repeat(i + 1) + 'a:\n';
-const cases: Record<string, string> = {
-  shipped: readFileSync('cascade-sync-config.yaml', 'utf8'),
-  design,
-  state: 'approvals:\n  - environment: production\n    signature: |\n      -----BEGIN\n        xx\n      -----END\n',
-  deep2: 'version: 1\nsandbox: {}\nx: ' + '['.repeat(5000) + ']'.repeat(5000) + '\n',
-  deep3: 'version: 1\nsandbox: {}\nx: ' + '['.repeat(1000000) + '\n',
-  deep4: 'version: 1\nsandbox: {}\nx: ' + '{a: '.repeat(3000) + '1' + '}'.repeat(3000) + '\n',
-  deep5: '- '.repeat(400000) + 'x\n',
-  deep6: 'version: 1\nsandbox: {}\nx: ' + '['.repeat(30) + ']'.repeat(30) + '\n',
-  deep7: 'version: 1\nsandbox: {}\nx: ' + '['.repeat(33) + ']'.repeat(33) + '\n',
-  block,
-  compact: '- - - a: 1\n      b:\n        - c\n- ? x\n  : y\n',
-};
-test('probe', () => {
-  for (const [n, t] of Object.entries(cases)) {
-    const t0 = Date.now();
-    let r;
-    try { r = parseConfig(t, '/cfg/cascade-sync-config.yaml', env); } catch (e) { console.log(n, 'THREW', String(e)); continue; }
-    const real = t.length < 10000 ? jsDepth(parseDocument(t).toJS()) : -1;
-    console.log(n, Date.now() - t0, 'ms real depth', real, r.ok ? 'OK' : r.problems.slice(0, 3).map(formatProblem).join('\n'));
+import { afterEach, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { cp, readFile, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CONFIG_FILE, MAX_CONFIG_BYTES, formatProblem, loadConfig, parseConfig } from '../src/config/load.js';
+import type { Config, ConfigProblem, LoadResult } from '../src/config/types.js';
+import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
+import { run, testEnv } from './helpers/sandbox.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** parseConfig never reads this path: it only names the file in problems and anchors relative paths. */
+const DIR = '/srv/site';
+const FILE = path.join(DIR, CONFIG_FILE);
+const HOME = '/home/tester';
+const ENV: NodeJS.ProcessEnv = { HOME };
+
+const yaml = (...lines: string[]) => `${lines.join('\n')}\n`;
+const HEAD = ['version: 1', 'sandbox: {}'];
+const REMOTE = ['remotes:', '  - name: origin', '    url: https://git.example.com/team/site.git'];
+
+/** Runs the pipeline; a throw fails the test, since loading must always return a result. */
+function load(text: string, env: NodeJS.ProcessEnv = ENV): LoadResult {
+  let result: LoadResult | undefined;
+  expect(() => (result = parseConfig(text, FILE, env))).not.toThrow();
+  return result!;
+}
+
+function valid(text: string, env: NodeJS.ProcessEnv = ENV): Config {
+  const r = load(text, env);
+  if (!r.ok) throw new Error(`expected a valid config, got:\n${r.problems.map(formatProblem).join('\n')}`);
+  return r.config;
+}
+
+type Seen = Pick<ConfigProblem, 'line' | 'col' | 'path' | 'message'> & { hint?: string };
+
+function problems(text: string, env: NodeJS.ProcessEnv = ENV): Seen[] {
+  const r = load(text, env);
+  expect(r.ok, 'the config should be refused').toBe(false);
+  if (r.ok) return [];
+  for (const p of r.problems) expect(p.file).toBe(FILE);
+  return r.problems.map((p) => ({ line: p.line, col: p.col, path: p.path, message: p.message, ...(p.hint ? { hint: p.hint } : {}) }));
+}
+
+afterEach(async () => {
+  await cleanupTmpDirs();
+});
+
+describe('a config with only version, sandbox and remotes', () => {
+  it('is valid, with every default filled in and normalized', () => {
+    const r = load(yaml(...HEAD, ...REMOTE));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.warnings).toEqual([]);
+    const { file, dir, ...rest } = r.config;
+    expect(file).toBe(FILE);
+    expect(dir).toBe(DIR);
+    expect(rest).toEqual({
+      version: 1,
+      sandbox: {
+        branch: 'develop',
+        debounceMs: 3000,
+        batchWindowMs: 10_000,
+        exclude: ['*.tmp', '.cache/', 'node_modules/', '*.pid', 'nohup.out', '.venv/', 'dist/', 'build/'],
+        commitMessage: 'sync: {summary}',
+      },
+      // The default credentials are ${CASCADE_CLIENT_ID}/${CASCADE_CLIENT_SECRET}: unset here, so none.
+      remotes: [{ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http' }],
+      retry: { initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.2 },
+      intervals: { fetchMs: 30_000, healthMs: 20_000, rescanMs: 600_000 },
+      environments: {},
+      notifications: { desktop: true, webhooks: [] },
+      logging: { file: path.join(HOME, '.headyme/logs/cascade-sync.log'), level: 'info' },
+      security: { encrypt: ['.env', '.env.*', '**/*.pem', 'secrets/**'], maxFileSizeBytes: 50 * 1024 * 1024, allow: [] },
+      server: { listen: '' },
+      secrets: [],
+    });
+  });
+
+  it('takes the log file default under the HOME it is given, not the process HOME', () => {
+    const c = valid(yaml(...HEAD, ...REMOTE), { HOME: '/home/someone-else' });
+    expect(c.logging.file).toBe('/home/someone-else/.headyme/logs/cascade-sync.log');
+  });
+});
+
+describe('normalization', () => {
+  it.each([
+    { name: '3s', text: '3s', ms: 3000 },
+    { name: '5m', text: '5m', ms: 300_000 },
+    { name: '1h', text: '1h', ms: 3_600_000 },
+    { name: '1h30m', text: '1h30m', ms: 5_400_000 },
+    { name: '500ms', text: '500ms', ms: 500 },
+    { name: 'a fraction', text: '1.5s', ms: 1500 },
+    { name: 'a day', text: '1d', ms: 86_400_000 },
+  ])('duration $name is $ms ms', ({ text, ms }) => {
+    const c = valid(yaml('version: 1', 'sandbox:', `  debounce: ${text}`, '  batchWindow: 2d', 'intervals:', `  rescan: ${text}`));
+    expect(c.sandbox.debounceMs).toBe(ms);
+    expect(c.intervals.rescanMs).toBe(ms);
+  });
+
+  it('converts the durations of every section', () => {
+    const c = valid(
+      yaml(
+        ...HEAD,
+        'retry: { initial: 250ms, max: 2m }',
+        'intervals: { fetch: 1m, health: 45s }',
+        'environments:',
+        '  staging:',
+        '    branch: staging',
+        '    from: develop',
+        '    progressDeadline: 1h30m',
+        '    gates: [ { name: test, command: "npm test", timeout: 90s } ]',
+        '    health: [ { name: web, command: "true" } ]',
+        '    windows: [ { kind: allow, schedule: "0 9 * * 1-5", duration: 8h, timezone: UTC } ]',
+      ),
+    );
+    expect(c.retry).toMatchObject({ initialMs: 250, maxMs: 120_000 });
+    expect(c.intervals).toMatchObject({ fetchMs: 60_000, healthMs: 45_000 });
+    const staging = c.environments.staging!;
+    expect(staging.progressDeadlineMs).toBe(5_400_000);
+    expect(staging.gates[0]!.timeoutMs).toBe(90_000);
+    expect(staging.health[0]!.timeoutMs).toBe(5000); // the health check default
+    expect(staging.windows[0]!.durationMs).toBe(8 * 3_600_000);
+  });
+
+  it.each([
+    { name: '~/ is HOME from the passed env', written: '~/logs/cs.log', resolved: `${HOME}/logs/cs.log` },
+    { name: 'a relative path is resolved against the config folder', written: 'logs/cs.log', resolved: `${DIR}/logs/cs.log` },
+    { name: '.. leaves the config folder', written: '../shared/cs.log', resolved: '/srv/shared/cs.log' },
+    { name: 'an absolute path is kept', written: '/var/log/cs.log', resolved: '/var/log/cs.log' },
+  ])('paths: $name', ({ written, resolved }) => {
+    const c = valid(
+      yaml(
+        ...HEAD,
+        'remotes:',
+        '  - name: local',
+        `    url: ${written.replace('cs.log', 'bare.git')}`,
+        'environments:',
+        '  staging:',
+        '    branch: staging',
+        '    from: develop',
+        `    deploy: { directory: ${written.replace('cs.log', 'deploy')} }`,
+        `logging: { file: ${written} }`,
+      ),
+    );
+    expect(c.logging.file).toBe(resolved);
+    expect(c.remotes[0]).toEqual({ name: 'local', url: resolved.replace('cs.log', 'bare.git'), kind: 'local' });
+    expect(c.environments.staging!.deploy!.directory).toBe(resolved.replace('cs.log', 'deploy'));
+  });
+
+  it('keeps an http(s) URL as written', () => {
+    const c = valid(yaml(...HEAD, 'remotes:', '  - { name: o, url: "HTTPS://git.example.com/a/../b.git" }'));
+    expect(c.remotes[0]).toEqual({ name: 'o', url: 'HTTPS://git.example.com/a/../b.git', kind: 'http' });
+  });
+
+  it('substitutes ${VAR} from the passed env only, each value exactly once', () => {
+    const env = {
+      HOME,
+      REMOTE_URL: 'https://git.example.com/team/site.git',
+      GIT_USER: 'bot',
+      GIT_TOKEN: 'tok-${NOT_A_VAR}-1', // a value that looks like a reference is not expanded again
+      HOOK_SECRET: 's3cret',
+    };
+    const c = valid(
+      yaml(
+        'version: 1',
+        'sandbox:',
+        '  commitMessage: "sync by ${GIT_USER}: {summary}"',
+        'remotes:',
+        '  - name: origin',
+        '    url: ${REMOTE_URL}',
+        '    username: ${GIT_USER}',
+        '    password: ${GIT_TOKEN}',
+        'notifications:',
+        '  webhooks: [ { url: "https://hooks.example.com/x", secret: "${HOOK_SECRET}" } ]',
+      ),
+      env,
+    );
+    expect(c.sandbox.commitMessage).toBe('sync by bot: {summary}');
+    expect(c.remotes).toEqual([{ name: 'origin', url: env.REMOTE_URL, kind: 'http', username: 'bot', password: 'tok-${NOT_A_VAR}-1' }]);
+    expect(c.notifications.webhooks).toEqual([{ url: 'https://hooks.example.com/x', secret: 's3cret' }]);
+    expect(c.secrets).toEqual(expect.arrayContaining(['bot', 'tok-${NOT_A_VAR}-1', 's3cret']));
+  });
+
+  it('does not read process.env: a variable set only there is unset', () => {
+    expect(process.env.PATH).toBeTruthy();
+    expect(problems(yaml('version: 1', 'sandbox:', '  commitMessage: "${PATH}"'))).toEqual([
+      {
+        line: 3,
+        col: 18,
+        path: 'sandbox.commitMessage',
+        message: 'environment variable PATH is not set',
+        hint: 'export PATH before starting cascade-sync, or write the value into the file',
+      },
+    ]);
+  });
+});
+
+describe('credential variables', () => {
+  it.each([
+    { name: 'left out (the defaults)', lines: [] as string[] },
+    { name: 'written out', lines: ['    username: ${CASCADE_CLIENT_ID}', '    password: ${CASCADE_CLIENT_SECRET}'] },
+  ])('$name and unset: valid, and no credentials are sent', ({ lines }) => {
+    const c = valid(yaml(...HEAD, ...REMOTE, ...lines));
+    expect(c.remotes[0]).toEqual({ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http' });
+    expect(c.secrets).toEqual([]);
+  });
+
+  it('left out and set: the remote gets them, and they are secrets', () => {
+    const c = valid(yaml(...HEAD, ...REMOTE), { HOME, CASCADE_CLIENT_ID: 'ci-bot', CASCADE_CLIENT_SECRET: 'pa${X}ss' });
+    expect(c.remotes[0]).toMatchObject({ username: 'ci-bot', password: 'pa${X}ss' });
+    expect(c.secrets).toEqual(['ci-bot', 'pa${X}ss']);
+  });
+
+  it.each([
+    {
+      name: 'another variable under remotes',
+      text: yaml(...HEAD, ...REMOTE, '    username: ${GIT_USER}'),
+      expected: { line: 6, col: 15, path: 'remotes[0].username', message: 'environment variable GIT_USER is not set' },
+    },
+    {
+      name: 'a credential variable used as a URL',
+      text: yaml(...HEAD, 'remotes:', '  - name: origin', '    url: ${CASCADE_CLIENT_ID}'),
+      expected: { line: 5, col: 10, path: 'remotes[0].url', message: 'environment variable CASCADE_CLIENT_ID is not set' },
+    },
+    {
+      name: 'a credential variable outside remotes',
+      text: yaml('version: 1', 'sandbox:', '  branch: develop', '  commitMessage: "by ${CASCADE_CLIENT_ID}"'),
+      expected: { line: 4, col: 18, path: 'sandbox.commitMessage', message: 'environment variable CASCADE_CLIENT_ID is not set' },
+    },
+    {
+      name: 'a webhook secret',
+      text: yaml(...HEAD, 'notifications:', '  webhooks:', '    - url: https://hooks.example.com/x', '      secret: ${CASCADE_WEBHOOK_SECRET}'),
+      expected: { line: 6, col: 15, path: 'notifications.webhooks[0].secret', message: 'environment variable CASCADE_WEBHOOK_SECRET is not set' },
+    },
+  ])('any other unset variable is one error at its line:col: $name', ({ text, expected }) => {
+    // One problem: the value emptied by the missing variable is not reported a second time.
+    expect(problems(text)).toEqual([expect.objectContaining(expected)]);
+  });
+});
+
+describe('schema problems', () => {
+  it('reports every mistake, each at its own line:col', () => {
+    const text = yaml(
+      'version: 1', // 1
+      'sandbox:', // 2
+      '  debounse: 3s', // 3: unknown key
+      '  batchWindow: 10', // 4: a number, not a duration string
+      ...REMOTE, // 5-7
+      'logging:', // 8
+      '  level: loud', // 9: not one of the levels
+    );
+    expect(problems(text)).toEqual([
+      { line: 3, col: 3, path: 'sandbox.debounse', message: 'unknown key "debounse"', hint: 'did you mean "debounce"?' },
+      { line: 4, col: 16, path: 'sandbox.batchWindow', message: 'must be string' },
+      { line: 9, col: 10, path: 'logging.level', message: 'must be equal to one of the allowed values: "debug", "info", "warn", "error"' },
+    ]);
+  });
+
+  it.each([
+    { name: 'debounse', lines: ['sandbox:', '  debounse: 3s'], at: [3, 3], path: 'sandbox.debounse', hint: 'did you mean "debounce"?' },
+    { name: 'a top-level typo', lines: ['sandbox: {}', 'remote: []'], at: [3, 1], path: 'remote', hint: 'did you mean "remotes"?' },
+    {
+      name: 'inside an environment',
+      lines: ['sandbox: {}', 'environments:', '  staging:', '    branch: staging', '    from: develop', '    promoton: auto'],
+      at: [7, 5],
+      path: 'environments.staging.promoton',
+      hint: 'did you mean "promotion"?',
+    },
+    {
+      name: 'inside a flow mapping in a list',
+      lines: ['sandbox: {}', 'remotes: [ { name: o, url: /srv/git/site.git, pasword: x } ]'],
+      at: [3, 46],
+      path: 'remotes[0].pasword',
+      hint: 'did you mean "password"?',
+    },
+    {
+      name: 'nothing close: the valid keys',
+      lines: ['sandbox: {}', 'retry:', '  zzzzzzzz: 1'],
+      at: [4, 3],
+      path: 'retry.zzzzzzzz',
+      hint: 'valid keys: initial, factor, max, jitter',
+    },
+  ])('unknown key ($name): at the key, with the nearest valid key', ({ lines, at, path: p, hint }) => {
+    const key = p.split('.').at(-1)!;
+    expect(problems(yaml('version: 1', ...lines))).toEqual([{ line: at[0], col: at[1], path: p, message: `unknown key "${key}"`, hint }]);
+  });
+
+  const env = (...lines: string[]) => ['environments:', '  staging:', '    branch: staging', '    from: develop', ...lines];
+  it.each([
+    { name: 'version other than 1', lines: ['version: 2', 'sandbox: {}'], expected: { line: 1, col: 10, path: 'version', message: 'must be 1' } },
+    { name: 'sandbox not a mapping', lines: ['version: 1', 'sandbox: 5'], expected: { line: 2, col: 10, path: 'sandbox', message: 'must be object' } },
+    { name: 'remotes not a list', lines: [...HEAD, 'remotes: { name: origin }'], expected: { line: 3, col: 10, path: 'remotes', message: 'must be array' } },
+    { name: 'factor a string', lines: [...HEAD, 'retry: { factor: "2" }'], expected: { line: 3, col: 18, path: 'retry.factor', message: 'must be number' } },
+    { name: 'desktop not a boolean', lines: [...HEAD, 'notifications: { desktop: yes please }'], expected: { line: 3, col: 27, path: 'notifications.desktop', message: 'must be boolean' } },
+    { name: 'jitter above 1', lines: [...HEAD, 'retry: { jitter: 2 }'], expected: { line: 3, col: 18, path: 'retry.jitter', message: 'must be <= 1' } },
+    { name: 'missing sandbox', lines: ['version: 1'], expected: { line: 1, col: 1, path: '', message: 'missing required key "sandbox"' } },
+    {
+      name: 'a duration in words',
+      lines: ['version: 1', 'sandbox:', '  debounce: 3 seconds'],
+      expected: { line: 3, col: 13, path: 'sandbox.debounce', message: '"3 seconds" is not a duration', hint: expect.stringContaining('500ms, 3s, 5m, 1h30m') },
+    },
+    {
+      name: 'bad enum: promotion',
+      lines: [...HEAD, ...env('    promotion: manual')],
+      expected: { line: 7, col: 16, path: 'environments.staging.promotion', message: 'must be equal to one of the allowed values: "auto", "approval"' },
+    },
+    {
+      name: 'bad enum: builtin gate',
+      lines: [...HEAD, ...env('    gates: [ { name: g, builtin: lint } ]')],
+      expected: { line: 7, col: 33, path: 'environments.staging.gates[0].builtin', message: 'must be equal to one of the allowed values: "config", "integrity", "security-scan"' },
+    },
+    {
+      name: 'a gate with both command and http',
+      lines: [...HEAD, ...env('    gates:', '      - { name: test, command: "npm test", http: { url: "http://127.0.0.1:3001/" } }')],
+      expected: { line: 8, col: 9, path: 'environments.staging.gates[0]', message: 'has both command and http; give exactly one of: command, http, builtin' },
+    },
+    {
+      name: 'a gate with neither',
+      lines: [...HEAD, ...env('    gates:', '      - { name: test, timeout: 5m }')],
+      expected: { line: 8, col: 9, path: 'environments.staging.gates[0]', message: 'needs exactly one of: command, http, builtin' },
+    },
+    {
+      name: 'a health check with neither',
+      lines: [...HEAD, ...env('    health:', '      - name: web')],
+      expected: { line: 8, col: 9, path: 'environments.staging.health[0]', message: 'needs exactly one of: command, http' },
+    },
+    {
+      name: 'an environment name with capitals',
+      lines: [...HEAD, 'environments:', '  Staging: { branch: staging, from: develop }'],
+      expected: { line: 4, col: 3, path: 'environments.Staging', message: '"Staging" is not a valid name', hint: expect.stringContaining('lowercase') },
+    },
+    {
+      name: 'a branch name git refuses',
+      lines: ['version: 1', 'sandbox:', '  branch: "feature..x"'],
+      expected: { line: 3, col: 11, path: 'sandbox.branch', message: '"feature..x" is not a valid branch name', hint: expect.stringContaining('develop or main') },
+    },
+    {
+      name: 'an ssh:// remote',
+      lines: [...HEAD, 'remotes: [ { name: o, url: "ssh://git@example.com/x.git" } ]'],
+      expected: { line: 3, col: 29, path: 'remotes[0].url', message: expect.stringContaining('must match pattern') },
+    },
+    {
+      name: 'a "__proto__" key is a plain unknown key',
+      lines: ['version: 1', 'sandbox:', '  __proto__: { debounce: 5 }'],
+      expected: { line: 3, col: 3, path: 'sandbox.__proto__', message: 'unknown key "__proto__"' },
+    },
+  ])('$name: one clear problem at its value', ({ lines, expected }) => {
+    expect(problems(yaml(...lines))).toEqual([expect.objectContaining(expected)]);
+  });
+});
+
+describe('semantic rules', () => {
+  const staging = ['  staging:', '    branch: staging', '    from: develop'];
+  it.each([
+    {
+      name: 'unknown from environment, with a did-you-mean hint',
+      lines: [...HEAD, 'environments:', ...staging, '  production:', '    branch: main', '    from: stagin'],
+      expected: [{ line: 8, col: 11, path: 'environments.production.from', message: 'unknown environment "stagin"', hint: 'did you mean "staging"?' }],
+    },
+    {
+      name: 'a typo of the sandbox branch',
+      lines: [...HEAD, 'environments:', '  staging:', '    branch: staging', '    from: devleop'],
+      expected: [{ line: 6, col: 11, path: 'environments.staging.from', message: 'unknown environment "devleop"', hint: 'did you mean "develop"?' }],
+    },
+    {
+      name: 'a cycle between environments is one problem',
+      lines: [...HEAD, 'environments:', '  qa:', '    branch: qa', '    from: uat', '  uat:', '    branch: uat', '    from: qa'],
+      expected: [
+        {
+          line: 6,
+          col: 11,
+          path: 'environments.qa.from',
+          message: 'environments form a cycle: qa <- uat <- qa',
+          hint: 'one environment must take its commits from the sandbox branch "develop"',
+        },
+      ],
+    },
+    {
+      name: 'an environment taking commits from itself',
+      lines: [...HEAD, 'environments:', '  qa:', '    branch: qa', '    from: qa'],
+      expected: [expect.objectContaining({ line: 6, col: 11, path: 'environments.qa.from', message: 'environments form a cycle: qa <- qa' })],
+    },
+    {
+      name: 'a cron that does not parse',
+      lines: [...HEAD, 'environments:', ...staging, '    windows:', '      - { kind: allow, schedule: "0 25 * * 1-5", duration: 8h, timezone: UTC }'],
+      expected: [expect.objectContaining({ line: 8, col: 34, path: 'environments.staging.windows[0].schedule', message: expect.stringMatching(/^cron schedule "0 25 \* \* 1-5" does not parse: /) })],
+    },
+    {
+      name: 'an unknown timezone',
+      lines: [...HEAD, 'environments:', ...staging, '    windows:', '      - { kind: deny, schedule: "0 0 * * *", duration: 1h, timezone: Europe/Atlantis }'],
+      expected: [expect.objectContaining({ line: 8, col: 72, path: 'environments.staging.windows[0].timezone', message: 'unknown time zone "Europe/Atlantis"' })],
+    },
+    {
+      name: 'duplicate remote names',
+      lines: [...HEAD, 'remotes:', '  - { name: origin, url: "https://a.example.com/x.git" }', '  - { name: origin, url: /srv/git/x.git }'],
+      expected: [{ line: 5, col: 13, path: 'remotes[1].name', message: 'remote "origin" is listed twice', hint: 'give each remote its own name' }],
+    },
+    {
+      name: 'two environments on one branch',
+      lines: [...HEAD, 'environments:', ...staging, '  qa:', '    branch: staging', '    from: develop'],
+      expected: [{ line: 7, col: 13, path: 'environments.qa.branch', message: 'branch "staging" is already used by environment "staging"', hint: 'each environment needs a branch of its own' }],
+    },
+    {
+      name: 'an environment on the sandbox branch',
+      lines: [...HEAD, 'environments:', '  staging:', '    branch: develop', '    from: develop'],
+      expected: [expect.objectContaining({ line: 5, col: 13, path: 'environments.staging.branch', message: 'branch "develop" is already used by the sandbox' })],
+    },
+  ])('$name', ({ lines, expected }) => {
+    expect(problems(yaml(...lines))).toEqual(expected);
+  });
+
+  it('reports every semantic problem of one file together', () => {
+    const text = yaml(
+      ...HEAD,
+      'remotes:',
+      '  - { name: origin, url: /srv/git/a.git }',
+      '  - { name: origin, url: /srv/git/b.git }', // 5
+      'environments:',
+      '  staging:',
+      '    branch: staging',
+      '    from: devlop', // 9
+      '    windows:',
+      '      - { kind: allow, schedule: "61 * * * *", duration: 1h, timezone: Mars/Olympus }', // 11
+    );
+    expect(problems(text).map((p) => `${p.line}:${p.col} ${p.path}`)).toEqual([
+      '5:13 remotes[1].name',
+      '9:11 environments.staging.from',
+      '11:34 environments.staging.windows[0].schedule',
+      '11:73 environments.staging.windows[0].timezone',
+    ]);
+  });
+
+  it('a batchWindow shorter than debounce is a warning, not an error', () => {
+    const r = load(yaml('version: 1', 'sandbox:', '  debounce: 5s', '  batchWindow: 1s'));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.warnings).toEqual([expect.objectContaining({ severity: 'warning', line: 4, col: 16, path: 'sandbox.batchWindow' })]);
+  });
+});
+
+describe('hostile or broken input: refused with one clear problem, never a throw', () => {
+  const nested = (n: number) => `${'['.repeat(n)}${']'.repeat(n)}`;
+  let blockNested = 'version: 1\nsandbox: {}\nx:\n';
+  for (let i = 1; i <= 40; i++) blockNested += `${' '.repeat(i * 2)}k:\n`;
+  const aliasBomb = yaml(
+    'version: 1',
+    'sandbox: {}',
+    'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+    'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]',
+    'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]',
+    'd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]',
+    'e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]',
+    'f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]',
+    'g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]',
+    'h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]',
+    'i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]',
+  );
+  it.each([
+    {
+      name: 'an unclosed flow sequence',
+      text: yaml('version: 1', 'sandbox:', '  exclude: ["*.tmp", dist/', 'remotes: []'),
+      expected: { line: 4, col: 1, path: '', hint: 'fix the YAML syntax here' },
+    },
+    {
+      name: 'a tab as indentation',
+      text: yaml('version: 1', 'sandbox:', '\tbranch: develop'),
+      expected: { line: 3, col: 1, path: '', hint: 'fix the YAML syntax here' },
+    },
+    {
+      name: 'a duplicate key',
+      text: yaml('version: 1', 'sandbox: {}', 'version: 1'),
+      expected: { line: 3, col: 1, path: '', message: 'Map keys must be unique', hint: 'fix the YAML syntax here' },
+    },
+    {
+      name: 'an alias bomb (billion laughs)',
+      text: aliasBomb,
+      expected: { line: 1, col: 1, path: '', message: expect.stringMatching(/^cannot expand the YAML: .*resource exhaustion/), hint: 'use at most 100 alias expansions' },
+    },
+    {
+      name: '33 levels of nesting',
+      text: yaml(...HEAD, `x: ${nested(33)}`),
+      expected: { line: 1, col: 1, path: '', message: 'values are nested more than 32 levels deep' },
+    },
+    {
+      name: '40 levels of block nesting',
+      text: blockNested,
+      expected: { line: 1, col: 1, path: '', message: 'values are nested more than 32 levels deep' },
+    },
+    {
+      name: '100000 levels of flow nesting',
+      text: yaml(...HEAD, `x: ${nested(100_000)}`),
+      expected: { line: 1, col: 1, path: '', message: 'values are nested more than 32 levels deep' },
+    },
+    {
+      name: '200000 nested block sequences on one line',
+      text: `${'- '.repeat(200_000)}x\n`,
+      expected: { line: 1, col: 1, path: '', message: 'values are nested more than 32 levels deep' },
+    },
+    {
+      name: 'text over 1 MB',
+      text: yaml(...HEAD, `# ${'x'.repeat(MAX_CONFIG_BYTES)}`),
+      expected: { line: 1, col: 1, path: '', message: expect.stringMatching(/^the file is \d+ bytes; a config is at most 1048576 bytes$/) },
+    },
+    {
+      name: 'an empty file',
+      text: '',
+      expected: { line: 1, col: 1, path: '', message: expect.stringContaining('must be a YAML mapping') },
+    },
+    {
+      name: 'a list instead of a mapping',
+      text: yaml('- version: 1'),
+      expected: { line: 1, col: 1, path: '', message: expect.stringContaining('must be a YAML mapping') },
+    },
+  ])('$name', ({ text, expected }) => {
+    expect(problems(text)).toEqual([expect.objectContaining(expected)]);
+  });
+
+  it('30 levels of nesting are not refused for depth (the unknown key is what is wrong)', () => {
+    expect(problems(yaml(...HEAD, `x: ${nested(30)}`))).toEqual([expect.objectContaining({ line: 3, col: 1, path: 'x', message: 'unknown key "x"' })]);
+  });
+
+  it('a few aliases are fine', () => {
+    const c = valid(yaml('version: 1', 'sandbox:', '  exclude: &ex ["*.tmp", dist/]', 'security:', '  allow: *ex'));
+    expect(c.security.allow).toEqual(['*.tmp', 'dist/']);
+  });
+});
+
+describe('loadConfig', () => {
+  it('refuses a file over 1 MB before reading it', async () => {
+    const dir = await makeTmpDir('config-big');
+    const file = path.join(dir, CONFIG_FILE);
+    await writeFile(file, yaml(...HEAD, `# ${'x'.repeat(MAX_CONFIG_BYTES)}`));
+    const r = await loadConfig(file, ENV);
+    expect(r).toEqual({
+      ok: false,
+      problems: [{ severity: 'error', file, line: 1, col: 1, path: '', message: `the file is ${MAX_CONFIG_BYTES + 25} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, hint: 'is this the right file?' }],
+    });
+  });
+
+  it('reports a missing file with what to do', async () => {
+    const dir = await makeTmpDir('config-missing');
+    const r = await loadConfig(path.join(dir, CONFIG_FILE), ENV);
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.problems).toEqual([expect.objectContaining({ message: 'no config file here', hint: expect.stringContaining('cascade-sync init') })]);
+  });
+
+  it('anchors relative paths at the file it reads', async () => {
+    const dir = await makeTmpDir('config-rel');
+    await writeFile(path.join(dir, CONFIG_FILE), yaml(...HEAD, 'remotes: [ { name: o, url: ../remote.git } ]', 'logging: { file: logs/cs.log }'));
+    const r = await loadConfig(path.join(dir, CONFIG_FILE), ENV);
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.config.dir).toBe(dir);
+    expect(r.config.remotes[0]!.url).toBe(path.join(path.dirname(dir), 'remote.git'));
+    expect(r.config.logging.file).toBe(path.join(dir, 'logs/cs.log'));
+  });
+});
+
+describe('formatProblem', () => {
+  it.each([
+    { name: 'with a path and a hint', p: { path: 'sandbox.debounse', message: 'unknown key "debounse"', hint: 'did you mean "debounce"?' }, out: '/x/c.yaml:3:5: sandbox.debounse: unknown key "debounse" (hint: did you mean "debounce"?)' },
+    { name: 'without a hint', p: { path: 'retry.factor', message: 'must be number' }, out: '/x/c.yaml:3:5: retry.factor: must be number' },
+    { name: 'for the whole file', p: { path: '', message: 'values are nested too deep' }, out: '/x/c.yaml:3:5: values are nested too deep' },
+    { name: 'a warning', p: { path: 'a', message: 'm', severity: 'warning' as const }, out: '/x/c.yaml:3:5: warning: a: m' },
+  ])('$name', ({ p, out }) => {
+    expect(formatProblem({ severity: 'error', file: '/x/c.yaml', line: 3, col: 5, ...p })).toBe(out);
+  });
+});
+
+/** The config outline from DESIGN.md, verbatim. */
+const DESIGN_OUTLINE = `version: 1
+sandbox:
+  branch: develop
+  debounce: 3s            # quiet time after the last change before a commit
+  batchWindow: 10s        # a burst is committed at the latest this long after its first change
+  exclude: ["*.tmp", ".cache/", "node_modules/", "*.pid", "nohup.out", ".venv/", "dist/", "build/"]
+  commitMessage: "sync: {summary}"
+remotes:
+  - name: origin
+    url: https://git.example.com/team/site.git   # http(s) URL or a local path to a bare repository
+    username: \${CASCADE_CLIENT_ID}               # \${VAR} reads the environment; never written to logs
+    password: \${CASCADE_CLIENT_SECRET}
+retry: { initial: 1s, factor: 2, max: 5m }
+intervals: { fetch: 30s, health: 20s, rescan: 10m }
+environments:
+  staging:
+    branch: staging
+    from: develop
+    promotion: auto               # auto | approval
+    gates:                        # must pass on the candidate commit, run in a clean export, not the sandbox
+      - { name: test, command: "npm test", timeout: 10m }
+    deploy: { directory: /srv/site/staging, keep: 5 }
+    health:
+      - { name: web, http: { url: "http://127.0.0.1:3001/healthz", status: 200 }, timeout: 5s }
+  production:
+    branch: main
+    from: staging
+    promotion: approval
+    approvals:
+      required: 1
+      signers: ["alice@example.com ssh-ed25519 AAAAC3Nza..."]   # allowed_signers lines
+    windows:
+      - { kind: allow, schedule: "0 9 * * 1-5", duration: 8h, timezone: Europe/Berlin }
+    deploy: { directory: /srv/site/production, keep: 10 }
+    health:
+      - { name: smoke, command: "./scripts/smoke.sh", timeout: 30s }
+    rollback: { automatic: true }
+notifications:
+  desktop: true
+  webhooks: [ { url: "https://hooks.example.com/cascade", secret: "\${CASCADE_WEBHOOK_SECRET}" } ]
+logging: { file: ~/.headyme/logs/cascade-sync.log, level: info }
+`;
+
+describe('cascade-sync validate', () => {
+  async function sandboxWith(text: string): Promise<{ dir: string; file: string }> {
+    const dir = await makeTmpDir('validate');
+    const file = path.join(dir, CONFIG_FILE);
+    await writeFile(file, text);
+    return { dir, file };
   }
+
+  it('prints every problem as file:line:col: path: message and exits 1', async () => {
+    const { dir, file } = await sandboxWith(
+      yaml('version: 1', 'sandbox:', '  debounse: 3s', '  batchWindow: 10', 'remotes:', '  - name: origin', '    url: ${NO_SUCH_VAR}', 'logging:', '  level: loud'),
+    );
+    const r = await run(dir, ['validate'], testEnv());
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines).toEqual([
+      `${file}:3:3: sandbox.debounse: unknown key "debounse" (hint: did you mean "debounce"?)`,
+      `${file}:4:16: sandbox.batchWindow: must be string`,
+      `${file}:7:10: remotes[0].url: environment variable NO_SUCH_VAR is not set (hint: export NO_SUCH_VAR before starting cascade-sync, or write the value into the file)`,
+      `${file}:9:10: logging.level: must be equal to one of the allowed values: "debug", "info", "warn", "error"`,
+      `4 problem(s) in ${file}`,
+    ]);
+    for (const line of lines.slice(0, -1)) expect(line).toMatch(/^\/\S+:\d+:\d+: [\w.[\]]+: \S.*$/);
+  });
+
+  it('reads --config PATH relative to the working directory', async () => {
+    const { dir, file } = await sandboxWith(yaml('version: 1', 'sandbox:', '  debounse: 3s'));
+    const r = await run(path.dirname(dir), ['validate', '--config', path.join(path.basename(dir), CONFIG_FILE)], testEnv());
+    expect(r.code).toBe(1);
+    expect(r.stderr.split('\n')[0]).toBe(`${file}:3:3: sandbox.debounse: unknown key "debounse" (hint: did you mean "debounce"?)`);
+  });
+
+  it('exits 1 with what to do when there is no config', async () => {
+    const dir = await makeTmpDir('validate-none');
+    const r = await run(dir, ['validate'], testEnv());
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`${path.join(dir, CONFIG_FILE)}:1:1: no config file here (hint: run \`cascade-sync init\``);
+  });
+
+  it('accepts the shipped cascade-sync-config.yaml once REMOTE_URL is a URL', async () => {
+    const shipped = await readFile(path.join(ROOT, CONFIG_FILE), 'utf8');
+    expect(shipped).toContain('url: REMOTE_URL');
+    const { dir, file } = await sandboxWith(shipped.replace('REMOTE_URL', 'https://git.example.com/team/site.git'));
+    const env = testEnv();
+    delete env.CASCADE_CLIENT_ID;
+    delete env.CASCADE_CLIENT_SECRET;
+    const r = await run(dir, ['validate'], env);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.code).toBe(0);
+  });
+
+  it('accepts the outline from DESIGN.md with its variables set', async () => {
+    const { dir, file } = await sandboxWith(DESIGN_OUTLINE);
+    const r = await run(dir, ['validate'], testEnv({ CASCADE_WEBHOOK_SECRET: 'hook-secret' }));
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.code).toBe(0);
+  });
+
+  it('the DESIGN.md outline without CASCADE_WEBHOOK_SECRET: exactly that one error', async () => {
+    const { dir, file } = await sandboxWith(DESIGN_OUTLINE);
+    const env = testEnv();
+    delete env.CASCADE_WEBHOOK_SECRET;
+    const r = await run(dir, ['validate'], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trimEnd().split('\n')).toEqual([
+      `${file}:40:67: notifications.webhooks[0].secret: environment variable CASCADE_WEBHOOK_SECRET is not set (hint: export CASCADE_WEBHOOK_SECRET before starting cascade-sync, or write the value into the file)`,
+      `1 problem(s) in ${file}`,
+    ]);
+  });
+
+  it('the DESIGN.md outline normalizes to what it says', () => {
+    const c = valid(DESIGN_OUTLINE, { HOME, CASCADE_WEBHOOK_SECRET: 'hook-secret' });
+    expect(Object.keys(c.environments)).toEqual(['staging', 'production']);
+    expect(c.environments.production).toMatchObject({
+      from: 'staging',
+      promotion: 'approval',
+      approvals: { required: 1, signers: ['alice@example.com ssh-ed25519 AAAAC3Nza...'] },
+      windows: [{ kind: 'allow', schedule: '0 9 * * 1-5', durationMs: 8 * 3_600_000, timezone: 'Europe/Berlin' }],
+      deploy: { directory: '/srv/site/production', keep: 10, selfHeal: true, hooks: {} },
+      rollback: { automatic: true },
+    });
+    expect(c.environments.staging).toMatchObject({
+      gates: [{ name: 'test', command: 'npm test', timeoutMs: 600_000 }],
+      health: [{ name: 'web', http: { url: 'http://127.0.0.1:3001/healthz', status: 200 }, timeoutMs: 5000 }],
+      rollback: { automatic: false },
+    });
+    expect(c.secrets).toContain('hook-secret');
+  });
+});
+
+describe('generated types', () => {
+  const script = path.join(ROOT, 'scripts/gen-types.mjs');
+  function gen(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+      execFile(process.execPath, [script, ...args], { cwd: ROOT, encoding: 'utf8' }, (err, stdout, stderr) => {
+        if (err && typeof err.code !== 'number') reject(err);
+        else resolve({ code: err ? Number(err.code) : 0, stdout, stderr });
+      });
+    });
+  }
+  async function snapshot(dir: string): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const f of (await readdir(dir)).sort()) out[f] = await readFile(path.join(dir, f), 'utf8');
+    return out;
+  }
+
+  it('src/generated is current with schema/ (npm run check:gen)', async () => {
+    const r = await gen(['--check']);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('generated types up to date');
+    expect(r.code).toBe(0);
+  });
+
+  it('the check fails on a schema change that was not generated, and gen fixes it; the real files stay untouched', async () => {
+    const before = await snapshot(path.join(ROOT, 'src/generated'));
+    const schemaDir = await makeTmpDir('gen-schema');
+    const outDir = await makeTmpDir('gen-out');
+    await cp(path.join(ROOT, 'schema'), schemaDir, { recursive: true });
+    await cp(path.join(ROOT, 'src/generated'), outDir, { recursive: true });
+    const dirs = ['--schema-dir', schemaDir, '--out-dir', outDir];
+
+    // The unchanged copy passes, so the failure below comes from the edit alone.
+    expect((await gen(['--check', ...dirs])).code).toBe(0);
+
+    const schemaFile = path.join(schemaDir, 'cascade-sync-config.schema.json');
+    const schema = JSON.parse(await readFile(schemaFile, 'utf8')) as { properties: { sandbox: { properties: Record<string, unknown> } } };
+    schema.properties.sandbox.properties.quietHours = { description: 'A field added to the schema only.', type: 'string' };
+    await writeFile(schemaFile, JSON.stringify(schema, null, 2));
+
+    const stale = await gen(['--check', ...dirs]);
+    expect(stale.code).toBe(1);
+    expect(stale.stderr).toContain('generated types are stale');
+    expect(stale.stderr).toContain(`stale: ${path.join(outDir, 'config.ts')}`);
+    expect(stale.stderr).not.toContain('state.ts');
+
+    const written = await gen(dirs);
+    expect(written.code).toBe(0);
+    expect(await readFile(path.join(outDir, 'config.ts'), 'utf8')).toContain('quietHours?: string;');
+    expect((await gen(['--check', ...dirs])).code).toBe(0);
+
+    expect(await snapshot(path.join(ROOT, 'src/generated'))).toEqual(before);
+  });
+
+  it('the check fails when a generated file was edited by hand', async () => {
+    const outDir = await makeTmpDir('gen-edited');
+    await cp(path.join(ROOT, 'src/generated'), outDir, { recursive: true });
+    const file = path.join(outDir, 'state.ts');
+    await writeFile(file, (await readFile(file, 'utf8')).replace('signer: string;', 'signer: string | number;'));
+    const r = await gen(['--check', '--out-dir', outDir]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`stale: ${file}`);
+  });
 });

@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { runGit } from "./helpers/git.js";
 import { appendFile, chmod, lstat, mkdir, mkdtemp, readFile, rm, symlink, unlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,35 +17,12 @@ import {
   type IndexEntry,
 } from "../src/git/index-file.js";
 
-// A tiny local exec helper (test/helpers/ is being written elsewhere).
-let home = "";
-function run(cwd: string, args: string[], allowFail = false, input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      "git",
-      args,
-      {
-        cwd,
-        maxBuffer: 256 << 20,
-        env: {
-          PATH: process.env.PATH ?? "/usr/bin:/bin",
-          HOME: home,
-          GIT_CONFIG_NOSYSTEM: "1",
-          LANG: "C",
-          GIT_AUTHOR_NAME: "Test Author",
-          GIT_AUTHOR_EMAIL: "author@example.com",
-          GIT_COMMITTER_NAME: "Test Committer",
-          GIT_COMMITTER_EMAIL: "committer@example.com",
-        },
-      },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-        if (err && !allowFail) reject(new Error(`git ${args.join(" ")} failed (${code}): ${stderr}`));
-        else resolve({ code, stdout, stderr });
-      },
-    );
-    if (input !== undefined) child.stdin?.end(input);
-  });
+// Native git as the oracle, with fixed author/committer names that the assertions below expect.
+const NAMES = { GIT_AUTHOR_NAME: "Test Author", GIT_AUTHOR_EMAIL: "author@example.com", GIT_COMMITTER_NAME: "Test Committer", GIT_COMMITTER_EMAIL: "committer@example.com", LANG: "C" };
+async function run(cwd: string, args: string[], allowFail = false, input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await runGit({ cwd, args, env: NAMES, ...(input !== undefined ? { input } : {}) });
+  if (r.code !== 0 && !allowFail) throw new Error(`git ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
+  return r;
 }
 async function git(cwd: string, ...args: string[]): Promise<string> {
   return (await run(cwd, args)).stdout;
@@ -58,8 +35,6 @@ let n = 0;
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "cascade-index-"));
-  home = join(root, "home");
-  await mkdir(home);
 });
 
 afterAll(async () => {

@@ -1,23 +1,114 @@
-import { test } from 'vitest';
-import { readFileSync } from 'node:fs';
-import { parseDocument } from 'yaml';
-import { nestingEstimate } from '../src/config/load.js';
-function jsDepth(v: unknown, d = 0): number { if (v && typeof v === 'object') { let m = d; for (const c of Object.values(v)) m = Math.max(m, jsDepth(c, d + 1)); return m; } return d; }
-const design = readFileSync('/work/shared/DESIGN.md', 'utf8').split('```yaml\n')[1]!.split('```')[0]!;
-let block = 'x:\n'; for (let i = 0; i < 40; i++) block += ' '.repeat(i + 1) + 'a:\n';
-let block2 = 'x:\n'; for (let i = 0; i < 40; i++) block2 += ' '.repeat(2*i + 2) + '- a: |\n' + ' '.repeat(2*i+6) + 'text\n';
-const cases: Record<string, string> = {
-  shipped: readFileSync('cascade-sync-config.yaml', 'utf8'),
-  design, block, block2,
-  state: 'approvals:\n  - environment: production\n    signature: |\n      -----BEGIN\n        xx\n      -----END\n',
-  compact: '- - - a: 1\n      b:\n        - c\n- ? x\n  : y\n',
-  flowml: 'a: [1,\n  [2, {b: [3]}],\n 4]\nc: d\n',
-  anchors: 'a: &x\n  b: &y\n    c: 1\nd: *x\ne: !!map\n  f: 1\n',
-  quoted: 'a: "x\n  y"\nb:\n  c: \'q\n    r\'\n',
-  docs: '---\na:\n  b: 1\n...\n---\nc: 1\n',
-};
-test('probe', () => {
-  for (const [n, t] of Object.entries(cases)) {
-    console.log(n, 'estimate', nestingEstimate(t, 1000), 'real', jsDepth(parseDocument(t).toJS()));
-  }
+import { describe, expect, it } from 'vitest';
+import { summarize } from '../reconcilers/sandbox.js';
+import type { CommittedPath } from '../src/git/commit.js';
+
+// Blob oids: equal oids mean equal content, which is what makes a deletion plus an addition a rename.
+const OID_A = 'a'.repeat(40);
+const OID_B = 'b'.repeat(40);
+const OID_C = 'c'.repeat(40);
+const OID_D = 'd'.repeat(40);
+const OID_E = 'e'.repeat(40);
+const OID_F = 'f'.repeat(40);
+
+const blob = (oid: string) => ({ mode: '100644' as const, oid });
+const added = (path: string, oid: string): CommittedPath => ({ path, after: blob(oid) });
+const deleted = (path: string, oid: string): CommittedPath => ({ path, before: blob(oid) });
+const modified = (path: string, from: string, to: string): CommittedPath => ({ path, before: blob(from), after: blob(to) });
+
+interface Case {
+  name: string;
+  paths: CommittedPath[];
+  summary: string;
+  body: string[];
+}
+
+const cases: Case[] = [
+  {
+    name: 'adds',
+    paths: [added('a.txt', OID_A), added('docs/b.md', OID_B)],
+    summary: '2 added (a.txt, docs/b.md)',
+    body: ['A a.txt', 'A docs/b.md'],
+  },
+  {
+    name: 'modifies',
+    paths: [modified('src/app.ts', OID_A, OID_B)],
+    summary: '1 modified (src/app.ts)',
+    body: ['M src/app.ts'],
+  },
+  {
+    name: 'deletes',
+    paths: [deleted('old.txt', OID_A), deleted('tmp/x.log', OID_B)],
+    summary: '2 deleted (old.txt, tmp/x.log)',
+    body: ['D old.txt', 'D tmp/x.log'],
+  },
+  {
+    name: 'the documented example: modified first, then added',
+    paths: [modified('src/app.ts', OID_A, OID_B), added('docs/intro.md', OID_C), modified('README.md', OID_D, OID_A)],
+    summary: '2 modified, 1 added (src/app.ts, README.md, docs/intro.md)',
+    body: ['M src/app.ts', 'M README.md', 'A docs/intro.md'],
+  },
+  {
+    name: 'a deletion and an addition with the same blob are one rename',
+    paths: [deleted('notes/draft.md', OID_A), added('notes/final.md', OID_A)],
+    summary: '1 renamed (notes/final.md)',
+    body: ['R notes/draft.md -> notes/final.md'],
+  },
+  {
+    name: 'a case-only rename is a rename, not an add and a delete',
+    paths: [added('README.md', OID_A), deleted('Readme.md', OID_A)],
+    summary: '1 renamed (README.md)',
+    body: ['R Readme.md -> README.md'],
+  },
+  {
+    name: 'a deletion and an addition with different content stay apart',
+    paths: [deleted('a.txt', OID_A), added('b.txt', OID_B)],
+    summary: '1 added, 1 deleted (b.txt, a.txt)',
+    body: ['A b.txt', 'D a.txt'],
+  },
+  {
+    name: 'two deletions of one blob and one addition of it: one rename, one deletion',
+    paths: [deleted('x/one.txt', OID_A), deleted('x/two.txt', OID_A), added('y/one.txt', OID_A)],
+    summary: '1 deleted, 1 renamed (x/two.txt, y/one.txt)',
+    body: ['D x/two.txt', 'R x/one.txt -> y/one.txt'],
+  },
+  {
+    name: 'more than 3 paths: the first 3 and +N more, the body lists every path',
+    paths: [
+      modified('a.ts', OID_A, OID_B),
+      modified('b.ts', OID_A, OID_B),
+      added('c.ts', OID_C),
+      deleted('d.ts', OID_D),
+      added('e.ts', OID_E),
+      deleted('f.ts', OID_F),
+    ],
+    summary: '2 modified, 2 added, 2 deleted (a.ts, b.ts, c.ts, +3 more)',
+    body: ['M a.ts', 'M b.ts', 'A c.ts', 'A e.ts', 'D d.ts', 'D f.ts'],
+  },
+  {
+    name: 'exactly 3 paths: no +N more',
+    paths: [added('a', OID_A), added('b', OID_B), added('c', OID_C)],
+    summary: '3 added (a, b, c)',
+    body: ['A a', 'A b', 'A c'],
+  },
+  {
+    name: 'nothing',
+    paths: [],
+    summary: 'no changes',
+    body: [],
+  },
+];
+
+describe('summarize', () => {
+  it.each(cases)('$name', ({ paths, summary, body }) => {
+    const out = summarize(paths);
+    expect(out.summary).toBe(summary);
+    expect(out.body).toBe(body.join('\n'));
+  });
+
+  it('lists every one of many paths in the body', () => {
+    const many = Array.from({ length: 250 }, (_, i) => added(`f/${String(i).padStart(3, '0')}.txt`, i.toString(16).padStart(40, '0')));
+    const out = summarize(many);
+    expect(out.summary).toBe('250 added (f/000.txt, f/001.txt, f/002.txt, +247 more)');
+    expect(out.body.split('\n')).toEqual(many.map((p) => `A ${p.path}`));
+  });
 });

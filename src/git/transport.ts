@@ -37,19 +37,7 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
       await repo.setRef(`refs/remotes/${remote.name}/${branch}`, tip, undefined, `fetch: from ${remote.name}`, opts.who);
       return tip;
     }
-    await configureRemote(repo, remote);
-    const res = await git.fetch({
-      fs: lockedFs,
-      http: makeHttpClient(opts.timeoutMs),
-      gitdir: repo.gitdir,
-      url: remote.url,
-      remote: remote.name,
-      ref: branch,
-      singleBranch: true,
-      tags: false,
-      cache: repo.cache,
-      ...auth(remote),
-    });
+    const res = await git.fetch({ ...(await httpArgs(repo, remote, opts)), ref: branch, singleBranch: true, tags: false });
     return res.fetchHead ?? null;
   } catch (err) {
     if (isMissingBranch(err, branch)) return null;
@@ -72,18 +60,7 @@ export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: strin
       await bare.setRef(branchRef(branch), oid, theirs, `push: cascade-sync from ${repo.dir}`, opts.who);
       return;
     }
-    await configureRemote(repo, remote);
-    const res = await git.push({
-      fs: lockedFs,
-      http: makeHttpClient(opts.timeoutMs),
-      gitdir: repo.gitdir,
-      url: remote.url,
-      remote: remote.name,
-      ref: branchRef(branch),
-      remoteRef: branchRef(branch),
-      cache: repo.cache,
-      ...auth(remote),
-    });
+    const res = await git.push({ ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch) });
     if (!res.ok) throw stalled("PushRejected", `remote ${remote.name} refused the push of ${branch}: ${res.error ?? JSON.stringify(res.refs)}`, "the remote's hooks or branch protection refused it; see the remote's message");
   } catch (err) {
     if (err instanceof RefConflictError) throw nonFastForward(remote, branch);
@@ -93,6 +70,12 @@ export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: strin
 
 function nonFastForward(remote: RemoteTarget, branch: string): CascadeError {
   return transient("NonFastForward", `${branch} on remote ${remote.name} has commits that are not here yet`, "they are fetched and merged before the next push");
+}
+
+/** What every isomorphic-git call to an HTTP remote takes: our fs, undici, the remote and its credentials. */
+async function httpArgs(repo: Repo, remote: RemoteTarget, opts: TransportOptions) {
+  await configureRemote(repo, remote);
+  return { fs: lockedFs, http: makeHttpClient(opts.timeoutMs), gitdir: repo.gitdir, url: remote.url, remote: remote.name, cache: repo.cache, ...auth(remote) };
 }
 
 function auth(remote: RemoteTarget) {
