@@ -5,7 +5,7 @@ import { readFile } from "node:fs/promises";
 import { CONFIG_FILE, formatProblem, loadConfig } from "./config/load.js";
 import type { Config, ConfigProblem } from "./config/types.js";
 import { CascadeError, stalled, toCascadeError } from "./errors.js";
-import { Exclusions } from "./exclusions.js";
+import { exclusionsFor, type Exclusions } from "./exclusions.js";
 import { readIndex } from "./git/index-file.js";
 import { Repo, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
@@ -113,7 +113,7 @@ export class Controller {
     });
     await ensureRuntimeDir(repo.gitdir);
     const filemode = (await repo.getConfig("core.filemode")) !== "false";
-    const exclusions = await Exclusions.load(config.dir, config.sandbox.exclude, config.security.encrypt);
+    const exclusions = await exclusionsFor(config);
     await exclusions.writeInfoExclude(repo.gitdir);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode);
@@ -421,14 +421,16 @@ export class Controller {
     this.configLastGoodAt = new Date(this.now()).toISOString();
     this.deps.log.reconfigure(config.logging.file, config.logging.level);
     this.notifier.reconfigure(config.notifications);
-    this.exclusions = await Exclusions.load(config.dir, config.sandbox.exclude, config.security.encrypt);
+    const before = this.exclusions;
+    this.exclusions = await exclusionsFor(config);
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
     this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
     for (const s of this.slots.values()) if (s.r.name.startsWith("remote:")) s.nextRunAt = this.now();
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
     if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
-    if (JSON.stringify(old.sandbox.exclude) !== JSON.stringify(config.sandbox.exclude) || JSON.stringify(old.security.encrypt) !== JSON.stringify(config.security.encrypt)) this.requestFullScan();
+    // A path no longer excluded (or held back) must be looked at: rescan when the rules changed.
+    if (JSON.stringify([before.patterns, before.heldBackPatterns]) !== JSON.stringify([this.exclusions.patterns, this.exclusions.heldBackPatterns])) this.requestFullScan();
   }
 
   /** Keeps slots for reconcilers that stay, adds new remotes, drops removed ones. */

@@ -1,5 +1,6 @@
 import { readFile, writeFile, mkdir } from "node:fs/promises";
-import { dirname, join, posix } from "node:path";
+import { dirname, join, posix, relative, sep } from "node:path";
+import type { Config } from "./config/types.js";
 import ignoreModule from "ignore";
 
 type Ignore = { add(p: string | string[]): Ignore; ignores(p: string): boolean };
@@ -113,4 +114,17 @@ async function readOptional(file: string): Promise<string> {
   } catch {
     return "";
   }
+}
+
+/**
+ * The exclusions a config asks for: `sandbox.exclude`, plus the controller's own files when they
+ * live inside the sandbox (a log file there would otherwise commit itself after every line it
+ * logs), with `security.encrypt` held back.
+ */
+export async function exclusionsFor(config: Config): Promise<Exclusions> {
+  const own = [config.logging.file]
+    .map((f) => relative(config.dir, f))
+    .filter((r) => r !== "" && !r.startsWith("..") && !r.startsWith(sep))
+    .map((r) => `/${r.split(sep).join("/")}`);
+  return Exclusions.load(config.dir, [...config.sandbox.exclude, ...own], config.security.encrypt);
 }

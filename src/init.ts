@@ -6,7 +6,7 @@ import { lockedFs } from "./git/locked-fs.js";
 import { parseDocument } from "yaml";
 import { CONFIG_FILE } from "./config/load.js";
 import { isHttpUrl } from "./config/normalize.js";
-import { Exclusions } from "./exclusions.js";
+import { exclusionsFor } from "./exclusions.js";
 import { commitWorktree } from "./git/commit.js";
 import { readIndex } from "./git/index-file.js";
 import { readSymbolicRef, writeSymbolicRef } from "./git/refs.js";
@@ -91,7 +91,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     }
   }
 
-  const exclusions = await Exclusions.load(dir, config.sandbox.exclude, config.security.encrypt);
+  const exclusions = await exclusionsFor(config);
   if (await exclusions.writeInfoExclude(repo.gitdir)) lines.push("wrote the exclusions to .git/info/exclude");
 
   const branches = [config.sandbox.branch, ...PIPELINE_BRANCHES.filter((b) => !Object.values(config.environments).some((e) => e.branch === b)), ...Object.values(config.environments).map((e) => e.branch)];

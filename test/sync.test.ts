@@ -170,6 +170,23 @@ describe('sandbox -> develop', () => {
     expect(await readFile(path.join(dir, '.git/info/exclude'), 'utf8')).toContain('node_modules/');
   });
 
+  it("never commits its own log file when it lives inside the sandbox (no commit loop)", async () => {
+    const { dir } = await makeSandbox();
+    const config = await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), config.replace(/logging: \{ file: [^,]+,/, 'logging: { file: ./cascade-sync.log,'));
+    await git(dir, 'commit', '-qam', 'log inside');
+    await start(dir);
+    const before = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, 'a.txt'), 'a');
+    await commitsAfter(dir, before);
+    await writeFile(path.join(dir, 'b.txt'), 'b');
+    await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'b.txt') || undefined, { what: 'b.txt committed' });
+    expect((await logOneline(dir, 'develop')).length).toBe(before + 2);
+    expect((await lsTree(dir, 'develop')).map((e) => e.path)).not.toContain('cascade-sync.log');
+    expect(await readFile(path.join(dir, 'cascade-sync.log'), 'utf8')).toMatch(/committed/);
+    await expectFaithful(dir);
+  });
+
   it('commits a burst of 10,000 files as one commit (or a few)', async () => {
     const { dir } = await makeSandbox({ debounce: '1s', batchWindow: '10s' });
     await start(dir);

@@ -120,17 +120,18 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       const value = valueAt(data, path);
       const given = options.filter((o) => value && typeof value === "object" && o in value);
       at(path, given.length > 1 ? `has both ${given.join(" and ")}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
-    } else if (e.keyword === "pattern" && PATTERN_HINTS[definitionOf(e.schemaPath)]) {
-      const { what, hint } = PATTERN_HINTS[definitionOf(e.schemaPath)]!;
+    } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS[schemaLocation(e.schemaPath)]) {
+      const { what, hint } = VALUE_HINTS[schemaLocation(e.schemaPath)]!;
       at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);
     } else {
       at(path, e.message ?? "is not valid");
     }
   }
-  if (problems.some((p) => p.severity === "error")) return { ok: false, problems };
+  if (problems.some((p) => p.severity === "error")) return { ok: false, problems: problems.sort(inFileOrder) };
 
   const config = normalize(data as CascadeSyncConfig, file, env);
   for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
+  problems.sort(inFileOrder);
   const errors = problems.filter((p) => p.severity === "error");
   if (errors.length) return { ok: false, problems };
   return { ok: true, config, warnings: problems };
@@ -141,6 +142,11 @@ export function formatProblem(p: ConfigProblem): string {
   const where = `${p.file}:${p.line}:${p.col}:`;
   const what = p.path ? `${p.path}: ${p.message}` : p.message;
   return `${where} ${p.severity === "warning" ? "warning: " : ""}${what}${p.hint ? ` (hint: ${p.hint})` : ""}`;
+}
+
+/** Problems are reported in file order, as a person fixes them; the stages find them in another. */
+function inFileOrder(a: ConfigProblem, b: ConfigProblem): number {
+  return a.line - b.line || a.col - b.col;
 }
 
 function fail(file: string, message: string, hint?: string): LoadResult {
@@ -192,15 +198,16 @@ function fillCredentialDefaults(raw: object): void {
   }
 }
 
-/** Readable messages for the schema's shared patterns, keyed by definition name. */
-const PATTERN_HINTS: Record<string, { what: string; hint: string }> = {
-  duration: { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" },
-  branchName: { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" },
+/** Readable messages for values of a string shape the schema checks with a regex, by schema location. */
+const VALUE_HINTS: Record<string, { what: string; hint: string }> = {
+  "#/definitions/duration": { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" },
+  "#/definitions/branchName": { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" },
+  "#/definitions/remote/properties/url": { what: "a supported remote", hint: "use an http:// or https:// URL or the path of a local bare repository; ssh:// and git:// are not supported" },
 };
 
-/** The definition a schema path points into (`#/definitions/duration/pattern` -> `duration`). */
-function definitionOf(schemaPath: string): string {
-  return /^#\/definitions\/([^/]+)\/[^/]+$/.exec(schemaPath)?.[1] ?? "";
+/** The schema node an error's keyword sits in (`#/definitions/duration/pattern` -> `#/definitions/duration`). */
+function schemaLocation(schemaPath: string): string {
+  return schemaPath.slice(0, schemaPath.lastIndexOf("/"));
 }
 
 function valueAt(value: unknown, path: (string | number)[]): unknown {
