@@ -56,6 +56,8 @@ export interface ControllerDeps {
 }
 
 const STALLED_PROBE_MS = 60_000;
+/** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
+const BURST_RESCAN_THRESHOLD = 1000;
 
 /**
  * The long-running loop: observes the sandbox, the remotes and the config, and reconciles them
@@ -275,6 +277,12 @@ export class Controller {
       const result: Result = await reconcile(slot.r, ctx, this.config, observed);
       this.deps.log.debug(`${slot.r.name}: ${result.summary ?? "done"}`, { observeMs: t1 - t0, applyMs: Date.now() - t1 });
       this.succeeded(slot, result);
+      if (taken && !taken.full && taken.paths.size >= BURST_RESCAN_THRESHOLD) {
+        // inotify drops events without an error when its queue overflows in a big burst: once the
+        // burst has been committed, look at the whole tree to catch what the events missed.
+        this.deps.log.info(`a burst of ${taken.paths.size} changed paths: rescanning the whole sandbox after it`);
+        this.requestFullScan();
+      }
       return { name: slot.r.name, ...(result.summary ? { summary: result.summary } : {}) };
     } catch (err) {
       const e = toCascadeError(err);

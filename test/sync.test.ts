@@ -187,8 +187,8 @@ describe('sandbox -> develop', () => {
     await expectFaithful(dir);
   });
 
-  it('commits a burst of 10,000 files as one commit (or a few)', async () => {
-    const { dir } = await makeSandbox({ debounce: '1s', batchWindow: '10s' });
+  it('commits a burst of 10,000 files as one commit (or a few), then rescans for events inotify may have dropped', async () => {
+    const { dir, logFile } = await makeSandbox({ debounce: '1s', batchWindow: '10s' });
     await start(dir);
     const before = (await logOneline(dir, 'develop')).length;
     for (let d = 0; d < 100; d++) {
@@ -200,6 +200,7 @@ describe('sandbox -> develop', () => {
     expect(n).toBeGreaterThanOrEqual(1);
     expect(n).toBeLessThanOrEqual(3);
     expect((await logOneline(dir, 'develop'))[0]).toMatch(/added/);
+    await waitFor(async () => /a burst of \d+ changed paths: rescanning the whole sandbox/.test(await readFile(logFile, 'utf8')) || undefined, { what: 'the post-burst rescan' });
     await expectFaithful(dir);
   }, 120_000);
 });
