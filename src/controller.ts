@@ -26,6 +26,8 @@ interface Slot {
   nextRunAt: number | undefined;
   failures: number;
   running: boolean;
+  /** When the last pass started; undefined before the first. */
+  lastRunAt?: number;
   lastError?: { kind: string; reason: string; message: string; hint?: string; at: string };
   lastSummary?: string;
   lastSuccessAt?: string;
@@ -56,6 +58,7 @@ export interface ControllerDeps {
 }
 
 const STALLED_PROBE_MS = 60_000;
+const STATUS_THROTTLE_MS = 500;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
 
@@ -73,6 +76,11 @@ export class Controller {
   private nextRescanAt: number | undefined;
   private wakeUp: (() => void) | undefined;
   private mutex: Promise<unknown> = Promise.resolve();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private statusWrite: Promise<void> = Promise.resolve();
+  /** Pending changes arrived since status.json was written; it is rewritten at most every STATUS_THROTTLE_MS. */
+  private statusDirty = false;
+  private lastStatusAt = 0;
   private statCacheKey = "";
   private statCacheValue: StatCache | undefined;
   private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [] };
@@ -149,12 +157,15 @@ export class Controller {
     this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
     const onAbort = () => this.wakeUp?.();
     signal.addEventListener("abort", onAbort);
-    let readySignalled = false;
     try {
+      let ready = false;
       while (!signal.aborted) {
-        await this.runDue();
-        if (!readySignalled && !this.slots.get("sandbox")!.running && !this.hints.full) {
-          readySignalled = true;
+        await this.launchDue();
+        if (this.statusDirty && this.now() >= this.lastStatusAt + STATUS_THROTTLE_MS) this.saveStatus();
+        const sandbox = this.slots.get("sandbox")!;
+        // Ready once the first pass over the whole sandbox has finished (also when it failed: status says why).
+        if (!ready && sandbox.lastRunAt !== undefined && !sandbox.running) {
+          ready = true;
           onReady?.();
         }
         await this.sleepUntilDue(signal);
@@ -162,6 +173,7 @@ export class Controller {
     } finally {
       signal.removeEventListener("abort", onAbort);
       await this.watcher.close();
+      await Promise.allSettled([...this.inflight]);
       await this.flush();
     }
   }
@@ -232,6 +244,7 @@ export class Controller {
     this.firstHintAt ??= now;
     this.lastHintAt = now;
     this.state.pendingPaths = this.hints.paths.size;
+    this.statusDirty = true;
     const slot = this.slots.get("sandbox")!;
     const { debounceMs, batchWindowMs } = this.config.sandbox;
     const due = Math.min(this.lastHintAt + debounceMs, this.firstHintAt + batchWindowMs);
@@ -244,24 +257,40 @@ export class Controller {
     return [...this.slots.values()].sort((a, b) => (a.r.name === "sandbox" ? -1 : b.r.name === "sandbox" ? 1 : 0));
   }
 
-  private async runDue(): Promise<void> {
-    try {
-      if (this.configDueAt !== undefined && this.configDueAt <= this.now()) {
-        this.configDueAt = undefined;
-        await this.reloadConfig();
-      }
-      if (this.nextRescanAt !== undefined && this.nextRescanAt <= this.now()) {
-        // Read from the config on each turn, so an edited rescan interval applies at once.
-        this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
-        this.requestFullScan();
-      }
-      const due = (s: Slot) => !s.running && s.nextRunAt !== undefined && s.nextRunAt <= this.now();
-      const sandbox = this.slots.get("sandbox")!;
-      if (due(sandbox)) await this.runSlot(sandbox);
-      await Promise.all([...this.slots.values()].filter((s) => s !== sandbox && due(s)).map((s) => this.runSlot(s)));
-    } finally {
-      await this.writeStatus(true).catch((err) => this.deps.log.warn(`cannot write status: ${(err as Error).message}`));
+  /**
+   * Starts every due reconciler without waiting for it: a remote that hangs until its timeout
+   * never delays the sandbox's commits. Mutations of the branch are serialized by `exclusive`
+   * and guarded by compare-and-swap, so concurrent passes cannot overwrite each other.
+   */
+  private async launchDue(): Promise<void> {
+    if (this.configDueAt !== undefined && this.configDueAt <= this.now()) {
+      this.configDueAt = undefined;
+      await this.reloadConfig();
     }
+    if (this.nextRescanAt !== undefined && this.nextRescanAt <= this.now()) {
+      // Read from the config on each turn, so an edited rescan interval applies at once.
+      this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
+      this.requestFullScan();
+    }
+    for (const slot of this.orderedSlots()) {
+      if (slot.running || slot.nextRunAt === undefined || slot.nextRunAt > this.now()) continue;
+      const run: Promise<unknown> = this.runSlot(slot).finally(() => {
+        this.inflight.delete(run);
+        this.saveStatus();
+        this.wakeUp?.();
+      });
+      this.inflight.add(run);
+    }
+  }
+
+  /** Writes status.json after the writes already queued (never two at once). */
+  private saveStatus(): Promise<void> {
+    this.statusDirty = false;
+    this.lastStatusAt = this.now();
+    this.statusWrite = this.statusWrite
+      .then(() => this.writeStatus(true))
+      .catch((err) => this.deps.log.warn(`cannot write status: ${(err as Error).message}`));
+    return this.statusWrite;
   }
 
   private async runSlot(slot: Slot): Promise<{ name: string; summary?: string; error?: CascadeError }> {
@@ -269,6 +298,7 @@ export class Controller {
     const taken = isSandbox ? this.takeHints() : undefined;
     slot.running = true;
     slot.nextRunAt = undefined;
+    slot.lastRunAt = this.now();
     const ctx = this.context(taken);
     try {
       const t0 = Date.now();
@@ -457,6 +487,7 @@ export class Controller {
     const times = [...this.slots.values()].map((s) => (s.running ? undefined : s.nextRunAt)).filter((t): t is number => t !== undefined);
     if (this.configDueAt !== undefined) times.push(this.configDueAt);
     if (this.nextRescanAt !== undefined) times.push(this.nextRescanAt);
+    if (this.statusDirty) times.push(this.lastStatusAt + STATUS_THROTTLE_MS);
     const wait = times.length ? Math.max(0, Math.min(...times) - this.now()) : 60_000;
     if (wait === 0) return;
     await new Promise<void>((resolve) => {
@@ -485,6 +516,7 @@ export class Controller {
       await Promise.all(remotes.map((s) => this.runSlot(s)));
       (this.deps as { timeoutMs?: number }).timeoutMs = previous;
     }
+    await this.statusWrite;
     await this.writeStatus(false);
   }
 

@@ -316,6 +316,11 @@ describe('schema problems', () => {
       expected: { line: 8, col: 9, path: 'environments.staging.gates[0]', message: 'has both command and http; give exactly one of: command, http, builtin' },
     },
     {
+      name: 'a gate with all three',
+      lines: [...HEAD, ...env('    gates:', '      - { name: t, command: "true", builtin: config, http: { url: "http://127.0.0.1/" } }')],
+      expected: { line: 8, col: 9, path: 'environments.staging.gates[0]', message: 'has command, http and builtin; give exactly one of: command, http, builtin' },
+    },
+    {
       name: 'a gate with neither',
       lines: [...HEAD, ...env('    gates:', '      - { name: test, timeout: 5m }')],
       expected: { line: 8, col: 9, path: 'environments.staging.gates[0]', message: 'needs exactly one of: command, http, builtin' },

@@ -98,12 +98,14 @@ describe('the controller process', () => {
     await exited(first.child);
     const second = await startProcess(dir);
     expect(second.out()).toContain('took over a stale lock');
-    await waitFor(async () => (await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length === 3000 || undefined, { what: 'all 3000 files committed after the restart', timeoutMs: 60_000 });
+    await waitFor(async () => (await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length === 3000 || undefined, { what: 'all 3000 files committed after the restart', timeoutMs: 60_000 }).catch((e: Error) => {
+      throw new Error(`${e.message}\n--- controller output ---\n${second.out()}`);
+    });
     await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
     await fsckStrict(dir);
     second.child.kill('SIGTERM');
     await exited(second.child);
-  });
+  }, 150_000);
 
   it("survives the user's own git commit in the sandbox while running", async () => {
     const { dir } = await makeSandbox({ debounce: '300ms' });

@@ -119,7 +119,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       }
       const value = valueAt(data, path);
       const given = options.filter((o) => value && typeof value === "object" && o in value);
-      at(path, given.length > 1 ? `has both ${given.join(" and ")}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
+      const both = given.length === 2 ? `both ${given.join(" and ")}` : `${given.slice(0, -1).join(", ")} and ${given.at(-1)}`;
+      at(path, given.length > 1 ? `has ${both}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
     } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS[schemaLocation(e.schemaPath)]) {
       const { what, hint } = VALUE_HINTS[schemaLocation(e.schemaPath)]!;
       at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);

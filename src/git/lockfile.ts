@@ -100,8 +100,18 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
   for (;;) {
     try {
       // "wx" = O_WRONLY|O_CREAT|O_EXCL; the kernel applies the umask to 0o666 like git's open().
-      const handle = await open(lockPath, "wx", 0o666);
-      return new HeldLock(path, lockPath, handle, Number((await handle.stat()).ino));
+      // Journal the intent first: a kill between the create and the journal entry would otherwise
+      // leave a lock file nobody can prove was ours.
+      const since = Date.now();
+      track(lockPath, null, since);
+      let handle: FileHandle;
+      try {
+        handle = await open(lockPath, "wx", 0o666);
+      } catch (err) {
+        untrack(lockPath);
+        throw err;
+      }
+      return new HeldLock(path, lockPath, handle, Number((await handle.stat()).ino), since);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
@@ -131,8 +141,11 @@ export async function withLock<T>(path: string, fn: (lock: Lock) => Promise<T>, 
   }
 }
 
-/** Lock files held by this process (path -> inode), removed on exit like git's tempfile cleanup (a crash cannot). */
-const held = new Map<string, number>();
+/**
+ * Lock files held (or about to be created) by this process: path -> inode (null until created) and
+ * when creation started. Removed on exit like git's tempfile cleanup (a crash cannot).
+ */
+const held = new Map<string, { ino: number | null; since: number }>();
 let exitHookInstalled = false;
 /** Journals by repository: gitdir -> journal file (one per controller running in this process). */
 const journals = new Map<string, string>();
@@ -140,7 +153,7 @@ const journals = new Map<string, string>();
 /** What the lock journal records: which lock files a process held, by inode. */
 interface LockJournal {
   pid: number;
-  locks: { path: string; ino: number }[];
+  locks: { path: string; ino: number | null; since: number }[];
 }
 
 /**
@@ -160,7 +173,7 @@ export function disableLockJournal(gitdir: string): void {
 
 function writeJournals(): void {
   for (const [prefix, file] of journals) {
-    const data: LockJournal = { pid: process.pid, locks: [...held].filter(([p]) => p.startsWith(prefix)).map(([path, ino]) => ({ path, ino })) };
+    const data: LockJournal = { pid: process.pid, locks: [...held].filter(([p]) => p.startsWith(prefix)).map(([path, h]) => ({ path, ...h })) };
     const tmp = `${file}.${process.pid}.tmp`;
     try {
       fs.writeFileSync(tmp, JSON.stringify(data), { mode: 0o600 });
@@ -172,8 +185,10 @@ function writeJournals(): void {
 }
 
 /**
- * Removes the lock files that a dead process recorded in the journal `file` and left behind,
- * checking each one's inode so that a lock created since by someone else stays. `isAlive(pid)`
+ * Removes the lock files that a dead process recorded in the journal `file` and left behind. A
+ * lock it had created is recognized by its inode; one it was creating when it died (journaled
+ * before the create, so a kill in between cannot hide it) only when the file appeared within
+ * PENDING_WINDOW_MS of that moment. A lock created since by someone else stays. `isAlive(pid)`
  * decides whether the recorder is gone. Returns the lock files removed.
  */
 export async function recoverStaleLocks(file: string, isAlive: (pid: number) => Promise<boolean>): Promise<string[]> {
@@ -186,8 +201,12 @@ export async function recoverStaleLocks(file: string, isAlive: (pid: number) => 
   if (journal.pid === process.pid || (await isAlive(journal.pid))) return [];
   const removed: string[] = [];
   for (const l of journal.locks) {
-    const st = await fs.promises.lstat(l.path).catch(() => null);
-    if (st && st.ino === l.ino) {
+    const st = await fs.promises.lstat(l.path, { bigint: true }).catch(() => null);
+    if (!st) continue;
+    const ours = l.ino !== null
+      ? Number(st.ino) === l.ino
+      : Number(st.birthtimeMs || st.ctimeMs) >= l.since - 5 && Number(st.birthtimeMs || st.ctimeMs) <= l.since + PENDING_WINDOW_MS;
+    if (ours) {
       await unlink(l.path).catch(() => undefined);
       removed.push(l.path);
     }
@@ -195,8 +214,11 @@ export async function recoverStaleLocks(file: string, isAlive: (pid: number) => 
   return removed;
 }
 
-function track(lockPath: string, ino: number): void {
-  held.set(lockPath, ino);
+/** How soon after its journaled intent a lock file must appear to count as the dead process's. */
+const PENDING_WINDOW_MS = 1000;
+
+function track(lockPath: string, ino: number | null, since: number): void {
+  held.set(lockPath, { ino, since });
   writeJournals();
   if (!exitHookInstalled) {
     exitHookInstalled = true;
@@ -227,9 +249,10 @@ class HeldLock implements Lock {
     readonly lockPath: string,
     handle: FileHandle,
     ino: number,
+    since: number,
   ) {
     this.handle = handle;
-    track(lockPath, ino);
+    track(lockPath, ino, since);
   }
 
   get released(): boolean {
