@@ -93,9 +93,9 @@ describe('normalization', () => {
     { name: 'a fraction', text: '1.5s', ms: 1500 },
     { name: 'a day', text: '1d', ms: 86_400_000 },
   ])('duration $name is $ms ms', ({ text, ms }) => {
-    const c = valid(yaml('version: 1', 'sandbox:', `  debounce: ${text}`, '  batchWindow: 2d', 'intervals:', `  rescan: ${text}`));
+    const c = valid(yaml('version: 1', 'sandbox:', `  debounce: ${text}`, '  batchWindow: 2d', 'retry:', `  initial: ${text}`));
     expect(c.sandbox.debounceMs).toBe(ms);
-    expect(c.intervals.rescanMs).toBe(ms);
+    expect(c.retry.initialMs).toBe(ms);
   });
 
   it('converts the durations of every section', () => {
@@ -772,5 +772,16 @@ describe('generated types', () => {
     const r = await gen(['--check', '--out-dir', outDir]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`stale: ${file}`);
+  });
+});
+
+describe('intervals and remote URLs', () => {
+  it.each(['fetch', 'rescan', 'health'])('refuses intervals.%s below 1s (the loop would spin)', (key) => {
+    const seen = problems(yaml(...HEAD, `intervals: { ${key}: 0s }`));
+    expect(seen.map((p) => `${p.path}: ${p.message}`)).toEqual([`intervals.${key}: intervals.${key} is 0ms; it must be at least 1s`]);
+  });
+  it('accepts an upper-case HTTPS:// remote as an HTTP remote', () => {
+    const c = valid(yaml(...HEAD, 'remotes:', '  - name: origin', '    url: HTTPS://git.example.com/x.git'));
+    expect(c.remotes[0]?.kind).toBe('http');
   });
 });

@@ -86,6 +86,15 @@ const batchAfterDebounce: Rule = (c, report) => {
   }
 };
 
+/** Intervals the loop waits between passes: zero would spin (a fetch or full rescan on every turn). */
+const MIN_INTERVAL_MS = 1000;
+const positiveIntervals: Rule = (c, report) => {
+  for (const key of ["fetch", "health", "rescan"] as const) {
+    const ms = c.intervals[`${key}Ms`];
+    if (ms < MIN_INTERVAL_MS) report(["intervals", key], `intervals.${key} is ${ms}ms; it must be at least 1s`, "the loop would do this work on every turn; use e.g. 30s");
+  }
+};
+
 const loopbackOrToken: Rule = (c, report) => {
   const listen = c.server.listen;
   if (!listen) return;
@@ -97,4 +106,4 @@ const loopbackOrToken: Rule = (c, report) => {
 };
 
 /** Every semantic rule, run in order after normalization. */
-export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, loopbackOrToken];
+export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken];
