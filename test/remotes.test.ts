@@ -167,10 +167,10 @@ describe('develop <-> remotes', () => {
 
   it('never overwrites a file being edited when remote commits arrive', async () => {
     const { url, bare } = await httpRemote({ auth: false });
-    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }], files: { 'draft.txt': 'v1\n' }, debounce: '4s', batchWindow: '8s', fetch: '300ms' });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }], files: { 'draft.txt': 'v1\n' }, debounce: '6s', batchWindow: '12s', fetch: '1s' });
     await start(dir);
     await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push' });
-    // The user is typing (not yet committed: debounce 4 s) ...
+    // The user is typing (not yet committed: debounce 6 s) ...
     await writeFile(path.join(dir, 'draft.txt'), 'my unsaved thoughts\n');
     // ... while someone else pushes a change to the same file and another file.
     const other = await makeTmpDir('other');
