@@ -191,11 +191,11 @@ export class Controller {
     return { ok: results.every((r) => !r.error), results };
   }
 
-  /** Observes and plans every reconciler without applying anything (the `plan` command). */
-  async planAll(): Promise<{ name: string; plan?: Plan<unknown>; lines: string[]; error?: CascadeError }[]> {
+  /** Observes and plans every reconciler (or those named in `only`) without applying anything (the `plan` command). */
+  async planAll(only?: string[]): Promise<{ name: string; plan?: Plan<unknown>; lines: string[]; error?: CascadeError }[]> {
     this.requestFullScan();
     const out: { name: string; plan?: Plan<unknown>; lines: string[]; error?: CascadeError }[] = [];
-    for (const slot of this.orderedSlots()) {
+    for (const slot of this.orderedSlots().filter((s) => !only || only.includes(s.r.name))) {
       try {
         const observed = await slot.r.observe(this.context(), this.config);
         const plan = slot.r.plan(this.config, observed);

@@ -28,6 +28,7 @@ export function formatStatus(r: StatusReport): string {
     lines.push(`remote ${rm.name}: ${rm.url}: ${push}${rm.relation ? `, ${rm.relation}` : ""}`);
     if (rm.error) lines.push(`  error (${rm.error.kind} ${rm.error.reason}, ${rm.error.at}): ${rm.error.message}${rm.error.hint ? `\n  hint: ${rm.error.hint}` : ""}`);
   }
+  if (!r.running && s.reconcilers.length) lines.push("when the controller last ran:");
   for (const rc of s.reconcilers) {
     const ready = rc.conditions.find((c) => c.type === "Ready");
     const state = rc.lastError ? `${rc.lastError.kind === "Stalled" ? "STALLED" : "retrying"} (${rc.lastError.reason}, ${rc.failures} failure(s))` : ready?.status ? "ready" : "pending";

@@ -217,8 +217,12 @@ async function status(args: MainArgs, configFile: string, redactor: Redactor, ou
   if (!running && loaded.ok) {
     // Not running: observe now, so that pending changes and heads are current.
     const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log: makeLogger(args, redactor, undefined, false), redactor });
-    const pending = (await c.planAll()).find((p) => p.name === "sandbox");
-    snap = { ...(await c.snapshot(false)), ...(snap ? { remotes: mergeRemotes(snap, await c.snapshot(false)) } : {}) };
+    // Only the sandbox is observed: status must answer at once, also while a remote is down.
+    const pending = (await c.planAll(["sandbox"])).find((p) => p.name === "sandbox");
+    const now = await c.snapshot(false);
+    // What the reconcilers said when a controller last ran; nothing is scheduled while none runs.
+    const last = (snap?.reconcilers ?? []).map(({ nextRunAt: _next, ...r }) => r);
+    snap = { ...now, reconcilers: last, ...(snap ? { remotes: mergeRemotes(snap, now) } : {}) };
     const action = pending?.plan?.actions[0] as { type: string; paths?: unknown[] } | undefined;
     snap.sandbox.pendingPaths = action?.type === "commit" ? action.paths?.length ?? 0 : 0;
   }
