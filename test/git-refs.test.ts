@@ -1,4 +1,4 @@
-import { runGit } from "./helpers/git.js";
+import { gitFixed } from "./helpers/git.js";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -20,13 +20,7 @@ import {
   type RefCommitter,
 } from "../src/git/refs.js";
 
-// Native git as the oracle, with fixed author/committer names that the assertions below expect.
-const NAMES = { GIT_AUTHOR_NAME: "Test Author", GIT_AUTHOR_EMAIL: "author@example.com", GIT_COMMITTER_NAME: "Test Committer", GIT_COMMITTER_EMAIL: "committer@example.com", LANG: "C" };
-async function run(cwd: string, args: string[], allowFail = false, input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await runGit({ cwd, args, env: NAMES, ...(input !== undefined ? { input } : {}) });
-  if (r.code !== 0 && !allowFail) throw new Error(`git ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
-  return r;
-}
+const run = gitFixed;
 async function git(cwd: string, ...args: string[]): Promise<string> {
   return (await run(cwd, args)).stdout;
 }

@@ -288,3 +288,22 @@ export async function lsRemote(cwd: string, remote: string): Promise<Map<string,
   }
   return refs;
 }
+
+/** Author and committer names that the refs and index tests' reflog assertions expect. */
+export const FIXED_NAMES = {
+  GIT_AUTHOR_NAME: 'Test Author',
+  GIT_AUTHOR_EMAIL: 'author@example.com',
+  GIT_COMMITTER_NAME: 'Test Committer',
+  GIT_COMMITTER_EMAIL: 'committer@example.com',
+  LANG: 'C',
+} as const;
+
+/**
+ * Runs git with FIXED_NAMES; rejects on a non-zero exit unless `allowFail`. Resolves with the exit
+ * code and output.
+ */
+export async function gitFixed(cwd: string, args: string[], allowFail = false, input?: string): Promise<GitResult> {
+  const r = await runGit({ cwd, args, env: FIXED_NAMES, ...(input !== undefined ? { input } : {}) });
+  if (r.code !== 0 && !allowFail) throw new Error(`git ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r;
+}
