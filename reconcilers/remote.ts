@@ -45,7 +45,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     async observe(ctx, desired) {
       const remote = find(desired);
       const branch = desired.sandbox.branch;
-      const remoteTip = await fetchBranch(ctx.repo, remote, branch, { timeoutMs: ctx.timeoutMs, who: await ctx.who() });
+      const remoteTip = await fetchBranch(ctx.repo, remote, branch, { ...(ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {}), who: await ctx.who() });
       const local = await ctx.repo.branchHead(branch);
       const at = new Date(ctx.clock.now()).toISOString();
       let relation: Relation;
@@ -96,7 +96,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       for (const action of plan.actions) {
         if (action.type === "push") {
           if (!head) break;
-          await pushBranch(ctx.repo, o.remote, branch, head, { timeoutMs: ctx.timeoutMs, who: await ctx.who() });
+          await pushBranch(ctx.repo, o.remote, branch, head, { ...(ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {}), who: await ctx.who() });
           ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastPush: { commit: head, at: new Date(ctx.clock.now()).toISOString() }, relation: "in-sync" };
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);

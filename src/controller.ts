@@ -53,12 +53,11 @@ export interface ControllerDeps {
   clock: Clock;
   log: Logger;
   redactor: Redactor;
-  /** Network timeout for remotes. */
-  timeoutMs?: number;
 }
 
 const STALLED_PROBE_MS = 60_000;
 const STATUS_THROTTLE_MS = 500;
+const STOP_TIMEOUT_MS = 10_000;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
 
@@ -90,6 +89,7 @@ export class Controller {
   private readonly startedAt: string;
   private watcher: SandboxWatcher | undefined;
   private head: string | null = null;
+  private timeoutCapMs: number | undefined;
 
   private constructor(
     private readonly deps: ControllerDeps,
@@ -401,7 +401,7 @@ export class Controller {
         }
         this.wakeUp?.();
       },
-      timeoutMs: this.deps.timeoutMs ?? 60_000,
+      ...(this.timeoutCapMs !== undefined ? { timeoutCapMs: this.timeoutCapMs } : {}),
     };
   }
 
@@ -511,10 +511,10 @@ export class Controller {
     const remotes = [...this.slots.values()].filter((s) => s.r.name.startsWith("remote:"));
     if (remotes.length) {
       this.deps.log.info("stopping: pushing to the remotes that answer");
-      const previous = this.deps.timeoutMs;
-      (this.deps as { timeoutMs?: number }).timeoutMs = Math.min(previous ?? 60_000, 10_000);
+      // A stop waits for an unreachable remote only briefly: the commits are safe locally.
+      this.timeoutCapMs = STOP_TIMEOUT_MS;
       await Promise.all(remotes.map((s) => this.runSlot(s)));
-      (this.deps as { timeoutMs?: number }).timeoutMs = previous;
+      this.timeoutCapMs = undefined;
     }
     await this.statusWrite;
     await this.writeStatus(false);

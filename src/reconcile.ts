@@ -60,7 +60,8 @@ export interface ReconcileContext {
   who(): Promise<Person>;
   /** Tells the loop that the sandbox branch moved (remotes push soon). */
   branchMoved(): void;
-  timeoutMs: number;
+  /** Caps every remote's timeout (set while stopping). */
+  timeoutCapMs?: number;
 }
 
 /**

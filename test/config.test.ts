@@ -65,7 +65,7 @@ describe('a config with only version, sandbox and remotes', () => {
         commitMessage: 'sync: {summary}',
       },
       // The default credentials are ${CASCADE_CLIENT_ID}/${CASCADE_CLIENT_SECRET}: unset here, so none.
-      remotes: [{ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http' }],
+      remotes: [{ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http', timeoutMs: 60_000 }],
       retry: { initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.2 },
       intervals: { fetchMs: 30_000, healthMs: 20_000, rescanMs: 600_000 },
       environments: {},
@@ -144,13 +144,13 @@ describe('normalization', () => {
       ),
     );
     expect(c.logging.file).toBe(resolved);
-    expect(c.remotes[0]).toEqual({ name: 'local', url: resolved.replace('cs.log', 'bare.git'), kind: 'local' });
+    expect(c.remotes[0]).toEqual({ name: 'local', url: resolved.replace('cs.log', 'bare.git'), kind: 'local', timeoutMs: 60_000 });
     expect(c.environments.staging!.deploy!.directory).toBe(resolved.replace('cs.log', 'deploy'));
   });
 
   it('keeps an http(s) URL as written', () => {
     const c = valid(yaml(...HEAD, 'remotes:', '  - { name: o, url: "https://git.example.com/a/../b.git" }'));
-    expect(c.remotes[0]).toEqual({ name: 'o', url: 'https://git.example.com/a/../b.git', kind: 'http' });
+    expect(c.remotes[0]).toEqual({ name: 'o', url: 'https://git.example.com/a/../b.git', kind: 'http', timeoutMs: 60_000 });
   });
 
   it('substitutes ${VAR} from the passed env only, each value exactly once', () => {
@@ -177,7 +177,7 @@ describe('normalization', () => {
       env,
     );
     expect(c.sandbox.commitMessage).toBe('sync by bot: {summary}');
-    expect(c.remotes).toEqual([{ name: 'origin', url: env.REMOTE_URL, kind: 'http', username: 'bot', password: 'tok-${NOT_A_VAR}-1' }]);
+    expect(c.remotes).toEqual([{ name: 'origin', url: env.REMOTE_URL, kind: 'http', username: 'bot', password: 'tok-${NOT_A_VAR}-1', timeoutMs: 60_000 }]);
     expect(c.notifications.webhooks).toEqual([{ url: 'https://hooks.example.com/x', secret: 's3cret' }]);
     expect(c.secrets).toEqual(expect.arrayContaining(['bot', 'tok-${NOT_A_VAR}-1', 's3cret']));
   });
@@ -202,7 +202,7 @@ describe('credential variables', () => {
     { name: 'written out', lines: ['    username: ${CASCADE_CLIENT_ID}', '    password: ${CASCADE_CLIENT_SECRET}'] },
   ])('$name and unset: valid, and no credentials are sent', ({ lines }) => {
     const c = valid(yaml(...HEAD, ...REMOTE, ...lines));
-    expect(c.remotes[0]).toEqual({ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http' });
+    expect(c.remotes[0]).toEqual({ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http', timeoutMs: 60_000 });
     expect(c.secrets).toEqual([]);
   });
 

@@ -80,6 +80,18 @@ describe('develop <-> remotes', () => {
     await fsckStrict(bare);
   });
 
+  it('treats a remote that hangs past remotes[].timeout as unreachable, and delivers once it answers', async () => {
+    const { url, bare, server } = await httpRemote({ auth: false });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url, timeout: '1s' }] });
+    await server.setMode('hang');
+    await start(dir, testEnv());
+    await writeFile(path.join(dir, 'during-hang.txt'), 'waiting');
+    await waitFor(async () => (await logOneline(dir, 'develop'))[0]?.includes('during-hang.txt') || undefined, { what: 'the local commit while the remote hangs' });
+    await waitFor(async () => (await status(dir)).remotes[0].error?.reason === 'RemoteUnavailable' || undefined, { what: 'the timeout to be reported' });
+    await server.setMode('ok');
+    await waitFor(() => remoteHas(bare, 'during-hang.txt', 'waiting'), { what: 'the commit in the remote after the hang', timeoutMs: 30_000 });
+  });
+
   it('reports refused credentials as Stalled AuthFailed, without a retry storm', async () => {
     const { url, server } = await httpRemote();
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }] });

@@ -21,7 +21,7 @@ const MAX_DEPTH = 32;
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
 let validator: ReturnType<Ajv["compile"]> | undefined;
 function validate(value: unknown): ErrorObject[] {
-  validator ??= addFormats(new Ajv({ allErrors: true, useDefaults: true, strict: false })).compile(configSchema);
+  validator ??= addFormats(new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })).compile(configSchema);
   return validator(value) ? [] : [...(validator.errors ?? [])];
 }
 
@@ -121,8 +121,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       const given = options.filter((o) => value && typeof value === "object" && o in value);
       const both = given.length === 2 ? `both ${given.join(" and ")}` : `${given.slice(0, -1).join(", ")} and ${given.at(-1)}`;
       at(path, given.length > 1 ? `has ${both}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
-    } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS[schemaLocation(e.schemaPath)]) {
-      const { what, hint } = VALUE_HINTS[schemaLocation(e.schemaPath)]!;
+    } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS.has(e.parentSchema)) {
+      const { what, hint } = VALUE_HINTS.get(e.parentSchema)!;
       at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);
     } else {
       at(path, e.message ?? "is not valid");
@@ -199,16 +199,15 @@ function fillCredentialDefaults(raw: object): void {
   }
 }
 
-/** Readable messages for values of a string shape the schema checks with a regex, by schema location. */
-const VALUE_HINTS: Record<string, { what: string; hint: string }> = {
-  "#/definitions/duration": { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" },
-  "#/definitions/branchName": { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" },
-  "#/definitions/remote/properties/url": { what: "a supported remote", hint: "use an http:// or https:// URL or the path of a local bare repository; ssh:// and git:// are not supported" },
-};
+/** Readable messages for values of a string shape the schema checks with a regex, by the schema node that checks them. */
+const VALUE_HINTS = new Map<unknown, { what: string; hint: string }>([
+  [definition("duration"), { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" }],
+  [definition("branchName"), { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" }],
+  [definition("remote").properties?.url, { what: "a supported remote", hint: "use an http:// or https:// URL or the path of a local bare repository; ssh:// and git:// are not supported" }],
+]);
 
-/** The schema node an error's keyword sits in (`#/definitions/duration/pattern` -> `#/definitions/duration`). */
-function schemaLocation(schemaPath: string): string {
-  return schemaPath.slice(0, schemaPath.lastIndexOf("/"));
+function definition(name: string): SchemaNode {
+  return (configSchema as SchemaNode).definitions?.[name] ?? {};
 }
 
 function valueAt(value: unknown, path: (string | number)[]): unknown {

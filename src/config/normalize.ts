@@ -45,6 +45,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       kind: http ? "http" : "local",
       ...(username ? { username } : {}),
       ...(password ? { password } : {}),
+      timeoutMs: ms(r.timeout, "60s"),
     };
   });
 

@@ -64,6 +64,8 @@ export interface RemoteSpec {
   kind: "http" | "local";
   username?: string;
   password?: string;
+  /** How long a fetch or push may go without an answer. */
+  timeoutMs: number;
 }
 
 /**

@@ -95,6 +95,10 @@ export interface Remote {
    * Password or access token for HTTP authentication. ${VAR} reads the environment variable VAR when the controller starts, and the value is never written to logs or status. With the default, no credentials are sent while CASCADE_CLIENT_SECRET is unset.
    */
   password?: string;
+  /**
+   * A fetch or push that has not answered after this long counts as the remote being unreachable: it is retried with backoff while commits wait locally.
+   */
+  timeout?: string;
 }
 /**
  * Backoff for transient failures such as an unreachable remote or a held lock. The wait starts at initial, is multiplied by factor after each failure up to max, and resets after a success.

@@ -15,11 +15,14 @@ export interface RemoteTarget {
   kind: "http" | "local";
   username?: string;
   password?: string;
+  /** How long a request may go without an answer before it counts as unreachable. */
+  timeoutMs: number;
 }
 
 /** Options every transport call takes. */
 export interface TransportOptions {
-  timeoutMs: number;
+  /** Caps the remote's own timeout (a stopping controller waits less). */
+  timeoutMs?: number;
   who: Person;
 }
 
@@ -75,7 +78,8 @@ function nonFastForward(remote: RemoteTarget, branch: string): CascadeError {
 /** What every isomorphic-git call to an HTTP remote takes: our fs, undici, the remote and its credentials. */
 async function httpArgs(repo: Repo, remote: RemoteTarget, opts: TransportOptions) {
   await configureRemote(repo, remote);
-  return { fs: lockedFs, http: makeHttpClient(opts.timeoutMs), gitdir: repo.gitdir, url: remote.url, remote: remote.name, cache: repo.cache, ...auth(remote) };
+  const timeoutMs = Math.min(remote.timeoutMs, opts.timeoutMs ?? Infinity);
+  return { fs: lockedFs, http: makeHttpClient(timeoutMs), gitdir: repo.gitdir, url: remote.url, remote: remote.name, cache: repo.cache, ...auth(remote) };
 }
 
 function auth(remote: RemoteTarget) {

@@ -30,7 +30,7 @@ export async function run(cwd: string, argv: string[], env: NodeJS.ProcessEnv = 
 }
 
 export interface ConfigOptions {
-  remotes?: { name: string; url: string; username?: string; password?: string }[];
+  remotes?: { name: string; url: string; username?: string; password?: string; timeout?: string }[];
   debounce?: string;
   batchWindow?: string;
   exclude?: string[];
@@ -43,7 +43,7 @@ export interface ConfigOptions {
 /** A config for tests: short debounce, log file in a temp dir, no desktop notifications. */
 export function configText(o: ConfigOptions): string {
   const remotes = (o.remotes ?? [])
-    .map((r) => `  - name: ${r.name}\n    url: ${JSON.stringify(r.url)}\n${r.username ? `    username: ${JSON.stringify(r.username)}\n` : ''}${r.password ? `    password: ${JSON.stringify(r.password)}\n` : ''}`)
+    .map((r) => `  - name: ${r.name}\n    url: ${JSON.stringify(r.url)}\n${r.username ? `    username: ${JSON.stringify(r.username)}\n` : ''}${r.password ? `    password: ${JSON.stringify(r.password)}\n` : ''}${r.timeout ? `    timeout: ${r.timeout}\n` : ''}`)
     .join('');
   return [
     'version: 1',
