@@ -13,6 +13,7 @@ export interface WindowState {
   closesAt?: number;
 }
 
+const QUARTER = 900_000;
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 /**
@@ -23,7 +24,10 @@ const MARGIN = 3 * HOUR;
 /** How far ahead the state sweep looks; far enough for `0 0 29 2 *`. */
 const HORIZON = 5 * 366 * DAY;
 const MAX_SWEEP_STEPS = 2_000;
-const MAX_OCCURRENCES = 20_000;
+/** Occurrences one window's answer may look at (`* * * * *` with a long duration is the costly case). */
+const MAX_OCCURRENCES = 2_000;
+/** Occurrences one windowState call may look at in total; beyond it the next flip is reported as unknown. */
+const BUDGET = 20_000;
 
 /**
  * The promotion window state at `now` (ms since the epoch), a pure function of its arguments.
@@ -50,8 +54,9 @@ const MAX_OCCURRENCES = 20_000;
 export function windowState(windows: WindowSpec[], now: number): WindowState {
   if (windows.length === 0) return { open: true, reason: "no windows configured: always open" };
   const compiled = windows.map(compile);
-  const here = evaluate(compiled, now);
-  const flip = nextFlip(compiled, now, here.open);
+  const budget = { left: BUDGET };
+  const here = evaluate(compiled, now, budget);
+  const flip = nextFlip(compiled, now, here.open, budget);
   if (here.open) {
     return { open: true, reason: openReason(compiled, here, flip), ...(flip ? { closesAt: flip.at } : {}) };
   }
@@ -76,7 +81,7 @@ interface Combined {
 function compile(spec: WindowSpec): Compiled {
   let zone: Zone;
   try {
-    zone = new Zone(spec.timezone);
+    zone = zoneFor(spec.timezone);
   } catch (err) {
     throw stalled("InvalidWindow", `window time zone "${spec.timezone}" is unknown`, 'use an IANA name such as "Europe/Berlin" or "UTC"', err);
   }
@@ -90,8 +95,13 @@ function compile(spec: WindowSpec): Compiled {
   return { spec, zone, label: `${spec.kind} window ${spec.schedule} (${spec.timezone})` };
 }
 
-function evaluate(ws: Compiled[], t: number): Combined {
-  const states = ws.map((w) => single(w, t));
+/** Counts cron iterations so that a pathological schedule cannot make windowState spin. */
+interface Budget {
+  left: number;
+}
+
+function evaluate(ws: Compiled[], t: number, budget: Budget): Combined {
+  const states = ws.map((w) => single(w, t, budget));
   const denied = ws.some((w, i) => w.spec.kind === "deny" && states[i]!.open);
   const allows = ws.filter((w) => w.spec.kind === "allow");
   const allowed = allows.length === 0 || ws.some((w, i) => w.spec.kind === "allow" && states[i]!.open);
@@ -103,10 +113,9 @@ function evaluate(ws: Compiled[], t: number): Combined {
  * Each step moves strictly forward (an open window's `until` and a closed one's `nextStart` lie after
  * the instant they were computed at), so the sweep ends.
  */
-function nextFlip(ws: Compiled[], from: number, open: boolean): { at: number; by: Compiled } | undefined {
-  let t = from;
-  let states = ws.map((w) => single(w, t));
-  for (let step = 0; step < MAX_SWEEP_STEPS; step++) {
+function nextFlip(ws: Compiled[], from: number, open: boolean, budget: Budget): { at: number; by: Compiled } | undefined {
+  let states = ws.map((w) => single(w, from, budget));
+  for (let n = 0; n < MAX_SWEEP_STEPS && budget.left > 0; n++) {
     let at: number | undefined;
     let by: Compiled | undefined;
     states.forEach((s, i) => {
@@ -117,29 +126,28 @@ function nextFlip(ws: Compiled[], from: number, open: boolean): { at: number; by
       }
     });
     if (at === undefined || by === undefined || at - from > HORIZON) return undefined;
-    const there = evaluate(ws, at);
+    const there = evaluate(ws, at, budget);
     if (there.open !== open) return { at, by };
-    t = at;
     states = there.states;
   }
   return undefined;
 }
 
-function single(w: Compiled, t: number): Single {
+function single(w: Compiled, t: number, budget: Budget): Single {
   const d = w.spec.durationMs;
   if (d <= 0) return { open: false, nextStart: undefined };
-  const s = latestStartAtOrBefore(w, t);
-  if (s !== undefined && t < s + d) return { open: true, until: coveredUntil(w, s) };
-  return { open: false, nextStart: firstStartAfter(w, t) };
+  const s = latestStartAtOrBefore(w, t, budget);
+  if (s !== undefined && t < s + d) return { open: true, until: coveredUntil(w, s, budget) };
+  return { open: false, nextStart: firstStartAfter(w, t, budget) };
 }
 
 /** The latest occurrence start <= t, or undefined when the schedule never fired before t. */
-function latestStartAtOrBefore(w: Compiled, t: number): number | undefined {
+function latestStartAtOrBefore(w: Compiled, t: number, budget: Budget): number | undefined {
   const it = iterator(w, w.zone.wall(t) + MARGIN + 1);
   let best: number | undefined;
   let bestWall = 0;
   for (let i = 0; i < MAX_OCCURRENCES; i++) {
-    const wall = step(it, "prev");
+    const wall = step(it, "prev", budget);
     if (wall === undefined) break;
     if (best !== undefined && wall < bestWall - MARGIN) break;
     const s = w.zone.instant(wall);
@@ -152,12 +160,12 @@ function latestStartAtOrBefore(w: Compiled, t: number): number | undefined {
 }
 
 /** The earliest occurrence start > t, or undefined when there is none. */
-function firstStartAfter(w: Compiled, t: number): number | undefined {
+function firstStartAfter(w: Compiled, t: number, budget: Budget): number | undefined {
   const it = iterator(w, w.zone.wall(t) - MARGIN - 1);
   let best: number | undefined;
   let bestWall = 0;
   for (let i = 0; i < MAX_OCCURRENCES; i++) {
-    const wall = step(it, "next");
+    const wall = step(it, "next", budget);
     if (wall === undefined) break;
     if (best !== undefined && wall > bestWall + MARGIN) break;
     const s = w.zone.instant(wall);
@@ -175,12 +183,12 @@ function firstStartAfter(w: Compiled, t: number): number | undefined {
  * 2h duration never closes). Capped, so the answer may be early for a window that is always open, which
  * only makes the caller look again sooner.
  */
-function coveredUntil(w: Compiled, s: number): number {
+function coveredUntil(w: Compiled, s: number, budget: Budget): number {
   const d = w.spec.durationMs;
   let end = s + d;
   const it = iterator(w, w.zone.wall(s) - MARGIN - 1);
   for (let i = 0; i < MAX_OCCURRENCES; i++) {
-    const wall = step(it, "next");
+    const wall = step(it, "next", budget);
     if (wall === undefined || wall > w.zone.wall(end) + MARGIN) break;
     const start = w.zone.instant(wall);
     if (start <= end && start + d > end) end = start + d;
@@ -193,7 +201,8 @@ function iterator(w: Compiled, wallMs: number): CronExpression {
 }
 
 /** The next/previous matching wall time (ms, wall clock read as UTC), or undefined when there is none. */
-function step(it: CronExpression, dir: "next" | "prev"): number | undefined {
+function step(it: CronExpression, dir: "next" | "prev", budget: Budget): number | undefined {
+  budget.left--;
   try {
     return (dir === "next" ? it.next() : it.prev()).getTime();
   } catch {
@@ -222,10 +231,10 @@ function closedReason(ws: Compiled[], here: Combined, flip: { at: number; by: Co
     if (w.spec.kind === "deny" && s.open && (!deny || s.until > deny.until)) deny = { w, until: s.until };
   });
   if (deny) {
-    const then = flip ? `; opens ${flip.by.zone.format(flip.at)}` : "; no allow window opens after it";
+    const then = flip ? `; opens ${flip.by.zone.format(flip.at)}` : "; no opening found within the look-ahead";
     return `inside ${deny.w.label} until ${deny.w.zone.format(deny.until)}${flip && flip.at === deny.until ? "" : then}`;
   }
-  const next = flip ? `; next opening ${flip.by.zone.format(flip.at)}` : "; none opens within 5 years";
+  const next = flip ? `; next opening ${flip.by.zone.format(flip.at)}` : "; no opening found within the look-ahead";
   return `outside every allow window${next}`;
 }
 
@@ -249,17 +258,27 @@ class Zone {
     });
   }
 
+  /** Offsets by quarter hour: every transition in the tz database since 1970 falls on a quarter hour (UTC). */
+  private readonly offsets = new Map<number, number>();
+
   /** The wall-clock time at instant t. */
   wall(t: number): number {
-    const ms = ((t % 1000) + 1000) % 1000;
-    const p: Record<string, number> = {};
-    for (const part of this.fmt.formatToParts(new Date(t - ms))) if (part.type !== "literal") p[part.type] = Number(part.value);
-    return Date.UTC(p.year!, p.month! - 1, p.day!, p.hour!, p.minute!, p.second!) + ms;
+    return t + this.offset(t);
   }
 
   /** UTC offset (ms, east positive) in effect at instant t. */
   offset(t: number): number {
-    return this.wall(t) - t;
+    const bucket = Math.floor(t / QUARTER);
+    let off = this.offsets.get(bucket);
+    if (off === undefined) {
+      const start = bucket * QUARTER;
+      const p: Record<string, number> = {};
+      for (const part of this.fmt.formatToParts(new Date(start))) if (part.type !== "literal") p[part.type] = Number(part.value);
+      off = Date.UTC(p.year!, p.month! - 1, p.day!, p.hour!, p.minute!, p.second!) - start;
+      if (this.offsets.size > 50_000) this.offsets.clear();
+      this.offsets.set(bucket, off);
+    }
+    return off;
   }
 
   /**
@@ -294,5 +313,17 @@ class Zone {
  * `2026-11-25T17:00:00+01:00`; for messages about windows. Throws RangeError for an unknown zone.
  */
 export function formatInZone(t: number, timezone: string): string {
-  return new Zone(timezone).format(t);
+  return zoneFor(timezone).format(t);
+}
+
+const zones = new Map<string, Zone>();
+
+/** Zones are cached: building an Intl.DateTimeFormat is costly, and offsets never change for an instant. */
+function zoneFor(name: string): Zone {
+  let z = zones.get(name);
+  if (!z) {
+    z = new Zone(name);
+    zones.set(name, z);
+  }
+  return z;
 }
