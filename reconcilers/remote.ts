@@ -2,7 +2,7 @@ import { lstat, type BigIntStats } from "node:fs";
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { applyToWorktree } from "../src/git/commit.js";
-import { fetchBranch, pushBranch } from "../src/git/transport.js";
+import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
 import { stalled, transient } from "../src/errors.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
@@ -21,12 +21,15 @@ export interface RemoteObserved {
   remoteTip: string | null;
   relation: Relation;
   base: string | null;
+  /** Each environment branch: the local commit, the remote's, and how to bring the remote up to date. */
+  environments: { branch: string; local: string; remote: string | null; push: "none" | "fast-forward" | "force" | "foreign" }[];
 }
 
 export type RemoteAction =
   | { type: "fast-forward"; to: string }
   | { type: "merge"; theirs: string; base: string | null }
-  | { type: "push"; commit: string };
+  | { type: "push"; commit: string }
+  | { type: "push-environment"; branch: string; commit: string; force: boolean };
 
 /**
  * branch <-> one remote: fetches the sandbox branch (on every pass, so also before each push),
@@ -59,44 +62,35 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
         base = await ctx.repo.mergeBase(local, remoteTip);
       }
       ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastFetch: { commit: remoteTip, at }, relation };
-      return { remote, checkedOut: await ctx.repo.currentBranch(), local, remoteTip, relation, base };
+      return { remote, checkedOut: await ctx.repo.currentBranch(), local, remoteTip, relation, base, environments: await observeEnvironmentBranches(ctx, desired, remote) };
     },
 
     plan(desired, o): Plan<RemoteAction> {
-      if (!o.local) return { actions: [] };
-      const branch = desired.sandbox.branch;
-      if ((o.relation === "behind" || o.relation === "diverged") && o.checkedOut !== branch) {
-        return {
-          actions: [],
-          blocked: {
-            reason: "WrongBranch",
-            message: `${remoteName} has new commits on ${branch}, but the sandbox has ${o.checkedOut ? `branch ${o.checkedOut}` : "a detached HEAD"} checked out, so they cannot be brought into its files`,
-            hint: `run \`git checkout ${branch}\` in the sandbox`,
-          },
-        };
-      }
-      switch (o.relation) {
-        case "in-sync":
-          return { actions: [] };
-        case "remote-empty":
-        case "ahead":
-          return { actions: [{ type: "push", commit: o.local }] };
-        case "behind":
-          return { actions: [{ type: "fast-forward", to: o.remoteTip! }] };
-        case "diverged":
-          return { actions: [{ type: "merge", theirs: o.remoteTip!, base: o.base }, { type: "push", commit: "(merge)" }] };
-      }
+      const sync = planSync(desired, o);
+      const envPushes: RemoteAction[] = o.environments
+        .filter((e) => e.push === "fast-forward" || e.push === "force")
+        .map((e) => ({ type: "push-environment", branch: e.branch, commit: e.local, force: e.push === "force" }));
+      const foreign = o.environments.find((e) => e.push === "foreign");
+      const blocked = sync.blocked ?? (foreign ? {
+        reason: "EnvironmentBranchMovedElsewhere",
+        message: `branch ${foreign.branch} on ${remoteName} is at ${foreign.remote!.slice(0, 7)}, a commit cascade-sync did not put there; only cascade-sync moves environment branches`,
+        hint: `look at that commit; to let cascade-sync go on, reset ${foreign.branch} on ${remoteName} to ${foreign.local.slice(0, 7)} (or delete it there)`,
+      } : undefined);
+      return { actions: [...sync.actions, ...envPushes], ...(blocked ? { blocked } : {}) };
     },
 
     async apply(ctx, desired, plan, o): Promise<Result> {
-      if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
       const branch = desired.sandbox.branch;
       const done: string[] = [];
       let head = o.local;
       for (const action of plan.actions) {
-        if (action.type === "push") {
+        if (action.type === "push-environment") {
+          await pushBranch(ctx.repo, o.remote, action.branch, action.commit, { ...transportCap(ctx), who: await ctx.who(), force: action.force });
+          ctx.log.info(`pushed ${action.branch} ${action.commit.slice(0, 7)} to ${remoteName}${action.force ? " (it had moved back: a rollback)" : ""}`, { remote: remoteName, branch: action.branch, commit: action.commit });
+          done.push(`pushed ${action.branch} ${action.commit.slice(0, 7)}`);
+        } else if (action.type === "push") {
           if (!head) break;
-          await pushBranch(ctx.repo, o.remote, branch, head, { ...(ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {}), who: await ctx.who() });
+          await pushBranch(ctx.repo, o.remote, branch, head, { ...transportCap(ctx), who: await ctx.who() });
           ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastPush: { commit: head, at: new Date(ctx.clock.now()).toISOString() }, relation: "in-sync" };
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);
@@ -105,15 +99,44 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           done.push(action.type === "merge" ? `merged ${remoteName}/${branch}` : `fast-forwarded to ${action.to.slice(0, 7)}`);
         }
       }
+      if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
       return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync" };
     },
 
     describe(a) {
+      if (a.type === "push-environment") return `push ${a.branch} ${a.commit.slice(0, 7)} to ${remoteName}${a.force ? " (moving it back after a rollback)" : ""}`;
       if (a.type === "push") return `push ${a.commit === "(merge)" ? "the merge commit" : a.commit.slice(0, 7)} to ${remoteName}`;
       if (a.type === "fast-forward") return `fast-forward to ${remoteName}'s ${a.to.slice(0, 7)} and update the sandbox's files`;
       return `merge ${remoteName}'s ${a.theirs.slice(0, 7)} (the sandbox wins paths changed on both sides) and update the sandbox's files`;
     },
   };
+
+  /** Keeping the sandbox branch in sync with the remote, both ways. */
+  function planSync(desired: Config, o: RemoteObserved): Plan<RemoteAction> {
+    if (!o.local) return { actions: [] };
+    const branch = desired.sandbox.branch;
+    if ((o.relation === "behind" || o.relation === "diverged") && o.checkedOut !== branch) {
+      return {
+        actions: [],
+        blocked: {
+          reason: "WrongBranch",
+          message: `${remoteName} has new commits on ${branch}, but the sandbox has ${o.checkedOut ? `branch ${o.checkedOut}` : "a detached HEAD"} checked out, so they cannot be brought into its files`,
+          hint: `run \`git checkout ${branch}\` in the sandbox`,
+        },
+      };
+    }
+    switch (o.relation) {
+      case "in-sync":
+        return { actions: [] };
+      case "remote-empty":
+      case "ahead":
+        return { actions: [{ type: "push", commit: o.local }] };
+      case "behind":
+        return { actions: [{ type: "fast-forward", to: o.remoteTip! }] };
+      case "diverged":
+        return { actions: [{ type: "merge", theirs: o.remoteTip!, base: o.base }, { type: "push", commit: "(merge)" }] };
+    }
+  }
 }
 
 /**
@@ -122,7 +145,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
  * that the next batch commits again, never a branch whose files were not written, which would
  * commit a revert of the remote's work. Returns the new head.
  */
-async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Exclude<RemoteAction, { type: "push" }>): Promise<string> {
+async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Extract<RemoteAction, { type: "fast-forward" | "merge" }>): Promise<string> {
   const current = await ctx.repo.branchHead(branch);
   if (current !== local) throw transient("BranchMoved", `${branch} moved while integrating remote commits; looking again`);
   const localTree = await ctx.repo.commitTree(local);
@@ -164,4 +187,47 @@ async function untouched(ctx: ReconcileContext, path: string, expected: FileEntr
   if (!expected || !(st.isFile() || st.isSymbolicLink())) return false;
   const work = await ctx.worktree.readWorkFile(abs, path, st, cache, expected);
   return work.oid === expected.oid && work.mode === expected.mode;
+}
+
+function transportCap(ctx: ReconcileContext): { timeoutMs?: number } {
+  return ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {};
+}
+
+/**
+ * Each environment branch that exists locally, with the remote's commit for it and how to bring the
+ * remote up to date: a fast-forward, a forced push when the remote holds a commit cascade-sync itself
+ * moved the branch away from (a rollback, or a superseded head), or "foreign" when someone else put a
+ * commit there (never overwritten).
+ */
+async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config, remote: RemoteSpec): Promise<RemoteObserved["environments"]> {
+  const envs = Object.values(desired.environments);
+  const locals: { name: string; branch: string; local: string }[] = [];
+  for (const e of envs) {
+    const local = await ctx.repo.branchHead(e.branch);
+    if (local) locals.push({ name: e.name, branch: e.branch, local });
+  }
+  if (!locals.length) return [];
+  const tips = await remoteBranchTips(ctx.repo, remote, locals.map((l) => l.branch), { ...transportCap(ctx), who: await ctx.who() });
+  const out: RemoteObserved["environments"] = [];
+  for (const l of locals) {
+    const theirs = tips[l.branch] ?? null;
+    let push: RemoteObserved["environments"][number]["push"] = "none";
+    if (theirs !== l.local) {
+      if (!theirs || ((await ctx.repo.hasObject(theirs)) && (await ctx.repo.isAncestor(theirs, l.local)))) push = "fast-forward";
+      else push = (await movedAway(ctx, l.name, theirs)) ? "force" : "foreign";
+    }
+    out.push({ branch: l.branch, local: l.local, remote: theirs, push });
+  }
+  return out;
+}
+
+/** True when cascade-sync moved environment `env` away from `commit` (it is under a failed or superseded ref). */
+async function movedAway(ctx: ReconcileContext, env: string, commit: string): Promise<boolean> {
+  if (!(await ctx.repo.hasObject(commit))) return false;
+  const refs = [...(await ctx.repo.listRefs(`refs/cascade-sync/failed/${env}`)), ...(await ctx.repo.listRefs(`refs/cascade-sync/superseded/${env}`))];
+  for (const ref of refs) {
+    const tip = await ctx.repo.ref(ref);
+    if (tip && (await ctx.repo.isAncestor(commit, tip).catch(() => false))) return true;
+  }
+  return false;
 }

@@ -19,6 +19,11 @@ import { SandboxWatcher } from "./watcher.js";
 import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler } from "../reconcilers/remote.js";
+import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
+import { GateRunner } from "./pipeline/gates.js";
+import { readHistory, type HistoryEntry } from "./pipeline/history.js";
+import { PipelineStore } from "./pipeline/store.js";
+import type { PipelineServices } from "./reconcile.js";
 
 /** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
 interface Slot {
@@ -45,6 +50,10 @@ export interface StatusSnapshot {
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
   remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
   reconcilers: { name: string; conditions: Condition[]; failures: number; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
+  /** Each environment of the pipeline, in promotion order, as its reconciler last saw it. */
+  environments: (EnvironmentReport & { error?: Slot["lastError"] })[];
+  /** Recent promotions, rollbacks, deploys and rejected approvals, oldest first. */
+  history: HistoryEntry[];
 }
 
 export interface ControllerDeps {
@@ -99,6 +108,7 @@ export class Controller {
     private worktree: Worktree,
     private readonly notifier: Notifier,
     private readonly filemode: boolean,
+    private readonly pipeline: PipelineServices,
   ) {
     this.startedAt = new Date(deps.clock.now()).toISOString();
     this.configLastGoodAt = this.startedAt;
@@ -126,7 +136,16 @@ export class Controller {
     const exclusions = await exclusionsFor(config);
     await exclusions.writeInfoExclude(repo.gitdir);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
-    const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode);
+    const slots: { wake?: (env: string) => void } = {};
+    const pipeline: PipelineServices = {
+      store: await PipelineStore.load(repo.gitdir),
+      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => slots.wake?.(env)),
+      env: deps.env,
+      reports: {},
+    };
+    const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline);
+    // A finished gate run wakes its environment at once.
+    slots.wake = (env) => c.wake(`env:${env}`);
     c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
     return c;
   }
@@ -173,6 +192,7 @@ export class Controller {
     } finally {
       signal.removeEventListener("abort", onAbort);
       await this.watcher.close();
+      await this.pipeline.gates.close();
       await Promise.allSettled([...this.inflight]);
       await this.flush();
     }
@@ -187,8 +207,33 @@ export class Controller {
     if (this.hints.paths.size) {
       for (const slot of this.orderedSlots()) results.push(await this.runSlot(slot));
     }
+    results.push(...(await this.settleEnvironments()));
     await this.writeStatus(false);
     return { ok: results.every((r) => !r.error), results };
+  }
+
+  /**
+   * Runs the environments (in promotion order) until none has anything left to do now: gates
+   * running in the background are awaited, a promotion is followed by its deploy and by the next
+   * environment's pass, and the remotes push what moved. Bounded, so a flapping state cannot spin.
+   */
+  async settleEnvironments(only?: string[]): Promise<{ name: string; summary?: string; error?: CascadeError }[]> {
+    const results: { name: string; summary?: string; error?: CascadeError }[] = [];
+    const envs = () => this.orderedSlots().filter((s) => s.r.name.startsWith("env:") && (!only || only.includes(s.r.name.slice(4))));
+    for (let round = 0; round < 10; round++) {
+      let again = false;
+      for (const slot of envs()) {
+        const env = slot.r.name.slice(4);
+        await this.pipeline.gates.idle(env);
+        const r = await this.runSlot(slot);
+        results.push(r);
+        if (slot.nextRunAt !== undefined && slot.nextRunAt <= this.now()) again = true;
+        if (this.pipeline.gates.running(env)) again = true;
+      }
+      if (!again) break;
+    }
+    for (const slot of this.orderedSlots().filter((s) => s.r.name.startsWith("remote:"))) results.push(await this.runSlot(slot));
+    return results;
   }
 
   /** Observes and plans every reconciler (or those named in `only`) without applying anything (the `plan` command). */
@@ -215,6 +260,14 @@ export class Controller {
       if (rel === ".gitignore") this.configDueAt = this.now() + this.config.sandbox.debounceMs;
     }
     this.addHint(rel);
+  }
+
+  /** Runs the reconciler named `name` soon (e.g. when its background gates finished). */
+  wake(name: string): void {
+    const slot = this.slots.get(name);
+    if (!slot) return;
+    slot.nextRunAt = this.now();
+    this.wakeUp?.();
   }
 
   /** Runs every reconciler now with a full scan (the `reconcile` command's nudge to a running controller). */
@@ -253,8 +306,9 @@ export class Controller {
     this.wakeUp?.();
   }
 
+  /** Sandbox first, then the environments in promotion order, then the remotes (which push what moved). */
   private orderedSlots(): Slot[] {
-    return [...this.slots.values()].sort((a, b) => (a.r.name === "sandbox" ? -1 : b.r.name === "sandbox" ? 1 : 0));
+    return [...this.slots.values()];
   }
 
   /**
@@ -397,10 +451,11 @@ export class Controller {
       who: () => this.who(),
       branchMoved: () => {
         for (const s of this.slots.values()) {
-          if (s.r.name.startsWith("remote:") && s.failures === 0) s.nextRunAt = this.now();
+          if ((s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) && s.failures === 0 && !s.running) s.nextRunAt = this.now();
         }
         this.wakeUp?.();
       },
+      pipeline: this.pipeline,
       ...(this.timeoutCapMs !== undefined ? { timeoutCapMs: this.timeoutCapMs } : {}),
     };
   }
@@ -464,16 +519,20 @@ export class Controller {
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
     this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
-    for (const s of this.slots.values()) if (s.r.name.startsWith("remote:")) s.nextRunAt = this.now();
+    for (const s of this.slots.values()) if (s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) s.nextRunAt = this.now();
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
     if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
     // A path no longer excluded (or held back) must be looked at: rescan when the rules changed.
     if (JSON.stringify([before.patterns, before.heldBackPatterns]) !== JSON.stringify([this.exclusions.patterns, this.exclusions.heldBackPatterns])) this.requestFullScan();
   }
 
-  /** Keeps slots for reconcilers that stay, adds new remotes, drops removed ones. */
+  /** Keeps slots for reconcilers that stay, adds new remotes and environments, drops removed ones. */
   private rebuildSlots(): void {
-    const wanted: Reconciler<any, any>[] = [sandboxReconciler, ...this.config.remotes.map((r) => remoteReconciler(r.name))];
+    const wanted: Reconciler<any, any>[] = [
+      sandboxReconciler,
+      ...promotionOrder(this.config).map((e) => environmentReconciler(e)),
+      ...this.config.remotes.map((r) => remoteReconciler(r.name)),
+    ];
     const next = new Map<string, Slot>();
     for (const r of wanted) {
       const old = this.slots.get(r.name);
@@ -552,6 +611,12 @@ export class Controller {
         ...(s.lastSummary ? { lastSummary: s.lastSummary } : {}),
         ...(s.lastSuccessAt ? { lastSuccessAt: s.lastSuccessAt } : {}),
       })),
+      environments: promotionOrder(this.config).flatMap((name) => {
+        const report = this.pipeline.reports[name];
+        const error = this.slots.get(`env:${name}`)?.lastError;
+        return report ? [{ ...report, ...(error ? { error } : {}) }] : [];
+      }),
+      history: await readHistory(this.repo.gitdir, 20),
     };
   }
 
@@ -571,4 +636,17 @@ export class Controller {
 
 function digest(text: string): string {
   return createHash("sha256").update(text).digest("hex").slice(0, 16);
+}
+
+/** Environment names in promotion order: an environment comes after the one it takes commits from. */
+export function promotionOrder(config: Config): string[] {
+  const out: string[] = [];
+  const visit = (name: string, depth: number): void => {
+    const env = config.environments[name];
+    if (!env || out.includes(name) || depth > 100) return;
+    if (Object.hasOwn(config.environments, env.from)) visit(env.from, depth + 1);
+    if (!out.includes(name)) out.push(name);
+  };
+  for (const name of Object.keys(config.environments)) visit(name, 0);
+  return out;
 }

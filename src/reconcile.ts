@@ -5,6 +5,17 @@ import type { Clock } from "./clock.js";
 import type { Logger } from "./log.js";
 import type { Notifier } from "./notify.js";
 import type { StatCache, Worktree } from "./worktree.js";
+import type { GateRunner } from "./pipeline/gates.js";
+import type { PipelineStore } from "./pipeline/store.js";
+import type { EnvironmentReport } from "../reconcilers/environment.js";
+
+/** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
+export interface PipelineServices {
+  store: PipelineStore;
+  gates: GateRunner;
+  env: NodeJS.ProcessEnv;
+  reports: Record<string, EnvironmentReport>;
+}
 
 /** A status condition, as in Kubernetes/Flux: a type, whether it holds, a stable reason and a message. */
 export interface Condition {
@@ -62,6 +73,8 @@ export interface ReconcileContext {
   branchMoved(): void;
   /** Caps every remote's timeout (set while stopping). */
   timeoutCapMs?: number;
+  /** The promotion pipeline's services (absent only in contexts that never run environments). */
+  pipeline?: PipelineServices;
 }
 
 /**

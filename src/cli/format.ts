@@ -1,4 +1,6 @@
 import type { StatusSnapshot } from "../controller.js";
+import type { EnvironmentReport } from "../../reconcilers/environment.js";
+import type { HistoryEntry } from "../pipeline/history.js";
 
 /** What `status` reports: whether a controller runs, the config's validity and the last snapshot. */
 export interface StatusReport {
@@ -35,6 +37,45 @@ export function formatStatus(r: StatusReport): string {
     lines.push(`reconciler ${rc.name}: ${state}${rc.lastSummary && !rc.lastError ? `: ${rc.lastSummary}` : ""}${rc.nextRunAt ? `; next ${rc.nextRunAt}` : ""}`);
     if (rc.lastError) lines.push(`  ${rc.lastError.message}${rc.lastError.hint ? `\n  hint: ${rc.lastError.hint}` : ""}`);
   }
+  if (s.environments?.length) {
+    lines.push("pipeline:");
+    for (const e of s.environments) {
+      lines.push(...formatEnvironment(e).map((l) => `  ${l}`));
+      if (e.error) lines.push(`    error (${e.error.kind} ${e.error.reason}): ${e.error.message}${e.error.hint ? `\n    hint: ${e.error.hint}` : ""}`);
+    }
+  }
+  if (s.history?.length) {
+    lines.push("history:");
+    for (const h of s.history.slice(-10)) lines.push(`  ${formatHistory(h)}`);
+  }
   lines.push(`updated:    ${s.updatedAt}`);
   return lines.join("\n");
+}
+
+const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(none)");
+
+/** One environment as a few lines: where it is, what is live, gates, approvals, window, health, and what happens next. */
+export function formatEnvironment(e: EnvironmentReport): string[] {
+  const lines = [`${e.name} (${e.promotion} from ${e.from}, branch ${e.branch}): at ${short(e.head)}${e.deployed !== null || e.head ? `, live ${short(e.deployed ?? e.head)}` : ""}`];
+  if (e.health) lines.push(`  health: ${e.health.description}`);
+  for (const c of e.health?.checks ?? []) lines.push(`    ${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.message}`);
+  if (e.candidate) lines.push(`  candidate: ${short(e.candidate)}${e.target && e.target !== e.candidate ? `, target ${short(e.target)}` : ""}`);
+  if (e.gates) lines.push(`  gates on ${short(e.gates.commit)}: ${e.gates.gates.map((g) => `${g.name} ${g.state}${"message" in g && g.state === "failed" ? ` (${g.message})` : ""}`).join(", ") || "none"}`);
+  if (e.approvals) {
+    const a = e.approvals;
+    lines.push(`  approvals: ${a.valid.length} valid of ${a.required} required (signers: ${a.signers} from ${a.signersFrom})${a.problem ? `: ${a.problem}` : ""}`);
+    for (const p of a.fileProblems ?? []) lines.push(`    problem: ${p}`);
+    for (const v of a.valid) lines.push(`    valid: ${v.signer} for ${short(v.commit)}, expires ${v.expires}`);
+    for (const r of a.rejected) lines.push(`    rejected (line ${r.line}${r.signer ? `, ${r.signer}` : ""}${r.commit ? `, ${short(r.commit)}` : ""}): ${r.reason}: ${r.message}`);
+  }
+  lines.push(`  window: ${e.window.open ? "open" : "closed"}: ${e.window.reason}`);
+  if (e.failed.length) lines.push(`  rolled back (not promoted again automatically): ${e.failed.map(short).join(", ")}`);
+  lines.push(`  next: ${e.next}`);
+  if (e.hint) lines.push(`  run: ${e.hint}`);
+  return lines;
+}
+
+/** One history line: when, where, what, which commit, who signed. */
+export function formatHistory(h: HistoryEntry): string {
+  return `${h.at} ${h.environment} ${h.event} ${short(h.commit)}${h.from ? ` (was ${short(h.from)})` : ""}${h.signers?.length ? ` signed by ${h.signers.join(", ")}` : ""}: ${h.result}`;
 }

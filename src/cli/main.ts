@@ -12,7 +12,14 @@ import { Repo } from "../git/repo.js";
 import { isAlive, readLock, readRuntimeJson, runningController, runtimeDir, takeControllerLock } from "../runtime.js";
 import { parseArgs } from "./args.js";
 import { runDemo } from "./demo.js";
-import { formatStatus } from "./format.js";
+import { formatEnvironment, formatHistory, formatStatus } from "./format.js";
+import { readHistory } from "../pipeline/history.js";
+import type { EnvironmentPlan } from "../../reconcilers/environment.js";
+import { approveCommit } from "../approvals/approve.js";
+import { parseDuration } from "../duration.js";
+import { runCheck } from "../pipeline/checks.js";
+import { currentRelease } from "../pipeline/deploy.js";
+import { promotionOrder } from "../controller.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -41,8 +48,14 @@ commands:
   validate                    check the config; every problem as file:line:col: path: message
   reconcile                   one full pass, then exit
   demo                        run on an embedded demo under the project folder (npm start)
-  health, approve, deploy-staging, deploy-production
-                              the promotion pipeline (not in this version yet)
+  health [--json]             run every check now (controller, config, repository, each
+                              environment's health checks); exit 0 only if all pass
+  approve ENV [COMMIT] --key FILE [--expires 24h] [--signer NAME]
+                              sign an approval of COMMIT (default: the one waiting for ENV)
+                              into cascade-sync-state.yaml; the controller commits it
+  deploy-staging, deploy-production
+                              reconcile that environment now and say what happened or what
+                              blocks it; never bypasses a gate, approval or window
 
 options:
   --config PATH               the config file (default ./${CONFIG_FILE})
@@ -101,11 +114,12 @@ export async function main(args: MainArgs): Promise<number> {
       case "demo":
         return await runDemo(args, out);
       case "health":
+        return await healthCmd(args, configFile, redactor, out, !!flags.json);
       case "approve":
+        return await approveCmd(args, configFile, positionals, flags, out, err);
       case "deploy-staging":
       case "deploy-production":
-        err(`cascade-sync ${command}: the promotion pipeline (gates, approvals, deploys, health) is not part of this version yet; this version syncs the sandbox with its remotes`);
-        return 2;
+        return await deployCmd(args, configFile, redactor, command.slice("deploy-".length), out, err);
       default:
         err(`cascade-sync: unknown command "${command}"\n\n${USAGE}`);
         return 2;
@@ -222,7 +236,7 @@ async function status(args: MainArgs, configFile: string, redactor: Redactor, ou
     const now = await c.snapshot(false);
     // What the reconcilers said when a controller last ran; nothing is scheduled while none runs.
     const last = (snap?.reconcilers ?? []).map(({ nextRunAt: _next, ...r }) => r);
-    snap = { ...now, reconcilers: last, ...(snap ? { remotes: mergeRemotes(snap, now) } : {}) };
+    snap = { ...now, reconcilers: last, environments: snap?.environments ?? [], ...(snap ? { remotes: mergeRemotes(snap, now) } : {}) };
     const action = pending?.plan?.actions[0] as { type: string; paths?: unknown[] } | undefined;
     snap.sandbox.pendingPaths = action?.type === "commit" ? action.paths?.length ?? 0 : 0;
   }
@@ -266,11 +280,18 @@ async function reconcileOnce(args: MainArgs, configFile: string, redactor: Redac
 async function plan(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void, json: boolean): Promise<number> {
   const controller = await openController(args, configFile, redactor, false);
   const plans = await controller.planAll();
+  const reportOf = (p: (typeof plans)[number]) => (p.plan as EnvironmentPlan | undefined)?.report;
   if (json) {
-    out(JSON.stringify(redactor.redactValue(plans.map((p) => ({ name: p.name, actions: p.lines, blocked: p.plan?.blocked ?? null, error: p.error ? errorJson(p.error) : null }))), null, 2));
+    out(JSON.stringify(redactor.redactValue(plans.map((p) => ({ name: p.name, actions: p.lines, blocked: p.plan?.blocked ?? null, error: p.error ? errorJson(p.error) : null, ...(reportOf(p) ? { environment: reportOf(p) } : {}) }))), null, 2));
     return 0;
   }
   for (const p of plans) {
+    const report = reportOf(p);
+    if (report && !p.error) {
+      for (const l of formatEnvironment(report)) out(l);
+      for (const l of p.lines) out(`  would ${l}`);
+      continue;
+    }
     if (p.error) out(redactor.redact(`${p.name}: cannot observe: ${p.error.message}${p.error.hint ? ` (hint: ${p.error.hint})` : ""}`));
     else if (p.plan?.blocked) out(`${p.name}: blocked: ${p.plan.blocked.message}${p.plan.blocked.hint ? ` (hint: ${p.plan.blocked.hint})` : ""}`);
     else if (!p.lines.length) out(`${p.name}: nothing to do`);
@@ -281,4 +302,135 @@ async function plan(args: MainArgs, configFile: string, redactor: Redactor, out:
 
 function errorJson(e: CascadeError) {
   return { kind: e.kind, reason: e.reason, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
+}
+
+async function approveCmd(args: MainArgs, configFile: string, positionals: string[], flags: Record<string, string | boolean>, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  const [envName, commitArg] = positionals;
+  const loaded = await loadConfig(configFile, args.env);
+  if (!loaded.ok) {
+    for (const p of loaded.problems) err(formatProblem(p));
+    return 1;
+  }
+  const config = loaded.config;
+  const approvalEnvs = Object.values(config.environments).filter((e) => e.promotion === "approval").map((e) => e.name);
+  const env = envName && Object.hasOwn(config.environments, envName) ? config.environments[envName] : undefined;
+  if (!env || env.promotion !== "approval") {
+    err(`cascade-sync approve: ${envName ? `"${envName}" is not an environment with promotion: approval` : "which environment?"}\nhint: cascade-sync approve ENV [COMMIT] --key FILE, with ENV one of: ${approvalEnvs.join(", ") || "(none: no environment uses promotion: approval)"}`);
+    return 2;
+  }
+  if (typeof flags.key !== "string") {
+    err("cascade-sync approve: --key FILE is required (an unencrypted OpenSSH or PEM ed25519 private key)\nhint: with a passphrase-protected key, pass it anyway: the command then prints the ssh-keygen -Y sign steps to run instead");
+    return 2;
+  }
+  const expiresInMs = parseDuration(typeof flags.expires === "string" ? flags.expires : "24h");
+  if (!expiresInMs) {
+    err(`cascade-sync approve: --expires ${String(flags.expires)} is not a duration\nhint: e.g. 24h, 30m, 7d`);
+    return 2;
+  }
+  const repo = await Repo.open(config.dir);
+  const fromBranch = Object.hasOwn(config.environments, env.from) ? config.environments[env.from]!.branch : env.from;
+  const commit = commitArg ? await repo.resolveCommit(commitArg) : await repo.branchHead(fromBranch);
+  if (!commit) {
+    err(commitArg ? `cascade-sync approve: "${commitArg}" names no commit in this repository` : `cascade-sync approve: branch ${fromBranch} has no commit to approve`);
+    return 2;
+  }
+  const result = await approveCommit({
+    sandboxDir: config.dir, environment: env.name, commit, keyFile: resolve(args.cwd, flags.key), expiresInMs, now: args.clock.now(),
+    ...(typeof flags.signer === "string" ? { signer: flags.signer } : {}),
+  });
+  out(result.entryText);
+  out(`appended to ${result.stateFile}; the controller commits it with its next batch, and ${env.name} moves to ${commit.slice(0, 7)} once the approval counts (see \`cascade-sync plan\`)`);
+  return 0;
+}
+
+async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor, out: (s: string) => void, json: boolean): Promise<number> {
+  const checks: { name: string; ok: boolean; message: string }[] = [];
+  const loaded = await loadConfig(configFile, args.env);
+  const repo = await Repo.open(dirname(configFile)).catch(() => undefined);
+  const running = repo ? await runningController(repo.gitdir) : undefined;
+  checks.push({ name: "controller", ok: !!running, message: running ? `running (pid ${running.pid})` : "not running (start it with `cascade-sync start`)" });
+  checks.push({ name: "config", ok: loaded.ok, message: loaded.ok ? "valid" : loaded.problems.map(formatProblem).join("; ") });
+  if (repo && loaded.ok) {
+    const config = loaded.config;
+    const branches = [config.sandbox.branch, ...promotionOrder(config).map((e) => config.environments[e]!.branch)];
+    for (const b of branches) {
+      const head = await repo.branchHead(b);
+      if (!head) {
+        checks.push({ name: `repository ${b}`, ok: false, message: `branch ${b} does not exist` });
+        continue;
+      }
+      const v = await repo.verifyClosure(head);
+      checks.push({ name: `repository ${b}`, ok: !v.problems.length, message: v.problems.length ? v.problems.slice(0, 3).join("; ") : `${short(head)}: ${v.objects} objects verified` });
+    }
+    for (const name of promotionOrder(config)) {
+      const env = config.environments[name]!;
+      const live = env.deploy ? await currentRelease(env.deploy.directory) : null;
+      const cwd = env.deploy && live ? join(env.deploy.directory, "current") : config.dir;
+      for (const h of env.health) {
+        const r = await runCheck(h, { cwd, env: { ...args.env, CASCADE_ENVIRONMENT: name } });
+        checks.push({ name: `${name}/${h.name}`, ok: r.ok, message: r.message });
+      }
+    }
+  } else if (!repo) checks.push({ name: "repository", ok: false, message: `${dirname(configFile)} has no git repository; run \`cascade-sync init\`` });
+  const ok = checks.every((c) => c.ok);
+  if (json) out(JSON.stringify(redactor.redactValue({ ok, checks }), null, 2));
+  else for (const c of checks) out(redactor.redact(`${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.message}`));
+  return ok ? 0 : 1;
+}
+
+const short = (c: string) => c.slice(0, 7);
+
+/**
+ * Reconciles one environment now and reports the outcome: with a controller running, it is nudged
+ * and its next status is read; otherwise the pass runs here (with the controller lock held). Exit 0
+ * when the environment is up to date or was promoted/deployed, 1 when something blocks it.
+ */
+async function deployCmd(args: MainArgs, configFile: string, redactor: Redactor, envName: string, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  const controller = await openController(args, configFile, redactor, false);
+  if (!Object.hasOwn(controller.current.environments, envName)) {
+    err(`cascade-sync deploy-${envName}: there is no environment "${envName}" in the config\nhint: environments: ${Object.keys(controller.current.environments).join(", ") || "(none)"}`);
+    return 2;
+  }
+  const repo = await Repo.open(controller.current.dir);
+  const running = await runningController(repo.gitdir);
+  let report;
+  let error;
+  if (running) {
+    const before = (await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json"))?.updatedAt ?? "";
+    process.kill(running.pid, "SIGUSR1");
+    out(`asked the running controller (pid ${running.pid}) to reconcile ${envName} now...`);
+    const deadline = args.clock.now() + 120_000;
+    while (args.clock.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      const st = await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json");
+      const env = st?.environments.find((e) => e.name === envName);
+      if (st && st.updatedAt > before && env && !/^(waiting for the gates|promote |deploy |roll back |gates started)/.test(env.next)) {
+        report = env;
+        error = env.error;
+        break;
+      }
+    }
+    if (!report) {
+      err(`the controller has not finished with ${envName} within 120s; see \`cascade-sync status\``);
+      return 1;
+    }
+  } else {
+    const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));
+    try {
+      const results = await controller.settleEnvironments([envName]);
+      const snap = await controller.snapshot(false);
+      report = snap.environments.find((e) => e.name === envName);
+      error = results.filter((r) => r.name === `env:${envName}`).at(-1)?.error;
+      for (const r of results.filter((x) => x.name.startsWith("remote:") && x.error)) err(redactor.redact(`${r.name}: ${r.error!.message}`));
+    } finally {
+      await lock.release();
+    }
+  }
+  for (const h of (await readHistory(repo.gitdir, 50)).filter((h) => h.environment === envName && h.at >= new Date(args.clock.now() - 600_000).toISOString()).slice(-5)) out(formatHistory(h));
+  if (report) for (const l of formatEnvironment(report)) out(l);
+  if (error) {
+    err(redactor.redact(`${envName}: ${error.kind} ${error.reason}: ${error.message}${error.hint ? `\nhint: ${error.hint}` : ""}`));
+    return 1;
+  }
+  return report?.blocked ? 1 : 0;
 }

@@ -315,6 +315,85 @@ export class Repo {
     return this.writeLoose(type, object);
   }
 
+  /**
+   * The full commit id for what a person typed: a branch name, a full id, or an abbreviated one
+   * (at least 4 hex digits). Returns null when nothing matches or an abbreviation is ambiguous.
+   */
+  async resolveCommit(text: string): Promise<string | null> {
+    const branch = await this.branchHead(text).catch(() => null);
+    if (branch) return branch;
+    if (!/^[0-9a-f]{4,40}$/.test(text)) return null;
+    try {
+      const oid = text.length === 40 ? text : await git.expandOid({ fs, gitdir: this.gitdir, oid: text, cache: this.cache });
+      await this.readCommit(oid);
+      return oid;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The content of the file at `path` in `commit`'s tree, or null when there is none (or it is not a file). */
+  async fileAt(commit: string, path: string): Promise<Buffer | null> {
+    let tree = await this.commitTree(commit);
+    const parts = path.split("/");
+    for (const [i, part] of parts.entries()) {
+      const entry = (await this.readTree(tree)).find((e) => e.path === part);
+      if (!entry) return null;
+      if (i === parts.length - 1) return entry.type === "blob" ? this.readBlob(entry.oid) : null;
+      if (entry.type !== "tree") return null;
+      tree = entry.oid;
+    }
+    return null;
+  }
+
+  /**
+   * Re-hashes every object reachable from `commit`'s tree (and the commit itself) and returns the
+   * problems found: a missing object, or one whose content does not hash to its name (corruption).
+   * Gitlinks are not followed (their commits live in another repository).
+   */
+  async verifyClosure(commit: string): Promise<{ objects: number; problems: string[] }> {
+    const problems: string[] = [];
+    let objects = 0;
+    const seen = new Set<string>();
+    const check = async (oid: string, what: string): Promise<{ type: string; object: Buffer } | null> => {
+      objects++;
+      try {
+        const raw = await this.readRaw(oid);
+        const actual = createHash("sha1").update(`${raw.type} ${raw.object.length}\0`).update(raw.object).digest("hex");
+        if (actual !== oid) {
+          problems.push(`${what}: object ${oid} is corrupt (its content hashes to ${actual})`);
+          return null;
+        }
+        return raw;
+      } catch (err) {
+        problems.push(`${what}: object ${oid} cannot be read: ${(err as Error).message}`);
+        return null;
+      }
+    };
+    const walk = async (tree: string, prefix: string): Promise<void> => {
+      if (seen.has(tree)) return;
+      seen.add(tree);
+      if (!(await check(tree, prefix || "root tree"))) return;
+      for (const e of await this.readTree(tree)) {
+        if (e.mode === "160000") continue;
+        if (e.mode === "040000") await walk(e.oid, `${prefix}${e.path}/`);
+        else if (!seen.has(e.oid)) {
+          seen.add(e.oid);
+          await check(e.oid, `${prefix}${e.path}`);
+        }
+      }
+    };
+    if (await check(commit, "commit")) await walk(await this.commitTree(commit), "");
+    return { objects, problems };
+  }
+
+  /** Full names of the refs under `prefix` (e.g. `refs/cascade-sync/failed/`), loose and packed. */
+  async listRefs(prefix: string): Promise<string[]> {
+    const base = prefix.replace(/\/+$/, "");
+    const names: string[] = await git.listRefs({ fs, gitdir: this.gitdir, filepath: base });
+    return names.map((n) => `${base}/${n}`);
+  }
+
   /** Reads a git config value of this repository (e.g. `user.name`). */
   async getConfig(path: string): Promise<string | undefined> {
     const v: unknown = await git.getConfig({ fs, gitdir: this.gitdir, path });

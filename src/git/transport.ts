@@ -24,6 +24,29 @@ export interface TransportOptions {
   /** Caps the remote's own timeout (a stopping controller waits less). */
   timeoutMs?: number;
   who: Person;
+  /** Push even when the remote's commit is not an ancestor (only for branches cascade-sync alone moves, after it checked the remote's commit is one it moved away from). */
+  force?: boolean;
+}
+
+/**
+ * The remote's commit for each of `branches` (null when it has no such branch), read in one request
+ * without fetching objects. Errors are classified (see remoteError).
+ */
+export async function remoteBranchTips(repo: Repo, remote: RemoteTarget, branches: string[], opts: TransportOptions): Promise<Record<string, string | null>> {
+  try {
+    const out: Record<string, string | null> = {};
+    if (remote.kind === "local") {
+      const bare = await openLocalRemote(remote);
+      for (const b of branches) out[b] = await bare.branchHead(b);
+      return out;
+    }
+    const info = await git.getRemoteInfo({ ...(await httpArgs(repo, remote, opts)) });
+    const heads = (info.refs as { heads?: Record<string, string> } | undefined)?.heads ?? {};
+    for (const b of branches) out[b] = heads[b] ?? null;
+    return out;
+  } catch (err) {
+    throw remoteError(remote, "list branches of", err);
+  }
 }
 
 /**
@@ -58,12 +81,12 @@ export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: strin
     if (remote.kind === "local") {
       const bare = await openLocalRemote(remote);
       const theirs = await bare.branchHead(branch);
-      if (theirs && !(await repo.isAncestor(theirs, oid))) throw nonFastForward(remote, branch);
+      if (theirs && !opts.force && !(await repo.isAncestor(theirs, oid))) throw nonFastForward(remote, branch);
       await copyClosure(repo, bare, oid);
       await bare.setRef(branchRef(branch), oid, theirs, `push: cascade-sync from ${repo.dir}`, opts.who);
       return;
     }
-    const res = await git.push({ ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch) });
+    const res = await git.push({ ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch), force: opts.force === true });
     if (!res.ok) throw stalled("PushRejected", `remote ${remote.name} refused the push of ${branch}: ${res.error ?? JSON.stringify(res.refs)}`, "the remote's hooks or branch protection refused it; see the remote's message");
   } catch (err) {
     if (err instanceof RefConflictError) throw nonFastForward(remote, branch);

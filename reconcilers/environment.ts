@@ -1,0 +1,479 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CONFIG_FILE, formatProblem, parseConfig } from "../src/config/load.js";
+import type { Config, EnvironmentSpec } from "../src/config/types.js";
+import { transient } from "../src/errors.js";
+import { branchRef } from "../src/git/repo.js";
+import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
+import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
+import { runCheck } from "../src/pipeline/checks.js";
+import { currentRelease, deployRelease, listReleases, switchCurrent } from "../src/pipeline/deploy.js";
+import type { GateReport } from "../src/pipeline/gates.js";
+import { describeHealth, newRelease, pastDeadline, recordRound, type HealthEvent, type HealthState, type RoundResult } from "../src/pipeline/health-state.js";
+import { appendHistory } from "../src/pipeline/history.js";
+import { windowState, type WindowState } from "../src/pipeline/windows.js";
+import type { Plan, ReconcileContext, Reconciler, Result } from "../src/reconcile.js";
+
+/** What an environment looks like now, for `status` and `plan`. */
+export interface EnvironmentReport {
+  name: string;
+  branch: string;
+  from: string;
+  promotion: "auto" | "approval";
+  /** The environment branch's commit. */
+  head: string | null;
+  /** The live release's commit (deploy.directory's `current`), when the environment deploys. */
+  deployed: string | null;
+  /** Head of the `from` branch: what would be promoted next. */
+  candidate: string | null;
+  /** The commit the environment would move to now (auto: the candidate; approval: the newest approved one). */
+  target: string | null;
+  gates: GateReport | null;
+  approvals?: {
+    required: number; signersFrom: string; signers: number; valid: ValidApproval[]; rejected: ApprovalEvaluation["rejected"];
+    /** Why no approval can count at all (no signers on the environment's branch). */
+    problem?: string;
+    /** Problems with the state file as a whole or with signers lines, as `file:line:col: message`. */
+    fileProblems?: string[];
+  };
+  window: WindowState;
+  health: { phase: string; description: string; checks: RoundResult[] } | null;
+  /** Commits rolled back in this environment: never promoted again automatically. */
+  failed: string[];
+  /** What the controller does next, or why it does not. */
+  next: string;
+  /** The exact command a person can run to unblock it (e.g. approve). */
+  hint?: string;
+  /** True when promotion waits on something (gates, approvals, a window, health) rather than being done or under way. */
+  blocked: boolean;
+}
+
+export type EnvironmentAction =
+  | { type: "record-health"; state: HealthState; event?: HealthEvent }
+  | { type: "rollback"; from: string; to: string; reason: string }
+  | { type: "deploy"; commit: string }
+  | { type: "run-gates"; commit: string }
+  | { type: "promote"; commit: string; mode: "create" | "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[] }
+  | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string };
+
+export interface EnvironmentObserved {
+  env: EnvironmentSpec;
+  fromBranch: string;
+  now: number;
+  head: string | null;
+  deployed: string | null;
+  candidate: string | null;
+  /** How the candidate relates to the head. */
+  candidateRelation: Relation;
+  target: { commit: string; relation: Relation; approvals: ValidApproval[] } | null;
+  gates: GateReport | null;
+  approvals?: EnvironmentReport["approvals"] & { byCommit: Record<string, number> };
+  window: WindowState;
+  health?: HealthState;
+  /** This pass's round of health checks, when one was due. */
+  round?: RoundResult[];
+  rollbackTarget: string | null;
+  failed: Record<string, { approvals: string[] }>;
+  healthIntervalMs: number;
+}
+
+/** How a commit relates to the environment branch's head. */
+type Relation = "none" | "contained" | "create" | "fast-forward" | "diverged";
+
+export interface EnvironmentPlan extends Plan<EnvironmentAction> {
+  report: EnvironmentReport;
+}
+
+/**
+ * One environment of the pipeline: promotes its `from` branch's head when the gates pass (and, with
+ * `promotion: approval`, only a commit with enough valid signed approvals, inside an allowed window),
+ * deploys what its branch holds, watches health and rolls back on its own. Only this reconciler moves
+ * the environment's branch; the remote reconcilers push it.
+ */
+export function environmentReconciler(name: string): Reconciler<EnvironmentObserved, EnvironmentAction> & { plan(desired: Config, o: EnvironmentObserved): EnvironmentPlan } {
+  const spec = (desired: Config) => {
+    const env = Object.hasOwn(desired.environments, name) ? desired.environments[name] : undefined;
+    if (!env) throw transient("EnvironmentRemoved", `environment ${name} is no longer configured`);
+    return env;
+  };
+  return {
+    name: `env:${name}`,
+
+    async observe(ctx, desired) {
+      const env = spec(desired);
+      const pipeline = ctx.pipeline!;
+      const rec = pipeline.store.get(name);
+      const now = ctx.clock.now();
+      const fromBranch = Object.hasOwn(desired.environments, env.from) ? desired.environments[env.from]!.branch : env.from;
+      const head = await ctx.repo.branchHead(env.branch);
+      const candidate = await ctx.repo.branchHead(fromBranch);
+      const deployed = env.deploy ? await currentRelease(env.deploy.directory) : null;
+      const relation = (c: string | null) => relate(ctx, c, head);
+      const candidateRelation = await relation(candidate);
+      const failed = Object.fromEntries(Object.entries(rec.failed).map(([c, f]) => [c, { approvals: f.approvals }]));
+
+      let target: EnvironmentObserved["target"] = null;
+      let approvals: EnvironmentObserved["approvals"];
+      if (env.promotion === "auto") {
+        if (candidate && (candidateRelation === "create" || candidateRelation === "fast-forward" || candidateRelation === "diverged") && !failed[candidate]) {
+          target = { commit: candidate, relation: candidateRelation, approvals: [] };
+        }
+      } else {
+        approvals = await observeApprovals(ctx, desired, env, head, candidate);
+        target = await approvedTarget(ctx, approvals, env.approvals.required, failed, head);
+      }
+      const subject = target?.commit ?? (candidate && candidateRelation !== "contained" && candidateRelation !== "none" && !failed[candidate] ? candidate : null);
+      const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
+
+      const release = env.deploy ? deployed : head;
+      const stored = rec.health?.commit === release ? rec.health : undefined;
+      const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
+      const round = release && env.health.length && due ? await runHealthRound(ctx, env, env.deploy && deployed ? join(env.deploy.directory, "current") : desired.dir) : undefined;
+      const releases = env.deploy ? new Set(await listReleases(env.deploy.directory)) : undefined;
+      const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
+      return {
+        env, fromBranch, now, head, deployed, candidate, candidateRelation, target, gates, window: windowState(env.windows, now),
+        ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}),
+        rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs,
+      };
+    },
+
+    plan(desired, o): EnvironmentPlan {
+      return planEnvironment(o);
+    },
+
+    async apply(ctx, desired, plan, o): Promise<Result> {
+      const p = plan as EnvironmentPlan;
+      const pipeline = ctx.pipeline!;
+      const done: string[] = [];
+      try {
+        for (const action of p.actions) done.push(await applyAction(ctx, o, action));
+        await recordRejections(ctx, o);
+      } finally {
+        // After acting, the report says what was done; the pass that follows (at once) says what is next.
+        const acted = done.filter((d) => !d.startsWith("watching") && !d.startsWith("notified"));
+        pipeline.reports[name] = { ...p.report, failed: Object.keys(pipeline.store.get(name).failed), ...(acted.length ? { next: acted.join("; ") } : {}) };
+        await pipeline.store.save();
+      }
+      return { requeueAfterMs: p.requeueAfterMs ?? o.healthIntervalMs, summary: [...done, p.report.next].join("; ") };
+    },
+
+    describe(a) {
+      switch (a.type) {
+        case "record-health": return a.event ? `health: ${a.event}` : "start watching the live release's health";
+        case "rollback": return `roll back ${name} from ${a.from.slice(0, 7)} to ${a.to.slice(0, 7)}: ${a.reason}`;
+        case "deploy": return `deploy ${a.commit.slice(0, 7)} to ${name}`;
+        case "run-gates": return `run the gates of ${name} on ${a.commit.slice(0, 7)}`;
+        case "promote": return `promote ${a.commit.slice(0, 7)} to ${name} (${a.mode})${a.signers.length ? `, approved by ${a.signers.join(", ")}` : ""}`;
+        case "notify": return `notify ${a.event}: ${a.message}`;
+      }
+    },
+  };
+
+  /** Side effects of one action; returns what was done, in a few words. */
+  async function applyAction(ctx: ReconcileContext, o: EnvironmentObserved, action: EnvironmentAction): Promise<string> {
+    const pipeline = ctx.pipeline!;
+    const rec = pipeline.store.get(name);
+    const env = o.env;
+    const at = new Date(ctx.clock.now()).toISOString();
+    switch (action.type) {
+      case "record-health": {
+        rec.health = action.state;
+        if (action.event === "healthy" || action.event === "recovered") pipeline.store.markHealthy(name, action.state.commit);
+        if (action.event === "degraded" || action.event === "failed") {
+          ctx.notifier.reset("health-recovered", `${name}:${action.state.commit}`);
+          await ctx.notifier.notify({ event: "health-degraded", key: `${name}:${action.state.commit}`, message: `${name}: ${action.state.commit.slice(0, 7)} is ${describeHealth(action.state, env, ctx.clock.now())}`, details: { environment: name, commit: action.state.commit } });
+        }
+        if (action.event === "recovered") {
+          ctx.notifier.reset("health-degraded", `${name}:${action.state.commit}`);
+          await ctx.notifier.notify({ event: "health-recovered", key: `${name}:${action.state.commit}`, message: `${name}: ${action.state.commit.slice(0, 7)} is healthy again`, details: { environment: name, commit: action.state.commit } });
+        }
+        if (action.event) ctx.log.info(`${name}: ${action.state.commit.slice(0, 7)} ${action.event}`, { environment: name, commit: action.state.commit, phase: action.state.phase });
+        return action.event ? `health ${action.event}` : "watching health";
+      }
+      case "rollback": {
+        await ctx.repo.setRef(`refs/cascade-sync/failed/${name}/${action.from}`, action.from, undefined, `rollback: ${action.reason}`, await ctx.who());
+        rec.failed[action.from] = { at, reason: action.reason, approvals: rec.promotedWith[action.from] ?? [] };
+        if (env.deploy) await switchCurrent(env.deploy.directory, action.to);
+        const head = await ctx.repo.branchHead(env.branch);
+        if (head === action.from) await ctx.repo.setRef(branchRef(env.branch), action.to, head, `rollback: ${name} to ${action.to.slice(0, 7)} (${action.from.slice(0, 7)} failed)`, await ctx.who());
+        rec.health = newRelease(action.to, ctx.clock.now(), true, env.health.length > 0);
+        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "rolled-back", commit: action.to, from: action.from, result: action.reason });
+        ctx.log.warn(`${name}: rolled back from ${action.from.slice(0, 7)} to ${action.to.slice(0, 7)}: ${action.reason}`, { environment: name, from: action.from, to: action.to });
+        await ctx.notifier.notify({ event: "rolled-back", key: `${name}:${action.from}`, message: `${name}: rolled back from ${action.from.slice(0, 7)} to ${action.to.slice(0, 7)}: ${action.reason}; ${action.from.slice(0, 7)} will not be promoted again automatically`, details: { environment: name, from: action.from, to: action.to } });
+        ctx.branchMoved();
+        return `rolled back to ${action.to.slice(0, 7)}`;
+      }
+      case "deploy": {
+        const protect = rec.healthy.slice(-2);
+        const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: env.deploy!, protect, env: ctx.pipeline!.env });
+        rec.health = newRelease(action.commit, ctx.clock.now(), false, env.health.length > 0);
+        if (!env.health.length) pipeline.store.markHealthy(name, action.commit);
+        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "deployed", commit: action.commit, from: d.previous, result: `release ${d.reused ? "reused" : `written (${d.written} files, ${d.linked} hard-linked)`}` });
+        ctx.log.info(`${name}: deployed ${action.commit.slice(0, 7)} to ${d.release.dir}`, { environment: name, commit: action.commit, linked: d.linked, written: d.written });
+        return `deployed ${action.commit.slice(0, 7)}`;
+      }
+      case "run-gates":
+        pipeline.gates.start(name, action.commit, env.gates);
+        return `gates started on ${action.commit.slice(0, 7)}`;
+      case "promote": {
+        const to = await promote(ctx, o, action);
+        rec.promotedWith[to] = action.approvalIds;
+        if (!env.deploy) rec.health = newRelease(to, ctx.clock.now(), false, env.health.length > 0);
+        if (!env.deploy && !env.health.length) pipeline.store.markHealthy(name, to);
+        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "promoted", commit: to, from: o.head, ...(action.signers.length ? { signers: action.signers } : {}), result: action.mode });
+        ctx.log.info(`${name}: promoted ${to.slice(0, 7)} (${action.mode})`, { environment: name, commit: to, from: o.head, signers: action.signers });
+        await ctx.notifier.notify({ event: "promoted", key: `${name}:${to}`, message: `${name}: promoted ${to.slice(0, 7)}${action.signers.length ? ` (approved by ${action.signers.join(", ")})` : ""}`, details: { environment: name, commit: to } });
+        ctx.branchMoved();
+        return `promoted ${to.slice(0, 7)}`;
+      }
+      case "notify":
+        await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
+        return `notified ${action.event}`;
+    }
+  }
+
+  /** Moves the environment branch (compare-and-swap against the observed head); returns the new head. */
+  async function promote(ctx: ReconcileContext, o: EnvironmentObserved, action: Extract<EnvironmentAction, { type: "promote" }>): Promise<string> {
+    const who = await ctx.who();
+    const ref = branchRef(o.env.branch);
+    if (action.mode === "merge") {
+      // The environment has commits the candidate lacks: merge them so nothing is lost, the candidate winning every path changed on both sides.
+      const base = await ctx.repo.mergeBase(action.commit, o.head!);
+      const tree = await ctx.repo.mergeTreesOursWins(base ? await ctx.repo.commitTree(base) : null, await ctx.repo.commitTree(action.commit), await ctx.repo.commitTree(o.head!));
+      const merge = await ctx.repo.writeCommit({ tree, parents: [o.head!, action.commit], message: `promote: ${action.commit.slice(0, 7)} into ${o.env.branch} (the candidate wins paths changed on both sides)\n`, author: who });
+      await ctx.repo.setRef(ref, merge, o.head, `promote: merge ${action.commit.slice(0, 7)}`, who);
+      return merge;
+    }
+    if (action.mode === "reset" && o.head) {
+      // An approval names one exact commit: keep what the branch held reachable, then move to it.
+      await ctx.repo.setRef(`refs/cascade-sync/superseded/${name}/${o.head}`, o.head, undefined, `promote: superseded by ${action.commit.slice(0, 7)}`, who);
+    }
+    await ctx.repo.setRef(ref, action.commit, o.head, `promote: ${name} to ${action.commit.slice(0, 7)} (${action.mode})`, who);
+    return action.commit;
+  }
+
+  /** Writes each newly rejected approval entry to history once. */
+  async function recordRejections(ctx: ReconcileContext, o: EnvironmentObserved): Promise<void> {
+    for (const r of o.approvals?.rejected ?? []) {
+      // An uncommitted entry is not rejected for good: it is judged once the controller commits it.
+      if (r.reason === "not-committed") continue;
+      const key = `${r.line}:${r.commit ?? ""}:${r.signer ?? ""}:${r.reason}`;
+      if (!ctx.pipeline!.store.firstRejection(name, key)) continue;
+      await appendHistory(ctx.repo.gitdir, { at: new Date(ctx.clock.now()).toISOString(), environment: name, event: "approval-rejected", commit: r.commit ?? "", ...(r.signer ? { signers: [r.signer] } : {}), result: `${r.reason}: ${r.message}` });
+    }
+  }
+}
+
+/**
+ * The pure decision for one environment: health first (a failing release is rolled back before
+ * anything else), then the deploy of what the branch holds, then promotion with its gates,
+ * approvals, window and the health of the current release. Also the report for status and plan.
+ */
+export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
+  const env = o.env;
+  const actions: EnvironmentAction[] = [];
+  const release = env.deploy ? o.deployed : o.head;
+  const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(none)");
+  let requeueAfterMs: number | undefined;
+  const report: EnvironmentReport = {
+    name: env.name, branch: env.branch, from: o.fromBranch, promotion: env.promotion, head: o.head, deployed: o.deployed,
+    candidate: o.candidate, target: o.target?.commit ?? null, gates: o.gates,
+    ...(o.approvals ? { approvals: reportApprovals(o.approvals) } : {}),
+    window: o.window, health: null, failed: Object.keys(o.failed), next: "", blocked: false,
+  };
+  const finish = (next: string, hint?: string): EnvironmentPlan => {
+    const acting = actions.some((a) => a.type === "promote" || a.type === "deploy" || a.type === "rollback");
+    const blocked = !acting && !next.startsWith("up to date");
+    return { actions, report: { ...report, next, blocked, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}) };
+  };
+
+  // Health of the live release.
+  let health = o.health;
+  if (release && (!health || health.commit !== release)) {
+    health = newRelease(release, o.now, false, env.health.length > 0);
+    actions.push({ type: "record-health", state: health });
+  }
+  if (health) {
+    const step = o.round ? recordRound(health, o.round, o.now, env) : pastDeadline(health, o.now, env);
+    if (step.state !== health) actions.push({ type: "record-health", state: step.state, ...(step.event ? { event: step.event } : {}) });
+    health = step.state;
+    report.health = { phase: health.phase, description: describeHealth(health, env, o.now), checks: health.last?.results ?? [] };
+    if ((step.event === "failed" || step.event === "degraded") && env.rollback.automatic && release) {
+      if (health.rollback) return finish(`${short(release)} is failing after a rollback; not rolling back again: a person must look`);
+      if (o.rollbackTarget) {
+        actions.push({ type: "rollback", from: release, to: o.rollbackTarget, reason: `${short(release)} ${describeHealth(health, env, o.now)}` });
+        requeueAfterMs = 0;
+        return finish(`roll back to ${short(o.rollbackTarget)}`);
+      }
+      return finish(`${short(release)} is failing and there is no earlier healthy release to roll back to`);
+    }
+  }
+  if (env.health.length && health?.phase === "progressing") requeueAfterMs = Math.min(o.healthIntervalMs, Math.max(0, health.since + env.progressDeadlineMs - o.now));
+
+  // The live release follows the branch.
+  if (env.deploy && o.head && o.deployed !== o.head) {
+    actions.push({ type: "deploy", commit: o.head });
+    requeueAfterMs = 0;
+    return finish(`deploy ${short(o.head)}`);
+  }
+
+  // Promotion.
+  const waitingFor = o.target?.commit ?? null;
+  if (!o.target) {
+    if (env.promotion === "approval" && o.approvals) {
+      if (o.approvals.problem) return finish(`no promotion: ${o.approvals.problem}`);
+      const candidate = o.candidate && (o.candidateRelation === "fast-forward" || o.candidateRelation === "create" || o.candidateRelation === "diverged") ? o.candidate : null;
+      if (!candidate) return finish(o.candidate ? `up to date with ${o.fromBranch}` : `branch ${o.fromBranch} does not exist yet`);
+      if (o.failed[candidate]) return finish(`${short(candidate)} was rolled back; it needs a new approval or a newer commit`, approveCommand(env.name, candidate));
+      const have = o.approvals.byCommit[candidate] ?? 0;
+      const cmd = approveCommand(env.name, candidate);
+      if (o.gates?.state !== "failed") {
+        actions.push({ type: "notify", event: "approval-needed", key: `${env.name}:${candidate}`, message: `${env.name}: ${short(candidate)} waits for approval (${have}/${env.approvals.required}); run: ${cmd}` });
+      }
+      gateAction(candidate);
+      return finish(`waiting for approval of ${short(candidate)} (${have}/${env.approvals.required} valid)${gatesNote()}`, cmd);
+    }
+    if (o.candidate && o.failed[o.candidate]) return finish(`${short(o.candidate)} was rolled back; waiting for a newer commit on ${o.fromBranch}`);
+    return finish(o.candidate ? `up to date with ${o.fromBranch}` : `branch ${o.fromBranch} does not exist yet`);
+  }
+  const target = waitingFor!;
+  if (o.gates && o.gates.state !== "passed") {
+    gateAction(target);
+    if (o.gates.state === "failed") {
+      const failedGate = o.gates.gates.find((g) => g.state === "failed");
+      const msg = failedGate && "message" in failedGate ? failedGate.message : "";
+      actions.push({ type: "notify", event: "gate-failed", key: `${env.name}:${target}:${failedGate?.name ?? ""}`, message: `${env.name}: gate ${failedGate?.name} failed on ${short(target)}: ${msg}` });
+      return finish(`blocked: gate ${failedGate?.name} failed on ${short(target)}: ${msg}`, `fix it in the sandbox; the next commit on ${o.fromBranch} is tested again`);
+    }
+    return finish(`waiting for the gates on ${short(target)}${gatesNote()}`);
+  }
+  if (!o.window.open) {
+    if (o.window.nextOpenAt !== undefined) requeueAfterMs = Math.min(requeueAfterMs ?? Infinity, Math.max(0, o.window.nextOpenAt - o.now));
+    return finish(`waiting for a window: ${o.window.reason}`);
+  }
+  if (health?.phase === "progressing") return finish(`waiting for ${short(release)} to become healthy before promoting ${short(target)}`);
+  const mode = o.target.relation === "diverged" ? (env.promotion === "approval" ? "reset" : "merge") : o.target.relation === "create" ? "create" : "fast-forward";
+  actions.push({ type: "promote", commit: target, mode, signers: [...new Set(o.target.approvals.map((a) => a.signer))], approvalIds: o.target.approvals.map((a) => a.id) });
+  if (env.deploy) actions.push({ type: "deploy", commit: target });
+  requeueAfterMs = 0;
+  return finish(`promote ${short(target)}${env.deploy ? " and deploy it" : ""}`);
+
+  function gateAction(commit: string): void {
+    const g = o.gates;
+    if (g && g.commit === commit && g.state === "pending") actions.push({ type: "run-gates", commit });
+  }
+  function gatesNote(): string {
+    if (!o.gates) return "";
+    return `; gates: ${o.gates.gates.map((g) => `${g.name} ${g.state}`).join(", ")}`;
+  }
+}
+
+function reportApprovals(a: NonNullable<EnvironmentObserved["approvals"]>): NonNullable<EnvironmentReport["approvals"]> {
+  const { byCommit: _byCommit, ...report } = a;
+  return report;
+}
+
+/** The command that approves `commit` for `environment` (shown in status, plan and notifications). */
+export function approveCommand(environment: string, commit: string): string {
+  return `cascade-sync approve ${environment} ${commit} --key ~/.ssh/id_ed25519`;
+}
+
+async function relate(ctx: ReconcileContext, commit: string | null, head: string | null): Promise<Relation> {
+  if (!commit) return "none";
+  if (!head) return "create";
+  if (await ctx.repo.isAncestor(commit, head)) return "contained";
+  if (await ctx.repo.isAncestor(head, commit)) return "fast-forward";
+  return "diverged";
+}
+
+/** Runs every health check once (command checks in the live release's folder). */
+async function runHealthRound(ctx: ReconcileContext, env: EnvironmentSpec, cwd: string): Promise<RoundResult[]> {
+  const results = await Promise.all(env.health.map((h) => runCheck(h, { cwd, env: { ...ctx.pipeline!.env, CASCADE_ENVIRONMENT: env.name } })));
+  return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message }));
+}
+
+/**
+ * Reads the approvals that can count for `env`: entries committed on the sandbox branch, checked
+ * against the signers in the config committed on the environment's own branch (so a sandbox edit of
+ * the signers cannot approve itself), and the working copy's extra entries (not committed).
+ */
+async function observeApprovals(ctx: ReconcileContext, desired: Config, env: EnvironmentSpec, head: string | null, candidate: string | null): Promise<NonNullable<EnvironmentObserved["approvals"]>> {
+  const stateFile = join(desired.dir, STATE_FILE);
+  const sandboxHead = await ctx.repo.branchHead(desired.sandbox.branch);
+  const committedText = sandboxHead ? await ctx.repo.fileAt(sandboxHead, STATE_FILE) : null;
+  const committedParse = committedText ? parseStateFile(committedText.toString("utf8"), stateFile) : { entries: [], problems: [] };
+  const committed: ParsedEntry[] = committedParse.entries;
+  const workingText = await readFile(stateFile, "utf8").catch(() => null);
+  const working: ParsedEntry[] = workingText !== null ? parseStateFile(workingText, stateFile).entries : [];
+
+  let signers: string[] = [];
+  let problem: string | undefined;
+  const signersFrom = `${CONFIG_FILE} on branch ${env.branch}`;
+  const committedConfig = head ? await ctx.repo.fileAt(head, CONFIG_FILE) : null;
+  if (!committedConfig) problem = `branch ${env.branch} has no committed ${CONFIG_FILE}, so no signers are trusted for ${env.name}`;
+  else {
+    const loaded = parseConfig(committedConfig.toString("utf8"), join(desired.dir, CONFIG_FILE), ctx.pipeline!.env);
+    if (!loaded.ok) problem = `the ${CONFIG_FILE} committed on branch ${env.branch} is not valid, so no signers are trusted for ${env.name}`;
+    else {
+      signers = loaded.config.environments[env.name]?.approvals.signers ?? [];
+      if (!signers.length) problem = `no signers for ${env.name} in the ${CONFIG_FILE} committed on branch ${env.branch}: add approvals.signers, and have it promoted (at init, the config is committed to every branch)`;
+    }
+  }
+
+  const commits = new Set<string>();
+  for (const e of [...committed, ...working]) {
+    const c = e.ok ? e.approval.commit : e.fields.commit;
+    if (typeof c === "string" && /^[0-9a-f]{40}$/.test(c)) commits.add(c);
+  }
+  const classes = new Map<string, "eligible" | "promoted" | "unknown">();
+  for (const c of commits) classes.set(c, await classify(ctx, c, head, candidate));
+  const approvalEnvironments = Object.values(desired.environments).filter((e) => e.promotion === "approval").map((e) => e.name);
+  const evaluation = evaluateApprovals({ environment: env.name, approvalEnvironments, signers, committed, working, classifyCommit: (c) => classes.get(c) ?? "unknown", now: ctx.clock.now() });
+  const byCommit: Record<string, number> = {};
+  for (const [c, list] of approvalsByCommit(evaluation.valid)) byCommit[c] = list.length;
+  const fileProblems = [
+    ...committedParse.problems.map((p) => `${formatProblem(p)} (in the committed ${STATE_FILE})`),
+    ...(evaluation.signerProblems ?? []).map((p) => `approvals.signers[${p.index}] on branch ${env.branch}: ${p.message}`),
+  ];
+  return {
+    required: env.approvals.required, signersFrom, signers: signers.length, valid: evaluation.valid, rejected: evaluation.rejected, byCommit,
+    ...(problem ? { problem } : {}), ...(fileProblems.length ? { fileProblems } : {}),
+  };
+}
+
+async function classify(ctx: ReconcileContext, commit: string, head: string | null, candidate: string | null): Promise<"eligible" | "promoted" | "unknown"> {
+  if (!(await ctx.repo.hasObject(commit))) return "unknown";
+  try {
+    if (head && (await ctx.repo.isAncestor(commit, head))) return "promoted";
+    if (candidate && (await ctx.repo.isAncestor(commit, candidate))) return "eligible";
+  } catch {
+    // Not a commit (a blob or tree id): it cannot be promoted.
+  }
+  return "unknown";
+}
+
+/**
+ * The newest commit with enough valid approvals that the environment can move to: reachable from
+ * the from-branch, not yet in the environment, and not rolled back (unless approved anew since).
+ */
+async function approvedTarget(
+  ctx: ReconcileContext,
+  approvals: NonNullable<EnvironmentObserved["approvals"]>,
+  required: number,
+  failed: Record<string, { approvals: string[] }>,
+  head: string | null,
+): Promise<EnvironmentObserved["target"]> {
+  if (approvals.problem) return null;
+  const ready: { commit: string; approvals: ValidApproval[]; time: number }[] = [];
+  for (const [commit, list] of approvalsByCommit(approvals.valid)) {
+    const counted = failed[commit] ? list.filter((a) => !failed[commit]!.approvals.includes(a.id)) : list;
+    if (counted.length < required) continue;
+    const c = await ctx.repo.readCommit(commit);
+    ready.push({ commit, approvals: counted, time: c.committer.timestamp });
+  }
+  ready.sort((a, b) => b.time - a.time);
+  const best = ready[0];
+  if (!best) return null;
+  return { commit: best.commit, relation: await relate(ctx, best.commit, head), approvals: best.approvals };
+}

@@ -1,0 +1,108 @@
+import { describe, expect, it } from 'vitest';
+import { planEnvironment, type EnvironmentObserved } from '../reconcilers/environment.js';
+import type { EnvironmentSpec } from '../src/config/types.js';
+import { newRelease, recordRound, pastDeadline, type HealthState } from '../src/pipeline/health-state.js';
+
+const A = 'a'.repeat(40);
+const B = 'b'.repeat(40);
+const C = 'c'.repeat(40);
+const NOW = Date.UTC(2026, 10, 24, 12);
+
+function spec(over: Partial<EnvironmentSpec> = {}): EnvironmentSpec {
+  return {
+    name: 'staging', branch: 'staging', from: 'develop', promotion: 'auto', gates: [], approvals: { required: 1, signers: [] }, windows: [],
+    deploy: { directory: '/srv/staging', keep: 5, selfHeal: true, hooks: {} }, health: [{ name: 'web', command: 'true', timeoutMs: 1000 }],
+    healthyAfter: 2, failureThreshold: 2, progressDeadlineMs: 60_000, rollback: { automatic: true }, ...over,
+  };
+}
+
+const healthy = (commit: string): HealthState => ({ commit, since: NOW - 600_000, phase: 'healthy', okStreak: 5, failStreak: 0, rollback: false, last: { at: NOW - 30_000, results: [] } });
+
+function observed(over: Partial<EnvironmentObserved> = {}): EnvironmentObserved {
+  return {
+    env: spec(), fromBranch: 'develop', now: NOW, head: A, deployed: A, candidate: B, candidateRelation: 'fast-forward',
+    target: { commit: B, relation: 'fast-forward', approvals: [] }, gates: null, window: { open: true, reason: 'no windows configured: always open' },
+    health: healthy(A), rollbackTarget: null, failed: {}, healthIntervalMs: 20_000, ...over,
+  };
+}
+
+const fail = [{ name: 'web', ok: false, message: 'exit 1' }];
+const pass = [{ name: 'web', ok: true, message: 'exit 0' }];
+
+describe('planEnvironment (table)', () => {
+  const cases: { name: string; o: EnvironmentObserved; actions: string[]; next: RegExp; blocked?: boolean }[] = [
+    { name: 'gates passed, window open, release healthy: promote and deploy', o: observed(), actions: ['promote', 'deploy'], next: /^promote bbbbbbb and deploy it/, blocked: false },
+    { name: 'gates not run yet: start them, promote nothing', o: observed({ env: spec({ gates: [{ name: 't', command: 'true', timeoutMs: 1000 }] }), gates: { commit: B, state: 'pending', gates: [{ name: 't', state: 'pending' }] } }), actions: ['run-gates'], next: /^waiting for the gates on bbbbbbb/, blocked: true },
+    { name: 'gates running: wait', o: observed({ gates: { commit: B, state: 'running', gates: [{ name: 't', state: 'running' }] } }), actions: [], next: /^waiting for the gates/ },
+    { name: 'a gate failed: blocked, gate-failed notified', o: observed({ gates: { commit: B, state: 'failed', gates: [{ name: 't', state: 'failed', ok: false, message: 'exit 1: boom', at: '', durationMs: 1 }] } }), actions: ['notify'], next: /^blocked: gate t failed on bbbbbbb: exit 1: boom/, blocked: true },
+    { name: 'window closed: wait until it opens', o: observed({ window: { open: false, reason: 'inside deny window', nextOpenAt: NOW + 60_000 } }), actions: [], next: /^waiting for a window: inside deny window/, blocked: true },
+    { name: 'branch ahead of the live release: deploy first', o: observed({ head: B, deployed: A, target: null, candidateRelation: 'contained' }), actions: ['deploy'], next: /^deploy bbbbbbb/ },
+    { name: 'current release still progressing: promotion waits', o: observed({ health: { ...healthy(A), phase: 'progressing', okStreak: 0, since: NOW - 1000, last: { at: NOW, results: [] } } }), actions: [], next: /^waiting for aaaaaaa to become healthy/ },
+    { name: 'a new release fails its threshold: roll back to the last healthy one', o: observed({ health: { ...healthy(A), phase: 'progressing', okStreak: 0, failStreak: 1, since: NOW - 1000 }, round: fail, rollbackTarget: C }), actions: ['record-health', 'rollback'], next: /^roll back to ccccccc/ },
+    { name: 'a healthy release degrades: roll back', o: observed({ health: { ...healthy(A), failStreak: 1 }, round: fail, rollbackTarget: C }), actions: ['record-health', 'rollback'], next: /^roll back to ccccccc/ },
+    { name: 'failing after a rollback: never roll back again', o: observed({ health: { ...healthy(A), phase: 'progressing', rollback: true, okStreak: 0, failStreak: 1, since: NOW - 1000 }, round: fail, rollbackTarget: C }), actions: ['record-health'], next: /not rolling back again/ },
+    { name: 'rollback.automatic false: no rollback, promotion goes on once failed', o: observed({ env: spec({ rollback: { automatic: false } }), health: { ...healthy(A), phase: 'progressing', okStreak: 0, failStreak: 1, since: NOW - 1000 }, round: fail, rollbackTarget: C }), actions: ['record-health', 'promote', 'deploy'], next: /^promote/ },
+    { name: 'the candidate was rolled back: not promoted again', o: observed({ target: null, failed: { [B]: { approvals: [] } } }), actions: [], next: /^bbbbbbb was rolled back; waiting for a newer commit/ },
+    { name: 'up to date', o: observed({ target: null, candidate: A, candidateRelation: 'contained' }), actions: [], next: /^up to date with develop/, blocked: false },
+    {
+      name: 'approval missing: approval-needed with the exact command',
+      o: observed({ env: spec({ name: 'production', branch: 'main', promotion: 'approval' }), target: null, approvals: { required: 1, signersFrom: 'x', signers: 1, valid: [], rejected: [], byCommit: {} } }),
+      actions: ['notify'], next: /^waiting for approval of bbbbbbb \(0\/1 valid\)/, blocked: true,
+    },
+    {
+      name: 'no signers on the production branch: say so',
+      o: observed({ env: spec({ name: 'production', branch: 'main', promotion: 'approval' }), target: null, approvals: { required: 1, signersFrom: 'x', signers: 0, valid: [], rejected: [], byCommit: {}, problem: 'no signers for production' } }),
+      actions: [], next: /^no promotion: no signers for production/,
+    },
+    {
+      name: 'approved commit on a diverged branch: moved to exactly that commit',
+      o: observed({ env: spec({ name: 'production', branch: 'main', promotion: 'approval' }), target: { commit: B, relation: 'diverged', approvals: [{ environment: 'production', commit: B, signer: 'alice', expires: '', fingerprint: '', id: 'x', line: 1 }] } }),
+      actions: ['promote', 'deploy'], next: /^promote bbbbbbb/,
+    },
+  ];
+  it.each(cases)('$name', ({ o, actions, next, blocked }) => {
+    const plan = planEnvironment(o);
+    expect(plan.actions.map((a) => a.type)).toEqual(actions);
+    expect(plan.report.next).toMatch(next);
+    if (blocked !== undefined) expect(plan.report.blocked).toBe(blocked);
+  });
+
+  it('an approval promotion moves to exactly the approved commit (reset mode) and names the signers', () => {
+    const plan = planEnvironment(cases.at(-1)!.o);
+    expect(plan.actions[0]).toMatchObject({ type: 'promote', commit: B, mode: 'reset', signers: ['alice'], approvalIds: ['x'] });
+  });
+
+  it('a closed window requeues exactly when it opens', () => {
+    expect(planEnvironment(observed({ window: { open: false, reason: 'closed', nextOpenAt: NOW + 42_000 } })).requeueAfterMs).toBe(42_000);
+  });
+});
+
+describe('health state machine', () => {
+  const rules = { healthyAfter: 2, failureThreshold: 2, progressDeadlineMs: 60_000 };
+  it('a new release becomes healthy after healthyAfter passing rounds in a row', () => {
+    let s = newRelease(A, NOW, false, true);
+    s = recordRound(s, pass, NOW + 1, rules).state;
+    expect(s.phase).toBe('progressing');
+    const r = recordRound(recordRound(s, fail, NOW + 2, rules).state, pass, NOW + 3, rules);
+    expect(r.state.phase).toBe('progressing'); // a failure resets the passing streak
+    const done = recordRound(r.state, pass, NOW + 4, rules);
+    expect(done).toMatchObject({ event: 'healthy', state: { phase: 'healthy' } });
+  });
+  it('fails after failureThreshold failing rounds, or when the deadline passes first', () => {
+    const s = newRelease(A, NOW, false, true);
+    expect(recordRound(recordRound(s, fail, NOW + 1, rules).state, fail, NOW + 2, rules)).toMatchObject({ event: 'failed' });
+    expect(pastDeadline(s, NOW + 59_999, rules).event).toBeUndefined();
+    expect(pastDeadline(s, NOW + 60_000, rules)).toMatchObject({ event: 'failed', state: { phase: 'failed' } });
+  });
+  it('a healthy release degrades after failureThreshold failures and recovers after healthyAfter passes', () => {
+    let s: HealthState = { ...newRelease(A, NOW, false, true), phase: 'healthy' };
+    s = recordRound(s, fail, NOW, rules).state;
+    const degraded = recordRound(s, fail, NOW, rules);
+    expect(degraded.event).toBe('degraded');
+    const recovered = recordRound(recordRound(degraded.state, pass, NOW, rules).state, pass, NOW, rules);
+    expect(recovered).toMatchObject({ event: 'recovered', state: { phase: 'healthy' } });
+  });
+  it('without checks a release is healthy at once', () => {
+    expect(newRelease(A, NOW, false, false).phase).toBe('healthy');
+  });
+});
