@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
 import { mkdir, readFile, writeFile, access } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./git/locked-fs.js";
 import { parseDocument } from "yaml";
@@ -158,7 +158,9 @@ export function defaultConfigText(remoteUrl: string | undefined): string {
 async function addRemoteIfMissing(configPath: string, url: string): Promise<boolean> {
   const doc = parseDocument(await readFile(configPath, "utf8"));
   const remotes = (doc.toJS() as { remotes?: { name?: string; url?: string }[] } | null)?.remotes ?? [];
-  if (remotes.some((r) => r.url === url)) return false;
+  // A local path in the config is relative to the config's folder; `url` here is already absolute.
+  const same = (u: string | undefined) => u === url || (!!u && !isHttpUrl(u) && resolve(dirname(configPath), u) === resolve(dirname(configPath), url));
+  if (remotes.some((r) => same(r.url))) return false;
   const names = new Set(remotes.map((r) => r.name));
   let name = "origin";
   for (let i = 2; names.has(name); i++) name = `origin${i}`;

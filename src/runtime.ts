@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, writeFile, chmod } from "node:fs/promises";
 import { join } from "node:path";
 import { stalled } from "./errors.js";
@@ -19,7 +20,8 @@ export async function ensureRuntimeDir(gitdir: string): Promise<string> {
 /** Writes a runtime file atomically with mode 0600. */
 export async function writeRuntimeFile(gitdir: string, name: string, data: string): Promise<void> {
   const dir = await ensureRuntimeDir(gitdir);
-  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+  // Unique per write: two reconcilers may save the same file at once, and each rename must find its own file.
+  const tmp = join(dir, `.${name}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
   await writeFile(tmp, data, { mode: 0o600 });
   await rename(tmp, join(dir, name));
 }

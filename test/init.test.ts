@@ -88,6 +88,11 @@ describe('init', () => {
     expect((await run(dir, ['validate'])).code).toBe(0);
     const again = await run(dir, ['init', '--remote', remote]);
     expect(again.stdout).toMatch(/nothing changed/);
+    // The same local remote written relative to the config's folder is the same remote, not a second one.
+    const relative = path.relative(dir, remote);
+    const same = await run(dir, ['init', '--remote', relative]);
+    expect(same.stdout).toMatch(/nothing changed/);
+    expect((await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).match(/r\.git/g)).toHaveLength(1);
   });
 
   it('refuses to go on with an invalid existing config, with file:line:col', async () => {
