@@ -2,15 +2,15 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CONFIG_FILE, formatProblem, parseConfig } from "../src/config/load.js";
 import type { Config, EnvironmentSpec } from "../src/config/types.js";
+import { fromBranch as fromBranchOf } from "../src/config/pipeline.js";
 import { transient } from "../src/errors.js";
 import { branchRef } from "../src/git/repo.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
-import { runCheck } from "../src/pipeline/checks.js";
+import { runHealthRound } from "../src/pipeline/checks.js";
 import { currentRelease, deployRelease, listReleases, switchCurrent } from "../src/pipeline/deploy.js";
 import type { GateReport } from "../src/pipeline/gates.js";
 import { describeHealth, newRelease, pastDeadline, recordRound, type HealthEvent, type HealthState, type RoundResult } from "../src/pipeline/health-state.js";
-import { appendHistory } from "../src/pipeline/history.js";
 import { windowState, type WindowState } from "../src/pipeline/windows.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../src/reconcile.js";
 
@@ -104,7 +104,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const pipeline = ctx.pipeline!;
       const rec = pipeline.store.get(name);
       const now = ctx.clock.now();
-      const fromBranch = Object.hasOwn(desired.environments, env.from) ? desired.environments[env.from]!.branch : env.from;
+      const fromBranch = fromBranchOf(desired, env);
       const head = await ctx.repo.branchHead(env.branch);
       const candidate = await ctx.repo.branchHead(fromBranch);
       const deployed = env.deploy ? await currentRelease(env.deploy.directory) : null;
@@ -115,20 +115,20 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       let target: EnvironmentObserved["target"] = null;
       let approvals: EnvironmentObserved["approvals"];
       if (env.promotion === "auto") {
-        if (candidate && (candidateRelation === "create" || candidateRelation === "fast-forward" || candidateRelation === "diverged") && !failed[candidate]) {
+        if (candidate && movable(candidateRelation) && !failed[candidate]) {
           target = { commit: candidate, relation: candidateRelation, approvals: [] };
         }
       } else {
         approvals = await observeApprovals(ctx, desired, env, head, candidate);
         target = await approvedTarget(ctx, approvals, env.approvals.required, failed, head);
       }
-      const subject = target?.commit ?? (candidate && candidateRelation !== "contained" && candidateRelation !== "none" && !failed[candidate] ? candidate : null);
+      const subject = target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
       const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
 
       const release = env.deploy ? deployed : head;
       const stored = rec.health?.commit === release ? rec.health : undefined;
       const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
-      const round = release && env.health.length && due ? await runHealthRound(ctx, env, env.deploy && deployed ? join(env.deploy.directory, "current") : desired.dir) : undefined;
+      const round = release && env.health.length && due ? await runHealthRound(env, deployed, desired.dir, pipeline.env) : undefined;
       const releases = env.deploy ? new Set(await listReleases(env.deploy.directory)) : undefined;
       const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
       return {
@@ -198,7 +198,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         const head = await ctx.repo.branchHead(env.branch);
         if (head === action.from) await ctx.repo.setRef(branchRef(env.branch), action.to, head, `rollback: ${name} to ${action.to.slice(0, 7)} (${action.from.slice(0, 7)} failed)`, await ctx.who());
         rec.health = newRelease(action.to, ctx.clock.now(), true, env.health.length > 0);
-        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "rolled-back", commit: action.to, from: action.from, result: action.reason });
+        await ctx.pipeline!.history.append({ at, environment: name, event: "rolled-back", commit: action.to, from: action.from, result: action.reason });
         ctx.log.warn(`${name}: rolled back from ${action.from.slice(0, 7)} to ${action.to.slice(0, 7)}: ${action.reason}`, { environment: name, from: action.from, to: action.to });
         await ctx.notifier.notify({ event: "rolled-back", key: `${name}:${action.from}`, message: `${name}: rolled back from ${action.from.slice(0, 7)} to ${action.to.slice(0, 7)}: ${action.reason}; ${action.from.slice(0, 7)} will not be promoted again automatically`, details: { environment: name, from: action.from, to: action.to } });
         ctx.branchMoved();
@@ -209,7 +209,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: env.deploy!, protect, env: ctx.pipeline!.env });
         rec.health = newRelease(action.commit, ctx.clock.now(), false, env.health.length > 0);
         if (!env.health.length) pipeline.store.markHealthy(name, action.commit);
-        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "deployed", commit: action.commit, from: d.previous, result: `release ${d.reused ? "reused" : `written (${d.written} files, ${d.linked} hard-linked)`}` });
+        await ctx.pipeline!.history.append({ at, environment: name, event: "deployed", commit: action.commit, from: d.previous, result: `release ${d.reused ? "reused" : `written (${d.written} files, ${d.linked} hard-linked)`}` });
         ctx.log.info(`${name}: deployed ${action.commit.slice(0, 7)} to ${d.release.dir}`, { environment: name, commit: action.commit, linked: d.linked, written: d.written });
         return `deployed ${action.commit.slice(0, 7)}`;
       }
@@ -221,7 +221,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         rec.promotedWith[to] = action.approvalIds;
         if (!env.deploy) rec.health = newRelease(to, ctx.clock.now(), false, env.health.length > 0);
         if (!env.deploy && !env.health.length) pipeline.store.markHealthy(name, to);
-        await appendHistory(ctx.repo.gitdir, { at, environment: name, event: "promoted", commit: to, from: o.head, ...(action.signers.length ? { signers: action.signers } : {}), result: action.mode });
+        await ctx.pipeline!.history.append({ at, environment: name, event: "promoted", commit: to, from: o.head, ...(action.signers.length ? { signers: action.signers } : {}), result: action.mode });
         ctx.log.info(`${name}: promoted ${to.slice(0, 7)} (${action.mode})`, { environment: name, commit: to, from: o.head, signers: action.signers });
         await ctx.notifier.notify({ event: "promoted", key: `${name}:${to}`, message: `${name}: promoted ${to.slice(0, 7)}${action.signers.length ? ` (approved by ${action.signers.join(", ")})` : ""}`, details: { environment: name, commit: to } });
         ctx.branchMoved();
@@ -260,7 +260,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       if (r.reason === "not-committed") continue;
       const key = `${r.line}:${r.commit ?? ""}:${r.signer ?? ""}:${r.reason}`;
       if (!ctx.pipeline!.store.firstRejection(name, key)) continue;
-      await appendHistory(ctx.repo.gitdir, { at: new Date(ctx.clock.now()).toISOString(), environment: name, event: "approval-rejected", commit: r.commit ?? "", ...(r.signer ? { signers: [r.signer] } : {}), result: `${r.reason}: ${r.message}` });
+      await ctx.pipeline!.history.append({ at: new Date(ctx.clock.now()).toISOString(), environment: name, event: "approval-rejected", commit: r.commit ?? "", ...(r.signer ? { signers: [r.signer] } : {}), result: `${r.reason}: ${r.message}` });
     }
   }
 }
@@ -323,7 +323,7 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   if (!o.target) {
     if (env.promotion === "approval" && o.approvals) {
       if (o.approvals.problem) return finish(`no promotion: ${o.approvals.problem}`);
-      const candidate = o.candidate && (o.candidateRelation === "fast-forward" || o.candidateRelation === "create" || o.candidateRelation === "diverged") ? o.candidate : null;
+      const candidate = o.candidate && movable(o.candidateRelation) ? o.candidate : null;
       if (!candidate) return finish(o.candidate ? `up to date with ${o.fromBranch}` : `branch ${o.fromBranch} does not exist yet`);
       if (o.failed[candidate]) return finish(`${short(candidate)} was rolled back; it needs a new approval or a newer commit`, approveCommand(env.name, candidate));
       const have = o.approvals.byCommit[candidate] ?? 0;
@@ -379,18 +379,17 @@ export function approveCommand(environment: string, commit: string): string {
   return `cascade-sync approve ${environment} ${commit} --key ~/.ssh/id_ed25519`;
 }
 
+/** True when the environment can move to a commit in this relation (it is not there yet). */
+function movable(r: Relation): boolean {
+  return r === "create" || r === "fast-forward" || r === "diverged";
+}
+
 async function relate(ctx: ReconcileContext, commit: string | null, head: string | null): Promise<Relation> {
   if (!commit) return "none";
   if (!head) return "create";
   if (await ctx.repo.isAncestor(commit, head)) return "contained";
   if (await ctx.repo.isAncestor(head, commit)) return "fast-forward";
   return "diverged";
-}
-
-/** Runs every health check once (command checks in the live release's folder). */
-async function runHealthRound(ctx: ReconcileContext, env: EnvironmentSpec, cwd: string): Promise<RoundResult[]> {
-  const results = await Promise.all(env.health.map((h) => runCheck(h, { cwd, env: { ...ctx.pipeline!.env, CASCADE_ENVIRONMENT: env.name } })));
-  return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message }));
 }
 
 /**

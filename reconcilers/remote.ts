@@ -48,7 +48,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     async observe(ctx, desired) {
       const remote = find(desired);
       const branch = desired.sandbox.branch;
-      const remoteTip = await fetchBranch(ctx.repo, remote, branch, { ...(ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {}), who: await ctx.who() });
+      const remoteTip = await fetchBranch(ctx.repo, remote, branch, { ...transportCap(ctx), who: await ctx.who() });
       const local = await ctx.repo.branchHead(branch);
       const at = new Date(ctx.clock.now()).toISOString();
       let relation: Relation;

@@ -21,7 +21,8 @@ import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler } from "../reconcilers/remote.js";
 import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
 import { GateRunner } from "./pipeline/gates.js";
-import { readHistory, type HistoryEntry } from "./pipeline/history.js";
+import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
+import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
 import type { PipelineServices } from "./reconcile.js";
 
@@ -136,16 +137,16 @@ export class Controller {
     const exclusions = await exclusionsFor(config);
     await exclusions.writeInfoExclude(repo.gitdir);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
-    const slots: { wake?: (env: string) => void } = {};
+    let c: Controller | undefined;
     const pipeline: PipelineServices = {
       store: await PipelineStore.load(repo.gitdir),
-      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => slots.wake?.(env)),
+      // A finished gate run wakes its environment at once.
+      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => c?.wake(`env:${env}`)),
+      history: await HistoryLog.open(repo.gitdir),
       env: deps.env,
       reports: {},
     };
-    const c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline);
-    // A finished gate run wakes its environment at once.
-    slots.wake = (env) => c.wake(`env:${env}`);
+    c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline);
     c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
     return c;
   }
@@ -616,7 +617,7 @@ export class Controller {
         const error = this.slots.get(`env:${name}`)?.lastError;
         return report ? [{ ...report, ...(error ? { error } : {}) }] : [];
       }),
-      history: await readHistory(this.repo.gitdir, 20),
+      history: this.pipeline.history.recent(),
     };
   }
 
@@ -636,17 +637,4 @@ export class Controller {
 
 function digest(text: string): string {
   return createHash("sha256").update(text).digest("hex").slice(0, 16);
-}
-
-/** Environment names in promotion order: an environment comes after the one it takes commits from. */
-export function promotionOrder(config: Config): string[] {
-  const out: string[] = [];
-  const visit = (name: string, depth: number): void => {
-    const env = config.environments[name];
-    if (!env || out.includes(name) || depth > 100) return;
-    if (Object.hasOwn(config.environments, env.from)) visit(env.from, depth + 1);
-    if (!out.includes(name)) out.push(name);
-  };
-  for (const name of Object.keys(config.environments)) visit(name, 0);
-  return out;
 }

@@ -7,12 +7,14 @@ import type { Notifier } from "./notify.js";
 import type { StatCache, Worktree } from "./worktree.js";
 import type { GateRunner } from "./pipeline/gates.js";
 import type { PipelineStore } from "./pipeline/store.js";
+import type { HistoryLog } from "./pipeline/history.js";
 import type { EnvironmentReport } from "../reconcilers/environment.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
   store: PipelineStore;
   gates: GateRunner;
+  history: HistoryLog;
   env: NodeJS.ProcessEnv;
   reports: Record<string, EnvironmentReport>;
 }

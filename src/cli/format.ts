@@ -52,7 +52,8 @@ export function formatStatus(r: StatusReport): string {
   return lines.join("\n");
 }
 
-const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(none)");
+/** A commit as 7 hex digits, `(none)` when there is none. */
+export const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(none)");
 
 /** One environment as a few lines: where it is, what is live, gates, approvals, window, health, and what happens next. */
 export function formatEnvironment(e: EnvironmentReport): string[] {

@@ -12,14 +12,14 @@ import { Repo } from "../git/repo.js";
 import { isAlive, readLock, readRuntimeJson, runningController, runtimeDir, takeControllerLock } from "../runtime.js";
 import { parseArgs } from "./args.js";
 import { runDemo } from "./demo.js";
-import { formatEnvironment, formatHistory, formatStatus } from "./format.js";
+import { formatEnvironment, formatHistory, formatStatus, short } from "./format.js";
 import { readHistory } from "../pipeline/history.js";
 import type { EnvironmentPlan } from "../../reconcilers/environment.js";
 import { approveCommit } from "../approvals/approve.js";
 import { parseDuration } from "../duration.js";
-import { runCheck } from "../pipeline/checks.js";
+import { runHealthRound } from "../pipeline/checks.js";
 import { currentRelease } from "../pipeline/deploy.js";
-import { promotionOrder } from "../controller.js";
+import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -328,7 +328,7 @@ async function approveCmd(args: MainArgs, configFile: string, positionals: strin
     return 2;
   }
   const repo = await Repo.open(config.dir);
-  const fromBranch = Object.hasOwn(config.environments, env.from) ? config.environments[env.from]!.branch : env.from;
+  const fromBranch = fromBranchOf(config, env);
   const commit = commitArg ? await repo.resolveCommit(commitArg) : await repo.branchHead(fromBranch);
   if (!commit) {
     err(commitArg ? `cascade-sync approve: "${commitArg}" names no commit in this repository` : `cascade-sync approve: branch ${fromBranch} has no commit to approve`);
@@ -365,11 +365,7 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
     for (const name of promotionOrder(config)) {
       const env = config.environments[name]!;
       const live = env.deploy ? await currentRelease(env.deploy.directory) : null;
-      const cwd = env.deploy && live ? join(env.deploy.directory, "current") : config.dir;
-      for (const h of env.health) {
-        const r = await runCheck(h, { cwd, env: { ...args.env, CASCADE_ENVIRONMENT: name } });
-        checks.push({ name: `${name}/${h.name}`, ok: r.ok, message: r.message });
-      }
+      for (const r of await runHealthRound(env, live, config.dir, args.env)) checks.push({ ...r, name: `${name}/${r.name}` });
     }
   } else if (!repo) checks.push({ name: "repository", ok: false, message: `${dirname(configFile)} has no git repository; run \`cascade-sync init\`` });
   const ok = checks.every((c) => c.ok);
@@ -378,7 +374,6 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
   return ok ? 0 : 1;
 }
 
-const short = (c: string) => c.slice(0, 7);
 
 /**
  * Reconciles one environment now and reports the outcome: with a controller running, it is nudged

@@ -2,6 +2,8 @@ import { performance } from "node:perf_hooks";
 import { request } from "undici";
 import { formatDuration } from "../duration.js";
 import { InternalError } from "../errors.js";
+import { join } from "node:path";
+import type { EnvironmentSpec } from "../config/types.js";
 import { runCommand, type CommandResult } from "./run-command.js";
 
 /** The outcome of one gate or health check. */
@@ -152,4 +154,15 @@ function errorCode(err: unknown): string | undefined {
   if (Array.isArray(e?.errors) && e.errors.length > 0) return errorCode(e.errors[0]);
   if (e?.cause !== undefined) return errorCode(e.cause);
   return undefined;
+}
+
+/**
+ * One round of an environment's health checks, run at once: command checks run in the live release
+ * (`deploy.directory/current` when `live` names a deployed commit, else the sandbox) with
+ * CASCADE_ENVIRONMENT set. Returns each check's name, outcome and one-line message.
+ */
+export async function runHealthRound(env: EnvironmentSpec, live: string | null, sandboxDir: string, processEnv: NodeJS.ProcessEnv): Promise<{ name: string; ok: boolean; message: string }[]> {
+  const cwd = env.deploy && live ? join(env.deploy.directory, "current") : sandboxDir;
+  const results = await Promise.all(env.health.map((h) => runCheck(h, { cwd, env: { ...processEnv, CASCADE_ENVIRONMENT: env.name } })));
+  return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message }));
 }

@@ -17,10 +17,35 @@ export interface HistoryEntry {
 
 const HISTORY_FILE = "history.jsonl";
 
-/** Appends one entry (the file is created 0600 in the runtime folder). */
-export async function appendHistory(gitdir: string, entry: HistoryEntry): Promise<void> {
-  await ensureRuntimeDir(gitdir);
-  await appendFile(join(runtimeDir(gitdir), HISTORY_FILE), `${JSON.stringify(entry)}\n`, { mode: 0o600 });
+const RECENT = 20;
+
+/**
+ * history.jsonl as the controller keeps it: each entry appended to the file (created 0600) and to a
+ * short in-memory list, so that status, written after every pass, never re-reads the growing file.
+ */
+export class HistoryLog {
+  private constructor(
+    private readonly gitdir: string,
+    private readonly entries: HistoryEntry[],
+  ) {}
+
+  /** Opens the log with its last entries. */
+  static async open(gitdir: string): Promise<HistoryLog> {
+    return new HistoryLog(gitdir, await readHistory(gitdir, RECENT));
+  }
+
+  /** Appends one entry to the file and to the recent list. */
+  async append(entry: HistoryEntry): Promise<void> {
+    await ensureRuntimeDir(this.gitdir);
+    await appendFile(join(runtimeDir(this.gitdir), HISTORY_FILE), `${JSON.stringify(entry)}\n`, { mode: 0o600 });
+    this.entries.push(entry);
+    if (this.entries.length > RECENT) this.entries.splice(0, this.entries.length - RECENT);
+  }
+
+  /** The most recent entries, oldest first. */
+  recent(): HistoryEntry[] {
+    return [...this.entries];
+  }
 }
 
 /** The last `limit` entries, oldest first; a torn last line (a crash mid-append) is skipped. */
