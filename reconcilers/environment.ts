@@ -46,6 +46,8 @@ export interface EnvironmentReport {
   hint?: string;
   /** True when promotion waits on something (gates, approvals, a window, health) rather than being done or under way. */
   blocked: boolean;
+  /** True while the controller is acting on this environment (promoting, deploying, rolling back, gates running). */
+  inProgress: boolean;
 }
 
 export type EnvironmentAction =
@@ -280,12 +282,13 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     name: env.name, branch: env.branch, from: o.fromBranch, promotion: env.promotion, head: o.head, deployed: o.deployed,
     candidate: o.candidate, target: o.target?.commit ?? null, gates: o.gates,
     ...(o.approvals ? { approvals: reportApprovals(o.approvals) } : {}),
-    window: o.window, health: null, failed: Object.keys(o.failed), next: "", blocked: false,
+    window: o.window, health: null, failed: Object.keys(o.failed), next: "", blocked: false, inProgress: false,
   };
   const finish = (next: string, hint?: string): EnvironmentPlan => {
     const acting = actions.some((a) => a.type === "promote" || a.type === "deploy" || a.type === "rollback");
     const blocked = !acting && !next.startsWith("up to date");
-    return { actions, report: { ...report, next, blocked, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}) };
+    const inProgress = acting || actions.some((a) => a.type === "run-gates") || o.gates?.state === "running";
+    return { actions, report: { ...report, next, blocked, inProgress, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}) };
   };
 
   // Health of the live release.

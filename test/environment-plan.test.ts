@@ -72,6 +72,13 @@ describe('planEnvironment (table)', () => {
     expect(plan.actions[0]).toMatchObject({ type: 'promote', commit: B, mode: 'reset', signers: ['alice'], approvalIds: ['x'] });
   });
 
+  it('says when the controller is still acting on the environment (deploy-* waits for that to end)', () => {
+    expect(planEnvironment(observed()).report.inProgress).toBe(true);
+    expect(planEnvironment(observed({ gates: { commit: B, state: 'running', gates: [{ name: 't', state: 'running' }] } })).report.inProgress).toBe(true);
+    expect(planEnvironment(observed({ target: null, candidate: A, candidateRelation: 'contained' })).report.inProgress).toBe(false);
+    expect(planEnvironment(observed({ window: { open: false, reason: 'closed', nextOpenAt: NOW + 1 } })).report.inProgress).toBe(false);
+  });
+
   it('a closed window requeues exactly when it opens', () => {
     expect(planEnvironment(observed({ window: { open: false, reason: 'closed', nextOpenAt: NOW + 42_000 } })).requeueAfterMs).toBe(42_000);
   });

@@ -399,7 +399,7 @@ async function deployCmd(args: MainArgs, configFile: string, redactor: Redactor,
       await new Promise((r) => setTimeout(r, 250));
       const st = await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json");
       const env = st?.environments.find((e) => e.name === envName);
-      if (st && st.updatedAt > before && env && !/^(waiting for the gates|promote |deploy |roll back |gates started)/.test(env.next)) {
+      if (st && st.updatedAt > before && env && !env.inProgress) {
         report = env;
         error = env.error;
         break;
