@@ -53,8 +53,8 @@ describe('recoverStaleLocks', () => {
     const foreign = path.join(dir, 'HEAD.lock');
     const pending = path.join(dir, 'packed-refs.lock');
     const pendingForeign = path.join(dir, 'config.lock');
+    const now = Date.now(); // journaled intent comes before the create, as in lockfile.ts
     for (const f of [ours, foreign, pending, pendingForeign]) await writeFileP(f, 'x');
-    const now = Date.now();
     const journal = path.join(dir, 'locks.json');
     await writeFileP(journal, JSON.stringify({
       pid: 999_999,

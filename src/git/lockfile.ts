@@ -203,9 +203,10 @@ export async function recoverStaleLocks(file: string, isAlive: (pid: number) => 
   for (const l of journal.locks) {
     const st = await fs.promises.lstat(l.path, { bigint: true }).catch(() => null);
     if (!st) continue;
+    const created = Number(st.birthtimeMs || st.ctimeMs);
     const ours = l.ino !== null
       ? Number(st.ino) === l.ino
-      : Number(st.birthtimeMs || st.ctimeMs) >= l.since - 5 && Number(st.birthtimeMs || st.ctimeMs) <= l.since + PENDING_WINDOW_MS;
+      : created >= l.since - COARSE_CLOCK_MS && created <= l.since + PENDING_WINDOW_MS;
     if (ours) {
       await unlink(l.path).catch(() => undefined);
       removed.push(l.path);
@@ -216,6 +217,8 @@ export async function recoverStaleLocks(file: string, isAlive: (pid: number) => 
 
 /** How soon after its journaled intent a lock file must appear to count as the dead process's. */
 const PENDING_WINDOW_MS = 1000;
+/** File timestamps come from the kernel's coarse clock, which can trail Date.now() by a tick (up to 10 ms). */
+const COARSE_CLOCK_MS = 20;
 
 function track(lockPath: string, ino: number | null, since: number): void {
   held.set(lockPath, { ino, since });
