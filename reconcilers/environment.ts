@@ -153,7 +153,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         await recordRejections(ctx, o);
       } finally {
         // After acting, the report says what was done; the pass that follows (at once) says what is next.
-        const acted = done.filter((d) => !d.startsWith("watching") && !d.startsWith("notified"));
+        const acted = done.filter((_, i) => ["promote", "deploy", "rollback"].includes(p.actions[i]!.type));
         pipeline.reports[name] = { ...p.report, failed: Object.keys(pipeline.store.get(name).failed), ...(acted.length ? { next: acted.join("; ") } : {}) };
         await pipeline.store.save();
       }
@@ -278,6 +278,8 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   const release = env.deploy ? o.deployed : o.head;
   const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(none)");
   let requeueAfterMs: number | undefined;
+  /** An approval sits in the working copy: the sandbox's next batch commits it, so promotion is under way. */
+  let awaitingCommit = false;
   const report: EnvironmentReport = {
     name: env.name, branch: env.branch, from: o.fromBranch, promotion: env.promotion, head: o.head, deployed: o.deployed,
     candidate: o.candidate, target: o.target?.commit ?? null, gates: o.gates,
@@ -287,7 +289,7 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   const finish = (next: string, hint?: string): EnvironmentPlan => {
     const acting = actions.some((a) => a.type === "promote" || a.type === "deploy" || a.type === "rollback");
     const blocked = !acting && !next.startsWith("up to date");
-    const inProgress = acting || actions.some((a) => a.type === "run-gates") || o.gates?.state === "running";
+    const inProgress = acting || awaitingCommit || actions.some((a) => a.type === "run-gates") || o.gates?.state === "running";
     return { actions, report: { ...report, next, blocked, inProgress, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}) };
   };
 
@@ -331,10 +333,15 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
       if (o.failed[candidate]) return finish(`${short(candidate)} was rolled back; it needs a new approval or a newer commit`, approveCommand(env.name, candidate));
       const have = o.approvals.byCommit[candidate] ?? 0;
       const cmd = approveCommand(env.name, candidate);
-      if (o.gates?.state !== "failed") {
+      const uncommitted = o.approvals.rejected.filter((r) => r.reason === "not-committed" && r.commit === candidate).length;
+      if (o.gates?.state !== "failed" && uncommitted === 0) {
         actions.push({ type: "notify", event: "approval-needed", key: `${env.name}:${candidate}`, message: `${env.name}: ${short(candidate)} waits for approval (${have}/${env.approvals.required}); run: ${cmd}` });
       }
       gateAction(candidate);
+      if (uncommitted > 0) {
+        awaitingCommit = true;
+        return finish(`${uncommitted} approval(s) of ${short(candidate)} written to ${STATE_FILE} but not committed yet (${have}/${env.approvals.required} valid): the controller commits ${uncommitted === 1 ? "it" : "them"} with the next batch, then promotes${gatesNote()}`, "if no controller is running: cascade-sync reconcile");
+      }
       return finish(`waiting for approval of ${short(candidate)} (${have}/${env.approvals.required} valid)${gatesNote()}`, cmd);
     }
     if (o.candidate && o.failed[o.candidate]) return finish(`${short(o.candidate)} was rolled back; waiting for a newer commit on ${o.fromBranch}`);

@@ -34,6 +34,8 @@ interface Slot {
   running: boolean;
   /** When the last pass started; undefined before the first. */
   lastRunAt?: number;
+  /** When the last pass ended. */
+  lastDoneAt?: number;
   lastError?: { kind: string; reason: string; message: string; hint?: string; at: string };
   lastSummary?: string;
   lastSuccessAt?: string;
@@ -50,7 +52,8 @@ export interface StatusSnapshot {
   sandbox: { dir: string; branch: string; head: string | null; pendingPaths: number; heldBack: string[]; lastCommit?: SharedState["lastCommit"] };
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
   remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
-  reconcilers: { name: string; conditions: Condition[]; failures: number; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
+  /** `lastRunAt`/`lastDoneAt`: when the last pass started/ended; `running`: a pass is under way (its results are not in this snapshot yet). */
+  reconcilers: { name: string; conditions: Condition[]; failures: number; running: boolean; lastRunAt?: string; lastDoneAt?: string; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
   /** Each environment of the pipeline, in promotion order, as its reconciler last saw it. */
   environments: (EnvironmentReport & { error?: Slot["lastError"] })[];
   /** Recent promotions, rollbacks, deploys and rejected approvals, oldest first. */
@@ -86,6 +89,8 @@ export class Controller {
   private wakeUp: (() => void) | undefined;
   private mutex: Promise<unknown> = Promise.resolve();
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Set by a nudge: run every environment once the sandbox's next pass has ended. */
+  private environmentsAfterSandbox = false;
   private statusWrite: Promise<void> = Promise.resolve();
   /** Pending changes arrived since status.json was written; it is rewritten at most every STATUS_THROTTLE_MS. */
   private statusDirty = false;
@@ -271,10 +276,15 @@ export class Controller {
     this.wakeUp?.();
   }
 
-  /** Runs every reconciler now with a full scan (the `reconcile` command's nudge to a running controller). */
+  /**
+   * Runs every reconciler now with a full scan (the nudge of `reconcile` and `deploy-*` to a running
+   * controller): the sandbox first, and the environments once its pass has ended, so that they see
+   * what it committed.
+   */
   reconcileNow(): void {
     this.requestFullScan();
-    for (const s of this.slots.values()) s.nextRunAt = this.now();
+    for (const s of this.slots.values()) if (!s.r.name.startsWith("env:")) s.nextRunAt = this.now();
+    this.environmentsAfterSandbox = true;
     this.wakeUp?.();
   }
 
@@ -376,6 +386,11 @@ export class Controller {
       return { name: slot.r.name, error: e };
     } finally {
       slot.running = false;
+      slot.lastDoneAt = this.now();
+      if (isSandbox && this.environmentsAfterSandbox) {
+        this.environmentsAfterSandbox = false;
+        for (const s of this.slots.values()) if (s.r.name.startsWith("env:")) s.nextRunAt = this.now();
+      }
     }
   }
 
@@ -452,7 +467,8 @@ export class Controller {
       who: () => this.who(),
       branchMoved: () => {
         for (const s of this.slots.values()) {
-          if ((s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) && s.failures === 0 && !s.running) s.nextRunAt = this.now();
+          // A pass under way saw the old head: `succeeded` keeps this earlier time, so it runs again at once.
+          if ((s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) && s.failures === 0) s.nextRunAt = this.now();
         }
         this.wakeUp?.();
       },
@@ -607,6 +623,9 @@ export class Controller {
         name: s.r.name,
         conditions: s.conditions,
         failures: s.failures,
+        running: s.running,
+        ...(s.lastRunAt !== undefined ? { lastRunAt: new Date(s.lastRunAt).toISOString() } : {}),
+        ...(s.lastDoneAt !== undefined ? { lastDoneAt: new Date(s.lastDoneAt).toISOString() } : {}),
         ...(s.nextRunAt !== undefined ? { nextRunAt: new Date(s.nextRunAt).toISOString() } : {}),
         ...(s.lastError ? { lastError: s.lastError } : {}),
         ...(s.lastSummary ? { lastSummary: s.lastSummary } : {}),

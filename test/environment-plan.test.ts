@@ -30,7 +30,7 @@ const fail = [{ name: 'web', ok: false, message: 'exit 1' }];
 const pass = [{ name: 'web', ok: true, message: 'exit 0' }];
 
 describe('planEnvironment (table)', () => {
-  const cases: { name: string; o: EnvironmentObserved; actions: string[]; next: RegExp; blocked?: boolean }[] = [
+  const cases: { name: string; o: EnvironmentObserved; actions: string[]; next: RegExp; blocked?: boolean; inProgress?: boolean }[] = [
     { name: 'gates passed, window open, release healthy: promote and deploy', o: observed(), actions: ['promote', 'deploy'], next: /^promote bbbbbbb and deploy it/, blocked: false },
     { name: 'gates not run yet: start them, promote nothing', o: observed({ env: spec({ gates: [{ name: 't', command: 'true', timeoutMs: 1000 }] }), gates: { commit: B, state: 'pending', gates: [{ name: 't', state: 'pending' }] } }), actions: ['run-gates'], next: /^waiting for the gates on bbbbbbb/, blocked: true },
     { name: 'gates running: wait', o: observed({ gates: { commit: B, state: 'running', gates: [{ name: 't', state: 'running' }] } }), actions: [], next: /^waiting for the gates/ },
@@ -50,6 +50,11 @@ describe('planEnvironment (table)', () => {
       actions: ['notify'], next: /^waiting for approval of bbbbbbb \(0\/1 valid\)/, blocked: true,
     },
     {
+      name: 'approval written but not committed yet: say so, and count it as under way',
+      o: observed({ env: spec({ name: 'production', branch: 'main', promotion: 'approval' }), target: null, approvals: { required: 1, signersFrom: 'x', signers: 1, valid: [], rejected: [{ environment: 'production', commit: B, signer: 'alice', line: 3, reason: 'not-committed', message: 'not committed yet' }], byCommit: {} } }),
+      actions: [], next: /^1 approval\(s\) of bbbbbbb written to cascade-sync-state.yaml but not committed yet \(0\/1 valid\)/, blocked: true, inProgress: true,
+    },
+    {
       name: 'no signers on the production branch: say so',
       o: observed({ env: spec({ name: 'production', branch: 'main', promotion: 'approval' }), target: null, approvals: { required: 1, signersFrom: 'x', signers: 0, valid: [], rejected: [], byCommit: {}, problem: 'no signers for production' } }),
       actions: [], next: /^no promotion: no signers for production/,
@@ -60,11 +65,12 @@ describe('planEnvironment (table)', () => {
       actions: ['promote', 'deploy'], next: /^promote bbbbbbb/,
     },
   ];
-  it.each(cases)('$name', ({ o, actions, next, blocked }) => {
+  it.each(cases)('$name', ({ o, actions, next, blocked, inProgress }) => {
     const plan = planEnvironment(o);
     expect(plan.actions.map((a) => a.type)).toEqual(actions);
     expect(plan.report.next).toMatch(next);
     if (blocked !== undefined) expect(plan.report.blocked).toBe(blocked);
+    if (inProgress !== undefined) expect(plan.report.inProgress).toBe(inProgress);
   });
 
   it('an approval promotion moves to exactly the approved commit (reset mode) and names the signers', () => {

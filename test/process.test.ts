@@ -6,10 +6,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fsckStrict, git, gitOk, logOneline, lsTree, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
 import { makeSandbox, testEnv } from './helpers/sandbox.js';
+import { envReport, live, pipelineConfig, sshKey } from './helpers/pipeline.js';
+import { createServer, type Server } from 'node:http';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
 const children: ChildProcess[] = [];
+const servers: Server[] = [];
 
 beforeAll(async () => {
   // The bin runs the compiled code: `npm test` builds first; make sure a stale dist is not tested.
@@ -19,13 +22,15 @@ beforeAll(async () => {
 afterEach(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   children.length = 0;
+  for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
   await cleanupTmpDirs();
 });
 
 function cli(cwd: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [BIN, ...args], { cwd, env: testEnv() }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      const signal = (err as { signal?: string } | null)?.signal;
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr: signal ? `${stderr}(killed by ${signal})` : stderr });
     });
   });
 }
@@ -137,6 +142,90 @@ describe('the controller process', () => {
     expect(again.stdout).toMatch(/sandbox: no changes/);
     expect(await tryRevParse(remote, 'develop')).toBe(await revParse(dir, 'develop'));
   });
+});
+
+describe('the pipeline under a running controller process', () => {
+  it('deploy-* nudges the running controller and waits for the outcome; an approval just written is committed, then promoted; an http health check that never passes rolls staging back at the progress deadline', async () => {
+    const dir = await makeTmpDir('sandbox');
+    const deployRoot = await makeTmpDir('deploy');
+    const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
+    const alice = await sshKey(await makeTmpDir('keys'), 'alice@example.com');
+    // The "web server" of the staging release: 200 with the release's app.txt, 503 while it says SLOW.
+    const web = createServer(async (req, res) => {
+      const body = await readFile(path.join(deployRoot, 'staging/current/app.txt'), 'utf8').catch(() => '');
+      res.writeHead(body.includes('SLOW') ? 503 : 200).end(body);
+    });
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    servers.push(web);
+    const healthUrl = `http://127.0.0.1:${(web.address() as { port: number }).port}/healthz`;
+    const stagingExtra = [
+      '    health:',
+      `      - { name: web, http: { url: ${JSON.stringify(healthUrl)}, status: 200, body: v }, timeout: 5s }`,
+      '    healthyAfter: 1',
+      '    failureThreshold: 100',
+      '    progressDeadline: 4s',
+      '    rollback: { automatic: true }',
+    ].join('\n');
+    await writeFile(path.join(dir, 'app.txt'), 'v1\n');
+    // A long debounce: edits are committed only when a command nudges the controller, so each step below is deterministic.
+    const sandbox = '{ debounce: 1h, batchWindow: 2h }';
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [alice.pub], logFile, deployRoot, stagingExtra, sandbox }));
+    expect((await cli(dir, 'init')).code).toBe(0);
+    const c1 = await revParse(dir, 'develop');
+    const { child, out } = await startProcess(dir);
+
+    // deploy-staging with a controller running: it nudges it (SIGUSR1): the pending edit is committed, gated, promoted and deployed.
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
+    const staged = await cli(dir, 'deploy-staging');
+    expect(staged.code, staged.stdout + staged.stderr).toBe(0);
+    expect(staged.stdout).toContain(`asked the running controller (pid ${child.pid})`);
+    const c2 = await revParse(dir, 'develop');
+    expect(c2).not.toBe(c1);
+    expect(staged.stdout, await git(dir, 'log', '--stat', '--format=%h %s', 'develop')).toMatch(new RegExp(`promoted.*${c2.slice(0, 7)}`));
+    expect(await revParse(dir, 'staging')).toBe(c2);
+    expect(await live(path.join(deployRoot, 'staging'))).toBe(c2);
+    await waitFor(async () => (await envReport(dir, 'staging'))?.health?.phase === 'healthy' || undefined, { what: 'staging healthy through its http check' });
+
+    // approve, then deploy-production at once: the approval is not committed yet; the command waits for the commit and the promotion.
+    const approve = await cli(dir, 'approve', 'production', '--key', alice.file);
+    expect(approve.code, approve.stderr).toBe(0);
+    expect(approve.stdout).toContain(`commit: ${c2}`);
+    const produced = await cli(dir, 'deploy-production');
+    expect(produced.code, produced.stdout + produced.stderr).toBe(0);
+    expect(produced.stdout).toMatch(new RegExp(`promoted.*${c2.slice(0, 7)}`));
+    expect(await revParse(dir, 'main')).toBe(c2);
+    expect(await live(path.join(deployRoot, 'production'))).toBe(c2);
+
+    // A release whose http check keeps failing (below failureThreshold) is rolled back when the progress deadline passes.
+    const healthyStaging = await waitFor(async () => {
+      const r = await envReport(dir, 'staging');
+      return r?.health?.phase === 'healthy' && r.head === (await revParse(dir, 'develop')) ? r.head as string : undefined;
+    }, { what: 'staging at the approval commit, healthy', timeoutMs: 30_000 });
+    await writeFile(path.join(dir, 'app.txt'), 'v3 SLOW\n');
+    await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the slow edit to be pending' });
+    const slowDeploy = await cli(dir, 'deploy-staging');
+    expect(slowDeploy.code, slowDeploy.stdout + slowDeploy.stderr).toBe(0);
+    const slow = await revParse(dir, 'develop');
+    expect(await live(path.join(deployRoot, 'staging')), `${slowDeploy.stdout}\n${await git(dir, 'log', '--oneline', '--all', '--decorate')}`).toBe(slow);
+    await waitFor(async () => (await tryRevParse(dir, `refs/cascade-sync/failed/staging/${slow}`)) === slow || undefined, { what: 'staging rolled back at the progress deadline', timeoutMs: 40_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\n${JSON.stringify(await envReport(dir, 'staging'))}\n${out().slice(-3000)}`);
+    });
+    expect(await revParse(dir, 'staging')).toBe(healthyStaging);
+    expect(await live(path.join(deployRoot, 'staging'))).toBe(healthyStaging);
+    const history = (await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    const rollback = history.find((h) => h.event === 'rolled-back' && h.environment === 'staging');
+    expect(rollback).toMatchObject({ from: slow, commit: healthyStaging });
+    expect(rollback.result).toMatch(/progress deadline/);
+    // The failed commit is not promoted again, and deploy-staging says so.
+    const again = await cli(dir, 'deploy-staging');
+    expect(again.code).toBe(1);
+    expect(again.stdout).toContain(`${slow.slice(0, 7)} was rolled back`);
+    expect(await revParse(dir, 'staging')).toBe(healthyStaging);
+    child.kill('SIGTERM');
+    expect(await exited(child)).toBe(0);
+    await fsckStrict(dir);
+  }, 150_000);
 });
 
 describe('the demo (npm start)', () => {

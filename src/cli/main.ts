@@ -378,7 +378,7 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
 /**
  * Reconciles one environment now and reports the outcome: with a controller running, it is nudged
  * and its next status is read; otherwise the pass runs here (with the controller lock held). Exit 0
- * when the environment is up to date or was promoted/deployed, 1 when something blocks it.
+ * when the environment is up to date or was promoted now, 1 when something blocks it.
  */
 async function deployCmd(args: MainArgs, configFile: string, redactor: Redactor, envName: string, out: (s: string) => void, err: (s: string) => void): Promise<number> {
   const controller = await openController(args, configFile, redactor, false);
@@ -390,22 +390,31 @@ async function deployCmd(args: MainArgs, configFile: string, redactor: Redactor,
   const running = await runningController(repo.gitdir);
   let report;
   let error;
+  const startedAt = new Date(args.clock.now()).toISOString();
   if (running) {
-    const before = (await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json"))?.updatedAt ?? "";
     process.kill(running.pid, "SIGUSR1");
     out(`asked the running controller (pid ${running.pid}) to reconcile ${envName} now...`);
     const deadline = args.clock.now() + 120_000;
+    let last;
     while (args.clock.now() < deadline) {
       await new Promise((r) => setTimeout(r, 250));
       const st = await readRuntimeJson<StatusSnapshot>(repo.gitdir, "status.json");
+      // The nudge runs the sandbox (committing pending edits), then the environments: only an
+      // environment pass that started after that sandbox pass ended speaks for now.
+      const passes = new Map(st?.reconcilers.map((r) => [r.name, r]));
+      const sandbox = passes.get("sandbox");
+      const slot = passes.get(`env:${envName}`);
       const env = st?.environments.find((e) => e.name === envName);
-      if (st && st.updatedAt > before && env && !env.inProgress) {
-        report = env;
-        error = env.error;
+      const sandboxDone = sandbox && !sandbox.running && (sandbox.lastRunAt ?? "") >= startedAt ? sandbox.lastDoneAt ?? "" : undefined;
+      if (sandboxDone !== undefined && slot && !slot.running && (slot.lastRunAt ?? "") >= sandboxDone && env) last = env;
+      if (last && !last.inProgress) {
+        report = last;
+        error = last.error;
         break;
       }
     }
     if (!report) {
+      if (last) for (const l of formatEnvironment(last)) out(l);
       err(`the controller has not finished with ${envName} within 120s; see \`cascade-sync status\``);
       return 1;
     }
@@ -421,11 +430,14 @@ async function deployCmd(args: MainArgs, configFile: string, redactor: Redactor,
       await lock.release();
     }
   }
-  for (const h of (await readHistory(repo.gitdir, 50)).filter((h) => h.environment === envName && h.at >= new Date(args.clock.now() - 600_000).toISOString()).slice(-5)) out(formatHistory(h));
+  const acted = (await readHistory(repo.gitdir, 50)).filter((h) => h.environment === envName && h.at >= startedAt);
+  for (const h of acted) out(formatHistory(h));
   if (report) for (const l of formatEnvironment(report)) out(l);
   if (error) {
     err(redactor.redact(`${envName}: ${error.kind} ${error.reason}: ${error.message}${error.hint ? `\nhint: ${error.hint}` : ""}`));
     return 1;
   }
-  return report?.blocked ? 1 : 0;
+  // Promoted now: done, even if the environment already waits on its next candidate (a newer commit without approval).
+  const promoted = acted.some((h) => h.event === "promoted");
+  return promoted || !report?.blocked ? 0 : 1;
 }

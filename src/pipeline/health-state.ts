@@ -5,6 +5,8 @@
  * that fails `failureThreshold` rounds in a row is `degraded`, and `healthyAfter` passing rounds
  * make it healthy again (`recovered`).
  */
+import { formatDuration } from "../duration.js";
+
 export type HealthPhase = "progressing" | "healthy" | "degraded" | "failed";
 
 /** One check's outcome in a round, as shown by status. */
@@ -81,7 +83,11 @@ export function describeHealth(s: HealthState | undefined, rules: HealthRules, n
       return s.failStreak ? `healthy, ${s.failStreak}/${rules.failureThreshold} failing rounds: ${lastFail?.name}: ${lastFail?.message}` : "healthy";
     case "degraded":
       return `degraded: ${lastFail ? `${lastFail.name}: ${lastFail.message}` : `${s.okStreak}/${rules.healthyAfter} passing rounds to recover`}`;
-    case "failed":
-      return `failed${s.rollback ? " (after a rollback: not rolled back again)" : ""}: ${lastFail ? `${lastFail.name}: ${lastFail.message}` : "not healthy within the progress deadline"}`;
+    case "failed": {
+      const why = s.failStreak >= rules.failureThreshold
+        ? `${s.failStreak} failing rounds in a row`
+        : `not healthy within the progress deadline (${formatDuration(rules.progressDeadlineMs)})`;
+      return `failed${s.rollback ? " (after a rollback: not rolled back again)" : ""}: ${why}${lastFail ? `; last failure: ${lastFail.name}: ${lastFail.message}` : ""}`;
+    }
   }
 }

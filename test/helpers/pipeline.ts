@@ -1,0 +1,97 @@
+import { execFile } from 'node:child_process';
+import { readFile, readlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+const exec = promisify(execFile);
+
+/** The webhook secret the pipeline configs below use. */
+export const SECRET = 'hook-secret-0123456789';
+
+/** An ed25519 key made by the real ssh-keygen; `pub` is its allowed_signers line. */
+export async function sshKey(dir: string, principal: string): Promise<{ file: string; pub: string }> {
+  const file = path.join(dir, principal.replace(/\W/g, '_'));
+  await exec('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', principal, '-f', file]);
+  const pub = (await readFile(`${file}.pub`, 'utf8')).trim().split(/\s+/).slice(0, 2).join(' ');
+  return { file, pub: `${principal} ${pub}` };
+}
+
+/** A state-file entry signed with the real `ssh-keygen -Y sign -n cascade-sync`. */
+export async function signedEntry(key: string, o: { environment: string; commit: string; expires: string; signer: string; signFor?: { environment?: string; commit?: string } }): Promise<string> {
+  const msgFile = `${key}.msg-${Math.random().toString(36).slice(2)}`;
+  const message = `cascade-sync approval v1\nenvironment: ${o.signFor?.environment ?? o.environment}\ncommit: ${o.signFor?.commit ?? o.commit}\nexpires: ${o.expires}\n`;
+  await writeFile(msgFile, message);
+  await exec('ssh-keygen', ['-Y', 'sign', '-n', 'cascade-sync', '-f', key, msgFile]);
+  const sig = await readFile(`${msgFile}.sig`, 'utf8');
+  return [
+    `  - environment: ${o.environment}`,
+    `    commit: "${o.commit}"`,
+    `    expires: "${o.expires}"`,
+    `    signer: ${o.signer}`,
+    '    signature: |',
+    ...sig.trimEnd().split('\n').map((l) => `      ${l}`),
+    '',
+  ].join('\n');
+}
+
+export interface PipelineOptions {
+  /** The sandbox section as YAML flow (default: a 300ms debounce). */
+  sandbox?: string;
+  url?: string;
+  signers: string[];
+  hook?: string;
+  stagingExtra?: string;
+  logFile: string;
+  deployRoot: string;
+}
+
+export function pipelineConfig(o: PipelineOptions): string {
+  return [
+    'version: 1',
+    `sandbox: ${o.sandbox ?? '{ debounce: 300ms, batchWindow: 2s }'}`,
+    o.url ? `remotes:\n  - { name: origin, url: ${JSON.stringify(o.url)} }` : 'remotes: []',
+    'retry: { initial: 200ms, factor: 2, max: 2s, jitter: 0 }',
+    'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
+    `logging: { file: ${JSON.stringify(o.logFile)}, level: debug }`,
+    `notifications:\n  desktop: false\n  webhooks: ${o.hook ? `[ { url: ${JSON.stringify(o.hook)}, secret: ${SECRET} } ]` : '[]'}`,
+    'environments:',
+    '  staging:',
+    '    branch: staging',
+    '    from: develop',
+    '    gates:',
+    '      - { name: no-fail, command: "test -f app.txt && ! grep -q FAIL app.txt", timeout: 30s }',
+    '      - { name: config, builtin: config }',
+    `    deploy: { directory: ${JSON.stringify(path.join(o.deployRoot, 'staging'))}, keep: 3 }`,
+    ...(o.stagingExtra ? [o.stagingExtra] : []),
+    '  production:',
+    '    branch: main',
+    '    from: staging',
+    '    promotion: approval',
+    '    approvals:',
+    '      required: 1',
+    `      signers:${o.signers.length ? '' : ' []'}`,
+    ...o.signers.map((s) => `        - ${JSON.stringify(s)}`),
+    `    deploy: { directory: ${JSON.stringify(path.join(o.deployRoot, 'production'))}, keep: 5 }`,
+    '    health:',
+    '      - { name: not-broken, command: "! grep -q BROKEN app.txt", timeout: 10s }',
+    '    healthyAfter: 1',
+    '    failureThreshold: 2',
+    '    progressDeadline: 1m',
+    '',
+  ].join('\n');
+}
+
+export async function statusJson(dir: string) {
+  return JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8'));
+}
+
+export async function envReport(dir: string, name: string) {
+  const st = await statusJson(dir).catch(() => undefined);
+  return st?.environments?.find((e: { name: string }) => e.name === name);
+}
+
+export async function live(deployDir: string): Promise<string | undefined> {
+  const target = await readlink(path.join(deployDir, 'current')).catch(() => undefined);
+  return target ? path.basename(target) : undefined;
+}
+
