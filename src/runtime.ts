@@ -17,13 +17,28 @@ export async function ensureRuntimeDir(gitdir: string): Promise<string> {
   return dir;
 }
 
-/** Writes a runtime file atomically with mode 0600. */
-export async function writeRuntimeFile(gitdir: string, name: string, data: string): Promise<void> {
-  const dir = await ensureRuntimeDir(gitdir);
-  // Unique per write: two reconcilers may save the same file at once, and each rename must find its own file.
-  const tmp = join(dir, `.${name}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
-  await writeFile(tmp, data, { mode: 0o600 });
-  await rename(tmp, join(dir, name));
+/** The last write queued per runtime file: writes of one file land in the order they were asked for. */
+const writesInFlight = new Map<string, Promise<void>>();
+
+/**
+ * Writes a runtime file atomically with mode 0600. Two reconcilers may save the same file at once:
+ * the writes are queued per file, so an older content can never replace a newer one.
+ */
+export function writeRuntimeFile(gitdir: string, name: string, data: string): Promise<void> {
+  const target = join(runtimeDir(gitdir), name);
+  const write = async () => {
+    const dir = await ensureRuntimeDir(gitdir);
+    const tmp = join(dir, `.${name}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+    await writeFile(tmp, data, { mode: 0o600 });
+    await rename(tmp, target);
+  };
+  const next = (writesInFlight.get(target) ?? Promise.resolve()).then(write);
+  const settled = next.catch(() => undefined);
+  writesInFlight.set(target, settled);
+  void settled.then(() => {
+    if (writesInFlight.get(target) === settled) writesInFlight.delete(target);
+  });
+  return next;
 }
 
 /** Reads a runtime JSON file, or undefined when it is missing or unreadable. */

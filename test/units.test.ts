@@ -74,3 +74,16 @@ describe('recoverStaleLocks', () => {
     await cleanupTmpDirs();
   });
 });
+
+import { readFile as readFileP } from 'node:fs/promises';
+import { writeRuntimeFile } from '../src/runtime.js';
+
+describe('writeRuntimeFile', () => {
+  it('lands concurrent writes of one file in the order they were asked for (the newest content wins)', async () => {
+    const gitdir = await makeTmpDir('runtime');
+    // Big early writes and small late ones: without the queue, an early rename can land last.
+    await Promise.all(Array.from({ length: 40 }, (_, i) => writeRuntimeFile(gitdir, 'pipeline.json', JSON.stringify({ i, pad: 'x'.repeat((40 - i) * 50_000) }))));
+    expect(JSON.parse(await readFileP(path.join(gitdir, 'cascade-sync', 'pipeline.json'), 'utf8')).i).toBe(39);
+    await cleanupTmpDirs();
+  });
+});
