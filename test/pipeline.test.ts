@@ -40,13 +40,13 @@ async function webhookReceiver(): Promise<{ url: string; events: { event: string
   return state;
 }
 
-async function httpRemote(): Promise<{ bare: string; url: string }> {
+async function httpRemote(): Promise<{ bare: string; url: string; server: GitHttpServer }> {
   const root = await makeTmpDir('remotes');
   const bare = path.join(root, 'site.git');
   await makeBareRepo(bare, { initialBranch: 'develop' });
   const server: GitHttpServer = await startGitHttpServer({ root });
   closers.push(() => server.close());
-  return { bare, url: server.url('site.git') };
+  return { bare, url: server.url('site.git'), server };
 }
 
 describe('the promotion pipeline, end to end', () => {
@@ -169,6 +169,38 @@ describe('the promotion pipeline, end to end', () => {
     await fsckStrict(dir);
     await fsckStrict(bare);
   }, 180_000);
+
+  it('sends every event as a signed webhook: gate-failed, health-degraded then health-recovered, push-failing, config-invalid', async () => {
+    const { url, server } = await httpRemote();
+    const hook = await webhookReceiver();
+    const dir = await makeTmpDir('sandbox');
+    const deployRoot = await makeTmpDir('deploy');
+    const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
+    await writeFile(path.join(dir, 'app.txt'), 'v1\n');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ url, signers: [], hook: hook.url, logFile, deployRoot }));
+    expect((await run(dir, ['init'])).code).toBe(0);
+    controllers.push(await startController(dir));
+    const event = (name: string) => waitFor(() => hook.events.find((e) => e.event === name), { what: `the ${name} webhook`, timeoutMs: 30_000 });
+    await waitFor(async () => (await envReport(dir, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy' });
+
+    await writeFile(path.join(dir, 'app.txt'), 'FAIL\n');
+    expect((await event('gate-failed')).message).toContain('no-fail');
+
+    // The live production release breaks (no earlier healthy release to roll back to), then is repaired.
+    await writeFile(path.join(deployRoot, 'production/current/app.txt'), 'BROKEN\n');
+    expect((await event('health-degraded')).message).toContain('not-broken');
+    await writeFile(path.join(deployRoot, 'production/current/app.txt'), 'v1\n');
+    await event('health-recovered');
+
+    await server.setMode('down-503');
+    await writeFile(path.join(dir, 'more.txt'), 'while the remote is down\n');
+    expect((await event('push-failing')).message).toContain('remote:origin');
+    await server.setMode('ok');
+
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), 'version: [\n');
+    await event('config-invalid');
+    expect(hook.unverified).toBe(0);
+  }, 120_000);
 
   it('a failing gate blocks staging and says which gate and why; a deny window holds promotion', async () => {
     const dir = await makeTmpDir('sandbox');
