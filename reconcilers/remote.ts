@@ -48,7 +48,8 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     async observe(ctx, desired) {
       const remote = find(desired);
       const branch = desired.sandbox.branch;
-      const remoteTip = await fetchBranch(ctx.repo, remote, branch, { ...transportCap(ctx), who: await ctx.who() });
+      const who = await ctx.who();
+      const remoteTip = await counted((ok) => ctx.metrics.fetched(remoteName, ok), () => fetchBranch(ctx.repo, remote, branch, { ...transportCap(ctx), who }));
       const local = await ctx.repo.branchHead(branch);
       const at = new Date(ctx.clock.now()).toISOString();
       let relation: Relation;
@@ -85,12 +86,15 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       let head = o.local;
       for (const action of plan.actions) {
         if (action.type === "push-environment") {
-          await pushBranch(ctx.repo, o.remote, action.branch, action.commit, { ...transportCap(ctx), who: await ctx.who(), force: action.force });
+          const who = await ctx.who();
+          await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, action.branch, action.commit, { ...transportCap(ctx), who, force: action.force }));
           ctx.log.info(`pushed ${action.branch} ${action.commit.slice(0, 7)} to ${remoteName}${action.force ? " (it had moved back: a rollback)" : ""}`, { remote: remoteName, branch: action.branch, commit: action.commit });
           done.push(`pushed ${action.branch} ${action.commit.slice(0, 7)}`);
         } else if (action.type === "push") {
           if (!head) break;
-          await pushBranch(ctx.repo, o.remote, branch, head, { ...transportCap(ctx), who: await ctx.who() });
+          const who = await ctx.who();
+          const tip = head;
+          await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, branch, tip, { ...transportCap(ctx), who }));
           ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastPush: { commit: head, at: new Date(ctx.clock.now()).toISOString() }, relation: "in-sync" };
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);
@@ -230,4 +234,16 @@ async function movedAway(ctx: ReconcileContext, env: string, commit: string): Pr
     if (tip && (await ctx.repo.isAncestor(commit, tip).catch(() => false))) return true;
   }
   return false;
+}
+
+/** Runs one transfer (a fetch or a push) and counts whether it succeeded. */
+async function counted<T>(count: (ok: boolean) => void, transfer: () => Promise<T>): Promise<T> {
+  try {
+    const result = await transfer();
+    count(true);
+    return result;
+  } catch (err) {
+    count(false);
+    throw err;
+  }
 }

@@ -71,6 +71,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     if (!action) return { summary: o.observation.scanned ? `no changes in ${o.observation.scanned} files` : "no changes" };
     const who = await ctx.who();
     const headTree = await ctx.repo.commitTree(o.head!);
+    const started = performance.now();
     try {
       const outcome = await ctx.exclusive(() =>
         commitWorktree(ctx.repo, {
@@ -90,6 +91,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       if (!outcome.commit) return { summary: action.type === "commit" ? "changes were undone before the commit" : `refreshed ${action.paths.length} index entries` };
       const message = commitMessage(desired, outcome.paths).split("\n")[0]!;
       ctx.state.lastCommit = { commit: outcome.commit, message, at: new Date(ctx.clock.now()).toISOString() };
+      ctx.metrics.commitMade(performance.now() - started, outcome.paths.length);
       ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: outcome.paths.length });
       ctx.branchMoved();
       return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}` };

@@ -24,6 +24,8 @@ import { GateRunner } from "./pipeline/gates.js";
 import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
 import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
+import { Metrics } from "./server/metrics.js";
+import { startStatusServer, type StatusServer } from "./server/http.js";
 import type { PipelineServices } from "./reconcile.js";
 
 /** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
@@ -58,6 +60,17 @@ export interface StatusSnapshot {
   environments: (EnvironmentReport & { error?: Slot["lastError"] })[];
   /** Recent promotions, rollbacks, deploys and rejected approvals, oldest first. */
   history: HistoryEntry[];
+  /** The status page and /metrics, while the controller serves them (`server.listen`). */
+  server?: { url: string };
+  /** Subject, author and time of every commit named above (sandbox and environment heads, candidates, targets). */
+  commits?: Record<string, CommitInfo>;
+}
+
+/** What status shows of a commit. */
+export interface CommitInfo {
+  subject: string;
+  author: string;
+  at: string;
 }
 
 export interface ControllerDeps {
@@ -105,6 +118,14 @@ export class Controller {
   private watcher: SandboxWatcher | undefined;
   private head: string | null = null;
   private timeoutCapMs: number | undefined;
+  /** The status server while one listens (`server.listen`), and the address it was started for. */
+  private server: { listen: string; token: string; running: Promise<StatusServer | undefined>; url?: string } | undefined;
+  /** Set once the first whole-sandbox pass has ended (/readyz). */
+  private scanned = false;
+  /** When the loop last turned (/healthz: a loop stuck for long is not healthy). */
+  private lastTurnAt = 0;
+  /** Commits are immutable: what status shows of each is read once. */
+  private readonly commitInfos = new Map<string, CommitInfo>();
 
   private constructor(
     private readonly deps: ControllerDeps,
@@ -115,6 +136,7 @@ export class Controller {
     private readonly notifier: Notifier,
     private readonly filemode: boolean,
     private readonly pipeline: PipelineServices,
+    private readonly metrics: Metrics,
   ) {
     this.startedAt = new Date(deps.clock.now()).toISOString();
     this.configLastGoodAt = this.startedAt;
@@ -143,15 +165,16 @@ export class Controller {
     await exclusions.writeInfoExclude(repo.gitdir);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     let c: Controller | undefined;
+    const metrics = new Metrics();
     const pipeline: PipelineServices = {
       store: await PipelineStore.load(repo.gitdir),
       // A finished gate run wakes its environment at once.
-      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => c?.wake(`env:${env}`)),
-      history: await HistoryLog.open(repo.gitdir),
+      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => c?.wake(`env:${env}`), (env, g) => metrics.gateResult(env, g.name, g.ok)),
+      history: await HistoryLog.open(repo.gitdir, (entry) => metrics.recordHistory(entry)),
       env: deps.env,
       reports: {},
     };
-    c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline);
+    c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
     c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
     return c;
   }
@@ -183,14 +206,15 @@ export class Controller {
     const onAbort = () => this.wakeUp?.();
     signal.addEventListener("abort", onAbort);
     try {
-      let ready = false;
+      await this.serveStatus();
       while (!signal.aborted) {
+        this.lastTurnAt = this.now();
         await this.launchDue();
         if (this.statusDirty && this.now() >= this.lastStatusAt + STATUS_THROTTLE_MS) this.saveStatus();
         const sandbox = this.slots.get("sandbox")!;
         // Ready once the first pass over the whole sandbox has finished (also when it failed: status says why).
-        if (!ready && sandbox.lastRunAt !== undefined && !sandbox.running) {
-          ready = true;
+        if (!this.scanned && sandbox.lastRunAt !== undefined && !sandbox.running) {
+          this.scanned = true;
           onReady?.();
         }
         await this.sleepUntilDue(signal);
@@ -201,6 +225,7 @@ export class Controller {
       await this.pipeline.gates.close();
       await Promise.allSettled([...this.inflight]);
       await this.flush();
+      await this.stopServing();
     }
   }
 
@@ -473,6 +498,7 @@ export class Controller {
         this.wakeUp?.();
       },
       pipeline: this.pipeline,
+      metrics: this.metrics,
       ...(this.timeoutCapMs !== undefined ? { timeoutCapMs: this.timeoutCapMs } : {}),
     };
   }
@@ -531,6 +557,7 @@ export class Controller {
     this.configLastGoodAt = new Date(this.now()).toISOString();
     this.deps.log.reconfigure(config.logging.file, config.logging.level);
     this.notifier.reconfigure(config.notifications);
+    if (this.server || config.server.listen) await this.serveStatus();
     const before = this.exclusions;
     this.exclusions = await exclusionsFor(config);
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
@@ -600,6 +627,8 @@ export class Controller {
   async snapshot(running: boolean): Promise<StatusSnapshot> {
     this.head = await this.repo.branchHead(this.config.sandbox.branch).catch(() => this.head);
     const slots = [...this.slots.values()];
+    const reports = Object.values(this.pipeline.reports);
+    const commits = await this.describeCommits([this.head, ...reports.flatMap((r) => [r.head, r.deployed, r.candidate, r.target])]);
     return {
       version: 1,
       pid: process.pid,
@@ -637,11 +666,71 @@ export class Controller {
         return report ? [{ ...report, ...(error ? { error } : {}) }] : [];
       }),
       history: this.pipeline.history.recent(),
+      ...(this.server?.url ? { server: { url: this.server.url } } : {}),
+      commits,
     };
+  }
+
+  private async describeCommits(shas: (string | null | undefined)[]): Promise<Record<string, CommitInfo>> {
+    const out: Record<string, CommitInfo> = {};
+    for (const sha of new Set(shas)) {
+      if (!sha) continue;
+      let info = this.commitInfos.get(sha);
+      if (!info) {
+        const c = await this.repo.readCommit(sha).catch(() => undefined);
+        if (!c) continue;
+        info = { subject: c.message.split("\n")[0] ?? "", author: c.author.name, at: new Date(c.author.timestamp * 1000).toISOString() };
+        if (this.commitInfos.size > 1000) this.commitInfos.clear();
+        this.commitInfos.set(sha, info);
+      }
+      out[sha] = info;
+    }
+    return out;
+  }
+
+  /**
+   * Starts, restarts or stops the status server to match `server` in the config in force. A server
+   * that cannot listen is reported and the controller goes on without it (a person fixes the config).
+   */
+  private async serveStatus(): Promise<void> {
+    const { listen, token = "" } = this.config.server;
+    if (this.server && this.server.listen === listen && this.server.token === token) return;
+    await this.stopServing();
+    if (!listen) return;
+    const running = startStatusServer({
+      listen, ...(token ? { token } : {}), metrics: this.metrics, log: this.deps.log, redactor: this.deps.redactor,
+      status: () => this.snapshot(true),
+      ready: () => this.scanned && this.configProblems.length === 0,
+      // The loop sleeps at most a minute between turns.
+      alive: () => this.now() - this.lastTurnAt < 90_000,
+    }).then(
+      (server) => {
+        this.deps.log.info(`status page and /metrics on ${server.url}`, { url: server.url });
+        this.notifier.setLink(server.url);
+        if (this.server?.running === running) this.server.url = server.url;
+        return server;
+      },
+      (err: unknown) => {
+        const e = toCascadeError(err);
+        this.deps.log.error(`the status server did not start: ${e.message}${e.hint ? ` (hint: ${e.hint})` : ""}`, { reason: e.reason });
+        return undefined;
+      },
+    );
+    this.server = { listen, token, running };
+    await running;
+  }
+
+  private async stopServing(): Promise<void> {
+    const server = await this.server?.running;
+    this.server = undefined;
+    this.notifier.setLink(undefined);
+    await server?.close();
   }
 
   private async writeStatus(running: boolean): Promise<void> {
     const snap = this.deps.redactor.redactValue(await this.snapshot(running));
+    this.metrics.observeStatus(snap);
+    void this.server?.running.then((s) => s?.publish(snap));
     await writeRuntimeFile(this.repo.gitdir, "status.json", JSON.stringify(snap, null, 2));
   }
 

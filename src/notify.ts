@@ -32,6 +32,8 @@ export interface NotifierConfig {
  */
 export class Notifier {
   private readonly sent = new Set<string>();
+  /** The status page, when the controller serves one: desktop notifications and webhooks point to it. */
+  private link: string | undefined;
 
   constructor(
     private config: NotifierConfig,
@@ -45,6 +47,11 @@ export class Notifier {
     this.config = config;
   }
 
+  /** Sets (or clears) the status page address that notifications link to. */
+  setLink(url: string | undefined): void {
+    this.link = url;
+  }
+
   /** Sends `n` unless the same event was already sent for the same key; returns the deliveries. */
   async notify(n: Notification): Promise<void> {
     const id = `${n.event}\0${n.key}`;
@@ -53,8 +60,8 @@ export class Notifier {
     const message = this.redactor.redact(n.message);
     this.log.info(`notify ${n.event}: ${message}`);
     const jobs: Promise<void>[] = [];
-    if (this.config.desktop) jobs.push(desktop(`cascade-sync: ${n.event}`, message));
-    const body = JSON.stringify(this.redactor.redactValue({ event: n.event, message, time: new Date(this.clock.now()).toISOString(), ...(n.details ? { details: n.details } : {}) }));
+    if (this.config.desktop) jobs.push(desktop(`cascade-sync: ${n.event}`, this.link ? `${message}\n${this.link}` : message));
+    const body = JSON.stringify(this.redactor.redactValue({ event: n.event, message, time: new Date(this.clock.now()).toISOString(), ...(this.link ? { link: this.link } : {}), ...(n.details ? { details: n.details } : {}) }));
     for (const hook of this.config.webhooks) {
       if (hook.events && !hook.events.includes(n.event)) continue;
       jobs.push(this.deliver(hook, body));

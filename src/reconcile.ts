@@ -9,6 +9,7 @@ import type { GateRunner } from "./pipeline/gates.js";
 import type { PipelineStore } from "./pipeline/store.js";
 import type { HistoryLog } from "./pipeline/history.js";
 import type { EnvironmentReport } from "../reconcilers/environment.js";
+import type { Metrics } from "./server/metrics.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
@@ -75,6 +76,8 @@ export interface ReconcileContext {
   branchMoved(): void;
   /** Caps every remote's timeout (set while stopping). */
   timeoutCapMs?: number;
+  /** Counters and histograms for /metrics. */
+  metrics: Metrics;
   /** The promotion pipeline's services (absent only in contexts that never run environments). */
   pipeline?: PipelineServices;
 }

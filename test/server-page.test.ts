@@ -116,13 +116,13 @@ describe('status page in Chromium', () => {
 
   it('shows a new develop commit within 2 s of publish(), without reloading', async () => {
     // Browser-side code as strings: the test project's types have no DOM.
-    await page.waitForFunction("document.getElementById('conn')?.textContent === 'live'", undefined, { timeout: 5000 });
+    await expect.poll(() => page.locator('#conn').innerText(), { timeout: 5000 }).toBe('live');
     await page.evaluate('window.marker = 1');
     const develop = page.locator('[data-env="develop"]').getByTestId('commit');
     expect(await develop.innerText()).toContain('3333333');
 
     server.publish(snapshot(Date.now(), NEW, 'sync: 2 added (about.html, logo.svg)'));
-    await page.waitForFunction(`document.querySelector('[data-env="develop"] [data-testid="commit"]')?.textContent?.includes('4444444')`, undefined, { timeout: 2000 });
+    await expect.poll(() => develop.innerText(), { timeout: 2000, interval: 100 }).toContain('4444444');
     expect(await develop.innerText()).toContain('sync: 2 added (about.html, logo.svg)');
     expect(await page.evaluate('window.marker'), 'the page was not reloaded').toBe(1);
 

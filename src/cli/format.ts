@@ -18,6 +18,7 @@ export function formatStatus(r: StatusReport): string {
   for (const p of r.config.problems) lines.push(`  ${p}`);
   const s = r.snapshot;
   if (!s) return lines.join("\n");
+  if (r.running && s.server) lines.push(`status page: ${s.server.url} (also /metrics)`);
   lines.push(`sandbox:    ${s.sandbox.dir} on ${s.sandbox.branch} at ${s.sandbox.head?.slice(0, 7) ?? "(no commit)"}, ${s.sandbox.pendingPaths} pending change(s)`);
   if (s.sandbox.heldBack?.length) {
     lines.push(`held back:  ${s.sandbox.heldBack.join(", ")}`);

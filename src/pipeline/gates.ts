@@ -51,11 +51,12 @@ export class GateRunner {
     private readonly log: Logger,
     private readonly env: NodeJS.ProcessEnv,
     private readonly onSettled: (environment: string) => void,
+    private readonly onResult: (environment: string, outcome: GateOutcome) => void,
   ) {}
 
-  /** A runner with the remembered results of earlier runs. */
-  static async open(repo: Repo, log: Logger, env: NodeJS.ProcessEnv, onSettled: (environment: string) => void): Promise<GateRunner> {
-    const r = new GateRunner(repo, log, env, onSettled);
+  /** A runner with the remembered results of earlier runs; `onResult` hears of each gate that finishes (metrics). */
+  static async open(repo: Repo, log: Logger, env: NodeJS.ProcessEnv, onSettled: (environment: string) => void, onResult: (environment: string, outcome: GateOutcome) => void = () => undefined): Promise<GateRunner> {
+    const r = new GateRunner(repo, log, env, onSettled, onResult);
     const saved = await readRuntimeJson<[string, GateOutcome][]>(repo.gitdir, CACHE_FILE);
     if (Array.isArray(saved)) r.cache = new Map(saved);
     return r;
@@ -128,6 +129,7 @@ export class GateRunner {
         const outcome = await this.runGate(environment, job, gate, tree);
         if (job.abort.signal.aborted) return; // a cancelled run proves nothing
         this.cache.set(key(job.commit, gate), outcome);
+        this.onResult(environment, outcome);
         this.log[outcome.ok ? "info" : "warn"](`gate ${gate.name} for ${environment} on ${job.commit.slice(0, 7)}: ${outcome.ok ? "passed" : "failed"}: ${outcome.message}`,
           { environment, commit: job.commit, gate: gate.name, ok: outcome.ok });
         if (!outcome.ok) break;

@@ -27,11 +27,12 @@ export class HistoryLog {
   private constructor(
     private readonly gitdir: string,
     private readonly entries: HistoryEntry[],
+    private readonly onAppend: (entry: HistoryEntry) => void,
   ) {}
 
-  /** Opens the log with its last entries. */
-  static async open(gitdir: string): Promise<HistoryLog> {
-    return new HistoryLog(gitdir, await readHistory(gitdir, RECENT));
+  /** Opens the log with its last entries; `onAppend` hears of each entry appended from now on (metrics). */
+  static async open(gitdir: string, onAppend: (entry: HistoryEntry) => void = () => undefined): Promise<HistoryLog> {
+    return new HistoryLog(gitdir, await readHistory(gitdir, RECENT), onAppend);
   }
 
   /** Appends one entry to the file and to the recent list. */
@@ -39,6 +40,7 @@ export class HistoryLog {
     await ensureRuntimeDir(this.gitdir);
     await appendFile(join(runtimeDir(this.gitdir), HISTORY_FILE), `${JSON.stringify(entry)}\n`, { mode: 0o600 });
     this.entries.push(entry);
+    this.onAppend(entry);
     if (this.entries.length > RECENT) this.entries.splice(0, this.entries.length - RECENT);
   }
 
