@@ -106,6 +106,29 @@ describe('GateRunner', () => {
   });
 });
 
+describe('the security-scan gate', () => {
+  it('fails on a secret with path:line and fingerprint (never the secret), skips encrypted paths, and passes once the finding is allowed', async () => {
+    const key = 'AKIA' + 'QWERTYUIOPASDFGH';
+    const config = (allow: string[]) => `version: 1\nsandbox: {}\nremotes: []\nsecurity: { allow: ${JSON.stringify(allow)} }\n`;
+    const { dir, repo } = await repoWith({ 'cascade-sync-config.yaml': config([]), 'app/settings.py': `DEBUG = True\nAWS_KEY = "${key}"\n`, '.env': `AWS_KEY=${key}\n` });
+    const leaky = (await git(dir, 'rev-parse', 'HEAD')).trim();
+    const gates: GateSpec[] = [{ name: 'scan', builtin: 'security-scan', timeoutMs: 10_000 }];
+    const runner = await GateRunner.open(repo, log(), process.env, () => undefined);
+    runner.start('staging', leaky, gates);
+    await runner.idle('staging');
+    const failed = runner.report('staging', leaky, gates).gates[0] as { state: string; message: string };
+    expect(failed.state).toBe('failed');
+    expect(failed.message).toMatch(/^1 finding\(s\): app\/settings\.py:2: aws-access-key-id \(fingerprint [0-9a-f]{16}\)/);
+    expect(failed.message).not.toContain(key);
+    const fingerprint = /fingerprint ([0-9a-f]{16})/.exec(failed.message)![1]!;
+
+    const allowed = await commitFiles(dir, { 'cascade-sync-config.yaml': config([fingerprint]) }, 'accept the finding');
+    runner.start('staging', allowed, gates);
+    await runner.idle('staging');
+    expect(runner.report('staging', allowed, gates).gates[0]).toMatchObject({ state: 'passed' });
+  });
+});
+
 describe('Notifier', () => {
   it('signs webhooks with an HMAC of timestamp.body, retries a failing delivery, suppresses repeats, and skips a missing notify-send', async () => {
     const { createHmac } = await import('node:crypto');

@@ -9,6 +9,7 @@ import type { Logger } from "../log.js";
 import { readRuntimeJson, writeRuntimeFile } from "../runtime.js";
 import { runCheck } from "./checks.js";
 import { materializeTree } from "./materialize.js";
+import { describeFinding, scanCommit } from "../security/scan-commit.js";
 
 /** One gate's finished result for one commit. */
 export interface GateOutcome {
@@ -161,8 +162,14 @@ export class GateRunner {
       return problems.length ? finish(false, problems.slice(0, 5).join("; ")) : finish(true, `${objects} objects verified`);
     }
     if (gate.builtin === "security-scan") {
-      // Fail closed: a gate that cannot run must never let a commit through.
-      return finish(false, "the security-scan gate is not available in this version of cascade-sync; remove it or upgrade");
+      // The commit's own config says what is encrypted and what a person accepted; without a valid one the gate fails closed.
+      const text = await this.repo.fileAt(job.commit, CONFIG_FILE);
+      const loaded = text ? parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env) : undefined;
+      if (!loaded?.ok) return finish(false, `the commit has no valid ${CONFIG_FILE} to read security settings from; the scan cannot run`);
+      const findings = await scanCommit(this.repo, job.commit, loaded.config.security);
+      if (!findings.length) return finish(true, "no secrets or oversized files found");
+      const shown = findings.slice(0, 5).map(describeFinding).join("; ");
+      return finish(false, `${findings.length} finding(s): ${shown}${findings.length > 5 ? "; ..." : ""} (remove them, or add the fingerprint to security.allow)`);
     }
     const env = { ...this.env, CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit, CASCADE_RELEASE_DIR: tree };
     const result = await runCheck(gate, { cwd: tree, env, signal: job.abort.signal });
