@@ -17,6 +17,7 @@ import { Worktree } from "./worktree.js";
 import { loadConfig } from "./config/load.js";
 import { stalled } from "./errors.js";
 import { formatProblem } from "./config/load.js";
+import { ensureDefaultKeyFile } from "./security/keyfile.js";
 
 /** The environment branches `init` creates next to the sandbox branch. */
 export const PIPELINE_BRANCHES = ["staging", "main"];
@@ -89,6 +90,12 @@ export async function init(opts: InitOptions): Promise<InitReport> {
         lines.push(`git remote ${r.name} -> ${r.url}`);
       }
     }
+  }
+
+  const keyFile = await ensureDefaultKeyFile({ dir, configDir: dirname(config.file), security: config.security }, opts.env);
+  if (keyFile) {
+    lines.push(`created the encryption key ${keyFile} (mode 0600, outside the sandbox) for the files matching security.encrypt (${config.security.encrypt.join(", ")})`);
+    lines.push("  back it up: without it those files cannot be read back from git; on another machine set security.key to a copy of it");
   }
 
   const exclusions = await exclusionsFor(config);

@@ -193,3 +193,40 @@ function describeErrno(err: unknown): string {
 function failure(error: CascadeError): LoadKeyResult {
   return { ok: false, error };
 }
+
+/** What a sandbox's encryption needs from the config. */
+export interface SandboxKeySettings {
+  /** The sandbox folder (the default key file is named after it). */
+  dir: string;
+  /** The config file's folder (relative key file paths). */
+  configDir: string;
+  security: { encrypt: readonly string[]; key?: string };
+}
+
+/**
+ * The key of a sandbox: `security.key` when set, else the default key file that `init` creates
+ * (when it exists). `EncryptionKeyMissing` when neither: files matching security.encrypt are then
+ * held back, never committed in plaintext.
+ */
+export async function sandboxKey(s: SandboxKeySettings, env: KeyEnv): Promise<LoadKeyResult> {
+  if (s.security.key) return loadEncryptionKey(s.security.key, { baseDir: s.configDir, env });
+  let fallback: string | undefined;
+  try {
+    fallback = defaultKeyFilePath(s.dir, env);
+  } catch {
+    fallback = undefined;
+  }
+  return loadEncryptionKey(fallback && (await exists(fallback)) ? fallback : undefined, { baseDir: s.configDir, env });
+}
+
+/**
+ * For `init`: creates the default key file when the config encrypts paths, sets no `security.key`,
+ * and no default key file exists yet. Returns the new file's path, or undefined when nothing was made.
+ */
+export async function ensureDefaultKeyFile(s: SandboxKeySettings, env: KeyEnv): Promise<string | undefined> {
+  if (!s.security.encrypt.length || s.security.key) return undefined;
+  const path = defaultKeyFilePath(s.dir, env);
+  if (await exists(path)) return undefined;
+  await createKeyFile(path);
+  return path;
+}

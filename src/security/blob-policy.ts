@@ -1,0 +1,96 @@
+/**
+ * What may go into git for a file of the sandbox, and how a blob from git comes back out: the one
+ * place where `security.encrypt`, the encryption key, the secret scan and `security.maxFileSize`
+ * meet. Every path that writes a blob from the sandbox (the batch commit, `init`) and every path that
+ * writes a blob out of git (merging remote commits into the sandbox, releases, gate exports) goes
+ * through a BlobPolicy, so there is no second way for a plaintext secret to leave or for ciphertext
+ * to land in a working folder.
+ */
+import ignore from "ignore";
+import type { CascadeError } from "../errors.js";
+import { stalled } from "../errors.js";
+import { decryptBlob, encryptBlob, isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
+import { fileTooLarge, makeAllowList, scanFile, type AllowList, type Finding } from "./scan.js";
+
+/** The security settings a policy follows (from the config in force). */
+export interface BlobPolicySettings {
+  encrypt: readonly string[];
+  maxFileSizeBytes: number;
+  allow: readonly string[];
+}
+
+/** Why a file stays out of git for now. */
+export type HeldBack =
+  | { why: "no-key"; path: string; message: string }
+  | { why: "findings"; path: string; findings: Finding[]; message: string };
+
+/** A file's content as it goes into git, or why it is held back. */
+export type ToGit = { ok: true; blob: Buffer; encrypted: boolean } | { ok: false; held: HeldBack };
+
+export class BlobPolicy {
+  private readonly encrypted: ReturnType<typeof ignore>;
+  private readonly allowList: AllowList;
+
+  /** `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback). */
+  constructor(
+    private readonly settings: BlobPolicySettings,
+    private readonly key: EncryptionKey | undefined,
+  ) {
+    this.encrypted = ignore().add([...settings.encrypt]);
+    this.allowList = makeAllowList(settings.allow);
+  }
+
+  /** A policy that stores every file as it is (for tests and tools that never see secrets). */
+  static plain(): BlobPolicy {
+    return new BlobPolicy({ encrypt: [], maxFileSizeBytes: Number.MAX_SAFE_INTEGER, allow: [] }, undefined);
+  }
+
+  /** True when `path` is stored encrypted (it matches security.encrypt). */
+  isEncrypted(path: string): boolean {
+    return this.settings.encrypt.length > 0 && this.encrypted.ignores(path);
+  }
+
+  /** True when a file of `size` bytes at `path` is held back for its size alone (checked before reading it). */
+  tooLarge(path: string, size: number): HeldBack | undefined {
+    if (this.isEncrypted(path)) return undefined;
+    const f = fileTooLarge(path, size, this.settings.maxFileSizeBytes);
+    return f && !this.allowList.allows(f) ? { why: "findings", path, findings: [f], message: f.message } : undefined;
+  }
+
+  /**
+   * The blob to store for the regular file `path` holding `content`: encrypted when the path matches
+   * security.encrypt (held back without a key), else the content itself once the secret scan finds
+   * nothing that security.allow does not accept.
+   */
+  toGit(path: string, content: Buffer): ToGit {
+    if (this.isEncrypted(path)) {
+      if (!this.key) {
+        return { ok: false, held: { why: "no-key", path, message: `${path} matches security.encrypt and there is no encryption key; it is never committed in plaintext` } };
+      }
+      return { ok: true, blob: encryptBlob(this.key, content), encrypted: true };
+    }
+    const findings = this.allowList.filter(scanFile(path, content, { maxFileSizeBytes: this.settings.maxFileSizeBytes }));
+    if (findings.length) {
+      const first = findings[0]!;
+      return { ok: false, held: { why: "findings", path, findings, message: `${path}${first.line ? `:${first.line}` : ""}: ${first.message}` } };
+    }
+    return { ok: true, blob: content, encrypted: false };
+  }
+
+  /**
+   * The content to write out of git for the blob of `path`: decrypted when it is an encrypted blob.
+   * Throws the Stalled error of a blob that cannot be decrypted (tampered, unknown version, no key or
+   * a different key): nothing is written for it, ever.
+   */
+  fromGit(path: string, blob: Buffer): Buffer {
+    if (!isEncryptedBlob(blob)) return blob;
+    if (!this.key) throw noKey(path);
+    const r = decryptBlob(this.key, blob, path);
+    if (!r.ok) throw r.error;
+    return r.plaintext;
+  }
+}
+
+function noKey(path: string): CascadeError {
+  return stalled("EncryptionKeyMissing", `${path} is stored encrypted and there is no encryption key to decrypt it`, "set security.key (or run `cascade-sync init` on the machine that has the key file and copy it here)");
+}
