@@ -94,7 +94,15 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           if (!head) break;
           const who = await ctx.who();
           const tip = head;
-          await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, branch, tip, { ...transportCap(ctx), who }));
+          // The first push of a run may carry the whole history: show how it goes.
+          const progress = ctx.state.remotes[remoteName]?.lastPush ? undefined : ctx.progress(`pushing ${branch} to ${remoteName}`, "objects");
+          try {
+            await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, branch, tip, { ...transportCap(ctx), who, ...(progress ? { onProgress: (n, total) => progress.update(n, total) } : {}) }));
+            progress?.end();
+          } catch (err) {
+            progress?.end("failed");
+            throw err;
+          }
           ctx.state.remotes[remoteName] = { ...ctx.state.remotes[remoteName], lastPush: { commit: head, at: new Date(ctx.clock.now()).toISOString() }, relation: "in-sync" };
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);

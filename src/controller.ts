@@ -25,6 +25,7 @@ import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
 import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
 import { Metrics } from "./server/metrics.js";
+import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
 import type { PipelineServices } from "./reconcile.js";
 
@@ -79,6 +80,8 @@ export interface ControllerDeps {
   clock: Clock;
   log: Logger;
   redactor: Redactor;
+  /** Progress of long work on the terminal; none by default (commands other than `start`). */
+  progress?: ProgressReporter;
 }
 
 const STALLED_PROBE_MS = 60_000;
@@ -112,6 +115,8 @@ export class Controller {
   private statCacheValue: StatCache | undefined;
   private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [] };
   private configProblems: ConfigProblem[] = [];
+  /** Warnings of the config in force (unknown keys, for one), shown in status while it is valid. */
+  private configWarnings: ConfigProblem[] = [];
   private configLastGoodAt: string;
   private lastConfigDigest = "";
   private readonly startedAt: string;
@@ -176,6 +181,7 @@ export class Controller {
     };
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
     c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
+    c.configWarnings = loaded.warnings;
     return c;
   }
 
@@ -499,6 +505,7 @@ export class Controller {
       },
       pipeline: this.pipeline,
       metrics: this.metrics,
+      progress: this.deps.progress ?? noProgress,
       ...(this.timeoutCapMs !== undefined ? { timeoutCapMs: this.timeoutCapMs } : {}),
     };
   }
@@ -548,8 +555,10 @@ export class Controller {
     }
     const wasInvalid = this.configProblems.length > 0;
     this.configProblems = [];
+    this.configWarnings = loaded.warnings;
     if (d === this.lastConfigDigest && !wasInvalid) return;
     this.lastConfigDigest = d;
+    for (const w of loaded.warnings) this.deps.log.warn(formatProblem(w));
     const old = this.config;
     const config = loaded.config;
     for (const s of config.secrets) this.deps.redactor.add(s);
@@ -643,7 +652,7 @@ export class Controller {
         heldBack: this.state.heldBack,
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
       },
-      config: { file: this.config.file, valid: this.configProblems.length === 0, problems: this.configProblems.map(formatProblem), lastGoodAt: this.configLastGoodAt },
+      config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt },
       remotes: this.config.remotes.map((r) => {
         const s = this.slots.get(`remote:${r.name}`);
         return { name: r.name, url: this.deps.redactor.redact(r.url), ...this.state.remotes[r.name], ...(s?.lastError ? { error: s.lastError } : {}) };

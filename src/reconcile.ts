@@ -10,6 +10,7 @@ import type { PipelineStore } from "./pipeline/store.js";
 import type { HistoryLog } from "./pipeline/history.js";
 import type { EnvironmentReport } from "../reconcilers/environment.js";
 import type { Metrics } from "./server/metrics.js";
+import type { ProgressReporter } from "./progress.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
@@ -78,6 +79,8 @@ export interface ReconcileContext {
   timeoutCapMs?: number;
   /** Counters and histograms for /metrics. */
   metrics: Metrics;
+  /** Progress of long work on the terminal (the first scan, a remote's first push). */
+  progress: ProgressReporter;
   /** The promotion pipeline's services (absent only in contexts that never run environments). */
   pipeline?: PipelineServices;
 }

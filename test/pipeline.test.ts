@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHmac } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { appendFile, readFile, writeFile } from 'node:fs/promises';
+import { appendFile, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fsckStrict, git, gitOk, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
@@ -177,19 +177,23 @@ describe('the promotion pipeline, end to end', () => {
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
     await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ url, signers: [], hook: hook.url, logFile, deployRoot }));
+    // The check fails while a flag file outside the release exists (the release itself is kept intact by selfHeal).
+    const brokenFlag = path.join(deployRoot, 'production-is-broken');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ url, signers: [], hook: hook.url, logFile, deployRoot, productionCheck: `test ! -e ${brokenFlag}` }));
     expect((await run(dir, ['init'])).code).toBe(0);
     controllers.push(await startController(dir));
     const event = (name: string) => waitFor(() => hook.events.find((e) => e.event === name), { what: `the ${name} webhook`, timeoutMs: 30_000 });
     await waitFor(async () => (await envReport(dir, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy' });
+    // The first push of the run reports its progress; not a TTY here, so as one summary line.
+    await waitFor(() => /^pushing develop to origin: \d+ objects in \S+/m.test(controllers[0]!.stdout.text()) || undefined, { what: 'the first push summary line' });
 
     await writeFile(path.join(dir, 'app.txt'), 'FAIL\n');
     expect((await event('gate-failed')).message).toContain('no-fail');
 
-    // The live production release breaks (no earlier healthy release to roll back to), then is repaired.
-    await writeFile(path.join(deployRoot, 'production/current/app.txt'), 'BROKEN\n');
+    // Production breaks (no earlier healthy release to roll back to), then is repaired.
+    await writeFile(brokenFlag, '');
     expect((await event('health-degraded')).message).toContain('not-broken');
-    await writeFile(path.join(deployRoot, 'production/current/app.txt'), 'v1\n');
+    await rm(brokenFlag);
     await event('health-recovered');
 
     await server.setMode('down-503');

@@ -87,3 +87,39 @@ describe('writeRuntimeFile', () => {
     await cleanupTmpDirs();
   });
 });
+
+import { terminalProgress } from '../src/progress.js';
+
+describe('terminalProgress', () => {
+  const stream = (isTTY: boolean) => {
+    const s = { text: '', isTTY, write(t: string) { s.text += t; return true; } };
+    return s;
+  };
+  it('redraws one line on a TTY (done/total, rate) and leaves the summary line', () => {
+    let now = 0;
+    const out = stream(true);
+    const task = terminalProgress(out, { now: () => now })('scanning the sandbox', 'files');
+    now = 1000;
+    task.update(5_000, 100_000);
+    now = 1050; // within the redraw interval: not drawn
+    task.update(6_000);
+    now = 2000;
+    task.update(10_000);
+    task.end('100,000 files');
+    expect(out.text).toContain('\r\x1b[2Kscanning the sandbox: 5,000/100,000 files, 5,000/s');
+    expect(out.text).not.toContain('6,000');
+    expect(out.text).toContain('scanning the sandbox: 10,000/100,000 files');
+    expect(out.text.endsWith('\r\x1b[2Kscanning the sandbox: 100,000 files in 2s (5,000/s)\n')).toBe(true);
+  });
+  it('prints only a single summary line when the output is not a TTY', () => {
+    let now = 0;
+    const out = stream(false);
+    const task = terminalProgress(out, { now: () => now })('pushing develop to origin', 'objects');
+    for (let i = 1; i <= 300; i++) {
+      now += 10;
+      task.update(i);
+    }
+    task.end();
+    expect(out.text).toBe('pushing develop to origin: 300 objects in 3s (100/s)\n');
+  });
+});

@@ -15,10 +15,11 @@ import { runDemo } from "./demo.js";
 import { formatEnvironment, formatHistory, formatStatus, short } from "./format.js";
 import { readHistory } from "../pipeline/history.js";
 import type { EnvironmentPlan } from "../../reconcilers/environment.js";
+import { terminalProgress } from "../progress.js";
 import { approveCommit } from "../approvals/approve.js";
 import { parseDuration } from "../duration.js";
 import { runHealthRound } from "../pipeline/checks.js";
-import { currentRelease } from "../pipeline/deploy.js";
+import { currentRelease, integrityCheck } from "../pipeline/deploy.js";
 import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
@@ -139,7 +140,9 @@ function makeLogger(args: MainArgs, redactor: Redactor, file: string | undefined
 
 async function openController(args: MainArgs, configFile: string, redactor: Redactor, terminal: boolean): Promise<Controller> {
   const log = makeLogger(args, redactor, undefined, terminal);
-  const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log, redactor });
+  // Only the controller in the foreground (`start`) reports progress of long work on the terminal.
+  const progress = terminal ? terminalProgress(args.stdout, args.clock) : undefined;
+  const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log, redactor, ...(progress ? { progress } : {}) });
   log.reconfigure(c.current.logging.file, c.current.logging.level);
   return c;
 }
@@ -243,7 +246,7 @@ async function status(args: MainArgs, configFile: string, redactor: Redactor, ou
   const report = {
     running: !!running,
     ...(running ? { pid: running.pid } : {}),
-    config: loaded.ok ? { valid: true, problems: [] as string[] } : { valid: false, problems: loaded.problems.map(formatProblem) },
+    config: loaded.ok ? { valid: true, problems: loaded.warnings.map(formatProblem) } : { valid: false, problems: loaded.problems.map(formatProblem) },
     snapshot: snap ? redactor.redactValue(snap) : null,
   };
   if (json) out(JSON.stringify(report, null, 2));
@@ -366,6 +369,7 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
       const env = config.environments[name]!;
       const live = env.deploy ? await currentRelease(env.deploy.directory) : null;
       for (const r of await runHealthRound(env, live, config.dir, args.env)) checks.push({ ...r, name: `${name}/${r.name}` });
+      if (env.deploy && live) checks.push({ name: `${name}/integrity`, ...(await integrityCheck(repo, env.deploy.directory, live)) });
     }
   } else if (!repo) checks.push({ name: "repository", ok: false, message: `${dirname(configFile)} has no git repository; run \`cascade-sync init\`` });
   const ok = checks.every((c) => c.ok);

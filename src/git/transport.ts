@@ -26,6 +26,8 @@ export interface TransportOptions {
   who: Person;
   /** Push even when the remote's commit is not an ancestor (only for branches cascade-sync alone moves, after it checked the remote's commit is one it moved away from). */
   force?: boolean;
+  /** Hears how many objects a push has sent so far (and of how many, when the remote protocol says). */
+  onProgress?: (objects: number, total?: number) => void;
 }
 
 /**
@@ -82,11 +84,15 @@ export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: strin
       const bare = await openLocalRemote(remote);
       const theirs = await bare.branchHead(branch);
       if (theirs && !opts.force && !(await repo.isAncestor(theirs, oid))) throw nonFastForward(remote, branch);
-      await copyClosure(repo, bare, oid);
+      await copyClosure(repo, bare, oid, opts.onProgress);
       await bare.setRef(branchRef(branch), oid, theirs, `push: cascade-sync from ${repo.dir}`, opts.who);
       return;
     }
-    const res = await git.push({ ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch), force: opts.force === true });
+    const onProgress = opts.onProgress;
+    const res = await git.push({
+      ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch), force: opts.force === true,
+      ...(onProgress ? { onProgress: (p: { loaded: number; total?: number }) => onProgress(p.loaded, p.total) } : {}),
+    });
     if (!res.ok) throw stalled("PushRejected", `remote ${remote.name} refused the push of ${branch}: ${res.error ?? JSON.stringify(res.refs)}`, "the remote's hooks or branch protection refused it; see the remote's message");
   } catch (err) {
     if (err instanceof RefConflictError) throw nonFastForward(remote, branch);
@@ -136,7 +142,7 @@ async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
  * trees, then commits, oldest commit first), so that a crash midway never leaves an object in `dst`
  * whose closure is incomplete; the closure of an object `dst` already has is then complete.
  */
-export async function copyClosure(src: Repo, dst: Repo, tip: string): Promise<number> {
+export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: (objects: number) => void): Promise<number> {
   let copied = 0;
   const done = new Set<string>();
   const copy = async (oid: string) => {
@@ -144,6 +150,7 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string): Promise<nu
     await dst.writeRaw(type, object);
     done.add(oid);
     copied++;
+    onCopied?.(copied);
   };
   const copyTree = async (oid: string): Promise<void> => {
     if (done.has(oid) || (await dst.hasObject(oid))) return void done.add(oid);

@@ -35,6 +35,8 @@ export async function signedEntry(key: string, o: { environment: string; commit:
 }
 
 export interface PipelineOptions {
+  /** Production's health check command (default: the live app.txt does not say BROKEN). */
+  productionCheck?: string;
   /** The sandbox section as YAML flow (default: a 300ms debounce). */
   sandbox?: string;
   url?: string;
@@ -73,7 +75,7 @@ export function pipelineConfig(o: PipelineOptions): string {
     ...o.signers.map((s) => `        - ${JSON.stringify(s)}`),
     `    deploy: { directory: ${JSON.stringify(path.join(o.deployRoot, 'production'))}, keep: 5 }`,
     '    health:',
-    '      - { name: not-broken, command: "! grep -q BROKEN app.txt", timeout: 10s }',
+    `      - { name: not-broken, command: ${JSON.stringify(o.productionCheck ?? '! grep -q BROKEN app.txt')}, timeout: 10s }`,
     '    healthyAfter: 1',
     '    failureThreshold: 2',
     '    progressDeadline: 1m',
