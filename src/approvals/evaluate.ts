@@ -99,7 +99,9 @@ export interface EvaluateInput {
  * `classifyCommit(c)` says whether commit c is "eligible" (reachable from the from-branch and not yet in
  * the environment), "promoted" (already in the environment: counts as used, not rejected), or "unknown"
  * (rejected as wrong-commit: not on the from-branch). Duplicate-signer: among otherwise-valid entries for
- * the same commit, only the first per signer identity counts.
+ * the same commit, only the first per signer identity counts; a copy of an entry (the same signature
+ * and signer, byte-identical or re-indented) is rejected as duplicate-signer with a message naming the
+ * original.
  *
  * A signer identity is both the principal and the key: the same principal twice, or the same key under
  * two principals, counts once. Entries whose environment cannot be attributed to another approval
@@ -236,12 +238,25 @@ function trustProblem(principal: string, blob: Buffer, ctx: JudgeContext): strin
   return `no line of approvals.signers (as committed on ${ctx.environment}'s branch) lists ${principal} with the key ${fp}`;
 }
 
-/** The first counted approval for the same commit with the same principal or the same key. */
+/** The first counted approval for the same commit that is a copy of `a`, else one with the same principal or the same key. */
 function duplicateOf(a: ValidApproval, earlier: ValidApproval[]): ValidApproval | undefined {
-  return earlier.find((e) => e.signer === a.signer || e.fingerprint === a.fingerprint);
+  return earlier.find((e) => isCopy(e, a)) ?? earlier.find((e) => e.signer === a.signer || e.fingerprint === a.fingerprint);
+}
+
+/**
+ * Whether two counted entries are the same entry: the same signature and signer. A valid signature
+ * fixes environment, commit and expires; the signer is not signed (and ed25519 signatures are
+ * deterministic), so the same signature under another principal is another entry.
+ */
+function isCopy(a: ValidApproval, b: ValidApproval): boolean {
+  return a.id === b.id && a.signer === b.signer;
 }
 
 function duplicateRejection(entry: ParsedEntry, a: ValidApproval, first: ValidApproval): RejectedApproval {
+  if (isCopy(first, a)) {
+    // The same entry twice (as a merge or a paste leaves it): it counts once.
+    return reject(entry, "duplicate-signer", `the entry is a copy of the one at line ${first.line} (the same signature); it counts once: remove the copy`, a.fingerprint);
+  }
   const same = first.signer === a.signer ? `${a.signer} already approved` : `the key ${a.fingerprint} already approved (as ${first.signer})`;
   return reject(entry, "duplicate-signer", `${same} commit ${a.commit} at line ${first.line}; each signer counts once`, a.fingerprint);
 }

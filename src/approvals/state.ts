@@ -6,6 +6,7 @@
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node, type YAMLMap } from "yaml";
 import type { Approval } from "../generated/state.js";
 import type { ConfigProblem } from "../config/types.js";
+import { nearest } from "../text.js";
 
 /** The state file's name in a sandbox. */
 export const STATE_FILE = "cascade-sync-state.yaml";
@@ -20,6 +21,17 @@ export const MAX_SIGNATURE_BYTES = 8192;
  * catch stops. A state file needs five levels, so nesting is bounded before parsing.
  */
 export const MAX_NESTING = 32;
+
+/** An entry's signer may be at most this many characters (an e-mail address is at most 254). */
+export const MAX_SIGNER_CHARS = 256;
+/** An entry's environment name may be at most this many characters. */
+export const MAX_ENVIRONMENT_CHARS = 100;
+/**
+ * A field value with a problem is kept for the summary (status, plan, history) only up to this many
+ * characters, and quoted in messages only up to QUOTE_CHARS: a hostile file must not flood status.
+ */
+const MAX_KEPT_CHARS = 256;
+const QUOTE_CHARS = 60;
 
 /** Environment names, as in the config's `environments` keys. */
 export const ENVIRONMENT_PATTERN = /^[a-z][a-z0-9-]*$/;
@@ -231,7 +243,7 @@ function readEntries(
     const p = pos((pair.key as Node | null)?.range?.[0]);
     if (key !== undefined && seen.has(key)) {
       // Which of two lists is meant is anybody's guess, so neither approves anything.
-      fileProblem(p.line, p.col, key, `"${key}" appears more than once`, "merge the lists into one");
+      fileProblem(p.line, p.col, key.slice(0, QUOTE_CHARS), `${quote(key)} appears more than once`, "merge the lists into one");
       repeated ||= key === "approvals";
       continue;
     }
@@ -240,7 +252,10 @@ function readEntries(
     else if (key === "freezes") {
       const v = pair.value as Node | null;
       if (!isSeq(v) && !isEmptyNode(v)) fileProblem(p.line, p.col, "freezes", "must be a list");
-    } else fileProblem(p.line, p.col, key ?? "", `unknown key "${key ?? "?"}"`, "valid keys: approvals, freezes");
+    } else {
+      const guess = key === undefined ? undefined : nearest(key, ["approvals", "freezes"]);
+      fileProblem(p.line, p.col, key?.slice(0, QUOTE_CHARS) ?? "", `unknown key ${key === undefined ? "(not a plain name)" : quote(key)}`, guess ? `did you mean "${guess}"?` : "valid keys: approvals, freezes");
+    }
   }
   if (repeated || approvals === undefined || approvals === null || isEmptyNode(approvals)) return [];
   if (!isSeq(approvals)) {
@@ -265,7 +280,7 @@ function readEntry(item: Node | null, index: number, file: string, pos: (offset:
     const key = isScalar(keyNode) ? String(keyNode.value) : "";
     const kp = pos(keyNode?.range?.[0]);
     if (!(APPROVAL_KEYS as readonly string[]).includes(key)) {
-      problems.push({ field: key, ...kp, message: `unknown key "${key}" (an entry has environment, commit, expires, signer, signature)` });
+      problems.push({ field: key.slice(0, QUOTE_CHARS), ...kp, message: `unknown key ${quote(key)} (an entry has environment, commit, expires, signer, signature)` });
       continue;
     }
     if (seenKeys.has(key)) {
@@ -284,8 +299,8 @@ function readEntry(item: Node | null, index: number, file: string, pos: (offset:
     } else {
       const problem = checkField(key as ApprovalKey, value.value);
       if (problem) problems.push({ field: key, ...vp, message: problem });
-      // A field with a problem is still kept for the summary, except a bad signature (it can be 1 MiB).
-      if (!problem || key !== "signature") fields[key as ApprovalKey] = value.value;
+      // A field with a problem is still kept for the summary, unless it is a signature or long.
+      if (!problem || (key !== "signature" && value.value.length <= MAX_KEPT_CHARS)) fields[key as ApprovalKey] = value.value;
     }
   }
   for (const key of APPROVAL_KEYS) {
@@ -300,13 +315,20 @@ function readEntry(item: Node | null, index: number, file: string, pos: (offset:
 function checkField(key: ApprovalKey, value: string): string | undefined {
   switch (key) {
     case "environment":
-      return ENVIRONMENT_PATTERN.test(value) ? undefined : `environment ${JSON.stringify(value)} is not an environment name (lowercase letters, digits and dashes, starting with a letter)`;
+      if (value.length > MAX_ENVIRONMENT_CHARS) return `environment is ${value.length} characters long; an environment name has at most ${MAX_ENVIRONMENT_CHARS}`;
+      return ENVIRONMENT_PATTERN.test(value) ? undefined : `environment ${quote(value)} is not an environment name (lowercase letters, digits and dashes, starting with a letter)`;
     case "commit":
-      return COMMIT_PATTERN.test(value) ? undefined : `commit ${JSON.stringify(value)} is not a full 40-digit lowercase hex commit hash`;
+      if (COMMIT_PATTERN.test(value)) return undefined;
+      if (/^[0-9a-fA-F]+$/.test(value)) {
+        const what = value.length === 40 ? "has upper-case digits" : `has ${value.length} hex digits`;
+        return `commit ${quote(value)} ${what}; write the full 40-digit lowercase hash (git rev-parse COMMIT prints it)`;
+      }
+      return `commit ${quote(value)} is not a full 40-digit lowercase hex commit hash`;
     case "expires":
-      return parseExpires(value) !== undefined ? undefined : `expires ${JSON.stringify(value)} is not an RFC 3339 date-time such as 2026-11-25T18:00:00Z`;
+      return parseExpires(value) !== undefined ? undefined : `expires ${quote(value)} is not an RFC 3339 date-time such as 2026-11-25T18:00:00Z`;
     case "signer":
       if (value.trim() === "") return "signer is empty";
+      if (value.length > MAX_SIGNER_CHARS) return `signer is ${value.length} characters long; a signer has at most ${MAX_SIGNER_CHARS}`;
       return /[\u0000-\u001f\u007f]/.test(value) ? "signer contains control characters or line breaks" : undefined;
     case "signature": {
       const bytes = Buffer.byteLength(value, "utf8");
@@ -314,6 +336,11 @@ function checkField(key: ApprovalKey, value: string): string | undefined {
       return SIGNATURE_PATTERN.test(value) ? undefined : "signature is not an armored SSH signature (-----BEGIN SSH SIGNATURE----- ... -----END SSH SIGNATURE-----)";
     }
   }
+}
+
+/** `value` as a JSON string for a message, cut after QUOTE_CHARS characters. */
+function quote(value: string): string {
+  return value.length > QUOTE_CHARS ? `${JSON.stringify(value.slice(0, QUOTE_CHARS))}... (${value.length} characters)` : JSON.stringify(value);
 }
 
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/;

@@ -1,6 +1,6 @@
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { CST, LineCounter, Lexer, parseDocument } from "yaml";
+import { CST, isAlias, isCollection, isPair, isScalar, LineCounter, Lexer, parseDocument, type Document } from "yaml";
 import { Ajv, type ErrorObject } from "ajv";
 import addFormatsModule from "ajv-formats";
 import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
@@ -15,7 +15,10 @@ import { nearest } from "../text.js";
 export const CONFIG_FILE = "cascade-sync-config.yaml";
 /** A config larger than this is refused before parsing (it is hand-edited YAML, never this big). */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
+/** At most this many alias uses, counted with aliases expanded (YAML's own guard uses the same number). */
 const MAX_ALIASES = 100;
+/** At most this many values (scalars and collections) once aliases are expanded; a real config has a few hundred. */
+const MAX_EXPANDED_VALUES = 10_000;
 const MAX_DEPTH = 32;
 
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
@@ -53,7 +56,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   if (bytes > MAX_CONFIG_BYTES) return fail(file, `the file is ${bytes} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
   // The YAML composer recurses once per nesting level: thousands of levels overflow the stack (and
   // take seconds), so nesting is measured on the token stream before anything is composed.
-  if (nestingEstimate(text, MAX_DEPTH + 2) > MAX_DEPTH + 1) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, "the config is never this deep; is this the right file?");
+  const nesting = nestingEstimate(text, MAX_DEPTH + 2);
+  if (nesting.depth > MAX_DEPTH + 1) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, DEPTH_HINT, nesting);
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const positions = new SourcePositions(doc, lines);
@@ -66,25 +70,37 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   }
   if (problems.length) return { ok: false, problems };
 
+  // Checked before anything is expanded: "billion laughs" is a few lines that expand to 10^9 values.
+  const bomb = aliasExpansion(doc);
+  if (bomb) {
+    const what = bomb.values === Infinity ? `alias *${bomb.name} refers to a value that contains it, so it expands without end`
+      : `expanding the aliases up to *${bomb.name} here ${bomb.tooManyValues ? `gives more than ${MAX_EXPANDED_VALUES} values` : `takes more than ${MAX_ALIASES} alias uses`} (an alias bomb?)`;
+    return fail(file, what, `write the values out, or use at most ${MAX_ALIASES} alias uses and ${MAX_EXPANDED_VALUES} expanded values`, positions.pos(bomb.offset));
+  }
   let raw: unknown;
   try {
     raw = doc.toJS({ maxAliasCount: MAX_ALIASES });
   } catch (err) {
+    // YAML's own guard, kept as a backstop; aliasExpansion is meant to refuse everything it would.
     return fail(file, `cannot expand the YAML: ${(err as Error).message}`, `use at most ${MAX_ALIASES} alias expansions`);
   }
-  if (depth(raw) > MAX_DEPTH) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, "the config is never this deep; is this the right file?");
+  const deep = tooDeep(raw, []);
+  if (deep) return fail(file, `values are nested more than ${MAX_DEPTH} levels deep`, DEPTH_HINT, positions.at(deep));
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
     return fail(file, "the config must be a YAML mapping with at least `version: 1` and `sandbox:`", "see the example in the README");
   }
 
   fillCredentialDefaults(raw);
   const unset = new Set<string>();
+  const unsetVars: { path: (string | number)[]; name: string }[] = [];
   const data = substituteVars(raw, env, [], (path, name) => {
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
     if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return;
     unset.add(formatPath(path));
-    at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
+    unsetVars.push({ path, name });
   });
+  // Unknown keys are warnings and their values are ignored (so an unset variable in one is no error).
+  const ignored: (string | number)[][] = [];
 
   for (const e of validate(data)) {
     const path = e.instancePath.split("/").slice(1).map(unescapePointer).map((p) => (/^\d+$/.test(p) ? Number(p) : p));
@@ -102,7 +118,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       const key = String((e.params as { additionalProperty: string }).additionalProperty);
       const known = Object.keys(schemaAt(path)?.properties ?? {});
       const guess = nearest(key, known);
-      at(path, `unknown key "${key}"`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : undefined, key);
+      ignored.push([...path, key]);
+      at(path, `unknown key "${key}" is ignored`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : undefined, key, "warning");
     } else if (e.keyword === "enum") {
       at(path, `${e.message}: ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`);
     } else if (e.keyword === "const") {
@@ -128,7 +145,16 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       at(path, e.message ?? "is not valid");
     }
   }
+  const under = (path: (string | number)[], prefix: (string | number)[]) => prefix.every((p, i) => path[i] === p);
+  for (const { path, name } of unsetVars) {
+    if (ignored.some((k) => under(path, k))) continue;
+    at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
+  }
   if (problems.some((p) => p.severity === "error")) return { ok: false, problems: problems.sort(inFileOrder) };
+  for (const path of ignored) {
+    const parent = valueAt(data, path.slice(0, -1));
+    if (parent && typeof parent === "object") delete (parent as Record<string | number, unknown>)[path[path.length - 1]!];
+  }
 
   const config = normalize(data as CascadeSyncConfig, file, env);
   for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
@@ -150,9 +176,12 @@ function inFileOrder(a: ConfigProblem, b: ConfigProblem): number {
   return a.line - b.line || a.col - b.col;
 }
 
-function fail(file: string, message: string, hint?: string): LoadResult {
-  return { ok: false, problems: [{ severity: "error", file, line: 1, col: 1, path: "", message, ...(hint ? { hint } : {}) }] };
+/** A result with one error about the whole file, at `at` (default: its start). */
+function fail(file: string, message: string, hint?: string, at: { line: number; col: number } = { line: 1, col: 1 }): LoadResult {
+  return { ok: false, problems: [{ severity: "error", file, line: at.line, col: at.col, path: "", message, ...(hint ? { hint } : {}) }] };
 }
+
+const DEPTH_HINT = "a config nests a few levels, never this deep; is this the right file?";
 
 /** Variables that the defaults use and that may be unset: then the remote gets no credentials. */
 const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
@@ -252,26 +281,79 @@ function firstLine(s: string): string {
   return s.split("\n")[0] ?? s;
 }
 
-function depth(v: unknown, d = 0): number {
-  if (d > MAX_DEPTH) return d;
+/** The path of the first value nested deeper than MAX_DEPTH, or undefined. Stops there (also on a cyclic value). */
+function tooDeep(v: unknown, path: (string | number)[]): (string | number)[] | undefined {
+  if (path.length > MAX_DEPTH) return path;
   if (v && typeof v === "object") {
-    let max = d;
-    for (const c of Object.values(v)) max = Math.max(max, depth(c, d + 1));
-    return max;
+    for (const [k, c] of Object.entries(v)) {
+      const found = tooDeep(c, [...path, Array.isArray(v) ? Number(k) : k]);
+      if (found) return found;
+    }
   }
-  return d;
+  return undefined;
+}
+
+/**
+ * The first alias (in file order) at which the document, with its aliases expanded, would exceed
+ * MAX_EXPANDED_VALUES values or MAX_ALIASES alias uses, or that refers to a value containing itself
+ * (then `values` is Infinity). Undefined when expanding is safe. Never expands anything: each node's
+ * expanded size is computed once, from the sizes of the nodes its aliases name, so it stays linear.
+ * Recursion follows the written nesting only, which is bounded before parsing.
+ */
+function aliasExpansion(doc: Document): { name: string; offset: number; values: number; tooManyValues: boolean } | undefined {
+  type Size = { values: number; aliases: number };
+  const sizes = new Map<unknown, Size>();
+  const anchors = new Map<string, unknown>(); // The last node with each anchor so far, as YAML resolves them.
+  let values = 0;
+  let aliases = 0;
+  let found: { name: string; offset: number; values: number; tooManyValues: boolean } | undefined;
+  const size = (node: unknown): Size => {
+    if (found || node === null || node === undefined) return { values: 0, aliases: 0 };
+    if (isAlias(node)) {
+      const target = anchors.get(node.source);
+      // A target still being sized contains this alias: expanding it never ends.
+      const s = target === undefined ? { values: 1, aliases: 0 } : sizes.get(target) ?? { values: Infinity, aliases: Infinity };
+      values += s.values;
+      aliases += 1 + s.aliases;
+      if (values > MAX_EXPANDED_VALUES || aliases > MAX_ALIASES) found = { name: node.source, offset: node.range?.[0] ?? 0, values: s.values, tooManyValues: values > MAX_EXPANDED_VALUES };
+      return { values: s.values, aliases: 1 + s.aliases };
+    }
+    const anchor = (node as { anchor?: string }).anchor;
+    if (anchor) anchors.set(anchor, node);
+    const s: Size = { values: isPair(node) ? 0 : 1, aliases: 0 }; // A pair is not a value of its own.
+    if (isPair(node)) {
+      for (const part of [node.key, node.value]) {
+        const c = size(part);
+        s.values += c.values;
+        s.aliases += c.aliases;
+      }
+    } else if (isCollection(node)) {
+      for (const item of node.items) {
+        const c = size(item);
+        s.values += c.values;
+        s.aliases += c.aliases;
+      }
+    } else if (!isScalar(node)) return s;
+    sizes.set(node, s);
+    return s;
+  };
+  size(doc.contents);
+  return found;
 }
 
 /**
  * An estimate of how deeply the YAML in `text` nests (a mapping with scalar values counts 1), read
  * from the lexer's tokens without composing anything, so it stays linear and never recurses. Block
  * collections are counted by the columns their nodes start at, flow collections by their brackets.
- * Returns as soon as the estimate exceeds `limit`. The exact depth is checked on the parsed value.
+ * Returns the estimate with the 1-based line and column of the token where it is first reached, as
+ * soon as it exceeds `limit`. The exact depth is checked on the parsed value.
  */
-function nestingEstimate(text: string, limit: number): number {
+function nestingEstimate(text: string, limit: number): { depth: number; line: number; col: number } {
   const columns: number[] = [];
   let flow = 0;
   let col = 0;
+  let line = 1;
+  let deepest = { depth: 0, line: 1, col: 1 };
   let atLineStart = true;
   let nodeNext = false; // After "-" or "?" a block collection may start on the same line.
   let scalarNext = false; // The lexer marks a scalar's source with a zero-width control token first.
@@ -288,8 +370,10 @@ function nestingEstimate(text: string, limit: number): number {
   const advance = (src: string) => {
     const nl = src.lastIndexOf("\n");
     col = nl >= 0 ? src.length - nl - 1 : col + src.length;
+    for (let i = src.indexOf("\n"); i >= 0; i = src.indexOf("\n", i + 1)) line++;
   };
   for (const src of new Lexer().lex(text)) {
+    const at = { line, col: col + 1 };
     if (scalarNext) {
       scalarNext = false;
       startNode();
@@ -307,6 +391,7 @@ function nestingEstimate(text: string, limit: number): number {
           atLineStart = true;
           nodeNext = false;
           col = 0;
+          line++;
           break;
         case "doc-start":
         case "doc-end":
@@ -346,7 +431,8 @@ function nestingEstimate(text: string, limit: number): number {
           advance(src);
       }
     }
-    if (max > limit) return max;
+    if (max > deepest.depth) deepest = { depth: max, ...at };
+    if (max > limit) break;
   }
-  return max;
+  return deepest;
 }

@@ -105,5 +105,18 @@ const loopbackOrToken: Rule = (c, report) => {
   }
 };
 
+/**
+ * Signers listed for an environment that does not ask for approvals: a misspelled `promotion` key is
+ * only a warning (unknown keys are ignored), and would otherwise turn an approval environment into an
+ * automatic one without anyone noticing. So this is an error, not a warning.
+ */
+const signersNeedApprovalPromotion: Rule = (c, report) => {
+  for (const env of Object.values(c.environments)) {
+    if (env.promotion === "approval" || !env.approvals.signers.length) continue;
+    report(["environments", env.name, "approvals", "signers"], `${env.name} lists approval signers, but its promotion is "${env.promotion}", so no approval is ever asked for`,
+      `set promotion: approval under environments.${env.name} (is the key misspelled?), or remove approvals.signers`);
+  }
+};
+
 /** Every semantic rule, run in order after normalization. */
-export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken];
+export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken, signersNeedApprovalPromotion];
