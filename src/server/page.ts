@@ -237,7 +237,8 @@ const SCRIPT = `
     document.getElementById("controller").replaceChildren(report.running ? "controller running (pid " + report.pid + ")" : "controller not running");
     document.getElementById("config").replaceChildren(h("span", {},
       h("span", { class: report.config.valid ? "ok" : "bad" }, report.config.valid ? "config valid" : "config INVALID (the last good config stays in force)"),
-      report.config.problems.map(function (p) { return h("div", { class: "bad" }, p); })));
+      // While the config is valid, its problems are warnings (e.g. an unknown key that is ignored).
+      report.config.problems.map(function (p) { return h("div", { class: report.config.valid ? "warn" : "bad" }, p); })));
     if (!snap) {
       document.getElementById("pipeline").replaceChildren(h("div", { class: "muted" }, "no status yet"));
       return;
