@@ -141,8 +141,9 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       lines.push(`checked out ${config.sandbox.branch}`);
     }
   }
-  if (!lines.length) return { changed: false, lines: [`${dir} is already a cascade-sync sandbox; nothing changed`] };
-  return { changed: true, lines };
+  const warnings = loaded.warnings.map(formatProblem);
+  if (!lines.length) return { changed: false, lines: [`${dir} is already a cascade-sync sandbox; nothing changed`, ...warnings] };
+  return { changed: true, lines: [...lines, ...warnings] };
 }
 
 /** The commented default config, with the remote filled in (or an empty remote list). */

@@ -47,6 +47,12 @@ describe('init', () => {
     expect(again.stdout).toMatch(/already a cascade-sync sandbox; nothing changed/);
     expect(await git(dir, 'for-each-ref')).toBe(before);
     expect(await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).toBe(config);
+    // A key the config does not know is named, with the nearest valid one, and still changes nothing.
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), config.replace(/^sandbox:\n/m, 'sandbox:\n  debounse: 2s\n'));
+    const warned = await run(dir, ['init']);
+    expect(warned.stdout).toMatch(/nothing changed\n.*cascade-sync-config\.yaml:\d+:\d+: warning: sandbox\.debounse: unknown key/);
+    expect(warned.stdout).toContain('did you mean "debounce"');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), config);
     // Without --remote, the default config is sync-only and valid.
     expect(config).toMatch(/^remotes: \[\]/m);
   });
