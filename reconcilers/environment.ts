@@ -3,14 +3,18 @@ import { join } from "node:path";
 import { CONFIG_FILE, formatProblem, parseConfig } from "../src/config/load.js";
 import type { Config, EnvironmentSpec } from "../src/config/types.js";
 import { fromBranch as fromBranchOf } from "../src/config/pipeline.js";
-import { transient } from "../src/errors.js";
+import { CascadeError, transient } from "../src/errors.js";
 import { branchRef } from "../src/git/repo.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
 import { runHealthRound } from "../src/pipeline/checks.js";
-import { currentRelease, deployRelease, listReleases, switchCurrent } from "../src/pipeline/deploy.js";
+import { currentRelease, deployRelease, listReleases, prepareRelease, releaseDir, repairRelease, switchCurrent, verifyReleaseIntegrity, type ReleasePreparation } from "../src/pipeline/deploy.js";
 import type { GateReport } from "../src/pipeline/gates.js";
-import { describeHealth, newRelease, pastDeadline, recordRound, type HealthEvent, type HealthState, type RoundResult } from "../src/pipeline/health-state.js";
+import {
+  describeDrift, describeHealth, describeIntegrity, newRelease, pastDeadline, recordIntegrity, recordRound, summarizeDrift,
+  type DriftSummary, type HealthEvent, type HealthState, type IntegrityEvent, type RoundResult,
+} from "../src/pipeline/health-state.js";
+import { isIntact, manifestPathFor, writeManifest, type ReleaseManifest, type VerifyResult } from "../src/security/manifest.js";
 import { windowState, type WindowState } from "../src/pipeline/windows.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../src/reconcile.js";
 
@@ -38,6 +42,8 @@ export interface EnvironmentReport {
   };
   window: WindowState;
   health: { phase: string; description: string; checks: RoundResult[] } | null;
+  /** The live release checked against its manifest (environments with a deploy directory). */
+  integrity?: IntegrityReport;
   /** Commits rolled back in this environment: never promoted again automatically. */
   failed: string[];
   /** What the controller does next, or why it does not. */
@@ -50,8 +56,36 @@ export interface EnvironmentReport {
   inProgress: boolean;
 }
 
+/** The live release against its manifest, for status. */
+export interface IntegrityReport {
+  commit: string;
+  state: "intact" | "drifted" | "unverified";
+  /** One line: intact with how many paths, or the drift with its first paths and when it began. */
+  description: string;
+  /** What differs (each list capped, counts in full), while it differs. */
+  drift?: DriftSummary;
+  verifiedAt?: string;
+  /** deploy.selfHeal: drift is restored from git; when false it is only reported. */
+  selfHeal: boolean;
+}
+
+/** One verification of the live release, as observed: the drift, or why it could not be verified. */
+export type IntegrityObservation = { commit: string } & (
+  | {
+      drift: VerifyResult;
+      entries: number;
+      durationMs: number;
+      /** The manifest was missing or unreadable; this one was built from the commit's tree, to be written. */
+      rebuilt?: { why: "missing" | "invalid"; manifest: ReleaseManifest };
+    }
+  | { error: string }
+);
+
 export type EnvironmentAction =
   | { type: "record-health"; state: HealthState; event?: HealthEvent }
+  | { type: "write-manifest"; commit: string; why: "missing" | "invalid" }
+  | { type: "report-drift"; commit: string; drift: DriftSummary; since: number }
+  | { type: "repair-release"; commit: string; drift: VerifyResult }
   | { type: "rollback"; from: string; to: string; reason: string }
   | { type: "deploy"; commit: string }
   | { type: "run-gates"; commit: string }
@@ -74,6 +108,8 @@ export interface EnvironmentObserved {
   health?: HealthState;
   /** This pass's round of health checks, when one was due. */
   round?: RoundResult[];
+  /** This pass's verification of the live release against its manifest, when one was due. */
+  integrity?: IntegrityObservation;
   rollbackTarget: string | null;
   failed: Record<string, { approvals: string[] }>;
   healthIntervalMs: number;
@@ -131,11 +167,14 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const stored = rec.health?.commit === release ? rec.health : undefined;
       const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
       const round = release && env.health.length && due ? await runHealthRound(env, deployed, desired.dir, pipeline.env) : undefined;
+      // Verified on the health interval whether or not there are checks; drift never fails a check.
+      const verifyDue = !stored?.integrity || now >= stored.integrity.at + desired.intervals.healthMs;
+      const integrity = env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;
       const releases = env.deploy ? new Set(await listReleases(env.deploy.directory)) : undefined;
       const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
       return {
         env, fromBranch, now, head, deployed, candidate, candidateRelation, target, gates, window: windowState(env.windows, now),
-        ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}),
+        ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs,
       };
     },
@@ -154,7 +193,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       } finally {
         // After acting, the report says what was done; the pass that follows (at once) says what is next.
         const acted = done.filter((_, i) => ["promote", "deploy", "rollback"].includes(p.actions[i]!.type));
-        pipeline.reports[name] = { ...p.report, failed: Object.keys(pipeline.store.get(name).failed), ...(acted.length ? { next: acted.join("; ") } : {}) };
+        const rec = pipeline.store.get(name);
+        // A repair in this pass changed what the integrity line says.
+        const integrity = p.report.integrity && rec.health?.commit === p.report.integrity.commit ? integrityReport(rec.health, o.env) : undefined;
+        pipeline.reports[name] = { ...p.report, failed: Object.keys(rec.failed), ...(acted.length ? { next: acted.join("; ") } : {}), ...(integrity ? { integrity } : {}) };
         await pipeline.store.save();
       }
       return { requeueAfterMs: p.requeueAfterMs ?? o.healthIntervalMs, summary: [...done, p.report.next].join("; ") };
@@ -163,6 +205,9 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     describe(a) {
       switch (a.type) {
         case "record-health": return a.event ? `health: ${a.event}` : "start watching the live release's health";
+        case "write-manifest": return `write the manifest of ${a.commit.slice(0, 7)} (${a.why}), built from the commit's tree`;
+        case "report-drift": return `report drift of ${name}'s live release ${a.commit.slice(0, 7)}: ${describeDrift(a.drift)}`;
+        case "repair-release": return `restore ${name}'s live release ${a.commit.slice(0, 7)} from git: ${describeDrift(a.drift)}`;
         case "rollback": return `roll back ${name} from ${a.from.slice(0, 7)} to ${a.to.slice(0, 7)}: ${a.reason}`;
         case "deploy": return `deploy ${a.commit.slice(0, 7)} to ${name}`;
         case "run-gates": return `run the gates of ${name} on ${a.commit.slice(0, 7)}`;
@@ -193,7 +238,37 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         if (action.event) ctx.log.info(`${name}: ${action.state.commit.slice(0, 7)} ${action.event}`, { environment: name, commit: action.state.commit, phase: action.state.phase });
         return action.event ? `health ${action.event}` : "watching health";
       }
+      case "write-manifest": {
+        const i = o.integrity;
+        if (!env.deploy || !i || i.commit !== action.commit || !("rebuilt" in i) || !i.rebuilt) return "no manifest to write";
+        await writeManifest(manifestPathFor(releaseDir(env.deploy.directory, action.commit)), i.rebuilt.manifest);
+        ctx.log.info(`${name}: wrote the manifest of ${action.commit.slice(0, 7)} (${action.why}), built from the commit's tree`, { environment: name, commit: action.commit });
+        return `manifest of ${action.commit.slice(0, 7)} written`;
+      }
+      case "report-drift": {
+        const what = describeDrift(action.drift);
+        const then = env.deploy?.selfHeal ? "restoring it from git" : "deploy.selfHeal is false: only reported; restore it by hand or redeploy";
+        await pipeline.history.append({ at, environment: name, event: "drift-detected", commit: action.commit, result: what });
+        ctx.log.warn(`${name}: the live release ${action.commit.slice(0, 7)} differs from its manifest: ${what}`, { environment: name, commit: action.commit, total: action.drift.total });
+        await ctx.notifier.notify({
+          event: "drift-detected", key: `${name}:${action.commit}:${action.since}`,
+          message: `${name}: the live release ${action.commit.slice(0, 7)} differs from its manifest: ${what}; ${then}`,
+          details: { environment: name, commit: action.commit, changed: action.drift.changed, added: action.drift.added, removed: action.drift.removed, total: action.drift.total },
+        });
+        return `drift reported (${action.drift.total} paths)`;
+      }
+      case "repair-release": {
+        // One history entry per drift episode: something rewriting the release every round must not flood it.
+        const firstInEpisode = !(rec.health?.commit === action.commit && rec.health.integrity?.repaired);
+        const outcome = await repairLive(ctx, env.deploy!.directory, action.commit, action.drift);
+        if (rec.health?.commit === action.commit && rec.health.integrity) rec.health.integrity = { ...rec.health.integrity, repaired: { at: ctx.clock.now(), ...outcome } };
+        if (firstInEpisode) await pipeline.history.append({ at, environment: name, event: "release-repaired", commit: action.commit, result: outcome.message });
+        ctx.log[outcome.ok ? "info" : "warn"](`${name}: ${outcome.ok ? "restored" : "could not fully restore"} ${action.commit.slice(0, 7)} from git: ${outcome.message}`, { environment: name, commit: action.commit });
+        return outcome.ok ? `release ${action.commit.slice(0, 7)} restored from git` : `release ${action.commit.slice(0, 7)} repair failed`;
+      }
       case "rollback": {
+        // Before anything changes: the target may have been edited through a hard link shared with a newer release.
+        if (env.deploy) await recordPreparation(ctx, action.to, await prepareRelease(ctx.repo, env.deploy.directory, action.to, { selfHeal: env.deploy.selfHeal }), "rollback target");
         await ctx.repo.setRef(`refs/cascade-sync/failed/${name}/${action.from}`, action.from, undefined, `rollback: ${action.reason}`, await ctx.who());
         rec.failed[action.from] = { at, reason: action.reason, approvals: rec.promotedWith[action.from] ?? [] };
         if (env.deploy) await switchCurrent(env.deploy.directory, action.to);
@@ -208,7 +283,8 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       }
       case "deploy": {
         const protect = rec.healthy.slice(-2);
-        const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: env.deploy!, protect, env: ctx.pipeline!.env });
+        const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: env.deploy!, protect, env: ctx.pipeline!.env, selfHeal: env.deploy!.selfHeal });
+        if (d.integrity) await recordPreparation(ctx, action.commit, d.integrity, "reused release");
         rec.health = newRelease(action.commit, ctx.clock.now(), false, env.health.length > 0);
         if (!env.health.length) pipeline.store.markHealthy(name, action.commit);
         await ctx.pipeline!.history.append({ at, environment: name, event: "deployed", commit: action.commit, from: d.previous, result: `release ${d.reused ? "reused" : `written (${d.written} files, ${d.linked} hard-linked)`}` });
@@ -233,6 +309,33 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
         return `notified ${action.event}`;
     }
+  }
+
+  /** Repairs the live release; a failure is a value (it is retried on the next verification), not a thrown error. */
+  async function repairLive(ctx: ReconcileContext, directory: string, commit: string, drift: VerifyResult): Promise<{ ok: boolean; message: string }> {
+    try {
+      const r = await repairRelease(ctx.repo, directory, commit, drift);
+      const did = `${r.rewritten.length} rewritten, ${r.removed.length} removed${r.rematerialized ? " (the release folder was materialized again)" : ""}`;
+      return isIntact(r.after) ? { ok: true, message: did } : { ok: false, message: `${did}; still differs: ${describeDrift(r.after)}` };
+    } catch (err) {
+      return { ok: false, message: err instanceof CascadeError ? `${err.reason}: ${err.message}` : err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  /** History and log for a release verified before it is made current again (a reuse or a rollback target). */
+  async function recordPreparation(ctx: ReconcileContext, commit: string, p: ReleasePreparation, what: string): Promise<void> {
+    const at = new Date(ctx.clock.now()).toISOString();
+    const v = p.verification;
+    if (v.rebuilt) ctx.log.info(`${name}: ${what} ${commit.slice(0, 7)} had no readable manifest (${v.rebuilt.why}); wrote one from the commit's tree`, { environment: name, commit });
+    if (isIntact(v.drift)) return;
+    const drift = describeDrift(v.drift);
+    await ctx.pipeline!.history.append({ at, environment: name, event: "drift-detected", commit, result: `${what}: ${drift}` });
+    ctx.log.warn(`${name}: ${what} ${commit.slice(0, 7)} differs from its manifest: ${drift}`, { environment: name, commit });
+    await ctx.notifier.notify({ event: "drift-detected", key: `${name}:${commit}:${what}:${ctx.clock.now()}`, message: `${name}: the ${what} ${commit.slice(0, 7)} differs from its manifest: ${drift}${p.repair ? "; restored from git before it was made current" : "; deploy.selfHeal is false: made current as it is"}`, details: { environment: name, commit, ...summarizeDrift(v.drift) } });
+    if (!p.repair) return;
+    const ok = isIntact(p.repair.after);
+    const result = `${what}: ${p.repair.rewritten.length} rewritten, ${p.repair.removed.length} removed${ok ? "" : `; still differs: ${describeDrift(p.repair.after)}`}`;
+    await ctx.pipeline!.history.append({ at, environment: name, event: "release-repaired", commit, result });
   }
 
   /** Moves the environment branch (compare-and-swap against the observed head); returns the new head. */
@@ -301,9 +404,12 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   }
   if (health) {
     const step = o.round ? recordRound(health, o.round, o.now, env) : pastDeadline(health, o.now, env);
-    if (step.state !== health) actions.push({ type: "record-health", state: step.state, ...(step.event ? { event: step.event } : {}) });
-    health = step.state;
+    const checked = integrityStep(step.state);
+    if (checked.state !== health) actions.push({ type: "record-health", state: checked.state, ...(step.event ? { event: step.event } : {}) });
+    health = checked.state;
+    integrityActions(health, checked.event);
     report.health = { phase: health.phase, description: describeHealth(health, env, o.now), checks: health.last?.results ?? [] };
+    if (env.deploy && o.deployed === health.commit) report.integrity = integrityReport(health, env);
     if ((step.event === "failed" || step.event === "degraded") && env.rollback.automatic && release) {
       if (health.rollback) return finish(`${short(release)} is failing after a rollback; not rolling back again: a person must look`);
       if (o.rollbackTarget) {
@@ -369,6 +475,23 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   requeueAfterMs = 0;
   return finish(`promote ${short(target)}${env.deploy ? " and deploy it" : ""}`);
 
+  /** The health state with this pass's verification recorded (drift is reported and repaired, never a failed check). */
+  function integrityStep(s: HealthState): { state: HealthState; event?: IntegrityEvent } {
+    const i = o.integrity;
+    if (!env.deploy || !i || i.commit !== s.commit) return { state: s };
+    return recordIntegrity(s, "error" in i ? { error: i.error } : i, o.now);
+  }
+  /** A manifest to write, drift to report (once per episode) and, with selfHeal, a release to restore. */
+  function integrityActions(s: HealthState, event: IntegrityEvent | undefined): void {
+    const i = o.integrity;
+    if (!env.deploy || !i || i.commit !== s.commit || "error" in i) return;
+    if (i.rebuilt) actions.push({ type: "write-manifest", commit: i.commit, why: i.rebuilt.why });
+    if (event === "drift-detected" && s.integrity?.drift) {
+      const { since, ...drift } = s.integrity.drift;
+      actions.push({ type: "report-drift", commit: i.commit, drift, since });
+    }
+    if (!isIntact(i.drift) && env.deploy.selfHeal) actions.push({ type: "repair-release", commit: i.commit, drift: i.drift });
+  }
   function gateAction(commit: string): void {
     const g = o.gates;
     if (g && g.commit === commit && g.state === "pending") actions.push({ type: "run-gates", commit });
@@ -376,6 +499,27 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   function gatesNote(): string {
     if (!o.gates) return "";
     return `; gates: ${o.gates.gates.map((g) => `${g.name} ${g.state}`).join(", ")}`;
+  }
+}
+
+/** The integrity line of the report, from the stored state of the live release. */
+function integrityReport(h: HealthState, env: EnvironmentSpec): IntegrityReport {
+  const i = h.integrity;
+  const state = i?.drift ? "drifted" : i?.entries !== undefined ? "intact" : "unverified";
+  const drift = i?.drift ? (({ since: _since, ...d }) => d)(i.drift) : undefined;
+  return {
+    commit: h.commit, state, description: describeIntegrity(i), selfHeal: env.deploy?.selfHeal ?? true,
+    ...(drift ? { drift } : {}), ...(i ? { verifiedAt: new Date(i.at).toISOString() } : {}),
+  };
+}
+
+/** Verifies the live release; read-only (a rebuilt manifest is returned for apply to write). Errors are values. */
+async function observeIntegrity(ctx: ReconcileContext, directory: string, commit: string): Promise<IntegrityObservation> {
+  try {
+    const v = await verifyReleaseIntegrity(ctx.repo, directory, commit);
+    return { commit, drift: v.drift, entries: v.entries, durationMs: v.durationMs, ...(v.rebuilt ? { rebuilt: v.rebuilt } : {}) };
+  } catch (err) {
+    return { commit, error: err instanceof CascadeError ? `${err.reason}: ${err.message}` : err instanceof Error ? err.message : String(err) };
   }
 }
 

@@ -2,10 +2,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { runCommand } from '../src/pipeline/run-command.js';
-import { runCheck } from '../src/pipeline/checks.js';
+import { runCheck, runHealthRound } from '../src/pipeline/checks.js';
+import type { EnvironmentSpec } from '../src/config/types.js';
 import { InternalError } from '../src/errors.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
@@ -262,5 +263,27 @@ describe('runCheck: http', () => {
     const r = await running;
     expect(r.ok).toBe(false);
     expect(r.message).toBe('aborted');
+  });
+});
+
+describe('runHealthRound', () => {
+  it('runs command checks in the live release (through current), with CASCADE_ENVIRONMENT, and in the sandbox without a deploy', async () => {
+    const root = await makeTmpDir('round');
+    const commit = 'a'.repeat(40);
+    await mkdir(path.join(root, 'deploy/releases', commit), { recursive: true });
+    await symlink(`releases/${commit}`, path.join(root, 'deploy/current'));
+    const sandbox = await makeTmpDir('round-sandbox');
+    const env: EnvironmentSpec = {
+      name: 'staging', branch: 'staging', from: 'develop', promotion: 'auto', gates: [], approvals: { required: 1, signers: [] }, windows: [],
+      deploy: { directory: path.join(root, 'deploy'), keep: 5, selfHeal: true, hooks: {} },
+      health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT" && test "$CASCADE_ENVIRONMENT" = staging', timeoutMs: 10_000 }],
+      healthyAfter: 1, failureThreshold: 1, progressDeadlineMs: 60_000, rollback: { automatic: true },
+    };
+    const release = await realpath(path.join(root, 'deploy/releases', commit));
+    expect(await runHealthRound(env, commit, sandbox, { ...ENV, WANT: release })).toEqual([{ name: 'where', ok: true, message: expect.stringMatching(/^exit 0/) }]);
+    expect((await runHealthRound(env, commit, sandbox, { ...ENV, WANT: sandbox }))[0]?.ok).toBe(false);
+    const { deploy: _deploy, ...noDeploy } = env;
+    const sandboxRound = await runHealthRound({ ...noDeploy, health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT"', timeoutMs: 10_000 }] }, null, sandbox, { ...ENV, WANT: await realpath(sandbox) });
+    expect(sandboxRound[0]?.ok).toBe(true);
   });
 });

@@ -5,7 +5,8 @@ import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, wr
 import path from 'node:path';
 import { Repo } from '../src/git/repo.js';
 import { CascadeError } from '../src/errors.js';
-import { materializeTree, unsafeNameReason } from '../src/pipeline/materialize.js';
+import { materializeTree, treeManifest, unsafeNameReason } from '../src/pipeline/materialize.js';
+import { buildManifest } from '../src/security/manifest.js';
 import {
   currentRelease,
   deployRelease,
@@ -125,8 +126,11 @@ describe('materializeTree', () => {
     }
     await expectMatchesCommit(t.dir, commit, out);
     const entries = await lsTree(t.dir, commit);
-    expect(counts).toEqual({ files: entries.length, linked: 0, written: entries.length });
+    expect(counts).toMatchObject({ files: entries.length, linked: 0, written: entries.length });
     expect(await readlink(path.join(out, 'absolute-link'))).toBe('/etc/passwd');
+    // The manifest it returns is what is on disk, and what the commit's tree alone says.
+    expect(counts.manifest).toEqual(await buildManifest(out, commit));
+    expect(counts.manifest).toEqual(await treeManifest(t.repo, commit));
   });
 
   it('refuses a folder that exists', async () => {
@@ -217,7 +221,8 @@ describe('materializeTree', () => {
     expect(await ino(r2, 'changed.txt')).not.toBe(await ino(r1, 'changed.txt'));
     expect(await ino(r2, 'edited.txt')).not.toBe(await ino(r1, 'edited.txt'));
     expect(await ino(r2, 'tool.sh')).not.toBe(await ino(r1, 'tool.sh')); // mode changed
-    expect(counts).toEqual({ files: 6, linked: 2, written: 4 });
+    expect(counts).toMatchObject({ files: 6, linked: 2, written: 4 });
+    expect(counts.manifest).toEqual(await buildManifest(r2, b));
   });
 });
 
@@ -271,12 +276,14 @@ describe('deployRelease', () => {
     }
     expect(pruned).toEqual([[], [], [], [c2], [c3]]);
     expect(await listReleases(directory)).toEqual([c5, c4, c1]);
-    expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([c1, c4, c5, '.deployed'].sort());
+    const manifests = (cs: string[]) => cs.map((c) => `${c}.manifest.json`);
+    expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([c1, c4, c5, ...manifests([c1, c4, c5]), '.deployed'].sort());
 
     // After a rollback to c4, keep 1 removes c5 but not the current c4 (nor the protected c1).
     await switchCurrent(directory, c4);
     expect(await pruneReleases(directory, 0, [c1])).toEqual([c5]);
     expect(await listReleases(directory)).toEqual([c4, c1]);
+    expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([c1, c4, ...manifests([c1, c4]), '.deployed'].sort());
   });
 
   it('gives hooks the CASCADE_* variables and the caller env, pre before and post after the switch', async () => {
@@ -364,7 +371,7 @@ describe('deployRelease', () => {
     await symlink(`releases/.tmp-${b}-0123456789ab`, path.join(directory, '.current-0123456789ab'));
     expect(await listReleases(directory)).toEqual([a]);
     await deployRelease(t.repo, deployInput(directory, b));
-    expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([a, b, '.deployed'].sort());
+    expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([a, b, `${a}.manifest.json`, `${b}.manifest.json`, '.deployed'].sort());
     expect((await readdir(directory)).sort()).toEqual(['current', 'releases']);
     await expectMatchesCommit(t.dir, b, releaseDir(directory, b));
   });

@@ -119,3 +119,42 @@ describe('health state machine', () => {
     expect(newRelease(A, NOW, false, false).phase).toBe('healthy');
   });
 });
+
+describe('planEnvironment: release integrity (table)', () => {
+  const none = { changed: [], added: [], removed: [] };
+  const drift = { changed: ['index.html'], added: ['evil.php'], removed: [] };
+  const intact = (over: object = {}) => ({ commit: A, drift: none, entries: 3, durationMs: 4, ...over });
+  const drifted = (over: object = {}) => ({ commit: A, drift, entries: 3, durationMs: 4, ...over });
+  const episode = (since: number): HealthState => ({ ...healthy(A), integrity: { at: NOW - 20_000, entries: 3, drift: { changed: ['index.html'], added: [], removed: [], counts: { changed: 1, added: 0, removed: 0 }, total: 1, since } } });
+  const upToDate = { target: null, candidate: A, candidateRelation: 'contained' as const };
+  const cases: { name: string; o: EnvironmentObserved; actions: string[]; state?: string }[] = [
+    { name: 'intact: only the verification is recorded', o: observed({ ...upToDate, integrity: intact() }), actions: ['record-health'], state: 'intact' },
+    { name: 'drift found: reported once and, with selfHeal, repaired', o: observed({ ...upToDate, integrity: drifted() }), actions: ['record-health', 'report-drift', 'repair-release'], state: 'drifted' },
+    { name: 'drift with selfHeal false: reported only', o: observed({ ...upToDate, env: spec({ deploy: { directory: '/srv/staging', keep: 5, selfHeal: false, hooks: {} } }), integrity: drifted() }), actions: ['record-health', 'report-drift'], state: 'drifted' },
+    { name: 'drift still there in a later round: no second report, repaired again', o: observed({ ...upToDate, health: episode(NOW - 60_000), integrity: drifted() }), actions: ['record-health', 'repair-release'], state: 'drifted' },
+    { name: 'drift still there, selfHeal false: nothing but the record', o: observed({ ...upToDate, env: spec({ deploy: { directory: '/srv/staging', keep: 5, selfHeal: false, hooks: {} } }), health: episode(NOW - 60_000), integrity: drifted() }), actions: ['record-health'], state: 'drifted' },
+    { name: 'intact again: the episode ends', o: observed({ ...upToDate, health: episode(NOW - 60_000), integrity: intact() }), actions: ['record-health'], state: 'intact' },
+    { name: 'manifest missing (an older deploy): written from the commit tree', o: observed({ ...upToDate, integrity: intact({ rebuilt: { why: 'missing', manifest: { version: 1, commit: A, entries: [] } } }) }), actions: ['record-health', 'write-manifest'], state: 'intact' },
+    { name: 'verification failed: recorded, nothing repaired', o: observed({ ...upToDate, integrity: { commit: A, error: 'UnsafePath: bad tree' } }), actions: ['record-health'], state: 'unverified' },
+    { name: 'a verification of another commit (current moved meanwhile) is ignored', o: observed({ ...upToDate, integrity: drifted({ commit: C }) }), actions: [], state: 'unverified' },
+    { name: 'drift is no health failure: a healthy release is not rolled back, promotion goes on', o: observed({ integrity: drifted(), rollbackTarget: C }), actions: ['record-health', 'report-drift', 'repair-release', 'promote', 'deploy'], state: 'drifted' },
+  ];
+  it.each(cases)('$name', ({ o, actions, state }) => {
+    const plan = planEnvironment(o);
+    expect(plan.actions.map((a) => a.type)).toEqual(actions);
+    if (state) expect(plan.report.integrity?.state).toBe(state);
+  });
+
+  it('reports which files drifted, capped, with the counts in full, and keys the notification by episode', () => {
+    const many = { changed: Array.from({ length: 30 }, (_, i) => `c${String(i).padStart(2, '0')}`), added: ['x'], removed: ['y', 'z'] };
+    const plan = planEnvironment(observed({ target: null, candidate: A, candidateRelation: 'contained', integrity: { commit: A, drift: many, entries: 40, durationMs: 5 } }));
+    const report = plan.actions.find((a) => a.type === 'report-drift');
+    expect(report).toMatchObject({ type: 'report-drift', commit: A, since: NOW, drift: { counts: { changed: 30, added: 1, removed: 2 }, total: 33, added: ['x'], removed: ['y', 'z'] } });
+    expect(report?.type === 'report-drift' && report.drift.changed).toHaveLength(20);
+    expect(plan.actions.find((a) => a.type === 'repair-release')).toMatchObject({ drift: many }); // the repair gets every path
+    expect(plan.report.integrity).toMatchObject({ state: 'drifted', selfHeal: true, drift: { total: 33 } });
+    expect(plan.report.integrity?.description).toMatch(/^drift since .*: 30 changed \(c00, c01, c02, c03, c04, \.\.\.\); 1 added \(x\); 2 removed \(y, z\)/);
+    const recorded = plan.actions.find((a) => a.type === 'record-health');
+    expect(recorded?.type === 'record-health' && recorded.state.integrity?.drift?.since).toBe(NOW);
+  });
+});

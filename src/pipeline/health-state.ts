@@ -6,6 +6,7 @@
  * make it healthy again (`recovered`).
  */
 import { formatDuration } from "../duration.js";
+import type { VerifyResult } from "../security/manifest.js";
 
 export type HealthPhase = "progressing" | "healthy" | "degraded" | "failed";
 
@@ -27,7 +28,43 @@ export interface HealthState {
   /** This release is the result of a rollback: its failure is reported, never rolled back again. */
   rollback: boolean;
   last?: { at: number; results: RoundResult[] };
+  /** The last verification of the live release against its manifest (deployed environments only). */
+  integrity?: IntegrityState;
 }
+
+/** Drift between a release and its manifest, for status: each list capped, `total` counting every path. */
+export interface DriftSummary {
+  changed: string[];
+  added: string[];
+  removed: string[];
+  /** How many paths of each kind there are in all. */
+  counts: { changed: number; added: number; removed: number };
+  total: number;
+}
+
+/** What the last verification of the live release found. */
+export interface IntegrityState {
+  /** When it ran (ms since the epoch). */
+  at: number;
+  /** Paths the manifest lists, and how long the verification took. */
+  entries?: number;
+  durationMs?: number;
+  /** Set while the release differs from its manifest: the drift last seen and when this episode began. */
+  drift?: DriftSummary & { since: number };
+  /** Why the release could not be verified (a reason code and message). */
+  error?: string;
+  /** The last repair in this drift episode. */
+  repaired?: { at: number; ok: boolean; message: string };
+}
+
+/** What one verification means: a drift episode begins, or it ends (the release is intact again). */
+export type IntegrityEvent = "drift-detected" | "drift-resolved";
+
+/** One verification as observed: its drift, or why it could not run. */
+export type IntegrityResult = { drift: VerifyResult; entries: number; durationMs: number } | { error: string };
+
+/** How many paths of each kind status lists; the rest are counted. */
+export const DRIFT_LISTED = 20;
 
 /** What a transition means for the environment; absent when nothing changed that a person should hear about. */
 export type HealthEvent = "healthy" | "failed" | "degraded" | "recovered";
@@ -64,6 +101,57 @@ export function recordRound(s: HealthState, results: RoundResult[], now: number,
   // degraded or failed: only a run of passing rounds brings it back.
   if (next.okStreak >= rules.healthyAfter) return { state: { ...next, phase: "healthy" }, event: "recovered" };
   return { state: next };
+}
+
+/**
+ * The state after one verification of the live release. Drift begins an episode (`drift-detected`,
+ * once: later rounds with drift only update what is listed) and the first intact verification ends it
+ * (`drift-resolved`). An error leaves an episode open. Drift never changes the health phase: it is
+ * reported and repaired, not rolled back.
+ */
+export function recordIntegrity(s: HealthState, r: IntegrityResult, now: number): { state: HealthState; event?: IntegrityEvent } {
+  const before = s.integrity;
+  if ("error" in r) return { state: { ...s, integrity: { ...before, at: now, error: r.error } } };
+  const base = { at: now, entries: r.entries, durationMs: r.durationMs };
+  const drifted = driftCount(r.drift) > 0;
+  if (!drifted) return { state: { ...s, integrity: base }, ...(before?.drift ? { event: "drift-resolved" as const } : {}) };
+  const since = before?.drift?.since ?? now;
+  const integrity: IntegrityState = { ...base, drift: { ...summarizeDrift(r.drift), since }, ...(before?.drift && before.repaired ? { repaired: before.repaired } : {}) };
+  return { state: { ...s, integrity }, ...(before?.drift ? {} : { event: "drift-detected" as const }) };
+}
+
+/** The drift with each list cut to `DRIFT_LISTED` paths, the counts in full. */
+export function summarizeDrift(v: VerifyResult): DriftSummary {
+  const counts = { changed: v.changed.length, added: v.added.length, removed: v.removed.length };
+  return { changed: v.changed.slice(0, DRIFT_LISTED), added: v.added.slice(0, DRIFT_LISTED), removed: v.removed.slice(0, DRIFT_LISTED), counts, total: driftCount(v) };
+}
+
+/** `2 changed (a, b); 1 added (c)`: each kind with its count and its first `listed` paths. */
+export function describeDrift(v: VerifyResult | DriftSummary, listed = 5): string {
+  const kinds = (["changed", "added", "removed"] as const).filter((k) => v[k].length > 0);
+  if (kinds.length === 0) return "no drift";
+  return kinds
+    .map((k) => {
+      const n = "counts" in v ? v.counts[k] : v[k].length;
+      return `${n} ${k} (${v[k].slice(0, listed).join(", ")}${n > listed ? ", ..." : ""})`;
+    })
+    .join("; ");
+}
+
+/** One line for status: `intact (1200 paths, verified in 40ms)`, `drift since ...: 1 changed (index.html)`. */
+export function describeIntegrity(i: IntegrityState | undefined): string {
+  if (!i) return "not verified yet";
+  const err = i.error ? `; last verification failed: ${i.error}` : "";
+  if (i.drift) {
+    const repaired = i.repaired ? `; ${i.repaired.ok ? "repaired from git" : "repair failed"} at ${new Date(i.repaired.at).toISOString()}: ${i.repaired.message}` : "";
+    return `drift since ${new Date(i.drift.since).toISOString()}: ${describeDrift(i.drift)}${repaired}${err}`;
+  }
+  if (i.entries === undefined) return `not verified${err}`;
+  return `intact (${i.entries} paths, verified in ${i.durationMs ?? 0}ms)${err}`;
+}
+
+function driftCount(v: VerifyResult): number {
+  return v.changed.length + v.added.length + v.removed.length;
 }
 
 /** A progressing release past its deadline has failed, whatever its streaks say. */

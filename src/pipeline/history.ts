@@ -6,7 +6,7 @@ import { ensureRuntimeDir, runtimeDir } from "../runtime.js";
 export interface HistoryEntry {
   at: string;
   environment: string;
-  event: "promoted" | "rolled-back" | "approval-rejected" | "deployed" | "gate-failed";
+  event: "promoted" | "rolled-back" | "approval-rejected" | "deployed" | "gate-failed" | "drift-detected" | "release-repaired";
   commit: string;
   /** The commit the environment held before (promotions and rollbacks). */
   from?: string | null;

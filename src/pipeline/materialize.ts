@@ -1,10 +1,11 @@
 import { constants as fsConstants } from "node:fs";
-import { createHash } from "node:crypto";
-import { link, lstat, mkdir, open, rm, symlink } from "node:fs/promises";
+import { createHash, randomBytes } from "node:crypto";
+import { link, lstat, mkdir, open, readdir, rename, rm, rmdir, symlink, unlink } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import { mapLimit } from "../concurrency.js";
 import { stalled, type CascadeError } from "../errors.js";
 import type { Repo } from "../git/repo.js";
+import { MANIFEST_VERSION, type ManifestEntry, type ReleaseManifest } from "../security/manifest.js";
 
 /** A release already on disk whose unchanged files can be hard-linked instead of written. */
 export interface LinkSource {
@@ -27,6 +28,11 @@ export interface MaterializeCounts {
   /** Regular files hard-linked from `linkFrom`. */
   linked: number;
   written: number;
+  /**
+   * The release's manifest, from what was written: each written file hashed from the commit's blob,
+   * each linked file from the bytes checked against the blob's oid before linking.
+   */
+  manifest: ReleaseManifest;
 }
 
 type EntryKind = "file" | "executable" | "symlink" | "gitlink" | "dir";
@@ -68,11 +74,90 @@ export async function materializeTree(repo: Repo, commit: string, dir: string, o
   await mkdir(dirname(dir), { recursive: true });
   await mkdir(dir);
   try {
-    return await writeEntries(repo, dir, entries, opts);
+    const { linked, recorded } = await writeEntries(repo, dir, entries, opts);
+    const files = entries.filter((e) => e.kind !== "dir").length;
+    return { files, linked, written: files - linked, manifest: manifestOf(commit, recorded) };
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/**
+ * The manifest of `commit` as its tree says it must be on disk, built from git alone (no release is
+ * read): a release deployed before manifests existed is judged against this, never against its own
+ * possibly edited files. Rejects with Stalled "UnsafePath" for a tree that could not be deployed, and
+ * with the git error when the commit or a blob is missing.
+ */
+export async function treeManifest(repo: Repo, commit: string): Promise<ReleaseManifest> {
+  const entries = await planTree(repo, await repo.commitTree(commit));
+  const hashes = new Map<string, Promise<{ size: number; sha256: string } | { target: string }>>();
+  const describe = (e: PlannedEntry) => {
+    const key = `${e.kind === "symlink" ? "l" : "f"}${e.oid}`;
+    let h = hashes.get(key);
+    if (!h) {
+      h = repo.readBlob(e.oid).then((data) => (e.kind === "symlink" ? { target: data.toString("utf8") } : { size: data.length, sha256: sha256(data) }));
+      hashes.set(key, h);
+    }
+    return h;
+  };
+  const recorded = await mapLimit(
+    entries.filter((e) => e.kind === "file" || e.kind === "executable" || e.kind === "symlink"),
+    WRITE_CONCURRENCY,
+    async (e): Promise<ManifestEntry> => {
+      const h = await describe(e);
+      return "target" in h ? { path: e.path, type: "symlink", target: h.target } : { path: e.path, type: "file", mode: fileMode(e.kind), ...h };
+    },
+  );
+  return manifestOf(commit, recorded);
+}
+
+/** What restoreReleasePaths did: paths written fresh from the commit, and paths removed. */
+export interface RestoreCounts {
+  rewritten: string[];
+  removed: string[];
+}
+
+/**
+ * Puts `paths` of the release at `dir` back to what the tree of `commit` holds there: a path the
+ * tree has as a file or symlink is written fresh from its blob, any other path is removed (and so
+ * are folders it leaves empty that the tree does not have). `dir` must be a real folder, not a
+ * symlink (the caller checks).
+ *
+ * Never writes through anything: a file is written to a new temporary name with
+ * O_CREAT|O_EXCL|O_NOFOLLOW and renamed over the old name, so a hard link shared with another release
+ * (materializeTree links unchanged files) keeps its bytes, and a symlink at the name is replaced, not
+ * followed. A parent folder that became a symlink or a file is removed and made a real folder again.
+ * Rejects with Stalled "UnsafePath" when a path is not a safe relative path or the tree is unsafe.
+ */
+export async function restoreReleasePaths(repo: Repo, commit: string, dir: string, paths: readonly string[]): Promise<RestoreCounts> {
+  const problems = paths.filter((p) => !isRelativeInside(p)).map((p) => `${JSON.stringify(p)} is not a relative path inside the release`);
+  if (problems.length > 0) throw unsafePath(problems);
+  const planned = await planTree(repo, await repo.commitTree(commit));
+  const byPath = new Map(planned.map((e) => [e.path, e]));
+  const isTreeDir = (p: string) => p === "" || byPath.get(p)?.kind === "dir" || byPath.get(p)?.kind === "gitlink";
+  const wanted = (p: string) => {
+    const e = byPath.get(p);
+    return e && e.kind !== "dir" && e.kind !== "gitlink" ? e : undefined;
+  };
+  const unique = [...new Set(paths)];
+  const removed: string[] = [];
+  // Removals first: an added symlink "a" must be gone before "a/x" is written below a real "a".
+  for (const p of unique.filter((x) => !wanted(x)).sort(deepestFirst)) {
+    // A parent that is no real folder (any more) leads outside: what it holds is not the release's.
+    if (!(await underRealDirs(dir, parentOf(p)))) continue;
+    if (await removeEntry(join(dir, p))) removed.push(p);
+    await removeEmptyParents(dir, parentOf(p), isTreeDir);
+  }
+  const rewritten: string[] = [];
+  const dirs = new RealDirs(dir);
+  for (const p of unique.filter((x) => wanted(x)).sort()) {
+    const e = wanted(p)!;
+    await dirs.ensure(parentOf(p));
+    await replaceEntry(repo, dir, e);
+    rewritten.push(p);
+  }
+  return { rewritten, removed: removed.sort() };
 }
 
 /**
@@ -150,17 +235,23 @@ function unsafePath(problems: string[]): CascadeError {
   );
 }
 
-async function writeEntries(repo: Repo, root: string, entries: PlannedEntry[], opts: MaterializeOptions): Promise<MaterializeCounts> {
+async function writeEntries(repo: Repo, root: string, entries: PlannedEntry[], opts: MaterializeOptions): Promise<{ linked: number; recorded: ManifestEntry[] }> {
   const dirs = new DirMaker(root);
   let linked = 0;
+  const recorded: ManifestEntry[] = [];
   const place = async (e: PlannedEntry) => {
     opts.signal?.throwIfAborted();
     if (e.kind === "dir" || e.kind === "gitlink") return dirs.ensure(e.path);
     await dirs.ensure(parentOf(e.path));
-    if (e.kind === "symlink") return writeSymlink(repo, root, e);
+    if (e.kind === "symlink") {
+      recorded.push({ path: e.path, type: "symlink", target: await writeSymlink(repo, root, e) });
+      return;
+    }
     const mode = e.kind === "executable" ? 0o755 : 0o644;
-    if (opts.linkFrom && (await linkUnchanged(opts.linkFrom, root, e, mode))) linked++;
-    else await writeRegular(repo, root, e, mode);
+    const hashed = (opts.linkFrom && (await linkUnchanged(opts.linkFrom, root, e, mode))) || undefined;
+    if (hashed) linked++;
+    const content = hashed ?? (await writeRegular(repo, root, e, mode));
+    recorded.push({ path: e.path, type: "file", mode: fileMode(e.kind), ...content });
   };
   // Symlinks last: by the time one exists, every folder and file is already in place, so no
   // write can pass through it even if a check above were wrong.
@@ -174,8 +265,20 @@ async function writeEntries(repo: Repo, root: string, entries: PlannedEntry[], o
     WRITE_CONCURRENCY,
     place,
   );
-  const files = entries.filter((e) => e.kind !== "dir").length;
-  return { files, linked, written: files - linked };
+  return { linked, recorded };
+}
+
+function manifestOf(commit: string, entries: ManifestEntry[]): ReleaseManifest {
+  // Code-unit order, as buildManifest sorts.
+  return { version: MANIFEST_VERSION, commit, entries: [...entries].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)) };
+}
+
+function fileMode(kind: EntryKind): "100644" | "100755" {
+  return kind === "executable" ? "100755" : "100644";
+}
+
+function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
 }
 
 function parentOf(path: string): string {
@@ -215,7 +318,8 @@ class DirMaker {
   }
 }
 
-async function writeRegular(repo: Repo, root: string, e: PlannedEntry, mode: number): Promise<void> {
+/** Writes a new file (never an existing name); returns the size and SHA-256 of the bytes written. */
+async function writeRegular(repo: Repo, root: string, e: PlannedEntry, mode: number): Promise<{ size: number; sha256: string }> {
   const data = await repo.readBlob(e.oid);
   // O_EXCL|O_NOFOLLOW: never open an existing file or a symlink planted at this name.
   const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
@@ -228,14 +332,17 @@ async function writeRegular(repo: Repo, root: string, e: PlannedEntry, mode: num
   } finally {
     await fh.close();
   }
+  return { size: data.length, sha256: sha256(data) };
 }
 
-async function writeSymlink(repo: Repo, root: string, e: PlannedEntry): Promise<void> {
+/** Creates the symlink (never following anything); returns its target as readlink(2) reports it. */
+async function writeSymlink(repo: Repo, root: string, e: PlannedEntry): Promise<string> {
   // The target is raw bytes (it may point anywhere, as git allows); only the link itself is created.
   const target = await repo.readBlob(e.oid);
   await symlink(target, join(root, e.path)).catch((err: NodeJS.ErrnoException) => {
     throw collision(err, e.path);
   });
+  return target.toString("utf8");
 }
 
 function collision(err: NodeJS.ErrnoException, path: string): unknown {
@@ -250,16 +357,17 @@ function collision(err: NodeJS.ErrnoException, path: string): unknown {
  * The old file is hashed first: a hook or a person may have edited it in place, and linking it would
  * ship that edit as if it were the commit's content.
  */
-async function linkUnchanged(from: LinkSource, root: string, e: PlannedEntry, mode: number): Promise<boolean> {
+async function linkUnchanged(from: LinkSource, root: string, e: PlannedEntry, mode: number): Promise<{ size: number; sha256: string } | false> {
   const before = from.files.get(e.path);
   if (!before || before.oid !== e.oid || before.mode !== e.mode) return false;
   const src = join(from.dir, e.path);
   const st = await lstat(src).catch(() => undefined);
   if (!st?.isFile() || (st.mode & 0o7777) !== mode) return false;
-  if ((await fileBlobOid(src, st.size).catch(() => undefined)) !== e.oid) return false;
+  const hashed = await fileHashes(src, st.size).catch(() => undefined);
+  if (hashed?.oid !== e.oid) return false;
   try {
     await link(src, join(root, e.path));
-    return true;
+    return { size: st.size, sha256: hashed.sha256 };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "";
     if (LINK_FALLBACK_CODES.has(code)) return false;
@@ -267,19 +375,114 @@ async function linkUnchanged(from: LinkSource, root: string, e: PlannedEntry, mo
   }
 }
 
-/** The blob oid of a file's content, streamed (releases may hold large files). */
-async function fileBlobOid(path: string, size: number): Promise<string> {
+/** The blob oid and the SHA-256 of a file's content, in one streamed read (releases may hold large files). */
+async function fileHashes(path: string, size: number): Promise<{ oid: string; sha256: string }> {
   const hash = createHash("sha1").update(`blob ${size}\0`);
+  const sha = createHash("sha256");
   let read = 0;
   const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
   try {
     for await (const chunk of fh.createReadStream({ autoClose: false }) as AsyncIterable<Buffer>) {
       read += chunk.length;
       hash.update(chunk);
+      sha.update(chunk);
     }
   } finally {
     await fh.close();
   }
   // A size that changed while reading makes the header wrong: report no oid rather than a false one.
-  return read === size ? hash.digest("hex") : "";
+  return read === size ? { oid: hash.digest("hex"), sha256: sha.digest("hex") } : { oid: "", sha256: "" };
+}
+
+const REPAIR_TEMP_PREFIX = ".cascade-repair-";
+
+/** A "/"-separated relative path with no empty, "." or ".." component (any other name may be removed from a release). */
+function isRelativeInside(p: string): boolean {
+  return p !== "" && !p.includes("\0") && !p.startsWith("/") && p.split("/").every((c) => c !== "" && c !== "." && c !== "..");
+}
+
+/** True when `rel` and each folder above it below `root` is a real folder (no symlink on the way). */
+async function underRealDirs(root: string, rel: string): Promise<boolean> {
+  for (let p = rel; p !== ""; p = parentOf(p)) {
+    if (!(await lstat(join(root, p)).catch(() => undefined))?.isDirectory()) return false;
+  }
+  return true;
+}
+
+function deepestFirst(a: string, b: string): number {
+  return b.split("/").length - a.split("/").length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+/** Removes one name (a folder with what it holds; a symlink itself, never its target); false when it was not there. */
+async function removeEntry(abs: string): Promise<boolean> {
+  const st = await lstat(abs).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT" || err.code === "ENOTDIR") return undefined;
+    throw err;
+  });
+  if (!st) return false;
+  // rm never follows a symlink, at the top or below: only names inside the release go.
+  if (st.isDirectory()) await rm(abs, { recursive: true, force: true });
+  else await unlink(abs);
+  return true;
+}
+
+/** Removes `rel` and its parents while each is an empty real folder that the tree does not have. */
+async function removeEmptyParents(root: string, rel: string, isTreeDir: (p: string) => boolean): Promise<void> {
+  for (let p = rel; !isTreeDir(p); p = parentOf(p)) {
+    const abs = join(root, p);
+    const st = await lstat(abs).catch(() => undefined);
+    if (!st?.isDirectory() || (await readdir(abs)).length > 0) return;
+    await rmdir(abs).catch(() => undefined);
+  }
+}
+
+/**
+ * Makes folders below `root` real folders, one component at a time: a component missing is created,
+ * one that is a symlink or a file (drift: the tree has a folder there) is removed first, so nothing
+ * is ever written through a symlink.
+ */
+class RealDirs {
+  private readonly done = new Set<string>([""]);
+
+  constructor(private readonly root: string) {}
+
+  async ensure(path: string): Promise<void> {
+    if (this.done.has(path)) return;
+    await this.ensure(parentOf(path));
+    const abs = join(this.root, path);
+    const st = await lstat(abs).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return undefined;
+      throw err;
+    });
+    if (st && !st.isDirectory()) await unlink(abs);
+    if (!st?.isDirectory()) await mkdir(abs);
+    this.done.add(path);
+  }
+}
+
+/** Writes `e` from its blob under a fresh temporary name beside it, then renames it over the old name. */
+async function replaceEntry(repo: Repo, root: string, e: PlannedEntry): Promise<void> {
+  const data = await repo.readBlob(e.oid);
+  const target = join(root, e.path);
+  const temp = join(dirname(target), `${REPAIR_TEMP_PREFIX}${randomBytes(6).toString("hex")}`);
+  try {
+    if (e.kind === "symlink") await symlink(data, temp);
+    else {
+      const mode = e.kind === "executable" ? 0o755 : 0o644;
+      const fh = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode);
+      try {
+        await fh.writeFile(data);
+        await fh.chmod(mode);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    // rename(2) replaces a file or symlink but not a folder: a folder where the tree has a file goes first.
+    if ((await lstat(target).catch(() => undefined))?.isDirectory()) await rm(target, { recursive: true, force: true });
+    await rename(temp, target);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
 }
