@@ -5,6 +5,8 @@ import { applyToWorktree } from "../src/git/commit.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
 import { stalled, transient } from "../src/errors.js";
+import { mapLimit } from "../src/concurrency.js";
+import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 
@@ -179,7 +181,15 @@ async function integrate(ctx: ReconcileContext, branch: string, local: string, a
     });
     message = `merge: ${action.theirs.slice(0, 7)} into ${branch}`;
   }
-  const diff = await ctx.repo.diffTrees(localTree, await ctx.repo.commitTree(target));
+  const targetTree = await ctx.repo.commitTree(target);
+  // A remote commit is hostile input: nothing of it is written unless every path is safe.
+  await assertSafeTree(ctx.repo, targetTree, "the sandbox");
+  const diff = await ctx.repo.diffTrees(localTree, targetTree);
+  const through = (await mapLimit(diff, 8, async (d) => ((await linkOnTheWay(ctx.repo.dir, d.path)) !== undefined ? d.path : undefined))).filter((p) => p !== undefined);
+  if (through.length) {
+    throw stalled("UnsafePath", `remote commit ${target.slice(0, 7)} would write ${through.slice(0, 5).map((p) => JSON.stringify(p)).join(", ")}${through.length > 5 ? ` (and ${through.length - 5} more)` : ""} through a symlink or file in the sandbox; nothing was written`,
+      "look at that commit and at the sandbox's symlinks; replace the symlink by a folder (or fix the commit on the remote)");
+  }
   const cache = await ctx.statCache();
   const who = await ctx.who();
   const { written, skipped } = await applyToWorktree(ctx.repo, diff, async (path, expected) => untouched(ctx, path, expected, cache), async () => {

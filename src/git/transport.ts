@@ -196,6 +196,11 @@ export function remoteError(remote: RemoteTarget, op: string, err: unknown): Cas
   if (e?.code === "PushRejectedError") {
     return transient("NonFastForward", `${where}: the remote has commits that are not here yet`, "they are fetched and merged before the next push");
   }
+  if (e?.code === "UnsafeFilepathError") {
+    // A tree with "..", an absolute path or .git in it: hostile input, never written and never retried blindly.
+    return stalled("UnsafePath", `${where}: the remote holds a commit whose tree has a path that cannot be written safely: ${e.message}`,
+      "look at the remote's newest commits and remove or rename that entry there; nothing of it was written");
+  }
   if (e?.code === "GitPushError") {
     return stalled("PushRejected", `${where}: the remote refused the push: ${e.data?.prettyDetails ?? e.message}`, "the remote's hooks or branch protection refused it");
   }

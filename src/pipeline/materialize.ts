@@ -175,6 +175,33 @@ export function unsafeNameReason(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Checks every name in `tree` as materializeTree does (no `..`, absolute paths, `.git` in any
+ * spelling, names twice in a folder); rejects with Stalled "UnsafePath" listing all problems. Used
+ * before remote commits are written into the sandbox.
+ */
+export async function assertSafeTree(repo: Repo, tree: string, place: string): Promise<void> {
+  const problems: string[] = [];
+  await walkTree(repo, tree, "", [], problems);
+  if (problems.length > 0) throw unsafePath(problems, place);
+}
+
+/**
+ * The first existing ancestor folder of `rel` under `root` that is not a real folder (a symlink
+ * or a file), so that writing `rel` would go through it; undefined when every existing ancestor is a
+ * real folder (missing ones are created as real folders).
+ */
+export async function linkOnTheWay(root: string, rel: string): Promise<string | undefined> {
+  const parts = rel.split("/").slice(0, -1);
+  for (let i = 1; i <= parts.length; i++) {
+    const p = parts.slice(0, i).join("/");
+    const st = await lstat(join(root, p)).catch(() => undefined);
+    if (!st) return undefined;
+    if (!st.isDirectory()) return p;
+  }
+  return undefined;
+}
+
 /** Reads the whole tree and checks every name; rejects with UnsafePath listing all problems. */
 async function planTree(repo: Repo, tree: string): Promise<PlannedEntry[]> {
   const out: PlannedEntry[] = [];
@@ -225,13 +252,13 @@ function kindOf(mode: string): EntryKind {
   }
 }
 
-function unsafePath(problems: string[]): CascadeError {
+function unsafePath(problems: string[], place?: string): CascadeError {
   const listed = problems.slice(0, MAX_LISTED_PROBLEMS).join("; ");
   const more = problems.length > MAX_LISTED_PROBLEMS ? ` (and ${problems.length - MAX_LISTED_PROBLEMS} more)` : "";
   return stalled(
     "UnsafePath",
-    `the commit's tree holds paths that cannot be deployed safely: ${listed}${more}`,
-    "remove or rename these entries on the branch and commit again; nothing was deployed",
+    `the commit's tree holds paths that cannot be ${place ? `written safely into ${place}` : "deployed safely"}: ${listed}${more}`,
+    `remove or rename these entries on the branch and commit again; nothing was ${place ? "written" : "deployed"}`,
   );
 }
 
