@@ -180,13 +180,51 @@ export async function readIndex(gitdir: string): Promise<GitIndex> {
     // fstat and read through one descriptor: the mtime belongs to exactly the bytes we parse, even if a
     // native git renames a new index into place meanwhile.
     stats = await handle.stat({ bigint: true });
+    const known = parsed.get(resolve(file));
+    if (known && BigInt(known.size) === stats.size) {
+      // The trailer is the SHA-1 of everything before it: equal trailers, equal files. Reading 20
+      // bytes instead of parsing 100k entries is what keeps a one-file commit cheap in a big tree.
+      const tail = Buffer.alloc(HASH_SIZE);
+      const { bytesRead } = await handle.read(tail, 0, HASH_SIZE, known.size - HASH_SIZE);
+      if (bytesRead === HASH_SIZE && tail.equals(known.trailer)) return fromSnapshot(known, timestampOf(stats));
+    }
     buf = await handle.readFile();
   } finally {
     await handle.close();
   }
   const index = parseIndex(buf, file);
   index.mtime = timestampOf(stats);
+  remember(file, buf, index.version, [...index.entries.values()], index.conflicts, index.extensions);
   return index;
+}
+
+/**
+ * The last index parsed or written per index file, identified by its size and SHA-1 trailer, as
+ * arrays in file order (each readIndex builds its own Map from them). Entry objects are shared with
+ * the indexes handed out: callers replace entries (`entries.set`), never change one in place.
+ */
+interface Snapshot {
+  size: number;
+  trailer: Buffer;
+  version: 2 | 3 | 4;
+  entries: IndexEntry[];
+  conflicts: IndexEntry[];
+  extensions: IndexExtension[];
+}
+const parsed = new Map<string, Snapshot>();
+
+/** Keeps what `file` (whose bytes are `buf`) holds: stage-0 `entries` and `conflicts` in file order. */
+function remember(file: string, buf: Buffer, version: 2 | 3 | 4, entries: IndexEntry[], conflicts: IndexEntry[], extensions: IndexExtension[]): void {
+  const trailer = buf.subarray(buf.length - HASH_SIZE);
+  // An all-zero trailer (index.skipHash) does not identify the content: never reuse it.
+  if (trailer.every((b) => b === 0)) parsed.delete(resolve(file));
+  else parsed.set(resolve(file), { size: buf.length, trailer: Buffer.from(trailer), version, entries, conflicts: [...conflicts], extensions: [...extensions] });
+}
+
+function fromSnapshot(s: Snapshot, mtime: IndexTimestamp): GitIndex {
+  const entries = new Map<string, IndexEntry>();
+  for (const e of s.entries) entries.set(e.path, e);
+  return { version: s.version, entries, conflicts: [...s.conflicts], extensions: [...s.extensions], mtime };
 }
 
 /**
@@ -541,6 +579,8 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
       mtime = timestampOf(await lock.stat());
     }
     await lock.commit();
+    // Forget the file first: if anything below threw, a stale copy must not be reused.
+    parsed.delete(resolve(file));
 
     const smudged: string[] = [];
     for (const i of smudgedAt) {
@@ -552,6 +592,18 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
     index.mtime = mtime;
     index.extensions = extensions;
     index.conflicts = index.conflicts.filter((c) => !index.entries.has(c.path));
+    // What a parse of the file would give, in file order, kept for the next readIndex.
+    const kept: IndexEntry[] = [];
+    const keptConflicts: IndexEntry[] = [];
+    for (let i = 0; i < sorted.length; i++) {
+      let e = sorted[i]!;
+      if (smudgedAt.has(i) && e.size !== 0) e = { ...e, size: 0 };
+      const ext = e.flags.skipWorktree || e.flags.intentToAdd;
+      if (e.flags.extended !== ext) e = { ...e, flags: { ...e.flags, extended: ext } };
+      if (e.flags.stage === 0) kept.push(e);
+      else keptConflicts.push(e);
+    }
+    remember(file, buf, version, kept, keptConflicts, extensions);
     return { version, mtime, smudged };
   } finally {
     if (!opts.lock && !lock.released) await lock.rollback();
@@ -601,7 +653,6 @@ const STAT_FIELDS = ["ctimeSec", "ctimeNsec", "mtimeSec", "mtimeNsec", "dev", "i
 function checkEntry(e: IndexEntry): void {
   if (suspiciousPath(e.path) && BAD_PATH.test(e.path)) throw new InternalError(`invalid path for the index: ${JSON.stringify(e.path)}`);
   if (!VALID_MODES.has(e.mode)) throw new InternalError(`invalid mode 0o${e.mode.toString(8)} for ${JSON.stringify(e.path)}`);
-  if (!OID_RE.test(e.oid)) throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
   for (const f of STAT_FIELDS) {
     // The DataView below would silently wrap anything that is not a uint32.
     const v = e[f];
@@ -609,7 +660,21 @@ function checkEntry(e: IndexEntry): void {
   }
 }
 
-const OID_RE = /^[0-9a-f]{40}$/;
+/** git writes lower-case hex; upper-case would parse but not round-trip. Checks only the cheap signal. */
+function isLowerHex(oid: string): boolean {
+  const c = oid.charCodeAt(0);
+  return !(c >= 0x41 && c <= 0x46) && oid === oid.toLowerCase();
+}
+
+/** True when entries are already in git's order (no surrogates: plain string order). */
+function inOrder(entries: IndexEntry[]): boolean {
+  for (let i = 1; i < entries.length; i++) {
+    const a = entries[i - 1]!;
+    const b = entries[i]!;
+    if (a.path > b.path || (a.path === b.path && a.flags.stage >= b.flags.stage)) return false;
+  }
+  return true;
+}
 
 function serialize(index: GitIndex): {
   buf: Buffer;
@@ -632,7 +697,9 @@ function serialize(index: GitIndex): {
   // pair (a code point above U+FFFF); only then pay for the exact comparator.
   if (sorted.some((e) => SURROGATE.test(e.path))) {
     sorted.sort((a, b) => comparePaths(a.path, b.path) || a.flags.stage - b.flags.stage);
-  } else {
+  } else if (!inOrder(sorted)) {
+    // An index read from disk keeps file order, and changed entries keep their place: sorting is
+    // then only needed when paths were added.
     sorted.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.flags.stage - b.flags.stage));
   }
 
@@ -711,7 +778,11 @@ function serialize(index: GitIndex): {
     dv.setUint32(off + 28, e.uid);
     dv.setUint32(off + 32, e.gid);
     dv.setUint32(off + 36, e.size);
-    buf.write(e.oid, off + 40, 20, "hex");
+    // Buffer#write stops at the first non-hex pair: 20 bytes written and 40 characters is a valid oid
+    // (cheaper than a regular expression per entry; the bytes are overwritten below on error anyway).
+    if (e.oid.length !== 40 || buf.write(e.oid, off + 40, 20, "hex") !== 20 || !isLowerHex(e.oid)) {
+      throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
+    }
     const ext = e.flags.skipWorktree || e.flags.intentToAdd;
     const flags =
       (e.flags.assumeValid ? F_ASSUME_VALID : 0) | (ext ? F_EXTENDED : 0) | (e.flags.stage << 12) | Math.min(len, NAME_MASK);
