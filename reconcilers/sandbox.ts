@@ -4,6 +4,8 @@ import { stalled, transient } from "../src/errors.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { SandboxObservation } from "../src/worktree.js";
+import type { HeldBack } from "../src/security/blob-policy.js";
+import { CONFIG_FILE } from "../src/config/load.js";
 
 /** What the sandbox looks like now. */
 export interface SandboxObserved {
@@ -37,6 +39,12 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     if (!ctx.hints.full) for (const p of paths) held.delete(p);
     for (const p of observation.heldBack) held.add(p);
     ctx.state.heldBack = [...held].sort();
+    // A file held back by the scan that is no longer a change (deleted, or back as committed) leaves the list.
+    const changed = new Set(observation.changes.map((c) => c.path));
+    for (const p of Object.keys(ctx.state.findings)) {
+      const looked = ctx.hints.full || paths.some((h) => h === p || h === "" || p.startsWith(`${h}/`));
+      if (looked && !changed.has(p)) delete ctx.state.findings[p];
+    }
     return { checkedOut, head, observation, full: ctx.hints.full };
   },
 
@@ -88,13 +96,17 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           author: who,
         }),
       );
-      if (!outcome.commit) return { summary: action.type === "commit" ? "changes were undone before the commit" : `refreshed ${action.paths.length} index entries` };
+      await recordHeld(ctx, action.type === "commit" ? action.paths.map((p) => p.path) : [], outcome.held);
+      if (!outcome.commit) {
+        if (outcome.held.length) return { summary: `nothing committed: ${outcome.held.length} file(s) held back (${outcome.held.map((h) => h.path).join(", ")})` };
+        return { summary: action.type === "commit" ? "changes were undone before the commit" : `refreshed ${action.paths.length} index entries` };
+      }
       const message = commitMessage(desired, outcome.paths).split("\n")[0]!;
       ctx.state.lastCommit = { commit: outcome.commit, message, at: new Date(ctx.clock.now()).toISOString() };
       ctx.metrics.commitMade(performance.now() - started, outcome.paths.length);
       ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: outcome.paths.length });
       ctx.branchMoved();
-      return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}` };
+      return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}${outcome.held.length ? `; ${outcome.held.length} file(s) held back` : ""}` };
     } catch (err) {
       if (err instanceof RefConflictError) {
         // Someone (a native `git commit`) moved the branch meanwhile: look again at once.
@@ -108,6 +120,29 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     return a.type === "commit" ? `commit ${a.paths.length} path(s): ${a.preview}` : `refresh ${a.paths.length} index entries (content unchanged)`;
   },
 };
+
+/**
+ * Keeps status's list of files held back by the secret scan or their size up to date for the
+ * paths of this batch (a path committed, deleted or clean again leaves it), and raises a
+ * `secret-found` notification once per finding.
+ */
+async function recordHeld(ctx: ReconcileContext, batch: string[], held: HeldBack[]): Promise<void> {
+  for (const p of batch) delete ctx.state.findings[p];
+  for (const h of held) {
+    if (h.why === "no-key") continue; // reported as held back (status), like a file the worktree held back
+    if (h.why === "ciphertext") {
+      ctx.log.error(h.message, { path: h.path });
+      continue;
+    }
+    ctx.state.findings[h.path] = h.findings;
+    for (const f of h.findings) {
+      ctx.log.warn(`held back ${f.path}${f.line ? `:${f.line}` : ""}: ${f.rule}; not committed (fingerprint ${f.fingerprint})`, { path: f.path, line: f.line, rule: f.rule, fingerprint: f.fingerprint });
+      // The config itself: its secrets belong in the environment, as ${VAR} (the controller reads them from there).
+      const fix = f.path === CONFIG_FILE ? "write the secret as ${VAR} and export VAR where the controller runs" : `remove it, or accept it with security.allow: ["${f.fingerprint}"]`;
+      await ctx.notifier.notify({ event: "secret-found", key: f.fingerprint, message: `${f.path}${f.line ? `:${f.line}` : ""}: ${f.message}; the file is held back (not committed). To fix: ${fix}`, details: { path: f.path, line: f.line, rule: f.rule, fingerprint: f.fingerprint } });
+    }
+  }
+}
 
 /** Builds the commit message from the config's template and the committed paths. */
 export function commitMessage(desired: Config, paths: CommittedPath[]): string {

@@ -25,6 +25,8 @@ import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
 import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
 import { Metrics } from "./server/metrics.js";
+import { loadBlobPolicy, type LoadedPolicy } from "./security/blob-policy.js";
+import type { Finding } from "./security/scan.js";
 import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
 import type { PipelineServices } from "./reconcile.js";
@@ -52,7 +54,14 @@ export interface StatusSnapshot {
   running: boolean;
   startedAt: string;
   updatedAt: string;
-  sandbox: { dir: string; branch: string; head: string | null; pendingPaths: number; heldBack: string[]; lastCommit?: SharedState["lastCommit"] };
+  sandbox: {
+    dir: string; branch: string; head: string | null; pendingPaths: number;
+    /** Files matching security.encrypt held back for want of a usable key (`keyProblem` says why). */
+    heldBack: string[]; keyProblem?: SharedState["keyProblem"];
+    /** Files held back by the secret scan or their size: where, which rule, the fingerprint (never the secret). */
+    findings?: Finding[];
+    lastCommit?: SharedState["lastCommit"];
+  };
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
   remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
   /** `lastRunAt`/`lastDoneAt`: when the last pass started/ended; `running`: a pass is under way (its results are not in this snapshot yet). */
@@ -113,7 +122,7 @@ export class Controller {
   private lastStatusAt = 0;
   private statCacheKey = "";
   private statCacheValue: StatCache | undefined;
-  private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [] };
+  private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [], findings: {} };
   private configProblems: ConfigProblem[] = [];
   /** Warnings of the config in force (unknown keys, for one), shown in status while it is valid. */
   private configWarnings: ConfigProblem[] = [];
@@ -168,6 +177,8 @@ export class Controller {
     const filemode = (await repo.getConfig("core.filemode")) !== "false";
     const exclusions = await exclusionsFor(config);
     await exclusions.writeInfoExclude(repo.gitdir);
+    const loadedPolicy = await loadBlobPolicy(config, deps.env);
+    repo.policy = loadedPolicy.policy;
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     let c: Controller | undefined;
     const metrics = new Metrics();
@@ -182,6 +193,7 @@ export class Controller {
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
     c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
     c.configWarnings = loaded.warnings;
+    c.usePolicy(loadedPolicy);
     return c;
   }
 
@@ -568,15 +580,27 @@ export class Controller {
     this.notifier.reconfigure(config.notifications);
     if (this.server || config.server.listen) await this.serveStatus();
     const before = this.exclusions;
+    const policyBefore = this.repo.policy.identity;
     this.exclusions = await exclusionsFor(config);
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
+    this.usePolicy(await loadBlobPolicy(config, this.deps.env));
     this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
     for (const s of this.slots.values()) if (s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) s.nextRunAt = this.now();
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
     if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
-    // A path no longer excluded (or held back) must be looked at: rescan when the rules changed.
-    if (JSON.stringify([before.patterns, before.heldBackPatterns]) !== JSON.stringify([this.exclusions.patterns, this.exclusions.heldBackPatterns])) this.requestFullScan();
+    // A path no longer excluded, held back or judged the same must be looked at: rescan when the rules changed.
+    if (JSON.stringify(before.patterns) !== JSON.stringify(this.exclusions.patterns) || policyBefore !== this.repo.policy.identity) this.requestFullScan();
+  }
+
+  /** Puts the security policy (encryption key, secret scan) in force and says what is wrong with the key. */
+  private usePolicy(loaded: LoadedPolicy): void {
+    this.repo.policy = loaded.policy;
+    for (const w of loaded.warnings) this.deps.log.warn(w);
+    const problem = loaded.keyProblem;
+    if (problem && problem.reason !== "EncryptionKeyMissing") this.deps.log.error(`${problem.message}; files matching security.encrypt are held back`, { reason: problem.reason });
+    if (problem) this.state.keyProblem = { reason: problem.reason, message: problem.message, ...(problem.hint ? { hint: problem.hint } : {}) };
+    else delete this.state.keyProblem;
   }
 
   /** Keeps slots for reconcilers that stay, adds new remotes and environments, drops removed ones. */
@@ -650,6 +674,8 @@ export class Controller {
         head: this.head,
         pendingPaths: this.hints.paths.size,
         heldBack: this.state.heldBack,
+        ...(this.state.heldBack.length && this.state.keyProblem ? { keyProblem: this.state.keyProblem } : {}),
+        findings: Object.values(this.state.findings).flat(),
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
       },
       config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt },

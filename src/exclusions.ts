@@ -24,32 +24,18 @@ const MANAGED_END = "# END cascade-sync exclusions";
 export class Exclusions {
   private readonly root: Ignore;
   private readonly nested = new Map<string, Ignore | null>();
-  private readonly held: Ignore;
 
   private constructor(
     private readonly dir: string,
     readonly patterns: string[],
     rootGitignore: string,
-    readonly heldBackPatterns: string[],
   ) {
     this.root = ignore().add(patterns).add(rootGitignore);
-    this.held = ignore().add(heldBackPatterns);
   }
 
-  /**
-   * Loads the exclusions of the sandbox at `dir` with the config's patterns. `heldBack` patterns
-   * (security.encrypt) name files that must never leave the machine in plaintext.
-   */
-  static async load(dir: string, patterns: string[], heldBack: string[] = []): Promise<Exclusions> {
-    return new Exclusions(dir, patterns, await readOptional(join(dir, ".gitignore")), heldBack);
-  }
-
-  /**
-   * True when `rel` matches `security.encrypt`: such a file is stored only encrypted, and this
-   * version cannot encrypt, so it is held back (never committed nor pushed) and reported instead.
-   */
-  isHeldBack(rel: string): boolean {
-    return this.heldBackPatterns.length > 0 && this.held.ignores(rel);
+  /** Loads the exclusions of the sandbox at `dir` with the config's patterns. */
+  static async load(dir: string, patterns: string[]): Promise<Exclusions> {
+    return new Exclusions(dir, patterns, await readOptional(join(dir, ".gitignore")));
   }
 
   /** True when `rel` (posix, relative to the sandbox) is not synced; `isDir` for folders. */
@@ -126,5 +112,5 @@ export async function exclusionsFor(config: Config): Promise<Exclusions> {
     .map((f) => relative(config.dir, f))
     .filter((r) => r !== "" && !r.startsWith("..") && !r.startsWith(sep))
     .map((r) => `/${r.split(sep).join("/")}`);
-  return Exclusions.load(config.dir, [...config.sandbox.exclude, ...own], config.security.encrypt);
+  return Exclusions.load(config.dir, [...config.sandbox.exclude, ...own]);
 }

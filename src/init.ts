@@ -18,6 +18,7 @@ import { loadConfig } from "./config/load.js";
 import { stalled } from "./errors.js";
 import { formatProblem } from "./config/load.js";
 import { ensureDefaultKeyFile } from "./security/keyfile.js";
+import { loadBlobPolicy } from "./security/blob-policy.js";
 
 /** The environment branches `init` creates next to the sandbox branch. */
 export const PIPELINE_BRANCHES = ["staging", "main"];
@@ -98,6 +99,11 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     lines.push("  back it up: without it those files cannot be read back from git; on another machine set security.key to a copy of it");
   }
 
+  // The first commit follows the same policy as every later one: encrypted, or held back, never plaintext.
+  const { policy, keyProblem } = await loadBlobPolicy(config, opts.env);
+  repo.policy = policy;
+  if (keyProblem && keyProblem.reason !== "EncryptionKeyMissing") lines.push(`the encryption key cannot be used: ${keyProblem.message}`);
+
   const exclusions = await exclusionsFor(config);
   if (await exclusions.writeInfoExclude(repo.gitdir)) lines.push("wrote the exclusions to .git/info/exclude");
 
@@ -128,7 +134,8 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       allowEmpty: !base,
       expectedBranchHead: sandboxHead,
     });
-    if (obs.heldBack.length) lines.push(`held back (match security.encrypt; never committed in plaintext): ${obs.heldBack.join(", ")}`);
+    if (obs.heldBack.length) lines.push(`held back (match security.encrypt, and there is no encryption key; never committed in plaintext): ${obs.heldBack.join(", ")}`);
+    for (const h of outcome.held) lines.push(`held back: ${h.message}`);
     const start = outcome.commit ?? base!;
     if (!sandboxHead && !outcome.commit) await repo.setRef(branchRef(config.sandbox.branch), start, null, "cascade-sync init", who);
     if (outcome.commit) lines.push(`committed the current content as ${outcome.commit.slice(0, 7)} on ${config.sandbox.branch} (${outcome.paths.length} file(s))`);

@@ -11,6 +11,7 @@ import type { HistoryLog } from "./pipeline/history.js";
 import type { EnvironmentReport } from "../reconcilers/environment.js";
 import type { Metrics } from "./server/metrics.js";
 import type { ProgressReporter } from "./progress.js";
+import type { Finding } from "./security/scan.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
@@ -49,8 +50,12 @@ export interface Plan<A> {
 export interface SharedState {
   lastCommit?: { commit: string; message: string; at: string };
   pendingPaths: number;
-  /** Files not committed because they match security.encrypt (they never leave in plaintext). */
+  /** Files not committed because they match security.encrypt and there is no key (they never leave in plaintext). */
   heldBack: string[];
+  /** Why there is no usable encryption key, when files are held back for it. */
+  keyProblem?: { reason: string; message: string; hint?: string };
+  /** Files kept out of commits by the secret scan or their size, by path (never holding the secret itself). */
+  findings: Record<string, Finding[]>;
   remotes: Record<string, { lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string }>;
 }
 

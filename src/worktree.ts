@@ -30,7 +30,7 @@ export interface SandboxObservation {
   refresh: { path: string; work: WorkFile }[];
   /** Files looked at. */
   scanned: number;
-  /** Files that exist but are held back (security.encrypt): never committed in plaintext. */
+  /** Files that exist but are held back (security.encrypt without a key): never committed in plaintext. */
   heldBack: string[];
 }
 
@@ -133,7 +133,7 @@ export class Worktree {
       } else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
       return;
     }
-    if (this.exclusions.isHeldBack(rel)) {
+    if (this.repo.policy.holdsBack(rel)) {
       out.heldBack.push(rel);
       return;
     }
@@ -154,7 +154,9 @@ export class Worktree {
     const mode = this.modeOf(st, head);
     const idx = cache.entries.get(rel);
     if (idx && modeString(idx.mode) === mode && isStatClean(idx, st, cache.mtime)) return { mode, oid: idx.oid, stats: st };
-    return { mode, oid: blobOid(await readContent(abs, st)), stats: st };
+    const content = await readContent(abs, st);
+    // An encrypted path is compared by its ciphertext (deterministic: unchanged content, same blob).
+    return { mode, oid: blobOid(st.isSymbolicLink() ? content : this.repo.policy.blobContent(rel, content)), stats: st };
   }
 
   /** The mode git records for a file with these stats (keeping the head's exec bit when core.filemode is false). */

@@ -76,7 +76,9 @@ describe('the promotion pipeline, end to end', () => {
       const head = await revParse(dir, 'develop');
       return head !== c1 ? head : undefined;
     }, { what: 'the edit on develop' });
-    await waitFor(async () => (await live(path.join(deployRoot, 'staging'))) === c2 || undefined, { what: 'staging to deploy the edit', timeoutMs: 30_000 });
+    await waitFor(async () => (await live(path.join(deployRoot, 'staging'))) === c2 || undefined, { what: 'staging to deploy the edit', timeoutMs: 30_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\nstaging: ${JSON.stringify(await envReport(dir, 'staging'))}\n${(await readFile(logFile, 'utf8')).split('\n').filter((l) => l.includes('staging')).slice(-12).join('\n')}`);
+    });
     expect(await revParse(dir, 'staging')).toBe(c2);
     expect(await readFile(path.join(deployRoot, 'staging/current/app.txt'), 'utf8')).toBe('v2\n');
     await waitFor(async () => (await tryRevParse(bare, 'staging')) === c2 || undefined, { what: 'staging pushed to the remote' });
@@ -249,7 +251,8 @@ describe('the promotion pipeline, end to end', () => {
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
     await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [], logFile, deployRoot }));
+    const brokenFlag = path.join(deployRoot, 'production-is-broken');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [], logFile, deployRoot, productionCheck: `test ! -e ${brokenFlag}` }));
     expect((await run(dir, ['init'])).code).toBe(0);
     // Someone committed straight onto staging (a hotfix file, and app.txt changed too).
     await git(dir, 'checkout', '-q', 'staging');
@@ -270,7 +273,7 @@ describe('the promotion pipeline, end to end', () => {
     expect((await gitOk(dir, 'show', `${merged}:hotfix.txt`)).stdout).toBe('hot\n');
     expect(await readFile(path.join(deployRoot, 'staging/current/hotfix.txt'), 'utf8')).toBe('hot\n');
 
-    // health: no controller running -> exit 1; the production check fails once the live release is broken.
+    // health: no controller running -> exit 1; the production check fails once production is broken.
     const h = await run(dir, ['health', '--json']);
     expect(h.code).toBe(1);
     const checks = JSON.parse(h.stdout).checks as { name: string; ok: boolean }[];
@@ -280,7 +283,7 @@ describe('the promotion pipeline, end to end', () => {
     controllers.push(await startController(dir));
     const ok = await run(dir, ['health']);
     expect(ok.code, ok.stdout).toBe(0);
-    await writeFile(path.join(deployRoot, 'production/current/app.txt'), 'BROKEN\n');
+    await writeFile(brokenFlag, '');
     const broken = await run(dir, ['health']);
     expect(broken.code).toBe(1);
     expect(broken.stdout).toMatch(/FAIL production\/not-broken/);

@@ -60,27 +60,6 @@ describe('config hot reload', () => {
   });
 });
 
-describe('files the sandbox never pushes', () => {
-  it('holds back files matching security.encrypt (no plaintext ever leaves) and says so in status', async () => {
-    const remote = path.join(await makeTmpDir('remote'), 'r.git');
-    await makeBareRepo(remote, { initialBranch: 'develop' });
-    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }], files: { '.env': 'API_TOKEN=plaintext-secret-123\n' } });
-    const c = await startController(dir);
-    controllers.push(c);
-    await writeFile(path.join(dir, 'secrets.pem'), '-----BEGIN PRIVATE KEY-----\nxyz\n');
-    await writeFile(path.join(dir, 'app.txt'), 'app');
-    await waitFor(async () => (await lsTree(remote, 'develop').catch(() => [])).some((e) => e.path === 'app.txt') || undefined, { what: 'the push' });
-    const paths = (await lsTree(remote, 'develop')).map((e) => e.path);
-    expect(paths).not.toContain('.env');
-    expect(paths).not.toContain('secrets.pem');
-    const everything = await git(remote, 'log', '-p', '--all');
-    expect(everything).not.toContain('plaintext-secret-123');
-    await waitFor(async () => (await status(dir)).sandbox.heldBack.length === 2 || undefined, { what: 'status to list held-back files' });
-    expect((await status(dir)).sandbox.heldBack).toEqual(['.env', 'secrets.pem']);
-    expect((await run(dir, ['status'])).stdout).toMatch(/held back: +\.env, secrets\.pem/);
-  });
-});
-
 describe('wrong branch checked out', () => {
   it('stops committing and merging into another branch, says why, and resumes on checkout', async () => {
     const { url } = { url: path.join(await makeTmpDir('remote'), 'r.git') };

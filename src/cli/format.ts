@@ -22,7 +22,12 @@ export function formatStatus(r: StatusReport): string {
   lines.push(`sandbox:    ${s.sandbox.dir} on ${s.sandbox.branch} at ${s.sandbox.head?.slice(0, 7) ?? "(no commit)"}, ${s.sandbox.pendingPaths} pending change(s)`);
   if (s.sandbox.heldBack?.length) {
     lines.push(`held back:  ${s.sandbox.heldBack.join(", ")}`);
-    lines.push("            (they match security.encrypt; this version cannot encrypt, so they are never committed or pushed)");
+    lines.push(`            (they match security.encrypt and are stored only encrypted: ${s.sandbox.keyProblem?.message ?? "there is no encryption key"}; they are never committed in plaintext)`);
+    if (s.sandbox.keyProblem?.hint) lines.push(`            hint: ${s.sandbox.keyProblem.hint}`);
+  }
+  for (const f of s.sandbox.findings ?? []) {
+    lines.push(`held back:  ${f.path}${f.line ? `:${f.line}` : ""}: ${f.rule}: ${f.message}`);
+    lines.push(`            not committed; remove it, or accept it with security.allow: ["${f.fingerprint}"]`);
   }
   if (s.sandbox.lastCommit) lines.push(`            last commit ${s.sandbox.lastCommit.commit.slice(0, 7)} ${s.sandbox.lastCommit.at}: ${s.sandbox.lastCommit.message}`);
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");

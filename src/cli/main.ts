@@ -16,6 +16,7 @@ import { formatEnvironment, formatHistory, formatStatus, short } from "./format.
 import { readHistory } from "../pipeline/history.js";
 import type { EnvironmentPlan } from "../../reconcilers/environment.js";
 import { terminalProgress } from "../progress.js";
+import { loadBlobPolicy } from "../security/blob-policy.js";
 import { approveCommit } from "../approvals/approve.js";
 import { parseDuration } from "../duration.js";
 import { runHealthRound } from "../pipeline/checks.js";
@@ -355,6 +356,8 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
   checks.push({ name: "config", ok: loaded.ok, message: loaded.ok ? "valid" : loaded.problems.map(formatProblem).join("; ") });
   if (repo && loaded.ok) {
     const config = loaded.config;
+    // A release is judged by what its files are in plaintext (an encrypted blob is decrypted with the key).
+    repo.policy = (await loadBlobPolicy(config, args.env)).policy;
     const branches = [config.sandbox.branch, ...promotionOrder(config).map((e) => config.environments[e]!.branch)];
     for (const b of branches) {
       const head = await repo.branchHead(b);

@@ -371,7 +371,7 @@ export interface Security {
    */
   encrypt?: string[];
   /**
-   * Key used for encrypt: 32 random bytes in base64, normally written as ${CASCADE_ENCRYPTION_KEY} so it is read from the environment, or the path of a file that holds it. When absent, files matching encrypt are not committed at all.
+   * Key used for encrypt: 32 random bytes in base64, normally written as ${CASCADE_ENCRYPTION_KEY} so it is read from the environment, or the path of a file that holds it. When absent, the key file that init creates outside the sandbox (~/.config/cascade-sync/keys/) is used; without any usable key, files matching encrypt are not committed at all.
    */
   key?: string;
   /**
@@ -379,12 +379,12 @@ export interface Security {
    */
   maxFileSize?: string;
   /**
-   * Gitignore-style patterns of files the secret scan accepts, for known false positives such as test fixtures.
+   * What the secret scan accepts, for known false positives such as test fixtures: gitignore-style path patterns, or the 16-hex fingerprint of one finding as status shows it (the only way to accept a file over maxFileSize).
    */
   allow?: string[];
 }
 /**
- * The optional local HTTP endpoint that serves status and accepts nudges.
+ * The optional local HTTP server: the status page, /metrics, /healthz, /readyz, /api/status and /api/events. Read-only.
  */
 export interface Server {
   /**

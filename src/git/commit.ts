@@ -8,6 +8,7 @@ import { entryFromStat, readIndex, writeIndex, type GitIndex } from "./index-fil
 import { branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { readContent } from "../worktree.js";
 import { mapLimit } from "../concurrency.js";
+import type { BlobPolicy, HeldBack } from "../security/blob-policy.js";
 
 const PARALLEL_WRITES = 16;
 const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
@@ -29,13 +30,16 @@ export interface CommittedPath {
 export interface CommitOutcome {
   commit: string | null;
   paths: CommittedPath[];
+  /** Paths the policy kept out of this commit (a secret found, too large, no key for an encrypted path). */
+  held: HeldBack[];
 }
 
 /**
  * Records the working-tree state of `paths` as a commit on `branch`, like `git add <paths> && git
  * commit`: holds `.git/index.lock` for the whole operation (so a native git command waits or fails
  * cleanly instead of racing), re-reads each file (it may have changed since it was observed),
- * writes blobs, rebuilds only the trees on those paths, writes the commit, moves the branch with
+ * passes exactly the bytes read through `repo.policy` (encrypted, or held back and left out of the
+ * commit and the index), writes blobs, rebuilds only the trees on those paths, writes the commit, moves the branch with
  * compare-and-swap from `parent`, and then writes the index. A file that vanished meanwhile is
  * recorded as deleted. `message` gets the paths as finally read and returns the commit message.
  * Returns a null commit when the result equals the parent's tree (e.g. a change undone meanwhile).
@@ -65,19 +69,24 @@ export async function commitWorktree(
     const parentTree = opts.parent ? await repo.commitTree(opts.parent) : null;
     const changes = new Map<string, FileEntry | null>();
     const recorded: CommittedPath[] = [];
+    const held: HeldBack[] = [];
     // Blobs are written in parallel (each is a deflate and a file write); the order of `recorded` stays the paths' order.
     const staged = await mapLimit(opts.paths, PARALLEL_WRITES, async (p) => {
       const before = await opts.headEntry(p.path);
-      const after = p.deleted ? undefined : await stageFile(repo, index, p.path, opts.modeOf, before);
+      const after = p.deleted ? undefined : await stageFile(repo, index, p.path, opts.modeOf, repo.policy, before);
       return { path: p.path, before, after };
     });
     for (const { path, before, after } of staged) {
+      if (after && "held" in after) {
+        held.push(after.held);
+        continue;
+      }
       if (before?.oid === after?.oid && before?.mode === after?.mode) continue;
       changes.set(path, after ?? null);
       if (!after) index.entries.delete(path);
       recorded.push({ path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
     }
-    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, path, opts.modeOf, await opts.headEntry(path)));
+    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, path, opts.modeOf, repo.policy, await opts.headEntry(path)));
     let commit: string | null = null;
     if (changes.size || opts.allowEmpty) {
       const tree = await repo.buildTree(parentTree, changes);
@@ -87,21 +96,26 @@ export async function commitWorktree(
       }
     }
     await writeIndex(repo.gitdir, index, { lock });
-    return { commit, paths: commit ? recorded : [] };
+    return { commit, paths: commit ? recorded : [], held };
   } catch (err) {
     await lock.rollback().catch(() => undefined);
     throw err;
   }
 }
 
-/** Reads a working file, writes its blob and updates its index entry; undefined when it is gone. */
-async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, head?: FileEntry): Promise<FileEntry | undefined> {
+/**
+ * Reads a working file, writes what `policy` makes of it as its blob and updates its index entry;
+ * undefined when it is gone, `held` (index untouched) when the policy keeps it out of git.
+ */
+async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
   const abs = join(repo.dir, path);
   const st = await lstatBig(abs, { bigint: true }).catch(() => null);
   if (!st || !(st.isFile() || st.isSymbolicLink())) {
     index.entries.delete(path);
     return undefined;
   }
+  const tooLarge = st.isFile() ? policy.tooLarge(path, Number(st.size)) : undefined;
+  if (tooLarge) return { held: tooLarge };
   // Stat before reading: if the file changes after this, its new stat differs from the index
   // entry and the next observation reads it again.
   const content = await readContent(abs, st).catch(() => null);
@@ -109,9 +123,12 @@ async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st:
     index.entries.delete(path);
     return undefined;
   }
+  // The bytes just read are the ones judged and stored: a secret written a moment later is judged next time.
+  const stored = st.isSymbolicLink() ? { ok: true as const, blob: content } : policy.toGit(path, content);
+  if (!stored.ok) return { held: stored.held };
   const mode = modeOf(st, head);
-  const oid = await repo.writeBlob(content);
-  index.entries.set(path, entryFromStat(path, st, oid, parseInt(mode, 8)));
+  const oid = await repo.writeBlob(stored.blob);
+  index.entries.set(path, indexEntry(repo, path, st, oid, mode));
   return { mode, oid };
 }
 
@@ -121,7 +138,9 @@ async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st:
  * updates the index for it under `.git/index.lock`. A path being edited (not untouched) is left as
  * it is and returned, so that the next batch commits the sandbox's version. Never deletes or
  * overwrites an edit. `finalize` (moving the branch) runs after the files are written and before
- * the index is, still under the lock; if it throws, the index is left as it was.
+ * the index is, still under the lock; if it throws, the index is left as it was. Blobs come out
+ * through `repo.policy` (encrypted ones decrypted); the encrypted paths are all decrypted before anything
+ * is written, so a tampered blob or a missing key stops the whole change, not half of it.
  */
 export async function applyToWorktree(
   repo: Repo,
@@ -133,6 +152,7 @@ export async function applyToWorktree(
   const written: string[] = [];
   const skipped: string[] = [];
   try {
+    for (const d of diff) if (d.after && repo.policy.isEncrypted(d.path)) await repo.readContent(d.path, d.after);
     const index = await readIndex(repo.gitdir);
     for (const d of diff) {
       if (!(await isUntouched(d.path, d.before))) {
@@ -144,9 +164,9 @@ export async function applyToWorktree(
         await rm(abs, { force: true });
         index.entries.delete(d.path);
       } else {
-        await writeWorkFile(abs, await repo.readBlob(d.after.oid), d.after.mode);
+        await writeWorkFile(abs, await repo.readContent(d.path, d.after), d.after.mode);
         const st = await lstatBig(abs, { bigint: true });
-        index.entries.set(d.path, entryFromStat(d.path, st, d.after.oid, parseInt(d.after.mode, 8)));
+        index.entries.set(d.path, indexEntry(repo, d.path, st, d.after.oid, d.after.mode));
       }
       written.push(d.path);
     }
@@ -157,6 +177,17 @@ export async function applyToWorktree(
     await lock.rollback().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The index entry of a working file stored as blob `oid`. An encrypted file's blob is ciphertext
+ * while the file holds plaintext: the entry is marked assume-unchanged, so that native `git status`
+ * trusts it instead of hashing the plaintext (cascade-sync itself still compares stat data).
+ */
+function indexEntry(repo: Repo, path: string, st: BigIntStats, oid: string, mode: EntryMode) {
+  const entry = entryFromStat(path, st, oid, parseInt(mode, 8));
+  if (mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
+  return entry;
 }
 
 /** Writes a file (or symlink) atomically: a temp file beside it, then rename over the old one. */

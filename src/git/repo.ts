@@ -7,6 +7,7 @@ import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./locked-fs.js";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
+import { BlobPolicy } from "../security/blob-policy.js";
 
 /** A tree entry's mode as git writes it in trees. */
 export type EntryMode = "100644" | "100755" | "120000" | "160000" | "040000";
@@ -55,6 +56,13 @@ export function branchRef(branch: string): string {
 export class Repo {
   /** isomorphic-git's pack cache, shared by all reads of this repository. */
   readonly cache: object = {};
+  /**
+   * What files become in git and what blobs become outside it (security.encrypt, the key, the
+   * secret scan), like git's clean and smudge filters: every write of a sandbox file as a blob and
+   * every write of a blob as a file (sandbox, releases, gate exports) goes through it. The
+   * controller sets it from the config in force; a plain repository stores content as it is.
+   */
+  policy: BlobPolicy = BlobPolicy.plain();
 
   private constructor(
     readonly dir: string,
@@ -150,6 +158,15 @@ export class Repo {
   async readBlob(oid: string): Promise<Buffer> {
     const { blob } = await git.readBlob({ fs, gitdir: this.gitdir, oid, cache: this.cache });
     return Buffer.from(blob);
+  }
+
+  /**
+   * The bytes to write out of git for the entry at `path`: a regular file's blob through the policy
+   * (decrypted when it is encrypted; throws Stalled when it cannot be), a symlink's target as it is.
+   */
+  async readContent(path: string, entry: { oid: string; mode: string }): Promise<Buffer> {
+    const blob = await this.readBlob(entry.oid);
+    return entry.mode === "120000" ? blob : this.policy.fromGit(path, blob);
   }
 
   /** Reads a commit's tree, parents, message, author and committer. */

@@ -96,7 +96,7 @@ export async function treeManifest(repo: Repo, commit: string): Promise<ReleaseM
     const key = `${e.kind === "symlink" ? "l" : "f"}${e.oid}`;
     let h = hashes.get(key);
     if (!h) {
-      h = repo.readBlob(e.oid).then((data) => (e.kind === "symlink" ? { target: data.toString("utf8") } : { size: data.length, sha256: sha256(data) }));
+      h = repo.readContent(e.path, e).then((data) => (e.kind === "symlink" ? { target: data.toString("utf8") } : { size: data.length, sha256: sha256(data) }));
       hashes.set(key, h);
     }
     return h;
@@ -347,7 +347,7 @@ class DirMaker {
 
 /** Writes a new file (never an existing name); returns the size and SHA-256 of the bytes written. */
 async function writeRegular(repo: Repo, root: string, e: PlannedEntry, mode: number): Promise<{ size: number; sha256: string }> {
-  const data = await repo.readBlob(e.oid);
+  const data = await repo.readContent(e.path, e);
   // O_EXCL|O_NOFOLLOW: never open an existing file or a symlink planted at this name.
   const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
   const fh = await open(join(root, e.path), flags, mode).catch((err: NodeJS.ErrnoException) => {
@@ -489,7 +489,7 @@ class RealDirs {
 
 /** Writes `e` from its blob under a fresh temporary name beside it, then renames it over the old name. */
 async function replaceEntry(repo: Repo, root: string, e: PlannedEntry): Promise<void> {
-  const data = await repo.readBlob(e.oid);
+  const data = await repo.readContent(e.path, e);
   const target = join(root, e.path);
   const temp = join(dirname(target), `${REPAIR_TEMP_PREFIX}${randomBytes(6).toString("hex")}`);
   try {

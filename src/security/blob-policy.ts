@@ -11,6 +11,8 @@ import type { CascadeError } from "../errors.js";
 import { stalled } from "../errors.js";
 import { decryptBlob, encryptBlob, isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
 import { fileTooLarge, makeAllowList, scanFile, type AllowList, type Finding } from "./scan.js";
+import { sandboxKey, type KeyEnv } from "./keyfile.js";
+import { dirname } from "node:path";
 
 /** The security settings a policy follows (from the config in force). */
 export interface BlobPolicySettings {
@@ -22,6 +24,7 @@ export interface BlobPolicySettings {
 /** Why a file stays out of git for now. */
 export type HeldBack =
   | { why: "no-key"; path: string; message: string }
+  | { why: "ciphertext"; path: string; message: string }
   | { why: "findings"; path: string; findings: Finding[]; message: string };
 
 /** A file's content as it goes into git, or why it is held back. */
@@ -50,6 +53,21 @@ export class BlobPolicy {
     return this.settings.encrypt.length > 0 && this.encrypted.ignores(path);
   }
 
+  /** True when `path` must be stored encrypted and there is no key: it is held back, never committed. */
+  holdsBack(path: string): boolean {
+    return !this.key && this.isEncrypted(path);
+  }
+
+  /** What the policy depends on, to tell whether a reload changed it (then the whole sandbox is looked at again). */
+  get identity(): string {
+    return JSON.stringify([this.settings.encrypt, this.settings.maxFileSizeBytes, this.settings.allow, this.key?.fingerprint ?? null]);
+  }
+
+  /** The bytes a regular file of `content` at `path` is hashed as when observing: what toGit stores (encrypted when it is stored encrypted). */
+  blobContent(path: string, content: Buffer): Buffer {
+    return this.isEncrypted(path) && this.key ? encryptBlob(this.key, content) : content;
+  }
+
   /** True when a file of `size` bytes at `path` is held back for its size alone (checked before reading it). */
   tooLarge(path: string, size: number): HeldBack | undefined {
     if (this.isEncrypted(path)) return undefined;
@@ -66,6 +84,10 @@ export class BlobPolicy {
     if (this.isEncrypted(path)) {
       if (!this.key) {
         return { ok: false, held: { why: "no-key", path, message: `${path} matches security.encrypt and there is no encryption key; it is never committed in plaintext` } };
+      }
+      if (isEncryptedBlob(content)) {
+        // Ciphertext in the working file (a native `git checkout` or `git stash` wrote the blob out): never encrypt it twice.
+        return { ok: false, held: { why: "ciphertext", path, message: `${path} holds cascade-sync ciphertext, not its plaintext (written by a native git command?); it is not committed. Put the plaintext back (e.g. from a release or another sandbox)` } };
       }
       return { ok: true, blob: encryptBlob(this.key, content), encrypted: true };
     }
@@ -93,4 +115,28 @@ export class BlobPolicy {
 
 function noKey(path: string): CascadeError {
   return stalled("EncryptionKeyMissing", `${path} is stored encrypted and there is no encryption key to decrypt it`, "set security.key (or run `cascade-sync init` on the machine that has the key file and copy it here)");
+}
+
+/** The policy for a config, with the key it found (or why there is none). */
+export interface LoadedPolicy {
+  policy: BlobPolicy;
+  /** Why encrypted paths are held back: no key set, or a key that cannot be used. */
+  keyProblem?: CascadeError;
+  /** Sentences to log (e.g. a key file readable by others). */
+  warnings: string[];
+}
+
+/**
+ * Builds the policy of the config in force: its security settings and the sandbox's key
+ * (`security.key`, else the key file `init` made). Without a usable key the policy holds encrypted
+ * paths back; it never falls back to plaintext.
+ */
+export async function loadBlobPolicy(config: { dir: string; file: string; security: BlobPolicySettings & { key?: string } }, env: KeyEnv): Promise<LoadedPolicy> {
+  const loaded = config.security.encrypt.length ? await sandboxKey({ dir: config.dir, configDir: dirname(config.file), security: config.security }, env) : undefined;
+  const key = loaded?.ok ? loaded.key : undefined;
+  return {
+    policy: new BlobPolicy(config.security, key),
+    ...(loaded && !loaded.ok ? { keyProblem: loaded.error } : {}),
+    warnings: loaded?.ok ? loaded.warnings : [],
+  };
 }

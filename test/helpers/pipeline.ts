@@ -7,6 +7,9 @@ const exec = promisify(execFile);
 
 /** The webhook secret the pipeline configs below use. */
 export const SECRET = 'hook-secret-0123456789';
+// The configs name it as ${CASCADE_TEST_HOOK_SECRET}, as a user should: a literal secret in the
+// config is held back by the secret scan. testEnv() passes process.env on to the controller.
+process.env.CASCADE_TEST_HOOK_SECRET = SECRET;
 
 /** An ed25519 key made by the real ssh-keygen; `pub` is its allowed_signers line. */
 export async function sshKey(dir: string, principal: string): Promise<{ file: string; pub: string }> {
@@ -55,7 +58,7 @@ export function pipelineConfig(o: PipelineOptions): string {
     'retry: { initial: 200ms, factor: 2, max: 2s, jitter: 0 }',
     'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
     `logging: { file: ${JSON.stringify(o.logFile)}, level: debug }`,
-    `notifications:\n  desktop: false\n  webhooks: ${o.hook ? `[ { url: ${JSON.stringify(o.hook)}, secret: ${SECRET} } ]` : '[]'}`,
+    `notifications:\n  desktop: false\n  webhooks: ${o.hook ? `[ { url: ${JSON.stringify(o.hook)}, secret: "\${CASCADE_TEST_HOOK_SECRET}" } ]` : '[]'}`,
     'environments:',
     '  staging:',
     '    branch: staging',
