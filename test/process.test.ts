@@ -8,6 +8,8 @@ import { fsckStrict, git, gitOk, logOneline, lsTree, makeBareRepo, revParse, sho
 import { makeSandbox, testEnv } from './helpers/sandbox.js';
 import { envReport, live, pipelineConfig, sshKey } from './helpers/pipeline.js';
 import { createServer, type Server } from 'node:http';
+import { existsSync } from 'node:fs';
+import { defaultKeyFilePath } from '../src/security/keyfile.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
@@ -240,6 +242,9 @@ describe('the demo (npm start)', () => {
     const remote = path.join(demoDir, 'remote.git');
     expect((await showFile(remote, 'develop', 'hello.txt')).toString()).toMatch(/hello from the cascade-sync demo/);
     await access(path.join(demoDir, 'cascade-sync.log'));
+    // Nothing outside the demo folder: its encryption key is there too, not in ~/.config.
+    await access(path.join(demoDir, 'demo.key'));
+    expect(existsSync(defaultKeyFilePath(path.join(demoDir, 'sandbox'), testEnv()))).toBe(false);
     child.kill('SIGINT');
     expect(await exited(child)).toBe(0);
     expect(await git(remote, 'log', '--oneline', 'develop')).toMatch(/sync: 1 added \(hello\.txt\)/);

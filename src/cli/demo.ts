@@ -1,4 +1,5 @@
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, stat, writeFile } from "node:fs/promises";
+import { createKeyFile } from "../security/keyfile.js";
 import { join } from "node:path";
 import { init } from "../init.js";
 import { Repo } from "../git/repo.js";
@@ -21,6 +22,9 @@ export async function runDemo(args: MainArgs, out: (s: string) => void): Promise
   const sandbox = join(base, "sandbox");
   const remote = join(base, "remote.git");
   await mkdir(sandbox, { recursive: true });
+  // The demo's encryption key lives in the demo folder (outside its sandbox), not in ~/.config.
+  const keyFile = join(base, "demo.key");
+  if (!(await stat(keyFile).catch(() => undefined))) await createKeyFile(keyFile);
   const report = await init({
     dir: sandbox,
     remote,
@@ -31,7 +35,8 @@ export async function runDemo(args: MainArgs, out: (s: string) => void): Promise
     configOverrides: (text) => text
       .replace(/^  debounce: 3s/m, "  debounce: 1s")
       .replace(/^  file: ~\/\.headyme\/logs\/cascade-sync\.log/m, `  file: ${JSON.stringify(join(base, "cascade-sync.log"))}`)
-      .replace(/^  desktop: true/m, "  desktop: false"),
+      .replace(/^  desktop: true/m, "  desktop: false")
+      .replace(/^  # key: \$\{CASCADE_ENCRYPTION_KEY\}$/m, `  key: ${JSON.stringify(keyFile)}`),
   });
   for (const l of report.lines) out(`demo: ${l}`);
   const redactor = new Redactor();
