@@ -33,7 +33,14 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const empty: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
     if (checkedOut !== desired.sandbox.branch || !head) return { checkedOut, head, observation: empty, full: ctx.hints.full };
     const paths = ctx.hints.full ? [""] : [...ctx.hints.paths];
-    const observation = paths.length ? await ctx.worktree.observe(await ctx.repo.commitTree(head), paths, await ctx.statCache()) : empty;
+    // The first whole-tree scan of a run may take a while on a big tree: show how it goes.
+    const progress = ctx.hints.full && !ctx.state.scannedOnce ? ctx.progress("scanning the sandbox", "files") : undefined;
+    const observation = paths.length ? await ctx.worktree.observe(await ctx.repo.commitTree(head), paths, await ctx.statCache(), progress && ((n) => progress.update(n))) : empty;
+    if (progress) {
+      progress.update(observation.scanned);
+      progress.end(`${observation.scanned.toLocaleString("en-US")} files, ${observation.changes.length} changed`);
+      ctx.state.scannedOnce = true;
+    }
     // What is held back is reported in status: replaced on a full scan, updated for hinted paths.
     const held = ctx.hints.full ? new Set<string>() : new Set(ctx.state.heldBack);
     if (!ctx.hints.full) for (const p of paths) held.delete(p);

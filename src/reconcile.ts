@@ -56,6 +56,8 @@ export interface SharedState {
   keyProblem?: { reason: string; message: string; hint?: string };
   /** Files kept out of commits by the secret scan or their size, by path (never holding the secret itself). */
   findings: Record<string, Finding[]>;
+  /** Set once the first whole-sandbox scan of this run has ended (its progress is shown, later ones are not). */
+  scannedOnce?: boolean;
   remotes: Record<string, { lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string }>;
 }
 

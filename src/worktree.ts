@@ -76,7 +76,7 @@ export class Worktree {
    * Observes the given paths (posix, relative; "" is the whole sandbox) against `headTree`.
    * Folders are walked; a path that vanished is a deletion of whatever the head has there.
    */
-  async observe(headTree: string, paths: Iterable<string>, cache: StatCache): Promise<SandboxObservation> {
+  async observe(headTree: string, paths: Iterable<string>, cache: StatCache, onProgress?: (filesLookedAt: number) => void): Promise<SandboxObservation> {
     const out: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
     const seen = new Set<string>();
     const queue = [...new Set(paths)];
@@ -88,6 +88,7 @@ export class Worktree {
         await this.observeOne(headTree, p, cache, out, queue);
         if (++sinceYield >= YIELD_EVERY) {
           sinceYield = 0;
+          onProgress?.(out.scanned);
           await new Promise((resolve) => setImmediate(resolve));
         }
       }
