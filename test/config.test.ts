@@ -826,3 +826,14 @@ describe('intervals and remote URLs', () => {
     expect(c.remotes[0]?.kind).toBe('http');
   });
 });
+
+describe('server.listen', () => {
+  it('refuses a non-loopback address without a token, and accepts loopback or a token', () => {
+    expect(problems(yaml(...HEAD, 'server: { listen: "0.0.0.0:7420" }'))).toEqual([
+      expect.objectContaining({ path: 'server.listen', message: expect.stringContaining('without a token would expose the pipeline'), hint: 'set server.token, or listen on 127.0.0.1' }),
+    ]);
+    expect(valid(yaml(...HEAD, 'server: { listen: "127.0.0.1:7420" }')).server.listen).toBe('127.0.0.1:7420');
+    expect(valid(yaml(...HEAD, 'server: { listen: "[::1]:7420" }')).server.listen).toBe('[::1]:7420');
+    expect(valid(yaml(...HEAD, 'server: { listen: "0.0.0.0:7420", token: "${T}" }'), { ...ENV, T: 'long-random-token' }).server.token).toBe('long-random-token');
+  });
+});

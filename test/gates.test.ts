@@ -154,6 +154,7 @@ describe('Notifier', () => {
       const n = new Notifier({ desktop: true, webhooks: [{ url: `http://127.0.0.1:${port}/`, secret: 'k3y' }] }, log(), new Redactor(), systemClock);
       await n.notify({ event: 'promoted', key: 'staging:abc', message: 'staging: promoted abc' });
       await n.notify({ event: 'promoted', key: 'staging:abc', message: 'staging: promoted abc' });
+      n.setLink('http://127.0.0.1:7420/');
       await n.notify({ event: 'promoted', key: 'staging:def', message: 'staging: promoted def' });
     } finally {
       process.env.PATH = path0;
@@ -162,5 +163,7 @@ describe('Notifier', () => {
     expect(calls).toBe(3); // one failed attempt retried, then one delivery per distinct commit
     expect(got.map((g) => g.ok)).toEqual([true, true]);
     expect(got.map((g) => JSON.parse(g.body).message)).toEqual(['staging: promoted abc', 'staging: promoted def']);
+    // With the status page served, each notification links to it.
+    expect(got.map((g) => JSON.parse(g.body).link)).toEqual([undefined, 'http://127.0.0.1:7420/']);
   });
 });

@@ -17,6 +17,12 @@ describe('init', () => {
     const r = await run(parent, ['init', 'site', '--remote', './remote.git']);
     expect(r.code, r.stderr).toBe(0);
     const dir = path.join(parent, 'site');
+    // The default config encrypts .env and friends: init made a key file outside the sandbox, mode 0600, and said where.
+    const keyLine = /created the encryption key (\S+) \(mode 0600, outside the sandbox\)/.exec(r.stdout);
+    expect(keyLine, r.stdout).not.toBeNull();
+    expect(path.relative(dir, keyLine![1]!).startsWith('..')).toBe(true);
+    expect((await stat(keyLine![1]!)).mode & 0o777).toBe(0o600);
+    expect(r.stdout).toContain('back it up');
     const head = await revParse(dir, 'develop');
     expect(await revParse(dir, 'staging')).toBe(head);
     expect(await revParse(dir, 'main')).toBe(head);
