@@ -13,6 +13,8 @@ import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 const CHROMIUM = '/usr/bin/chromium';
 const OUTPUT = fileURLToPath(new URL('../test-output/', import.meta.url));
 const TOKEN = 'e2e-token-0123456789';
+// Named as ${VAR} in the config, as a user should: a literal token there is held back by the secret scan.
+process.env.CASCADE_TEST_SERVER_TOKEN = TOKEN;
 
 let controller: RunningController | undefined;
 let browser: Browser | undefined;
@@ -39,7 +41,7 @@ describe('the status server of a running controller', () => {
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
     await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), `${pipelineConfig({ signers: [alice.pub], logFile, deployRoot })}server: { listen: "127.0.0.1:0", token: ${TOKEN} }\n`);
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), `${pipelineConfig({ signers: [alice.pub], logFile, deployRoot })}server: { listen: "127.0.0.1:0", token: "\${CASCADE_TEST_SERVER_TOKEN}" }\n`);
     expect((await run(dir, ['init'])).code).toBe(0);
     controller = await startController(dir);
     const url: string = await waitFor(async () => (await statusJson(dir).catch(() => undefined))?.server?.url, { what: 'the server address in status.json' });
