@@ -1,6 +1,5 @@
-import { lstatSync, readdirSync, readFile, readFileSync, readlink, type BigIntStats } from "node:fs";
+import { lstatSync, readdirSync, readFile, readlink, type BigIntStats } from "node:fs";
 import { promisify } from "node:util";
-import { inflateSync } from "node:zlib";
 import { join } from "node:path";
 import { blobOid, EMPTY_TREE, type EntryMode, type FileEntry, type Repo } from "./git/repo.js";
 import { isStatClean, type IndexEntry } from "./git/index-file.js";
@@ -192,7 +191,7 @@ export class Worktree {
     let m = this.trees.get(oid);
     if (!m) {
       m = new Map();
-      const entries = oid === EMPTY_TREE ? [] : (readLooseTree(this.repo.gitdir, oid) ?? (await this.repo.readTree(oid)));
+      const entries = oid === EMPTY_TREE ? [] : await this.repo.readTree(oid);
       for (const e of entries) m.set(e.path, { mode: e.mode, oid: e.oid, isTree: e.mode === "040000" });
       // Trees are immutable by oid, so the cache never goes stale; it is bounded to keep memory flat.
       if (this.trees.size > 20_000) this.trees.clear();
@@ -200,34 +199,6 @@ export class Worktree {
     }
     return m;
   }
-}
-
-/**
- * The entries of a tree stored as a loose object, read and parsed here: isomorphic-git's readTree
- * costs about 1 ms per tree (JavaScript inflate), which made a full scan of 5,000 folders take 6 s;
- * native zlib takes a tenth of that. Returns undefined for anything it does not handle (a packed
- * object, an unexpected header), and the caller asks the Repo instead.
- * TODO(repo.ts owner): this belongs in Repo.readTree, where buildTree and copyClosure gain too.
- */
-function readLooseTree(gitdir: string, oid: string): { mode: EntryMode; path: string; oid: string }[] | undefined {
-  let raw: Buffer;
-  try {
-    raw = inflateSync(readFileSync(join(gitdir, "objects", oid.slice(0, 2), oid.slice(2))));
-  } catch {
-    return undefined;
-  }
-  const nul = raw.indexOf(0);
-  if (nul < 0 || raw.toString("latin1", 0, 5) !== "tree ") return undefined;
-  const out: { mode: EntryMode; path: string; oid: string }[] = [];
-  for (let i = nul + 1; i < raw.length; ) {
-    const sp = raw.indexOf(0x20, i);
-    const end = raw.indexOf(0, sp);
-    if (sp < 0 || end < 0 || end + 21 > raw.length) return undefined;
-    const mode = raw.toString("latin1", i, sp).padStart(6, "0");
-    out.push({ mode: (mode === "100664" ? "100644" : mode) as EntryMode, path: raw.toString("utf8", sp + 1, end), oid: raw.toString("hex", end + 1, end + 21) });
-    i = end + 21;
-  }
-  return out;
 }
 
 /** A file's blob content: its bytes, or a symlink's target. */

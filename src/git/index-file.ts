@@ -11,6 +11,12 @@
  * resolved; changing stage-0 entries does not invalidate it. Unknown optional (upper-case) extensions are
  * dropped because we cannot know they stay valid. Required (lower-case) extensions, `link` (split index)
  * and `sdir` (sparse index) among them, make readIndex throw UnsupportedIndexError.
+ *
+ * Cost at scale: the last index read or written is kept (entries, their offsets and the file's bytes),
+ * keyed by the file's size and SHA-1 trailer. An unchanged index is read by checking 20 bytes, and a
+ * write that only changes existing entries (a commit of modified files) patches their fixed-size
+ * fields in the kept bytes instead of encoding 100,000 entries again; the result is byte for byte
+ * what a full write gives.
  */
 import { createHash } from "node:crypto";
 import type * as fs from "node:fs";
@@ -70,7 +76,11 @@ export interface IndexTimestamp {
 export interface GitIndex {
   /** Format version of the file read (2 for a new index). writeIndex keeps 4, else writes 2 or 3. */
   version: 2 | 3 | 4;
-  /** Stage-0 entries by path. */
+  /**
+   * Stage-0 entries by path. For an index read from disk this is a copy-on-write view of entries
+   * shared with other indexes read from the same file (it behaves as a Map); replace entries with
+   * `set`, never change one in place.
+   */
   entries: Map<string, IndexEntry>;
   /** Unresolved conflict entries (stages 1-3), preserved on write unless `entries` has the path. */
   conflicts: IndexEntry[];
@@ -160,6 +170,9 @@ function u32(n: bigint): number {
 /**
  * Reads `<gitdir>/index`. Returns an empty index (version 2, mtime null) when the file does not exist.
  *
+ * The index returned shares its unchanged entries with the last index this process read or wrote for
+ * the same file (see EntryMap): reading an unchanged 100k-entry index costs a 20-byte read.
+ *
  * Throws CorruptIndexError when the file is truncated, malformed, or its SHA-1 trailer does not match
  * (an all-zero trailer, written by git's `index.skipHash`, is accepted); UnsupportedIndexError for a
  * split index (`link`), a sparse index (`sdir`), any other required extension, an unknown version or
@@ -192,39 +205,148 @@ export async function readIndex(gitdir: string): Promise<GitIndex> {
   } finally {
     await handle.close();
   }
-  const index = parseIndex(buf, file);
-  index.mtime = timestampOf(stats);
-  remember(file, buf, index.version, [...index.entries.values()], index.conflicts, index.extensions);
-  return index;
+  const p = parseFile(buf, file);
+  remember(file, buf, p);
+  return { ...toIndex(p), mtime: timestampOf(stats) };
 }
 
 /**
- * The last index parsed or written per index file, identified by its size and SHA-1 trailer, as
- * arrays in file order (each readIndex builds its own Map from them). Entry objects are shared with
- * the indexes handed out: callers replace entries (`entries.set`), never change one in place.
+ * Stage-0 entries in file order, shared (never changed) by every index built on them: `entries[i]`
+ * is the entry of the path `ordinals` maps to `i`.
+ */
+interface EntryBase {
+  ordinals: Map<string, number>;
+  entries: IndexEntry[];
+}
+
+/**
+ * The last index parsed or written per index file, identified by its size and SHA-1 trailer. Immutable:
+ * indexes handed out share its `base`; callers replace entries (`entries.set`), never change one in place.
  */
 interface Snapshot {
   size: number;
   trailer: Buffer;
+  /**
+   * The file's bytes, for writeIndex to patch (reading 10 MB back costs more than keeping it); null
+   * once a patch took them over, so a failed write can never leave a half-patched copy behind.
+   */
+  buf: Buffer | null;
   version: 2 | 3 | 4;
-  entries: IndexEntry[];
+  base: EntryBase;
+  /** Byte offset in the file of each entry of `base`, by ordinal. */
+  offsets: Uint32Array;
   conflicts: IndexEntry[];
   extensions: IndexExtension[];
+  /** Some entry carries the v3 extended flags. */
+  anyExtended: boolean;
 }
 const parsed = new Map<string, Snapshot>();
 
-/** Keeps what `file` (whose bytes are `buf`) holds: stage-0 `entries` and `conflicts` in file order. */
-function remember(file: string, buf: Buffer, version: 2 | 3 | 4, entries: IndexEntry[], conflicts: IndexEntry[], extensions: IndexExtension[]): void {
+/** What parseFile found: a snapshot's content without the file's identity. */
+type Parsed = Omit<Snapshot, "size" | "trailer" | "buf">;
+
+/** Keeps what `file` (whose bytes are `buf`) holds, for the next readIndex and writeIndex. */
+function remember(file: string, buf: Buffer, p: Parsed): void {
   const trailer = buf.subarray(buf.length - HASH_SIZE);
   // An all-zero trailer (index.skipHash) does not identify the content: never reuse it.
   if (trailer.every((b) => b === 0)) parsed.delete(resolve(file));
-  else parsed.set(resolve(file), { size: buf.length, trailer: Buffer.from(trailer), version, entries, conflicts: [...conflicts], extensions: [...extensions] });
+  else parsed.set(resolve(file), { ...p, size: buf.length, trailer: Buffer.from(trailer), buf, conflicts: [...p.conflicts], extensions: [...p.extensions] });
+}
+
+function toIndex(p: Parsed): GitIndex {
+  return { version: p.version, entries: new EntryMap(p.base), conflicts: [...p.conflicts], extensions: [...p.extensions], mtime: null };
 }
 
 function fromSnapshot(s: Snapshot, mtime: IndexTimestamp): GitIndex {
-  const entries = new Map<string, IndexEntry>();
-  for (const e of s.entries) entries.set(e.path, e);
-  return { version: s.version, entries, conflicts: [...s.conflicts], extensions: [...s.extensions], mtime };
+  return { ...toIndex(s), mtime };
+}
+
+/**
+ * The stage-0 entries of an index read from disk: a copy-on-write view of a shared EntryBase plus this
+ * index's own changes, so that handing out a 100k-entry index, and changing a few entries of it, costs
+ * what the change costs. It behaves as a Map<string, IndexEntry>, except that an entry deleted and set
+ * again keeps its place in iteration order (nothing depends on that order: writeIndex sorts).
+ */
+class EntryMap implements Map<string, IndexEntry> {
+  /** This map's changes to `base`: a new or replaced entry, or null for a deleted one. */
+  readonly own = new Map<string, IndexEntry | null>();
+  private count: number;
+
+  constructor(public base: EntryBase) {
+    this.count = base.entries.length;
+  }
+
+  get [Symbol.toStringTag](): string {
+    return "Map";
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  get(key: string): IndexEntry | undefined {
+    const mine = this.own.get(key);
+    if (mine !== undefined) return mine ?? undefined;
+    const i = this.base.ordinals.get(key);
+    return i === undefined ? undefined : this.base.entries[i];
+  }
+
+  has(key: string): boolean {
+    return this.get(key) !== undefined;
+  }
+
+  set(key: string, value: IndexEntry): this {
+    if (!this.has(key)) this.count++;
+    this.own.set(key, value);
+    return this;
+  }
+
+  delete(key: string): boolean {
+    if (!this.has(key)) return false;
+    this.count--;
+    if (this.base.ordinals.has(key)) this.own.set(key, null);
+    else this.own.delete(key);
+    return true;
+  }
+
+  clear(): void {
+    this.base = { ordinals: new Map(), entries: [] };
+    this.own.clear();
+    this.count = 0;
+  }
+
+  /** Makes `base` this map's content and forgets the changes (after they were written into it). */
+  rebase(base: EntryBase): void {
+    this.base = base;
+    this.own.clear();
+    this.count = base.entries.length;
+  }
+
+  *entries(): MapIterator<[string, IndexEntry]> {
+    const { entries, ordinals } = this.base;
+    for (const e of entries) {
+      const mine = this.own.get(e.path);
+      if (mine === undefined) yield [e.path, e];
+      else if (mine !== null) yield [e.path, mine];
+    }
+    for (const [k, v] of this.own) if (v !== null && !ordinals.has(k)) yield [k, v];
+  }
+
+  *keys(): MapIterator<string> {
+    for (const [k] of this.entries()) yield k;
+  }
+
+  *values(): MapIterator<IndexEntry> {
+    for (const [, v] of this.entries()) yield v;
+  }
+
+  [Symbol.iterator](): MapIterator<[string, IndexEntry]> {
+    return this.entries();
+  }
+
+  forEach(fn: (value: IndexEntry, key: string, map: Map<string, IndexEntry>) => void, thisArg?: unknown): void {
+    for (const [k, v] of this.entries()) fn.call(thisArg, v, k, this);
+  }
 }
 
 /**
@@ -232,6 +354,10 @@ function fromSnapshot(s: Snapshot, mtime: IndexTimestamp): GitIndex {
  * Throws CorruptIndexError / UnsupportedIndexError as readIndex does.
  */
 export function parseIndex(buf: Buffer, file = "index"): GitIndex {
+  return toIndex(parseFile(buf, file));
+}
+
+function parseFile(buf: Buffer, file: string): Parsed {
   if (buf.length < HEADER_SIZE + HASH_SIZE) throw new CorruptIndexError(file, `only ${buf.length} bytes`);
   if (buf.toString("latin1", 0, 4) !== "DIRC") throw new CorruptIndexError(file, "bad signature (not DIRC)");
   const version = buf.readUInt32BE(4);
@@ -251,8 +377,11 @@ export function parseIndex(buf: Buffer, file = "index"): GitIndex {
   }
   const count = buf.readUInt32BE(8);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const entries = new Map<string, IndexEntry>();
+  const ordinals = new Map<string, number>();
+  const entries: IndexEntry[] = [];
+  const offsets = new Uint32Array(count);
   const conflicts: IndexEntry[] = [];
+  let anyExtended = false;
   let off = HEADER_SIZE;
   // v4: the previous path's bytes, to which the next entry's suffix is appended.
   let scratch = Buffer.allocUnsafe(4096);
@@ -330,8 +459,15 @@ export function parseIndex(buf: Buffer, file = "index"): GitIndex {
         intentToAdd: (flags2 & F2_INTENT_TO_ADD) !== 0,
       },
     };
-    if (entry.flags.stage === 0) entries.set(path, entry);
-    else conflicts.push(entry);
+    if (entry.flags.extended) anyExtended = true;
+    if (entry.flags.stage === 0) {
+      if (ordinals.has(path)) throw new CorruptIndexError(file, `entry ${i}: ${JSON.stringify(path)} is listed twice`);
+      ordinals.set(path, entries.length);
+      offsets[entries.length] = off;
+      entries.push(entry);
+    } else {
+      conflicts.push(entry);
+    }
     off = next;
   }
 
@@ -367,7 +503,7 @@ export function parseIndex(buf: Buffer, file = "index"): GitIndex {
     extensions.push({ signature, data: Buffer.from(buf.subarray(off + 8, off + 8 + size)) });
     off += 8 + size;
   }
-  return { version, entries, conflicts, extensions, mtime: null };
+  return { version, base: { ordinals, entries }, offsets: offsets.subarray(0, entries.length), conflicts, extensions, anyExtended };
 }
 
 function decodePath(buf: Buffer, start: number, end: number, file: string): string {
@@ -551,9 +687,23 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
   if (opts.lock && resolve(opts.lock.path) !== resolve(file)) {
     throw new InternalError(`writeIndex got a lock for ${opts.lock.path}, not ${file}`);
   }
-  const { buf, version, offsets, sorted, extensions } = serialize(index);
+  // Entries are checked (InternalError) before the lock is taken.
+  const plan = planPatch(file, index);
+  let out = plan ? null : serialize(index);
   const lock = opts.lock ?? (await acquireLock(file, opts));
   try {
+    if (plan) {
+      // Under the lock the file cannot change any more; patch it only if it still is the snapshot.
+      const s = plan.snapshot;
+      if (s.buf && (await fileIs(file, s))) {
+        const buf = s.buf;
+        s.buf = null;
+        out = applyPatch(buf, plan);
+      } else {
+        out = serialize(index);
+      }
+    }
+    const { buf, version, offsets, sorted, extensions } = out!;
     await lock.reset();
     await lock.write(buf);
     let mtime = timestampOf(await lock.stat());
@@ -564,7 +714,7 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
       let changed = false;
       for (let i = 0; i < sorted.length; i++) {
         const e = sorted[i]!;
-        if (smudgedAt.has(i) || e.mode === MODE_GITLINK || !isRacy(e, mtime)) continue;
+        if (!isRacy(e, mtime) || e.mode === MODE_GITLINK || smudgedAt.has(i)) continue;
         smudgedAt.add(i);
         const at = offsets[i]! + 36;
         if (buf.readUInt32BE(at) !== 0) {
@@ -583,31 +733,166 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
     parsed.delete(resolve(file));
 
     const smudged: string[] = [];
-    for (const i of smudgedAt) {
-      const e = sorted[i]!;
-      smudged.push(e.path);
-      if (e.flags.stage === 0 && e.size !== 0) index.entries.set(e.path, { ...e, size: 0 });
+    for (const i of smudgedAt) smudged.push(sorted[i]!.path);
+    // What a parse of the file would give, in file order, kept for the next readIndex and writeIndex.
+    let next: Parsed;
+    if (out!.patched) {
+      const base = { ordinals: out!.patched.base.ordinals, entries: sorted };
+      for (const i of smudgedAt) if (sorted[i]!.size !== 0) sorted[i] = { ...sorted[i]!, size: 0 };
+      next = { ...out!.patched, base };
+    } else {
+      for (const i of smudgedAt) {
+        const e = sorted[i]!;
+        if (e.flags.stage === 0 && e.size !== 0 && !(index.entries instanceof EntryMap)) index.entries.set(e.path, { ...e, size: 0 });
+      }
+      next = snapshotOf(sorted, offsets, smudgedAt, version, extensions);
     }
     index.version = version;
     index.mtime = mtime;
     index.extensions = extensions;
     index.conflicts = index.conflicts.filter((c) => !index.entries.has(c.path));
-    // What a parse of the file would give, in file order, kept for the next readIndex.
-    const kept: IndexEntry[] = [];
-    const keptConflicts: IndexEntry[] = [];
-    for (let i = 0; i < sorted.length; i++) {
-      let e = sorted[i]!;
-      if (smudgedAt.has(i) && e.size !== 0) e = { ...e, size: 0 };
-      const ext = e.flags.skipWorktree || e.flags.intentToAdd;
-      if (e.flags.extended !== ext) e = { ...e, flags: { ...e.flags, extended: ext } };
-      if (e.flags.stage === 0) kept.push(e);
-      else keptConflicts.push(e);
-    }
-    remember(file, buf, version, kept, keptConflicts, extensions);
+    // The caller's index now mirrors the file (smudged entries with size 0 included), and is a
+    // view of the new snapshot, so that its next write can be a patch again.
+    if (index.entries instanceof EntryMap) index.entries.rebase(next.base);
+    remember(file, buf, next);
     return { version, mtime, smudged };
   } finally {
     if (!opts.lock && !lock.released) await lock.rollback();
   }
+}
+
+/** The snapshot of a fully serialized index: stage-0 entries indexed, smudged and normalized as on disk. */
+function snapshotOf(sorted: IndexEntry[], offsets: Uint32Array, smudgedAt: Set<number>, version: 2 | 3 | 4, extensions: IndexExtension[]): Parsed {
+  const ordinals = new Map<string, number>();
+  const entries: IndexEntry[] = [];
+  const entryOffsets = new Uint32Array(sorted.length);
+  const conflicts: IndexEntry[] = [];
+  let anyExtended = false;
+  for (let i = 0; i < sorted.length; i++) {
+    let e = sorted[i]!;
+    if (smudgedAt.has(i) && e.size !== 0) e = { ...e, size: 0 };
+    const ext = e.flags.skipWorktree || e.flags.intentToAdd;
+    if (e.flags.extended !== ext) e = { ...e, flags: { ...e.flags, extended: ext } };
+    if (ext) anyExtended = true;
+    if (e.flags.stage === 0) {
+      ordinals.set(e.path, entries.length);
+      entryOffsets[entries.length] = offsets[i]!;
+      entries.push(e);
+    } else {
+      conflicts.push(e);
+    }
+  }
+  return { version, base: { ordinals, entries }, offsets: entryOffsets.subarray(0, entries.length), conflicts, extensions, anyExtended };
+}
+
+/** What serialize or applyPatch produced: the file's bytes and where each of `sorted` sits in them. */
+interface Serialized {
+  buf: Buffer;
+  version: 2 | 3 | 4;
+  offsets: Uint32Array;
+  /** The entries in file order (for a patch: the new snapshot's own array, changed in place when smudging). */
+  sorted: IndexEntry[];
+  extensions: IndexExtension[];
+  /** For a patch: the snapshot it was made from, with the new version of everything but `base.entries`. */
+  patched?: Parsed;
+}
+
+/** Changing stat data, oids and flags of existing entries of a snapshot, in the file's own bytes. */
+interface Patch {
+  snapshot: Snapshot;
+  /** Ordinal in the snapshot's base, and the new entry (normalized, checked). */
+  changes: [number, IndexEntry][];
+}
+
+/**
+ * Whether `index` differs from the snapshot it was read from only in entries that keep their place and
+ * size in the file (no path added or removed, extended flags unchanged), with the same version, no
+ * conflicts and only extensions writeIndex keeps: then the new file is the old one with those entries'
+ * fixed fields rewritten, and writing costs what the change costs instead of re-encoding every entry.
+ * Returns null when a full serialization is needed. Throws InternalError for an entry git would reject.
+ */
+function planPatch(file: string, index: GitIndex): Patch | null {
+  const s = parsed.get(resolve(file));
+  const entries = index.entries;
+  if (!s?.buf || !(entries instanceof EntryMap) || entries.base !== s.base) return null;
+  if (s.conflicts.length || index.conflicts.length) return null;
+  if ((index.version === 4 ? 4 : s.anyExtended ? 3 : 2) !== s.version) return null;
+  if (s.extensions.some((x) => !KEPT_EXTENSIONS.has(x.signature))) return null;
+  const kept = index.extensions.filter((x) => KEPT_EXTENSIONS.has(x.signature));
+  if (kept.length !== s.extensions.length || kept.some((x, i) => x.signature !== s.extensions[i]!.signature || !x.data.equals(s.extensions[i]!.data))) return null;
+  const base = s.base.entries;
+  // An entry read from a file git wrote may carry the extended flag without needing it; a full write drops it.
+  if (s.anyExtended && base.some((e) => e.flags.extended !== (e.flags.skipWorktree || e.flags.intentToAdd))) return null;
+  const changes: [number, IndexEntry][] = [];
+  for (const [path, e] of entries.own) {
+    const i = s.base.ordinals.get(path);
+    if (e === null || i === undefined) return null;
+    if (e.path !== path) throw new InternalError(`index entry stored under ${JSON.stringify(path)} has path ${JSON.stringify(e.path)}`);
+    if (e.flags.stage !== 0) throw new InternalError(`index entry ${JSON.stringify(e.path)} in entries has stage ${e.flags.stage}`);
+    const ext = e.flags.skipWorktree || e.flags.intentToAdd;
+    if (ext !== base[i]!.flags.extended) return null;
+    checkEntry(e);
+    if (!/^[0-9a-f]{40}$/.test(e.oid)) throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
+    changes.push([i, e.flags.extended === ext ? e : { ...e, flags: { ...e.flags, extended: ext } }]);
+  }
+  return { snapshot: s, changes };
+}
+
+/** Whether `file` still is the snapshot's file: same size and SHA-1 trailer (as readIndex trusts it). */
+async function fileIs(file: string, s: Snapshot): Promise<boolean> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, "r");
+  } catch {
+    return false;
+  }
+  try {
+    if ((await handle.stat()).size !== s.size) return false;
+    const tail = Buffer.alloc(HASH_SIZE);
+    const { bytesRead } = await handle.read(tail, 0, HASH_SIZE, s.size - HASH_SIZE);
+    return bytesRead === HASH_SIZE && tail.equals(s.trailer);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Rewrites the changed entries' fixed fields in `buf` (the snapshot's file) and its trailer. */
+function applyPatch(buf: Buffer, plan: Patch): Serialized {
+  const s = plan.snapshot;
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  // Entries are replaced, never changed: the old snapshot's array stays as indexes read from it know it.
+  const sorted = s.base.entries.slice();
+  for (const [i, e] of plan.changes) {
+    const off = s.offsets[i]!;
+    writeFixed(dv, buf, off, e, dv.getUint16(off + 60) & NAME_MASK);
+    sorted[i] = e;
+  }
+  const body = buf.length - HASH_SIZE;
+  createHash("sha1").update(buf.subarray(0, body)).digest().copy(buf, body);
+  const patched: Parsed = { version: s.version, base: s.base, offsets: s.offsets, conflicts: [], extensions: s.extensions, anyExtended: s.anyExtended };
+  return { buf, version: s.version, offsets: s.offsets, sorted, extensions: s.extensions, patched };
+}
+
+/** Writes an entry's stat data, oid and flags at `off`; `nameLen` is the 12-bit name length field. */
+function writeFixed(dv: DataView, buf: Buffer, off: number, e: IndexEntry, nameLen: number): void {
+  dv.setUint32(off, e.ctimeSec);
+  dv.setUint32(off + 4, e.ctimeNsec);
+  dv.setUint32(off + 8, e.mtimeSec);
+  dv.setUint32(off + 12, e.mtimeNsec);
+  dv.setUint32(off + 16, e.dev);
+  dv.setUint32(off + 20, e.ino);
+  dv.setUint32(off + 24, e.mode);
+  dv.setUint32(off + 28, e.uid);
+  dv.setUint32(off + 32, e.gid);
+  dv.setUint32(off + 36, e.size);
+  // Buffer#write stops at the first non-hex pair: 20 bytes written and 40 characters is a valid oid
+  // (cheaper than a regular expression per entry).
+  if (e.oid.length !== 40 || buf.write(e.oid, off + 40, 20, "hex") !== 20 || !isLowerHex(e.oid)) {
+    throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
+  }
+  const ext = e.flags.skipWorktree || e.flags.intentToAdd;
+  dv.setUint16(off + 60, (e.flags.assumeValid ? F_ASSUME_VALID : 0) | (ext ? F_EXTENDED : 0) | (e.flags.stage << 12) | nameLen);
+  if (ext) dv.setUint16(off + 62, (e.flags.skipWorktree ? F2_SKIP_WORKTREE : 0) | (e.flags.intentToAdd ? F2_INTENT_TO_ADD : 0));
 }
 
 /**
@@ -676,13 +961,7 @@ function inOrder(entries: IndexEntry[]): boolean {
   return true;
 }
 
-function serialize(index: GitIndex): {
-  buf: Buffer;
-  version: 2 | 3 | 4;
-  offsets: Uint32Array;
-  sorted: IndexEntry[];
-  extensions: IndexExtension[];
-} {
+function serialize(index: GitIndex): Serialized {
   const sorted: IndexEntry[] = [];
   for (const [key, e] of index.entries) {
     if (key !== e.path) throw new InternalError(`index entry stored under ${JSON.stringify(key)} has path ${JSON.stringify(e.path)}`);
@@ -768,30 +1047,9 @@ function serialize(index: GitIndex): {
     const start = starts[i]!;
     const len = lens[i]!;
     offsets[i] = off;
-    dv.setUint32(off, e.ctimeSec);
-    dv.setUint32(off + 4, e.ctimeNsec);
-    dv.setUint32(off + 8, e.mtimeSec);
-    dv.setUint32(off + 12, e.mtimeNsec);
-    dv.setUint32(off + 16, e.dev);
-    dv.setUint32(off + 20, e.ino);
-    dv.setUint32(off + 24, e.mode);
-    dv.setUint32(off + 28, e.uid);
-    dv.setUint32(off + 32, e.gid);
-    dv.setUint32(off + 36, e.size);
-    // Buffer#write stops at the first non-hex pair: 20 bytes written and 40 characters is a valid oid
-    // (cheaper than a regular expression per entry; the bytes are overwritten below on error anyway).
-    if (e.oid.length !== 40 || buf.write(e.oid, off + 40, 20, "hex") !== 20 || !isLowerHex(e.oid)) {
-      throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
-    }
-    const ext = e.flags.skipWorktree || e.flags.intentToAdd;
-    const flags =
-      (e.flags.assumeValid ? F_ASSUME_VALID : 0) | (ext ? F_EXTENDED : 0) | (e.flags.stage << 12) | Math.min(len, NAME_MASK);
-    dv.setUint16(off + 60, flags);
+    writeFixed(dv, buf, off, e, Math.min(len, NAME_MASK));
     let p = off + FIXED_SIZE;
-    if (ext) {
-      dv.setUint16(p, (e.flags.skipWorktree ? F2_SKIP_WORKTREE : 0) | (e.flags.intentToAdd ? F2_INTENT_TO_ADD : 0));
-      p += 2;
-    }
+    if (e.flags.skipWorktree || e.flags.intentToAdd) p += 2;
     if (commons) {
       const common = commons[i]!;
       p += putVarint(buf, p, (i > 0 ? lens[i - 1]! : 0) - common);

@@ -171,8 +171,11 @@ export function disableLockJournal(gitdir: string): void {
   journals.delete(gitdir.endsWith(sep) ? gitdir : gitdir + sep);
 }
 
-function writeJournals(): void {
+/** Rewrites the journals of the repositories `changed` (a lock path) belongs to, or all of them. */
+function writeJournals(changed?: string): void {
   for (const [prefix, file] of journals) {
+    // A lock in another repository (a local remote's ref) changes nothing this journal records.
+    if (changed !== undefined && !changed.startsWith(prefix)) continue;
     const data: LockJournal = { pid: process.pid, locks: [...held].filter(([p]) => p.startsWith(prefix)).map(([path, h]) => ({ path, ...h })) };
     const tmp = `${file}.${process.pid}.tmp`;
     try {
@@ -222,7 +225,7 @@ const COARSE_CLOCK_MS = 20;
 
 function track(lockPath: string, ino: number | null, since: number): void {
   held.set(lockPath, { ino, since });
-  writeJournals();
+  writeJournals(lockPath);
   if (!exitHookInstalled) {
     exitHookInstalled = true;
     process.on("exit", () => {
@@ -239,7 +242,7 @@ function track(lockPath: string, ino: number | null, since: number): void {
 
 function untrack(lockPath: string): void {
   held.delete(lockPath);
-  writeJournals();
+  writeJournals(lockPath);
 }
 
 class HeldLock implements Lock {

@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
-import { deflate } from "node:zlib";
+import { deflate, inflate, inflateSync } from "node:zlib";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./locked-fs.js";
@@ -63,6 +63,10 @@ export class Repo {
    * controller sets it from the config in force; a plain repository stores content as it is.
    */
   policy: BlobPolicy = BlobPolicy.plain();
+  /** Parents of the commits read so far, for ancestry walks (a commit never changes). */
+  private readonly parents = new Map<string, readonly string[]>();
+  /** The object ids of each pack read so far, by .idx file name (a pack's name is its checksum). */
+  private packIndexes = new Map<string, PackIndex | null>();
 
   private constructor(
     readonly dir: string,
@@ -112,16 +116,89 @@ export class Repo {
 
   /** True when the object exists in this repository (loose or packed). */
   async hasObject(oid: string): Promise<boolean> {
+    // A synchronous access: copyClosure asks this for every entry of every tree it sends, and a
+    // queued one costs ten times as much as the syscall.
+    if (fs.existsSync(this.loosePath(oid))) return true;
+    const packed = this.inPack(oid);
+    if (packed !== undefined) return packed;
     try {
-      await fs.promises.access(join(this.gitdir, "objects", oid.slice(0, 2), oid.slice(2)));
+      await git.readObject({ fs, gitdir: this.gitdir, oid, format: "deflated", cache: this.cache });
       return true;
     } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Whether a pack holds `oid`, by binary search in the packs' v2 .idx files; undefined when some
+   * pack cannot be read that way (isomorphic-git is asked then). The pack folder is listed on every
+   * call, so a pack added or removed meanwhile is never missed.
+   */
+  private inPack(oid: string): boolean | undefined {
+    if (!/^[0-9a-f]{40}$/.test(oid)) return undefined;
+    const dir = join(this.gitdir, "objects", "pack");
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir).filter((n) => n.endsWith(".idx"));
+    } catch {
+      names = [];
+    }
+    const next = new Map<string, PackIndex | null>();
+    for (const name of names) next.set(name, this.packIndexes.get(name) ?? readPackIndex(join(dir, name)));
+    this.packIndexes = next;
+    const key = Buffer.from(oid, "hex");
+    let unknown = false;
+    for (const idx of next.values()) {
+      if (idx === null) unknown = true;
+      else if (packHas(idx, key)) return true;
+    }
+    return unknown ? undefined : false;
+  }
+
+  private loosePath(oid: string): string {
+    return join(this.gitdir, "objects", oid.slice(0, 2), oid.slice(2));
+  }
+
+  /**
+   * Copies the object `oid` into `dst`. A loose object is checked (its content must hash to its name)
+   * and its compressed bytes copied as they are; anything else is read and written again. Like every
+   * object write, temp file then rename: `dst` never holds half an object. Throws NotFoundError when
+   * the object is missing here, and an Error when a loose object is damaged.
+   */
+  async copyObjectTo(dst: Repo, oid: string): Promise<void> {
+    const file = this.loosePath(oid);
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (st?.isFile()) {
       try {
-        await git.readObject({ fs, gitdir: this.gitdir, oid, format: "deflated", cache: this.cache });
-        return true;
+        // Small objects (commits, trees, most blobs) synchronously: cheaper than two trips to the
+        // thread pool; big ones must not stall the event loop.
+        const compressed = st.size < SYNC_LIMIT ? fs.readFileSync(file) : await readFile(file);
+        const raw = st.size < SYNC_LIMIT ? inflateSync(compressed) : await inflateAsync(compressed);
+        if (parseLoose(raw, oid)) {
+          await dst.writeLooseBytes(oid, compressed);
+          return;
+        }
       } catch {
-        return false;
+        // Damaged or gone meanwhile: isomorphic-git below reports it as it always did.
       }
+    }
+    const { type, object } = await this.readRaw(oid);
+    await dst.writeRaw(type, object);
+  }
+
+  /** Writes an object's already deflated bytes (checked by the caller) under its name. */
+  private async writeLooseBytes(oid: string, data: Buffer): Promise<void> {
+    const dir = join(this.gitdir, "objects", oid.slice(0, 2));
+    const file = join(dir, oid.slice(2));
+    if (fs.existsSync(file)) return;
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `tmp_obj_${randomBytes(6).toString("hex")}`);
+    try {
+      await writeFile(tmp, data, { mode: 0o444 });
+      await rename(tmp, file);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
     }
   }
 
@@ -138,19 +215,9 @@ export class Repo {
   private async writeLoose(type: string, content: Buffer): Promise<string> {
     const header = Buffer.from(`${type} ${content.length}\0`);
     const oid = createHash("sha1").update(header).update(content).digest("hex");
-    const dir = join(this.gitdir, "objects", oid.slice(0, 2));
-    const file = join(dir, oid.slice(2));
+    const file = join(this.gitdir, "objects", oid.slice(0, 2), oid.slice(2));
     if (await fs.promises.access(file).then(() => true, () => false)) return oid;
-    const data = await deflateAsync(Buffer.concat([header, content]));
-    await mkdir(dir, { recursive: true });
-    const tmp = join(dir, `tmp_obj_${randomBytes(6).toString("hex")}`);
-    try {
-      await writeFile(tmp, data, { mode: 0o444 });
-      await rename(tmp, file);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
+    await this.writeLooseBytes(oid, await deflateAsync(Buffer.concat([header, content])));
     return oid;
   }
 
@@ -175,9 +242,15 @@ export class Repo {
     return commit;
   }
 
-  /** The entries of one tree object (not recursive). */
+  /**
+   * The entries of one tree object (not recursive), in the tree's order. `oid` may also name a commit
+   * or tag (its tree is read). Throws NotFoundError when the object is missing, UnsafeFilepathError
+   * (isomorphic-git's) for a name git would refuse to check out (`..`, `.git`, a `/`, ...).
+   */
   async readTree(oid: string): Promise<{ mode: EntryMode; path: string; oid: string; type: string }[]> {
     if (oid === EMPTY_TREE) return [];
+    const loose = readLooseTree(this.gitdir, oid);
+    if (loose) return loose;
     const { tree } = await git.readTree({ fs, gitdir: this.gitdir, oid, cache: this.cache });
     return tree.map((e) => ({ mode: normalizeMode(e.mode), path: e.path, oid: e.oid, type: e.type }));
   }
@@ -242,7 +315,24 @@ export class Repo {
 
   /** The tree of a commit. */
   async commitTree(commit: string): Promise<string> {
+    const loose = readLooseObject(this.gitdir, commit);
+    if (loose?.type === "commit" && loose.content.toString("latin1", 0, 5) === "tree " && loose.content[45] === 0x0a) {
+      return loose.content.toString("latin1", 5, 45);
+    }
     return (await this.readCommit(commit)).tree;
+  }
+
+  /** The parents of a commit (remembered: a commit never changes). Throws NotFoundError when it is missing. */
+  async commitParents(commit: string): Promise<readonly string[]> {
+    let parents = this.parents.get(commit);
+    if (!parents) {
+      const loose = readLooseObject(this.gitdir, commit);
+      parents = loose?.type === "commit" ? parentsOf(loose.content) : (await this.readCommit(commit)).parent;
+      // Bounded, so a walk through a huge history cannot keep it all in memory.
+      if (this.parents.size >= 50_000) this.parents.clear();
+      this.parents.set(commit, parents);
+    }
+    return parents;
   }
 
   /** Every file below a tree as path -> entry (used for merges and full comparisons, not per batch). */
@@ -309,10 +399,31 @@ export class Repo {
     return result.length ? this.writeTree(result) : null;
   }
 
-  /** True when `ancestor` is `descendant` or one of its ancestors. */
+  /**
+   * True when `ancestor` is `descendant` or one of its ancestors: a breadth-first walk over parents
+   * (as isomorphic-git's isDescendent, which a shallow repository still uses), reading loose commits
+   * with native zlib and each commit only once per Repo. Throws NotFoundError for a missing commit.
+   */
   async isAncestor(ancestor: string, descendant: string): Promise<boolean> {
     if (ancestor === descendant) return true;
-    return git.isDescendent({ fs, gitdir: this.gitdir, oid: descendant, ancestor, depth: -1, cache: this.cache });
+    if (fs.existsSync(join(this.gitdir, "shallow"))) {
+      return git.isDescendent({ fs, gitdir: this.gitdir, oid: descendant, ancestor, depth: -1, cache: this.cache });
+    }
+    const seen = new Set([descendant]);
+    for (let frontier = [descendant]; frontier.length; ) {
+      const next: string[] = [];
+      for (const c of frontier) {
+        for (const p of await this.commitParents(c)) {
+          if (p === ancestor) return true;
+          if (!seen.has(p)) {
+            seen.add(p);
+            next.push(p);
+          }
+        }
+      }
+      frontier = next;
+    }
+    return false;
   }
 
   /** The best common ancestor of two commits, or null when their histories are unrelated. */
@@ -425,6 +536,123 @@ export class Repo {
 }
 
 const deflateAsync = promisify(deflate);
+const inflateAsync = promisify(inflate);
+/** Loose objects up to this compressed size are read synchronously. */
+const SYNC_LIMIT = 256 * 1024;
+
+/**
+ * A loose object's type and content, read with native zlib and checked against its name (as
+ * isomorphic-git checks what it reads). Returns undefined when there is no such loose object (it may
+ * be packed) or it is damaged: the caller then asks isomorphic-git, which reports the damage.
+ * Synchronous: meant for commits and trees, a few hundred bytes each.
+ */
+function readLooseObject(gitdir: string, oid: string): { type: string; content: Buffer } | undefined {
+  if (!/^[0-9a-f]{40}$/.test(oid)) return undefined;
+  let raw: Buffer;
+  try {
+    raw = inflateSync(fs.readFileSync(join(gitdir, "objects", oid.slice(0, 2), oid.slice(2))));
+  } catch {
+    return undefined;
+  }
+  return parseLoose(raw, oid);
+}
+
+/** The type and content of an inflated loose object, when its header is sound and it hashes to `oid`. */
+function parseLoose(raw: Buffer, oid: string): { type: string; content: Buffer } | undefined {
+  const nul = raw.indexOf(0);
+  const sp = raw.indexOf(0x20);
+  if (nul < 0 || sp < 0 || sp > nul || raw.toString("latin1", sp + 1, nul) !== String(raw.length - nul - 1)) return undefined;
+  if (createHash("sha1").update(raw).digest("hex") !== oid) return undefined;
+  return { type: raw.toString("latin1", 0, sp), content: raw.subarray(nul + 1) };
+}
+
+/** The `parent` lines of a commit's header. */
+function parentsOf(content: Buffer): string[] {
+  const parents: string[] = [];
+  const headerEnd = content.indexOf("\n\n");
+  const header = content.toString("utf8", 0, headerEnd < 0 ? content.length : headerEnd);
+  for (const line of header.split("\n")) if (line.startsWith("parent ")) parents.push(line.slice(7, 47));
+  return parents;
+}
+
+/** The sorted object ids of a pack, as its v2 index lists them. */
+interface PackIndex {
+  /** fanout[b]: how many ids start with a byte <= b. */
+  fanout: Uint32Array;
+  /** The ids, 20 bytes each, sorted. */
+  oids: Buffer;
+}
+
+/** Reads a v2 pack index (Documentation/gitformat-pack.txt); null for v1 or anything unexpected. */
+function readPackIndex(file: string): PackIndex | null {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    return null;
+  }
+  if (buf.length < 8 + 1024 || buf.readUInt32BE(0) !== 0xff744f63 || buf.readUInt32BE(4) !== 2) return null;
+  const fanout = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) fanout[i] = buf.readUInt32BE(8 + 4 * i);
+  const count = fanout[255]!;
+  const start = 8 + 1024;
+  if (buf.length < start + count * 20) return null;
+  return { fanout, oids: Buffer.from(buf.subarray(start, start + count * 20)) };
+}
+
+function packHas(idx: PackIndex, key: Buffer): boolean {
+  const first = key[0]!;
+  let lo = first === 0 ? 0 : idx.fanout[first - 1]!;
+  let hi = idx.fanout[first]!;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = idx.oids.compare(key, 0, 20, mid * 20, mid * 20 + 20);
+    if (c === 0) return true;
+    if (c > 0) hi = mid;
+    else lo = mid + 1;
+  }
+  return false;
+}
+
+const TYPE_OF_MODE: Record<string, string> = { "040000": "tree", "100644": "blob", "100755": "blob", "120000": "blob", "160000": "commit" };
+
+/**
+ * A tree stored as a loose object, read with native zlib: isomorphic-git inflates in JavaScript
+ * (about 1 ms per tree), which dominated buildTree, copyClosure and a full scan's tree reads.
+ * Synchronous on purpose: a loose tree is a few hundred bytes, and a queued read costs more than it.
+ * Returns undefined for anything it does not handle alike (a packed object, a commit or tag, an
+ * unexpected mode, or a name isomorphic-git might refuse): the caller asks isomorphic-git, which
+ * then gives the same answer or the same UnsafeFilepathError as before.
+ */
+function readLooseTree(gitdir: string, oid: string): { mode: EntryMode; path: string; oid: string; type: string }[] | undefined {
+  const loose = readLooseObject(gitdir, oid);
+  if (loose?.type !== "tree") return undefined;
+  const raw = loose.content;
+  const out: { mode: EntryMode; path: string; oid: string; type: string }[] = [];
+  for (let i = 0; i < raw.length; ) {
+    const sp = raw.indexOf(0x20, i);
+    const end = raw.indexOf(0, sp);
+    if (sp < 0 || end < 0 || end + 21 > raw.length) return undefined;
+    let mode = raw.toString("latin1", i, sp);
+    if (mode === "40000") mode = "040000";
+    const type = TYPE_OF_MODE[mode];
+    const path = raw.toString("utf8", sp + 1, end);
+    if (!type || !plainName(path)) return undefined;
+    out.push({ mode: mode as EntryMode, path, oid: raw.toString("hex", end + 1, end + 21), type });
+    i = end + 21;
+  }
+  return out;
+}
+
+/**
+ * Names isomorphic-git's tree parser certainly accepts: not empty, no separator or colon, none of the
+ * invisible characters HFS+ ignores, valid UTF-8, and not `.`, `..`, `.git` or `git~N` in any spelling
+ * (a superset of what it refuses, checked cheaply).
+ */
+function plainName(name: string): boolean {
+  if (name === "" || /[\/\\:\uFFFD\u200C-\u200F\u202A-\u202E\u206A-\u206F\uFEFF]/.test(name)) return false;
+  return !/^\.(git)?[. ]*$/i.test(name) && !/^\.?git~[1-9]/i.test(name);
+}
 
 function same(a: { mode: string; oid: string } | undefined, b: { mode: string; oid: string } | undefined): boolean {
   return a === b || (!!a && !!b && a.mode === b.mode && a.oid === b.oid);

@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
-import { access } from "node:fs/promises";
-import { join } from "node:path";
+import { access, readdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./locked-fs.js";
 import { stalled, transient, type CascadeError } from "../errors.js";
@@ -62,7 +62,9 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
       const tip = await bare.branchHead(branch);
       if (!tip) return null;
       await copyClosure(bare, repo, tip);
-      await repo.setRef(`refs/remotes/${remote.name}/${branch}`, tip, undefined, `fetch: from ${remote.name}`, opts.who);
+      const tracking = `refs/remotes/${remote.name}/${branch}`;
+      // Most passes find nothing new: a read is cheaper than a lock that changes nothing.
+      if ((await repo.ref(tracking)) !== tip) await repo.setRef(tracking, tip, undefined, `fetch: from ${remote.name}`, opts.who);
       return tip;
     }
     const res = await git.fetch({ ...(await httpArgs(repo, remote, opts)), ref: branch, singleBranch: true, tags: false });
@@ -126,15 +128,31 @@ async function configureRemote(repo: Repo, remote: RemoteTarget): Promise<void> 
   await repo.setConfig(`remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`);
 }
 
+/**
+ * Local remotes opened so far, by absolute path, with the pack indexes they had then. Keeping the
+ * Repo keeps isomorphic-git's cache of pack indexes (re-reading them on every push of a packed remote
+ * cost more than the push) and the parents of commits already walked. Both are keyed by content
+ * (pack names are their checksum, commits their id), so they cannot go stale; a repack (a new set of
+ * packs) starts a new Repo, so packs deleted by it are not kept in memory.
+ */
+const localRemotes = new Map<string, { repo: Repo; packs: string }>();
+
 async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
+  const gitdir = resolve(remote.url);
   try {
-    await access(join(remote.url, "objects"));
-    await access(join(remote.url, "HEAD"));
+    await access(join(gitdir, "objects"));
+    await access(join(gitdir, "HEAD"));
   } catch {
+    localRemotes.delete(gitdir);
     throw stalled("RemoteNotFound", `remote ${remote.name}: ${remote.url} is not a bare git repository`,
       `create it with \`git init --bare ${remote.url}\`, or fix remotes[].url`);
   }
-  return Repo.bare(remote.url);
+  const packs = (await readdir(join(gitdir, "objects", "pack")).catch(() => [] as string[])).filter((n) => n.endsWith(".idx")).sort().join("\n");
+  const known = localRemotes.get(gitdir);
+  if (known?.packs === packs) return known.repo;
+  const repo = Repo.bare(gitdir);
+  localRemotes.set(gitdir, { repo, packs });
+  return repo;
 }
 
 /**
@@ -146,8 +164,7 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
   let copied = 0;
   const done = new Set<string>();
   const copy = async (oid: string) => {
-    const { type, object } = await src.readRaw(oid);
-    await dst.writeRaw(type, object);
+    await src.copyObjectTo(dst, oid);
     done.add(oid);
     copied++;
     onCopied?.(copied);
@@ -167,10 +184,10 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
     if (!top.expanded) {
       if (await dst.hasObject(top.oid)) { done.add(top.oid); stack.pop(); continue; }
       top.expanded = true;
-      for (const p of (await src.readCommit(top.oid)).parent) if (!done.has(p)) stack.push({ oid: p, expanded: false });
+      for (const p of await src.commitParents(top.oid)) if (!done.has(p)) stack.push({ oid: p, expanded: false });
     } else {
       stack.pop();
-      await copyTree((await src.readCommit(top.oid)).tree);
+      await copyTree(await src.commitTree(top.oid));
       await copy(top.oid);
     }
   }

@@ -1,0 +1,146 @@
+import { execFile } from "node:child_process";
+import { readdirSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { deflateSync } from "node:zlib";
+import { afterAll, describe, expect, it } from "vitest";
+import { Repo } from "../src/git/repo.js";
+import { copyClosure, fetchBranch, pushBranch, type RemoteTarget } from "../src/git/transport.js";
+import { cloneTo, commitFiles, fsckStrict, git, gitEnv, makeBareRepo, revParse } from "./helpers/git.js";
+import { cleanupTmpDirs, makeTmpDir } from "./helpers/tmp.js";
+
+afterAll(cleanupTmpDirs);
+
+const who = { name: "Cascade Test", email: "cascade-test@example.invalid", timestamp: 1_700_000_000, timezoneOffset: 0 };
+
+/** A bare remote and a clone of it with one commit pushed, and the transport's view of the remote. */
+async function setup(): Promise<{ bare: string; work: string; repo: Repo; target: RemoteTarget }> {
+  const root = await makeTmpDir("cascade-transport-");
+  const bare = join(root, "remote.git");
+  await makeBareRepo(bare, { withCommit: true });
+  const work = await cloneTo(bare, join(root, "work"), "--branch", "develop");
+  await commitFiles(work, { "a/one.txt": "one\n", "a/b/two.txt": "two\n", "three.txt": "three\n" }, "files");
+  await git(work, "push", "-q", "origin", "develop");
+  return { bare, work, repo: await Repo.open(work), target: { name: "origin", url: bare, kind: "local", timeoutMs: 10_000 } };
+}
+
+/** Loose object ids in a repository's objects folder. */
+function looseObjects(gitdir: string): string[] {
+  const out: string[] = [];
+  for (const dir of readdirSync(join(gitdir, "objects"))) {
+    if (!/^[0-9a-f]{2}$/.test(dir)) continue;
+    for (const f of readdirSync(join(gitdir, "objects", dir))) out.push(dir + f);
+  }
+  return out.sort();
+}
+
+/** Objects reachable from `to` and not from `from`, by native git. */
+async function newObjects(cwd: string, from: string, to: string): Promise<string[]> {
+  const out = await git(cwd, "rev-list", "--objects", to, `^${from}`);
+  return out.split("\n").filter(Boolean).map((l) => l.slice(0, 40)).sort();
+}
+
+function sh(cwd: string, cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => execFile(cmd, args, { cwd, env: gitEnv() }, (err) => (err ? reject(err) : resolve())));
+}
+
+describe("pushing to a local bare remote", () => {
+  it("copies only what a packed remote lacks, across repacks, and git fsck agrees", async () => {
+    const { bare, work, repo, target } = await setup();
+    await git(bare, "gc", "-q");
+    expect(looseObjects(bare)).toEqual([]);
+
+    const before = await revParse(work);
+    const first = await commitFiles(work, { "a/b/two.txt": "two, changed\n", "four.txt": "four\n" }, "second");
+    await pushBranch(repo, target, "develop", first, { who });
+    expect(await revParse(bare, "develop")).toBe(first);
+    // Exactly the new commit, its new trees and blobs: nothing the pack already holds.
+    expect(looseObjects(bare)).toEqual(await newObjects(work, before, first));
+    await fsckStrict(bare);
+
+    // A repack between two pushes (the pack set changes under the cached remote).
+    await git(bare, "gc", "-q");
+    const second = await commitFiles(work, { "a/one.txt": "one, changed\n" }, "third");
+    await pushBranch(repo, target, "develop", second, { who });
+    expect(await revParse(bare, "develop")).toBe(second);
+    expect(looseObjects(bare)).toEqual(await newObjects(work, first, second));
+    await fsckStrict(bare);
+    expect(await git(bare, "reflog", "show", "--format=%H %gs", "refs/heads/develop")).toContain(`${second} push: cascade-sync from`);
+  });
+
+  it("refuses a push that is not a fast-forward, and fetches without moving an unchanged tracking ref", async () => {
+    const { bare, work, repo, target } = await setup();
+    const other = await cloneTo(bare, join(work, "..", "other"), "--branch", "develop");
+    const theirs = await commitFiles(other, { "theirs.txt": "theirs\n" }, "theirs");
+    await git(other, "push", "-q", "origin", "develop");
+    const ours = await commitFiles(work, { "ours.txt": "ours\n" }, "ours");
+    await expect(pushBranch(repo, target, "develop", ours, { who })).rejects.toMatchObject({ reason: "NonFastForward" });
+    expect(await revParse(bare, "develop")).toBe(theirs);
+
+    expect(await fetchBranch(repo, target, "develop", { who })).toBe(theirs);
+    expect(await revParse(work, "refs/remotes/origin/develop")).toBe(theirs);
+    const reflog = await readFile(join(work, ".git", "logs", "refs", "remotes", "origin", "develop"), "utf8");
+    expect(await fetchBranch(repo, target, "develop", { who })).toBe(theirs);
+    expect(await readFile(join(work, ".git", "logs", "refs", "remotes", "origin", "develop"), "utf8")).toBe(reflog);
+    await fsckStrict(work);
+  });
+});
+
+describe("Repo reads objects itself", () => {
+  it("isAncestor agrees with git merge-base --is-ancestor over merges and packed history", async () => {
+    const { work, repo } = await setup();
+    const base = await revParse(work);
+    await git(work, "checkout", "-q", "-b", "side");
+    const side = await commitFiles(work, { "side.txt": "side\n" }, "side");
+    await git(work, "checkout", "-q", "develop");
+    const main1 = await commitFiles(work, { "main.txt": "main\n" }, "main");
+    await git(work, "gc", "-q"); // what follows is loose, what came before is packed
+    await git(work, "merge", "-q", "--no-edit", "side");
+    const merge = await revParse(work);
+    const after = await commitFiles(work, { "after.txt": "after\n" }, "after");
+    const root = (await git(work, "rev-list", "--max-parents=0", "HEAD")).trim();
+    const all = [root, base, side, main1, merge, after];
+    for (const a of all) {
+      for (const d of all) {
+        const native = (await execCode(work, ["merge-base", "--is-ancestor", a, d])) === 0;
+        expect([a, d, await repo.isAncestor(a, d)]).toEqual([a, d, native]);
+      }
+    }
+    expect(await repo.commitTree(after)).toBe(await revParse(work, `${after}^{tree}`));
+    expect(await repo.commitParents(merge)).toEqual([main1, side]);
+  });
+
+  it("readTree refuses unsafe names as isomorphic-git does and notices a damaged loose tree", async () => {
+    const { work, repo } = await setup();
+    const blob = await revParse(work, "HEAD:three.txt");
+    const raw = Buffer.concat([Buffer.from("100644 .git\0"), Buffer.from(blob, "hex")]);
+    const hostile = await gitStdin(work, ["hash-object", "-t", "tree", "-w", "--literally", "--stdin"], raw);
+    await expect(repo.readTree(hostile)).rejects.toMatchObject({ code: "UnsafeFilepathError" });
+
+    const tree = await revParse(work, "HEAD^{tree}");
+    const entries = await repo.readTree(tree);
+    expect(entries.map((e) => `${e.mode} ${e.type} ${e.oid}\t${e.path}`).join("\n")).toBe(await git(work, "ls-tree", tree));
+    // Replace the loose tree's bytes with another valid object's: the name no longer matches the content.
+    const file = join(work, ".git", "objects", tree.slice(0, 2), tree.slice(2));
+    await sh(work, "chmod", ["u+w", file]);
+    await writeFile(file, deflateSync(Buffer.from("tree 0\0")));
+    await expect(repo.readTree(tree)).rejects.toThrow(/SHA check failed/);
+    // ... and it is not copied anywhere either.
+    const empty = await makeTmpDir("cascade-transport-dst-");
+    await makeBareRepo(empty);
+    const dst = Repo.bare(empty);
+    await expect(copyClosure(repo, dst, await revParse(work))).rejects.toThrow();
+    expect(looseObjects(empty)).not.toContain(tree);
+  });
+});
+
+function execCode(cwd: string, args: string[]): Promise<number> {
+  return new Promise((resolve) => execFile("git", args, { cwd, env: gitEnv() }, (err) => resolve(err ? ((err as { code?: number }).code ?? 1) : 0)));
+}
+
+function gitStdin(cwd: string, args: string[], input: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile("git", args, { cwd, env: gitEnv() }, (err, stdout) => (err ? reject(err) : resolve(stdout.trim())));
+    child.stdin!.end(input);
+  });
+}
