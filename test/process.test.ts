@@ -202,7 +202,7 @@ describe('the pipeline under a running controller process', () => {
     // A release whose http check keeps failing (below failureThreshold) is rolled back when the progress deadline passes.
     const healthyStaging = await waitFor(async () => {
       const r = await envReport(dir, 'staging');
-      return r?.health?.phase === 'healthy' && r.head === (await revParse(dir, 'develop')) ? r.head as string : undefined;
+      return r?.health?.phase === 'healthy' && r.head === r.deployed && r.head === (await revParse(dir, 'develop')) ? r.head as string : undefined;
     }, { what: 'staging at the approval commit, healthy', timeoutMs: 30_000 });
     await writeFile(path.join(dir, 'app.txt'), 'v3 SLOW\n');
     await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the slow edit to be pending' });
@@ -213,17 +213,21 @@ describe('the pipeline under a running controller process', () => {
     await waitFor(async () => (await tryRevParse(dir, `refs/cascade-sync/failed/staging/${slow}`)) === slow || undefined, { what: 'staging rolled back at the progress deadline', timeoutMs: 40_000 }).catch(async (e: Error) => {
       throw new Error(`${e.message}\n${JSON.stringify(await envReport(dir, 'staging'))}\n${out().slice(-3000)}`);
     });
-    expect(await revParse(dir, 'staging')).toBe(healthyStaging);
-    expect(await live(path.join(deployRoot, 'staging'))).toBe(healthyStaging);
-    const history = (await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    const historyText = await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8');
+    const history = historyText.trim().split('\n').map((l) => JSON.parse(l));
     const rollback = history.find((h) => h.event === 'rolled-back' && h.environment === 'staging');
-    expect(rollback).toMatchObject({ from: slow, commit: healthyStaging });
+    const why = `healthy ${healthyStaging}, slow ${slow}\n${historyText}\n${await git(dir, 'log', '--oneline', '--all')}`;
+    expect(rollback, why).toMatchObject({ from: slow });
     expect(rollback.result).toMatch(/progress deadline/);
+    // Back on a release that had become healthy (the branch and the live release agree); the history names it.
+    expect([healthyStaging, c2], why).toContain(rollback.commit);
+    expect(await revParse(dir, 'staging'), why).toBe(rollback.commit);
+    expect(await live(path.join(deployRoot, 'staging'))).toBe(rollback.commit);
     // The failed commit is not promoted again, and deploy-staging says so.
     const again = await cli(dir, 'deploy-staging');
     expect(again.code).toBe(1);
     expect(again.stdout).toContain(`${slow.slice(0, 7)} was rolled back`);
-    expect(await revParse(dir, 'staging')).toBe(healthyStaging);
+    expect(await revParse(dir, 'staging')).toBe(rollback.commit);
     child.kill('SIGTERM');
     expect(await exited(child)).toBe(0);
     await fsckStrict(dir);
