@@ -89,7 +89,11 @@ describe('encrypted paths', () => {
     const newTree = (await runGit({ cwd: remote, args: ['mktree'], input: tree })).stdout.trim();
     const tampered = (await git(remote, 'commit-tree', newTree, '-p', tip, '-m', 'tampered')).trim();
     await git(remote, 'update-ref', 'refs/heads/develop', tampered);
-    const err = await waitFor(async () => (await status(other)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin')?.lastError, { what: 'the tampered blob refused', timeoutMs: 30_000 });
+    // (A transient error, such as a push racing the remote's move, may come first: wait for the refusal itself.)
+    const err = await waitFor(async () => {
+      const e = (await status(other)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin')?.lastError;
+      return e?.reason === 'EncryptedBlobTampered' ? e : undefined;
+    }, { what: 'the tampered blob refused', timeoutMs: 30_000 });
     expect(err).toMatchObject({ kind: 'Stalled', reason: 'EncryptedBlobTampered' });
     expect(await readFile(path.join(other, '.env'), 'utf8')).toBe(`${SECRET}\nDEBUG=1\n`);
   }, 120_000);

@@ -65,7 +65,13 @@ async function pushCrafted(bare: string, tree: string, parent: string): Promise<
 }
 
 async function expectRefused(dir: string, outside: string, before: string, sandboxFiles: string[]) {
-  const err = await waitFor(async () => (await status(dir)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin')?.lastError, { what: 'the remote to stall', timeoutMs: 30_000 });
+  // A transient error (a push racing the crafted commit) may come first: wait for the refusal itself.
+  const err = await waitFor(async () => {
+    const e = (await status(dir)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin')?.lastError;
+    return e?.kind === 'Stalled' ? e : undefined;
+  }, { what: 'the remote to stall', timeoutMs: 30_000 }).catch(async (x: Error) => {
+    throw new Error(`${x.message}: ${JSON.stringify((await status(dir)).reconcilers.find((r: { name: string }) => r.name === 'remote:origin'))}`);
+  });
   expect(err).toMatchObject({ kind: 'Stalled', reason: 'UnsafePath' });
   expect(await revParse(dir, 'develop')).toBe(before);
   expect((await readdir(dir)).sort()).toEqual(sandboxFiles);
