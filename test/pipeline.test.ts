@@ -76,7 +76,7 @@ describe('the promotion pipeline, end to end', () => {
       const head = await revParse(dir, 'develop');
       return head !== c1 ? head : undefined;
     }, { what: 'the edit on develop' });
-    await waitFor(async () => (await live(path.join(deployRoot, 'staging'))) === c2 || undefined, { what: 'staging to deploy the edit', timeoutMs: 30_000 }).catch(async (e: Error) => {
+    await waitFor(async () => (await live(path.join(deployRoot, 'staging'))) === c2 || undefined, { what: 'staging to deploy the edit', timeoutMs: 60_000 }).catch(async (e: Error) => {
       throw new Error(`${e.message}\nstaging: ${JSON.stringify(await envReport(dir, 'staging'))}\n${(await readFile(logFile, 'utf8')).split('\n').filter((l) => l.includes('staging')).slice(-12).join('\n')}`);
     });
     expect(await revParse(dir, 'staging')).toBe(c2);
@@ -108,10 +108,10 @@ describe('the promotion pipeline, end to end', () => {
       const r = await envReport(dir, 'production');
       const reasons = (r?.approvals?.rejected ?? []).map((x: { reason: string }) => x.reason).sort();
       return reasons.length === 4 ? reasons : undefined;
-    }, { what: 'four rejected approvals in status', timeoutMs: 30_000 });
+    }, { what: 'four rejected approvals in status', timeoutMs: 60_000 });
     expect(rejected).toEqual(['bad-signature', 'expired', 'unknown-signer', 'wrong-commit']);
     // The signers edit is committed on develop, and even promoted to staging; production trusts only its own branch.
-    await waitFor(async () => (await revParse(dir, 'staging')) !== c2 || undefined, { what: 'the signers edit on staging', timeoutMs: 30_000 });
+    await waitFor(async () => (await revParse(dir, 'staging')) !== c2 || undefined, { what: 'the signers edit on staging', timeoutMs: 60_000 });
     const c2b = await revParse(dir, 'staging');
     const plan = await run(dir, ['plan']);
     expect(plan.stdout).toContain('unknown-signer');
@@ -119,7 +119,9 @@ describe('the promotion pipeline, end to end', () => {
 
     // A valid approval made with the real ssh-keygen for the commit staging now holds: production moves to exactly it.
     await appendFile(path.join(dir, 'cascade-sync-state.yaml'), await signedEntry(alice.file, { environment: 'production', commit: c2b, expires: future, signer: 'alice@example.com' }));
-    await waitFor(async () => (await live(path.join(deployRoot, 'production'))) === c2b || undefined, { what: 'production to deploy the approved commit', timeoutMs: 30_000 });
+    await waitFor(async () => (await live(path.join(deployRoot, 'production'))) === c2b || undefined, { what: 'production to deploy the approved commit', timeoutMs: 60_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\nc2b ${c2b}\nproduction: ${JSON.stringify(await envReport(dir, 'production'))}\n${(await readFile(logFile, 'utf8')).split('\n').filter((l) => l.includes('production')).slice(-15).join('\n')}`);
+    });
     expect(await revParse(dir, 'main')).toBe(c2b);
     await waitFor(async () => (await envReport(dir, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy' });
     await waitFor(async () => (await tryRevParse(bare, 'main')) === c2b || undefined, { what: 'main pushed to the remote' });
@@ -129,7 +131,7 @@ describe('the promotion pipeline, end to end', () => {
     const c3 = await waitFor(async () => {
       const s = await revParse(dir, 'staging');
       return s !== c2b && (await gitOk(dir, 'show', `${s}:app.txt`)).stdout === 'v3 BROKEN\n' ? s : undefined;
-    }, { what: 'the broken commit on staging', timeoutMs: 30_000 });
+    }, { what: 'the broken commit on staging', timeoutMs: 60_000 });
     const approve = await run(dir, ['approve', 'production', '--key', alice.file, '--expires', '1h']);
     expect(approve.code, approve.stderr).toBe(0);
     expect(approve.stdout).toContain(`commit: ${c3}`);
@@ -184,7 +186,7 @@ describe('the promotion pipeline, end to end', () => {
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ url, signers: [], hook: hook.url, logFile, deployRoot, productionCheck: `test ! -e ${brokenFlag}` }));
     expect((await run(dir, ['init'])).code).toBe(0);
     controllers.push(await startController(dir));
-    const event = (name: string) => waitFor(() => hook.events.find((e) => e.event === name), { what: `the ${name} webhook`, timeoutMs: 30_000 });
+    const event = (name: string) => waitFor(() => hook.events.find((e) => e.event === name), { what: `the ${name} webhook`, timeoutMs: 60_000 });
     await waitFor(async () => (await envReport(dir, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy' });
     // The first push of the run reports its progress; not a TTY here, so as one summary line.
     await waitFor(() => /^pushing develop to origin: \d+ objects in \S+/m.test(controllers[0]!.stdout.text()) || undefined, { what: 'the first push summary line' });
