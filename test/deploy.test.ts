@@ -17,7 +17,7 @@ import {
   switchCurrent,
   type DeployInput,
 } from '../src/pipeline/deploy.js';
-import { commitFiles, git, lsTree, runGit, showFile } from './helpers/git.js';
+import { commitFiles, git, lsTree, runGit, showFile, makeTestRepo, type TestRepo } from './helpers/git.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 afterEach(async () => {
@@ -26,20 +26,7 @@ afterEach(async () => {
 
 const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
 
-interface TestRepo {
-  dir: string;
-  repo: Repo;
-  /** Commits `files` (and deletions made before) and returns the new commit. */
-  commit(files: Record<string, string | Buffer>, message?: string): Promise<string>;
-}
-
-async function makeRepo(): Promise<TestRepo> {
-  const dir = await makeTmpDir('deploy-repo');
-  await git(dir, 'init', '--quiet');
-  const repo = await Repo.open(dir);
-  let n = 0;
-  return { dir, repo, commit: (files, message) => commitFiles(dir, files, message ?? `commit ${++n}`) };
-}
+const makeRepo = (): Promise<TestRepo> => makeTestRepo('deploy-repo');
 
 /** Runs git plumbing with stdin and returns trimmed stdout (hash-object, mktree). */
 async function plumb(dir: string, args: string[], input: string | Buffer): Promise<string> {

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { git, lsTree, makeBareRepo, revParse, runGit } from './helpers/git.js';
+import { git, lsTree, makeBareRepo, plumb, rawTree, revParse, runGit } from './helpers/git.js';
 import { makeSandbox, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
@@ -18,18 +18,6 @@ afterEach(async () => {
   controller = undefined;
   await cleanupTmpDirs();
 });
-
-async function plumb(dir: string, args: string[], input: string | Buffer): Promise<string> {
-  const r = await runGit({ cwd: dir, args, input });
-  if (r.code !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-/** A tree object written byte for byte, so names git's own tools refuse can be had. */
-async function rawTree(dir: string, entries: { mode: string; name: string; oid: string }[]): Promise<string> {
-  const body = Buffer.concat(entries.map((e) => Buffer.concat([Buffer.from(`${e.mode} ${e.name}\0`), Buffer.from(e.oid, 'hex')])));
-  return plumb(dir, ['hash-object', '-t', 'tree', '--literally', '-w', '--stdin'], body);
-}
 
 /** The entries of `commit`'s root tree, so a crafted tree keeps what the remote already holds. */
 async function rootEntries(bare: string, commit: string): Promise<{ mode: string; name: string; oid: string }[]> {

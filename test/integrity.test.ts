@@ -26,7 +26,7 @@ import {
   type DeployInput,
 } from '../src/pipeline/deploy.js';
 import { isIntact, manifestPathFor, readManifest } from '../src/security/manifest.js';
-import { commitFiles, git, gitOk, revParse, runGit, showFile } from './helpers/git.js';
+import { commitFiles, git, gitOk, plumb, rawTree, revParse, showFile, makeTestRepo, type TestRepo } from './helpers/git.js';
 import { SECRET, envReport, live, pipelineConfig } from './helpers/pipeline.js';
 import { run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
@@ -46,34 +46,10 @@ afterEach(async () => {
 
 const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
 
-interface TestRepo {
-  dir: string;
-  repo: Repo;
-  commit(files: Record<string, string | Buffer>, message?: string): Promise<string>;
-}
-
-async function makeRepo(): Promise<TestRepo> {
-  const dir = await makeTmpDir('integrity-repo');
-  await git(dir, 'init', '--quiet');
-  const repo = await Repo.open(dir);
-  let n = 0;
-  return { dir, repo, commit: (files, message) => commitFiles(dir, files, message ?? `commit ${++n}`) };
-}
+const makeRepo = (): Promise<TestRepo> => makeTestRepo('integrity-repo');
 
 function deployInput(directory: string, commit: string, extra: Partial<DeployInput> = {}): DeployInput {
   return { environment: 'staging', commit, deploy: { directory, keep: 5, hooks: {} }, env: ENV, ...extra };
-}
-
-async function plumb(dir: string, args: string[], input: string | Buffer): Promise<string> {
-  const r = await runGit({ cwd: dir, args, input });
-  if (r.code !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-/** A tree object written byte for byte (`hash-object --literally`), so names mktree refuses ("/abs", "a/b") can be had. */
-async function rawTree(dir: string, entries: { mode: string; name: string; oid: string }[]): Promise<string> {
-  const body = Buffer.concat(entries.map((e) => Buffer.concat([Buffer.from(`${e.mode} ${e.name}\0`), Buffer.from(e.oid, 'hex')])));
-  return plumb(dir, ['hash-object', '-t', 'tree', '--literally', '-w', '--stdin'], body);
 }
 
 /** A commit of a hand-made tree, optionally on top of `parent`. */

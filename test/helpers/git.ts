@@ -4,6 +4,8 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Repo } from '../../src/git/repo.js';
+import { makeTmpDir } from './tmp.js';
 
 /** Identity used for every commit made through these helpers (and by tests that compare authors). */
 export const TEST_AUTHOR = { name: 'Cascade Test', email: 'cascade-test@example.invalid' } as const;
@@ -306,4 +308,33 @@ export async function gitFixed(cwd: string, args: string[], allowFail = false, i
   const r = await runGit({ cwd, args, env: FIXED_NAMES, ...(input !== undefined ? { input } : {}) });
   if (r.code !== 0 && !allowFail) throw new Error(`git ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
   return r;
+}
+
+/** Runs a git plumbing command with `input` on stdin and returns its trimmed output; throws on failure. */
+export async function plumb(dir: string, args: string[], input: string | Buffer): Promise<string> {
+  const r = await runGit({ cwd: dir, args, input });
+  if (r.code !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** A tree object written byte for byte (`hash-object --literally`), so names git's own tools refuse ("..", "/abs", "a/b") can be had. */
+export async function rawTree(dir: string, entries: { mode: string; name: string; oid: string }[]): Promise<string> {
+  const body = Buffer.concat(entries.map((e) => Buffer.concat([Buffer.from(`${e.mode} ${e.name}\0`), Buffer.from(e.oid, 'hex')])));
+  return plumb(dir, ['hash-object', '-t', 'tree', '--literally', '-w', '--stdin'], body);
+}
+
+/** A repository in a temp dir to commit test trees into, opened as cascade-sync's Repo too. */
+export interface TestRepo {
+  dir: string;
+  repo: Repo;
+  /** Commits `files` (and deletions made before) and returns the new commit. */
+  commit(files: Record<string, string | Buffer>, message?: string): Promise<string>;
+}
+
+export async function makeTestRepo(prefix: string): Promise<TestRepo> {
+  const dir = await makeTmpDir(prefix);
+  await git(dir, 'init', '--quiet');
+  const repo = await Repo.open(dir);
+  let n = 0;
+  return { dir, repo, commit: (files, message) => commitFiles(dir, files, message ?? `commit ${++n}`) };
 }
