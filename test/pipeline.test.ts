@@ -147,7 +147,8 @@ describe('the promotion pipeline, end to end', () => {
     // commit that holds the approval; production then waits for approval of that one instead.)
     const after = await waitFor(async () => {
       const r = await envReport(dir, 'production');
-      return r?.failed?.includes(c3) ? r : undefined;
+      // (The report of the rollback pass itself still shows what it saw before acting: wait for the next one.)
+      return r?.failed?.includes(c3) && r.deployed === c2b ? r : undefined;
     }, { what: 'production to list the rolled-back commit as failed', timeoutMs: 20_000 }).catch(async (e) => {
       throw new Error(`${(e as Error).message}: ${JSON.stringify(await envReport(dir, 'production'))}`);
     });
