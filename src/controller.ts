@@ -613,7 +613,10 @@ export class Controller {
     const next = new Map<string, Slot>();
     for (const r of wanted) {
       const old = this.slots.get(r.name);
-      next.set(r.name, old ? { ...old, r } : { r, nextRunAt: undefined, failures: 0, running: false, conditions: [] });
+      // The same slot object is kept: a pass in flight during a reload marks *it* as done when it ends
+      // (a copy would stay `running` forever, and that reconciler would never run again).
+      if (old) old.r = r;
+      next.set(r.name, old ?? { r, nextRunAt: undefined, failures: 0, running: false, conditions: [] });
     }
     this.slots = next;
   }

@@ -77,8 +77,8 @@ describe('encrypted paths', () => {
     await writeFile(path.join(other, 'cascade-sync-config.yaml'), `version: 1\nsandbox: { debounce: 300ms }\nremotes:\n  - { name: origin, url: ${JSON.stringify(remote)} }\nintervals: { fetch: 1s }\nsecurity: { key: ${JSON.stringify(keyFile)} }\nnotifications: { desktop: false }\n`);
     expect((await run(other, ['init'])).code).toBe(0);
     controllers.push(await startController(other));
-    await waitFor(async () => (await readFile(path.join(other, '.env'), 'utf8').catch(() => '')) === `${SECRET}\nDEBUG=1\n` || undefined, { what: '.env decrypted into the second sandbox', timeoutMs: 30_000 });
-    expect(await readFile(path.join(other, 'secrets/db.txt'), 'utf8')).toBe('password=hunter2-but-longer-9f8e7d\n');
+    await waitFor(async () => (await readFile(path.join(other, '.env'), 'utf8').catch(() => '')) === `${SECRET}\nDEBUG=1\n` || undefined, { what: '.env decrypted into the second sandbox', timeoutMs: 60_000 });
+    await waitFor(async () => (await readFile(path.join(other, 'secrets/db.txt'), 'utf8').catch(() => '')) === 'password=hunter2-but-longer-9f8e7d\n' || undefined, { what: 'secrets/db.txt decrypted into the second sandbox' });
 
     // Someone tampers with the ciphertext on the remote: refused (Stalled), the file is not touched.
     const tip = await revParse(remote, 'develop');

@@ -210,7 +210,8 @@ describe('the pipeline under a running controller process', () => {
     expect(slowDeploy.code, slowDeploy.stdout + slowDeploy.stderr).toBe(0);
     const slow = await revParse(dir, 'develop');
     expect(await live(path.join(deployRoot, 'staging')), `${slowDeploy.stdout}\n${await git(dir, 'log', '--oneline', '--all', '--decorate')}`).toBe(slow);
-    await waitFor(async () => (await tryRevParse(dir, `refs/cascade-sync/failed/staging/${slow}`)) === slow || undefined, { what: 'staging rolled back at the progress deadline', timeoutMs: 40_000 }).catch(async (e: Error) => {
+    // The failed ref is written first in the rollback, the history entry last: wait for the history.
+    await waitFor(async () => (await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8')).includes('"event":"rolled-back"') || undefined, { what: 'staging rolled back at the progress deadline', timeoutMs: 40_000 }).catch(async (e: Error) => {
       throw new Error(`${e.message}\n${JSON.stringify(await envReport(dir, 'staging'))}\n${out().slice(-3000)}`);
     });
     const historyText = await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8');
@@ -222,6 +223,7 @@ describe('the pipeline under a running controller process', () => {
     // Back on a release that had become healthy (the branch and the live release agree); the history names it.
     expect([healthyStaging, c2], why).toContain(rollback.commit);
     expect(await revParse(dir, 'staging'), why).toBe(rollback.commit);
+    expect(await tryRevParse(dir, `refs/cascade-sync/failed/staging/${slow}`)).toBe(slow);
     expect(await live(path.join(deployRoot, 'staging'))).toBe(rollback.commit);
     // The failed commit is not promoted again, and deploy-staging says so.
     const again = await cli(dir, 'deploy-staging');
