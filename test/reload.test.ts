@@ -4,6 +4,7 @@ import path from 'node:path';
 import { git, gitOk, logOneline, lsTree, makeBareRepo, revParse, statusPorcelain, tryRevParse } from './helpers/git.js';
 import { configText, makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+import { startGitHttpServer } from './helpers/git-http-server.js';
 
 let controllers: RunningController[] = [];
 afterEach(async () => {
@@ -87,4 +88,33 @@ describe('wrong branch checked out', () => {
     await git(dir, 'checkout', '-q', 'develop');
     await waitFor(async () => (await readFile(path.join(dir, 'b.txt'), 'utf8')) === 'remote change' || undefined, { what: 'the remote change after checkout', timeoutMs: 30_000 });
   });
+});
+
+describe('a reload while a pass is under way', () => {
+  it('keeps that reconciler running afterwards (a push hanging during the reload is retried and lands)', async () => {
+    const root = await makeTmpDir('remotes');
+    await makeBareRepo(path.join(root, 'site.git'), { initialBranch: 'develop' });
+    const server = await startGitHttpServer({ root });
+    try {
+      const url = server.url('site.git');
+      const { dir, logFile } = await makeSandbox({ remotes: [{ name: 'origin', url, timeout: '3s' }] });
+      const c = await startController(dir);
+      controllers.push(c);
+      const bare = path.join(root, 'site.git');
+      await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push' });
+      // The remote hangs: the next push is in flight when the config is edited.
+      await server.setMode('hang');
+      await writeFile(path.join(dir, 'during.txt'), 'pushed while the config reloads');
+      await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'during.txt') || undefined, { what: 'the commit' });
+      const config = await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8');
+      await writeFile(path.join(dir, 'cascade-sync-config.yaml'), config.replace('retry: {', 'retry: { max: 1s,').replace(/max: 2s, /, ''));
+      await waitFor(() => /config reloaded/.test(c.stdout.text()) || undefined, { what: 'the reload' });
+      await server.setMode('ok');
+      await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the push after the reload', timeoutMs: 30_000 }).catch(async (e: Error) => {
+        throw new Error(`${e.message}\n${(await readFile(logFile, 'utf8')).split('\n').filter((l) => l.includes('origin')).slice(-8).join('\n')}`);
+      });
+    } finally {
+      await server.close();
+    }
+  }, 90_000);
 });
