@@ -8,7 +8,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { appendFile, chmod, link, lstat, mkdir, readdir, readFile, readlink, realpath, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Repo } from '../src/git/repo.js';
@@ -27,10 +26,9 @@ import {
 } from '../src/pipeline/deploy.js';
 import { isIntact, manifestPathFor, readManifest } from '../src/security/manifest.js';
 import { commitFiles, git, gitOk, plumb, rawTree, revParse, showFile, makeTestRepo, type TestRepo } from './helpers/git.js';
-import { SECRET, envReport, live, pipelineConfig } from './helpers/pipeline.js';
+import { webhookReceiver, envReport, live, pipelineConfig } from './helpers/pipeline.js';
 import { run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
-import { createHmac } from 'node:crypto';
 
 const exec = promisify(execFile);
 
@@ -368,24 +366,6 @@ describe('hostile trees, deploy side', () => {
   });
 });
 
-/** A webhook receiver on 127.0.0.1 that keeps the verified events. */
-async function webhookReceiver(): Promise<{ url: string; events: { event: string; message: string; details?: Record<string, unknown> }[] }> {
-  const state = { url: '', events: [] as { event: string; message: string; details?: Record<string, unknown> }[] };
-  const server: Server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => (body += d));
-    req.on('end', () => {
-      const ts = String(req.headers['x-cascade-timestamp'] ?? '');
-      if (req.headers['x-cascade-signature'] === `sha256=${createHmac('sha256', SECRET).update(`${ts}.${body}`).digest('hex')}`) state.events.push(JSON.parse(body));
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  state.url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
-  closers.push(() => new Promise((r) => server.close(() => r())));
-  return state;
-}
-
 async function history(dir: string): Promise<{ event: string; commit: string; environment: string; result: string }[]> {
   const text = await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8').catch(() => '');
   return text.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
@@ -393,7 +373,7 @@ async function history(dir: string): Promise<{ event: string; commit: string; en
 
 /** A sandbox whose staging environment deploys (and, with `stagingExtra`, checks health), with a controller running. */
 async function pipelineSandbox(o: { selfHeal?: boolean; stagingExtra?: string } = {}) {
-  const hook = await webhookReceiver();
+  const hook = await webhookReceiver((close) => closers.push(close));
   const dir = await makeTmpDir('sandbox');
   const deployRoot = await makeTmpDir('deploy');
   const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');

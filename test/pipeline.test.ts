@@ -1,13 +1,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { createHmac } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
 import { appendFile, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fsckStrict, git, gitOk, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
 import { run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
-import { SECRET, envReport, live, pipelineConfig, signedEntry, sshKey } from './helpers/pipeline.js';
+import { webhookReceiver, envReport, live, pipelineConfig, signedEntry, sshKey } from './helpers/pipeline.js';
 
 let controllers: RunningController[] = [];
 let closers: (() => Promise<void>)[] = [];
@@ -18,27 +16,6 @@ afterEach(async () => {
   closers = [];
   await cleanupTmpDirs();
 });
-
-/** A webhook receiver on 127.0.0.1 that verifies every request's HMAC and keeps the verified events. */
-async function webhookReceiver(): Promise<{ url: string; events: { event: string; message: string }[]; unverified: number }> {
-  const state = { url: '', events: [] as { event: string; message: string }[], unverified: 0 };
-  const server: Server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => (body += d));
-    req.on('end', () => {
-      const ts = String(req.headers['x-cascade-timestamp'] ?? '');
-      const expected = `sha256=${createHmac('sha256', SECRET).update(`${ts}.${body}`).digest('hex')}`;
-      if (req.headers['x-cascade-signature'] === expected) state.events.push(JSON.parse(body));
-      else state.unverified++;
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  state.url = `http://127.0.0.1:${port}/hook`;
-  closers.push(() => new Promise((r) => server.close(() => r())));
-  return state;
-}
 
 async function httpRemote(): Promise<{ bare: string; url: string; server: GitHttpServer }> {
   const root = await makeTmpDir('remotes');
@@ -55,7 +32,7 @@ describe('the promotion pipeline, end to end', () => {
     const alice = await sshKey(keys, 'alice@example.com');
     const bob = await sshKey(keys, 'bob@example.com');
     const { bare, url } = await httpRemote();
-    const hook = await webhookReceiver();
+    const hook = await webhookReceiver((close) => closers.push(close));
     const dir = await makeTmpDir('sandbox');
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
@@ -177,7 +154,7 @@ describe('the promotion pipeline, end to end', () => {
 
   it('sends every event as a signed webhook: gate-failed, health-degraded then health-recovered, push-failing, config-invalid', async () => {
     const { url, server } = await httpRemote();
-    const hook = await webhookReceiver();
+    const hook = await webhookReceiver((close) => closers.push(close));
     const dir = await makeTmpDir('sandbox');
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');

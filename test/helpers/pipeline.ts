@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
 import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -100,3 +102,30 @@ export async function live(deployDir: string): Promise<string | undefined> {
   return target ? path.basename(target) : undefined;
 }
 
+
+/** What a webhook receiver got: the verified events, and how many requests failed the HMAC check. */
+export interface WebhookReceiver {
+  url: string;
+  events: { event: string; message: string; details?: Record<string, unknown> }[];
+  unverified: number;
+}
+
+/** A webhook receiver on 127.0.0.1 that verifies every request's HMAC (SECRET) and keeps the verified events; `onClose` gets its closer. */
+export async function webhookReceiver(onClose: (close: () => Promise<void>) => void): Promise<WebhookReceiver> {
+  const state: WebhookReceiver = { url: '', events: [], unverified: 0 };
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const ts = String(req.headers['x-cascade-timestamp'] ?? '');
+      const expected = `sha256=${createHmac('sha256', SECRET).update(`${ts}.${body}`).digest('hex')}`;
+      if (req.headers['x-cascade-signature'] === expected) state.events.push(JSON.parse(body));
+      else state.unverified++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  state.url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
+  onClose(() => new Promise((r) => server.close(() => r())));
+  return state;
+}
