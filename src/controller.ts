@@ -1,5 +1,5 @@
 import { stat } from "node:fs/promises";
-import { join } from "node:path";
+import { join, posix } from "node:path";
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { CONFIG_FILE, formatProblem, loadConfig } from "./config/load.js";
@@ -304,11 +304,25 @@ export class Controller {
   /** A hint from the watcher: `rel` may have changed. */
   onPathChanged(rel: string): void {
     if (rel === CONFIG_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
-    if (rel === ".gitignore" || rel.endsWith("/.gitignore")) {
-      this.exclusions.invalidate();
-      if (rel === ".gitignore") this.configDueAt = this.now() + this.config.sandbox.debounceMs;
-    }
+    if (rel === ".gitignore" || rel.endsWith("/.gitignore")) void this.gitignoreChanged(rel);
     this.addHint(rel);
+  }
+
+  /**
+   * A .gitignore changed: its rules apply from now on. The folder it governs is observed again
+   * (a path no longer ignored gets committed) and its watches follow the new rules.
+   */
+  private async gitignoreChanged(rel: string): Promise<void> {
+    const folder = posix.dirname(rel) === "." ? "" : posix.dirname(rel);
+    try {
+      await this.exclusions.reload();
+      if (folder === "") this.requestFullScan();
+      else this.addHint(folder);
+      await this.watcher?.rewatch(folder);
+    } catch (err) {
+      this.deps.log.warn(`cannot read ${rel} again: ${(err as Error).message}; rescanning`);
+      this.requestFullScan();
+    }
   }
 
   /** Runs the reconciler named `name` soon (e.g. when its background gates finished). */
@@ -590,7 +604,10 @@ export class Controller {
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
     if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
     // A path no longer excluded, held back or judged the same must be looked at: rescan when the rules changed.
-    if (JSON.stringify(before.patterns) !== JSON.stringify(this.exclusions.patterns) || policyBefore !== this.repo.policy.identity) this.requestFullScan();
+    if (JSON.stringify(before.patterns) !== JSON.stringify(this.exclusions.patterns) || policyBefore !== this.repo.policy.identity) {
+      this.requestFullScan();
+      await this.watcher?.rewatch("");
+    }
   }
 
   /** Puts the security policy (encryption key, secret scan) in force and says what is wrong with the key. */

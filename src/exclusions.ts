@@ -19,10 +19,10 @@ const MANAGED_END = "# END cascade-sync exclusions";
 /**
  * Decides which sandbox paths are synced: the config's `sandbox.exclude` patterns plus every
  * .gitignore in the tree (each applying below its own folder, as in git), with gitignore semantics.
- * Nested .gitignore files are read on first use and cached until `invalidate()`.
+ * Nested .gitignore files are read on first use and cached until `reload()`.
  */
 export class Exclusions {
-  private readonly root: Ignore;
+  private root: Ignore;
   private readonly nested = new Map<string, Ignore | null>();
 
   private constructor(
@@ -60,8 +60,9 @@ export class Exclusions {
     return isInternalPath(rel) || (rel !== "" && this.root.ignores(isDir ? `${rel}/` : rel));
   }
 
-  /** Forgets cached .gitignore files (call when one changed). */
-  invalidate(): void {
+  /** Reads the .gitignore files again (call when one changed): the top-level one now, nested ones on next use. */
+  async reload(): Promise<void> {
+    this.root = ignore().add(this.patterns).add(await readOptional(join(this.dir, ".gitignore")));
     this.nested.clear();
   }
 

@@ -73,17 +73,35 @@ export class SandboxWatcher {
     this.dirs.clear();
   }
 
-  /** Watches `root` and every folder below it that is not excluded (breadth first, a few folders at a time). */
-  private async watchTree(root: string): Promise<void> {
+  /**
+   * Brings the watches at and below `root` in line with the exclusions as they are now (after a
+   * .gitignore or the config changed them): folders no longer excluded get a watch, newly
+   * excluded ones lose theirs.
+   */
+  async rewatch(root: string): Promise<void> {
+    const prefix = root === "" ? "" : `${root}/`;
+    for (const rel of [...this.dirs.keys()]) {
+      if (rel !== "" && (rel === root || rel.startsWith(prefix)) && this.exclusions().quickExcluded(rel, true)) this.unwatch(rel);
+    }
+    await this.watchTree(root, true);
+  }
+
+  /**
+   * Watches `root` and every folder below it that is not excluded (breadth first, a few folders at
+   * a time). Folders already watched are skipped with what is below them, unless `descend`.
+   */
+  private async watchTree(root: string, descend = false): Promise<void> {
     const queue = [root];
     const worker = async () => {
       for (let rel = queue.pop(); rel !== undefined; rel = queue.pop()) {
         if (this.closed) return;
-        if (this.dirs.has(rel) || (rel !== "" && this.exclusions().quickExcluded(rel, true))) continue;
+        if (rel !== "" && this.exclusions().quickExcluded(rel, true)) continue;
         const abs = rel === "" ? this.dir : join(this.dir, rel);
         // Watch first, then list: a sub-folder made after the watch is reported by it, one made
-        // before is in the listing (a folder in both is skipped by the `has` check above).
-        if (!this.watchOne(rel, abs)) continue;
+        // before is in the listing (a folder in both is skipped by the `has` check).
+        if (this.dirs.has(rel)) {
+          if (!descend) continue;
+        } else if (!this.watchOne(rel, abs)) continue;
         const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
         const prefix = rel === "" ? "" : `${rel}/`;
         for (const e of entries) if (e.isDirectory()) queue.push(prefix + e.name);

@@ -85,3 +85,20 @@ describe('SandboxWatcher (one watch per folder)', () => {
     expect(t.missed).toEqual([]);
   });
 });
+
+describe('SandboxWatcher.rewatch', () => {
+  it('follows changed exclusions: a folder no longer ignored gets its watch, a newly ignored one loses it', async () => {
+    const t = await watched({ '.gitignore': 'gen/\n', 'gen/g.txt': 'g', 'src/s.txt': 's' });
+    expect(t.w.watchedFolders).toBe(2); // ., src
+    const exclusions = (t.w as unknown as { exclusions: () => Exclusions }).exclusions();
+    await writeFile(path.join(t.dir, '.gitignore'), 'src/\n');
+    await exclusions.reload();
+    await t.w.rewatch('');
+    expect(t.w.watchedFolders).toBe(2); // ., gen
+    t.reset();
+    await writeFile(path.join(t.dir, 'src/s.txt'), 'ignored now');
+    await writeFile(path.join(t.dir, 'gen/g.txt'), 'watched now');
+    await waitFor(() => t.hints.includes('gen/g.txt') || undefined, { what: 'the exact hint from the newly watched folder' });
+    expect(t.hints.filter((h) => h.startsWith('src/'))).toEqual([]);
+  });
+});
