@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdir, readFile, stat, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, readFile, readdir, stat, writeFile, chmod } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { commitFiles, fsckStrict, git, logOneline, lsTree, revParse, statusPorcelain } from './helpers/git.js';
+import { commitFiles, fsckStrict, git, logOneline, lsTree, revParse, showFile, statusPorcelain } from './helpers/git.js';
 import { configText, run } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
@@ -53,8 +54,16 @@ describe('init', () => {
     expect(again.stdout).toMatch(/already a cascade-sync sandbox; nothing changed/);
     expect(await git(dir, 'for-each-ref')).toBe(before);
     expect(await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).toBe(config);
-    // A key the config does not know is named, with the nearest valid one, and still changes nothing.
+    // An edit made since is current content: init commits it on develop (the branch checked out), once.
+    const head = await revParse(dir, 'develop');
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), config.replace(/^sandbox:\n/m, 'sandbox:\n  debounse: 2s\n'));
+    const committed = await run(dir, ['init']);
+    expect(committed.stdout).toMatch(/committed the current content as [0-9a-f]{7} on develop \(1 file\(s\)\)/);
+    expect(await git(dir, 'rev-parse', 'develop^')).toBe(head);
+    expect((await showFile(dir, 'develop', 'cascade-sync-config.yaml')).toString()).toContain('debounse: 2s');
+    expect(await revParse(dir, 'main')).toBe(head);
+    expect(await statusPorcelain(dir)).toEqual([]);
+    // A key the config does not know is named, with the nearest valid one, and still changes nothing.
     const warned = await run(dir, ['init']);
     expect(warned.stdout).toMatch(/nothing changed\n.*cascade-sync-config\.yaml:\d+:\d+: warning: sandbox\.debounse: unknown key/);
     expect(warned.stdout).toContain('did you mean "debounce"');
@@ -79,9 +88,86 @@ describe('init', () => {
     expect(paths).toEqual(expect.arrayContaining(['a.txt', 'b.txt', 'uncommitted.txt', 'cascade-sync-config.yaml']));
     // main (the existing production branch) is left where it was; staging is created at develop.
     expect(await logOneline(dir, 'main')).toEqual(['history 2', 'history 1']);
+    expect(r.stdout).toMatch(/created branch\(es\) develop, staging at [0-9a-f]{7}/);
+    expect(r.stdout).toMatch(/kept the existing branch\(es\) main \([0-9a-f]{7}\)/);
     expect(await revParse(dir, 'staging')).toBe(await revParse(dir, 'develop'));
     expect(await statusPorcelain(dir)).toEqual([]);
     await fsckStrict(dir);
+  });
+
+  it('adopts a repository with develop, staging and main where main is checked out: switches to develop (clean), commits the config there, keeps every branch', async () => {
+    const { dir, develop, staging, main } = await threeBranchRepo();
+    const r = await run(dir, ['init']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/checked out develop: it already existed and branch main had nothing uncommitted/);
+    expect(r.stdout).toMatch(/committed the current content as [0-9a-f]{7} on develop/);
+    expect(r.stdout).toContain(`kept the existing branch(es) staging (${staging.slice(0, 7)}), main (${main.slice(0, 7)})`);
+    expect(await git(dir, 'symbolic-ref', 'HEAD')).toBe('refs/heads/develop');
+    // develop moved forward from its own commit (history kept); staging and main did not move.
+    await git(dir, 'merge-base', '--is-ancestor', develop, 'develop');
+    expect(await git(dir, 'rev-parse', 'develop^')).toBe(develop);
+    expect(await revParse(dir, 'staging')).toBe(staging);
+    expect(await revParse(dir, 'main')).toBe(main);
+    // develop's tree is develop's own files plus the config; nothing of main's tree was committed onto it.
+    const tree = (await lsTree(dir, 'develop')).map((e) => `${e.mode} ${e.path}`).sort();
+    expect(tree).toEqual(['100644 a.txt', '100644 cascade-sync-config.yaml', '100644 docs/dev-only.md', '100755 tools/run.sh'].sort());
+    expect(await readFile(path.join(dir, 'docs/dev-only.md'), 'utf8')).toBe('develop work');
+    await expect(stat(path.join(dir, 'main-only.txt'))).rejects.toThrow();
+    expect((await stat(path.join(dir, 'tools/run.sh'))).mode & 0o111).not.toBe(0);
+    expect(await statusPorcelain(dir)).toEqual([]);
+    await fsckStrict(dir);
+    expect(await git(dir, 'reflog', '-n', '2', '--format=%gs', 'HEAD')).toContain('checkout: moving from main to develop');
+    const refs = await git(dir, 'for-each-ref');
+    const again = await run(dir, ['init']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/already a cascade-sync sandbox; nothing changed/);
+    expect(await git(dir, 'for-each-ref')).toBe(refs);
+    // The audit's symptom: reconcile stalled with WrongBranch; now it runs clean.
+    const rec = await run(dir, ['reconcile']);
+    expect(rec.code, rec.stdout + rec.stderr).toBe(0);
+    expect(rec.stdout + rec.stderr).not.toMatch(/WrongBranch|checked out/);
+  });
+
+  it('refuses, changing nothing, when develop exists and the checked-out main has uncommitted work; after `git checkout develop` init commits it there', async () => {
+    const { dir, develop, main } = await threeBranchRepo();
+    await writeFile(path.join(dir, 'a.txt'), 'edited on main, not committed');
+    await writeFile(path.join(dir, 'draft.md'), 'new, untracked');
+    const before = await snapshot(dir);
+    const r = await run(dir, ['init']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/branch main is checked out, not the sandbox branch develop/);
+    expect(r.stderr).toMatch(/a\.txt \(modified\)/);
+    expect(r.stderr).toMatch(/draft\.md \(untracked\)/);
+    expect(r.stderr).toMatch(/nothing was changed/);
+    expect(r.stderr).toContain('hint: check out develop first: git checkout develop');
+    expect(await snapshot(dir)).toEqual(before);
+
+    // Following the hint: git carries the edit over (a.txt is the same on both branches), init commits it on develop.
+    await git(dir, 'checkout', '-q', 'develop');
+    const ok = await run(dir, ['init']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(await git(dir, 'symbolic-ref', 'HEAD')).toBe('refs/heads/develop');
+    expect(await git(dir, 'rev-parse', 'develop^')).toBe(develop);
+    expect(await revParse(dir, 'main')).toBe(main);
+    const paths = (await lsTree(dir, 'develop')).map((e) => e.path);
+    expect(paths).toEqual(expect.arrayContaining(['a.txt', 'draft.md', 'cascade-sync-config.yaml', 'docs/dev-only.md', 'tools/run.sh']));
+    expect(paths).not.toContain('main-only.txt');
+    expect((await showFile(dir, 'develop', 'a.txt')).toString()).toBe('edited on main, not committed');
+    expect(await statusPorcelain(dir)).toEqual([]);
+    await fsckStrict(dir);
+    expect((await run(dir, ['init'])).stdout).toMatch(/nothing changed/);
+  });
+
+  it('refuses to switch to develop over an ignored file that develop tracks (native git would overwrite it), changing nothing', async () => {
+    const { dir } = await threeBranchRepo({ develop: { 'notes.log': 'develop notes' }, main: { '.gitignore': '*.log\n' } });
+    await writeFile(path.join(dir, 'notes.log'), 'my own notes, ignored on main');
+    const before = await snapshot(dir);
+    const r = await run(dir, ['init']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/switching would overwrite or delete .*: notes\.log/);
+    expect(r.stderr).toContain('git checkout develop');
+    expect(await snapshot(dir)).toEqual(before);
+    expect(await readFile(path.join(dir, 'notes.log'), 'utf8')).toBe('my own notes, ignored on main');
   });
 
   it('keeps an existing config as it is; --remote only adds a missing remote, keeping comments', async () => {
@@ -115,6 +201,47 @@ describe('init', () => {
     expect(r.stderr).toMatch(/cascade-sync-config\.yaml:3:13: sandbox\.debounce: /);
   });
 });
+
+/**
+ * A repository as a team might have it before adopting cascade-sync: develop with work of its own
+ * (a nested file, an executable), staging at develop, main behind with a file of its own, and main
+ * checked out and clean. `extra` adds files to develop's and main's own commits.
+ */
+async function threeBranchRepo(extra: { develop?: Record<string, string>; main?: Record<string, string> } = {}) {
+  const dir = await makeTmpDir('adopt3');
+  await git(dir, 'init', '-q', '-b', 'develop');
+  const first = await commitFiles(dir, { 'a.txt': 'a' }, 'history 1');
+  await mkdir(path.join(dir, 'tools'));
+  await writeFile(path.join(dir, 'tools/run.sh'), '#!/bin/sh\n', { mode: 0o755 });
+  const develop = await commitFiles(dir, { 'docs/dev-only.md': 'develop work', ...extra.develop }, 'develop work');
+  await git(dir, 'branch', 'staging');
+  await git(dir, 'checkout', '-q', '-b', 'main', first);
+  const main = await commitFiles(dir, { 'main-only.txt': 'production only', ...extra.main }, 'main hotfix');
+  return { dir, develop, staging: await revParse(dir, 'staging'), main };
+}
+
+/** Everything init could change: refs, HEAD, the index, git status, every file outside .git, and our runtime folder. */
+async function snapshot(dir: string) {
+  const files: Record<string, string> = {};
+  const walk = async (rel: string): Promise<void> => {
+    for (const e of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      if (p === '.git') continue;
+      if (e.isDirectory()) await walk(p);
+      else files[p] = await readFile(path.join(dir, p), 'utf8');
+    }
+  };
+  await walk('');
+  return {
+    refs: await git(dir, 'for-each-ref'),
+    head: await git(dir, 'symbolic-ref', 'HEAD'),
+    index: createHash('sha256').update(await readFile(path.join(dir, '.git/index'))).digest('hex'),
+    status: await statusPorcelain(dir),
+    files,
+    runtime: await stat(path.join(dir, '.git/cascade-sync')).then(() => true, () => false),
+    config: await readFile(path.join(dir, '.git/config'), 'utf8'),
+  };
+}
 
 describe('plan', () => {
   it('says what the controller would do and why, changing nothing', async () => {
