@@ -1,9 +1,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
+import { Ajv } from 'ajv';
+import addFormatsModule from 'ajv-formats';
+import { parse as parseYaml } from 'yaml';
 import { cp, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CONFIG_FILE, MAX_CONFIG_BYTES, formatProblem, loadConfig, parseConfig } from '../src/config/load.js';
+import { normalize } from '../src/config/normalize.js';
+import type { CascadeSyncConfig } from '../src/generated/config.js';
+import configSchema from '../schema/cascade-sync-config.schema.json' with { type: 'json' };
+import stateSchema from '../schema/cascade-sync-state.schema.json' with { type: 'json' };
 import type { Config, ConfigProblem, LoadResult } from '../src/config/types.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 import { run, testEnv } from './helpers/sandbox.js';
@@ -260,7 +267,7 @@ describe('schema problems', () => {
     expect(problems(text)).toEqual([
       { line: 3, col: 3, path: 'sandbox.debounse', message: 'unknown key "debounse" is ignored', hint: 'did you mean "debounce"?' },
       { line: 4, col: 16, path: 'sandbox.batchWindow', message: '10 is not a duration', hint: 'write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m' },
-      { line: 9, col: 10, path: 'logging.level', message: 'must be equal to one of the allowed values: "debug", "info", "warn", "error"' },
+      { line: 9, col: 10, path: 'logging.level', message: '"loud" is not one of: "debug", "info", "warn", "error"', hint: 'write one of those values, or leave level out for the default info' },
     ]);
   });
 
@@ -325,13 +332,13 @@ describe('schema problems', () => {
 
   const env = (...lines: string[]) => ['environments:', '  staging:', '    branch: staging', '    from: develop', ...lines];
   it.each([
-    { name: 'version other than 1', lines: ['version: 2', 'sandbox: {}'], expected: { line: 1, col: 10, path: 'version', message: 'must be 1' } },
+    { name: 'version other than 1', lines: ['version: 2', 'sandbox: {}'], expected: { line: 1, col: 10, path: 'version', message: 'must be 1', hint: expect.stringMatching(/^set version: 1;/) } },
     { name: 'sandbox not a mapping', lines: ['version: 1', 'sandbox: 5'], expected: { line: 2, col: 10, path: 'sandbox', message: 'must be object' } },
     { name: 'remotes not a list', lines: [...HEAD, 'remotes: { name: origin }'], expected: { line: 3, col: 10, path: 'remotes', message: 'must be array' } },
     { name: 'factor a string', lines: [...HEAD, 'retry: { factor: "2" }'], expected: { line: 3, col: 18, path: 'retry.factor', message: 'must be number' } },
     { name: 'desktop not a boolean', lines: [...HEAD, 'notifications: { desktop: yes please }'], expected: { line: 3, col: 27, path: 'notifications.desktop', message: 'must be boolean' } },
     { name: 'jitter above 1', lines: [...HEAD, 'retry: { jitter: 2 }'], expected: { line: 3, col: 18, path: 'retry.jitter', message: 'must be <= 1' } },
-    { name: 'missing sandbox', lines: ['version: 1'], expected: { line: 1, col: 1, path: '', message: 'missing required key "sandbox"' } },
+    { name: 'missing sandbox', lines: ['version: 1'], expected: { line: 1, col: 1, path: 'sandbox', message: 'missing required key "sandbox"', hint: expect.stringMatching(/^add sandbox: at the top level \(How the working folder is committed/) } },
     {
       name: 'a duration in words',
       lines: ['version: 1', 'sandbox:', '  debounce: 3 seconds'],
@@ -340,12 +347,12 @@ describe('schema problems', () => {
     {
       name: 'bad enum: promotion',
       lines: [...HEAD, ...env('    promotion: manual')],
-      expected: { line: 7, col: 16, path: 'environments.staging.promotion', message: 'must be equal to one of the allowed values: "auto", "approval"' },
+      expected: { line: 7, col: 16, path: 'environments.staging.promotion', message: '"manual" is not one of: "auto", "approval"', hint: 'write one of those values, or leave promotion out for the default auto' },
     },
     {
       name: 'bad enum: builtin gate',
       lines: [...HEAD, ...env('    gates: [ { name: g, builtin: lint } ]')],
-      expected: { line: 7, col: 34, path: 'environments.staging.gates[0].builtin', message: 'must be equal to one of the allowed values: "config", "integrity", "security-scan"' },
+      expected: { line: 7, col: 34, path: 'environments.staging.gates[0].builtin', message: '"lint" is not one of: "config", "integrity", "security-scan"', hint: 'write one of those values' },
     },
     {
       name: 'a gate with both command and http',
@@ -669,10 +676,10 @@ describe('cascade-sync validate', () => {
     expect(lines).toEqual([
       `${file}:4:16: sandbox.batchWindow: 10 is not a duration (hint: write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m)`,
       `${file}:7:10: remotes[0].url: environment variable NO_SUCH_VAR is not set (hint: export NO_SUCH_VAR before starting cascade-sync, or write the value into the file)`,
-      `${file}:9:10: logging.level: must be equal to one of the allowed values: "debug", "info", "warn", "error"`,
+      `${file}:9:10: logging.level: "loud" is not one of: "debug", "info", "warn", "error" (hint: write one of those values, or leave level out for the default info)`,
       `3 problem(s) in ${file}`,
     ]);
-    for (const line of lines.slice(0, -1)) expect(line).toMatch(/^\/\S+:\d+:\d+: [\w.[\]]+: \S.*$/);
+    for (const line of lines.slice(0, -1)) expect(line).toMatch(/^\/\S+:\d+:\d+: [\w.[\]]+: \S.* \(hint: \S.*\)$/);
   });
 
   it('reads --config PATH relative to the working directory', async () => {
@@ -835,5 +842,251 @@ describe('server.listen', () => {
     expect(valid(yaml(...HEAD, 'server: { listen: "127.0.0.1:7420" }')).server.listen).toBe('127.0.0.1:7420');
     expect(valid(yaml(...HEAD, 'server: { listen: "[::1]:7420" }')).server.listen).toBe('[::1]:7420');
     expect(valid(yaml(...HEAD, 'server: { listen: "0.0.0.0:7420", token: "${T}" }'), { ...ENV, T: 'long-random-token' }).server.token).toBe('long-random-token');
+  });
+});
+
+/** A JSON Schema node, as far as these checks read it. */
+type SchemaNode = {
+  $ref?: string;
+  description?: string;
+  default?: unknown;
+  required?: string[];
+  properties?: Record<string, SchemaNode>;
+  oneOf?: SchemaNode[];
+  dependencies?: Record<string, SchemaNode>;
+  definitions?: Record<string, SchemaNode>;
+  [keyword: string]: unknown;
+};
+
+/** One property declared anywhere in a schema, named by where it is declared (a definition's name, or the root). */
+interface Field {
+  name: string;
+  node: SchemaNode;
+  /** Its parent lists it in `required`: the user must write it, so a default would never apply. */
+  required: boolean;
+  /** One of the keys of an "exactly one of" choice (gate command/http/builtin): a default would make the choice for the user. */
+  alternative: boolean;
+}
+
+/**
+ * Every property of every `properties` keyword in `schema`, wherever it is (root, definitions,
+ * items, map values, nested objects), so that a field added anywhere is found. Names read like
+ * config paths: `sandbox.debounce`, `webhook.events` (in definitions.webhook), `remote[]...`.
+ */
+function schemaFields(schema: SchemaNode): Field[] {
+  const out: Field[] = [];
+  const visit = (node: unknown, name: string): void => {
+    if (!node || typeof node !== 'object') return;
+    if (Array.isArray(node)) {
+      for (const n of node) visit(n, name);
+      return;
+    }
+    const n = node as SchemaNode;
+    const required = new Set(n.required ?? []);
+    const choices = [...(n.oneOf ?? []), ...Object.values(n.dependencies ?? {}).flatMap((d) => d.oneOf ?? [])];
+    const alternatives = new Set(choices.flatMap((c) => c.required ?? []));
+    for (const [key, value] of Object.entries(n)) {
+      if (key === 'properties' && value && typeof value === 'object') {
+        for (const [prop, child] of Object.entries(value as Record<string, SchemaNode>)) {
+          const childName = name ? `${name}.${prop}` : prop;
+          out.push({ name: childName, node: child, required: required.has(prop), alternative: alternatives.has(prop) });
+          visit(child, childName);
+        }
+      } else if (key === 'definitions' && value && typeof value === 'object') {
+        for (const [def, child] of Object.entries(value as Record<string, SchemaNode>)) visit(child, def);
+      } else if (key === 'items') visit(value, `${name}[]`);
+      else if (key === 'additionalProperties') visit(value, `${name}.<name>`);
+      else visit(value, name);
+    }
+  };
+  visit(schema, '');
+  return out;
+}
+
+/**
+ * Optional fields that have no `default`, each for a reason: absence itself is the behaviour, and
+ * no value written into the file would mean the same. Their descriptions say "Default: ..." in
+ * words instead. Keep this list short: a new optional field gets a default unless it belongs here.
+ */
+const NO_DEFAULT: Record<string, Record<string, string>> = {
+  config: {
+    // Absent: git's user.name/user.email are used. A default object would replace them with the
+    // name/email defaults, which apply only once author is written.
+    'sandbox.author': 'git identity when absent',
+    // Absent: promotion only moves the branch. No value would mean that: deploy needs a directory.
+    'environment.deploy': 'no deploy when absent',
+    // Absent: no command runs; an empty command is refused (minLength 1).
+    'environment.deploy.hooks.pre': 'no hook when absent',
+    'environment.deploy.hooks.post': 'no hook when absent',
+    // Depends on promotion (true for approval, false for auto); a schema default is one value.
+    'environment.rollback.automatic': 'default depends on promotion',
+    // Absent: the body is not checked at all.
+    'httpCheck.body': 'body not checked when absent',
+    // Absent: requests go unsigned; an empty secret is refused (minLength 1).
+    'webhook.secret': 'unsigned when absent',
+    // Absent: every event, including events later releases add; a list would freeze today's set.
+    'webhook.events': 'every event when absent',
+    // Absent: the key file init made outside the sandbox; its path depends on the machine.
+    'security.key': 'init key file when absent',
+    // Absent: no token, so only loopback listening is allowed (rule loopbackOrToken).
+    'server.token': 'no token when absent',
+  },
+  state: {},
+};
+
+/** What is wrong with the documentation of `schema`'s fields: one line per problem. */
+function undocumented(schema: SchemaNode, noDefault: Record<string, string>): string[] {
+  const problems: string[] = [];
+  const fields = schemaFields(schema);
+  const ajv = (addFormatsModule as unknown as (a: Ajv) => Ajv)(new Ajv({ strict: false }));
+  for (const f of fields) {
+    // A property that is only a $ref is described by the definition it names (json-schema-to-typescript
+    // turns a $ref with keywords beside it into a copy of the type).
+    const refOnly = f.node.$ref && Object.keys(f.node).length === 1 ? schema.definitions?.[f.node.$ref.replace('#/definitions/', '')] : undefined;
+    const description = f.node.description ?? refOnly?.description;
+    if (typeof description !== 'string' || !description.trim()) problems.push(`${f.name}: no description`);
+    const hasDefault = f.node.default !== undefined;
+    if (f.required || f.alternative) {
+      if (hasDefault) problems.push(`${f.name}: a default on a ${f.required ? 'required' : 'one-of'} key never applies`);
+    } else if (Object.hasOwn(noDefault, f.name)) {
+      if (hasDefault) problems.push(`${f.name}: has a default, so remove it from the no-default list`);
+      if (!/\bDefault: /.test(description ?? '')) problems.push(`${f.name}: has no default, so its description must say "Default: ..." in words`);
+    } else if (!hasDefault) {
+      problems.push(`${f.name}: no default`);
+    }
+    if (hasDefault) {
+      const check = ajv.compile({ definitions: schema.definitions, ...f.node, default: undefined });
+      if (!check(f.node.default)) problems.push(`${f.name}: the default ${JSON.stringify(f.node.default)} is not a valid value: ${ajv.errorsText(check.errors)}`);
+    }
+  }
+  const names = new Set(fields.map((f) => f.name));
+  for (const name of Object.keys(noDefault)) if (!names.has(name)) problems.push(`${name}: listed without a default, but no such field`);
+  return problems;
+}
+
+describe('the schemas document every field', () => {
+  const schemas = { config: configSchema as SchemaNode, state: stateSchema as SchemaNode };
+
+  it.each(['config', 'state'] as const)('%s: every property has a description, and a default unless required, one-of, or listed', (which) => {
+    const fields = schemaFields(schemas[which]).map((f) => f.name);
+    // The walk reaches nested objects, list items, map values and definitions.
+    expect(fields).toEqual(expect.arrayContaining(which === 'config'
+      ? ['version', 'sandbox.debounce', 'sandbox.author.email', 'environment.deploy.hooks.pre', 'httpCheck.body', 'webhook.events', 'server.token']
+      : ['approvals', 'freezes', 'approval.signature']));
+    expect(undocumented(schemas[which], NO_DEFAULT[which]!)).toEqual([]);
+  });
+
+  it('fails for a field added without a description or a default, anywhere in the schema', () => {
+    const copy = structuredClone(configSchema) as SchemaNode;
+    copy.properties!.sandbox!.properties!.quietHours = { type: 'string' };
+    copy.definitions!.window!.properties!.jitter = { type: 'number', description: 'Documented, but no default.' };
+    copy.definitions!.webhook!.properties!.events!.default = 'promoted';
+    delete copy.definitions!.gate!.properties!.timeout!.description;
+    expect(undocumented(copy, NO_DEFAULT.config!)).toEqual([
+      'sandbox.quietHours: no description',
+      'sandbox.quietHours: no default',
+      'gate.timeout: no description',
+      'window.jitter: no default',
+      'webhook.events: has a default, so remove it from the no-default list',
+      expect.stringMatching(/^webhook\.events: the default "promoted" is not a valid value: /),
+    ]);
+  });
+});
+
+describe('normalization applies the schema defaults', () => {
+  // Every object that has defaults, written with only its required keys.
+  const sparse = yaml(
+    'version: 1',
+    'sandbox: { author: {} }',
+    'remotes: [ { name: origin, url: /srv/git/site.git } ]',
+    'retry: {}',
+    'intervals: {}',
+    'environments:',
+    '  staging:',
+    '    branch: staging',
+    '    from: develop',
+    '    gates: [ { name: test, command: "true" }, { name: up, http: { url: "http://127.0.0.1:1/" } } ]',
+    '    health: [ { name: web, http: { url: "http://127.0.0.1:1/" } } ]',
+    '    windows: [ { kind: allow, schedule: "0 9 * * 1-5", duration: 8h, timezone: UTC } ]',
+    '    deploy: { directory: releases/staging, hooks: {} }',
+    '    approvals: {}',
+    '    rollback: {}',
+    '  production: { branch: main, from: staging, promotion: approval }',
+    'notifications: { webhooks: [ { url: "https://hooks.example.com/x" } ] }',
+    'logging: {}',
+    'security: {}',
+    'server: {}',
+  );
+
+  it('normalize() without the validator filling defaults gives the same config as the whole pipeline', () => {
+    // The pipeline's validator writes the schema defaults in before normalize() runs; normalize()
+    // has fallbacks of its own. Both must agree, or the schema documents defaults that are not applied.
+    const withSchemaDefaults = valid(sparse);
+    const fallbacksOnly = normalize(parseYaml(sparse) as CascadeSyncConfig, FILE, ENV);
+    expect(fallbacksOnly).toEqual(withSchemaDefaults);
+    // And the defaults that only normalize() knows are the ones the schema describes in words.
+    expect(withSchemaDefaults.sandbox.author).toEqual({ name: 'cascade-sync', email: 'cascade-sync@localhost' });
+    expect(withSchemaDefaults.environments.staging!.rollback.automatic).toBe(false);
+    expect(withSchemaDefaults.environments.production!.rollback.automatic).toBe(true);
+    expect(withSchemaDefaults.environments.staging!.deploy!.hooks).toEqual({});
+    expect(withSchemaDefaults.notifications.webhooks).toEqual([{ url: 'https://hooks.example.com/x' }]);
+  });
+
+  it('a config without sandbox.author leaves the author to git', () => {
+    expect(valid(yaml(...HEAD)).sandbox.author).toBeUndefined();
+  });
+});
+
+describe('every problem has file:line:col, a path, a message and a hint', () => {
+  const staging = ['environments:', '  staging:', '    branch: staging', '    from: develop'];
+  it.each([
+    { name: 'an enum violation', lines: [...HEAD, 'logging: { level: loud }'], path: 'logging.level' },
+    { name: 'an enum violation in a list', lines: [...HEAD, 'notifications: { webhooks: [ { url: "https://h.example.com/", events: [promted] } ] }'], path: 'notifications.webhooks[0].events[0]' },
+    { name: 'a wrong type', lines: [...HEAD, 'retry: { factor: "2" }'], path: 'retry.factor' },
+    { name: 'a wrong type for a section', lines: ['version: 1', 'sandbox: [develop]'], path: 'sandbox' },
+    { name: 'an unknown property', lines: [...HEAD, 'retry: { zzzzzzzz: 1 }'], path: 'retry.zzzzzzzz' },
+    { name: 'a missing required top-level key', lines: ['version: 1'], path: 'sandbox' },
+    { name: 'a missing required key in an environment', lines: [...HEAD, 'environments:', '  staging: { branch: staging }'], path: 'environments.staging.from' },
+    { name: 'a bad duration', lines: ['version: 1', 'sandbox: { debounce: soon }'], path: 'sandbox.debounce' },
+    { name: 'a bad cron', lines: [...HEAD, ...staging, '    windows: [ { kind: allow, schedule: "0 25 * * *", duration: 1h, timezone: UTC } ]'], path: 'environments.staging.windows[0].schedule' },
+    { name: 'a cron with four fields', lines: [...HEAD, ...staging, '    windows: [ { kind: allow, schedule: "0 9 * *", duration: 1h, timezone: UTC } ]'], path: 'environments.staging.windows[0].schedule' },
+    { name: 'an unknown from', lines: [...HEAD, 'environments:', '  staging: { branch: staging, from: nowhere-at-all }'], path: 'environments.staging.from' },
+    { name: 'a cycle', lines: [...HEAD, 'environments:', '  qa: { branch: qa, from: uat }', '  uat: { branch: uat, from: qa }'], path: 'environments.qa.from' },
+    { name: 'a missing ${VAR}', lines: [...HEAD, 'server: { listen: "127.0.0.1:7420", token: "${NO_SUCH_TOKEN}" }'], path: 'server.token' },
+    { name: 'version 2', lines: ['version: 2', 'sandbox: {}'], path: 'version' },
+    { name: 'a number out of range', lines: [...HEAD, 'retry: { jitter: 2 }'], path: 'retry.jitter' },
+    { name: 'an empty string', lines: ['version: 1', 'sandbox: { commitMessage: "" }'], path: 'sandbox.commitMessage' },
+    { name: 'a name of the wrong form', lines: [...HEAD, 'remotes: [ { name: "a b", url: /srv/git/x.git } ]'], path: 'remotes[0].name' },
+    { name: 'a size of the wrong form', lines: [...HEAD, 'security: { maxFileSize: 5TB }'], path: 'security.maxFileSize' },
+    { name: 'a URL that is not one', lines: [...HEAD, 'notifications: { webhooks: [ { url: "not a url" } ] }'], path: 'notifications.webhooks[0].url' },
+    { name: 'a repeated event', lines: [...HEAD, 'notifications: { webhooks: [ { url: "https://h.example.com/", events: [promoted, promoted] } ] }'], path: 'notifications.webhooks[0].events' },
+    { name: 'a gate with neither command, http nor builtin', lines: [...HEAD, ...staging, '    gates: [ { name: test } ]'], path: 'environments.staging.gates[0]' },
+    { name: 'a gate with two of them', lines: [...HEAD, ...staging, '    gates: [ { name: test, command: "true", builtin: config } ]'], path: 'environments.staging.gates[0]' },
+    { name: 'an approval signer line of the wrong form', lines: [...HEAD, ...staging, '    promotion: approval', '    approvals: { signers: [alice] }'], path: 'environments.staging.approvals.signers[0]' },
+    { name: 'an interval below 1s', lines: [...HEAD, 'intervals: { fetch: 0s }'], path: 'intervals.fetch' },
+  ])('$name', ({ lines, path: expectedPath }) => {
+    const r = load(yaml(...lines));
+    const all = r.ok ? r.warnings : r.problems;
+    const context = all.map(formatProblem).join('\n');
+    expect(all.map((p) => p.path), context).toContain(expectedPath);
+    for (const p of all) {
+      expect(p, context).toMatchObject({ file: FILE, line: expect.any(Number), col: expect.any(Number), path: expect.stringMatching(/\S/), message: expect.stringMatching(/\S/), hint: expect.stringMatching(/\S/) });
+      expect(Number.isInteger(p.line) && p.line >= 1 && Number.isInteger(p.col) && p.col >= 1, context).toBe(true);
+      expect(formatProblem(p)).toMatch(new RegExp(`^${FILE.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:\\d+:\\d+: (warning: )?[^ :]+: \\S.* \\(hint: \\S.*\\)$`));
+    }
+  });
+
+  it('the hints say what to write', () => {
+    const hint = (...lines: string[]) => {
+      const r = load(yaml(...lines));
+      return (r.ok ? r.warnings : r.problems).map((p) => `${p.path}: ${p.hint}`);
+    };
+    expect(hint(...HEAD, 'logging: { level: loud }')).toEqual(['logging.level: write one of those values, or leave level out for the default info']);
+    expect(hint(...HEAD, 'logging: { level: wran }')).toEqual(['logging.level: did you mean "warn"?']);
+    expect(hint('version: 2', 'sandbox: {}')).toEqual(['version: set version: 1; this release of cascade-sync reads only format version 1']);
+    expect(hint(...HEAD, 'retry: { factor: "2" }')).toEqual(['retry.factor: write a number, or leave factor out for the default 2']);
+    expect(hint(...HEAD, 'environments:', '  staging: { branch: staging }')).toEqual([expect.stringMatching(/^environments\.staging\.from: add from: under environments\.staging \(Where candidate commits come from: /)]);
+    expect(hint(...HEAD, 'security: { maxFileSize: 5TB }')).toEqual([expect.stringContaining('such as 500KB or 50MB')]);
+    expect(hint(...HEAD, ...staging, '    gates: [ { name: test, command: "true", builtin: config } ]')).toEqual(['environments.staging.gates[0]: keep either command or builtin, and remove the other']);
   });
 });

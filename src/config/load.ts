@@ -46,7 +46,7 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
     if (code === "ENOENT") {
       return fail(abs, "no config file here", `run \`cascade-sync init\` in ${dirname(abs)}, or pass --config PATH`);
     }
-    return fail(abs, `cannot read the config: ${(err as Error).message}`);
+    return fail(abs, `cannot read the config: ${(err as Error).message}`, `check that ${abs} is a file this user may read`);
   }
 }
 
@@ -62,8 +62,9 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const positions = new SourcePositions(doc, lines);
   const problems: ConfigProblem[] = [];
-  const at = (path: (string | number)[], message: string, hint?: string, key?: string, severity: ConfigProblem["severity"] = "error") =>
-    problems.push({ severity, file, ...positions.at(path, key), path: formatPath(key ? [...path, key] : path), message, ...(hint ? { hint } : {}) });
+  // Every problem carries a hint (what to do next): the parameter is required, not optional.
+  const at = (path: (string | number)[], message: string, hint: string, key?: string, severity: ConfigProblem["severity"] = "error") =>
+    problems.push({ severity, file, ...positions.at(path, key), path: formatPath(key ? [...path, key] : path), message, hint });
 
   for (const e of doc.errors) {
     problems.push({ severity: "error", file, ...positions.pos(e.pos[0]), path: "", message: firstLine(e.message), hint: "fix the YAML syntax here" });
@@ -119,30 +120,58 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
       const known = Object.keys(schemaAt(path)?.properties ?? {});
       const guess = nearest(key, known);
       ignored.push([...path, key]);
-      at(path, `unknown key "${key}" is ignored`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : undefined, key, "warning");
+      at(path, `unknown key "${key}" is ignored`, guess ? `did you mean "${guess}"?` : known.length ? `valid keys: ${known.join(", ")}` : "remove it", key, "warning");
     } else if (e.keyword === "enum") {
-      at(path, `${e.message}: ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`);
+      const allowed = (e.params as { allowedValues: unknown[] }).allowedValues;
+      const value = valueAt(data, path);
+      const guess = typeof value === "string" ? nearest(value, allowed.filter((v): v is string => typeof v === "string")) : undefined;
+      at(path, `${JSON.stringify(value)} is not one of: ${allowed.map((v) => JSON.stringify(v)).join(", ")}`,
+        guess ? `did you mean "${guess}"?` : `write one of those values${leaveOut(path)}`);
     } else if (e.keyword === "const") {
-      at(path, `must be ${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)}`);
+      const allowed = (e.params as { allowedValue: unknown }).allowedValue;
+      at(path, `must be ${JSON.stringify(allowed)}`, path.length === 1 && path[0] === "version"
+        ? `set version: ${JSON.stringify(allowed)}; this release of cascade-sync reads only format version ${JSON.stringify(allowed)}`
+        : `set ${String(path.at(-1))}: ${JSON.stringify(allowed)}, the only value allowed here`);
     } else if (e.keyword === "required") {
-      at(path, `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`);
+      // Reported at the missing key's own path, so that every problem names a key (a missing
+      // top-level key included); its position is that of the mapping that lacks it.
+      const key = (e.params as { missingProperty: string }).missingProperty;
+      const node = schemaAt([...path, key]);
+      const example = node?.const !== undefined ? ` ${JSON.stringify(node.const)}` : "";
+      const about = node?.description ? ` (${firstSentence(node.description)})` : "";
+      at([...path, key], `missing required key "${key}"`, `add ${key}:${example} ${path.length ? `under ${formatPath(path)}` : "at the top level"}${about}`);
     } else if (e.keyword === "oneOf") {
       const node = schemaAt(path);
       const branches = node?.oneOf ?? Object.values(node?.dependencies ?? {}).flatMap((d) => d.oneOf ?? []);
       const options = [...new Set(branches.flatMap((s) => s.required ?? []))];
       if (!options.length) {
-        at(path, e.message ?? "is not valid");
+        at(path, e.message ?? "is not valid", describe(path));
         continue;
       }
       const value = valueAt(data, path);
       const given = options.filter((o) => value && typeof value === "object" && o in value);
       const both = given.length === 2 ? `both ${given.join(" and ")}` : `${given.slice(0, -1).join(", ")} and ${given.at(-1)}`;
-      at(path, given.length > 1 ? `has ${both}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`);
+      at(path, given.length > 1 ? `has ${both}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`,
+        given.length === 2 ? `keep either ${given[0]} or ${given[1]}, and remove the other` : given.length > 2 ? `keep one of ${given.join(", ")}, and remove the others` : `add one of ${options.join(", ")}`);
     } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS.has(e.parentSchema)) {
       const { what, hint } = VALUE_HINTS.get(e.parentSchema)!;
       at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);
+    } else if (e.keyword === "type") {
+      const expected = String((e.params as { type: string }).type).split(",");
+      at(path, e.message ?? "has the wrong type", `write ${expected.map((t) => TYPE_WORDS[t] ?? t).join(" or ")}${leaveOut(path)}`);
+    } else if (e.keyword === "uniqueItems") {
+      const { j } = e.params as { i: number; j: number };
+      const list = valueAt(data, path);
+      const repeated = Array.isArray(list) ? JSON.stringify(list[j]) : "a value";
+      at(path, `lists ${repeated} more than once`, `remove the repeated ${repeated}`);
     } else {
-      at(path, e.message ?? "is not valid");
+      // minimum, maximum, minLength, pattern, format: what the value must look like is in its description.
+      const value = valueAt(data, path);
+      const message = e.keyword === "pattern" ? `${JSON.stringify(value)} does not have the expected form`
+        : e.keyword === "format" ? `${JSON.stringify(value)} is not ${(e.params as { format: string }).format === "uri" ? "an absolute URL" : `a valid ${(e.params as { format: string }).format}`}`
+        : e.keyword === "minLength" && (e.params as { limit: number }).limit === 1 ? "must not be empty"
+        : e.message ?? "is not valid";
+      at(path, message, `${describe(path).replace(/\.$/, "")}${leaveOut(path).replace(/^,/, ";")}`);
     }
   }
   const under = (path: (string | number)[], prefix: (string | number)[]) => prefix.every((p, i) => path[i] === p);
@@ -177,8 +206,8 @@ function inFileOrder(a: ConfigProblem, b: ConfigProblem): number {
 }
 
 /** A result with one error about the whole file, at `at` (default: its start). */
-function fail(file: string, message: string, hint?: string, at: { line: number; col: number } = { line: 1, col: 1 }): LoadResult {
-  return { ok: false, problems: [{ severity: "error", file, line: at.line, col: at.col, path: "", message, ...(hint ? { hint } : {}) }] };
+function fail(file: string, message: string, hint: string, at: { line: number; col: number } = { line: 1, col: 1 }): LoadResult {
+  return { ok: false, problems: [{ severity: "error", file, line: at.line, col: at.col, path: "", message, hint }] };
 }
 
 const DEPTH_HINT = "a config nests a few levels, never this deep; is this the right file?";
@@ -189,8 +218,9 @@ const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
 const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 
 /**
- * Replaces ${VAR} in every string with the environment's value. A variable the user wrote that is
- * not set is reported through `missing`; defaults filled in later are substituted by normalize().
+ * Replaces ${VAR} in every string with the environment's value. A variable that is not set is
+ * reported through `missing`. The credential defaults are written in before this runs
+ * (fillCredentialDefaults), so they are substituted here too; the validator's other defaults hold no ${VAR}.
  */
 function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], missing: (path: (string | number)[], name: string) => void): unknown {
   if (typeof value === "string") {
@@ -235,6 +265,39 @@ const VALUE_HINTS = new Map<unknown, { what: string; hint: string }>([
   [definition("remote").properties?.url, { what: "a supported remote", hint: "use an http:// or https:// URL or the path of a local bare repository; ssh:// and git:// are not supported" }],
 ]);
 
+/** Words for a JSON type in a "write ..." hint. */
+const TYPE_WORDS: Record<string, string> = {
+  object: "a mapping (indented key: value lines, or { key: value })",
+  array: "a list (lines starting with \"- \", or [a, b])",
+  string: "text (in quotes if it would otherwise read as a number or true/false)",
+  number: "a number",
+  integer: "a whole number",
+  boolean: "true or false",
+};
+
+/** What the value at `path` is for: its description, or that of the nearest ancestor that has one. */
+function describe(path: (string | number)[]): string {
+  for (let n = path.length; n >= 0; n--) {
+    const text = schemaAt(path.slice(0, n))?.description;
+    if (text) return n === path.length ? text : `${formatPath(path.slice(0, n))}: ${text}`;
+  }
+  return "see the config reference in README.md";
+}
+
+/** ", or leave KEY out for the default D" when the key at `path` has a default; "" otherwise. */
+function leaveOut(path: (string | number)[]): string {
+  const key = path.at(-1);
+  const d = schemaAt(path)?.default;
+  if (typeof key !== "string" || d === undefined) return "";
+  if (d && typeof d === "object" && !Array.isArray(d) && !Object.keys(d).length) return `, or leave ${key} out for its defaults`;
+  return `, or leave ${key} out for the default ${typeof d === "string" ? (d === "" ? '""' : d) : JSON.stringify(d)}`;
+}
+
+/** The first sentence of a description, without its full stop. */
+function firstSentence(text: string): string {
+  return (/^.*?\.(?=\s|$)/.exec(text)?.[0] ?? text).replace(/\.$/, "");
+}
+
 function definition(name: string): SchemaNode {
   return (configSchema as SchemaNode).definitions?.[name] ?? {};
 }
@@ -255,13 +318,22 @@ type SchemaNode = {
   $ref?: string;
   definitions?: Record<string, SchemaNode>;
   default?: unknown;
+  const?: unknown;
+  description?: string;
 };
 
-/** The schema node that describes the value at `path` (following $refs), for hints. */
+/**
+ * The schema node that describes the value at `path`, for hints. A $ref is followed, and the
+ * keywords written next to it (the use site's description and default) win over the definition's.
+ */
 function schemaAt(path: (string | number)[]): SchemaNode | undefined {
   const root = configSchema as SchemaNode;
   const deref = (n: SchemaNode | undefined): SchemaNode | undefined => {
-    if (n?.$ref?.startsWith("#/definitions/")) return deref(root.definitions?.[n.$ref.slice("#/definitions/".length)]);
+    if (n?.$ref?.startsWith("#/definitions/")) {
+      const { $ref, ...local } = n;
+      const target = deref(root.definitions?.[$ref.slice("#/definitions/".length)]);
+      return target && { ...target, ...local };
+    }
     return n;
   };
   let node = deref(root);

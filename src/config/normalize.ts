@@ -5,6 +5,12 @@ import { parseDuration, parseSize } from "../duration.js";
 import type { Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
 import type { LogLevel } from "../log.js";
 
+// The fallbacks below repeat the schema's defaults, which the validator has normally filled in
+// already; test/config.test.ts normalizes a config without them and requires the same result, so
+// the two cannot drift apart.
+const DEFAULT_EXCLUDE = ["*.tmp", ".cache/", "node_modules/", "*.pid", "nohup.out", ".venv/", "dist/", "build/"];
+const DEFAULT_ENCRYPT = [".env", ".env.*", "**/*.pem", "secrets/**"];
+
 /** A duration string the schema has already accepted, in ms. */
 function ms(text: string | undefined, fallback: string): number {
   return parseDuration(text ?? fallback) ?? parseDuration(fallback)!;
@@ -94,7 +100,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       branch: data.sandbox.branch ?? "develop",
       debounceMs: ms(data.sandbox.debounce, "3s"),
       batchWindowMs: ms(data.sandbox.batchWindow, "10s"),
-      exclude: [...(data.sandbox.exclude ?? [])],
+      exclude: [...(data.sandbox.exclude ?? DEFAULT_EXCLUDE)],
       commitMessage: data.sandbox.commitMessage ?? "sync: {summary}",
       ...(data.sandbox.author ? { author: { name: data.sandbox.author.name ?? "cascade-sync", email: data.sandbox.author.email ?? "cascade-sync@localhost" } } : {}),
     },
@@ -117,7 +123,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       level: (data.logging?.level ?? "info") as LogLevel,
     },
     security: {
-      encrypt: [...(data.security?.encrypt ?? [])],
+      encrypt: [...(data.security?.encrypt ?? DEFAULT_ENCRYPT)],
       ...(key ? { key } : {}),
       maxFileSizeBytes: parseSize(data.security?.maxFileSize ?? "50MB") ?? 50 * 1024 * 1024,
       allow: [...(data.security?.allow ?? [])],

@@ -3,7 +3,7 @@ import { nearest } from "../text.js";
 import type { Config } from "./types.js";
 
 /** Reports a problem at a config path. */
-export type Report = (path: (string | number)[], message: string, hint?: string, severity?: "error" | "warning") => void;
+export type Report = (path: (string | number)[], message: string, hint: string, severity?: "error" | "warning") => void;
 
 /** A semantic rule: checks meaning the schema cannot express, reporting every problem it finds. */
 export type Rule = (config: Config, report: Report) => void;

@@ -63,7 +63,7 @@ export interface Sandbox {
   author?: Author;
 }
 /**
- * Author and committer of sandbox commits. When absent, the repository's git user.name and user.email are used.
+ * Author and committer of sandbox commits. Default: none (the repository's git user.name and user.email are used, and cascade-sync <cascade-sync@localhost> where git has none). When author is given, a name or email left out takes its default below.
  */
 export interface Author {
   /**
@@ -223,7 +223,7 @@ export interface HttpCheck {
    */
   status?: number;
   /**
-   * Text the response body must contain. When absent, the body is not checked.
+   * Text the response body must contain. Default: none (the body is not checked).
    */
   body?: string;
 }
@@ -262,7 +262,7 @@ export interface Window {
   timezone: string;
 }
 /**
- * Where promoted commits are materialized: releases/<commit>/ holds each release and current is a symlink switched atomically to the live one. Without deploy, promotion only moves the branch.
+ * Where promoted commits are materialized: releases/<commit>/ holds each release and current is a symlink switched atomically to the live one. Default: none (promotion only moves the branch).
  */
 export interface Deploy {
   /**
@@ -284,11 +284,11 @@ export interface Deploy {
  */
 export interface DeployHooks {
   /**
-   * Shell command run in the new release directory before current is switched to it. If it fails, current is not switched.
+   * Shell command run in the new release directory before current is switched to it. If it fails, current is not switched. Default: none (nothing runs before the switch).
    */
   pre?: string;
   /**
-   * Shell command run in the new release directory after current is switched to it. If it fails, the deploy counts as failed.
+   * Shell command run in the new release directory after current is switched to it. If it fails, the deploy counts as failed. Default: none (nothing runs after the switch).
    */
   post?: string;
 }
@@ -315,7 +315,7 @@ export interface HealthCheck {
  */
 export interface Rollback {
   /**
-   * When true, a release that becomes degraded or misses progressDeadline is replaced by the last healthy one, and the failed commit is not promoted again. Defaults to true when promotion is approval and to false otherwise.
+   * When true, a release that becomes degraded or misses progressDeadline is replaced by the last healthy one, and the failed commit is not promoted again. Default: true when promotion is approval, false otherwise (it depends on promotion, so no single value is given here).
    */
   automatic?: boolean;
 }
@@ -341,11 +341,11 @@ export interface Webhook {
    */
   url: string;
   /**
-   * Shared secret used to sign each request so the receiver can check that it came from cascade-sync. ${VAR} reads the environment variable VAR; the value is never logged.
+   * Shared secret used to sign each request (an x-cascade-signature header) so the receiver can check that it came from cascade-sync. ${VAR} reads the environment variable VAR; the value is never logged. Default: none (requests are sent unsigned).
    */
   secret?: string;
   /**
-   * Events sent to this URL. When absent, every event is sent.
+   * Events sent to this URL. Default: none (every event is sent, also events that later releases add).
    */
   events?: NotificationEvent[];
 }
@@ -371,7 +371,7 @@ export interface Security {
    */
   encrypt?: string[];
   /**
-   * Key used for encrypt: 32 random bytes in base64, normally written as ${CASCADE_ENCRYPTION_KEY} so it is read from the environment, or the path of a file that holds it. When absent, the key file that init creates outside the sandbox (~/.config/cascade-sync/keys/) is used; without any usable key, files matching encrypt are not committed at all.
+   * Key used for encrypt: 32 random bytes in base64, normally written as ${CASCADE_ENCRYPTION_KEY} so it is read from the environment, or the path of a file that holds it. Default: none (the key file that init creates outside the sandbox, under ${XDG_CONFIG_HOME:-~/.config}/cascade-sync/keys/, is used; without any usable key, files matching encrypt are not committed at all).
    */
   key?: string;
   /**
@@ -392,7 +392,7 @@ export interface Server {
    */
   listen?: string;
   /**
-   * Token that clients must present to the server. ${VAR} reads the environment variable VAR; the value is never logged.
+   * Token that clients must present to the server, in an Authorization: Bearer header (or as ?token= on /api/events). ${VAR} reads the environment variable VAR; the value is never logged. Default: none (no token is asked for; the server then listens only on a loopback address and answers only to a loopback Host).
    */
   token?: string;
 }
