@@ -1,4 +1,4 @@
-import { commitWorktree, type CommittedPath } from "../src/git/commit.js";
+import { commitWorktree, type CommittedPath, type StagedPath } from "../src/git/commit.js";
 import { RefConflictError } from "../src/git/refs.js";
 import { stalled, transient } from "../src/errors.js";
 import type { Config } from "../src/config/types.js";
@@ -16,7 +16,7 @@ export interface SandboxObserved {
 }
 
 export type SandboxAction =
-  | { type: "commit"; paths: { path: string; deleted: boolean }[]; refresh: string[]; preview: string }
+  | { type: "commit"; paths: StagedPath[]; refresh: string[]; preview: string }
   | { type: "refresh-index"; paths: string[] };
 
 /**
@@ -72,7 +72,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     }
     const { changes, refresh } = o.observation;
     if (changes.length) {
-      const paths = changes.map((c) => ({ path: c.path, deleted: !c.work }));
+      const paths = changes.map((c): StagedPath => ({ path: c.path, deleted: !c.work, ...(c.work?.content ? { read: { stats: c.work.stats, content: c.work.content } } : {}) }));
       const preview = summarize(changes.map((c) => ({ path: c.path, ...(c.head ? { before: c.head } : {}), ...(c.work ? { after: { mode: c.work.mode, oid: c.work.oid } } : {}) }))).summary;
       return { actions: [{ type: "commit", paths, refresh: refresh.map((r) => r.path), preview }] };
     }

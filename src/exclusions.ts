@@ -40,14 +40,25 @@ export class Exclusions {
 
   /** True when `rel` (posix, relative to the sandbox) is not synced; `isDir` for folders. */
   async isExcluded(rel: string, isDir = false): Promise<boolean> {
+    const known = this.excludedIfKnown(rel, isDir);
+    if (known !== undefined) return known;
+    // Read the .gitignore files on the way that are not known yet, then decide.
+    for (let i = rel.indexOf("/"); i >= 0; i = rel.indexOf("/", i + 1)) await this.nestedRules(rel.slice(0, i));
+    return this.excludedIfKnown(rel, isDir)!;
+  }
+
+  /**
+   * isExcluded() without waiting: undefined when a .gitignore on the way has not been read yet.
+   * A full scan reads each folder's .gitignore before its entries, so it decides this way.
+   */
+  excludedIfKnown(rel: string, isDir = false): boolean | undefined {
     if (isInternalPath(rel)) return true;
-    const probe = isDir ? `${rel}/` : rel;
-    if (this.root.ignores(probe)) return true;
-    const parts = rel.split("/");
-    for (let i = 1; i < parts.length; i++) {
-      const base = parts.slice(0, i).join("/");
-      const rules = await this.nestedRules(base);
-      if (rules?.ignores(posix.relative(base, rel) + (isDir ? "/" : ""))) return true;
+    const suffix = isDir ? "/" : "";
+    if (this.root.ignores(rel + suffix)) return true;
+    for (let i = rel.indexOf("/"); i >= 0; i = rel.indexOf("/", i + 1)) {
+      const base = rel.slice(0, i);
+      if (!this.nested.has(base)) return undefined;
+      if (this.nested.get(base)?.ignores(rel.slice(i + 1) + suffix)) return true;
     }
     return false;
   }

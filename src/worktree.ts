@@ -1,4 +1,4 @@
-import { lstatSync, readdirSync, readFile, readlink, type BigIntStats } from "node:fs";
+import { lstatSync, readdirSync, readFile, readFileSync, readlinkSync, type BigIntStats } from "node:fs";
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { blobOid, EMPTY_TREE, type EntryMode, type FileEntry, type Repo } from "./git/repo.js";
@@ -6,13 +6,15 @@ import { isStatClean, type IndexEntry } from "./git/index-file.js";
 import type { Exclusions } from "./exclusions.js";
 
 const readBytes = promisify(readFile) as (p: string) => Promise<Buffer>;
-const readLink = promisify(readlink) as unknown as (p: string, o: { encoding: "buffer" }) => Promise<Buffer>;
 
 /** A file as it is in the working tree now. */
 export interface WorkFile {
   mode: EntryMode;
   oid: string;
+  /** Taken before `content` was read: if the file changes after, its stat data no longer match. */
   stats: BigIntStats;
+  /** The bytes read to hash it, kept (within a budget) so that the commit need not read them again. */
+  content?: Buffer;
 }
 
 /** A path whose working-tree state differs from the branch head; `work` absent means deleted. */
@@ -39,7 +41,26 @@ export interface StatCache {
   mtime: { sec: number; nsec: number };
 }
 
+/** A path to look at, and the head's entry there when already known (null: known to be absent). */
+interface Probe {
+  rel: string;
+  head?: (FileEntry & { isTree: boolean }) | null;
+}
+
+/** One observation under way. */
+interface Scan {
+  headTree: string;
+  cache: StatCache;
+  out: SandboxObservation;
+  queue: Probe[];
+  seen: Set<string>;
+}
+
 const CONCURRENCY = 32;
+/** Bytes of file content one observation keeps for the commit that follows it (the rest is read again). */
+const KEEP_CONTENT_BYTES = 32 * 1024 * 1024;
+/** Files up to this size are read synchronously: cheaper than three trips to the thread pool. */
+const SYNC_READ_BYTES = 64 * 1024;
 /** A full scan gives the event loop a turn after this many entries (its stats are synchronous). */
 const YIELD_EVERY = 1000;
 
@@ -63,6 +84,8 @@ function lstatNow(abs: string): BigIntStats | null {
  */
 export class Worktree {
   private readonly trees = new Map<string, Map<string, FileEntry & { isTree: boolean }>>();
+  /** Content bytes kept by the observation under way. */
+  private keptBytes = 0;
 
   constructor(
     readonly dir: string,
@@ -77,14 +100,16 @@ export class Worktree {
    */
   async observe(headTree: string, paths: Iterable<string>, cache: StatCache, onProgress?: (filesLookedAt: number) => void): Promise<SandboxObservation> {
     const out: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
+    this.keptBytes = 0;
     const seen = new Set<string>();
-    const queue = [...new Set(paths)];
+    const queue: Probe[] = [...new Set(paths)].map((rel) => ({ rel }));
+    const scan: Scan = { headTree, cache, out, queue, seen };
     let sinceYield = 0;
     const worker = async () => {
       for (let p = queue.pop(); p !== undefined; p = queue.pop()) {
-        if (seen.has(p)) continue;
-        seen.add(p);
-        await this.observeOne(headTree, p, cache, out, queue);
+        if (seen.has(p.rel)) continue;
+        seen.add(p.rel);
+        await this.observeOne(p, scan);
         if (++sinceYield >= YIELD_EVERY) {
           sinceYield = 0;
           onProgress?.(out.scanned);
@@ -99,25 +124,33 @@ export class Worktree {
     return out;
   }
 
-  private async observeOne(headTree: string, rel: string, cache: StatCache, out: SandboxObservation, queue: string[]): Promise<void> {
-    if (rel !== "" && (await this.exclusions.isExcluded(rel))) return;
+  /** Whether `rel` is excluded, deciding without waiting when the .gitignore files on its way are known. */
+  private async excluded(rel: string, isDir = false): Promise<boolean> {
+    return this.exclusions.excludedIfKnown(rel, isDir) ?? (await this.exclusions.isExcluded(rel, isDir));
+  }
+
+  private async observeOne(probe: Probe, scan: Scan): Promise<void> {
+    const { rel } = probe;
+    const { out, queue } = scan;
+    if (rel !== "" && (await this.excluded(rel))) return;
     const abs = rel === "" ? this.dir : join(this.dir, rel);
     const st = lstatNow(abs);
-    const head = rel === "" ? { mode: "040000" as EntryMode, oid: headTree, isTree: true } : await this.headEntry(headTree, rel);
+    const head = rel === "" ? { mode: "040000" as EntryMode, oid: scan.headTree, isTree: true } : probe.head !== undefined ? (probe.head ?? undefined) : await this.headEntry(scan.headTree, rel);
     if (!st || (!st.isFile() && !st.isSymbolicLink() && !st.isDirectory())) {
       if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
       else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
       return;
     }
     if (st.isDirectory()) {
-      if (rel !== "" && (await this.exclusions.isExcluded(rel, true))) return;
+      if (rel !== "" && (await this.excluded(rel, true))) return;
       let names: string[];
       try {
         names = readdirSync(abs);
       } catch (e) {
         // Gone (or replaced by a file) since the lstat: observe the path again as whatever it is now.
         if ((e as NodeJS.ErrnoException).code !== "ENOENT" && (e as NodeJS.ErrnoException).code !== "ENOTDIR") throw e;
-        queue.push(rel);
+        scan.seen.delete(rel);
+        queue.push({ rel });
         return;
       }
       // A nested repository is not ours to sync (git would record it as a gitlink).
@@ -126,10 +159,12 @@ export class Worktree {
       // Load this folder's .gitignore once, before its entries are looked at by parallel workers
       // (each would otherwise try to read it: 100,000 failed opens in a tree without one).
       if (names.length) await this.exclusions.isExcluded(prefix + names[0]!);
-      for (const n of names) queue.push(prefix + n);
-      if (head?.isTree) {
+      // The head's entries of this folder go along with its children: no walk from the root per path.
+      const entries = head?.isTree ? await this.treeEntries(head.oid) : undefined;
+      for (const n of names) queue.push({ rel: prefix + n, head: entries?.get(n) ?? null });
+      if (entries) {
         const onDisk = new Set(names);
-        for (const name of (await this.treeEntries(head.oid)).keys()) if (!onDisk.has(name)) queue.push(prefix + name);
+        for (const [name, e] of entries) if (!onDisk.has(name)) queue.push({ rel: prefix + name, head: e });
       } else if (head) out.changes.push({ path: rel, head: { mode: head.mode, oid: head.oid } });
       return;
     }
@@ -138,14 +173,16 @@ export class Worktree {
       return;
     }
     out.scanned++;
-    const work = await this.readWorkFile(abs, rel, st, cache, head);
+    const work = await this.readWorkFile(abs, rel, st, scan.cache, head);
     if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
     const headFile = head && !head.isTree ? { mode: head.mode, oid: head.oid } : undefined;
     if (!headFile || headFile.oid !== work.oid || headFile.mode !== work.mode) {
+      if (work.content && (this.keptBytes += work.content.length) > KEEP_CONTENT_BYTES) delete work.content;
       out.changes.push({ path: rel, ...(headFile ? { head: headFile } : {}), work });
     } else {
-      const idx = cache.entries.get(rel);
-      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, cache.mtime)) out.refresh.push({ path: rel, work });
+      delete work.content;
+      const idx = scan.cache.entries.get(rel);
+      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, scan.cache.mtime)) out.refresh.push({ path: rel, work });
     }
   }
 
@@ -156,7 +193,7 @@ export class Worktree {
     if (idx && modeString(idx.mode) === mode && isStatClean(idx, st, cache.mtime)) return { mode, oid: idx.oid, stats: st };
     const content = await readContent(abs, st);
     // An encrypted path is compared by its ciphertext (deterministic: unchanged content, same blob).
-    return { mode, oid: blobOid(st.isSymbolicLink() ? content : this.repo.policy.blobContent(rel, content)), stats: st };
+    return { mode, oid: blobOid(st.isSymbolicLink() ? content : this.repo.policy.blobContent(rel, content)), stats: st, content };
   }
 
   /** The mode git records for a file with these stats (keeping the head's exec bit when core.filemode is false). */
@@ -201,9 +238,10 @@ export class Worktree {
   }
 }
 
-/** A file's blob content: its bytes, or a symlink's target. */
-export async function readContent(abs: string, st: { isSymbolicLink(): boolean }): Promise<Buffer> {
-  return st.isSymbolicLink() ? readLink(abs, { encoding: "buffer" }) : readBytes(abs);
+/** A file's blob content: its bytes, or a symlink's target; `st` is its lstat from just before. */
+export async function readContent(abs: string, st: { isSymbolicLink(): boolean; size: bigint | number }): Promise<Buffer> {
+  if (st.isSymbolicLink()) return readlinkSync(abs, { encoding: "buffer" });
+  return Number(st.size) <= SYNC_READ_BYTES ? readFileSync(abs) : readBytes(abs);
 }
 
 /** An index entry's numeric mode as a tree mode string. */

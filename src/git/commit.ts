@@ -17,6 +17,8 @@ const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true })
 export interface StagedPath {
   path: string;
   deleted: boolean;
+  /** The file as an observation just read it (stat data taken before the bytes); read again when absent. */
+  read?: { stats: BigIntStats; content: Buffer };
 }
 
 /** What a sandbox commit recorded, per path, as finally read from disk. */
@@ -73,7 +75,7 @@ export async function commitWorktree(
     // Blobs are written in parallel (each is a deflate and a file write); the order of `recorded` stays the paths' order.
     const staged = await mapLimit(opts.paths, PARALLEL_WRITES, async (p) => {
       const before = await opts.headEntry(p.path);
-      const after = p.deleted ? undefined : await stageFile(repo, index, p.path, opts.modeOf, repo.policy, before);
+      const after = p.deleted ? undefined : await stageFile(repo, index, p, opts.modeOf, repo.policy, before);
       return { path: p.path, before, after };
     });
     for (const { path, before, after } of staged) {
@@ -86,7 +88,7 @@ export async function commitWorktree(
       if (!after) index.entries.delete(path);
       recorded.push({ path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
     }
-    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, path, opts.modeOf, repo.policy, await opts.headEntry(path)));
+    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, { path, deleted: false }, opts.modeOf, repo.policy, await opts.headEntry(path)));
     let commit: string | null = null;
     if (changes.size || opts.allowEmpty) {
       const tree = await repo.buildTree(parentTree, changes);
@@ -104,21 +106,23 @@ export async function commitWorktree(
 }
 
 /**
- * Reads a working file, writes what `policy` makes of it as its blob and updates its index entry;
- * undefined when it is gone, `held` (index untouched) when the policy keeps it out of git.
+ * Reads a working file (or takes what the observation read), writes what `policy` makes of it as
+ * its blob and updates its index entry; undefined when it is gone, `held` (index untouched) when
+ * the policy keeps it out of git.
  */
-async function stageFile(repo: Repo, index: GitIndex, path: string, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
+async function stageFile(repo: Repo, index: GitIndex, staged: StagedPath, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
+  const { path } = staged;
   const abs = join(repo.dir, path);
-  const st = await lstatBig(abs, { bigint: true }).catch(() => null);
+  // Stat before reading: if the file changes after this, its new stat differs from the index
+  // entry and the next observation reads it again.
+  const st = staged.read?.stats ?? (await lstatBig(abs, { bigint: true }).catch(() => null));
   if (!st || !(st.isFile() || st.isSymbolicLink())) {
     index.entries.delete(path);
     return undefined;
   }
   const tooLarge = st.isFile() ? policy.tooLarge(path, Number(st.size)) : undefined;
   if (tooLarge) return { held: tooLarge };
-  // Stat before reading: if the file changes after this, its new stat differs from the index
-  // entry and the next observation reads it again.
-  const content = await readContent(abs, st).catch(() => null);
+  const content = staged.read?.content ?? (await readContent(abs, st).catch(() => null));
   if (content === null) {
     index.entries.delete(path);
     return undefined;

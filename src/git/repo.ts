@@ -1,5 +1,5 @@
 import * as fs from "node:fs";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { deflate, inflate, inflateSync } from "node:zlib";
@@ -186,15 +186,23 @@ export class Repo {
     await dst.writeRaw(type, object);
   }
 
-  /** Writes an object's already deflated bytes (checked by the caller) under its name. */
-  private async writeLooseBytes(oid: string, data: Buffer): Promise<void> {
+  /**
+   * Writes an object's already deflated bytes (checked by the caller) under its name, unless it
+   * exists (`absent`: the caller just found that it does not).
+   */
+  private async writeLooseBytes(oid: string, data: Buffer, absent = false): Promise<void> {
     const dir = join(this.gitdir, "objects", oid.slice(0, 2));
     const file = join(dir, oid.slice(2));
-    if (fs.existsSync(file)) return;
-    await mkdir(dir, { recursive: true });
-    const tmp = join(dir, `tmp_obj_${randomBytes(6).toString("hex")}`);
+    if (!absent && fs.existsSync(file)) return;
+    // A name no other writer uses: this process's id and a counter (cheaper than random bytes).
+    const tmp = join(dir, `tmp_obj_${process.pid}_${++tempObjects}`);
     try {
-      await writeFile(tmp, data, { mode: 0o444 });
+      // The fan-out folder usually exists: create it only when the write says it does not.
+      await writeFile(tmp, data, { mode: 0o444 }).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== "ENOENT") throw err;
+        await mkdir(dir, { recursive: true });
+        await writeFile(tmp, data, { mode: 0o444 });
+      });
       await rename(tmp, file);
     } catch (err) {
       await rm(tmp, { force: true });
@@ -217,7 +225,7 @@ export class Repo {
     const oid = createHash("sha1").update(header).update(content).digest("hex");
     const file = join(this.gitdir, "objects", oid.slice(0, 2), oid.slice(2));
     if (await fs.promises.access(file).then(() => true, () => false)) return oid;
-    await this.writeLooseBytes(oid, await deflateAsync(Buffer.concat([header, content])));
+    await this.writeLooseBytes(oid, await deflateAsync(Buffer.concat([header, content])), true);
     return oid;
   }
 
@@ -537,6 +545,9 @@ export class Repo {
 
 const deflateAsync = promisify(deflate);
 const inflateAsync = promisify(inflate);
+/** Temp files of loose objects written by this process so far (their names). */
+let tempObjects = 0;
+
 /** Loose objects up to this compressed size are read synchronously. */
 const SYNC_LIMIT = 256 * 1024;
 
