@@ -37,17 +37,32 @@ function cli(cwd: string, ...args: string[]): Promise<{ code: number; stdout: st
   });
 }
 
-/** Starts `cascade-sync start` as a real process; resolves once it says it is ready. */
-async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string }> {
+/** Starts `cascade-sync start` as a real process; resolves once it says it is ready. `out` is stdout and stderr interleaved, `stdout` the terminal output alone. */
+async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string; stdout: () => string }> {
   const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let out = '';
-  child.stdout!.on('data', (d) => (out += d));
+  let stdout = '';
+  child.stdout!.on('data', (d) => ((out += d), (stdout += d)));
   child.stderr!.on('data', (d) => (out += d));
   await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: 'the controller process to be ready', timeoutMs: 30_000 }).catch((e: Error) => {
     throw new Error(`${e.message}\n--- controller output ---\n${out}`);
   });
-  return { child, out: () => out };
+  return { child, out: () => out, stdout: () => stdout };
+}
+
+/** The full oid of the commit a successful `git commit` reported (`[develop 1a2b3c4] subject`). */
+async function reportedCommit(dir: string, commitStdout: string): Promise<string> {
+  const short = /^\[[^\]]*?([0-9a-f]{7,40})\]/m.exec(commitStdout)?.[1];
+  if (!short) throw new Error(`no commit id in git commit's output: ${commitStdout}`);
+  return revParse(dir, `${short}^{commit}`);
+}
+
+/** True when `oid` is reachable from `ref` (native `git merge-base --is-ancestor`). */
+async function isAncestor(dir: string, oid: string, ref: string): Promise<boolean> {
+  const r = await gitOk(dir, 'merge-base', '--is-ancestor', oid, ref);
+  if (r.code > 1) throw new Error(`git merge-base --is-ancestor ${oid} ${ref}: ${r.stderr}`);
+  return r.code === 0;
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -100,34 +115,172 @@ describe('the controller process', () => {
       await Promise.all(Array.from({ length: 150 }, (_, f) => writeFile(path.join(dir, `many/d${d}/f${f}.txt`), `${d}/${f}`)));
     }
     // Kill while the batch holds the index lock, i.e. in the middle of writing the commit.
-    await waitFor(() => access(path.join(dir, '.git/index.lock')).then(() => true, () => undefined), { what: 'the batch to be under way', intervalMs: 2 });
+    const indexLock = path.join(dir, '.git/index.lock');
+    await waitFor(() => access(indexLock).then(() => true, () => undefined), { what: 'the batch to be under way', intervalMs: 2 });
     first.child.kill('SIGKILL');
     await exited(first.child);
+    // The kill landed mid-batch: the batch's index.lock is left behind and the 3000 files are not all on develop.
+    expect(existsSync(indexLock), 'index.lock right after the kill').toBe(true);
+    expect((await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length).toBeLessThan(3000);
     const second = await startProcess(dir);
     expect(second.out()).toContain('took over a stale lock');
+    expect(second.out()).toContain(`removed ${indexLock}, left behind by the crashed controller`);
     await waitFor(async () => (await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length === 3000 || undefined, { what: 'all 3000 files committed after the restart', timeoutMs: 60_000 }).catch((e: Error) => {
       throw new Error(`${e.message}\n--- controller output ---\n${second.out()}`);
     });
     await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
-    await fsckStrict(dir);
+    for (let d = 0; d < 20; d++) expect((await showFile(dir, 'develop', `many/d${d}/f149.txt`)).toString()).toBe(`${d}/149`);
+    // No stale lock is left: a native commit goes through (retried only while the live controller
+    // briefly holds the lock; a lock left by the dead one would fail every attempt).
+    let lastTry = '';
+    const mine = await waitFor(async () => {
+      const r = await gitOk(dir, 'commit', '--allow-empty', '-m', 'x');
+      lastTry = r.stderr;
+      return r.code === 0 ? reportedCommit(dir, r.stdout) : undefined;
+    }, { what: 'a native git commit after the restart' }).catch((e: Error) => {
+      throw new Error(`${e.message}\n${lastTry}\n--- controller output ---\n${second.out()}`);
+    });
     second.child.kill('SIGTERM');
-    await exited(second.child);
+    expect(await exited(second.child)).toBe(0);
+    expect(existsSync(indexLock)).toBe(false);
+    expect(await isAncestor(dir, mine, 'develop')).toBe(true);
+    expect((await gitOk(dir, 'commit', '--allow-empty', '-m', 'y')).code).toBe(0);
+    await fsckStrict(dir);
   }, 150_000);
 
   it("survives the user's own git commit in the sandbox while running", async () => {
     const { dir } = await makeSandbox({ debounce: '300ms' });
-    const { child } = await startProcess(dir);
-    await writeFile(path.join(dir, 'mine.txt'), 'committed by hand');
-    // The user's git may meet the controller's index.lock: git then fails, and the user retries.
-    await waitFor(async () => (await gitOk(dir, 'add', 'mine.txt')).code === 0 && (await gitOk(dir, 'commit', '-m', 'my own commit')).code === 0 || (await logOneline(dir, 'develop')).some((s) => s.includes('mine.txt')) || undefined, { what: 'the user commit' });
+    const { child, out } = await startProcess(dir);
+    // The user's git may meet the controller's index.lock: git then fails, and the user retries (with
+    // new content each time, so there is something to commit even if the controller took the last one).
+    let attempt = 0;
+    const mine = await waitFor(async () => {
+      await writeFile(path.join(dir, 'mine.txt'), `committed by hand, attempt ${++attempt}`);
+      if ((await gitOk(dir, 'add', 'mine.txt')).code !== 0) return undefined;
+      const r = await gitOk(dir, 'commit', '-m', 'my own commit');
+      return r.code === 0 ? reportedCommit(dir, r.stdout) : undefined;
+    }, { what: 'the user commit' });
+    expect(await git(dir, 'log', '-1', '--format=%s', mine)).toBe('my own commit');
     await writeFile(path.join(dir, 'after.txt'), 'then the controller again');
     await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'after.txt') || undefined, { what: 'the next batch' });
-    const tree = new Map((await lsTree(dir, 'develop')).map((e) => [e.path, e]));
-    expect(tree.has('mine.txt')).toBe(true);
     await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status' });
+    const why = `${await git(dir, 'log', '--oneline', '--graph', '-12', 'develop')}\n--- controller output ---\n${out().slice(-3000)}`;
+    // The user's commit stays on develop, and the controller's later commits build on it in a line.
+    expect(await isAncestor(dir, mine, 'develop'), why).toBe(true);
+    expect((await git(dir, 'rev-list', '--first-parent', 'develop')).split('\n'), why).toContain(mine);
+    const later = (await git(dir, 'log', '--format=%s', `${mine}..develop`)).split('\n');
+    expect(later.length, why).toBeGreaterThanOrEqual(1);
+    for (const subject of later) expect(subject, why).toMatch(/^sync: /);
+    expect(later.some((subject) => subject.includes('after.txt')), why).toBe(true);
+    expect((await showFile(dir, 'develop', 'mine.txt')).toString()).toBe(`committed by hand, attempt ${attempt}`);
     await fsckStrict(dir);
     child.kill('SIGTERM');
-    await exited(child);
+    expect(await exited(child)).toBe(0);
+  });
+
+  it("keeps every native commit a user makes while the controller commits a stream of edits", async () => {
+    const { dir } = await makeSandbox({ debounce: '100ms', batchWindow: '400ms' });
+    const { child, out } = await startProcess(dir);
+    await mkdir(path.join(dir, 'stream'));
+    await mkdir(path.join(dir, 'user'));
+    // The controller's side: edits every 30 ms, so its batches (and their index.lock) keep coming.
+    let streaming = true;
+    let edits = 0;
+    const stream = (async () => {
+      while (streaming) {
+        await writeFile(path.join(dir, `stream/s${edits % 4}.txt`), `edit ${edits}`);
+        edits++;
+        await new Promise((r) => setTimeout(r, 30));
+      }
+    })();
+    // The user's side: add and commit a new file in a loop until the controller has committed in
+    // between a few times. Every commit git reports as made must survive.
+    const made: { n: number; oid: string }[] = [];
+    const lockFailures: string[] = [];
+    const movedFailures: string[] = [];
+    const otherFailures: string[] = [];
+    const deadline = Date.now() + 45_000;
+    let n = 0;
+    let syncSinceFirst = 0;
+    try {
+      for (; n < 12 || (syncSinceFirst < 3 && Date.now() < deadline); n++) {
+        await writeFile(path.join(dir, `user/u${n}.txt`), `user ${n}`);
+        const add = await gitOk(dir, 'add', `user/u${n}.txt`);
+        const r = add.code === 0 ? await gitOk(dir, 'commit', '-m', `user commit ${n}`) : add;
+        if (r.code === 0) made.push({ n, oid: await reportedCommit(dir, r.stdout) });
+        else if (/index\.lock/.test(r.stderr)) lockFailures.push(`${n}: ${r.stderr.trim()}`);
+        // git's own compare-and-swap: the controller moved develop while this commit was being made.
+        else if (/cannot lock ref 'HEAD': is at [0-9a-f]+ but expected/.test(r.stderr)) movedFailures.push(`${n}: ${r.stderr.trim()}`);
+        else otherFailures.push(`${n}: ${(r.stderr || r.stdout).trim()}`);
+        if (made[0]) syncSinceFirst = (await logOneline(dir, `${made[0].oid}..develop`)).filter((s) => s.startsWith('sync: ')).length;
+      }
+    } finally {
+      streaming = false;
+      await stream;
+    }
+    const lastEdit = edits - 1;
+    await waitFor(async () => (await showFile(dir, 'develop', `stream/s${lastEdit % 4}.txt`)).toString() === `edit ${lastEdit}` || undefined, { what: 'the last stream edit committed' });
+    await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean status', timeoutMs: 30_000 });
+    const why = `made ${made.length} of ${n} user commits; ${lockFailures.length} failed on index.lock, ${movedFailures.length} on develop moving under them; other failures: ${otherFailures.join(' | ') || 'none'}; ${syncSinceFirst} controller commits since the first user commit\n${await git(dir, 'log', '--oneline', '-40', 'develop')}\n--- controller output ---\n${out().slice(-3000)}`;
+    // The race was real: the controller committed after the user's first commit, several times.
+    expect(made.length, why).toBeGreaterThanOrEqual(1);
+    expect(syncSinceFirst, why).toBeGreaterThanOrEqual(3);
+    // "nothing to commit" only if the controller committed the user's file first; anything else is a bug.
+    for (const f of otherFailures) expect(f, why).toMatch(/nothing (added )?to commit|no changes added to commit/);
+    for (const { n: i, oid } of made) {
+      expect(await isAncestor(dir, oid, 'develop'), `user commit ${i} (${oid}) unreachable from develop\n${why}`).toBe(true);
+      expect(await git(dir, 'log', '-1', '--format=%s', oid)).toBe(`user commit ${i}`);
+    }
+    // Nothing lost either way: every user file and the last of each stream file is on develop.
+    const tree = new Map((await lsTree(dir, 'develop')).map((e) => [e.path, e]));
+    for (let i = 0; i < n; i++) expect(tree.has(`user/u${i}.txt`), `user/u${i}.txt\n${why}`).toBe(true);
+    for (let k = 0; k < 4 && k <= lastEdit; k++) {
+      const last = lastEdit - ((lastEdit - k) % 4);
+      expect((await showFile(dir, 'develop', `stream/s${k}.txt`)).toString()).toBe(`edit ${last}`);
+    }
+    await fsckStrict(dir);
+    child.kill('SIGTERM');
+    expect(await exited(child)).toBe(0);
+  }, 120_000);
+
+  it('logs human-readable lines to the terminal and JSON lines (time, level, msg) to the log file', async () => {
+    const { dir, logFile } = await makeSandbox();
+    const { child, stdout } = await startProcess(dir);
+    await writeFile(path.join(dir, 'logged.txt'), 'x');
+    await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'logged.txt') || undefined, { what: 'the commit' });
+    await waitFor(() => /committed [0-9a-f]{7} on develop: sync: 1 added \(logged\.txt\)/.test(stdout()) || undefined, { what: 'the commit in the terminal log' });
+    child.kill('SIGTERM');
+    expect(await exited(child)).toBe(0);
+    const fileLines = (await readFile(logFile, 'utf8')).split('\n');
+    expect(fileLines.pop()).toBe('');
+    expect(fileLines.length).toBeGreaterThan(0);
+    const levels = new Set(['debug', 'info', 'warn', 'error']);
+    const records = fileLines.map((line, i) => {
+      let r: { time?: unknown; level?: unknown; msg?: unknown };
+      try {
+        r = JSON.parse(line);
+      } catch {
+        throw new Error(`log file line ${i + 1} is not JSON: ${line}`);
+      }
+      expect(typeof r.time === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(r.time) && !Number.isNaN(Date.parse(r.time)), `time of line ${i + 1}: ${line}`).toBe(true);
+      expect(levels.has(r.level as string), `level of line ${i + 1}: ${line}`).toBe(true);
+      expect(typeof r.msg === 'string' && r.msg !== '', `msg of line ${i + 1}: ${line}`).toBe(true);
+      return r as { time: string; level: string; msg: string };
+    });
+    expect(records.some((r) => r.level === 'info' && /^committed [0-9a-f]{7} on develop: sync: 1 added \(logged\.txt\)$/.test(r.msg)), fileLines.join('\n')).toBe(true);
+    // The terminal: "HH:MM:SS level message" log lines, plus the controller's own plain lines.
+    const plain = [/^cascade-sync: /, /^scanning the sandbox: .* in \S+/, /^took over a stale lock /, /^removed .*, left behind by the crashed controller$/];
+    const termLines = stdout().split('\n');
+    expect(termLines.pop()).toBe('');
+    const logLines = termLines.filter((l) => /^\d\d:\d\d:\d\d (debug|info |warn |error) \S/.test(l));
+    for (const l of termLines) expect(logLines.includes(l) || plain.some((re) => re.test(l)), `terminal line: ${JSON.stringify(l)}\n${stdout()}`).toBe(true);
+    expect(termLines).toContain('cascade-sync: ready');
+    // The same events, in both: each terminal log line's message is in the file (the terminal shows fields after two spaces).
+    const fileMsgs = new Set(records.map((r) => r.msg));
+    for (const l of logLines) {
+      const msg = l.slice(15).split('  ')[0]!;
+      expect([...fileMsgs].some((m) => m === msg || m.startsWith(msg)), `terminal line not in the log file: ${l}`).toBe(true);
+    }
   });
 
   it('reconcile runs one full pass: edits made while stopped are committed and pushed', async () => {

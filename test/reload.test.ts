@@ -39,10 +39,19 @@ describe('config hot reload', () => {
   });
 
   it('keeps the last good config when an edit does not validate, reports it, and recovers when fixed', async () => {
-    const { dir, logFile } = await makeSandbox();
+    // The good config differs from the defaults in ways a commit shows: a remote (the defaults have
+    // none) and its own commit message template (the default is "sync: {summary}").
+    const remote = path.join(await makeTmpDir('remote'), 'r.git');
+    await makeBareRepo(remote, { initialBranch: 'develop' });
+    const { dir, logFile } = await makeSandbox({ remotes: [{ name: 'backup', url: remote }] });
+    const made = await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8');
+    const good = made.replace(/^( {2}batchWindow: .*)$/m, '$1\n  commitMessage: "good: {summary}"');
+    expect(good).not.toBe(made);
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), good);
     const c = await startController(dir);
     controllers.push(c);
-    const good = await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8');
+    await waitFor(async () => (await tryRevParse(remote, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push to the remote' });
+    expect((await logOneline(dir, 'develop'))[0]).toBe('good: 1 modified (cascade-sync-config.yaml)');
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), good.replace('debounce: 300ms', 'debounce: soon').replace('version: 1', 'version: 1\nbogus: true'));
     await waitFor(async () => (await status(dir)).config.valid === false || undefined, { what: 'status to show the invalid config' });
     const st = await status(dir);
@@ -52,9 +61,15 @@ describe('config hot reload', () => {
     expect(await readFile(logFile, 'utf8')).toMatch(/notify config-invalid/);
     const cli = await run(dir, ['status']);
     expect(cli.stdout).toMatch(/config: +INVALID \(the controller keeps the last good config\)/);
-    // Still syncing with the last good config (debounce 300ms).
+    // Still syncing with the last good config, not the defaults: its template names the commit and
+    // its remote receives it (with the defaults there would be no remote at all).
     await writeFile(path.join(dir, 'still.txt'), 'working');
-    await waitFor(async () => (await lsTree(dir, 'develop')).some((e) => e.path === 'still.txt') || undefined, { what: 'a commit under the last good config' });
+    await waitFor(async () => (await lsTree(remote, 'develop')).some((e) => e.path === 'still.txt') || undefined, { what: 'still.txt in the last good config\'s remote', timeoutMs: 30_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\nsandbox develop: ${(await logOneline(dir, 'develop')).slice(0, 4).join(' | ')}\n${c.stdout.text().slice(-3000)}`);
+    });
+    const subjects = await logOneline(remote, 'develop');
+    expect(subjects.find((m) => m.includes('still.txt'))).toBe('good: 1 added (still.txt)');
+    expect(subjects.some((m) => m.startsWith('sync: '))).toBe(false);
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), good);
     await waitFor(async () => (await status(dir)).config.valid === true || undefined, { what: 'the config to be valid again' });
     expect(c.stdout.text()).toMatch(/config reloaded \(valid again\)/);

@@ -3,6 +3,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { cloneTo, commitFiles, fsckStrict, git, gitOk, logOneline, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
+import { gaps, startTimedGitHttpServer } from './helpers/remote-timing.js';
 import { makeSandbox, run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
@@ -18,6 +19,8 @@ afterEach(async () => {
 
 const USER = 'ci-bot';
 const PASS = 's3cret-Passw0rd-xyz';
+/** A wrong password, distinctive enough that any occurrence in output is a leak. */
+const BAD_PASS = 'wr0ng-Passw0rd-q7#z';
 
 async function httpRemote(opts: { auth?: boolean } = {}) {
   const root = await makeTmpDir('remotes');
@@ -35,6 +38,19 @@ async function start(dir: string, env = testEnv({ CASCADE_CLIENT_ID: USER, CASCA
 
 async function status(dir: string) {
   return JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8'));
+}
+
+interface ReconcilerStatus {
+  name: string;
+  failures: number;
+  running: boolean;
+  lastError?: { reason: string };
+}
+
+function reconciler(st: { reconcilers: ReconcilerStatus[] }, name: string): ReconcilerStatus {
+  const r = st.reconcilers.find((x) => x.name === name);
+  if (!r) throw new Error(`no reconciler ${name} in status: ${st.reconcilers.map((x) => x.name).join(', ')}`);
+  return r;
 }
 
 async function remoteHas(bare: string, file: string, content: string): Promise<boolean> {
@@ -94,8 +110,8 @@ describe('develop <-> remotes', () => {
 
   it('reports refused credentials as Stalled AuthFailed, without a retry storm', async () => {
     const { url, server } = await httpRemote();
-    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }] });
-    await start(dir, testEnv({ CASCADE_CLIENT_ID: USER, CASCADE_CLIENT_SECRET: 'wrong-password' }));
+    const { dir, logFile } = await makeSandbox({ remotes: [{ name: 'origin', url }] });
+    const c = await start(dir, testEnv({ CASCADE_CLIENT_ID: USER, CASCADE_CLIENT_SECRET: BAD_PASS }));
     await waitFor(async () => (await status(dir)).remotes[0].error?.reason === 'AuthFailed' || undefined, { what: 'AuthFailed in status' });
     const st = await status(dir);
     const rc = st.reconcilers.find((r: { name: string }) => r.name === 'remote:origin');
@@ -105,12 +121,23 @@ describe('develop <-> remotes', () => {
     expect(Date.parse(rc.nextRunAt) - Date.now()).toBeGreaterThan(30_000);
     const text = await run(dir, ['status'], testEnv());
     expect(text.stdout).toMatch(/STALLED \(AuthFailed/);
-    expect(text.stdout).not.toContain('wrong-password');
+    expect(text.stdout).not.toContain(BAD_PASS);
     const requests = server.requests.length;
     await writeFile(path.join(dir, 'x.txt'), 'x');
     await waitFor(async () => (await logOneline(dir, 'develop'))[0]?.includes('x.txt') || undefined, { what: 'a local commit while stalled' });
     // A new commit does not hammer a remote that refused our credentials.
     expect(server.requests.length - requests).toBeLessThanOrEqual(4);
+    // The refused password never shows: not in the log file, status.json, `status --json` or the terminal.
+    await waitFor(async () => (await readFile(logFile, 'utf8')).includes('AuthFailed') || undefined, { what: 'AuthFailed in the log file' });
+    const json = await run(dir, ['status', '--json'], testEnv({ CASCADE_CLIENT_ID: USER, CASCADE_CLIENT_SECRET: BAD_PASS }));
+    expect(JSON.parse(json.stdout).snapshot.remotes[0].error.reason).toBe('AuthFailed');
+    const basic = Buffer.from(`${USER}:${BAD_PASS}`).toString('base64');
+    const texts = { log: await readFile(logFile, 'utf8'), statusFile: await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8'), statusJson: json.stdout + json.stderr, terminal: c.stdout.text() };
+    for (const [where, t] of Object.entries(texts)) {
+      expect(t, where).not.toContain(BAD_PASS);
+      expect(t, where).not.toContain(encodeURIComponent(BAD_PASS));
+      expect(t, where).not.toContain(basic);
+    }
   });
 
   it("reports a push refused by the remote's hook as Stalled PushRejected with the remote's message", async () => {
@@ -179,22 +206,130 @@ describe('develop <-> remotes', () => {
 
   it('never overwrites a file being edited when remote commits arrive', async () => {
     const { url, bare } = await httpRemote({ auth: false });
-    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url }], files: { 'draft.txt': 'v1\n' }, debounce: '6s', batchWindow: '12s', fetch: '1s' });
+    const { dir, logFile } = await makeSandbox({ remotes: [{ name: 'origin', url }], files: { 'draft.txt': 'v1\n' }, debounce: '6s', batchWindow: '12s', fetch: '1s' });
     await start(dir);
     await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push' });
-    // The user is typing (not yet committed: debounce 6 s) ...
-    await writeFile(path.join(dir, 'draft.txt'), 'my unsaved thoughts\n');
-    // ... while someone else pushes a change to the same file and another file.
+    // Someone else changes the same file and another one (prepared first, so that only the push
+    // falls inside the 6 s debounce and the remote commit arrives while the edit is uncommitted) ...
     const other = await makeTmpDir('other');
     await cloneTo(url, other, '--branch', 'develop');
     const theirs = await commitFiles(other, { 'draft.txt': 'their version\n', 'note.txt': 'note\n' }, 'their edit');
+    // ... while the user is typing (not yet committed: debounce 6 s).
+    await writeFile(path.join(dir, 'draft.txt'), 'my unsaved thoughts\n');
     await git(other, 'push', 'origin', 'develop');
     await waitFor(async () => (await readFile(path.join(dir, 'note.txt'), 'utf8').catch(() => '')) === 'note\n' || undefined, { what: 'the merge to reach the sandbox' });
     expect(await readFile(path.join(dir, 'draft.txt'), 'utf8')).toBe('my unsaved thoughts\n');
+    // The edited file was deliberately left alone (not written over and rewritten by a later batch).
+    const leftAsEdited = await waitFor(async () => {
+      const lines = (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; commit?: string });
+      return lines.find((l) => l.commit === theirs && / 1 left as edited \(the sandbox wins\)/.test(l.msg));
+    }, { what: 'the log to say draft.txt was left as edited' });
+    expect(leftAsEdited.msg).toMatch(/^fast-forward: develop to [0-9a-f]{7}: 1 file\(s\) updated in the sandbox, 1 left as edited/);
     // The edit is then committed on top, and everything reaches the remote.
-    await waitFor(() => remoteHas(bare, 'draft.txt', 'my unsaved thoughts\n'), { what: 'the edit in the remote' });
+    await waitFor(() => remoteHas(bare, 'draft.txt', 'my unsaved thoughts\n'), { what: 'the edit in the remote', timeoutMs: 40_000 });
     expect((await gitOk(bare, 'merge-base', '--is-ancestor', theirs, 'develop')).code).toBe(0);
     await fsckStrict(dir);
+  });
+
+  it('backs off a failing remote geometrically up to retry.max, counts the failures in status, and starts short again after a success', async () => {
+    const root = await makeTmpDir('remotes');
+    await makeBareRepo(path.join(root, 'site.git'), { initialBranch: 'develop' });
+    const timed = await startTimedGitHttpServer({ root });
+    servers.push(timed.server);
+    const bare = path.join(root, 'site.git');
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: timed.server.url('site.git') }] });
+    // The expectations below are computed from exactly this policy.
+    expect(await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).toContain('retry: { initial: 200ms, factor: 2, max: 2s, jitter: 0 }');
+    await start(dir, testEnv());
+    await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push' });
+    await waitFor(async () => reconciler(await status(dir), 'remote:origin').failures === 0 || undefined, { what: 'a healthy remote reconciler' });
+
+    /** Arrival times of the requests answered with the fault: one per attempt, since each pass stops at its first failed request. */
+    const failedAt = () => timed.arrivals.filter((a) => a.fault !== undefined).map((a) => a.at);
+    const context = () => JSON.stringify({ gaps: gaps(failedAt()), arrivals: timed.arrivals.map((a) => `${a.at} ${a.method} ${a.path} ${a.fault ?? 'served'}`) }, null, 1);
+
+    // Outage 1: long enough to reach the 2 s cap (200, 400, 800, 1600, then 2000 ms waits).
+    timed.arrivals.length = 0;
+    timed.setFault('down-503');
+    const seen: number[] = [];
+    const ATTEMPTS = 10;
+    await waitFor(async () => {
+      const f = reconciler(await status(dir), 'remote:origin').failures;
+      seen.push(f);
+      return (failedAt().length >= ATTEMPTS && f >= ATTEMPTS - 1) || undefined;
+    }, { what: `${ATTEMPTS} failed attempts while the remote answers 503`, timeoutMs: 60_000, intervalMs: 100 }).catch((err: Error) => {
+      throw new Error(`${err.message}; failures seen in status.json: ${seen.join(',')}; ${context()}`);
+    });
+    const times = failedAt();
+    const g = gaps(times);
+    const expected = g.map((_, i) => Math.min(2000, 200 * 2 ** i));
+    // Never earlier than the backoff (50 ms for clock granularity); upper bounds are generous for a loaded machine.
+    g.forEach((gap, i) => expect(gap, `gap ${i}, expected ~${expected[i]} ms: ${context()}`).toBeGreaterThanOrEqual(expected[i]! - 50));
+    expect(Math.max(g[0]!, g[1]!), `the first gaps are short: ${context()}`).toBeLessThan(1500);
+    expect(Math.max(g[0]!, g[1]!), `the first gaps are below the later ones: ${context()}`).toBeLessThan(Math.min(...g.slice(4)));
+    // Once at the cap, it stays there: a broken cap would give 3.2 s, 6.4 s, 12.8 s ...
+    for (const gap of g.slice(4)) expect(gap, `a gap at the cap: ${context()}`).toBeLessThan(6000);
+    // No retry storm: at the cap, 6 s hold at most 4 attempts.
+    const last = times[times.length - 1]!;
+    expect(times.filter((t) => t > last - 6000).length, context()).toBeLessThanOrEqual(4);
+    // status: the failure count only grew while the remote was down, one per attempt.
+    expect(seen, `failures seen in status.json: ${seen.join(',')}`).toEqual([...seen].sort((a, b) => a - b));
+    expect(seen.some((f) => f > 0 && f < ATTEMPTS - 1), `failures seen in status.json: ${seen.join(',')}`).toBe(true);
+    const during = JSON.parse((await run(dir, ['status', '--json'], testEnv())).stdout);
+    const duringRc = reconciler(during.snapshot, 'remote:origin');
+    expect(duringRc.failures).toBeGreaterThanOrEqual(ATTEMPTS - 1);
+    expect(duringRc.failures).toBeLessThanOrEqual(failedAt().length);
+    expect(duringRc.lastError?.reason).toBe('RemoteUnavailable');
+
+    // Recovery: the count resets to 0 after a success.
+    timed.setFault(undefined);
+    await waitFor(async () => {
+      const rc = reconciler(await status(dir), 'remote:origin');
+      return (rc.failures === 0 && rc.lastError === undefined) || undefined;
+    }, { what: 'the failure count to reset after recovery', timeoutMs: 30_000 });
+    const after = JSON.parse((await run(dir, ['status', '--json'], testEnv())).stdout);
+    expect(reconciler(after.snapshot, 'remote:origin').failures).toBe(0);
+    expect(after.snapshot.remotes[0].error).toBeUndefined();
+
+    // Outage 2: the backoff starts from `initial` again, not from the cap where outage 1 ended.
+    timed.arrivals.length = 0;
+    timed.setFault('down-503');
+    await waitFor(() => failedAt().length >= 3 || undefined, { what: '3 failed attempts in the second outage', timeoutMs: 30_000 }).catch((err: Error) => {
+      throw new Error(`${err.message}; ${context()}`);
+    });
+    const g2 = gaps(failedAt());
+    expect(g2[0]!, context()).toBeGreaterThanOrEqual(150);
+    expect(g2[1]!, context()).toBeGreaterThanOrEqual(350);
+    expect(Math.max(g2[0]!, g2[1]!), `short gaps again after the reset: ${context()}`).toBeLessThan(1500);
+  }, 120_000);
+
+  it('pushes to a healthy local remote while another remote hangs, long before the hang times out', async () => {
+    const good = await makeTmpDir('good');
+    const localBare = path.join(good, 'r.git');
+    await makeBareRepo(localBare, { initialBranch: 'develop' });
+    const { url: hungUrl, server } = await httpRemote({ auth: false });
+    await server.setMode('hang');
+    // The hanging remote comes first: pushing one remote after the other would wait 30 s for it.
+    const { dir } = await makeSandbox({ remotes: [{ name: 'hung', url: hungUrl, timeout: '30s' }, { name: 'local', url: localBare }] });
+    try {
+      await start(dir);
+      await waitFor(() => server.requests.some((r) => r.fault === 'hang') || undefined, { what: 'a request to hang on the hung remote' });
+      await writeFile(path.join(dir, 'f.txt'), 'x');
+      const written = Date.now();
+      await waitFor(() => remoteHas(localBare, 'f.txt', 'x'), { what: 'the push to the healthy local remote, well within the 30 s timeout of the hung one', timeoutMs: 10_000 });
+      const head = await revParse(dir, 'develop');
+      expect(await revParse(localBare, 'develop')).toBe(head);
+      await waitFor(async () => (await status(dir)).remotes.find((r: { name: string }) => r.name === 'local').lastPush?.commit === head || undefined, { what: 'status to show the local push', timeoutMs: 10_000 });
+      // The hung remote's pass is still under way (not given up on and retried): the push really was concurrent.
+      const st = await status(dir);
+      expect(reconciler(st, 'remote:hung').running, JSON.stringify(st.reconcilers)).toBe(true);
+      expect(st.remotes.find((r: { name: string }) => r.name === 'hung').error).toBeUndefined();
+      expect(Date.now() - written).toBeLessThan(30_000);
+      expect(server.requests.every((r) => r.fault === 'hang' && r.status === 0)).toBe(true);
+    } finally {
+      // Frees the hung request, so that stopping the controller does not wait out the 30 s timeout.
+      await server.close();
+    }
   });
 
   it('keeps pushing to a healthy remote while another is down', async () => {

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { summarize } from '../reconcilers/sandbox.js';
+import { commitMessage, summarize } from '../reconcilers/sandbox.js';
 import type { CommittedPath } from '../src/git/commit.js';
+import { parseConfig } from '../src/config/load.js';
+import type { Config } from '../src/config/types.js';
 
 // Blob oids: equal oids mean equal content, which is what makes a deletion plus an addition a rename.
 const OID_A = 'a'.repeat(40);
@@ -110,5 +112,30 @@ describe('summarize', () => {
     const out = summarize(many);
     expect(out.summary).toBe('250 added (f/000.txt, f/001.txt, f/002.txt, +247 more)');
     expect(out.body.split('\n')).toEqual(many.map((p) => `A ${p.path}`));
+  });
+});
+
+/** A config loaded through the real pipeline (schema, defaults, rules) from a `sandbox:` block. */
+function sandboxConfig(sandboxYaml: string): Config {
+  const r = parseConfig(`version: 1\nsandbox:\n${sandboxYaml}\nremotes: []\n`, '/nonexistent/cascade-sync-config.yaml', {});
+  if (!r.ok) throw new Error(r.problems.map((p) => `${p.path}: ${p.message}`).join('\n'));
+  return r.config;
+}
+
+describe('commitMessage', () => {
+  const paths = [modified('src/app.ts', OID_A, OID_B), added('docs/intro.md', OID_C), modified('README.md', OID_D, OID_A)];
+
+  it('fills a non-default template: {branch}, {summary} and {count}, each placeholder wherever it appears', () => {
+    const config = sandboxConfig('  branch: work\n  commitMessage: "{branch}: {summary} [{count}]"');
+    expect(commitMessage(config, paths)).toBe(
+      'work: 2 modified, 1 added (src/app.ts, README.md, docs/intro.md) [3]\n\nM src/app.ts\nM README.md\nA docs/intro.md\n',
+    );
+    const twice = sandboxConfig('  commitMessage: "{count} on {branch} / {count} on {branch}"');
+    expect(commitMessage(twice, [added('a', OID_A)]).split('\n')[0]).toBe('1 on develop / 1 on develop');
+  });
+
+  it('uses "sync: {summary}" when the config sets no template', () => {
+    const config = sandboxConfig('  branch: develop');
+    expect(commitMessage(config, paths)).toBe('sync: 2 modified, 1 added (src/app.ts, README.md, docs/intro.md)\n\nM src/app.ts\nM README.md\nA docs/intro.md\n');
   });
 });

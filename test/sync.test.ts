@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { chmod, mkdir, readFile, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, link, mkdir, readFile, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fsckStrict, git, logOneline, lsTree, showFile, statusPorcelain } from './helpers/git.js';
 import { makeSandbox, startController, type RunningController } from './helpers/sandbox.js';
-import { cleanupTmpDirs, waitFor } from './helpers/tmp.js';
+import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 let controllers: RunningController[] = [];
 afterEach(async () => {
@@ -76,6 +76,39 @@ describe('sandbox -> develop', () => {
     await expectFaithful(dir);
   });
 
+  it('commits one edit after debounce of quiet, long before batchWindow', async () => {
+    // The window (20 s) is far beyond the upper bound below: only the debounce can make this commit.
+    const { dir } = await makeSandbox({ debounce: '500ms', batchWindow: '20s' });
+    await start(dir);
+    const before = (await logOneline(dir, 'develop')).length;
+    const t0 = Date.now();
+    await writeFile(path.join(dir, 'once.txt'), 'one edit');
+    const landedAfter = await waitFor(async () => ((await logOneline(dir, 'develop')).length > before ? Date.now() - t0 : undefined), { what: 'the debounced commit', intervalMs: 20, timeoutMs: 30_000 });
+    // The watcher event comes after t0 and the batch is due 500 ms after it: never earlier (margin for clock granularity).
+    expect(landedAfter).toBeGreaterThanOrEqual(450);
+    expect(landedAfter).toBeLessThan(8000);
+    expect(await logOneline(dir, 'develop')).toHaveLength(before + 1);
+    expect((await showFile(dir, 'develop', 'once.txt')).toString()).toBe('one edit');
+    await expectFaithful(dir);
+  });
+
+  it('commits at the periodic rescan a change the watcher cannot see (a write through a hard link outside the sandbox)', async () => {
+    const { dir } = await makeSandbox({ files: { 'linked.txt': 'line 1\n' }, rescan: '5s' });
+    const outside = path.join(await makeTmpDir('outside'), 'linked.txt');
+    // Same filesystem (both in the temp dir): one inode, two names. The sandbox folder's inotify
+    // watch reports only writes made through its own entry, not through the other name.
+    await link(path.join(dir, 'linked.txt'), outside);
+    await start(dir);
+    const before = (await logOneline(dir, 'develop')).length;
+    await appendFile(outside, 'line 2, written through the outside name\n');
+    expect(await readFile(path.join(dir, 'linked.txt'), 'utf8')).toBe('line 1\nline 2, written through the outside name\n');
+    await waitFor(async () => (await showFile(dir, 'develop', 'linked.txt')).toString().includes('line 2') || undefined, { what: 'the rescan to commit the change', timeoutMs: 60_000 });
+    const log = await logOneline(dir, 'develop');
+    expect(log).toHaveLength(before + 1);
+    expect(log[0]).toBe('sync: 1 modified (linked.txt)');
+    await expectFaithful(dir);
+  }, 90_000);
+
   it('makes no commit for a touch that changes no content', async () => {
     const { dir } = await makeSandbox({ files: { 'a.txt': 'same' } });
     await start(dir);
@@ -129,7 +162,8 @@ describe('sandbox -> develop', () => {
   });
 
   it("handles editors' atomic saves and vim-style saves", async () => {
-    const { dir } = await makeSandbox({ files: { 'doc.txt': 'v1\n', 'vim.txt': 'v1\n' } });
+    // A debounce well above the few milliseconds the saves take, so both saves are one batch even on a loaded machine.
+    const { dir } = await makeSandbox({ files: { 'doc.txt': 'v1\n', 'vim.txt': 'v1\n' }, debounce: '1s', batchWindow: '5s' });
     await start(dir);
     const before = (await logOneline(dir, 'develop')).length;
     // Atomic save: write a temp file, rename it over the original.
@@ -149,6 +183,11 @@ describe('sandbox -> develop', () => {
     expect(paths).not.toContain('vim.txt~');
     expect(paths).not.toContain('4913');
     await expectFaithful(dir);
+    // Exactly one commit, two modifications: a batch that committed the original's deletion, the
+    // temp file or the vim.txt~ backup (even if a later batch undid it) fails here.
+    const log = await logOneline(dir, 'develop');
+    expect(log.slice(0, log.length - before)).toEqual(['sync: 2 modified (doc.txt, vim.txt)']);
+    expect((await git(dir, 'log', '-1', '--format=%b', 'develop')).split('\n')).toEqual(['M doc.txt', 'M vim.txt']);
   });
 
   it('never commits excluded paths: every default exclusion and .gitignore, and native git agrees', async () => {
