@@ -102,16 +102,21 @@ try {
   const edits = pickFiles(FILES, 10, 7).map((f) => ({ rel: f, content: `edited while stopped ${f}\n` }));
   for (const e of edits) writeFileSync(path.join(sandbox, e.rel), e.content);
   for (const e of edits) writeFileSync(path.join(native, e.rel), e.content);
+  // The target compares with a cold native `git status`: both sides start with an empty page cache
+  // when it can be dropped (root); otherwise both run warm, which is the stricter comparison.
+  const cold = await dropCaches();
   const status = [];
   for (let i = 0; i < 3; i++) status.push((await sh("git", ["status", "--porcelain"], { cwd: native })).ms);
-  step("start the controller");
+  if (cold) await dropCaches();
+  step(`start the controller (${cold ? "cold" : "warm"} page cache)`);
   const t0 = performance.now();
   controller = startController();
   await controller.ready;
   const startMs = performance.now() - t0;
   const missing = await notCommitted(sandbox, edits);
   report.figures.start = {
-    cascadeMs: round(startMs), nativeStatusMs: status.map(round), ratio: ratio(startMs, status[0]),
+    cascadeMs: round(startMs), nativeStatusMs: status.map(round), cache: cold ? "cold" : "warm",
+    ratio: ratio(startMs, cold ? status[0] : median(status)), ratioToWarmStatus: ratio(startMs, median(status.slice(1))),
     editsWhileStoppedCommitted: missing.length === 0, target: TARGETS.start,
   };
   if (missing.length) throw new Error(`edits made while stopped were not committed: ${missing.join(", ")}`);
@@ -256,6 +261,18 @@ function configText() {
     "notifications: { desktop: false }",
     "",
   ].join("\n");
+}
+
+/** Empties the kernel's page cache (root only); false when it cannot. */
+async function dropCaches() {
+  if (process.getuid?.() !== 0) return false;
+  await sh("sync", []);
+  try {
+    writeFileSync("/proc/sys/vm/drop_caches", "3\n");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function startController() {
@@ -446,7 +463,11 @@ function table(r) {
     const limit = parseDuration(BATCH_WINDOW) + 5000;
     rows.push(["burst: first commit after", `${f.burst.firstCommitMs} ms`, "-", `all in ${f.burst.allCommittedMs ?? "-"} ms`, TARGETS.burstFirst, ok(f.burst.firstCommitMs <= limit)]);
   }
-  if (f.start) rows.push(["start until ready", `${f.start.cascadeMs} ms`, `${f.start.nativeStatusMs[0]} ms (git status)`, `${f.start.ratio}x`, TARGETS.start, ok(f.start.ratio <= 10 && f.start.editsWhileStoppedCommitted)]);
+  if (f.start) {
+    const cold = f.start.cache === "cold";
+    rows.push([`start until ready (${f.start.cache} cache)`, `${f.start.cascadeMs} ms`, `${cold ? f.start.nativeStatusMs[0] : median(f.start.nativeStatusMs)} ms (${f.start.cache} git status)`, `${f.start.ratio}x`, TARGETS.start, ok(f.start.ratio <= 10 && f.start.editsWhileStoppedCommitted)]);
+    if (cold) rows.push(["  same start vs a warm git status", "-", `${median(f.start.nativeStatusMs.slice(1))} ms`, `${f.start.ratioToWarmStatus}x`, "-", "-"]);
+  }
   if (f.memory) rows.push(["memory: peak RSS", `${f.memory.peakRssMB} MB`, "-", `${f.memory.peakRssMB} MB`, TARGETS.memory, ok(f.memory.peakRssMB <= 300)]);
   if (f.idle) rows.push([`idle CPU over ${f.idle.seconds} s`, `${f.idle.cpuPercentOfOneCore} %`, "-", `${f.idle.cpuPercentOfOneCore} %`, TARGETS.idle, ok(f.idle.cpuPercentOfOneCore <= 1)]);
   if (f.promote) rows.push(["promote (ff + push)", `${f.promote.cascadeMedianMs} ms`, `${f.promote.nativeMedianMs} ms (git push)`, `${f.promote.ratio}x`, TARGETS.promote, ok(f.promote.ratio <= 1)]);

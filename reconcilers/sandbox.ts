@@ -153,10 +153,10 @@ async function recordHeld(ctx: ReconcileContext, batch: string[], held: HeldBack
 
 /** Builds the commit message from the config's template and the committed paths. */
 export function commitMessage(desired: Config, paths: CommittedPath[]): string {
-  const { summary, body } = summarize(paths);
+  const { summary, body, files } = summarize(paths);
   const subject = desired.sandbox.commitMessage
     .replaceAll("{summary}", summary)
-    .replaceAll("{count}", String(paths.length))
+    .replaceAll("{count}", String(files))
     .replaceAll("{branch}", desired.sandbox.branch);
   return `${subject}\n\n${body}\n`;
 }
@@ -168,7 +168,7 @@ const MAX_SUBJECT_PATHS = 3;
  * (`2 modified, 1 added (src/app.ts, README.md, docs/intro.md)`), and a body listing every path.
  * A deletion and an addition of the same content are one rename.
  */
-export function summarize(paths: CommittedPath[]): { summary: string; body: string } {
+export function summarize(paths: CommittedPath[]): { summary: string; body: string; files: number } {
   const added = paths.filter((p) => p.after && !p.before);
   const deleted = paths.filter((p) => p.before && !p.after);
   const modified = paths.filter((p) => p.before && p.after);
@@ -201,5 +201,6 @@ export function summarize(paths: CommittedPath[]): { summary: string; body: stri
     ...plainDeleted.map((p) => `D ${p.path}`),
     ...renamed.map((r) => `R ${r.from} -> ${r.to}`),
   ].join("\n");
-  return { summary, body };
+  // Files changed, as a person counts them: a rename is one.
+  return { summary, body, files: paths.length - renamed.length };
 }

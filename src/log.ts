@@ -43,7 +43,8 @@ export class Logger {
 
   private log(level: LogLevel, msg: string, fields: Record<string, unknown> = {}): void {
     if (RANK[level] < RANK[this.level]) return;
-    const time = new Date(this.clock.now()).toISOString();
+    const at = new Date(this.clock.now());
+    const time = at.toISOString();
     const text = this.redactor.redact(msg);
     const safe = this.redactor.redactValue(fields);
     if (this.sinks.terminal) {
@@ -51,7 +52,8 @@ export class Logger {
         .filter(([, v]) => v !== undefined)
         .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
         .join(" ");
-      this.sinks.terminal.write(`${time.slice(11, 19)} ${level.padEnd(5)} ${text}${extra ? `  ${extra}` : ""}\n`);
+      // The terminal shows the local time of day (the log file keeps UTC with the date).
+      this.sinks.terminal.write(`${localTime(at)} ${level.padEnd(5)} ${text}${extra ? `  ${extra}` : ""}\n`);
     }
     if (this.sinks.file && !this.fileBroken) {
       try {
@@ -70,4 +72,9 @@ export class Logger {
       // Reported on the first write.
     }
   }
+}
+
+/** hh:mm:ss in the machine's time zone. */
+function localTime(d: Date): string {
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
 }

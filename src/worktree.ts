@@ -57,6 +57,8 @@ interface Scan {
 }
 
 const CONCURRENCY = 32;
+/** Trees kept for the walks of hinted paths (the folders on the paths being edited, mostly). */
+const TREES_REMEMBERED = 2000;
 /** Bytes of file content one observation keeps for the commit that follows it (the rest is read again). */
 const KEEP_CONTENT_BYTES = 32 * 1024 * 1024;
 /** Files up to this size are read synchronously: cheaper than three trips to the thread pool. */
@@ -119,6 +121,10 @@ export class Worktree {
     };
     // Workers drain one queue that folders keep adding to; loop until nothing is left in flight.
     while (queue.length) await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    // The exclusion rules remember their answer for every path asked (about 10 MB at 100,000
+    // files): after a whole-tree scan, start afresh (re-reading the .gitignore files, which also
+    // picks up one whose change event was missed).
+    if (seen.has("")) await this.exclusions.reload();
     out.changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
     out.heldBack.sort();
     return out;
@@ -160,7 +166,7 @@ export class Worktree {
       // (each would otherwise try to read it: 100,000 failed opens in a tree without one).
       if (names.length) await this.exclusions.isExcluded(prefix + names[0]!);
       // The head's entries of this folder go along with its children: no walk from the root per path.
-      const entries = head?.isTree ? await this.treeEntries(head.oid) : undefined;
+      const entries = head?.isTree ? await this.treeEntries(head.oid, false) : undefined;
       for (const n of names) queue.push({ rel: prefix + n, head: entries?.get(n) ?? null });
       if (entries) {
         const onDisk = new Set(names);
@@ -224,18 +230,24 @@ export class Worktree {
     return undefined;
   }
 
-  private async treeEntries(oid: string): Promise<Map<string, FileEntry & { isTree: boolean }>> {
+  /**
+   * A tree's entries by name. Remembered for the walks of hinted paths from the root (`remember`);
+   * a folder walked by a scan is read once, so a full scan does not fill the cache.
+   */
+  private async treeEntries(oid: string, remember = true): Promise<Map<string, FileEntry & { isTree: boolean }>> {
     let m = this.trees.get(oid);
     if (!m) {
       m = new Map();
       const entries = oid === EMPTY_TREE ? [] : await this.repo.readTree(oid);
       for (const e of entries) m.set(e.path, { mode: e.mode, oid: e.oid, isTree: e.mode === "040000" });
+      if (!remember) return m;
       // Trees are immutable by oid, so the cache never goes stale; it is bounded to keep memory flat.
-      if (this.trees.size > 20_000) this.trees.clear();
+      if (this.trees.size >= TREES_REMEMBERED) this.trees.clear();
       this.trees.set(oid, m);
     }
     return m;
   }
+
 }
 
 /** A file's blob content: its bytes, or a symlink's target; `st` is its lstat from just before. */

@@ -134,6 +134,11 @@ describe('commitMessage', () => {
     expect(commitMessage(twice, [added('a', OID_A)]).split('\n')[0]).toBe('1 on develop / 1 on develop');
   });
 
+  it('counts a rename as one file in {count}, as the summary does', () => {
+    const config = sandboxConfig('  commitMessage: "{summary} [{count}]"');
+    expect(commitMessage(config, [deleted('old.txt', OID_A), added('new.txt', OID_A), added('b.txt', OID_B)]).split('\n')[0]).toBe('1 added, 1 renamed (b.txt, new.txt) [2]');
+  });
+
   it('uses "sync: {summary}" when the config sets no template', () => {
     const config = sandboxConfig('  branch: develop');
     expect(commitMessage(config, paths)).toBe('sync: 2 modified, 1 added (src/app.ts, README.md, docs/intro.md)\n\nM src/app.ts\nM README.md\nA docs/intro.md\n');
