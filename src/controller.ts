@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { stat } from "node:fs/promises";
 import { join, posix } from "node:path";
 import { createHash } from "node:crypto";
@@ -37,6 +38,8 @@ interface Slot {
   nextRunAt: number | undefined;
   failures: number;
   running: boolean;
+  /** The pass under way (launched by the loop), while `running`. */
+  pass?: Promise<unknown>;
   /** When the last pass started; undefined before the first. */
   lastRunAt?: number;
   /** When the last pass ended. */
@@ -241,7 +244,7 @@ export class Controller {
       signal.removeEventListener("abort", onAbort);
       await this.watcher.close();
       await this.pipeline.gates.close();
-      await Promise.allSettled([...this.inflight]);
+      await this.settlePasses();
       await this.flush();
       await this.stopServing();
     }
@@ -397,11 +400,13 @@ export class Controller {
     for (const slot of this.orderedSlots()) {
       if (slot.running || slot.nextRunAt === undefined || slot.nextRunAt > this.now()) continue;
       const run: Promise<unknown> = this.runSlot(slot).finally(() => {
+        slot.pass = undefined;
         this.inflight.delete(run);
         this.saveStatus();
         this.wakeUp?.();
       });
       this.inflight.add(run);
+      slot.pass = run;
     }
   }
 
@@ -657,6 +662,20 @@ export class Controller {
     this.wakeUp = undefined;
   }
 
+  /**
+   * On stop: waits for the passes under way. A commit is always finished; a transfer or an
+   * environment pass only for STOP_TIMEOUT_MS (a remote that hangs until its own timeout must not
+   * hold the stop; what it was pushing is committed locally and pushed at the next start).
+   */
+  private async settlePasses(): Promise<void> {
+    const sandbox = this.slots.get("sandbox")!;
+    await sandbox.pass;
+    const others = Promise.allSettled([...this.inflight]).then(() => true);
+    if (await Promise.race([others, sleep(STOP_TIMEOUT_MS, false, { ref: false })])) return;
+    const stuck = [...this.slots.values()].filter((s) => s.running).map((s) => s.r.name);
+    this.deps.log.warn(`stopping without waiting longer for ${stuck.join(", ")} (still under way after ${STOP_TIMEOUT_MS / 1000}s); commits are kept locally and pushed at the next start`);
+  }
+
   /** On stop: commit what is pending and push it if the remotes answer, within a bounded time. */
   private async flush(): Promise<void> {
     const sandbox = this.slots.get("sandbox")!;
@@ -664,7 +683,8 @@ export class Controller {
       this.deps.log.info("stopping: committing the pending batch");
       await this.runSlot(sandbox);
     }
-    const remotes = [...this.slots.values()].filter((s) => s.r.name.startsWith("remote:"));
+    // A remote still busy with a transfer that did not end is not asked again.
+    const remotes = [...this.slots.values()].filter((s) => s.r.name.startsWith("remote:") && !s.running);
     if (remotes.length) {
       this.deps.log.info("stopping: pushing to the remotes that answer");
       // A stop waits for an unreachable remote only briefly: the commits are safe locally.

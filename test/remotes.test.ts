@@ -303,16 +303,16 @@ describe('develop <-> remotes', () => {
     expect(Math.max(g2[0]!, g2[1]!), `short gaps again after the reset: ${context()}`).toBeLessThan(1500);
   }, 120_000);
 
-  it('pushes to a healthy local remote while another remote hangs, long before the hang times out', async () => {
+  it('pushes to a healthy local remote while another remote hangs, long before the hang times out, and stops without waiting it out', async () => {
     const good = await makeTmpDir('good');
     const localBare = path.join(good, 'r.git');
     await makeBareRepo(localBare, { initialBranch: 'develop' });
     const { url: hungUrl, server } = await httpRemote({ auth: false });
     await server.setMode('hang');
     // The hanging remote comes first: pushing one remote after the other would wait 30 s for it.
-    const { dir } = await makeSandbox({ remotes: [{ name: 'hung', url: hungUrl, timeout: '30s' }, { name: 'local', url: localBare }] });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'hung', url: hungUrl, timeout: '120s' }, { name: 'local', url: localBare }] });
     try {
-      await start(dir);
+      const c = await start(dir);
       await waitFor(() => server.requests.some((r) => r.fault === 'hang') || undefined, { what: 'a request to hang on the hung remote' });
       await writeFile(path.join(dir, 'f.txt'), 'x');
       const written = Date.now();
@@ -326,6 +326,11 @@ describe('develop <-> remotes', () => {
       expect(st.remotes.find((r: { name: string }) => r.name === 'hung').error).toBeUndefined();
       expect(Date.now() - written).toBeLessThan(30_000);
       expect(server.requests.every((r) => r.fault === 'hang' && r.status === 0)).toBe(true);
+      // Stopping does not wait out the hung remote's 120 s timeout: it gives up on it after 10 s.
+      const stopping = Date.now();
+      expect(await c.stop()).toBe(0);
+      expect(Date.now() - stopping, c.stdout.text()).toBeLessThan(40_000);
+      expect(c.stdout.text()).toMatch(/stopping without waiting longer for remote:hung/);
     } finally {
       // Frees the hung request, so that stopping the controller does not wait out the 30 s timeout.
       await server.close();
