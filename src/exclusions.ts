@@ -77,6 +77,16 @@ export class Exclusions {
     this.nested.clear();
   }
 
+  /**
+   * Learns the .gitignore of folder `base` from a listing of it (`names`): read when it is listed,
+   * known absent otherwise, without trying to open it.
+   */
+  async learnFolder(base: string, names: readonly string[]): Promise<void> {
+    if (base === "" || this.nested.has(base)) return;
+    if (!names.includes(".gitignore")) this.nested.set(base, null);
+    else await this.nestedRules(base);
+  }
+
   private async nestedRules(base: string): Promise<Ignore | null> {
     if (!this.nested.has(base)) {
       const text = await readOptional(join(this.dir, base, ".gitignore"));

@@ -162,9 +162,9 @@ export class Worktree {
       // A nested repository is not ours to sync (git would record it as a gitlink).
       if (rel !== "" && names.includes(".git")) return;
       const prefix = rel === "" ? "" : `${rel}/`;
-      // Load this folder's .gitignore once, before its entries are looked at by parallel workers
-      // (each would otherwise try to read it: 100,000 failed opens in a tree without one).
-      if (names.length) await this.exclusions.isExcluded(prefix + names[0]!);
+      // Learn this folder's .gitignore once, before its entries are looked at by parallel workers:
+      // read it when the listing has one, never try to open one that is not there.
+      await this.exclusions.learnFolder(rel, names);
       // The head's entries of this folder go along with its children: no walk from the root per path.
       const entries = head?.isTree ? await this.treeEntries(head.oid, false) : undefined;
       for (const n of names) queue.push({ rel: prefix + n, head: entries?.get(n) ?? null });
