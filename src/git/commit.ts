@@ -5,7 +5,7 @@ import { dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { acquireLock } from "./lockfile.js";
 import { entryFromStat, readIndex, writeIndex, type GitIndex } from "./index-file.js";
-import { branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
+import { branchRef, type EntryMode, type FileEntry, type ObjectBatch, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { readContent } from "../worktree.js";
 import { mapLimit } from "../concurrency.js";
 import type { BlobPolicy, HeldBack } from "../security/blob-policy.js";
@@ -73,9 +73,10 @@ export async function commitWorktree(
     const recorded: CommittedPath[] = [];
     const held: HeldBack[] = [];
     // Blobs are written in parallel (each is a deflate and a file write); the order of `recorded` stays the paths' order.
+    const blobs = repo.batch(opts.paths.length + opts.refresh.length);
     const staged = await mapLimit(opts.paths, PARALLEL_WRITES, async (p) => {
       const before = await opts.headEntry(p.path);
-      const after = p.deleted ? undefined : await stageFile(repo, index, p, opts.modeOf, repo.policy, before);
+      const after = p.deleted ? undefined : await stageFile(blobs, index, p, opts.modeOf, repo.policy, before);
       return { path: p.path, before, after };
     });
     for (const { path, before, after } of staged) {
@@ -88,7 +89,9 @@ export async function commitWorktree(
       if (!after) index.entries.delete(path);
       recorded.push({ path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
     }
-    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(repo, index, { path, deleted: false }, opts.modeOf, repo.policy, await opts.headEntry(path)));
+    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(blobs, index, { path, deleted: false }, opts.modeOf, repo.policy, await opts.headEntry(path)));
+    // Every blob is stored before a tree names it.
+    await blobs.finish();
     let commit: string | null = null;
     if (changes.size || opts.allowEmpty) {
       const tree = await repo.buildTree(parentTree, changes);
@@ -110,9 +113,9 @@ export async function commitWorktree(
  * its blob and updates its index entry; undefined when it is gone, `held` (index untouched) when
  * the policy keeps it out of git.
  */
-async function stageFile(repo: Repo, index: GitIndex, staged: StagedPath, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
+async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
   const { path } = staged;
-  const abs = join(repo.dir, path);
+  const abs = join(blobs.repo.dir, path);
   // Stat before reading: if the file changes after this, its new stat differs from the index
   // entry and the next observation reads it again.
   const st = staged.read?.stats ?? (await lstatBig(abs, { bigint: true }).catch(() => null));
@@ -131,8 +134,8 @@ async function stageFile(repo: Repo, index: GitIndex, staged: StagedPath, modeOf
   const stored = st.isSymbolicLink() ? { ok: true as const, blob: content } : policy.toGit(path, content);
   if (!stored.ok) return { held: stored.held };
   const mode = modeOf(st, head);
-  const oid = await repo.writeBlob(stored.blob);
-  index.entries.set(path, indexEntry(repo, path, st, oid, mode));
+  const oid = await blobs.addBlob(stored.blob);
+  index.entries.set(path, indexEntry(blobs.repo, path, st, oid, mode));
   return { mode, oid };
 }
 

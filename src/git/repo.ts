@@ -2,12 +2,13 @@ import * as fs from "node:fs";
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
-import { deflate, inflate, inflateSync } from "node:zlib";
+import { deflate, inflateSync } from "node:zlib";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./locked-fs.js";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
 import { BlobPolicy } from "../security/blob-policy.js";
+import { PackError, PackStore, PackWriter, type ObjectType, type PackObject } from "./pack.js";
 
 /** A tree entry's mode as git writes it in trees. */
 export type EntryMode = "100644" | "100755" | "120000" | "160000" | "040000";
@@ -65,13 +66,36 @@ export class Repo {
   policy: BlobPolicy = BlobPolicy.plain();
   /** Parents of the commits read so far, for ancestry walks (a commit never changes). */
   private readonly parents = new Map<string, readonly string[]>();
-  /** The object ids of each pack read so far, by .idx file name (a pack's name is its checksum). */
-  private packIndexes = new Map<string, PackIndex | null>();
+  /** Packed objects, read one entry at a time (isomorphic-git would load whole packs into memory). */
+  private readonly packs: PackStore;
 
   private constructor(
     readonly dir: string,
     readonly gitdir: string,
-  ) {}
+  ) {
+    this.packs = new PackStore(gitdir, { readBase: (oid) => readLooseObject(gitdir, oid) });
+  }
+
+  /** Closes the pack files read so far (the repository may be used again after: they are opened again). */
+  close(): void {
+    this.packs.close();
+  }
+
+  /**
+   * An object's type and content, read natively: loose, then packed. Undefined when neither has
+   * it in a form read here (a version 1 pack index) or it is damaged: the caller then asks
+   * isomorphic-git, which reports the damage as it always did.
+   */
+  private readNative(oid: string): PackObject | undefined {
+    const loose = readLooseObject(this.gitdir, oid);
+    if (loose) return loose;
+    try {
+      return this.packs.read(oid);
+    } catch (err) {
+      if (err instanceof PackError) return undefined;
+      throw err;
+    }
+  }
 
   /** Opens the repository whose work tree is `dir`; throws ENOENT when `dir` has no .git. */
   static async open(dir: string): Promise<Repo> {
@@ -119,7 +143,7 @@ export class Repo {
     // A synchronous access: copyClosure asks this for every entry of every tree it sends, and a
     // queued one costs ten times as much as the syscall.
     if (fs.existsSync(this.loosePath(oid))) return true;
-    const packed = this.inPack(oid);
+    const packed = /^[0-9a-f]{40}$/.test(oid) ? this.packs.has(oid) : undefined;
     if (packed !== undefined) return packed;
     try {
       await git.readObject({ fs, gitdir: this.gitdir, oid, format: "deflated", cache: this.cache });
@@ -129,61 +153,8 @@ export class Repo {
     }
   }
 
-  /**
-   * Whether a pack holds `oid`, by binary search in the packs' v2 .idx files; undefined when some
-   * pack cannot be read that way (isomorphic-git is asked then). The pack folder is listed on every
-   * call, so a pack added or removed meanwhile is never missed.
-   */
-  private inPack(oid: string): boolean | undefined {
-    if (!/^[0-9a-f]{40}$/.test(oid)) return undefined;
-    const dir = join(this.gitdir, "objects", "pack");
-    let names: string[];
-    try {
-      names = fs.readdirSync(dir).filter((n) => n.endsWith(".idx"));
-    } catch {
-      names = [];
-    }
-    const next = new Map<string, PackIndex | null>();
-    for (const name of names) next.set(name, this.packIndexes.get(name) ?? readPackIndex(join(dir, name)));
-    this.packIndexes = next;
-    const key = Buffer.from(oid, "hex");
-    let unknown = false;
-    for (const idx of next.values()) {
-      if (idx === null) unknown = true;
-      else if (packHas(idx, key)) return true;
-    }
-    return unknown ? undefined : false;
-  }
-
   private loosePath(oid: string): string {
     return join(this.gitdir, "objects", oid.slice(0, 2), oid.slice(2));
-  }
-
-  /**
-   * Copies the object `oid` into `dst`. A loose object is checked (its content must hash to its name)
-   * and its compressed bytes copied as they are; anything else is read and written again. Like every
-   * object write, temp file then rename: `dst` never holds half an object. Throws NotFoundError when
-   * the object is missing here, and an Error when a loose object is damaged.
-   */
-  async copyObjectTo(dst: Repo, oid: string): Promise<void> {
-    const file = this.loosePath(oid);
-    const st = fs.statSync(file, { throwIfNoEntry: false });
-    if (st?.isFile()) {
-      try {
-        // Small objects (commits, trees, most blobs) synchronously: cheaper than two trips to the
-        // thread pool; big ones must not stall the event loop.
-        const compressed = st.size < SYNC_LIMIT ? fs.readFileSync(file) : await readFile(file);
-        const raw = st.size < SYNC_LIMIT ? inflateSync(compressed) : await inflateAsync(compressed);
-        if (parseLoose(raw, oid)) {
-          await dst.writeLooseBytes(oid, compressed);
-          return;
-        }
-      } catch {
-        // Damaged or gone meanwhile: isomorphic-git below reports it as it always did.
-      }
-    }
-    const { type, object } = await this.readRaw(oid);
-    await dst.writeRaw(type, object);
   }
 
   /**
@@ -216,6 +187,15 @@ export class Repo {
   }
 
   /**
+   * A batch of new objects (`expected` of them, when known): written loose while few (as git does
+   * below 100), else into packs of at most PACK_BYTES each, so a commit of 30,000 files writes a
+   * few files instead of 30,000. Its objects are readable once `finish()` resolved.
+   */
+  batch(expected = 0): ObjectBatch {
+    return new ObjectBatch(this, expected >= PACKED_FROM);
+  }
+
+  /**
    * Writes a loose object as git does: deflated into a temp file in objects/, renamed into place
    * (so a reader never sees half an object), read-only. An object that exists is not written again.
    * zlib runs on libuv's thread pool, so parallel writes use both cores.
@@ -232,6 +212,8 @@ export class Repo {
 
   /** Reads a blob's bytes; throws NotFoundError when it is missing. */
   async readBlob(oid: string): Promise<Buffer> {
+    const native = this.readNative(oid);
+    if (native?.type === "blob") return native.content;
     const { blob } = await git.readBlob({ fs, gitdir: this.gitdir, oid, cache: this.cache });
     return Buffer.from(blob);
   }
@@ -258,8 +240,9 @@ export class Repo {
    */
   async readTree(oid: string): Promise<{ mode: EntryMode; path: string; oid: string; type: string }[]> {
     if (oid === EMPTY_TREE) return [];
-    const loose = readLooseTree(this.gitdir, oid);
-    if (loose) return loose;
+    const native = this.readNative(oid);
+    const parsed = native?.type === "tree" ? parseTree(native.content) : undefined;
+    if (parsed) return parsed;
     const { tree } = await git.readTree({ fs, gitdir: this.gitdir, oid, cache: this.cache });
     return tree.map((e) => ({ mode: normalizeMode(e.mode), path: e.path, oid: e.oid, type: e.type }));
   }
@@ -324,9 +307,9 @@ export class Repo {
 
   /** The tree of a commit. */
   async commitTree(commit: string): Promise<string> {
-    const loose = readLooseObject(this.gitdir, commit);
-    if (loose?.type === "commit" && loose.content.toString("latin1", 0, 5) === "tree " && loose.content[45] === 0x0a) {
-      return loose.content.toString("latin1", 5, 45);
+    const native = this.readNative(commit);
+    if (native?.type === "commit" && native.content.toString("latin1", 0, 5) === "tree " && native.content[45] === 0x0a) {
+      return native.content.toString("latin1", 5, 45);
     }
     return (await this.readCommit(commit)).tree;
   }
@@ -335,8 +318,8 @@ export class Repo {
   async commitParents(commit: string): Promise<readonly string[]> {
     let parents = this.parents.get(commit);
     if (!parents) {
-      const loose = readLooseObject(this.gitdir, commit);
-      parents = loose?.type === "commit" ? parentsOf(loose.content) : (await this.readCommit(commit)).parent;
+      const native = this.readNative(commit);
+      parents = native?.type === "commit" ? parentsOf(native.content) : (await this.readCommit(commit)).parent;
       // Bounded, so a walk through a huge history cannot keep it all in memory.
       if (this.parents.size >= 50_000) this.parents.clear();
       this.parents.set(commit, parents);
@@ -443,6 +426,8 @@ export class Repo {
 
   /** Reads an object's type and uncompressed content. */
   async readRaw(oid: string): Promise<{ type: string; object: Buffer }> {
+    const native = this.readNative(oid);
+    if (native) return { type: native.type, object: native.content };
     const o = await git.readObject({ fs, gitdir: this.gitdir, oid, format: "content", cache: this.cache });
     return { type: o.type, object: Buffer.from(o.object as Uint8Array) };
   }
@@ -545,12 +530,55 @@ export class Repo {
 }
 
 const deflateAsync = promisify(deflate);
-const inflateAsync = promisify(inflate);
+/** Batches of at least this many objects are written as packs (git's fetch.unpackLimit). */
+const PACKED_FROM = 100;
+/** A pack of a batch holds at most this many bytes of content (memory holds them until written). */
+const PACK_BYTES = 32 * 1024 * 1024;
+
+/** New objects written together: see Repo.batch(). */
+export class ObjectBatch {
+  private pack = new PackWriter();
+  /** Packs being written, one after the other. */
+  private written: Promise<unknown> = Promise.resolve();
+
+  private added = 0;
+
+  constructor(
+    readonly repo: Repo,
+    private packed: boolean,
+  ) {}
+
+  /** Adds a blob; resolves with its oid (loose: once written; packed: at once, written by finish()). */
+  async addBlob(content: Buffer): Promise<string> {
+    return this.add("blob", content);
+  }
+
+  /**
+   * Adds an object. Objects land in the order they were added (a pack is written only after the
+   * ones before it), so an object is never stored before what it names when added after it.
+   */
+  async add(type: ObjectType, content: Buffer): Promise<string> {
+    if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
+    if (!this.packed) return this.repo.writeRaw(type, content);
+    const oid = this.pack.add(type, content);
+    if (this.pack.bytes >= PACK_BYTES) {
+      const full = this.pack;
+      this.pack = new PackWriter();
+      this.written = this.written.then(() => full.write(this.repo.gitdir));
+      await this.written;
+    }
+    return oid;
+  }
+
+  /** Writes what is still pending; the batch's objects are readable once this resolved. */
+  async finish(): Promise<void> {
+    await this.written;
+    if (this.pack.count) await this.pack.write(this.repo.gitdir);
+  }
+}
+
 /** Temp files of loose objects written by this process so far (their names). */
 let tempObjects = 0;
-
-/** Loose objects up to this compressed size are read synchronously. */
-const SYNC_LIMIT = 256 * 1024;
 
 /**
  * A loose object's type and content, read with native zlib and checked against its name (as
@@ -558,7 +586,7 @@ const SYNC_LIMIT = 256 * 1024;
  * be packed) or it is damaged: the caller then asks isomorphic-git, which reports the damage.
  * Synchronous: meant for commits and trees, a few hundred bytes each.
  */
-function readLooseObject(gitdir: string, oid: string): { type: string; content: Buffer } | undefined {
+function readLooseObject(gitdir: string, oid: string): PackObject | undefined {
   if (!/^[0-9a-f]{40}$/.test(oid)) return undefined;
   let raw: Buffer;
   try {
@@ -570,12 +598,14 @@ function readLooseObject(gitdir: string, oid: string): { type: string; content: 
 }
 
 /** The type and content of an inflated loose object, when its header is sound and it hashes to `oid`. */
-function parseLoose(raw: Buffer, oid: string): { type: string; content: Buffer } | undefined {
+function parseLoose(raw: Buffer, oid: string): PackObject | undefined {
   const nul = raw.indexOf(0);
   const sp = raw.indexOf(0x20);
   if (nul < 0 || sp < 0 || sp > nul || raw.toString("latin1", sp + 1, nul) !== String(raw.length - nul - 1)) return undefined;
   if (createHash("sha1").update(raw).digest("hex") !== oid) return undefined;
-  return { type: raw.toString("latin1", 0, sp), content: raw.subarray(nul + 1) };
+  const type = raw.toString("latin1", 0, sp);
+  if (type !== "blob" && type !== "tree" && type !== "commit" && type !== "tag") return undefined;
+  return { type, content: raw.subarray(nul + 1) };
 }
 
 /** The `parent` lines of a commit's header. */
@@ -587,59 +617,15 @@ function parentsOf(content: Buffer): string[] {
   return parents;
 }
 
-/** The sorted object ids of a pack, as its v2 index lists them. */
-interface PackIndex {
-  /** fanout[b]: how many ids start with a byte <= b. */
-  fanout: Uint32Array;
-  /** The ids, 20 bytes each, sorted. */
-  oids: Buffer;
-}
-
-/** Reads a v2 pack index (Documentation/gitformat-pack.txt); null for v1 or anything unexpected. */
-function readPackIndex(file: string): PackIndex | null {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch {
-    return null;
-  }
-  if (buf.length < 8 + 1024 || buf.readUInt32BE(0) !== 0xff744f63 || buf.readUInt32BE(4) !== 2) return null;
-  const fanout = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) fanout[i] = buf.readUInt32BE(8 + 4 * i);
-  const count = fanout[255]!;
-  const start = 8 + 1024;
-  if (buf.length < start + count * 20) return null;
-  return { fanout, oids: Buffer.from(buf.subarray(start, start + count * 20)) };
-}
-
-function packHas(idx: PackIndex, key: Buffer): boolean {
-  const first = key[0]!;
-  let lo = first === 0 ? 0 : idx.fanout[first - 1]!;
-  let hi = idx.fanout[first]!;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const c = idx.oids.compare(key, 0, 20, mid * 20, mid * 20 + 20);
-    if (c === 0) return true;
-    if (c > 0) hi = mid;
-    else lo = mid + 1;
-  }
-  return false;
-}
-
 const TYPE_OF_MODE: Record<string, string> = { "040000": "tree", "100644": "blob", "100755": "blob", "120000": "blob", "160000": "commit" };
 
 /**
- * A tree stored as a loose object, read with native zlib: isomorphic-git inflates in JavaScript
- * (about 1 ms per tree), which dominated buildTree, copyClosure and a full scan's tree reads.
- * Synchronous on purpose: a loose tree is a few hundred bytes, and a queued read costs more than it.
- * Returns undefined for anything it does not handle alike (a packed object, a commit or tag, an
- * unexpected mode, or a name isomorphic-git might refuse): the caller asks isomorphic-git, which
- * then gives the same answer or the same UnsafeFilepathError as before.
+ * A tree's entries parsed natively: isomorphic-git inflates in JavaScript (about 1 ms per tree),
+ * which dominated buildTree, copyClosure and a full scan's tree reads. Returns undefined for
+ * anything it does not handle alike (an unexpected mode, or a name isomorphic-git might refuse):
+ * the caller asks isomorphic-git, which then gives the same answer or the same UnsafeFilepathError.
  */
-function readLooseTree(gitdir: string, oid: string): { mode: EntryMode; path: string; oid: string; type: string }[] | undefined {
-  const loose = readLooseObject(gitdir, oid);
-  if (loose?.type !== "tree") return undefined;
-  const raw = loose.content;
+function parseTree(raw: Buffer): { mode: EntryMode; path: string; oid: string; type: string }[] | undefined {
   const out: { mode: EntryMode; path: string; oid: string; type: string }[] = [];
   for (let i = 0; i < raw.length; ) {
     const sp = raw.indexOf(0x20, i);

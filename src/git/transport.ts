@@ -7,6 +7,7 @@ import { stalled, transient, type CascadeError } from "../errors.js";
 import { makeHttpClient } from "./http.js";
 import { RefConflictError } from "./refs.js";
 import { branchRef, Repo, type Person } from "./repo.js";
+import type { ObjectType } from "./pack.js";
 
 /** A remote as the transport needs it. */
 export interface RemoteTarget {
@@ -163,8 +164,11 @@ async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
 export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: (objects: number) => void): Promise<number> {
   let copied = 0;
   const done = new Set<string>();
+  // Loose while few; past 100 objects the rest goes into packs (a 30,000-file commit: a few files).
+  const batch = dst.batch();
   const copy = async (oid: string) => {
-    await src.copyObjectTo(dst, oid);
+    const { type, object } = await src.readRaw(oid);
+    await batch.add(type as ObjectType, object);
     done.add(oid);
     copied++;
     onCopied?.(copied);
@@ -191,6 +195,7 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
       await copy(top.oid);
     }
   }
+  await batch.finish();
   return copied;
 }
 
