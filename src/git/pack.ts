@@ -123,6 +123,9 @@ export class PackStore {
   /** Index files that cannot be read here (version 1, damaged), by name: a pack's name never changes content. */
   private unreadable = new Set<string>();
   private listed = false;
+  /** The pack folder's identity and mtime at the last listing, and when that was. */
+  private stamp = "";
+  private listedAt = 0;
   private readonly cache: BaseCache;
   private readonly readBase: ((oid: string) => PackObject | undefined) | undefined;
   private readonly dir: string;
@@ -147,7 +150,7 @@ export class PackStore {
     if (!key) return false;
     if (!this.listed) this.refresh();
     if (this.packs.some((p) => !p.gone && find(p, key) >= 0)) return true;
-    this.refresh();
+    if (!this.refreshIfChanged()) return this.unreadable.size ? undefined : false;
     if (this.packs.some((p) => !p.gone && find(p, key) >= 0)) return true;
     return this.unreadable.size ? undefined : false;
   }
@@ -198,7 +201,7 @@ export class PackStore {
     if (!this.listed) this.refresh();
     const tried = new Set<Pack>();
     for (let pass = 0; pass < 2; pass++) {
-      if (pass === 1) this.refresh();
+      if (pass === 1 && !this.refreshIfChanged()) return;
       for (const pack of [...this.packs]) {
         if (tried.has(pack) || pack.gone) continue;
         const pos = find(pack, key);
@@ -214,8 +217,27 @@ export class PackStore {
    * descriptors closed). Done by itself whenever an object is not found; call it after a gc to free
    * the deleted packs' disk space sooner.
    */
+  /**
+   * Lists the folder again when it may have changed since the last listing (its mtime moved, or a
+   * second passed, for file systems with coarse clocks); true when it did. A miss then costs a stat,
+   * not a listing: copying 30,000 new objects asks about each of them.
+   */
+  private refreshIfChanged(): boolean {
+    if (this.stamp === this.folderStamp() && Date.now() - this.listedAt < 1000) return false;
+    this.refresh();
+    return true;
+  }
+
+  private folderStamp(): string {
+    const st = fs.statSync(this.dir, { bigint: true, throwIfNoEntry: false });
+    return st ? `${st.ino}:${st.mtimeNs}` : "none";
+  }
+
   refresh(): void {
     this.listed = true;
+    // Taken before listing: a pack added while listing moves the mtime past this stamp.
+    this.stamp = this.folderStamp();
+    this.listedAt = Date.now();
     let names: string[];
     try {
       names = fs.readdirSync(this.dir);

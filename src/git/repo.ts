@@ -87,14 +87,14 @@ export class Repo {
    * isomorphic-git, which reports the damage as it always did.
    */
   private readNative(oid: string): PackObject | undefined {
-    const loose = readLooseObject(this.gitdir, oid);
-    if (loose) return loose;
+    // Packs first: a lookup in memory, where a missing loose file costs an exception.
     try {
-      return this.packs.read(oid);
+      const packed = this.packs.read(oid);
+      if (packed) return packed;
     } catch (err) {
-      if (err instanceof PackError) return undefined;
-      throw err;
+      if (!(err instanceof PackError)) throw err;
     }
+    return readLooseObject(this.gitdir, oid);
   }
 
   /** Opens the repository whose work tree is `dir`; throws ENOENT when `dir` has no .git. */
@@ -140,11 +140,11 @@ export class Repo {
 
   /** True when the object exists in this repository (loose or packed). */
   async hasObject(oid: string): Promise<boolean> {
-    // A synchronous access: copyClosure asks this for every entry of every tree it sends, and a
-    // queued one costs ten times as much as the syscall.
-    if (fs.existsSync(this.loosePath(oid))) return true;
+    // Synchronous: copyClosure asks this for every entry of every tree it sends, and a queued
+    // access costs ten times as much as the syscall. Packs first (in memory), then the loose file.
     const packed = /^[0-9a-f]{40}$/.test(oid) ? this.packs.has(oid) : undefined;
-    if (packed !== undefined) return packed;
+    if (packed || fs.existsSync(this.loosePath(oid))) return true;
+    if (packed === false) return false;
     try {
       await git.readObject({ fs, gitdir: this.gitdir, oid, format: "deflated", cache: this.cache });
       return true;
