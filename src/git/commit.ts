@@ -73,10 +73,11 @@ export async function commitWorktree(
     const recorded: CommittedPath[] = [];
     const held: HeldBack[] = [];
     // Blobs are written in parallel (each is a deflate and a file write); the order of `recorded` stays the paths' order.
-    const blobs = repo.batch(opts.paths.length + opts.refresh.length);
+    // Blobs and trees of a big commit go into packs; a small one stays loose.
+    const objects = repo.batch(opts.paths.length + opts.refresh.length);
     const staged = await mapLimit(opts.paths, PARALLEL_WRITES, async (p) => {
       const before = await opts.headEntry(p.path);
-      const after = p.deleted ? undefined : await stageFile(blobs, index, p, opts.modeOf, repo.policy, before);
+      const after = p.deleted ? undefined : await stageFile(objects, index, p, opts.modeOf, repo.policy, before);
       return { path: p.path, before, after };
     });
     for (const { path, before, after } of staged) {
@@ -89,16 +90,14 @@ export async function commitWorktree(
       if (!after) index.entries.delete(path);
       recorded.push({ path, ...(before ? { before } : {}), ...(after ? { after } : {}) });
     }
-    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(blobs, index, { path, deleted: false }, opts.modeOf, repo.policy, await opts.headEntry(path)));
-    // Every blob is stored before a tree names it.
-    await blobs.finish();
+    await mapLimit(opts.refresh, PARALLEL_WRITES, async (path) => stageFile(objects, index, { path, deleted: false }, opts.modeOf, repo.policy, await opts.headEntry(path)));
     let commit: string | null = null;
-    if (changes.size || opts.allowEmpty) {
-      const tree = await repo.buildTree(parentTree, changes);
-      if (tree !== parentTree) {
-        commit = await repo.writeCommit({ tree, parents: opts.parent ? [opts.parent] : [], message: opts.message(recorded), author: opts.author });
-        await repo.setRef(branchRef(opts.branch), commit, opts.expectedBranchHead === undefined ? opts.parent : opts.expectedBranchHead, `commit: ${firstLine(opts.message(recorded))}`, opts.author);
-      }
+    const tree = changes.size || opts.allowEmpty ? await repo.buildTree(parentTree, changes, objects) : parentTree;
+    // Every blob and tree is stored before the commit names them.
+    await objects.finish();
+    if (tree !== null && tree !== parentTree) {
+      commit = await repo.writeCommit({ tree, parents: opts.parent ? [opts.parent] : [], message: opts.message(recorded), author: opts.author });
+      await repo.setRef(branchRef(opts.branch), commit, opts.expectedBranchHead === undefined ? opts.parent : opts.expectedBranchHead, `commit: ${firstLine(opts.message(recorded))}`, opts.author);
     }
     await writeIndex(repo.gitdir, index, { lock });
     return { commit, paths: commit ? recorded : [], held };

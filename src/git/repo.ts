@@ -251,12 +251,12 @@ export class Repo {
    * Writes a tree from its entries and returns its oid. Entries are sorted in git's order (a
    * folder sorts as if its name ended in "/"); modes are written without a leading zero, as git does.
    */
-  async writeTree(entries: { mode: EntryMode; path: string; oid: string }[]): Promise<string> {
+  async writeTree(entries: { mode: EntryMode; path: string; oid: string }[], objects?: ObjectBatch): Promise<string> {
     const key = (e: { mode: EntryMode; path: string }) => Buffer.from(e.mode === "040000" ? `${e.path}/` : e.path);
     const sorted = entries.map((e) => ({ e, k: key(e) })).sort((a, b) => Buffer.compare(a.k, b.k));
     const parts: Buffer[] = [];
     for (const { e } of sorted) parts.push(Buffer.from(`${e.mode.replace(/^0/, "")} ${e.path}\0`), Buffer.from(e.oid, "hex"));
-    return this.writeLoose("tree", Buffer.concat(parts));
+    return objects ? objects.add("tree", Buffer.concat(parts)) : this.writeLoose("tree", Buffer.concat(parts));
   }
 
   private async writeEmptyTree(): Promise<string> {
@@ -277,7 +277,7 @@ export class Repo {
    * and rewriting only the trees on the changed paths: the cost follows the change, not the repository.
    * Returns the root tree's oid (the empty tree when nothing is left).
    */
-  async buildTree(base: string | null, changes: Map<string, FileEntry | null>): Promise<string> {
+  async buildTree(base: string | null, changes: Map<string, FileEntry | null>, objects?: ObjectBatch): Promise<string> {
     const nested = new Map<string, Map<string, FileEntry | null>>();
     for (const [path, entry] of changes) {
       const slash = path.indexOf("/");
@@ -298,11 +298,11 @@ export class Repo {
       }
       // Files below `name`: it must be a directory now (a file of that name is replaced).
       const subBase = existing?.mode === "040000" ? existing.oid : null;
-      const oid = await this.buildTree(subBase, sub);
+      const oid = await this.buildTree(subBase, sub, objects);
       if (oid === EMPTY_TREE) entries.delete(name);
       else entries.set(name, { path: name, mode: "040000", oid, type: "tree" });
     }
-    return this.writeTree([...entries.values()]);
+    return this.writeTree([...entries.values()], objects);
   }
 
   /** The tree of a commit. */
