@@ -87,6 +87,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const who = await ctx.who();
     const headTree = await ctx.repo.commitTree(o.head!);
     const started = performance.now();
+    ctx.forgetStatCache();
     try {
       const outcome = await ctx.exclusive(() =>
         commitWorktree(ctx.repo, {

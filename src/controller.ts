@@ -101,6 +101,11 @@ const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
+/**
+ * Changed paths one sandbox pass takes at most: a bigger burst becomes a few commits, one after
+ * the other, each with bounded memory and time (30,000 files in one pass peaked at 400 MB).
+ */
+const MAX_BATCH_PATHS = 10_000;
 
 /**
  * The long-running loop: observes the sandbox, the remotes and the config, and reconciles them
@@ -111,6 +116,10 @@ export class Controller {
   private slots = new Map<string, Slot>();
   private hints = { paths: new Set<string>(), full: true };
   private firstHintAt: number | undefined;
+  /** Paths of the big burst being committed (over a few passes), for the rescan that follows it. */
+  private burstPaths = 0;
+  /** The sandbox pass under way took only part of the batch: the rest is due when it ends. */
+  private batchLeft = false;
   private lastHintAt: number | undefined;
   private configDueAt: number | undefined;
   private nextRescanAt: number | undefined;
@@ -434,10 +443,12 @@ export class Controller {
       const result: Result = await reconcile(slot.r, ctx, this.config, observed);
       this.deps.log.debug(`${slot.r.name}: ${result.summary ?? "done"}`, { observeMs: t1 - t0, applyMs: Date.now() - t1 });
       this.succeeded(slot, result);
-      if (taken && !taken.full && taken.paths.size >= BURST_RESCAN_THRESHOLD) {
+      if (taken && !taken.full && taken.paths.size >= BURST_RESCAN_THRESHOLD) this.burstPaths += taken.paths.size;
+      if (isSandbox && this.burstPaths && this.hints.paths.size === 0) {
         // inotify drops events without an error when its queue overflows in a big burst: once the
         // burst has been committed, look at the whole tree to catch what the events missed.
-        this.deps.log.info(`a burst of ${taken.paths.size} changed paths: rescanning the whole sandbox after it`);
+        this.deps.log.info(`a burst of ${this.burstPaths} changed paths: rescanning the whole sandbox after it`);
+        this.burstPaths = 0;
         this.requestFullScan();
       }
       return { name: slot.r.name, ...(result.summary ? { summary: result.summary } : {}) };
@@ -472,7 +483,11 @@ export class Controller {
     if (slot.r.name === "sandbox" && this.hints.paths.size === 0 && !this.hints.full) {
       this.firstHintAt = undefined;
       this.lastHintAt = undefined;
+    } else if (slot.r.name === "sandbox" && this.batchLeft) {
+      // What this pass left of its batch (a burst bigger than one pass takes) goes next.
+      slot.nextRunAt = this.now();
     }
+    if (slot.r.name === "sandbox") this.batchLeft = false;
   }
 
   private async failed(slot: Slot, e: CascadeError, raw: unknown): Promise<void> {
@@ -497,6 +512,18 @@ export class Controller {
   }
 
   private takeHints(): { paths: Set<string>; full: boolean } {
+    if (!this.hints.full && this.hints.paths.size > MAX_BATCH_PATHS) {
+      // The oldest paths now; the rest is overdue, so the next pass follows this one at once.
+      const paths = new Set<string>();
+      for (const p of this.hints.paths) {
+        if (paths.size === MAX_BATCH_PATHS) break;
+        paths.add(p);
+        this.hints.paths.delete(p);
+      }
+      this.state.pendingPaths = this.hints.paths.size;
+      this.batchLeft = true;
+      return { paths, full: false };
+    }
     const taken = this.hints;
     this.hints = { paths: new Set(), full: false };
     this.firstHintAt = undefined;
@@ -526,6 +553,10 @@ export class Controller {
       hint: (p) => this.addHint(p),
       exclusive: (fn) => this.exclusive(fn),
       statCache: () => this.statCache(),
+      forgetStatCache: () => {
+        this.statCacheValue = undefined;
+        this.statCacheKey = "";
+      },
       who: () => this.who(),
       branchMoved: () => {
         for (const s of this.slots.values()) {

@@ -78,6 +78,11 @@ export interface ReconcileContext {
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
   /** The index as a stat cache (re-read when the index file changed). */
   statCache(): Promise<StatCache>;
+  /**
+   * Drops the stat cache kept between passes: the index is about to be rewritten (it would be
+   * stale after), and a commit parses its own copy (two copies at 100,000 files: 30 MB more).
+   */
+  forgetStatCache(): void;
   /** The author/committer for commits made now. */
   who(): Promise<Person>;
   /** Tells the loop that the sandbox branch moved (remotes push soon). */

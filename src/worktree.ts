@@ -2,7 +2,7 @@ import { lstatSync, readdirSync, readFile, readFileSync, readlinkSync, type BigI
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { blobOid, EMPTY_TREE, type EntryMode, type FileEntry, type Repo } from "./git/repo.js";
-import { isStatClean, type IndexEntry } from "./git/index-file.js";
+import { fileStats, isStatClean, type FileStats, type IndexEntry } from "./git/index-file.js";
 import type { Exclusions } from "./exclusions.js";
 
 const readBytes = promisify(readFile) as (p: string) => Promise<Buffer>;
@@ -12,7 +12,7 @@ export interface WorkFile {
   mode: EntryMode;
   oid: string;
   /** Taken before `content` was read: if the file changes after, its stat data no longer match. */
-  stats: BigIntStats;
+  stats: FileStats;
   /** The bytes read to hash it, kept (within a budget) so that the commit need not read them again. */
   content?: Buffer;
 }
@@ -61,6 +61,8 @@ const CONCURRENCY = 32;
 const TREES_REMEMBERED = 2000;
 /** Bytes of file content one observation keeps for the commit that follows it (the rest is read again). */
 const KEEP_CONTENT_BYTES = 32 * 1024 * 1024;
+/** Small kept contents are copied into slabs of this size. */
+const SLAB_BYTES = 1024 * 1024;
 /** Files up to this size are read synchronously: cheaper than three trips to the thread pool. */
 const SYNC_READ_BYTES = 64 * 1024;
 /** A full scan gives the event loop a turn after this many entries (its stats are synchronous). */
@@ -86,8 +88,10 @@ function lstatNow(abs: string): BigIntStats | null {
  */
 export class Worktree {
   private readonly trees = new Map<string, Map<string, FileEntry & { isTree: boolean }>>();
-  /** Content bytes kept by the observation under way. */
+  /** Content bytes kept by the observation under way, and the slab it copies small contents into. */
   private keptBytes = 0;
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
 
   constructor(
     readonly dir: string,
@@ -103,6 +107,7 @@ export class Worktree {
   async observe(headTree: string, paths: Iterable<string>, cache: StatCache, onProgress?: (filesLookedAt: number) => void): Promise<SandboxObservation> {
     const out: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
     this.keptBytes = 0;
+    this.slab = Buffer.alloc(0);
     const seen = new Set<string>();
     const queue: Probe[] = [...new Set(paths)].map((rel) => ({ rel }));
     const scan: Scan = { headTree, cache, out, queue, seen };
@@ -183,13 +188,31 @@ export class Worktree {
     if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
     const headFile = head && !head.isTree ? { mode: head.mode, oid: head.oid } : undefined;
     if (!headFile || headFile.oid !== work.oid || headFile.mode !== work.mode) {
-      if (work.content && (this.keptBytes += work.content.length) > KEEP_CONTENT_BYTES) delete work.content;
-      out.changes.push({ path: rel, ...(headFile ? { head: headFile } : {}), work });
+      out.changes.push({ path: rel, ...(headFile ? { head: headFile } : {}), work: this.retained(work) });
     } else {
-      delete work.content;
       const idx = scan.cache.entries.get(rel);
-      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, scan.cache.mtime)) out.refresh.push({ path: rel, work });
+      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, scan.cache.mtime)) out.refresh.push({ path: rel, work: { mode: work.mode, oid: work.oid, stats: fileStats(st) } });
     }
+  }
+
+  /**
+   * What an observation keeps of a changed file: compact stat data, and its content while within
+   * the budget, copied densely into shared slabs (a small file read on its own keeps a buffer of
+   * several KB alive; a batch of 30,000 changes keeps one per file).
+   */
+  private retained(work: WorkFile): WorkFile {
+    const kept: WorkFile = { mode: work.mode, oid: work.oid, stats: fileStats(work.stats as BigIntStats) };
+    const content = work.content;
+    if (!content || (this.keptBytes += content.length) > KEEP_CONTENT_BYTES) return kept;
+    if (content.length >= SLAB_BYTES / 16) return { ...kept, content };
+    if (this.slabUsed + content.length > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabUsed = 0;
+    }
+    const copy = this.slab.subarray(this.slabUsed, this.slabUsed + content.length);
+    content.copy(copy);
+    this.slabUsed += content.length;
+    return { ...kept, content: copy };
   }
 
   /** Reads one working file's mode and blob id, trusting the index's oid when its stat data matches. */
@@ -203,7 +226,7 @@ export class Worktree {
   }
 
   /** The mode git records for a file with these stats (keeping the head's exec bit when core.filemode is false). */
-  modeOf(st: BigIntStats, head?: FileEntry): EntryMode {
+  modeOf(st: FileStats, head?: FileEntry): EntryMode {
     if (st.isSymbolicLink()) return "120000";
     if (!this.filemode && head && (head.mode === "100644" || head.mode === "100755")) return head.mode;
     return (Number(st.mode) & 0o100) !== 0 ? "100755" : "100644";

@@ -4,7 +4,7 @@ import { promisify } from "node:util";
 import { dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { acquireLock } from "./lockfile.js";
-import { entryFromStat, readIndex, writeIndex, type GitIndex } from "./index-file.js";
+import { entryFromStat, readIndex, writeIndex, type FileStats, type GitIndex } from "./index-file.js";
 import { branchRef, type EntryMode, type FileEntry, type ObjectBatch, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { readContent } from "../worktree.js";
 import { mapLimit } from "../concurrency.js";
@@ -18,7 +18,7 @@ export interface StagedPath {
   path: string;
   deleted: boolean;
   /** The file as an observation just read it (stat data taken before the bytes); read again when absent. */
-  read?: { stats: BigIntStats; content: Buffer };
+  read?: { stats: FileStats; content: Buffer };
 }
 
 /** What a sandbox commit recorded, per path, as finally read from disk. */
@@ -55,7 +55,7 @@ export async function commitWorktree(
     parent: string | null;
     paths: StagedPath[];
     refresh: string[];
-    modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode;
+    modeOf: (st: FileStats, head?: FileEntry) => EntryMode;
     message: (paths: CommittedPath[]) => string;
     author: Person;
     headEntry: (path: string) => Promise<FileEntry | undefined>;
@@ -112,7 +112,7 @@ export async function commitWorktree(
  * its blob and updates its index entry; undefined when it is gone, `held` (index untouched) when
  * the policy keeps it out of git.
  */
-async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath, modeOf: (st: BigIntStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
+async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath, modeOf: (st: FileStats, head?: FileEntry) => EntryMode, policy: BlobPolicy, head?: FileEntry): Promise<FileEntry | { held: HeldBack } | undefined> {
   const { path } = staged;
   const abs = join(blobs.repo.dir, path);
   // Stat before reading: if the file changes after this, its new stat differs from the index
@@ -190,7 +190,7 @@ export async function applyToWorktree(
  * while the file holds plaintext: the entry is marked assume-unchanged, so that native `git status`
  * trusts it instead of hashing the plaintext (cascade-sync itself still compares stat data).
  */
-function indexEntry(repo: Repo, path: string, st: BigIntStats, oid: string, mode: EntryMode) {
+function indexEntry(repo: Repo, path: string, st: FileStats, oid: string, mode: EntryMode) {
   const entry = entryFromStat(path, st, oid, parseInt(mode, 8));
   if (mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
   return entry;

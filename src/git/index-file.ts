@@ -527,7 +527,43 @@ function decodePath(buf: Buffer, start: number, end: number, file: string): stri
  *
  * Returns a stage-0 entry with no flags set. Throws nothing.
  */
-export function entryFromStat(path: string, stats: fs.BigIntStats, oid: string, mode?: number): IndexEntry {
+/**
+ * What the index keeps of a file's lstat: a BigIntStats, or the compact copy fileStats() makes of
+ * one (about a quarter of its memory: a batch of 30,000 changes keeps one per file).
+ */
+export type FileStats = Pick<fs.BigIntStats, "dev" | "ino" | "mode" | "uid" | "gid" | "size" | "ctimeNs" | "mtimeNs" | "isFile" | "isSymbolicLink" | "isDirectory">;
+
+/** A compact copy of the fields of `st` that the index uses. */
+export function fileStats(st: fs.BigIntStats): FileStats {
+  return new CompactStats(st.dev, st.ino, st.mode, st.uid, st.gid, st.size, st.ctimeNs, st.mtimeNs);
+}
+
+class CompactStats implements FileStats {
+  constructor(
+    readonly dev: bigint,
+    readonly ino: bigint,
+    readonly mode: bigint,
+    readonly uid: bigint,
+    readonly gid: bigint,
+    readonly size: bigint,
+    readonly ctimeNs: bigint,
+    readonly mtimeNs: bigint,
+  ) {}
+
+  isFile(): boolean {
+    return (this.mode & 0o170000n) === 0o100000n;
+  }
+
+  isSymbolicLink(): boolean {
+    return (this.mode & 0o170000n) === 0o120000n;
+  }
+
+  isDirectory(): boolean {
+    return (this.mode & 0o170000n) === 0o040000n;
+  }
+}
+
+export function entryFromStat(path: string, stats: FileStats, oid: string, mode?: number): IndexEntry {
   const [ctimeSec, ctimeNsec] = splitNs(stats.ctimeNs);
   const [mtimeSec, mtimeNsec] = splitNs(stats.mtimeNs);
   return {
@@ -551,7 +587,7 @@ export function entryFromStat(path: string, stats: fs.BigIntStats, oid: string, 
  * git's create_ce_mode: the index mode for a file of this lstat. Returns 0o120000 for a symlink, 0o160000
  * for a directory (a gitlink), else 0o100755 or 0o100644 by the owner's executable bit. Throws nothing.
  */
-export function modeFromStat(stats: fs.BigIntStats): number {
+export function modeFromStat(stats: FileStats): number {
   if (stats.isSymbolicLink()) return MODE_SYMLINK;
   if (stats.isDirectory()) return MODE_GITLINK;
   return (stats.mode & 0o100n) !== 0n ? 0o100755 : 0o100644;
@@ -576,7 +612,7 @@ export interface StatCleanOptions {
  */
 export function isStatClean(
   entry: IndexEntry,
-  stats: fs.BigIntStats,
+  stats: FileStats,
   indexMtime: IndexTimestamp | null,
   opts: StatCleanOptions = {},
 ): boolean {

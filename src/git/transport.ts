@@ -151,6 +151,8 @@ async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
   const packs = (await readdir(join(gitdir, "objects", "pack")).catch(() => [] as string[])).filter((n) => n.endsWith(".idx")).sort().join("\n");
   const known = localRemotes.get(gitdir);
   if (known?.packs === packs) return known.repo;
+  // Its pack files stay open until closed (a pass still using it opens them again).
+  known?.repo.close();
   const repo = Repo.bare(gitdir);
   localRemotes.set(gitdir, { repo, packs });
   return repo;
