@@ -167,6 +167,9 @@ try {
     debounceMs, target: `p50 ${TARGETS.latencyP50}, p95 ${TARGETS.latencyP95}`,
   };
 
+  // Peak memory while watching the tree (start, idle, single-file commits and pushes): before the burst.
+  report.figures.memoryWatching = { ...procMemory(controller.pid), target: TARGETS.memory };
+
   // --- burst: files rewritten by another process within about one second -------------------------
   step(`burst: ${BURST} files rewritten by another process`);
   const burstFiles = pickFiles(FILES, BURST, 23);
@@ -468,7 +471,8 @@ function table(r) {
     rows.push([`start until ready (${f.start.cache} cache)`, `${f.start.cascadeMs} ms`, `${cold ? f.start.nativeStatusMs[0] : median(f.start.nativeStatusMs)} ms (${f.start.cache} git status)`, `${f.start.ratio}x`, TARGETS.start, ok(f.start.ratio <= 10 && f.start.editsWhileStoppedCommitted)]);
     if (cold) rows.push(["  same start vs a warm git status", "-", `${median(f.start.nativeStatusMs.slice(1))} ms`, `${f.start.ratioToWarmStatus}x`, "-", "-"]);
   }
-  if (f.memory) rows.push(["memory: peak RSS", `${f.memory.peakRssMB} MB`, "-", `${f.memory.peakRssMB} MB`, TARGETS.memory, ok(f.memory.peakRssMB <= 300)]);
+  if (f.memoryWatching) rows.push(["memory: peak RSS while watching", `${f.memoryWatching.peakRssMB} MB`, "-", `${f.memoryWatching.peakRssMB} MB`, TARGETS.memory, ok(f.memoryWatching.peakRssMB <= 300)]);
+  if (f.memory) rows.push([`memory: peak RSS with the ${f.burst?.files ?? ""}-file burst`, `${f.memory.peakRssMB} MB`, "-", `${f.memory.peakRssMB} MB`, TARGETS.memory, ok(f.memory.peakRssMB <= 300)]);
   if (f.idle) rows.push([`idle CPU over ${f.idle.seconds} s`, `${f.idle.cpuPercentOfOneCore} %`, "-", `${f.idle.cpuPercentOfOneCore} %`, TARGETS.idle, ok(f.idle.cpuPercentOfOneCore <= 1)]);
   if (f.promote) rows.push(["promote (ff + push)", `${f.promote.cascadeMedianMs} ms`, `${f.promote.nativeMedianMs} ms (git push)`, `${f.promote.ratio}x`, TARGETS.promote, ok(f.promote.ratio <= 1)]);
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => String(row[c]).length)));

@@ -103,9 +103,10 @@ const STOP_TIMEOUT_MS = 10_000;
 const BURST_RESCAN_THRESHOLD = 1000;
 /**
  * Changed paths one sandbox pass takes at most: a bigger burst becomes a few commits, one after
- * the other, each with bounded memory and time (30,000 files in one pass peaked at 400 MB).
+ * the other, each with bounded memory and time (30,000 files in one pass peaked at 400 MB; the first
+ * commit of a burst also comes sooner).
  */
-const MAX_BATCH_PATHS = 10_000;
+const MAX_BATCH_PATHS = 5_000;
 
 /**
  * The long-running loop: observes the sandbox, the remotes and the config, and reconciles them
