@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 // The only place that touches the process: signals, exit codes. Everything else is main().
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+
+// A long-running controller favours memory over speed: V8 then grows its heap less eagerly (npm
+// run bench, 30,000-file burst at 100k files: peak RSS about 430 MB without it, 317 MB with it).
+setFlagsFromString("--optimize-for-size");
 
 let mod;
 try {
