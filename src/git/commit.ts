@@ -197,7 +197,7 @@ function indexEntry(repo: Repo, path: string, st: FileStats, oid: string, mode: 
 }
 
 /** Writes a file (or symlink) atomically: a temp file beside it, then rename over the old one. */
-async function writeWorkFile(abs: string, content: Buffer, mode: EntryMode): Promise<void> {
+export async function writeWorkFile(abs: string, content: Buffer, mode: EntryMode): Promise<void> {
   await mkdir(dirname(abs), { recursive: true });
   const tmp = join(dirname(abs), `.cascade-sync-${randomBytes(6).toString("hex")}.tmp`);
   if (mode === "120000") await symlink(content.toString(), tmp);

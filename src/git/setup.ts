@@ -1,6 +1,5 @@
 import { lstat, type BigIntStats } from "node:fs";
-import { chmod, mkdir, readdir, rename, rm, rmdir, symlink, writeFile } from "node:fs/promises";
-import { randomBytes } from "node:crypto";
+import { readdir, rm, rmdir } from "node:fs/promises";
 import { promisify } from "node:util";
 import { dirname, join } from "node:path";
 import git from "isomorphic-git";
@@ -11,6 +10,7 @@ import { lockedFs } from "./locked-fs.js";
 import { entryFromStat, isStatClean, readIndex, writeIndex, type GitIndex } from "./index-file.js";
 import { RefConflictError, writeSymbolicRef } from "./refs.js";
 import { blobOid, branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
+import { writeWorkFile } from "./commit.js";
 
 const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
 
@@ -167,23 +167,6 @@ async function pruneEmptyParents(root: string, rel: string): Promise<void> {
     } catch {
       return;
     }
-  }
-}
-
-/** Writes a file (or symlink) atomically: a temp file beside it, then rename over the old one. */
-async function writeWorkFile(abs: string, content: Buffer, mode: EntryMode): Promise<void> {
-  await mkdir(dirname(abs), { recursive: true });
-  const tmp = join(dirname(abs), `.cascade-sync-${randomBytes(6).toString("hex")}.tmp`);
-  if (mode === "120000") await symlink(content.toString(), tmp);
-  else {
-    await writeFile(tmp, content);
-    await chmod(tmp, mode === "100755" ? 0o755 : 0o644);
-  }
-  try {
-    await rename(tmp, abs);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
   }
 }
 
