@@ -133,7 +133,7 @@ async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath
   const stored = st.isSymbolicLink() ? { ok: true as const, blob: content } : policy.toGit(path, content);
   if (!stored.ok) return { held: stored.held };
   const mode = modeOf(st, head);
-  const oid = await blobs.addBlob(stored.blob);
+  const oid = await blobs.add("blob", stored.blob);
   index.entries.set(path, indexEntry(blobs.repo, path, st, oid, mode));
   return { mode, oid };
 }

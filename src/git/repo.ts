@@ -181,11 +181,6 @@ export class Repo {
     }
   }
 
-  /** Writes a blob and returns its oid. */
-  async writeBlob(content: Buffer): Promise<string> {
-    return this.writeLoose("blob", content);
-  }
-
   /**
    * A batch of new objects (`expected` of them, when known): written loose while few (as git does
    * below 100), else into packs of at most PACK_BYTES each, so a commit of 30,000 files writes a
@@ -548,13 +543,9 @@ export class ObjectBatch {
     private packed: boolean,
   ) {}
 
-  /** Adds a blob; resolves with its oid (loose: once written; packed: at once, written by finish()). */
-  async addBlob(content: Buffer): Promise<string> {
-    return this.add("blob", content);
-  }
-
   /**
-   * Adds an object. Objects land in the order they were added (a pack is written only after the
+   * Adds an object; resolves with its oid (loose: once written; packed: at once, written by
+   * finish()). Objects land in the order they were added (a pack is written only after the
    * ones before it), so an object is never stored before what it names when added after it.
    */
   async add(type: ObjectType, content: Buffer): Promise<string> {
