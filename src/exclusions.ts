@@ -1,10 +1,8 @@
 import { readFile, writeFile, mkdir } from "node:fs/promises";
 import { dirname, join, posix, relative, sep } from "node:path";
 import type { Config } from "./config/types.js";
-import ignoreModule from "ignore";
+import { PathRules } from "./path-rules.js";
 
-type Ignore = { add(p: string | string[]): Ignore; ignores(p: string): boolean };
-const ignore = ignoreModule as unknown as () => Ignore;
 
 /** Paths the controller never syncs nor watches, whatever the config says: git's own and ours. */
 export function isInternalPath(rel: string): boolean {
@@ -22,15 +20,15 @@ const MANAGED_END = "# END cascade-sync exclusions";
  * Nested .gitignore files are read on first use and cached until `reload()`.
  */
 export class Exclusions {
-  private root: Ignore;
-  private readonly nested = new Map<string, Ignore | null>();
+  private root: PathRules;
+  private readonly nested = new Map<string, PathRules | null>();
 
   private constructor(
     private readonly dir: string,
     readonly patterns: string[],
     rootGitignore: string,
   ) {
-    this.root = ignore().add(patterns).add(rootGitignore);
+    this.root = new PathRules(patterns, rootGitignore);
   }
 
   /** Loads the exclusions of the sandbox at `dir` with the config's patterns. */
@@ -54,11 +52,11 @@ export class Exclusions {
   excludedIfKnown(rel: string, isDir = false): boolean | undefined {
     if (isInternalPath(rel)) return true;
     const suffix = isDir ? "/" : "";
-    if (this.root.ignores(rel + suffix)) return true;
+    if (this.root.matches(rel + suffix)) return true;
     for (let i = rel.indexOf("/"); i >= 0; i = rel.indexOf("/", i + 1)) {
       const base = rel.slice(0, i);
       if (!this.nested.has(base)) return undefined;
-      if (this.nested.get(base)?.ignores(rel.slice(i + 1) + suffix)) return true;
+      if (this.nested.get(base)?.matches(rel.slice(i + 1) + suffix)) return true;
     }
     return false;
   }
@@ -68,12 +66,12 @@ export class Exclusions {
    * excludes more than isExcluded(), so nothing is missed; observation applies the full rules.
    */
   quickExcluded(rel: string, isDir = false): boolean {
-    return isInternalPath(rel) || (rel !== "" && this.root.ignores(isDir ? `${rel}/` : rel));
+    return isInternalPath(rel) || (rel !== "" && this.root.matches(isDir ? `${rel}/` : rel));
   }
 
   /** Reads the .gitignore files again (call when one changed): the top-level one now, nested ones on next use. */
   async reload(): Promise<void> {
-    this.root = ignore().add(this.patterns).add(await readOptional(join(this.dir, ".gitignore")));
+    this.root = new PathRules(this.patterns, await readOptional(join(this.dir, ".gitignore")));
     this.nested.clear();
   }
 
@@ -87,10 +85,10 @@ export class Exclusions {
     else await this.nestedRules(base);
   }
 
-  private async nestedRules(base: string): Promise<Ignore | null> {
+  private async nestedRules(base: string): Promise<PathRules | null> {
     if (!this.nested.has(base)) {
       const text = await readOptional(join(this.dir, base, ".gitignore"));
-      this.nested.set(base, text ? ignore().add(text) : null);
+      this.nested.set(base, text ? new PathRules(text) : null);
     }
     return this.nested.get(base) ?? null;
   }

@@ -126,9 +126,8 @@ export class Worktree {
     };
     // Workers drain one queue that folders keep adding to; loop until nothing is left in flight.
     while (queue.length) await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-    // The exclusion rules remember their answer for every path asked (about 10 MB at 100,000
-    // files): after a whole-tree scan, start afresh (re-reading the .gitignore files, which also
-    // picks up one whose change event was missed).
+    // After a whole-tree scan, read the .gitignore files afresh: that picks up one whose change
+    // event was missed.
     if (seen.has("")) await this.exclusions.reload();
     out.changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
     out.heldBack.sort();

@@ -123,3 +123,32 @@ describe('terminalProgress', () => {
     expect(out.text).toBe('pushing develop to origin: 300 objects in 3s (100/s)\n');
   });
 });
+
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { PathRules } from '../src/path-rules.js';
+
+describe('PathRules', () => {
+  it('answers as git check-ignore does, also after it starts a fresh matcher to bound its memory', async () => {
+    const dir = await makeTmpDir('cascade-rules-');
+    const rules = ['*.log', '!keep.log', 'build/', '/top-only.txt', 'docs/**/draft-*', '\\#hash'];
+    execFileSync('git', ['init', '-q', dir]);
+    writeFileSync(path.join(dir, '.gitignore'), rules.join('\n') + '\n');
+    // 25,000 paths (more than two matchers' worth of answers), asked twice in different orders.
+    const names = ['a.log', 'keep.log', 'x.txt', 'top-only.txt', 'draft-1.md', '#hash', 'y.ts'];
+    const folders = ['', 'build/', 'src/', 'docs/', 'docs/v1/', 'src/build/'];
+    const paths: string[] = [];
+    for (let i = 0; paths.length < 25_000; i++) paths.push(`${folders[i % 6]}n${Math.floor(i / 42)}/${names[Math.floor(i / 6) % 7]}`);
+    const ignored = new Set(
+      execFileSync('git', ['check-ignore', '--no-index', '--stdin'], { cwd: dir, input: paths.join('\n') + '\n', maxBuffer: 64 << 20 })
+        .toString().split('\n').filter(Boolean),
+    );
+    expect(ignored.size).toBeGreaterThan(5_000);
+    expect(ignored.size).toBeLessThan(paths.length - 5_000);
+    const matcher = new PathRules(rules.join('\n'));
+    for (const order of [paths, [...paths].reverse()]) {
+      const wrong = order.filter((p) => matcher.matches(p) !== ignored.has(p));
+      expect(wrong).toEqual([]);
+    }
+  });
+});

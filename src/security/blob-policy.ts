@@ -6,7 +6,7 @@
  * through a BlobPolicy, so there is no second way for a plaintext secret to leave or for ciphertext
  * to land in a working folder.
  */
-import ignore from "ignore";
+import { PathRules } from "../path-rules.js";
 import type { CascadeError } from "../errors.js";
 import { stalled } from "../errors.js";
 import { decryptBlob, encryptBlob, isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
@@ -31,7 +31,7 @@ export type HeldBack =
 export type ToGit = { ok: true; blob: Buffer; encrypted: boolean } | { ok: false; held: HeldBack };
 
 export class BlobPolicy {
-  private readonly encrypted: ReturnType<typeof ignore>;
+  private readonly encrypted: PathRules;
   private readonly allowList: AllowList;
 
   /** `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback). */
@@ -39,7 +39,7 @@ export class BlobPolicy {
     private readonly settings: BlobPolicySettings,
     private readonly key: EncryptionKey | undefined,
   ) {
-    this.encrypted = ignore().add([...settings.encrypt]);
+    this.encrypted = new PathRules(settings.encrypt);
     this.allowList = makeAllowList(settings.allow);
   }
 
@@ -50,7 +50,7 @@ export class BlobPolicy {
 
   /** True when `path` is stored encrypted (it matches security.encrypt). */
   isEncrypted(path: string): boolean {
-    return this.settings.encrypt.length > 0 && this.encrypted.ignores(path);
+    return this.settings.encrypt.length > 0 && this.encrypted.matches(path);
   }
 
   /** True when `path` must be stored encrypted and there is no key: it is held back, never committed. */

@@ -1,4 +1,4 @@
-import ignore from "ignore";
+import { PathRules } from "../path-rules.js";
 import type { Config } from "../config/types.js";
 import { mapLimit } from "../concurrency.js";
 import type { Repo } from "../git/repo.js";
@@ -14,10 +14,10 @@ export type ScanSettings = Pick<Config["security"], "encrypt" | "maxFileSizeByte
  * findings, sorted by path.
  */
 export async function scanCommit(repo: Repo, commit: string, settings: ScanSettings): Promise<Finding[]> {
-  const encrypted = ignore().add(settings.encrypt);
+  const encrypted = new PathRules(settings.encrypt);
   const allow = makeAllowList(settings.allow);
   const files = [...(await repo.flattenTree(await repo.commitTree(commit))).entries()]
-    .filter(([path, e]) => (e.mode === "100644" || e.mode === "100755") && !encrypted.ignores(path))
+    .filter(([path, e]) => (e.mode === "100644" || e.mode === "100755") && !encrypted.matches(path))
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const found = await mapLimit(files, 8, async ([path, e]) => allow.filter(scanFile(path, await repo.readBlob(e.oid), { maxFileSizeBytes: settings.maxFileSizeBytes })));
   return found.flat();

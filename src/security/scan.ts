@@ -7,10 +7,8 @@
  * one case-insensitive for `key = value` assignments), whatever the number of rules.
  */
 import { createHash } from "node:crypto";
-import ignoreModule from "ignore";
+import { PathRules } from "../path-rules.js";
 
-type Ignore = { add(p: string | string[]): Ignore; ignores(p: string): boolean };
-const ignore = ignoreModule as unknown as () => Ignore;
 
 /** The stable ids of the scan's rules, used in status, `security.allow` advice and tests. */
 export type ScanRule =
@@ -219,11 +217,11 @@ export function makeAllowList(entries: readonly string[]): AllowList {
     if (/^[0-9a-f]{16}$/i.test(e)) fingerprints.add(e.toLowerCase());
     else if (e !== "") patterns.push(e);
   }
-  const matcher = ignore().add(patterns);
+  const matcher = new PathRules(patterns);
   const pathAllowed = (path: string): boolean => {
     if (patterns.length === 0) return false;
     try {
-      return matcher.ignores(path.replace(/^\.\//, ""));
+      return matcher.matches(path.replace(/^\.\//, ""));
     } catch {
       return false; // `ignore` refuses absolute and ../ paths; such a path matches no pattern
     }
