@@ -1,5 +1,6 @@
 import { gitFixed } from "./helpers/git.js";
 import { appendFile, chmod, lstat, mkdir, mkdtemp, readFile, rm, symlink, unlink, utimes, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -171,6 +172,48 @@ describe("readIndex", () => {
     expect((err as CorruptIndexError).hint).toMatch(/git reset/);
   });
 
+  it("refuses an index whose entries are out of order or listed twice, with a hint that rebuilds it", async () => {
+    const file = join(gitdir, "index");
+    const good = await readFile(file);
+    // a.txt and d.txt: the first two entries, 72 bytes each (62 fixed + 5-byte name + padding).
+    expect(good.toString("latin1", 12 + 62, 12 + 67)).toBe("a.txt");
+    expect(good.toString("latin1", 84 + 62, 84 + 67)).toBe("d.txt");
+    const cases: [string, Buffer, RegExp][] = [
+      ["out of order", Buffer.concat([good.subarray(0, 12), good.subarray(84, 156), good.subarray(12, 84), good.subarray(156)]), /"d\.txt" is out of order|"a\.txt" is out of order/],
+      ["listed twice", Buffer.concat([good.subarray(0, 12), good.subarray(12, 84), good.subarray(12, 84), good.subarray(156)]), /"a\.txt" is listed twice/],
+    ];
+    for (const [what, bad, message] of cases) {
+      createHash("sha1").update(bad.subarray(0, bad.length - 20)).digest().copy(bad, bad.length - 20);
+      await writeFile(file, bad);
+      // git 2.39 reads it without complaint but finds entries by binary search, so its answers about
+      // such an index are wrong (`git status` calls a listed-twice a.txt added and d.txt deleted).
+      const err = await readIndex(gitdir).catch((e: unknown) => e);
+      expect(err, what).toBeInstanceOf(CorruptIndexError);
+      expect((err as Error).message, what).toMatch(message);
+      // The hint's command rebuilds a good index.
+      expect((err as CorruptIndexError).hint).toContain("rm");
+      await unlink(file);
+      await git(repo, "reset", "-q");
+      expect(ours(await readIndex(gitdir)), what).toEqual(await lsFiles());
+      expect(await status(), what).toEqual([]);
+    }
+  });
+
+  it("refuses a path that is not valid UTF-8, naming it", async () => {
+    const file = join(gitdir, "index");
+    const buf = await readFile(file);
+    // The last entry's name starts with "ü" (0xC3 0xBC); 0xFF keeps the order and is never UTF-8.
+    const at = buf.indexOf(Buffer.from("ünïcödé"));
+    expect(at).toBeGreaterThan(0);
+    buf[at] = 0xff;
+    createHash("sha1").update(buf.subarray(0, buf.length - 20)).digest().copy(buf, buf.length - 20);
+    await writeFile(file, buf);
+    const err = await readIndex(gitdir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnsupportedIndexError);
+    expect((err as Error).message).toMatch(/nïcödé 😀\.txt" is not valid UTF-8/);
+    expect((err as UnsupportedIndexError).hint).toMatch(/git mv/);
+  });
+
   it("refuses a split index with the command that converts it", async () => {
     await git(repo, "update-index", "--split-index");
     const err = await readIndex(gitdir).catch((e: unknown) => e);
@@ -310,8 +353,11 @@ describe("writeIndex", () => {
       index.entries.set(p, entryFromStat(p, await lstat(join(repo, p), { bigint: true }), emptyOid));
     }
     await writeIndex(gitdir, index);
-    // git dies on an unordered index ("unordered stage entries in index"); it must also list our order
+    // git finds entries by binary search: it must list them in our order, and so must a lookup find them.
     expect(ours(await readIndex(gitdir))).toEqual(await lsFiles());
+    const reread = parseIndex(await readFile(join(gitdir, "index")));
+    for (const p of names) expect(reread.entries.get(p)?.path, p).toBe(p === "b" ? undefined : p);
+    for (const p of ["b-\uE001", "b-\u{1F601}", "b/", "b-\uFFFE", "c"]) expect(reread.entries.has(p), p).toBe(false);
     const bytewise = [...names.filter((p) => p !== "b")].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
     expect([...names.filter((p) => p !== "b")].sort(comparePaths)).toEqual(bytewise);
   });

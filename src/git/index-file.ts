@@ -12,12 +12,13 @@
  * dropped because we cannot know they stay valid. Required (lower-case) extensions, `link` (split index)
  * and `sdir` (sparse index) among them, make readIndex throw UnsupportedIndexError.
  *
- * Cost at scale: the last index read or written is kept (entries, their offsets and the file's bytes),
- * keyed by the file's size and SHA-1 trailer. An unchanged index is read by checking 20 bytes, and a
- * write that only changes existing entries (a commit of modified files) patches their fixed-size
- * fields in the kept bytes instead of encoding 100,000 entries again; the result is byte for byte
- * what a full write gives.
+ * Cost at scale: the last index read or written is kept as the file's bytes plus where each entry and
+ * path sits (EntryBase; entry objects are made only when asked for), keyed by the file's size and
+ * SHA-1 trailer. An unchanged index is read by checking 20 bytes, and a write that only changes
+ * existing entries (a commit of modified files) patches their fixed-size fields in a copy of the kept
+ * bytes instead of encoding 100,000 entries again; the result is byte for byte what a full write gives.
  */
+import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import type * as fs from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
@@ -211,46 +212,129 @@ export async function readIndex(gitdir: string): Promise<GitIndex> {
 }
 
 /**
- * Stage-0 entries in file order, shared (never changed) by every index built on them: `entries[i]`
- * is the entry of the path `ordinals` maps to `i`.
+ * The stage-0 entries of one index file, kept compact: the file's own bytes (never changed once a base
+ * holds them), where each entry starts, and its path's UTF-8 bytes. An IndexEntry object is made only
+ * when one is asked for, so that a 100,000-entry index costs a few buffers outside the JS heap (about
+ * 15 MB) instead of 400,000 objects and strings for every garbage collection to walk. The entries are
+ * in git's order (by path bytes), so a path is found by binary search.
  */
-interface EntryBase {
-  ordinals: Map<string, number>;
-  entries: IndexEntry[];
+class EntryBase {
+  static readonly EMPTY = new EntryBase(Buffer.alloc(0), new Uint32Array(0), Buffer.alloc(0), new Uint32Array(1));
+
+  constructor(
+    /** The index file's bytes. */
+    readonly bytes: Buffer,
+    /** Byte offset in `bytes` of each entry, in file order. */
+    readonly offsets: Uint32Array,
+    /** The entries' paths, UTF-8, one after the other. */
+    readonly names: Buffer,
+    /** Where entry i's path starts in `names`; entry i+1's start is where it ends (count + 1 values). */
+    readonly nameStarts: Uint32Array,
+  ) {}
+
+  get length(): number {
+    return this.offsets.length;
+  }
+
+  /** The ordinal of `path`, or -1 when it has no entry. */
+  find(path: string): number {
+    if (keyScratch.length < path.length * 3) keyScratch = Buffer.allocUnsafe(path.length * 3);
+    const n = keyScratch.write(path, 0, keyScratch.length, "utf8");
+    const { names, nameStarts } = this;
+    let lo = 0;
+    let hi = this.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const c = compareBytes(names, nameStarts[mid]!, nameStarts[mid + 1]!, keyScratch, 0, n);
+      if (c === 0) return mid;
+      if (c < 0) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  path(i: number): string {
+    return this.names.toString("utf8", this.nameStarts[i]!, this.nameStarts[i + 1]!);
+  }
+
+  entry(i: number, path = this.path(i)): IndexEntry {
+    return entryAt(this.bytes, this.offsets[i]!, path);
+  }
+
+  /** Whether entry i carries the v3 extended flags. */
+  extended(i: number): boolean {
+    return (this.bytes.readUInt16BE(this.offsets[i]! + 60) & F_EXTENDED) !== 0;
+  }
+}
+
+/** A path being looked up, UTF-8 encoded (reused: lookups are synchronous). */
+let keyScratch = Buffer.allocUnsafe(1024);
+
+/** memcmp order, shorter first on a common prefix (git's order of paths); <0, 0 or >0. */
+function compareBytes(a: Buffer, aStart: number, aEnd: number, b: Buffer, bStart: number, bEnd: number): number {
+  const n = Math.min(aEnd - aStart, bEnd - bStart);
+  for (let k = 0; k < n; k++) {
+    const d = a[aStart + k]! - b[bStart + k]!;
+    if (d !== 0) return d;
+  }
+  return aEnd - aStart - (bEnd - bStart);
+}
+
+/** The entry whose fixed fields start at `off` in `buf`. */
+function entryAt(buf: Buffer, off: number, path: string): IndexEntry {
+  const flags = buf.readUInt16BE(off + 60);
+  const flags2 = flags & F_EXTENDED ? buf.readUInt16BE(off + 62) : 0;
+  return {
+    path,
+    mode: buf.readUInt32BE(off + 24),
+    oid: buf.toString("hex", off + 40, off + 60),
+    size: buf.readUInt32BE(off + 36),
+    ctimeSec: buf.readUInt32BE(off),
+    ctimeNsec: buf.readUInt32BE(off + 4),
+    mtimeSec: buf.readUInt32BE(off + 8),
+    mtimeNsec: buf.readUInt32BE(off + 12),
+    dev: buf.readUInt32BE(off + 16),
+    ino: buf.readUInt32BE(off + 20),
+    uid: buf.readUInt32BE(off + 28),
+    gid: buf.readUInt32BE(off + 32),
+    flags: {
+      assumeValid: (flags & F_ASSUME_VALID) !== 0,
+      extended: (flags & F_EXTENDED) !== 0,
+      stage: ((flags >> 12) & 3) as 0 | 1 | 2 | 3,
+      skipWorktree: (flags2 & F2_SKIP_WORKTREE) !== 0,
+      intentToAdd: (flags2 & F2_INTENT_TO_ADD) !== 0,
+    },
+  };
 }
 
 /**
  * The last index parsed or written per index file, identified by its size and SHA-1 trailer. Immutable:
  * indexes handed out share its `base`; callers replace entries (`entries.set`), never change one in place.
  */
-interface Snapshot {
+interface Snapshot extends Parsed {
   size: number;
   trailer: Buffer;
-  /**
-   * The file's bytes, for writeIndex to patch (reading 10 MB back costs more than keeping it); null
-   * once a patch took them over, so a failed write can never leave a half-patched copy behind.
-   */
-  buf: Buffer | null;
+}
+const parsed = new Map<string, Snapshot>();
+
+/** What parseFile finds in an index file. */
+interface Parsed {
   version: 2 | 3 | 4;
   base: EntryBase;
-  /** Byte offset in the file of each entry of `base`, by ordinal. */
-  offsets: Uint32Array;
   conflicts: IndexEntry[];
   extensions: IndexExtension[];
   /** Some entry carries the v3 extended flags. */
   anyExtended: boolean;
+  /** Some entry carries the extended flags without needing them (git may write that; we never do). */
+  looseExtended: boolean;
 }
-const parsed = new Map<string, Snapshot>();
 
-/** What parseFile found: a snapshot's content without the file's identity. */
-type Parsed = Omit<Snapshot, "size" | "trailer" | "buf">;
-
-/** Keeps what `file` (whose bytes are `buf`) holds, for the next readIndex and writeIndex. */
+/** Keeps what `file` (whose bytes are `buf`, held by `p.base`) holds, for the next readIndex and writeIndex. */
 function remember(file: string, buf: Buffer, p: Parsed): void {
   const trailer = buf.subarray(buf.length - HASH_SIZE);
   // An all-zero trailer (index.skipHash) does not identify the content: never reuse it.
   if (trailer.every((b) => b === 0)) parsed.delete(resolve(file));
-  else parsed.set(resolve(file), { ...p, size: buf.length, trailer: Buffer.from(trailer), buf, conflicts: [...p.conflicts], extensions: [...p.extensions] });
+  else parsed.set(resolve(file), { ...p, size: buf.length, trailer: Buffer.from(trailer), conflicts: [...p.conflicts], extensions: [...p.extensions] });
 }
 
 function toIndex(p: Parsed): GitIndex {
@@ -265,7 +349,8 @@ function fromSnapshot(s: Snapshot, mtime: IndexTimestamp): GitIndex {
  * The stage-0 entries of an index read from disk: a copy-on-write view of a shared EntryBase plus this
  * index's own changes, so that handing out a 100k-entry index, and changing a few entries of it, costs
  * what the change costs. It behaves as a Map<string, IndexEntry>, except that an entry deleted and set
- * again keeps its place in iteration order (nothing depends on that order: writeIndex sorts).
+ * again keeps its place in iteration order (nothing depends on that order: writeIndex sorts), and that
+ * `get` makes a new IndexEntry each time for an entry of the base.
  */
 class EntryMap implements Map<string, IndexEntry> {
   /** This map's changes to `base`: a new or replaced entry, or null for a deleted one. */
@@ -273,7 +358,7 @@ class EntryMap implements Map<string, IndexEntry> {
   private count: number;
 
   constructor(public base: EntryBase) {
-    this.count = base.entries.length;
+    this.count = base.length;
   }
 
   get [Symbol.toStringTag](): string {
@@ -287,12 +372,13 @@ class EntryMap implements Map<string, IndexEntry> {
   get(key: string): IndexEntry | undefined {
     const mine = this.own.get(key);
     if (mine !== undefined) return mine ?? undefined;
-    const i = this.base.ordinals.get(key);
-    return i === undefined ? undefined : this.base.entries[i];
+    const i = this.base.find(key);
+    return i < 0 ? undefined : this.base.entry(i, key);
   }
 
   has(key: string): boolean {
-    return this.get(key) !== undefined;
+    const mine = this.own.get(key);
+    return mine !== undefined ? mine !== null : this.base.find(key) >= 0;
   }
 
   set(key: string, value: IndexEntry): this {
@@ -304,13 +390,13 @@ class EntryMap implements Map<string, IndexEntry> {
   delete(key: string): boolean {
     if (!this.has(key)) return false;
     this.count--;
-    if (this.base.ordinals.has(key)) this.own.set(key, null);
+    if (this.base.find(key) >= 0) this.own.set(key, null);
     else this.own.delete(key);
     return true;
   }
 
   clear(): void {
-    this.base = { ordinals: new Map(), entries: [] };
+    this.base = EntryBase.EMPTY;
     this.own.clear();
     this.count = 0;
   }
@@ -319,17 +405,18 @@ class EntryMap implements Map<string, IndexEntry> {
   rebase(base: EntryBase): void {
     this.base = base;
     this.own.clear();
-    this.count = base.entries.length;
+    this.count = base.length;
   }
 
   *entries(): MapIterator<[string, IndexEntry]> {
-    const { entries, ordinals } = this.base;
-    for (const e of entries) {
-      const mine = this.own.get(e.path);
-      if (mine === undefined) yield [e.path, e];
-      else if (mine !== null) yield [e.path, mine];
+    const base = this.base;
+    for (let i = 0; i < base.length; i++) {
+      const path = base.path(i);
+      const mine = this.own.size ? this.own.get(path) : undefined;
+      if (mine === undefined) yield [path, base.entry(i, path)];
+      else if (mine !== null) yield [path, mine];
     }
-    for (const [k, v] of this.own) if (v !== null && !ordinals.has(k)) yield [k, v];
+    for (const [k, v] of this.own) if (v !== null && base.find(k) < 0) yield [k, v];
   }
 
   *keys(): MapIterator<string> {
@@ -350,14 +437,19 @@ class EntryMap implements Map<string, IndexEntry> {
 }
 
 /**
- * Parses index file content (`file` only names it in errors). Returns the index with `mtime` null.
- * Throws CorruptIndexError / UnsupportedIndexError as readIndex does.
+ * Parses index file content (`file` only names it in errors). Returns the index with `mtime` null; it
+ * keeps `buf`, which must not change afterwards. Throws CorruptIndexError / UnsupportedIndexError as
+ * readIndex does.
  */
 export function parseIndex(buf: Buffer, file = "index"): GitIndex {
   return toIndex(parseFile(buf, file));
 }
 
-function parseFile(buf: Buffer, file: string): Parsed {
+/**
+ * Reads the entries of index file content `buf` (kept by the result's base). `written`: the bytes are
+ * what writeIndex just made, so the checksum and the paths need no checking.
+ */
+function parseFile(buf: Buffer, file: string, written = false): Parsed {
   if (buf.length < HEADER_SIZE + HASH_SIZE) throw new CorruptIndexError(file, `only ${buf.length} bytes`);
   if (buf.toString("latin1", 0, 4) !== "DIRC") throw new CorruptIndexError(file, "bad signature (not DIRC)");
   const version = buf.readUInt32BE(4);
@@ -366,7 +458,7 @@ function parseFile(buf: Buffer, file: string): Parsed {
   }
   const bodyEnd = buf.length - HASH_SIZE;
   const trailer = buf.subarray(bodyEnd);
-  if (trailer.some((b) => b !== 0)) {
+  if (!written && trailer.some((b) => b !== 0)) {
     const actual = createHash("sha1").update(buf.subarray(0, bodyEnd)).digest();
     if (!actual.equals(trailer)) {
       throw new CorruptIndexError(
@@ -376,12 +468,15 @@ function parseFile(buf: Buffer, file: string): Parsed {
     }
   }
   const count = buf.readUInt32BE(8);
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const ordinals = new Map<string, number>();
-  const entries: IndexEntry[] = [];
   const offsets = new Uint32Array(count);
+  const nameStarts = new Uint32Array(count + 1);
+  // Stage-0 paths, one after the other; v4 paths are longer than their compressed bytes.
+  let names = Buffer.allocUnsafe(Math.max(bodyEnd, 64));
+  let used = 0;
+  let kept = 0;
   const conflicts: IndexEntry[] = [];
   let anyExtended = false;
+  let looseExtended = false;
   let off = HEADER_SIZE;
   // v4: the previous path's bytes, to which the next entry's suffix is appended.
   let scratch = Buffer.allocUnsafe(4096);
@@ -389,11 +484,11 @@ function parseFile(buf: Buffer, file: string): Parsed {
 
   for (let i = 0; i < count; i++) {
     if (off + FIXED_SIZE > bodyEnd) throw new CorruptIndexError(file, `entry ${i} of ${count} runs past the end`);
-    const flags = dv.getUint16(off + 60);
+    const flags = buf.readUInt16BE(off + 60);
     let flags2 = 0;
     let nameStart = off + FIXED_SIZE;
     if (flags & F_EXTENDED) {
-      flags2 = dv.getUint16(off + 62);
+      flags2 = buf.readUInt16BE(off + 62);
       if (flags2 & ~F2_KNOWN) {
         throw new UnsupportedIndexError(
           file,
@@ -401,9 +496,14 @@ function parseFile(buf: Buffer, file: string): Parsed {
           "this index was written by a newer git; run `git update-index --index-version 2` with it",
         );
       }
+      anyExtended = true;
+      if (flags2 === 0) looseExtended = true;
       nameStart = off + EXTENDED_FIXED_SIZE;
     }
-    let path: string;
+    // The path's bytes are src[start .. end).
+    let src: Buffer;
+    let start: number;
+    let end: number;
     let next: number;
     if (version === 4) {
       // Prefix compression: varint N = bytes to drop from the end of the previous path, then the
@@ -415,58 +515,49 @@ function parseFile(buf: Buffer, file: string): Parsed {
         c = buf[p++] ?? 0;
         strip = (strip + 1) * 128 + (c & 127);
       }
-      const end = buf.indexOf(0, p);
-      if (end < 0 || end >= bodyEnd || strip > prevLen) throw new CorruptIndexError(file, `entry ${i}: bad compressed path`);
+      const nul = buf.indexOf(0, p);
+      if (nul < 0 || nul >= bodyEnd || strip > prevLen) throw new CorruptIndexError(file, `entry ${i}: bad compressed path`);
       const keep = prevLen - strip;
-      const len = keep + (end - p);
+      const len = keep + (nul - p);
       if (len > scratch.length) {
         const bigger = Buffer.allocUnsafe(Math.max(len, scratch.length * 2));
         scratch.copy(bigger, 0, 0, keep);
         scratch = bigger;
       }
-      buf.copy(scratch, keep, p, end);
+      buf.copy(scratch, keep, p, nul);
       prevLen = len;
-      path = decodePath(scratch, 0, len, file);
-      next = end + 1;
+      [src, start, end] = [scratch, 0, len];
+      next = nul + 1;
     } else {
       let len = flags & NAME_MASK;
       if (len === NAME_MASK) len = buf.indexOf(0, nameStart + NAME_MASK) - nameStart;
       if (len < 0 || nameStart + len >= bodyEnd || buf[nameStart + len] !== 0) {
         throw new CorruptIndexError(file, `entry ${i}: path not NUL-terminated`);
       }
-      path = decodePath(buf, nameStart, nameStart + len, file);
+      [src, start, end] = [buf, nameStart, nameStart + len];
       // 1-8 NULs pad the entry to a multiple of 8 bytes.
       next = off + ((nameStart - off + len + 8) & ~7);
     }
-    const entry: IndexEntry = {
-      path,
-      mode: dv.getUint32(off + 24),
-      oid: buf.toString("hex", off + 40, off + 60),
-      size: dv.getUint32(off + 36),
-      ctimeSec: dv.getUint32(off),
-      ctimeNsec: dv.getUint32(off + 4),
-      mtimeSec: dv.getUint32(off + 8),
-      mtimeNsec: dv.getUint32(off + 12),
-      dev: dv.getUint32(off + 16),
-      ino: dv.getUint32(off + 20),
-      uid: dv.getUint32(off + 28),
-      gid: dv.getUint32(off + 32),
-      flags: {
-        assumeValid: (flags & F_ASSUME_VALID) !== 0,
-        extended: (flags & F_EXTENDED) !== 0,
-        stage: ((flags >> 12) & 3) as 0 | 1 | 2 | 3,
-        skipWorktree: (flags2 & F2_SKIP_WORKTREE) !== 0,
-        intentToAdd: (flags2 & F2_INTENT_TO_ADD) !== 0,
-      },
-    };
-    if (entry.flags.extended) anyExtended = true;
-    if (entry.flags.stage === 0) {
-      if (ordinals.has(path)) throw new CorruptIndexError(file, `entry ${i}: ${JSON.stringify(path)} is listed twice`);
-      ordinals.set(path, entries.length);
-      offsets[entries.length] = off;
-      entries.push(entry);
+    if (!written) checkUtf8(src, start, end, file);
+    if ((flags >> 12) & 3) {
+      conflicts.push(entryAt(buf, off, src.toString("utf8", start, end)));
     } else {
-      conflicts.push(entry);
+      // git dies on an index out of order ("unordered stage entries in index"); lookups rely on the order.
+      if (kept > 0) {
+        const c = compareBytes(names, nameStarts[kept - 1]!, used, src, start, end);
+        if (c >= 0) {
+          const path = JSON.stringify(src.toString("utf8", start, end));
+          throw new CorruptIndexError(file, c === 0 ? `entry ${i}: ${path} is listed twice` : `entry ${i}: ${path} is out of order`);
+        }
+      }
+      if (used + (end - start) > names.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(names.length * 2, used + (end - start)));
+        names.copy(bigger, 0, 0, used);
+        names = bigger;
+      }
+      used += src.copy(names, used, start, end);
+      offsets[kept] = off;
+      nameStarts[++kept] = used;
     }
     off = next;
   }
@@ -503,30 +594,20 @@ function parseFile(buf: Buffer, file: string): Parsed {
     extensions.push({ signature, data: Buffer.from(buf.subarray(off + 8, off + 8 + size)) });
     off += 8 + size;
   }
-  return { version, base: { ordinals, entries }, offsets: offsets.subarray(0, entries.length), conflicts, extensions, anyExtended };
+  // The paths are copied into a buffer of their own size: the one filled is as large as the file.
+  const base = new EntryBase(buf, offsets.slice(0, kept), Buffer.from(names.subarray(0, used)), nameStarts.slice(0, kept + 1));
+  return { version, base, conflicts, extensions, anyExtended, looseExtended };
 }
 
-function decodePath(buf: Buffer, start: number, end: number, file: string): string {
-  const path = buf.toString("utf8", start, end);
-  // U+FFFD is either in the name or the decoder replaced an invalid byte; re-encode to tell which.
-  if (path.includes("\uFFFD") && !Buffer.from(path, "utf8").equals(buf.subarray(start, end))) {
-    throw new UnsupportedIndexError(
-      file,
-      `the path ${JSON.stringify(path)} is not valid UTF-8`,
-      "rename the file to a UTF-8 name (git mv), then let cascade-sync continue",
-    );
-  }
-  return path;
+function checkUtf8(buf: Buffer, start: number, end: number, file: string): void {
+  if (isUtf8(buf.subarray(start, end))) return;
+  throw new UnsupportedIndexError(
+    file,
+    `the path ${JSON.stringify(buf.toString("utf8", start, end))} is not valid UTF-8`,
+    "rename the file to a UTF-8 name (git mv), then let cascade-sync continue",
+  );
 }
 
-/**
- * Builds an index entry from `fs.lstat(file, { bigint: true })` exactly as git's fill_stat_data does:
- * seconds, dev, ino, uid, gid and size truncated to 32 bits, nanoseconds kept. `mode` defaults to what
- * git derives from the stat (symlink 0o120000, directory 0o160000, else 0o100755 when the owner may
- * execute, 0o100644 otherwise); pass it to keep a recorded mode when core.filemode is false.
- *
- * Returns a stage-0 entry with no flags set. Throws nothing.
- */
 /**
  * What the index keeps of a file's lstat: a BigIntStats, or the compact copy fileStats() makes of
  * one (about a quarter of its memory: a batch of 30,000 changes keeps one per file).
@@ -563,6 +644,14 @@ class CompactStats implements FileStats {
   }
 }
 
+/**
+ * Builds an index entry from `fs.lstat(file, { bigint: true })` exactly as git's fill_stat_data does:
+ * seconds, dev, ino, uid, gid and size truncated to 32 bits, nanoseconds kept. `mode` defaults to what
+ * git derives from the stat (symlink 0o120000, directory 0o160000, else 0o100755 when the owner may
+ * execute, 0o100644 otherwise); pass it to keep a recorded mode when core.filemode is false.
+ *
+ * Returns a stage-0 entry with no flags set. Throws nothing.
+ */
 export function entryFromStat(path: string, stats: FileStats, oid: string, mode?: number): IndexEntry {
   const [ctimeSec, ctimeNsec] = splitNs(stats.ctimeNs);
   const [mtimeSec, mtimeNsec] = splitNs(stats.mtimeNs);
@@ -645,9 +734,11 @@ export function isStatClean(
 
 /** git's is_racy_stat with nanoseconds: the file may have changed in the same tick the index was written. */
 function isRacy(entry: IndexEntry, indexMtime: IndexTimestamp): boolean {
-  return (
-    indexMtime.sec < entry.mtimeSec || (indexMtime.sec === entry.mtimeSec && indexMtime.nsec <= entry.mtimeNsec)
-  );
+  return isRacyTime(entry.mtimeSec, entry.mtimeNsec, indexMtime);
+}
+
+function isRacyTime(mtimeSec: number, mtimeNsec: number, indexMtime: IndexTimestamp): boolean {
+  return indexMtime.sec < mtimeSec || (indexMtime.sec === mtimeSec && indexMtime.nsec <= mtimeNsec);
 }
 
 /**
@@ -728,18 +819,9 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
   let out = plan ? null : serialize(index);
   const lock = opts.lock ?? (await acquireLock(file, opts));
   try {
-    if (plan) {
-      // Under the lock the file cannot change any more; patch it only if it still is the snapshot.
-      const s = plan.snapshot;
-      if (s.buf && (await fileIs(file, s))) {
-        const buf = s.buf;
-        s.buf = null;
-        out = applyPatch(buf, plan);
-      } else {
-        out = serialize(index);
-      }
-    }
-    const { buf, version, offsets, sorted, extensions } = out!;
+    // Under the lock the file cannot change any more; patch it only if it still is the snapshot.
+    if (plan) out = (await fileIs(file, plan.snapshot)) ? applyPatch(plan) : serialize(index);
+    const { buf, version, offsets, extensions } = out!;
     await lock.reset();
     await lock.write(buf);
     let mtime = timestampOf(await lock.stat());
@@ -748,13 +830,13 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
     // the first mtime and stay older than the next. The loop only repeats if the clock went backwards.
     for (let round = 0; round < 5; round++) {
       let changed = false;
-      for (let i = 0; i < sorted.length; i++) {
-        const e = sorted[i]!;
-        if (!isRacy(e, mtime) || e.mode === MODE_GITLINK || smudgedAt.has(i)) continue;
+      for (let i = 0; i < offsets.length; i++) {
+        const off = offsets[i]!;
+        if (smudgedAt.has(i) || buf.readUInt32BE(off + 24) === MODE_GITLINK) continue;
+        if (!isRacyTime(buf.readUInt32BE(off + 8), buf.readUInt32BE(off + 12), mtime)) continue;
         smudgedAt.add(i);
-        const at = offsets[i]! + 36;
-        if (buf.readUInt32BE(at) !== 0) {
-          buf.writeUInt32BE(0, at);
+        if (buf.readUInt32BE(off + 36) !== 0) {
+          buf.writeUInt32BE(0, off + 36);
           changed = true;
         }
       }
@@ -769,19 +851,14 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
     parsed.delete(resolve(file));
 
     const smudged: string[] = [];
-    for (const i of smudgedAt) smudged.push(sorted[i]!.path);
-    // What a parse of the file would give, in file order, kept for the next readIndex and writeIndex.
-    let next: Parsed;
-    if (out!.patched) {
-      const base = { ordinals: out!.patched.base.ordinals, entries: sorted };
-      for (const i of smudgedAt) if (sorted[i]!.size !== 0) sorted[i] = { ...sorted[i]!, size: 0 };
-      next = { ...out!.patched, base };
-    } else {
+    for (const i of smudgedAt) smudged.push(out!.pathAt(i));
+    // What a parse of the file gives, kept for the next readIndex and writeIndex.
+    const next = out!.patched ?? parseFile(buf, file, true);
+    if (!(index.entries instanceof EntryMap)) {
       for (const i of smudgedAt) {
-        const e = sorted[i]!;
-        if (e.flags.stage === 0 && e.size !== 0 && !(index.entries instanceof EntryMap)) index.entries.set(e.path, { ...e, size: 0 });
+        const e = index.entries.get(out!.pathAt(i));
+        if (e && e.size !== 0 && ((buf.readUInt16BE(offsets[i]! + 60) >> 12) & 3) === 0) index.entries.set(e.path, { ...e, size: 0 });
       }
-      next = snapshotOf(sorted, offsets, smudgedAt, version, extensions);
     }
     index.version = version;
     index.mtime = mtime;
@@ -797,39 +874,16 @@ export async function writeIndex(gitdir: string, index: GitIndex, opts: WriteInd
   }
 }
 
-/** The snapshot of a fully serialized index: stage-0 entries indexed, smudged and normalized as on disk. */
-function snapshotOf(sorted: IndexEntry[], offsets: Uint32Array, smudgedAt: Set<number>, version: 2 | 3 | 4, extensions: IndexExtension[]): Parsed {
-  const ordinals = new Map<string, number>();
-  const entries: IndexEntry[] = [];
-  const entryOffsets = new Uint32Array(sorted.length);
-  const conflicts: IndexEntry[] = [];
-  let anyExtended = false;
-  for (let i = 0; i < sorted.length; i++) {
-    let e = sorted[i]!;
-    if (smudgedAt.has(i) && e.size !== 0) e = { ...e, size: 0 };
-    const ext = e.flags.skipWorktree || e.flags.intentToAdd;
-    if (e.flags.extended !== ext) e = { ...e, flags: { ...e.flags, extended: ext } };
-    if (ext) anyExtended = true;
-    if (e.flags.stage === 0) {
-      ordinals.set(e.path, entries.length);
-      entryOffsets[entries.length] = offsets[i]!;
-      entries.push(e);
-    } else {
-      conflicts.push(e);
-    }
-  }
-  return { version, base: { ordinals, entries }, offsets: entryOffsets.subarray(0, entries.length), conflicts, extensions, anyExtended };
-}
-
-/** What serialize or applyPatch produced: the file's bytes and where each of `sorted` sits in them. */
+/** What serialize or applyPatch produced: the file's bytes and where each entry sits in them. */
 interface Serialized {
   buf: Buffer;
   version: 2 | 3 | 4;
+  /** Byte offset of every entry (conflicts included), in file order. */
   offsets: Uint32Array;
-  /** The entries in file order (for a patch: the new snapshot's own array, changed in place when smudging). */
-  sorted: IndexEntry[];
+  /** The path of the entry at offsets[i]. */
+  pathAt: (i: number) => string;
   extensions: IndexExtension[];
-  /** For a patch: the snapshot it was made from, with the new version of everything but `base.entries`. */
+  /** For a patch: what a parse of `buf` gives (its base reads `buf`, smudged entries included). */
   patched?: Parsed;
 }
 
@@ -850,26 +904,25 @@ interface Patch {
 function planPatch(file: string, index: GitIndex): Patch | null {
   const s = parsed.get(resolve(file));
   const entries = index.entries;
-  if (!s?.buf || !(entries instanceof EntryMap) || entries.base !== s.base) return null;
+  if (!s || !(entries instanceof EntryMap) || entries.base !== s.base) return null;
   if (s.conflicts.length || index.conflicts.length) return null;
   if ((index.version === 4 ? 4 : s.anyExtended ? 3 : 2) !== s.version) return null;
   if (s.extensions.some((x) => !KEPT_EXTENSIONS.has(x.signature))) return null;
   const kept = index.extensions.filter((x) => KEPT_EXTENSIONS.has(x.signature));
   if (kept.length !== s.extensions.length || kept.some((x, i) => x.signature !== s.extensions[i]!.signature || !x.data.equals(s.extensions[i]!.data))) return null;
-  const base = s.base.entries;
   // An entry read from a file git wrote may carry the extended flag without needing it; a full write drops it.
-  if (s.anyExtended && base.some((e) => e.flags.extended !== (e.flags.skipWorktree || e.flags.intentToAdd))) return null;
+  if (s.looseExtended) return null;
   const changes: [number, IndexEntry][] = [];
   for (const [path, e] of entries.own) {
-    const i = s.base.ordinals.get(path);
-    if (e === null || i === undefined) return null;
+    const i = s.base.find(path);
+    if (e === null || i < 0) return null;
     if (e.path !== path) throw new InternalError(`index entry stored under ${JSON.stringify(path)} has path ${JSON.stringify(e.path)}`);
     if (e.flags.stage !== 0) throw new InternalError(`index entry ${JSON.stringify(e.path)} in entries has stage ${e.flags.stage}`);
     const ext = e.flags.skipWorktree || e.flags.intentToAdd;
-    if (ext !== base[i]!.flags.extended) return null;
+    if (ext !== s.base.extended(i)) return null;
     checkEntry(e);
     if (!/^[0-9a-f]{40}$/.test(e.oid)) throw new InternalError(`invalid oid ${JSON.stringify(e.oid)} for ${JSON.stringify(e.path)}`);
-    changes.push([i, e.flags.extended === ext ? e : { ...e, flags: { ...e.flags, extended: ext } }]);
+    changes.push([i, e]);
   }
   return { snapshot: s, changes };
 }
@@ -892,21 +945,23 @@ async function fileIs(file: string, s: Snapshot): Promise<boolean> {
   }
 }
 
-/** Rewrites the changed entries' fixed fields in `buf` (the snapshot's file) and its trailer. */
-function applyPatch(buf: Buffer, plan: Patch): Serialized {
+/**
+ * A copy of the snapshot's file with the changed entries' fixed fields and the trailer rewritten (a
+ * copy: the snapshot's bytes stay what indexes read from it know).
+ */
+function applyPatch(plan: Patch): Serialized {
   const s = plan.snapshot;
+  const buf = Buffer.from(s.base.bytes);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  // Entries are replaced, never changed: the old snapshot's array stays as indexes read from it know it.
-  const sorted = s.base.entries.slice();
   for (const [i, e] of plan.changes) {
-    const off = s.offsets[i]!;
+    const off = s.base.offsets[i]!;
     writeFixed(dv, buf, off, e, dv.getUint16(off + 60) & NAME_MASK);
-    sorted[i] = e;
   }
   const body = buf.length - HASH_SIZE;
   createHash("sha1").update(buf.subarray(0, body)).digest().copy(buf, body);
-  const patched: Parsed = { version: s.version, base: s.base, offsets: s.offsets, conflicts: [], extensions: s.extensions, anyExtended: s.anyExtended };
-  return { buf, version: s.version, offsets: s.offsets, sorted, extensions: s.extensions, patched };
+  const base = new EntryBase(buf, s.base.offsets, s.base.names, s.base.nameStarts);
+  const patched: Parsed = { version: s.version, base, conflicts: [], extensions: s.extensions, anyExtended: s.anyExtended, looseExtended: false };
+  return { buf, version: s.version, offsets: s.base.offsets, pathAt: (i) => s.base.path(i), extensions: s.extensions, patched };
 }
 
 /** Writes an entry's stat data, oid and flags at `off`; `nameLen` is the 12-bit name length field. */
@@ -1104,5 +1159,5 @@ function serialize(index: GitIndex): Serialized {
   }
   if (off !== size - HASH_SIZE) throw new InternalError(`index serialization size mismatch: ${off} vs ${size - HASH_SIZE}`);
   createHash("sha1").update(buf.subarray(0, off)).digest().copy(buf, off);
-  return { buf, version, offsets, sorted, extensions };
+  return { buf, version, offsets, pathAt: (i) => sorted[i]!.path, extensions };
 }
