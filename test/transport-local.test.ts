@@ -68,6 +68,25 @@ describe("pushing to a local bare remote", () => {
     expect(await git(bare, "reflog", "show", "--format=%H %gs", "refs/heads/develop")).toContain(`${second} push: cascade-sync from`);
   });
 
+  it("copies several commits at once against their parents' trees: folders become files, files folders, a change undone", async () => {
+    const { bare, work, repo, target } = await setup();
+    await git(bare, "gc", "-q");
+    const before = await revParse(work);
+    const rm = (p: string) => git(work, "rm", "-rq", p);
+    // 1: a file becomes a folder, a folder a file, a file changes.
+    await rm("three.txt");
+    await rm("a/b");
+    await commitFiles(work, { "three.txt/inside.txt": "now a folder\n", "a/b": "now a file\n", "a/one.txt": "one, v2\n" }, "swap");
+    // 2: the change undone (its blob is one the remote holds), a new deep folder beside unchanged ones.
+    const tip = await commitFiles(work, { "a/one.txt": "one\n", "a/c/d/e.txt": "deep\n" }, "undo");
+    await pushBranch(repo, target, "develop", tip, { who });
+    expect(await revParse(bare, "develop")).toBe(tip);
+    // Exactly what native git says the remote lacked, and a remote git finds complete.
+    expect(looseObjects(bare)).toEqual(await newObjects(work, before, tip));
+    await fsckStrict(bare);
+    expect(await git(bare, "ls-tree", "-r", "--name-only", "develop")).toBe(await git(work, "ls-tree", "-r", "--name-only", "develop"));
+  });
+
   it("refuses a push that is not a fast-forward, and fetches without moving an unchanged tracking ref", async () => {
     const { bare, work, repo, target } = await setup();
     const other = await cloneTo(bare, join(work, "..", "other"), "--branch", "develop");

@@ -533,13 +533,26 @@ function find(pack: Pack, key: Buffer): number {
   let hi = idx.readUInt32BE(8 + 4 * first);
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    const at = IDX_HEADER + mid * 20;
-    const c = key.compare(idx, at, at + 20);
+    const c = compareId(key, idx, IDX_HEADER + mid * 20);
     if (c === 0) return mid;
     if (c < 0) hi = mid;
     else lo = mid + 1;
   }
   return -1;
+}
+
+/**
+ * Compares the 20-byte id `key` with the one at `at` in `idx` (<0, 0, >0), four bytes at a time: a
+ * native Buffer#compare per step cost more in the call than in the comparing, with every object
+ * looked up in every pack.
+ */
+function compareId(key: Buffer, idx: Buffer, at: number): number {
+  for (let k = 0; k < 20; k += 4) {
+    const a = key.readUInt32BE(k);
+    const b = idx.readUInt32BE(at + k);
+    if (a !== b) return a < b ? -1 : 1;
+  }
+  return 0;
 }
 
 /** The pack offset of the object at position `pos` (through the 64-bit table for packs over 2 GiB). */

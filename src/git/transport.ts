@@ -175,10 +175,19 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
     copied++;
     onCopied?.(copied);
   };
-  const copyTree = async (oid: string): Promise<void> => {
+  /**
+   * Copies tree `oid` and what it names that dst lacks. `basis`: the same folder's tree in a parent
+   * commit dst holds (or gets in this copy), so dst holds all it names: the entries unchanged since
+   * need no lookup (a 5,000-file commit in a 100,000-file tree then asks about its 5,000 changes,
+   * not about every neighbour of them).
+   */
+  const copyTree = async (oid: string, basis?: string): Promise<void> => {
     if (done.has(oid) || (await dst.hasObject(oid))) return void done.add(oid);
+    const before = basis ? new Map((await src.readTree(basis)).map((e) => [e.path, e])) : undefined;
     for (const e of await src.readTree(oid)) {
-      if (e.mode === "040000") await copyTree(e.oid);
+      const was = before?.get(e.path);
+      if (was?.oid === e.oid && was.mode === e.mode) continue;
+      if (e.mode === "040000") await copyTree(e.oid, was?.mode === "040000" ? was.oid : undefined);
       else if (e.mode !== "160000" && !done.has(e.oid) && !(await dst.hasObject(e.oid))) await copy(e.oid);
     }
     await copy(oid);
@@ -193,7 +202,9 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
       for (const p of await src.commitParents(top.oid)) if (!done.has(p)) stack.push({ oid: p, expanded: false });
     } else {
       stack.pop();
-      await copyTree(await src.commitTree(top.oid));
+      // Its parents are done by now: dst holds them, or they are in this copy.
+      const [parent] = await src.commitParents(top.oid);
+      await copyTree(await src.commitTree(top.oid), parent ? await src.commitTree(parent) : undefined);
       await copy(top.oid);
     }
   }
