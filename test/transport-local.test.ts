@@ -87,6 +87,63 @@ describe("pushing to a local bare remote", () => {
     expect(await git(bare, "ls-tree", "-r", "--name-only", "develop")).toBe(await git(work, "ls-tree", "-r", "--name-only", "develop"));
   });
 
+  it("copies objects packed whole as their stored bytes, and refuses to copy a damaged one", async () => {
+    const { bare, work, repo, target } = await setup();
+    /** Bytes in the pack of each object of the repository's only pack (`git verify-pack -v`). */
+    const packedSizes = async (gitdir: string, pack: string): Promise<Map<string, number>> => {
+      const out = await git(gitdir, "verify-pack", "-v", join(gitdir, "objects", "pack", pack));
+      return new Map(out.split("\n").filter((l) => /^[0-9a-f]{40} /.test(l)).map((l) => { const f = l.split(/\s+/); return [f[0]!, Number(f[3])]; }));
+    };
+    const packsOf = (gitdir: string) => readdirSync(join(gitdir, "objects", "pack")).filter((n) => n.endsWith(".pack"));
+    // Whole objects (no deltas) deflated at level 1: deflating them again (level 6) would change their size.
+    const repackWhole = () => git(work, "-c", "pack.compression=1", "repack", "-q", "-a", "-d", "-f", "--window=0", "--depth=0");
+    const text = (i: number) => `line ${i}\n`.repeat(200);
+
+    // 150 files: the copy goes into a pack.
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 150; i++) files[`many/f${i}.txt`] = text(i);
+    const first = await commitFiles(work, files, "many");
+    await repackWhole();
+    const before = new Set(packsOf(bare));
+    await pushBranch(repo, target, "develop", first, { who });
+    expect(await revParse(bare, "develop")).toBe(first);
+    await fsckStrict(bare);
+    const [ours] = packsOf(bare).filter((n) => !before.has(n));
+    const theirs = await packedSizes(join(work, ".git"), packsOf(join(work, ".git"))[0]!);
+    const copied = await packedSizes(bare, ours!);
+    // The first 99 objects of a copy go loose (as git writes below 100); the rest into the pack.
+    const blobs = (await newObjects(work, `${first}^`, first)).filter((o) => copied.has(o));
+    expect(blobs.length).toBeGreaterThanOrEqual(40);
+    for (const o of blobs) expect(copied.get(o), o).toBe(theirs.get(o));
+
+    // A few files: the copy is loose, inflated from the stored bytes.
+    const second = await commitFiles(work, { "few/a.txt": text(1000), "few/b.txt": text(1001) }, "few");
+    await repackWhole();
+    await pushBranch(repo, target, "develop", second, { who });
+    expect(await revParse(bare, "develop")).toBe(second);
+    expect(looseObjects(bare)).toEqual(expect.arrayContaining(await newObjects(work, first, second)));
+    await fsckStrict(bare);
+
+    // A stored entry whose bytes no longer match its CRC-32 is read the checked way, which finds the damage.
+    const damaged: Record<string, string> = {};
+    for (let i = 0; i < 120; i++) damaged[`bad/f${i}.txt`] = text(2000 + i);
+    const third = await commitFiles(work, damaged, "damaged");
+    await repackWhole();
+    const pack = join(work, ".git", "objects", "pack", packsOf(join(work, ".git"))[0]!);
+    // The last of the 120 in tree order: copied after the first 99 objects, into the pack.
+    const victim = (await git(work, "rev-parse", "HEAD:bad/f99.txt")).trim();
+    const line = (await git(work, "verify-pack", "-v", pack)).split("\n").find((l) => l.startsWith(victim))!;
+    const [, , , inPack, offset] = line.split(/\s+/).map(Number);
+    const bytes = await readFile(pack);
+    const at = offset! + Math.floor(inPack! / 2);
+    bytes[at] = bytes[at]! ^ 0xff;
+    await sh(work, "chmod", ["u+w", pack]);
+    await writeFile(pack, bytes);
+    await expect(pushBranch(repo, target, "develop", third, { who })).rejects.toThrow();
+    expect(await revParse(bare, "develop")).toBe(second);
+    await fsckStrict(bare);
+  });
+
   it("refuses a push that is not a fast-forward, and fetches without moving an unchanged tracking ref", async () => {
     const { bare, work, repo, target } = await setup();
     const other = await cloneTo(bare, join(work, "..", "other"), "--branch", "develop");

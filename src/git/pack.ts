@@ -21,6 +21,13 @@ export interface PackObject {
   content: Buffer;
 }
 
+/** An object as a pack stores it whole: its type, its size, and its deflated content. */
+export interface StoredObject {
+  type: ObjectType;
+  size: number;
+  deflated: Buffer;
+}
+
 /**
  * A packed object that cannot be read because the pack is damaged: bad zlib data, a truncated entry,
  * a broken delta, a content that does not hash to its name, a pack that does not match its index.
@@ -190,6 +197,25 @@ export class PackStore {
       }
     }
     if (first) throw first;
+    return undefined;
+  }
+
+  /**
+   * The stored bytes of `oid` when a pack holds it whole (not as a delta) and the entry's CRC-32
+   * matches the pack's index: what a copy into another pack takes as it is, instead of inflating and
+   * deflating it again. Undefined otherwise (read() it then; read() also reports damage). Throws
+   * the file system's error (EMFILE, EIO) as read() does.
+   */
+  readStored(oid: string): StoredObject | undefined {
+    const key = oidKey(oid);
+    if (!key) return undefined;
+    for (const [pack, pos] of this.holders(key)) {
+      try {
+        return this.runSync(this.storedAt(pack, pos));
+      } catch (err) {
+        if (this.classify(err, pack, oid)) return undefined;
+      }
+    }
     return undefined;
   }
 
@@ -367,28 +393,32 @@ export class PackStore {
     throw new Damage(`delta base ${oid} is missing`);
   }
 
+  /** The whole entry at position `pos` when it holds an object (not a delta) and its CRC-32 matches. */
+  private *storedAt(pack: Pack, pos: number): Steps<StoredObject | undefined> {
+    this.open(pack);
+    const offset = offsetAt(pack, pos);
+    const buf = yield { op: "read", pack, position: offset, length: entryEnd(pack, offset) - offset };
+    if (crc32(buf) !== pack.idx.readUInt32BE(IDX_HEADER + pack.count * 20 + pos * 4)) return undefined;
+    const { code, size, at } = readEntryHeader(buf, offset);
+    const type = TYPES[code];
+    return type ? { type, size, deflated: buf.subarray(at) } : undefined;
+  }
+
   /** One entry: its type (undefined for a delta), inflated data, and a delta's base. */
   private *entryAt(pack: Pack, offset: number): Steps<{ type: ObjectType | undefined; data: Buffer; baseOffset?: number; baseOid?: string }> {
     this.open(pack);
     const end = entryEnd(pack, offset);
     const buf = yield { op: "read", pack, position: offset, length: end - offset };
-    let i = 0;
+    const { code, size, at } = readEntryHeader(buf, offset);
+    let i = at;
     const byte = () => {
       if (i >= buf.length) throw new Damage(`entry at ${offset} is truncated`);
       return buf[i++]!;
     };
-    let c = byte();
-    const code = (c >> 4) & 7;
-    let size = c & 15;
-    for (let shift = 4; c & 0x80; shift += 7) {
-      if (shift > 49) throw new Damage(`entry at ${offset} has an oversized length`);
-      c = byte();
-      size += (c & 0x7f) * 2 ** shift;
-    }
     let baseOffset: number | undefined;
     let baseOid: string | undefined;
     if (code === OFS_DELTA) {
-      c = byte();
+      let c = byte();
       let back = c & 0x7f;
       while (c & 0x80) {
         c = byte();
@@ -806,6 +836,17 @@ export class PackWriter {
     return oid;
   }
 
+  /**
+   * Adds an object as another pack stores it (readStored), without deflating it again; `oid` must
+   * be its name (readStored checked the bytes against their pack's index).
+   */
+  addStored(oid: string, stored: StoredObject): void {
+    if (this.written) throw new Error("PackWriter: addStored() after write()");
+    if (this.objects.has(oid)) return;
+    this.objects.set(oid, { oid, type: stored.type, size: stored.size, deflated: stored.deflated, offset: 0, crc: 0 });
+    this.total += stored.size;
+  }
+
   /** Whether the batch holds `oid`. */
   has(oid: string): boolean {
     return this.objects.has(oid);
@@ -932,6 +973,24 @@ export class PackWriter {
  */
 function compact(b: Buffer): Buffer {
   return b.buffer.byteLength > b.length + 1024 ? Buffer.from(b) : b;
+}
+
+/** Reads the header of the entry (starting at pack `offset`) at the start of `buf`: type code, size, where the data starts. */
+function readEntryHeader(buf: Buffer, offset: number): { code: number; size: number; at: number } {
+  let at = 0;
+  const byte = () => {
+    if (at >= buf.length) throw new Damage(`entry at ${offset} is truncated`);
+    return buf[at++]!;
+  };
+  let c = byte();
+  const code = (c >> 4) & 7;
+  let size = c & 15;
+  for (let shift = 4; c & 0x80; shift += 7) {
+    if (shift > 49) throw new Damage(`entry at ${offset} has an oversized length`);
+    c = byte();
+    size += (c & 0x7f) * 2 ** shift;
+  }
+  return { code, size, at };
 }
 
 /** A pack entry's header: type in bits 4-6 of the first byte, then the size as a little-endian varint. */

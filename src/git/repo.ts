@@ -2,13 +2,13 @@ import * as fs from "node:fs";
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
-import { deflate, inflateSync } from "node:zlib";
+import { deflate, inflate, inflateSync } from "node:zlib";
 import { join, resolve } from "node:path";
 import git from "isomorphic-git";
 import { lockedFs } from "./locked-fs.js";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
 import { BlobPolicy } from "../security/blob-policy.js";
-import { PackError, PackStore, PackWriter, type ObjectType, type PackObject } from "./pack.js";
+import { PackError, PackStore, PackWriter, type ObjectType, type PackObject, type StoredObject } from "./pack.js";
 
 /** A tree entry's mode as git writes it in trees. */
 export type EntryMode = "100644" | "100755" | "120000" | "160000" | "040000";
@@ -427,6 +427,14 @@ export class Repo {
     return { type: o.type, object: Buffer.from(o.object as Uint8Array) };
   }
 
+  /**
+   * An object's bytes as a pack here stores them whole, for copying into another pack as they are;
+   * undefined when it is loose, a delta or damaged (readRaw() it then).
+   */
+  readStored(oid: string): StoredObject | undefined {
+    return this.packs.readStored(oid);
+  }
+
   /** Writes an object from its type and content; returns its oid. */
   async writeRaw(type: string, object: Buffer): Promise<string> {
     return this.writeLoose(type, object);
@@ -525,6 +533,7 @@ export class Repo {
 }
 
 const deflateAsync = promisify(deflate);
+const inflateAsync = promisify(inflate);
 /** Batches of at least this many objects are written as packs (git's fetch.unpackLimit). */
 const PACKED_FROM = 100;
 /** A pack of a batch holds at most this many bytes of content (memory holds them until written). */
@@ -552,13 +561,28 @@ export class ObjectBatch {
     if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
     if (!this.packed) return this.repo.writeRaw(type, content);
     const oid = this.pack.add(type, content);
-    if (this.pack.bytes >= PACK_BYTES) {
-      const full = this.pack;
-      this.pack = new PackWriter();
-      this.written = this.written.then(() => full.write(this.repo.gitdir));
-      await this.written;
-    }
+    await this.writeIfFull();
     return oid;
+  }
+
+  /** Adds object `oid` as another repository's pack stores it (Repo.readStored), as add() does. */
+  async addStored(oid: string, stored: StoredObject): Promise<void> {
+    if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
+    if (!this.packed) {
+      const written = await this.repo.writeRaw(stored.type, await inflateAsync(stored.deflated));
+      if (written !== oid) throw new Error(`object ${oid} read from a pack hashes to ${written}`);
+      return;
+    }
+    this.pack.addStored(oid, stored);
+    await this.writeIfFull();
+  }
+
+  private async writeIfFull(): Promise<void> {
+    if (this.pack.bytes < PACK_BYTES) return;
+    const full = this.pack;
+    this.pack = new PackWriter();
+    this.written = this.written.then(() => full.write(this.repo.gitdir));
+    await this.written;
   }
 
   /** Writes what is still pending; the batch's objects are readable once this resolved. */

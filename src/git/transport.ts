@@ -169,8 +169,13 @@ export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: 
   // Loose while few; past 100 objects the rest goes into packs (a 30,000-file commit: a few files).
   const batch = dst.batch();
   const copy = async (oid: string) => {
-    const { type, object } = await src.readRaw(oid);
-    await batch.add(type as ObjectType, object);
+    // An object src packs whole goes over as its stored bytes (no inflating and deflating again).
+    const stored = src.readStored(oid);
+    if (stored) await batch.addStored(oid, stored);
+    else {
+      const { type, object } = await src.readRaw(oid);
+      await batch.add(type as ObjectType, object);
+    }
     done.add(oid);
     copied++;
     onCopied?.(copied);
