@@ -183,14 +183,15 @@ export class Worktree {
       return;
     }
     out.scanned++;
-    const work = await this.readWorkFile(abs, rel, st, scan.cache, head);
+    // One lookup serves both the stat check and the refresh decision (each finds and builds an entry).
+    const idx = scan.cache.entries.get(rel);
+    const work = await this.readWorkFile(abs, rel, st, scan.cache, head, idx);
     if (head?.isTree) await this.deleteTree(head.oid, `${rel}/`, out);
     const headFile = head && !head.isTree ? { mode: head.mode, oid: head.oid } : undefined;
     if (!headFile || headFile.oid !== work.oid || headFile.mode !== work.mode) {
       out.changes.push({ path: rel, ...(headFile ? { head: headFile } : {}), work: this.retained(work) });
-    } else {
-      const idx = scan.cache.entries.get(rel);
-      if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, scan.cache.mtime)) out.refresh.push({ path: rel, work: { mode: work.mode, oid: work.oid, stats: fileStats(st) } });
+    } else if (!idx || idx.oid !== work.oid || !isStatClean(idx, st, scan.cache.mtime)) {
+      out.refresh.push({ path: rel, work: { mode: work.mode, oid: work.oid, stats: fileStats(st) } });
     }
   }
 
@@ -214,10 +215,12 @@ export class Worktree {
     return { ...kept, content: copy };
   }
 
-  /** Reads one working file's mode and blob id, trusting the index's oid when its stat data matches. */
-  async readWorkFile(abs: string, rel: string, st: BigIntStats, cache: StatCache, head?: FileEntry): Promise<WorkFile> {
+  /**
+   * Reads one working file's mode and blob id, trusting the index's oid when its stat data matches.
+   * `idx`: the file's entry in `cache`, when the caller already looked it up.
+   */
+  async readWorkFile(abs: string, rel: string, st: BigIntStats, cache: StatCache, head?: FileEntry, idx = cache.entries.get(rel)): Promise<WorkFile> {
     const mode = this.modeOf(st, head);
-    const idx = cache.entries.get(rel);
     if (idx && modeString(idx.mode) === mode && isStatClean(idx, st, cache.mtime)) return { mode, oid: idx.oid, stats: st };
     const content = await readContent(abs, st);
     // An encrypted path is compared by its ciphertext (deterministic: unchanged content, same blob).

@@ -558,8 +558,7 @@ export class ObjectBatch {
    * ones before it), so an object is never stored before what it names when added after it.
    */
   async add(type: ObjectType, content: Buffer): Promise<string> {
-    if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
-    if (!this.packed) return this.repo.writeRaw(type, content);
+    if (!this.packing()) return this.repo.writeRaw(type, content);
     const oid = this.pack.add(type, content);
     await this.writeIfFull();
     return oid;
@@ -567,14 +566,19 @@ export class ObjectBatch {
 
   /** Adds object `oid` as another repository's pack stores it (Repo.readStored), as add() does. */
   async addStored(oid: string, stored: StoredObject): Promise<void> {
-    if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
-    if (!this.packed) {
+    if (!this.packing()) {
       const written = await this.repo.writeRaw(stored.type, await inflateAsync(stored.deflated));
       if (written !== oid) throw new Error(`object ${oid} read from a pack hashes to ${written}`);
       return;
     }
     this.pack.addStored(oid, stored);
     await this.writeIfFull();
+  }
+
+  /** Whether the object being added goes into a pack: from the PACKED_FROM-th object of the batch on. */
+  private packing(): boolean {
+    if (!this.packed && ++this.added >= PACKED_FROM) this.packed = true;
+    return this.packed;
   }
 
   private async writeIfFull(): Promise<void> {
