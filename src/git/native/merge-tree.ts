@@ -1,3 +1,4 @@
+import { classifyGitFailure } from "./failure.js";
 import { GitOutputParseError, splitNul } from "./parse.js";
 import { runGit, type GitRepo } from "./run.js";
 
@@ -65,12 +66,14 @@ export function parseMergeTree(out: Buffer | string, clean: boolean): MergeTreeR
  * Merges two commits without a work tree or index (`git merge-tree --write-tree -z --messages`, git
  * >= 2.38): writes the merged tree and its blobs to the object store and reports conflicts. The merge
  * base is found by git. Exit 1 means conflicts and is an answer, not a failure; other failures reject
- * with a GitError (e.g. an unknown commit).
+ * with a GitError (an unknown commit: Transient `GitFailed` with git's message).
  */
 export async function mergeTree(repo: GitRepo, ours: string, theirs: string, opts: { allowUnrelatedHistories?: boolean } = {}): Promise<MergeTreeResult> {
   const args = ["merge-tree", "--write-tree", "-z", "--messages"];
   if (opts.allowUnrelatedHistories) args.push("--allow-unrelated-histories");
   args.push(ours, theirs);
-  const { stdout, exitCode } = await runGit(args, { ...repo, okExitCodes: [0, 1] });
+  const { stdout, stderr, exitCode } = await runGit(args, { ...repo, okExitCodes: [0, 1] });
+  // git 2.39 also exits 1 for "not something we can merge", with nothing on stdout.
+  if (stdout.length === 0) throw classifyGitFailure({ args, exitCode, stderr, redact: repo.redact });
   return parseMergeTree(stdout, exitCode === 0);
 }
