@@ -42,6 +42,9 @@ const git = (dir, ...args) => run("git", args, { cwd: dir, env: { ...process.env
 
 async function generate(dir) {
   await git(dir, "init", "--quiet", "-b", "develop");
+  // No background gc or maintenance: it would run beside the measured commits (and race the cleanup).
+  await git(dir, "config", "gc.auto", "0");
+  await git(dir, "config", "maintenance.auto", "false");
   const perFolder = Math.ceil(FILES / FOLDERS);
   for (let f = 0; f < FOLDERS; f++) {
     const folder = path.join(dir, `d${Math.floor(f / 100)}`, `f${f}`);
@@ -105,4 +108,4 @@ console.log(`  gateway plumbing on the known path  p50 ${result.plumbingKnownPat
 console.log(`  git add -A && git commit            p50 ${result.addAllCommitMs.p50} ms  (min ${result.addAllCommitMs.min}, max ${result.addAllCommitMs.max})`);
 console.log(`  warm git status                     ${result.warmStatusMs} ms; work tree clean after: ${clean}`);
 console.log(JSON.stringify(result));
-if (!reused && !KEEP) await rm(dir, { recursive: true, force: true });
+if (!reused && !KEEP) await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });

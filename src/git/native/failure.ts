@@ -92,10 +92,9 @@ export function remoteMessages(text: string): string[] {
     .filter((l) => l.length > 0);
 }
 
-const SSH_HOST = /(?:Host key for|host key is known for|Offending \S+ key for|Add correct host key in \S+ to get rid of this message\.?\s*Offending.*for)\s+\[?([^\s\]:]+)/;
-/** `ssh: connect to host HOST port N`, or the `... for HOST` of the host key messages. */
+/** The host ssh named: `Host key for HOST has changed`, `No ... host key is known for HOST`, `connect to host HOST`. */
 function sshHost(text: string): string | undefined {
-  return SSH_HOST.exec(text)?.[1] ?? /connect to host (\S+)/.exec(text)?.[1] ?? /known for (\S+?)(?: and|\s|$)/.exec(text)?.[1];
+  return /(?:Host key for|host key is known for|connect to host) \[?([^\s\]:]+)/.exec(text)?.[1];
 }
 
 /** The ref git named in `cannot lock ref 'REF'`, `failed to update ref 'REF'`, or a push status line. */

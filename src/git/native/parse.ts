@@ -2,11 +2,13 @@
  * Parsers for git's `-z` output, in one place. Paths come out exactly as git has them (no quoting, no
  * escapes: `-z` turns both off), decoded as UTF-8. Object ids are taken as git prints them, 40 hex
  * digits in a sha1 repository and 64 in a sha256 one. A record that does not have the expected shape is
- * a bug in the caller's arguments (or a git that changed its format), reported as a ParseError.
+ * a bug in the caller's arguments (or a git that changed its format), reported as a
+ * {@link GitOutputParseError}, which is an InternalError: a person cannot fix it by changing their setup.
  */
+import { InternalError } from "../../errors.js";
 
-/** git printed something a parser did not expect. */
-export class GitOutputParseError extends Error {
+/** git printed something a parser did not expect (a bug in cascade-sync, or a git whose format changed). */
+export class GitOutputParseError extends InternalError {
   constructor(what: string, record: string) {
     super(`unexpected ${what} record from git: ${JSON.stringify(record.slice(0, 200))}`);
     this.name = "GitOutputParseError";
