@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { findChromium } from './helpers/browser.js';
+import { runOk } from './helpers/ssh.js';
+
+// Any file that exists stands in for a browser binary: findChromium only chooses, it does not launch.
+const SOME_FILE = process.execPath;
+const NO_FILE = '/nonexistent/chromium';
+
+describe('the Chromium the browser tests launch', () => {
+  it('is CHROMIUM_PATH first, then Debian\'s /usr/bin/chromium, each with the environment inherited', async () => {
+    const fromEnv = await findChromium({ env: { CHROMIUM_PATH: SOME_FILE }, debianPath: SOME_FILE });
+    expect(fromEnv).toEqual({ executablePath: SOME_FILE, source: 'CHROMIUM_PATH', env: undefined });
+    const debian = await findChromium({ env: {}, debianPath: SOME_FILE });
+    expect(debian).toEqual({ executablePath: SOME_FILE, source: 'debian', env: undefined });
+  });
+
+  it('refuses a CHROMIUM_PATH that names no file instead of testing another browser', async () => {
+    await expect(findChromium({ env: { CHROMIUM_PATH: NO_FILE }, debianPath: SOME_FILE })).rejects.toThrow(`CHROMIUM_PATH=${NO_FILE} does not exist`);
+  });
+
+  it('is otherwise the npm one, unpacked into a folder named after the package version, with its NSS libraries and fonts', async () => {
+    const require = createRequire(import.meta.url);
+    const pkgJson = path.join(path.dirname(require.resolve('@sparticuz/chromium')), '..', '..', 'package.json');
+    const { version } = JSON.parse(await readFile(pkgJson, 'utf8')) as { version: string };
+
+    const found = await findChromium({ env: { LD_LIBRARY_PATH: '/opt/other' }, debianPath: NO_FILE });
+    expect(found.source).toBe('npm');
+    const dir = path.dirname(found.executablePath);
+    expect(path.basename(dir)).toBe(`sparticuz-chromium-${version}`);
+    expect(found.env?.LD_LIBRARY_PATH).toBe(`${path.join(dir, 'lib')}:/opt/other`);
+    expect(found.env?.FONTCONFIG_PATH).toBe(dir);
+    expect(await readFile(path.join(dir, 'fonts.conf'), 'utf8')).toContain(`<dir>${path.join(dir, 'fonts')}</dir>`);
+    expect(existsSync(path.join(dir, 'fonts', 'Open_Sans', 'OpenSans-Regular.ttf'))).toBe(true);
+
+    // The dynamic loader takes NSS, NSPR and expat from the unpacked lib/ (a minimal machine has none of them).
+    const ldd = await runOk('ldd', [found.executablePath], { env: found.env });
+    for (const lib of ['libnss3.so', 'libnspr4.so', 'libexpat.so.1']) {
+      expect(ldd.stdout).toContain(`${lib} => ${path.join(dir, 'lib', lib)}`);
+    }
+    expect(ldd.stdout).not.toContain('not found');
+
+    // Unpacked once: a second look finds the same folder.
+    expect((await findChromium({ env: {}, debianPath: NO_FILE })).executablePath).toBe(found.executablePath);
+  });
+});
