@@ -1,14 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { findChromium } from './helpers/browser.js';
 import { runOk } from './helpers/ssh.js';
+import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
 // Any file that exists stands in for a browser binary: findChromium only chooses, it does not launch.
 const SOME_FILE = process.execPath;
 const NO_FILE = '/nonexistent/chromium';
+
+afterEach(cleanupTmpDirs);
 
 describe('the Chromium the browser tests launch', () => {
   it('is CHROMIUM_PATH first, then Debian\'s /usr/bin/chromium, each with the environment inherited', async () => {
@@ -23,10 +27,7 @@ describe('the Chromium the browser tests launch', () => {
   });
 
   it('is otherwise the npm one, unpacked into a folder named after the package version, with its NSS libraries and fonts', async () => {
-    const require = createRequire(import.meta.url);
-    const pkgJson = path.join(path.dirname(require.resolve('@sparticuz/chromium')), '..', '..', 'package.json');
-    const { version } = JSON.parse(await readFile(pkgJson, 'utf8')) as { version: string };
-
+    const version = await sparticuzVersion();
     const found = await findChromium({ env: { LD_LIBRARY_PATH: '/opt/other' }, debianPath: NO_FILE });
     expect(found.source).toBe('npm');
     const dir = path.dirname(found.executablePath);
@@ -46,4 +47,28 @@ describe('the Chromium the browser tests launch', () => {
     // Unpacked once: a second look finds the same folder.
     expect((await findChromium({ env: {}, debianPath: NO_FILE })).executablePath).toBe(found.executablePath);
   });
+
+  it('is unpacked once when test files ask at the same time, also after a process was killed mid-unpack', async () => {
+    const root = await makeTmpDir('chromium-unpack');
+    const name = `sparticuz-chromium-${await sparticuzVersion()}`;
+    // What a killed process leaves: its lock (naming a pid that has exited) and its half-written side folder.
+    const dead = spawnSync('true').pid;
+    await mkdir(path.join(root, `${name}.lock`));
+    await writeFile(path.join(root, `${name}.lock`, 'pid'), String(dead));
+    await mkdir(path.join(root, `${name}.partial-${dead}-0badf00d`));
+
+    const opts = { env: {}, debianPath: NO_FILE, unpackRoot: root };
+    const [a, b] = await Promise.all([findChromium(opts), findChromium(opts)]);
+    expect(a.executablePath).toBe(path.join(root, name, 'chromium'));
+    expect(b.executablePath).toBe(a.executablePath);
+    expect(await readdir(root)).toEqual([name]);
+    expect((await runOk('ldd', [a.executablePath], { env: a.env })).stdout).not.toContain('not found');
+  });
 });
+
+/** The version of the installed @sparticuz/chromium, from its package.json (hidden by its exports map). */
+async function sparticuzVersion(): Promise<string> {
+  const require = createRequire(import.meta.url);
+  const pkgJson = path.join(path.dirname(require.resolve('@sparticuz/chromium')), '..', '..', 'package.json');
+  return (JSON.parse(await readFile(pkgJson, 'utf8')) as { version: string }).version;
+}

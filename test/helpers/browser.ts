@@ -1,5 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -76,7 +77,7 @@ async function sparticuzPackage(): Promise<{ dir: string; version: string }> {
 async function npmChromium(unpackRoot: string, env: NodeJS.ProcessEnv): Promise<ChromiumInstall> {
   const pkg = await sparticuzPackage();
   const dir = path.join(unpackRoot, `sparticuz-chromium-${pkg.version}`);
-  if (!existsSync(dir)) await unpackAtomically(path.join(pkg.dir, 'bin'), dir);
+  if (!existsSync(dir)) await unpackOnce(path.join(pkg.dir, 'bin'), dir);
   const lib = path.join(dir, 'lib');
   return {
     executablePath: path.join(dir, 'chromium'),
@@ -92,16 +93,71 @@ async function npmChromium(unpackRoot: string, env: NodeJS.ProcessEnv): Promise<
 }
 
 /**
- * Unpacks into a private folder and renames it into place, so a test file running at the same time
- * never sees a half-written browser; the loser of a race drops its copy and uses the winner's.
+ * Unpacks unless another process is already doing it: test files run in parallel, and two unpacks at
+ * once would double the CPU time and the disk use. The lock (a folder holding its owner's pid) only
+ * saves that work; correctness comes from unpackAtomically, so a lock whose owner is gone (killed
+ * mid-unpack) is simply removed and taken. Rejects after two minutes of waiting.
+ */
+async function unpackOnce(bin: string, dir: string): Promise<void> {
+  const lock = `${dir}.lock`;
+  const deadline = Date.now() + 120_000;
+  while (!existsSync(dir)) {
+    if (await takeLock(lock)) {
+      try {
+        if (!existsSync(dir)) await unpackAtomically(bin, dir);
+      } finally {
+        await rm(lock, { recursive: true, force: true });
+      }
+      return;
+    }
+    const owner = Number(await readFile(path.join(lock, 'pid'), 'utf8').catch(() => ''));
+    // A lock without a pid yet is being taken right now.
+    if (owner && !isRunning(owner)) {
+      await rm(lock, { recursive: true, force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for another process to unpack Chromium into ${dir} (remove ${lock} if none is running)`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Creates the lock folder with our pid in it; false when it already exists. */
+async function takeLock(lock: string): Promise<boolean> {
+  await mkdir(path.dirname(lock), { recursive: true });
+  try {
+    await mkdir(lock);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+  await writeFile(path.join(lock, 'pid'), String(process.pid));
+  return true;
+}
+
+/** Whether a process with this pid exists (signal 0 checks without sending anything). */
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Unpacks into a side folder of our own and renames it into place, so nothing ever sees a half-written
+ * browser and two unpacks at once cannot mix; the loser of such a race drops its copy. Side folders of
+ * processes that died mid-unpack are removed first.
  */
 async function unpackAtomically(bin: string, dir: string): Promise<void> {
-  const partial = `${dir}.partial-${process.pid}-${Date.now()}`;
+  await removeDeadPartials(dir);
+  // The pid lets a later run tell a dead process's folder; the random part keeps two calls of one process apart.
+  const partial = `${dir}.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
   await mkdir(partial, { recursive: true });
   try {
     await Promise.all([
       pipeline(createReadStream(path.join(bin, 'chromium.br')), createBrotliDecompress(), createWriteStream(path.join(partial, 'chromium'), { mode: 0o755 })),
-      // libEGL/libGLESv2 beside the binary: Chromium's software GL, loaded from the executable's folder.
+      // libEGL/libGLESv2 beside the binary: Chromium's software GL (WebGL), loaded from the executable's folder.
       extractTarBr(path.join(bin, 'swiftshader.tar.br'), partial),
       extractTarBr(path.join(bin, 'al2023.tar.br'), partial), // lib/libnss3.so, libnspr4.so, libexpat.so.1, ...
       extractTarBr(path.join(bin, 'fonts.tar.br'), partial), // fonts/Open_Sans/*.ttf (its fonts.conf is replaced below)
@@ -111,6 +167,15 @@ async function unpackAtomically(bin: string, dir: string): Promise<void> {
   } catch (err) {
     await rm(partial, { recursive: true, force: true });
     if (!existsSync(dir)) throw err;
+  }
+}
+
+/** Removes `<dir>.partial-<pid>-<random>` folders whose process no longer runs. */
+async function removeDeadPartials(dir: string): Promise<void> {
+  const prefix = `${path.basename(dir)}.partial-`;
+  for (const name of await readdir(path.dirname(dir))) {
+    const pid = name.startsWith(prefix) ? Number(name.slice(prefix.length).split('-')[0]) : 0;
+    if (pid && !isRunning(pid)) await rm(path.join(path.dirname(dir), name), { recursive: true, force: true });
   }
 }
 
