@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { brotliCompressSync } from 'node:zlib';
 import { findChromium } from './helpers/browser.js';
 import { runOk } from './helpers/ssh.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
@@ -49,22 +50,50 @@ describe('the Chromium the browser tests launch', () => {
   });
 
   it('is unpacked once when test files ask at the same time, also after a process was killed mid-unpack', async () => {
+    const pkg = await smallPackage('0.0.1-test');
     const root = await makeTmpDir('chromium-unpack');
-    const name = `sparticuz-chromium-${await sparticuzVersion()}`;
+    const name = 'sparticuz-chromium-0.0.1-test';
     // What a killed process leaves: its lock (naming a pid that has exited) and its half-written side folder.
     const dead = spawnSync('true').pid;
     await mkdir(path.join(root, `${name}.lock`));
     await writeFile(path.join(root, `${name}.lock`, 'pid'), String(dead));
     await mkdir(path.join(root, `${name}.partial-${dead}-0badf00d`));
 
-    const opts = { env: {}, debianPath: NO_FILE, unpackRoot: root };
+    const opts = { env: {}, debianPath: NO_FILE, unpackRoot: root, packageDir: pkg };
     const [a, b] = await Promise.all([findChromium(opts), findChromium(opts)]);
     expect(a.executablePath).toBe(path.join(root, name, 'chromium'));
     expect(b.executablePath).toBe(a.executablePath);
     expect(await readdir(root)).toEqual([name]);
-    expect((await runOk('ldd', [a.executablePath], { env: a.env })).stdout).not.toContain('not found');
+    expect(await readFile(a.executablePath, 'utf8')).toBe(STAND_IN);
+    expect(existsSync(path.join(root, name, 'lib', 'libnss3.so'))).toBe(true);
+  });
+
+  it('is unpacked again after an upgrade of the package, never the old version\'s binary', async () => {
+    const root = await makeTmpDir('chromium-unpack');
+    const opts = { env: {}, debianPath: NO_FILE, unpackRoot: root };
+    const old = await findChromium({ ...opts, packageDir: await smallPackage('0.0.1-test') });
+    const upgraded = await findChromium({ ...opts, packageDir: await smallPackage('0.0.2-test') });
+    expect(upgraded.executablePath).toBe(path.join(root, 'sparticuz-chromium-0.0.2-test', 'chromium'));
+    expect(upgraded.executablePath).not.toBe(old.executablePath);
+    expect(upgraded.env?.LD_LIBRARY_PATH).toBe(path.join(root, 'sparticuz-chromium-0.0.2-test', 'lib'));
   });
 });
+
+const STAND_IN = '#!/bin/sh\necho "stand-in for the 200 MB binary"\n';
+
+/**
+ * A package shaped like @sparticuz/chromium: the real archives of NSS, fonts and SwiftShader (a few MB),
+ * with a small script compressed in place of the browser, so these tests stay quick and small on disk.
+ */
+async function smallPackage(version: string): Promise<string> {
+  const real = path.join(path.dirname(createRequire(import.meta.url).resolve('@sparticuz/chromium')), '..', '..');
+  const dir = await makeTmpDir('sparticuz-package');
+  await mkdir(path.join(dir, 'bin'));
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: '@sparticuz/chromium', version }));
+  for (const tar of ['al2023.tar.br', 'fonts.tar.br', 'swiftshader.tar.br']) await copyFile(path.join(real, 'bin', tar), path.join(dir, 'bin', tar));
+  await writeFile(path.join(dir, 'bin', 'chromium.br'), brotliCompressSync(STAND_IN));
+  return dir;
+}
 
 /** The version of the installed @sparticuz/chromium, from its package.json (hidden by its exports map). */
 async function sparticuzVersion(): Promise<string> {

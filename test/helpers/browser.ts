@@ -27,6 +27,8 @@ export interface FindChromiumOptions {
   env?: NodeJS.ProcessEnv;
   debianPath?: string;
   unpackRoot?: string;
+  /** Root of an @sparticuz/chromium-shaped package (package.json, bin/*.br); default: the installed one. */
+  packageDir?: string;
 }
 
 /**
@@ -45,7 +47,7 @@ export async function findChromium(opts: FindChromiumOptions = {}): Promise<Chro
   }
   const debian = opts.debianPath ?? DEBIAN_CHROMIUM;
   if (existsSync(debian)) return { executablePath: debian, source: 'debian', env: undefined };
-  return npmChromium(opts.unpackRoot ?? UNPACK_ROOT, env);
+  return npmChromium(opts.packageDir ?? (await installedPackageDir()), opts.unpackRoot ?? UNPACK_ROOT, env);
 }
 
 /**
@@ -58,13 +60,13 @@ export async function launchChromium(): Promise<Browser> {
   return chromium.launch({ executablePath: found.executablePath, headless: true, ...(found.env ? { env: found.env } : {}) });
 }
 
-/** The npm package's root folder and version. */
-async function sparticuzPackage(): Promise<{ dir: string; version: string }> {
+/** The root folder of the installed @sparticuz/chromium. */
+async function installedPackageDir(): Promise<string> {
   // The package's exports map hides package.json: walk up from its entry point (<root>/build/cjs/index.cjs).
   const entry = createRequire(import.meta.url).resolve('@sparticuz/chromium');
   for (let dir = path.dirname(entry); ; dir = path.dirname(dir)) {
-    const manifest = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => '{}')) as { name?: string; version?: string };
-    if (manifest.name === '@sparticuz/chromium' && manifest.version) return { dir, version: manifest.version };
+    const manifest = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => '{}')) as { name?: string };
+    if (manifest.name === '@sparticuz/chromium') return dir;
     if (path.dirname(dir) === dir) throw new Error(`cannot find the package.json of @sparticuz/chromium above ${entry}`);
   }
 }
@@ -74,10 +76,10 @@ async function sparticuzPackage(): Promise<{ dir: string; version: string }> {
  * it unpacks to a fixed /tmp/chromium (an old binary would be reused after an upgrade, and any user
  * could plant one there) and skips the NSS libraries outside cloud function hosts.
  */
-async function npmChromium(unpackRoot: string, env: NodeJS.ProcessEnv): Promise<ChromiumInstall> {
-  const pkg = await sparticuzPackage();
-  const dir = path.join(unpackRoot, `sparticuz-chromium-${pkg.version}`);
-  if (!existsSync(dir)) await unpackOnce(path.join(pkg.dir, 'bin'), dir);
+async function npmChromium(packageDir: string, unpackRoot: string, env: NodeJS.ProcessEnv): Promise<ChromiumInstall> {
+  const { version } = JSON.parse(await readFile(path.join(packageDir, 'package.json'), 'utf8')) as { version: string };
+  const dir = path.join(unpackRoot, `sparticuz-chromium-${version}`);
+  if (!existsSync(dir)) await unpackOnce(path.join(packageDir, 'bin'), dir);
   const lib = path.join(dir, 'lib');
   return {
     executablePath: path.join(dir, 'chromium'),
