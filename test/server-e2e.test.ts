@@ -1,16 +1,15 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
+import { launchChromium } from './helpers/browser.js';
 import { git, revParse } from './helpers/git.js';
 import { pipelineConfig, signedEntry, sshKey, statusJson } from './helpers/pipeline.js';
 import { run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const OUTPUT = fileURLToPath(new URL('../test-output/', import.meta.url));
 const TOKEN = 'e2e-token-0123456789';
 // Named as ${VAR} in the config, as a user should: a literal token there is held back by the secret scan.
@@ -33,7 +32,6 @@ async function get(url: string, token?: string): Promise<{ status: number; text:
 
 describe('the status server of a running controller', () => {
   it('serves /healthz, /readyz, /metrics and /api/status, and the page follows sandbox commits live and shows a rejected approval', async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run installs it)`);
     const keys = await makeTmpDir('keys');
     const alice = await sshKey(keys, 'alice@example.com');
     const mallory = await sshKey(keys, 'mallory@example.com');
@@ -57,7 +55,7 @@ describe('the status server of a running controller', () => {
     expect(api.snapshot.environments.map((e: { name: string }) => e.name)).toEqual(['staging', 'production']);
     expect(JSON.stringify(api)).not.toContain(TOKEN);
 
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+    browser = await launchChromium();
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     await page.goto(`${url}#token=${TOKEN}`);
     await expect.poll(() => page.getByTestId('column').evaluateAll((els) => els.map((e) => e.getAttribute('data-env'))), { timeout: 10_000 }).toEqual(['develop', 'staging', 'production']);

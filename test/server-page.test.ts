@@ -1,17 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import type { StatusSnapshot } from '../src/controller.js';
 import { systemClock } from '../src/clock.js';
 import { Logger } from '../src/log.js';
 import { Redactor } from '../src/redact.js';
 import { Metrics } from '../src/server/metrics.js';
 import { startStatusServer, type StatusServer } from '../src/server/http.js';
+import { launchChromium } from './helpers/browser.js';
 
-/** Debian's package; .ci/run installs it. No browser is downloaded at install time. */
-const CHROMIUM = '/usr/bin/chromium';
 const OUTPUT = fileURLToPath(new URL('../test-output/', import.meta.url));
 const TOKEN = 'page-test-token';
 
@@ -67,9 +65,6 @@ describe('status page in Chromium', () => {
   const problems: string[] = [];
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} is missing: the page test needs Debian's chromium (apt-get install -y --no-install-recommends chromium; .ci/run installs it)`);
-    }
     server = await startStatusServer({
       listen: '127.0.0.1:0',
       token: TOKEN,
@@ -79,7 +74,7 @@ describe('status page in Chromium', () => {
       metrics: new Metrics(),
       log: new Logger({}, 'error', new Redactor(), systemClock),
     });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     // Console errors include Content-Security-Policy violations: the inline blocks' hashes must match.
     page.on('console', (m) => m.type() === 'error' && problems.push(m.text()));
