@@ -1028,7 +1028,7 @@ describe('normalization applies the schema defaults', () => {
     expect(withSchemaDefaults.sandbox.author).toEqual({ name: 'cascade-sync', email: 'cascade-sync@localhost' });
     expect(withSchemaDefaults.environments.staging!.rollback.automatic).toBe(false);
     expect(withSchemaDefaults.environments.production!.rollback.automatic).toBe(true);
-    expect(withSchemaDefaults.environments.staging!.deploy!.hooks).toEqual({});
+    expect(withSchemaDefaults.environments.staging!.deploy!.hooks).toEqual({ env: [] });
     expect(withSchemaDefaults.notifications.webhooks).toEqual([{ url: 'https://hooks.example.com/x' }]);
   });
 
