@@ -1,10 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, symlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { makeTestRepo } from './helpers/git.js';
-import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
+import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+import { run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { parseConfig } from '../src/config/load.js';
 import type { Config, EnvironmentSpec } from '../src/config/types.js';
 import { GateRunner } from '../src/pipeline/gates.js';
@@ -15,7 +17,12 @@ import { Logger } from '../src/log.js';
 import { Redactor } from '../src/redact.js';
 import { systemClock } from '../src/clock.js';
 
-afterEach(cleanupTmpDirs);
+let controllers: RunningController[] = [];
+afterEach(async () => {
+  for (const c of controllers) await c.stop();
+  controllers = [];
+  await cleanupTmpDirs();
+});
 
 // The controller's environment: what a shell needs, the controller's own credentials (read by its
 // config through ${VAR}), a token meant for one gate, and something unrelated.
@@ -239,5 +246,60 @@ describe('commandEnv', () => {
     expect(built.env.CASCADE_COMMIT).toBe('real');
     // A name passed through is a secret; a literal value written in the config is not.
     expect(built.secrets).toEqual([CONTROLLER.NPM_TOKEN]);
+  });
+});
+
+describe('a running controller', () => {
+  it('gives its gate, deploy hooks and health command none of its own secrets, and each what its env names', async () => {
+    const dir = await makeTmpDir('command-env-sandbox');
+    const out = await makeTmpDir('command-env-out');
+    const deployRoot = await makeTmpDir('command-env-deploy');
+    const logFile = path.join(await makeTmpDir('command-env-logs'), 'cascade-sync.log');
+    const dump = (what: string) => JSON.stringify(`env > ${out}/${what}.tmp && mv ${out}/${what}.tmp ${out}/${what}.env`);
+    await writeFile(path.join(dir, 'app.txt'), 'v1\n');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), [
+      'version: 1',
+      'sandbox: { debounce: 300ms, batchWindow: 2s }',
+      'remotes: []',
+      'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
+      `logging: { file: ${JSON.stringify(logFile)}, level: debug }`,
+      'notifications:',
+      '  desktop: false',
+      '  webhooks: [ { url: "http://127.0.0.1:9/unused", secret: "${CASCADE_WEBHOOK_SECRET}" } ]',
+      'server: { token: "${SERVER_TOKEN}" }',
+      'security: { key: "${ENCRYPTION_KEY}" }',
+      'environments:',
+      '  staging:',
+      '    branch: staging',
+      '    from: develop',
+      '    gates:',
+      `      - { name: dump, command: ${JSON.stringify(`env > ${out}/gate.env; echo "gate token $NPM_TOKEN"`)}, env: [NPM_TOKEN] }`,
+      `    deploy: { directory: ${JSON.stringify(path.join(deployRoot, 'staging'))}, hooks: { pre: ${dump('hook')}, env: [{ NODE_ENV: staging }] } }`,
+      `    health: [ { name: dump, command: ${dump('health')}, env: [REGISTRY] } ]`,
+      '    healthyAfter: 1',
+      '',
+    ].join('\n'));
+    const env = testEnv({ ...SECRETS, CASCADE_CLIENT_ID: 'ci-bot', NPM_TOKEN: CONTROLLER.NPM_TOKEN, REGISTRY: CONTROLLER.REGISTRY, UNRELATED: CONTROLLER.UNRELATED });
+    const init = await run(dir, ['init'], env);
+    expect(init.code, init.stderr).toBe(0);
+    controllers.push(await startController(dir, env));
+    // init put staging at the first commit already: a new commit is what runs the gate.
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    await waitFor(() => ['gate', 'hook', 'health'].every((w) => existsSync(path.join(out, `${w}.env`))) || undefined, { what: 'the gate, the hook and a health round to run', timeoutMs: 30_000 });
+
+    const extra = { gate: ['CASCADE_COMMIT', 'CASCADE_ENVIRONMENT', 'NPM_TOKEN'], hook: ['CASCADE_COMMIT', 'CASCADE_DEPLOY_DIR', 'CASCADE_ENVIRONMENT', 'CASCADE_PREVIOUS_COMMIT', 'CASCADE_RELEASE_DIR', 'NODE_ENV'], health: ['CASCADE_COMMIT', 'CASCADE_ENVIRONMENT', 'CASCADE_RELEASE_DIR', 'REGISTRY'] };
+    const allowed = Object.keys(env).filter((k) => ALLOWED.includes(k) || /^LC_/.test(k));
+    for (const [what, names_] of Object.entries(extra)) {
+      const file = path.join(out, `${what}.env`);
+      await expectNoControllerSecrets(file);
+      expect(names(await envFile(file)), what).toEqual([...allowed, ...names_].sort());
+    }
+    expect((await envFile(path.join(out, 'gate.env'))).get('NPM_TOKEN')).toBe(CONTROLLER.NPM_TOKEN);
+    const log = await waitFor(async () => {
+      const text = await readFile(logFile, 'utf8').catch(() => '');
+      return text.includes('gate token') ? text : undefined;
+    }, { what: 'the gate output in the log' });
+    expect(log).toContain('gate token [REDACTED]');
+    expect(log).not.toContain(CONTROLLER.NPM_TOKEN);
   });
 });
