@@ -835,6 +835,12 @@ describe('command env', () => {
     ]);
   });
 
+  it('naming an allow-listed variable is a warning, and its value is no secret (HOME would mask every path in the log)', () => {
+    const text = yaml(...HEAD, ...staging, '    gates: [ { name: test, command: "npm test", env: [HOME, { PATH: "/opt/node/bin:/usr/bin" }] } ]');
+    expect(warnings(text).map((w) => [w.line, w.col, w.path, w.message])).toEqual([[7, 55, 'environments.staging.gates[0].env[0]', 'every command gets HOME already']]);
+    expect(valid(text).secrets).not.toContain(HOME);
+  });
+
   it('env on an http gate or check, or on a deploy without hooks, is a warning: nothing runs with it', () => {
     expect(warnings(yaml(...HEAD, ...staging, '    gates: [ { name: web, http: { url: "http://127.0.0.1/" }, env: [X] } ]')).map((w) => [w.severity, w.path, w.message])).toEqual([
       ['warning', 'environments.staging.gates[0].env', 'env is ignored: an http gate runs no command'],

@@ -4,6 +4,7 @@ import type { CascadeSyncConfig } from "../generated/config.js";
 import { parseDuration, parseSize } from "../duration.js";
 import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
 import { formatPath } from "./positions.js";
+import { isAllowListed } from "../pipeline/command-env.js";
 import type { LogLevel } from "../log.js";
 
 // The fallbacks below repeat the schema's defaults, which the validator has normally filled in
@@ -46,7 +47,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
     for (const e of entries) {
       // A value passed through or read through ${VAR} came from the controller's environment: a secret.
       const value = e.value ?? (Object.hasOwn(env, e.name) ? env[e.name] : undefined);
-      if (value && (e.value === undefined || e.reads?.length)) secrets.push(value);
+      if (value && (e.value === undefined ? !isAllowListed(e.name) : e.reads?.length)) secrets.push(value);
     }
     return entries;
   };

@@ -1,7 +1,7 @@
 import { CronExpressionParser } from "cron-parser";
 import { nearest } from "../text.js";
 import type { CommandEnvEntry, Config } from "./types.js";
-import { ENV_NAME, RESERVED_PREFIX } from "../pipeline/command-env.js";
+import { ENV_NAME, isAllowListed, RESERVED_PREFIX } from "../pipeline/command-env.js";
 
 /** Reports a problem at a config path. */
 export type Report = (path: (string | number)[], message: string, hint: string, severity?: "error" | "warning") => void;
@@ -147,6 +147,8 @@ const validCommandEnv: Rule = (c, report) => {
         report(at, `${e.name} is cascade-sync's own variable and is not given to commands`, OWN_VARIABLES_HINT);
       } else if (seen.has(e.name)) {
         report(at, `${e.name} is listed twice`, "list each variable once");
+      } else if (e.value === undefined && isAllowListed(e.name)) {
+        report(at, `every command gets ${e.name} already`, `remove it here, or write { ${e.name}: value } to give it another value`, "warning");
       }
       seen.add(e.name);
       const own = (e.reads ?? []).filter((v) => v.startsWith(RESERVED_PREFIX));

@@ -20,6 +20,11 @@ export const RESERVED_PREFIX = "CASCADE_";
 /** What an environment variable name must look like for `env` (POSIX shell names). */
 export const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** True for a variable every command gets anyway (the allow-list); naming one passes nothing secret. */
+export function isAllowListed(name: string): boolean {
+  return ALLOWED_VARIABLES.includes(name) || ALLOWED_PATTERN.test(name);
+}
+
 /** True when `name` may be named in a command's `env`: a valid shell name outside CASCADE_*. */
 export function isNameable(name: string): boolean {
   return ENV_NAME.test(name) && !name.startsWith(RESERVED_PREFIX);
@@ -40,8 +45,9 @@ export interface CommandEnv {
   /** Exactly what the command's process gets. */
   env: Record<string, string>;
   /**
-   * Values that must not appear in its output or in logs: those passed through by name and those
-   * read through ${VAR}. Literal values written in the config and the allow-listed ones are not.
+   * Values that must not appear in its output or in logs: those passed through by name (but for
+   * allow-listed names, which every command gets) and those read through ${VAR}. Literal values
+   * written in the config are not.
    */
   secrets: string[];
 }
@@ -58,14 +64,14 @@ export function commandEnv(input: CommandEnvInput): CommandEnv {
   const env: Record<string, string> = {};
   const secrets: string[] = [];
   for (const [name, value] of Object.entries(input.controller)) {
-    if (value !== undefined && (ALLOWED_VARIABLES.includes(name) || ALLOWED_PATTERN.test(name))) env[name] = value;
+    if (value !== undefined && isAllowListed(name)) env[name] = value;
   }
   for (const entry of input.entries ?? []) {
     if (!isNameable(entry.name)) continue;
     const value = entry.value ?? (Object.hasOwn(input.controller, entry.name) ? input.controller[entry.name] : undefined);
     if (value === undefined) continue;
     env[entry.name] = value;
-    if (entry.value === undefined || entry.reads?.length) secrets.push(value);
+    if (entry.value === undefined ? !isAllowListed(entry.name) : entry.reads?.length) secrets.push(value);
   }
   Object.assign(env, input.cascade);
   return { env, secrets };
