@@ -15,7 +15,7 @@ const BEGIN = "<!-- config-reference:begin -->";
 const END = "<!-- config-reference:end -->";
 
 /** Definitions shown as named value types (scalars with a format of their own) instead of expanded. */
-const VALUE_TYPES = { duration: "duration", branchName: "branch name" };
+const VALUE_TYPES = { duration: "duration", branchName: "branch name", commandEnv: "command environment" };
 
 /** Resolves a local $ref; local keywords (description, default) win over the definition's. */
 function deref(schema, node) {

@@ -267,7 +267,7 @@ describe('runCheck: http', () => {
 });
 
 describe('runHealthRound', () => {
-  it('runs command checks in the live release (through current), with CASCADE_ENVIRONMENT, and in the sandbox without a deploy', async () => {
+  it('runs command checks in the live release (through current), with the CASCADE_* variables and what env names, and in the sandbox without a deploy', async () => {
     const root = await makeTmpDir('round');
     const commit = 'a'.repeat(40);
     await mkdir(path.join(root, 'deploy/releases', commit), { recursive: true });
@@ -276,14 +276,14 @@ describe('runHealthRound', () => {
     const env: EnvironmentSpec = {
       name: 'staging', branch: 'staging', from: 'develop', promotion: 'auto', gates: [], approvals: { required: 1, signers: [] }, windows: [],
       deploy: { directory: path.join(root, 'deploy'), keep: 5, selfHeal: true, hooks: {} },
-      health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT" && test "$CASCADE_ENVIRONMENT" = staging', timeoutMs: 10_000 }],
+      health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT" && test "$CASCADE_ENVIRONMENT" = staging && test "$CASCADE_COMMIT" = "$(basename "$CASCADE_RELEASE_DIR")" && test -z "$OTHER"', timeoutMs: 10_000, env: [{ name: 'WANT' }] }],
       healthyAfter: 1, failureThreshold: 1, progressDeadlineMs: 60_000, rollback: { automatic: true },
     };
     const release = await realpath(path.join(root, 'deploy/releases', commit));
-    expect(await runHealthRound(env, commit, sandbox, { ...ENV, WANT: release })).toEqual([{ name: 'where', ok: true, message: expect.stringMatching(/^exit 0/) }]);
+    expect(await runHealthRound(env, commit, sandbox, { ...ENV, WANT: release, OTHER: 'not named' })).toEqual([{ name: 'where', ok: true, message: expect.stringMatching(/^exit 0/) }]);
     expect((await runHealthRound(env, commit, sandbox, { ...ENV, WANT: sandbox }))[0]?.ok).toBe(false);
     const { deploy: _deploy, ...noDeploy } = env;
-    const sandboxRound = await runHealthRound({ ...noDeploy, health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT"', timeoutMs: 10_000 }] }, null, sandbox, { ...ENV, WANT: await realpath(sandbox) });
+    const sandboxRound = await runHealthRound({ ...noDeploy, health: [{ name: 'where', command: 'test "$(pwd -P)" = "$WANT" && test -z "$CASCADE_COMMIT$CASCADE_RELEASE_DIR"', timeoutMs: 10_000, env: [{ name: 'WANT' }] }] }, null, sandbox, { ...ENV, WANT: await realpath(sandbox) });
     expect(sandboxRound[0]?.ok).toBe(true);
   });
 });

@@ -759,6 +759,95 @@ describe('cascade-sync validate', () => {
   });
 });
 
+describe('command env', () => {
+  const staging = ['environments:', '  staging:', '    branch: staging', '    from: develop'];
+  const SET = { HOME, NPM_TOKEN: 'npm-t0k3n', CASCADE_CLIENT_SECRET: 'client-s3cr3t' };
+
+  it('gates, health checks and deploy hooks take NAME and { NAME: value } items; values read from the environment are secrets, literals are not', () => {
+    const c = valid(yaml(...HEAD, ...staging,
+      '    gates:',
+      '      - { name: test, command: "npm test", env: [NPM_TOKEN, { AUTH: "Bearer ${NPM_TOKEN}" }, { NODE_ENV: production }] }',
+      '    deploy: { directory: /srv/staging, hooks: { post: ./restart.sh, env: [{ RELOAD: "1" }] } }',
+      '    health: [ { name: smoke, command: ./smoke.sh, env: [SMOKE_KEY] }, { name: web, http: { url: "http://127.0.0.1/" } } ]',
+    ), { ...SET, SMOKE_KEY: 'smoke-k3y' });
+    const env = c.environments.staging!;
+    expect(env.gates[0]!.env).toEqual([{ name: 'NPM_TOKEN' }, { name: 'AUTH', value: 'Bearer npm-t0k3n', reads: ['NPM_TOKEN'] }, { name: 'NODE_ENV', value: 'production' }]);
+    expect(env.deploy!.hooks).toEqual({ post: './restart.sh', env: [{ name: 'RELOAD', value: '1' }] });
+    expect(env.health.map((h) => h.env)).toEqual([[{ name: 'SMOKE_KEY' }], []]);
+    expect(c.secrets).toEqual(expect.arrayContaining(['npm-t0k3n', 'Bearer npm-t0k3n', 'smoke-k3y']));
+    expect(c.secrets).not.toContain('production');
+    expect(c.secrets).not.toContain('1');
+  });
+
+  it('a name passed through that the controller does not have is no error (the command just does not get it)', () => {
+    expect(valid(yaml(...HEAD, ...staging, '    gates: [ { name: test, command: "npm test", env: [NOT_SET_HERE] } ]')).environments.staging!.gates[0]!.env).toEqual([{ name: 'NOT_SET_HERE' }]);
+  });
+
+  it('${VAR} in a command is left to the shell: not substituted, and an unset one is no error', () => {
+    const c = valid(yaml(...HEAD, ...staging,
+      '    gates: [ { name: test, command: "echo ${CASCADE_CLIENT_SECRET} ${UNSET_ONE}" } ]',
+      '    deploy: { directory: /srv/staging, hooks: { pre: "echo ${NPM_TOKEN}", post: "echo ${HOME}" } }',
+      '    health: [ { name: smoke, command: "test -n \\"${NPM_TOKEN}\\"" } ]',
+    ), SET);
+    const env = c.environments.staging!;
+    expect(env.gates[0]!.command).toBe('echo ${CASCADE_CLIENT_SECRET} ${UNSET_ONE}');
+    expect(env.deploy!.hooks).toMatchObject({ pre: 'echo ${NPM_TOKEN}', post: 'echo ${HOME}' });
+    expect(env.health[0]!.command).toBe('test -n "${NPM_TOKEN}"');
+    // Everywhere else ${VAR} is still the controller's.
+    expect(c.environments.staging!.deploy!.directory).toBe('/srv/staging');
+  });
+
+  it('an invalid name, a CASCADE_* name, a value reading ${CASCADE_*} and a repeated name: one error each, at file:line:col', () => {
+    const text = yaml(
+      ...HEAD, ...staging, //                                     1-6
+      '    gates:', //                                              7
+      '      - name: test', //                                      8
+      '        command: npm test', //                              9
+      '        env:', //                                           10
+      '          - npm-token', //                                  11
+      '          - { 1ABC: x }', //                                12
+      '          - CASCADE_CLIENT_SECRET', //                      13
+      '          - { TOKEN: "${CASCADE_CLIENT_SECRET}" }', //      14
+      '          - NPM_TOKEN', //                                  15
+      '          - NPM_TOKEN', //                                  16
+      '    deploy: { directory: /srv/staging, hooks: { pre: ./x, env: [CASCADE_COMMIT] } }', // 17
+      '    health: [ { name: h, command: "true", env: ["A B"] } ]', // 18
+    );
+    const own = "cascade-sync sets CASCADE_ENVIRONMENT, CASCADE_COMMIT and CASCADE_RELEASE_DIR for commands itself, and its own credentials must never reach code from a commit; give the command a variable of its own, such as DEPLOY_TOKEN";
+    const name = 'use letters, digits and underscores, not starting with a digit, such as NPM_TOKEN';
+    expect(problems(text, SET)).toEqual([
+      { line: 11, col: 13, path: 'environments.staging.gates[0].env[0]', message: '"npm-token" is not a valid environment variable name', hint: name },
+      { line: 12, col: 13, path: 'environments.staging.gates[0].env[1]', message: '"1ABC" is not a valid environment variable name', hint: name },
+      { line: 13, col: 13, path: 'environments.staging.gates[0].env[2]', message: "CASCADE_CLIENT_SECRET is cascade-sync's own variable and is not given to commands", hint: own },
+      { line: 14, col: 22, path: 'environments.staging.gates[0].env[3].TOKEN', message: "the value of TOKEN reads ${CASCADE_CLIENT_SECRET}, one of cascade-sync's own variables, which are never given to commands", hint: own },
+      { line: 16, col: 13, path: 'environments.staging.gates[0].env[5]', message: 'NPM_TOKEN is listed twice', hint: 'list each variable once' },
+      { line: 17, col: 65, path: 'environments.staging.deploy.hooks.env[0]', message: "CASCADE_COMMIT is cascade-sync's own variable and is not given to commands", hint: own },
+      { line: 18, col: 49, path: 'environments.staging.health[0].env[0]', message: '"A B" is not a valid environment variable name', hint: name },
+    ]);
+  });
+
+  it('an item that is neither a name nor a one-name mapping, and an unset ${VAR} in a value, are errors at their line:col', () => {
+    const text = yaml(...HEAD, ...staging, '    gates:', '      - name: test', '        command: npm test', '        env:', '          - [NPM_TOKEN]', '          - { A: x, B: y }', '          - { C: "${NO_SUCH_VAR}" }');
+    expect(problems(text, SET)).toEqual([
+      expect.objectContaining({ line: 11, col: 13, path: 'environments.staging.gates[0].env[0]', message: 'must be string,object' }),
+      expect.objectContaining({ line: 12, col: 13, path: 'environments.staging.gates[0].env[1]', message: 'must NOT have more than 1 properties' }),
+      expect.objectContaining({ line: 13, col: 18, path: 'environments.staging.gates[0].env[2].C', message: 'environment variable NO_SUCH_VAR is not set' }),
+    ]);
+  });
+
+  it('naming an allow-listed variable is a warning, and its value is no secret (HOME would mask every path in the log)', () => {
+    const text = yaml(...HEAD, ...staging, '    gates: [ { name: test, command: "npm test", env: [HOME, { PATH: "/opt/node/bin:/usr/bin" }] } ]');
+    expect(warnings(text).map((w) => [w.line, w.col, w.path, w.message])).toEqual([[7, 55, 'environments.staging.gates[0].env[0]', 'every command gets HOME already']]);
+    expect(valid(text).secrets).not.toContain(HOME);
+  });
+
+  it('env on an http gate or check, or on a deploy without hooks, is a warning: nothing runs with it', () => {
+    expect(warnings(yaml(...HEAD, ...staging, '    gates: [ { name: web, http: { url: "http://127.0.0.1/" }, env: [X] } ]')).map((w) => [w.severity, w.path, w.message])).toEqual([
+      ['warning', 'environments.staging.gates[0].env', 'env is ignored: an http gate runs no command'],
+    ]);
+  });
+});
+
 describe('generated types', () => {
   const script = path.join(ROOT, 'scripts/gen-types.mjs');
   function gen(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -1028,7 +1117,7 @@ describe('normalization applies the schema defaults', () => {
     expect(withSchemaDefaults.sandbox.author).toEqual({ name: 'cascade-sync', email: 'cascade-sync@localhost' });
     expect(withSchemaDefaults.environments.staging!.rollback.automatic).toBe(false);
     expect(withSchemaDefaults.environments.production!.rollback.automatic).toBe(true);
-    expect(withSchemaDefaults.environments.staging!.deploy!.hooks).toEqual({});
+    expect(withSchemaDefaults.environments.staging!.deploy!.hooks).toEqual({ env: [] });
     expect(withSchemaDefaults.notifications.webhooks).toEqual([{ url: 'https://hooks.example.com/x' }]);
   });
 

@@ -273,7 +273,7 @@ describe('deployRelease', () => {
     expect((await readdir(path.join(directory, 'releases'))).sort()).toEqual([c1, c4, ...manifests([c1, c4]), '.deployed'].sort());
   });
 
-  it('gives hooks the CASCADE_* variables and the caller env, pre before and post after the switch', async () => {
+  it('gives hooks the CASCADE_* variables and what hooks.env names of the caller env (nothing else), pre before and post after the switch', async () => {
     const t = await makeRepo();
     const a = await t.commit({ 'f.txt': 'a' });
     const b = await t.commit({ 'f.txt': 'b' });
@@ -285,7 +285,10 @@ describe('deployRelease', () => {
       `env > "$OUT/${stage}.env"; pwd > "$OUT/${stage}.pwd"; readlink "$CASCADE_DEPLOY_DIR/current" > "$OUT/${stage}.current"; echo "${stage} says hi"`;
     const r = await deployRelease(
       t.repo,
-      deployInput(directory, b, { env: { ...ENV, OUT: out, MARK: 'from-caller' }, deploy: { directory, keep: 5, hooks: { pre: report('pre'), post: report('post') } } }),
+      deployInput(directory, b, {
+        env: { ...ENV, OUT: out, MARK: 'from-caller', UNNAMED: 'not-for-hooks' },
+        deploy: { directory, keep: 5, hooks: { pre: report('pre'), post: report('post'), env: [{ name: 'OUT' }, { name: 'MARK' }] } },
+      }),
     );
     const releaseB = path.join(directory, 'releases', b);
     for (const stage of ['pre', 'post']) {
@@ -295,6 +298,7 @@ describe('deployRelease', () => {
       expect(env).toContain(`CASCADE_RELEASE_DIR=${releaseB}\n`);
       expect(env).toContain(`CASCADE_PREVIOUS_COMMIT=${a}\n`);
       expect(env).toContain('MARK=from-caller\n');
+      expect(env).not.toContain('UNNAMED');
       expect(await readFile(path.join(out, `${stage}.pwd`), 'utf8')).toBe(`${releaseB}\n`);
     }
     expect(await readFile(path.join(out, 'pre.current'), 'utf8')).toBe(`releases/${a}\n`);
@@ -332,7 +336,7 @@ describe('deployRelease', () => {
     const controller = new AbortController();
     const running = deployRelease(
       t.repo,
-      deployInput(directory, b, { env: { ...ENV, OUT: out }, signal: controller.signal, deploy: { directory, keep: 5, hooks: { pre: 'touch "$OUT/started"; sleep 30' } } }),
+      deployInput(directory, b, { env: { ...ENV, OUT: out }, signal: controller.signal, deploy: { directory, keep: 5, hooks: { pre: 'touch "$OUT/started"; sleep 30', env: [{ name: 'OUT' }] } } }),
     );
     await waitFor(() => existsSync(path.join(out, 'started')), { what: 'the pre hook to start', timeoutMs: 10_000 });
     controller.abort();

@@ -104,6 +104,26 @@ describe('GateRunner', () => {
     await fresh.idle('staging');
     expect(fresh.report('staging', bad, integrity).gates[0]).toMatchObject({ state: 'failed', message: expect.stringContaining('corrupt') });
   });
+
+  it('remembers a result under the env names only: an empty env keeps earlier results, a new name re-runs, a value is never written to disk', async () => {
+    const { repo, commit } = await repoWith({ 'a.txt': '1' });
+    const runs = path.join(await makeTmpDir('gate-env-key'), 'runs');
+    const plain: GateSpec = { name: 'count', command: `echo run >> ${runs}`, timeoutMs: 10_000 };
+    const runner = await GateRunner.open(repo, log(), { PATH: process.env.PATH }, () => undefined);
+    runner.start('staging', commit, [plain]);
+    await runner.idle('staging');
+    // A result remembered before gates had env is still valid for the same gate with env: [].
+    expect(runner.report('staging', commit, [{ ...plain, env: [] }]).state).toBe('passed');
+    const named: GateSpec = { ...plain, env: [{ name: 'TOKEN', value: 'v4lue-one-secret', reads: ['X'] }] };
+    expect(runner.report('staging', commit, [named]).state).toBe('pending');
+    runner.start('staging', commit, [named]);
+    await runner.idle('staging');
+    // Another value of the same variable: the same gate (its result stands); the value is not in the key.
+    expect(runner.report('staging', commit, [{ ...named, env: [{ name: 'TOKEN', value: 'v4lue-two-secret', reads: ['X'] }] }]).state).toBe('passed');
+    expect((await readFile(runs, 'utf8')).trim().split('\n')).toHaveLength(2);
+    const saved = await readFile(path.join(repo.gitdir, 'cascade-sync', 'gates.json'), 'utf8');
+    expect(saved).not.toContain('v4lue');
+  });
 });
 
 describe('the security-scan gate', () => {

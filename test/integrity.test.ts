@@ -94,7 +94,7 @@ describe('manifests beside every release', () => {
     const out = await makeTmpDir('manifests-out');
     // The pre hook runs before the switch: the manifest must already be there.
     const hook = 'test -f "$CASCADE_DEPLOY_DIR/releases/$CASCADE_COMMIT.manifest.json" && echo present > "$OUT/$CASCADE_COMMIT"';
-    const input = (c: string) => deployInput(directory, c, { env: { ...ENV, OUT: out }, deploy: { directory, keep: 0, hooks: { pre: hook } } });
+    const input = (c: string) => deployInput(directory, c, { env: { ...ENV, OUT: out }, deploy: { directory, keep: 0, hooks: { pre: hook, env: [{ name: 'OUT' }] } } });
     await deployRelease(t.repo, input(a));
     const second = await deployRelease(t.repo, input(b));
     for (const c of [a, b]) expect(await readFile(path.join(out, c), 'utf8')).toBe('present\n');
@@ -359,7 +359,7 @@ describe('hostile trees, deploy side', () => {
     const a = await t.commit({ 'f.txt': 'a' });
     const directory = await makeTmpDir('hook-cwd');
     const out = await makeTmpDir('hook-cwd-out');
-    await deployRelease(t.repo, deployInput(directory, a, { env: { ...ENV, OUT: out }, deploy: { directory, keep: 5, hooks: { pre: 'pwd -P > "$OUT/pre"', post: 'pwd -P > "$OUT/post"' } } }));
+    await deployRelease(t.repo, deployInput(directory, a, { env: { ...ENV, OUT: out }, deploy: { directory, keep: 5, hooks: { pre: 'pwd -P > "$OUT/pre"', post: 'pwd -P > "$OUT/post"', env: [{ name: 'OUT' }] } } }));
     const real = await realpath(releaseDir(directory, a));
     expect(await readFile(path.join(out, 'pre'), 'utf8')).toBe(`${real}\n`);
     expect(await readFile(path.join(out, 'post'), 'utf8')).toBe(`${real}\n`);

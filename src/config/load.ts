@@ -94,10 +94,14 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   fillCredentialDefaults(raw);
   const unset = new Set<string>();
   const unsetVars: { path: (string | number)[]; name: string }[] = [];
-  const data = substituteVars(raw, env, [], (path, name) => {
+  const reads = new Map<string, string[]>();
+  const data = substituteVars(raw, env, [], (path, name, set) => {
+    const where = formatPath(path);
+    reads.set(where, [...(reads.get(where) ?? []), name]);
+    if (set) return;
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
     if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return;
-    unset.add(formatPath(path));
+    unset.add(where);
     unsetVars.push({ path, name });
   });
   // Unknown keys are warnings and their values are ignored (so an unset variable in one is no error).
@@ -185,7 +189,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
     if (parent && typeof parent === "object") delete (parent as Record<string | number, unknown>)[path[path.length - 1]!];
   }
 
-  const config = normalize(data as CascadeSyncConfig, file, env);
+  const config = normalize(data as CascadeSyncConfig, file, env, reads);
   for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
   problems.sort(inFileOrder);
   const errors = problems.filter((p) => p.severity === "error");
@@ -218,26 +222,38 @@ const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
 const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 
 /**
- * Replaces ${VAR} in every string with the environment's value. A variable that is not set is
- * reported through `missing`. The credential defaults are written in before this runs
- * (fillCredentialDefaults), so they are substituted here too; the validator's other defaults hold no ${VAR}.
+ * Replaces ${VAR} in every string but a command with the environment's value. Each variable read is
+ * reported through `read` (`set` false for one that is not set, which becomes ""). The credential
+ * defaults are written in before this runs (fillCredentialDefaults), so they are substituted here
+ * too; the validator's other defaults hold no ${VAR}.
  */
-function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], missing: (path: (string | number)[], name: string) => void): unknown {
+function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], read: (path: (string | number)[], name: string, set: boolean) => void): unknown {
   if (typeof value === "string") {
+    // A command runs code from a commit: the controller's variables must not be written into it. Its
+    // ${VAR}s are the shell's, read from the command's own (allow-listed) environment.
+    if (isCommand(path)) return value;
     return value.replace(VAR, (_, name: string) => {
       const v = env[name];
-      if (v === undefined) missing(path, name);
+      read(path, name, v !== undefined);
       return v ?? "";
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], missing));
+  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], read));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     // defineProperty: a YAML key "__proto__" must stay a plain key (and be reported as unknown).
-    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, env, [...path, k], missing), enumerable: true, writable: true, configurable: true });
+    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, env, [...path, k], read), enumerable: true, writable: true, configurable: true });
     return out;
   }
   return value;
+}
+
+/** True for the path of a shell command: a gate's or health check's `command`, `deploy.hooks.pre`/`post`. */
+function isCommand(path: (string | number)[]): boolean {
+  if (path[0] !== "environments" || path.length !== 5) return false;
+  const [, , list, index, key] = path;
+  if ((list === "gates" || list === "health") && typeof index === "number") return key === "command";
+  return list === "deploy" && index === "hooks" && (key === "pre" || key === "post");
 }
 
 /**

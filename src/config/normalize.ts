@@ -2,7 +2,9 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { parseDuration, parseSize } from "../duration.js";
-import type { Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
+import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
+import { formatPath } from "./positions.js";
+import { isAllowListed } from "../pipeline/command-env.js";
 import type { LogLevel } from "../log.js";
 
 // The fallbacks below repeat the schema's defaults, which the validator has normally filled in
@@ -34,11 +36,21 @@ export function isHttpUrl(url: string): boolean {
 /**
  * Turns a schema-valid config (defaults already filled by the validator) into the `Config` the
  * controller runs on. Pure apart from reading `env`; never fails: the schema has already checked
- * every shape, and the semantic rules check meaning afterwards.
+ * every shape, and the semantic rules check meaning afterwards. `reads` maps a value's formatted
+ * path to the ${VAR}s substituted into it: a command `env` value read from one is a secret.
  */
-export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.ProcessEnv): Config {
+export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.ProcessEnv, reads: ReadonlyMap<string, readonly string[]> = new Map()): Config {
   const dir = dirname(file);
   const secrets: string[] = [];
+  const commandEnv = (list: CommandEnvInput | undefined, path: (string | number)[]): CommandEnvEntry[] => {
+    const entries = commandEnvEntries(list, path, reads);
+    for (const e of entries) {
+      // A value passed through or read through ${VAR} came from the controller's environment: a secret.
+      const value = e.value ?? (Object.hasOwn(env, e.name) ? env[e.name] : undefined);
+      if (value && (e.value === undefined ? !isAllowListed(e.name) : e.reads?.length)) secrets.push(value);
+    }
+    return entries;
+  };
   const remotes: RemoteSpec[] = (data.remotes ?? []).map((r) => {
     const http = isHttpUrl(r.url);
     // ${VAR}s are already substituted; an unset optional credential variable leaves "".
@@ -63,7 +75,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       branch: e.branch,
       from: e.from,
       promotion,
-      gates: (e.gates ?? []).map((g) => check(g, "10m") as GateSpec),
+      gates: (e.gates ?? []).map((g, i) => ({ ...check(g, "10m"), env: commandEnv(g.env, ["environments", name, "gates", i, "env"]) }) as GateSpec),
       approvals: { required: e.approvals?.required ?? 1, signers: e.approvals?.signers ?? [] },
       windows: (e.windows ?? []).map((w) => ({ kind: w.kind, schedule: w.schedule, durationMs: ms(w.duration, "1h"), timezone: w.timezone })),
       ...(e.deploy
@@ -72,11 +84,15 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
               directory: resolvePath(e.deploy.directory, dir, env),
               keep: e.deploy.keep ?? 5,
               selfHeal: e.deploy.selfHeal ?? true,
-              hooks: { ...(e.deploy.hooks?.pre ? { pre: e.deploy.hooks.pre } : {}), ...(e.deploy.hooks?.post ? { post: e.deploy.hooks.post } : {}) },
+              hooks: {
+                ...(e.deploy.hooks?.pre ? { pre: e.deploy.hooks.pre } : {}),
+                ...(e.deploy.hooks?.post ? { post: e.deploy.hooks.post } : {}),
+                env: commandEnv(e.deploy.hooks?.env, ["environments", name, "deploy", "hooks", "env"]),
+              },
             },
           }
         : {}),
-      health: (e.health ?? []).map((h) => check(h, "5s") as HealthCheckSpec),
+      health: (e.health ?? []).map((h, i) => ({ ...check(h, "5s"), env: commandEnv(h.env, ["environments", name, "health", i, "env"]) }) as HealthCheckSpec),
       healthyAfter: e.healthyAfter ?? 3,
       failureThreshold: e.failureThreshold ?? 3,
       progressDeadlineMs: ms(e.progressDeadline, "5m"),
@@ -146,4 +162,20 @@ function check(c: CheckInput, defaultTimeout: string): GateSpec | HealthCheckSpe
     ...(c.builtin ? { builtin: c.builtin as GateSpec["builtin"] } : {}),
     timeoutMs: ms(c.timeout, defaultTimeout),
   };
+}
+
+type CommandEnvInput = NonNullable<NonNullable<CascadeSyncConfig["environments"]>[string]["gates"]>[number]["env"];
+
+/**
+ * A command's `env` as entries: `NAME` passes NAME through, `{ NAME: value }` gives it a value. Each
+ * entry records the ${VAR}s its value was read from (from `reads`, keyed by the value's path).
+ */
+function commandEnvEntries(list: CommandEnvInput, path: (string | number)[], reads: ReadonlyMap<string, readonly string[]>): CommandEnvEntry[] {
+  return (list ?? []).flatMap((item, i): CommandEnvEntry[] => {
+    if (typeof item === "string") return [{ name: item }];
+    return Object.entries(item).map(([name, value]) => {
+      const vars = reads.get(formatPath([...path, i, name]));
+      return { name, value, ...(vars?.length ? { reads: [...vars] } : {}) };
+    });
+  });
 }

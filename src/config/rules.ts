@@ -1,6 +1,7 @@
 import { CronExpressionParser } from "cron-parser";
 import { nearest } from "../text.js";
-import type { Config } from "./types.js";
+import type { CommandEnvEntry, Config } from "./types.js";
+import { ENV_NAME, isAllowListed, RESERVED_PREFIX } from "../pipeline/command-env.js";
 
 /** Reports a problem at a config path. */
 export type Report = (path: (string | number)[], message: string, hint: string, severity?: "error" | "warning") => void;
@@ -118,5 +119,44 @@ const signersNeedApprovalPromotion: Rule = (c, report) => {
   }
 };
 
+/** Every command `env` list in the config, with its path and whether a command uses it. */
+function commandEnvLists(c: Config): { path: (string | number)[]; entries: CommandEnvEntry[]; unused?: string }[] {
+  const lists: ReturnType<typeof commandEnvLists> = [];
+  for (const env of Object.values(c.environments)) {
+    env.gates.forEach((g, i) => lists.push({ path: ["environments", env.name, "gates", i, "env"], entries: g.env ?? [], ...(g.command === undefined ? { unused: g.http ? "an http gate" : "a builtin gate" } : {}) }));
+    env.health.forEach((h, i) => lists.push({ path: ["environments", env.name, "health", i, "env"], entries: h.env ?? [], ...(h.command === undefined ? { unused: "an http check" } : {}) }));
+    if (env.deploy) lists.push({ path: ["environments", env.name, "deploy", "hooks", "env"], entries: env.deploy.hooks.env ?? [], ...(!env.deploy.hooks.pre && !env.deploy.hooks.post ? { unused: "deploy without hooks" } : {}) });
+  }
+  return lists;
+}
+
+const OWN_VARIABLES_HINT = "cascade-sync sets CASCADE_ENVIRONMENT, CASCADE_COMMIT and CASCADE_RELEASE_DIR for commands itself, and its own credentials must never reach code from a commit; give the command a variable of its own, such as DEPLOY_TOKEN";
+
+/**
+ * A command's `env` names valid shell variables, none of cascade-sync's own CASCADE_* (neither named
+ * nor read through ${VAR}: those hold the controller's credentials), each once.
+ */
+const validCommandEnv: Rule = (c, report) => {
+  for (const { path, entries, unused } of commandEnvLists(c)) {
+    const seen = new Set<string>();
+    entries.forEach((e, i) => {
+      const at = [...path, i];
+      if (!ENV_NAME.test(e.name)) {
+        report(at, `${JSON.stringify(e.name)} is not a valid environment variable name`, "use letters, digits and underscores, not starting with a digit, such as NPM_TOKEN");
+      } else if (e.name.startsWith(RESERVED_PREFIX)) {
+        report(at, `${e.name} is cascade-sync's own variable and is not given to commands`, OWN_VARIABLES_HINT);
+      } else if (seen.has(e.name)) {
+        report(at, `${e.name} is listed twice`, "list each variable once");
+      } else if (e.value === undefined && isAllowListed(e.name)) {
+        report(at, `every command gets ${e.name} already`, `remove it here, or write { ${e.name}: value } to give it another value`, "warning");
+      }
+      seen.add(e.name);
+      const own = (e.reads ?? []).filter((v) => v.startsWith(RESERVED_PREFIX));
+      if (own.length) report([...at, e.name], `the value of ${e.name} reads \${${own[0]}}, one of cascade-sync's own variables, which are never given to commands`, OWN_VARIABLES_HINT);
+    });
+    if (unused && entries.length) report(path, `env is ignored: ${unused} runs no command`, "remove env here", "warning");
+  }
+};
+
 /** Every semantic rule, run in order after normalization. */
-export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken, signersNeedApprovalPromotion];
+export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken, signersNeedApprovalPromotion, validCommandEnv];

@@ -19,12 +19,27 @@ export interface HttpCheckSpec {
   body?: string;
 }
 
+/**
+ * A variable a command (gate, deploy hook, health check) is given beyond the allow-listed ones, as
+ * the config's `env` names it: `NAME` (passed through from the controller's environment when set
+ * there) or `{ NAME: value }`.
+ */
+export interface CommandEnvEntry {
+  name: string;
+  /** The value, ${VAR}s substituted; absent: passed through from the controller's environment. */
+  value?: string;
+  /** The variables the value was read from through ${VAR}; a value read from one is a secret. */
+  reads?: string[];
+}
+
 export interface GateSpec {
   name: string;
   command?: string;
   http?: HttpCheckSpec;
   builtin?: "config" | "integrity" | "security-scan";
   timeoutMs: number;
+  /** What the command is given beyond the allow-list; normalize always sets it (absent: nothing). */
+  env?: CommandEnvEntry[];
 }
 
 export interface HealthCheckSpec {
@@ -32,6 +47,8 @@ export interface HealthCheckSpec {
   command?: string;
   http?: HttpCheckSpec;
   timeoutMs: number;
+  /** What the command is given beyond the allow-list; normalize always sets it (absent: nothing). */
+  env?: CommandEnvEntry[];
 }
 
 export interface WindowSpec {
@@ -49,7 +66,8 @@ export interface EnvironmentSpec {
   gates: GateSpec[];
   approvals: { required: number; signers: string[] };
   windows: WindowSpec[];
-  deploy?: { directory: string; keep: number; selfHeal: boolean; hooks: { pre?: string; post?: string } };
+  /** `hooks.env`: what both hooks are given beyond the allow-list; normalize always sets it (absent: nothing). */
+  deploy?: { directory: string; keep: number; selfHeal: boolean; hooks: { pre?: string; post?: string; env?: CommandEnvEntry[] } };
   health: HealthCheckSpec[];
   healthyAfter: number;
   failureThreshold: number;
@@ -94,7 +112,10 @@ export interface Config {
   logging: { file: string; level: LogLevel };
   security: { encrypt: string[]; key?: string; maxFileSizeBytes: number; allow: string[] };
   server: { listen: string; token?: string };
-  /** Every secret value in this config (passwords, tokens), for redaction. */
+  /**
+   * Every secret value in this config, for redaction: passwords, tokens, and what commands' `env`
+   * reads from the controller's environment (names passed through, values read through ${VAR}).
+   */
   secrets: string[];
 }
 

@@ -1,6 +1,33 @@
 /* DO NOT EDIT. Generated from schema/cascade-sync-config.schema.json by scripts/gen-types.mjs; run `npm run gen` after editing the schema. */
 
 /**
+ * Variables the gate's command is given beyond the allow-listed ones (see the command environment type), such as [NPM_TOKEN]. Ignored by http and builtin gates.
+ */
+export type CommandEnv = (
+  | string
+  | {
+      [k: string]: string;
+    }
+)[];
+/**
+ * Variables hooks.pre and hooks.post are given beyond the allow-listed ones (see the command environment type).
+ */
+export type CommandEnv1 = (
+  | string
+  | {
+      [k: string]: string;
+    }
+)[];
+/**
+ * Variables the check's command is given beyond the allow-listed ones (see the command environment type). Ignored by http checks.
+ */
+export type CommandEnv2 = (
+  | string
+  | {
+      [k: string]: string;
+    }
+)[];
+/**
  * Name of an event that can be notified.
  */
 export type NotificationEvent =
@@ -209,6 +236,7 @@ export interface Gate {
    * The gate fails when it has not finished after this long.
    */
   timeout?: string;
+  env?: CommandEnv;
 }
 /**
  * An HTTP GET that passes when the response has the expected status and, if body is given, contains that text.
@@ -291,6 +319,7 @@ export interface DeployHooks {
    * Shell command run in the new release directory after current is switched to it. If it fails, the deploy counts as failed. Default: none (nothing runs after the switch).
    */
   post?: string;
+  env?: CommandEnv1;
 }
 /**
  * A check of a live release. Exactly one of command or http is given.
@@ -309,6 +338,7 @@ export interface HealthCheck {
    * The check fails when it has not finished after this long.
    */
   timeout?: string;
+  env?: CommandEnv2;
 }
 /**
  * What happens when a promoted release fails.

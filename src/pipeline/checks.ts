@@ -3,7 +3,9 @@ import { request } from "undici";
 import { formatDuration } from "../duration.js";
 import { InternalError } from "../errors.js";
 import { join } from "node:path";
-import type { EnvironmentSpec } from "../config/types.js";
+import type { CommandEnvEntry, EnvironmentSpec } from "../config/types.js";
+import { commandEnv } from "./command-env.js";
+import { releaseDir } from "./deploy.js";
 import { runCommand, type CommandResult } from "./run-command.js";
 
 /** The outcome of one gate or health check. */
@@ -23,6 +25,18 @@ export interface CheckSpec {
   command?: string;
   http?: { url: string; status: number; body?: string };
   timeoutMs: number;
+  /** What the config names for the command's environment; the caller builds `opts.env` from it with commandEnv. */
+  env?: CommandEnvEntry[];
+}
+
+/** Options of runCheck. */
+export interface CheckOptions {
+  cwd: string;
+  /** The command's complete environment, built by commandEnv (nothing else is inherited). */
+  env: NodeJS.ProcessEnv;
+  /** Values masked in the command's output and message (commandEnv's `secrets`). */
+  secrets?: readonly string[];
+  signal?: AbortSignal;
 }
 
 /** How much of an HTTP body is searched for `http.body`. */
@@ -38,7 +52,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * with a one-line `message`, never a rejection.
  *
  * - command: `runCommand` in `opts.cwd` with `opts.env` (nothing else inherited), killed with its
- *   process group after `spec.timeoutMs`. ok on exit 0.
+ *   process group after `spec.timeoutMs`. ok on exit 0. `opts.secrets` are masked in its output.
  * - http: a GET on a fresh connection, ok when the status equals `http.status` and, when
  *   `http.body` is set, the first 1 MiB of the body contains it. Redirects are not followed.
  *   Connection errors and timeouts (the whole exchange, body included) are `ok: false`.
@@ -46,7 +60,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * Rejects with InternalError only for a spec with neither `command` nor `http` (a builtin gate
  * belongs to the caller).
  */
-export async function runCheck(spec: CheckSpec, opts: { cwd: string; env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<CheckResult> {
+export async function runCheck(spec: CheckSpec, opts: CheckOptions): Promise<CheckResult> {
   if (spec.command !== undefined) return runCommandCheck(spec.name, spec.command, spec.timeoutMs, opts);
   if (spec.http) return runHttpCheck(spec.name, spec.http, spec.timeoutMs, opts.signal);
   throw new InternalError(`check "${spec.name}" has neither command nor http`);
@@ -56,9 +70,9 @@ async function runCommandCheck(
   name: string,
   command: string,
   timeoutMs: number,
-  opts: { cwd: string; env: NodeJS.ProcessEnv; signal?: AbortSignal },
+  opts: CheckOptions,
 ): Promise<CheckResult> {
-  const result = await runCommand(command, { cwd: opts.cwd, env: opts.env, timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+  const result = await runCommand(command, { cwd: opts.cwd, env: opts.env, timeoutMs, ...(opts.secrets ? { secrets: opts.secrets } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
   return { name, ok: result.ok, message: describeCommandResult(result, timeoutMs), durationMs: result.durationMs, output: result.output };
 }
 
@@ -158,11 +172,22 @@ function errorCode(err: unknown): string | undefined {
 
 /**
  * One round of an environment's health checks, run at once: command checks run in the live release
- * (`deploy.directory/current` when `live` names a deployed commit, else the sandbox) with
- * CASCADE_ENVIRONMENT set. Returns each check's name, outcome and one-line message.
+ * (`deploy.directory/current` when `live` names a deployed commit, else the sandbox) with the
+ * environment commandEnv builds from `processEnv` (the controller's) and each check's `env`:
+ * CASCADE_ENVIRONMENT, and CASCADE_COMMIT and CASCADE_RELEASE_DIR when a release is live. Returns
+ * each check's name, outcome and one-line message.
  */
 export async function runHealthRound(env: EnvironmentSpec, live: string | null, sandboxDir: string, processEnv: NodeJS.ProcessEnv): Promise<{ name: string; ok: boolean; message: string }[]> {
-  const cwd = env.deploy && live ? join(env.deploy.directory, "current") : sandboxDir;
-  const results = await Promise.all(env.health.map((h) => runCheck(h, { cwd, env: { ...processEnv, CASCADE_ENVIRONMENT: env.name } })));
+  const deployed = env.deploy && live ? env.deploy.directory : undefined;
+  const cwd = deployed ? join(deployed, "current") : sandboxDir;
+  const cascade: Record<string, string> = {
+    CASCADE_ENVIRONMENT: env.name,
+    ...(live ? { CASCADE_COMMIT: live } : {}),
+    ...(deployed && live ? { CASCADE_RELEASE_DIR: releaseDir(deployed, live) } : {}),
+  };
+  const results = await Promise.all(env.health.map((h) => {
+    const built = commandEnv({ controller: processEnv, ...(h.env ? { entries: h.env } : {}), cascade });
+    return runCheck(h, { cwd, env: built.env, secrets: built.secrets });
+  }));
   return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message }));
 }

@@ -9,6 +9,8 @@ import { describeCommandResult } from "./checks.js";
 import { describeDrift } from "./health-state.js";
 import { materializeTree, restoreReleasePaths, treeManifest, type LinkSource } from "./materialize.js";
 import { runCommand, type CommandResult } from "./run-command.js";
+import { commandEnv, type CommandEnv } from "./command-env.js";
+import type { CommandEnvEntry } from "../config/types.js";
 
 /*
  * A deploy directory:
@@ -33,10 +35,14 @@ export interface Release {
 export interface DeployInput {
   environment: string;
   commit: string;
-  deploy: { directory: string; keep: number; hooks: { pre?: string; post?: string } };
+  /** `hooks.env`: what the config names for the hooks' environment (commandEnv). */
+  deploy: { directory: string; keep: number; hooks: { pre?: string; post?: string; env?: CommandEnvEntry[] } };
   /** Commits pruning must keep (the last healthy one, for rollback). */
   protect?: string[];
-  /** The hooks' environment; the CASCADE_* variables are added to it. */
+  /**
+   * The controller's environment. Hooks get only its allow-listed variables, what `deploy.hooks.env`
+   * names, and the CASCADE_* variables (commandEnv), never the whole of it.
+   */
   env: NodeJS.ProcessEnv;
   signal?: AbortSignal;
   /** Per hook; default 10 minutes. */
@@ -187,8 +193,9 @@ export async function listReleases(directory: string): Promise<string[]> {
  * manifest built from the commit's tree when it has none), runs hooks.pre in the release folder, switches `current`
  * atomically to "releases/<commit>", runs hooks.post, then prunes to `keep` releases, never the
  * `protect` commits or the current one. Hooks get CASCADE_ENVIRONMENT, CASCADE_COMMIT,
- * CASCADE_RELEASE_DIR, CASCADE_PREVIOUS_COMMIT ("" for none) and CASCADE_DEPLOY_DIR on top of
- * `input.env`.
+ * CASCADE_RELEASE_DIR, CASCADE_PREVIOUS_COMMIT ("" for none) and CASCADE_DEPLOY_DIR on top of the
+ * allow-listed part of `input.env` and what `deploy.hooks.env` names; the values named there are
+ * masked in `hookOutput`.
  *
  * Resolves with what happened (a pruning failure is reported in `pruneError`, not thrown). Rejects with
  * DeployHookError (Stalled "DeployHookFailed") for a failing hook: from hooks.pre with `current`
@@ -547,25 +554,28 @@ async function removeRelease(root: string, commit: string): Promise<void> {
   await rm(manifestPathFor(join(root, RELEASES, commit)), { force: true });
 }
 
-function hookEnv(input: DeployInput, release: Release, previous: string | null, root: string): NodeJS.ProcessEnv {
-  return {
-    ...input.env,
-    CASCADE_ENVIRONMENT: input.environment,
-    CASCADE_COMMIT: release.commit,
-    CASCADE_RELEASE_DIR: release.dir,
-    CASCADE_PREVIOUS_COMMIT: previous ?? "",
-    CASCADE_DEPLOY_DIR: root,
-  };
+function hookEnv(input: DeployInput, release: Release, previous: string | null, root: string): CommandEnv {
+  return commandEnv({
+    controller: input.env,
+    ...(input.deploy.hooks.env ? { entries: input.deploy.hooks.env } : {}),
+    cascade: {
+      CASCADE_ENVIRONMENT: input.environment,
+      CASCADE_COMMIT: release.commit,
+      CASCADE_RELEASE_DIR: release.dir,
+      CASCADE_PREVIOUS_COMMIT: previous ?? "",
+      CASCADE_DEPLOY_DIR: root,
+    },
+  });
 }
 
 async function runHook(
   command: string,
   cwd: string,
-  env: NodeJS.ProcessEnv,
+  env: CommandEnv,
   timeoutMs: number,
   signal: AbortSignal | undefined,
 ): Promise<CommandResult> {
-  const result = await runCommand(command, { cwd, env, timeoutMs, ...(signal ? { signal } : {}) });
+  const result = await runCommand(command, { cwd, env: env.env, secrets: env.secrets, timeoutMs, ...(signal ? { signal } : {}) });
   // An abort is the controller stopping, not the hook failing.
   if (result.aborted) signal?.throwIfAborted();
   return result;

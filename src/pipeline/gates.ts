@@ -8,6 +8,7 @@ import type { Repo } from "../git/repo.js";
 import type { Logger } from "../log.js";
 import { readRuntimeJson, writeRuntimeFile } from "../runtime.js";
 import { runCheck } from "./checks.js";
+import { commandEnv } from "./command-env.js";
 import { materializeTree } from "./materialize.js";
 import { describeFinding, scanCommit } from "../security/scan-commit.js";
 
@@ -42,6 +43,9 @@ const MAX_CACHED = 1000;
  * job per environment in the background. Results are remembered per (commit, gate definition), also
  * across restarts, so an unchanged commit is not tested twice; starting a job for a newer commit
  * cancels the one still running for an older commit. `onSettled(env)` is called when a job ends.
+ * A gate's command gets only what commandEnv builds from the controller's environment (`env`) and
+ * the gate's own `env`, with CASCADE_ENVIRONMENT and CASCADE_COMMIT; its logged output has the
+ * values named there masked.
  */
 export class GateRunner {
   private readonly jobs = new Map<string, Job>();
@@ -171,8 +175,8 @@ export class GateRunner {
       const shown = findings.slice(0, 5).map(describeFinding).join("; ");
       return finish(false, `${findings.length} finding(s): ${shown}${findings.length > 5 ? "; ..." : ""} (remove them, or add the fingerprint to security.allow)`);
     }
-    const env = { ...this.env, CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit, CASCADE_RELEASE_DIR: tree };
-    const result = await runCheck(gate, { cwd: tree, env, signal: job.abort.signal });
+    const { env, secrets } = commandEnv({ controller: this.env, ...(gate.env ? { entries: gate.env } : {}), cascade: { CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit } });
+    const result = await runCheck(gate, { cwd: tree, env, secrets, signal: job.abort.signal });
     if (result.output) this.log.info(`gate ${gate.name} output:\n${result.output}`, { environment, commit: job.commit, gate: gate.name });
     return { name: gate.name, ok: result.ok, message: result.message, at: new Date().toISOString(), durationMs: result.durationMs };
   }
@@ -184,9 +188,15 @@ export class GateRunner {
   }
 }
 
-/** A gate result is valid for one commit and one exact gate definition: editing the gate re-runs it. */
+/**
+ * A gate result is valid for one commit and one exact gate definition: editing the gate re-runs it.
+ * Of `env` only the names count: a value may be a secret, and this key is stored on disk. An empty
+ * `env` is left out, so results remembered before env existed stay valid.
+ */
 function key(commit: string, gate: GateSpec): string {
-  return `${commit}:${createHash("sha256").update(JSON.stringify(gate)).digest("hex").slice(0, 16)}`;
+  const { env, ...rest } = gate;
+  const definition = env?.length ? { ...rest, env: env.map((e) => (e.value === undefined ? e.name : `${e.name}=`)) } : rest;
+  return `${commit}:${createHash("sha256").update(JSON.stringify(definition)).digest("hex").slice(0, 16)}`;
 }
 
 /** Why an export failed, in one line: isomorphic-git wraps a hash mismatch in a long bug-report text. */

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { performance } from "node:perf_hooks";
+import { Redactor } from "../redact.js";
 
 /** What running one shell command came to. */
 export interface CommandResult {
@@ -13,7 +14,7 @@ export interface CommandResult {
   timedOut: boolean;
   /** `opts.signal` aborted and the process group was killed (or the command never started). */
   aborted: boolean;
-  /** Combined stdout+stderr in arrival order, the last 64 KiB; for a spawn failure, the error. */
+  /** Combined stdout+stderr in arrival order, the last 64 KiB, `secrets` masked; for a spawn failure, the error. */
   output: string;
   durationMs: number;
 }
@@ -21,8 +22,13 @@ export interface CommandResult {
 /** Options of runCommand. */
 export interface RunCommandOptions {
   cwd: string;
-  /** The complete environment of the command (nothing is inherited implicitly). */
+  /**
+   * The complete environment of the command (nothing is inherited implicitly). For a command from a
+   * commit or config, build it with `commandEnv` (command-env.ts), never from process.env.
+   */
   env: NodeJS.ProcessEnv;
+  /** Values masked as [REDACTED] in `output` (the secrets `commandEnv` put into `env`). */
+  secrets?: readonly string[];
   timeoutMs: number;
   signal?: AbortSignal;
   /** Between SIGTERM and SIGKILL to the process group; default 2 s. */
@@ -108,7 +114,7 @@ function supervise(child: ChildProcess, opts: RunCommandOptions, started: number
         signal: exit?.signal ?? null,
         timedOut,
         aborted,
-        output: spawnError ?? output.text(),
+        output: spawnError ?? mask(output.text(), opts.secrets),
         durationMs: Math.round(performance.now() - started),
       });
     };
@@ -156,6 +162,14 @@ function releasePipes(child: ChildProcess): void {
     (stream as unknown as { unref?: () => void }).unref?.();
   }
   child.unref();
+}
+
+/** `text` with every one of `secrets` (and any URL credentials) replaced by [REDACTED]. */
+function mask(text: string, secrets: readonly string[] | undefined): string {
+  if (!secrets?.length) return text;
+  const redactor = new Redactor();
+  for (const s of secrets) redactor.add(s);
+  return redactor.redact(text);
 }
 
 function notStarted(started: number, output: string, flags: { aborted?: boolean } = {}): CommandResult {
