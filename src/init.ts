@@ -286,7 +286,7 @@ async function adoptionSource(repo: Repo, config: Config | undefined, remoteUrl:
   if (!first) return undefined;
   for (const name of [...new Set([first.name, "origin"])]) {
     const url = await repo.getConfig(`remote.${name}.url`);
-    if (url && sameUrl(first.kind === "local" ? resolve(repo.dir, url) : url, first.url)) return { source: first, tracking: name };
+    if (url && sameUrl(first.kind === "local" && !url.startsWith("file://") ? resolve(repo.dir, url) : url, first.url)) return { source: first, tracking: name };
   }
   return undefined;
 }
@@ -392,9 +392,11 @@ async function listsRemote(configPath: string, url: string): Promise<boolean> {
   return remotes.some((r) => !!r.url && (r.url === url || (!isHttpUrl(r.url) && resolve(dirname(configPath), r.url) === resolve(url))));
 }
 
+/** True when two remote URLs name the same repository (a local path also as `file://`, a trailing `/` ignored). */
 function sameUrl(a: string, b: string): boolean {
   if (isHttpUrl(a) || isHttpUrl(b)) return a.replace(/\/+$/, "") === b.replace(/\/+$/, "");
-  return resolve(a) === resolve(b);
+  const path = (u: string) => resolve(u.startsWith("file://") ? decodeURIComponent(u.slice("file://".length)) : u).replace(/\/+$/, "");
+  return path(a) === path(b);
 }
 
 async function isGitDir(path: string): Promise<boolean> {

@@ -6,8 +6,15 @@ import { commitFiles, fsckStrict, git, logOneline, lsTree, revParse, showFile, s
 import { configText, run } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 import { refsOf, teamRemote } from './helpers/team.js';
+import { startGitHttpServer } from './helpers/git-http-server.js';
 
-afterEach(cleanupTmpDirs);
+/** Servers to close after each test. */
+let afterTest: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const close of afterTest) await close();
+  afterTest = [];
+  await cleanupTmpDirs();
+});
 
 describe('init', () => {
   it('makes a new folder a sandbox: repo, default config, develop/staging/main at one commit, develop checked out', async () => {
@@ -267,14 +274,20 @@ describe('plan', () => {
 });
 
 describe('init joins a pipeline that already exists on a remote', () => {
-  it('init DIR --remote URL on a remote with history adopts it: develop, staging and main where the remote has them, the team config and files; a sync then changes nothing on the remote', async () => {
-    const team = await teamRemote();
+  it.each(['local', 'http'])('init DIR --remote URL on a %s remote with history adopts it: develop, staging and main where the remote has them, the team config and files; a sync then changes nothing on the remote', async (kind) => {
+    const team = await teamRemote(kind === 'http' ? {
+      serve: async (root) => {
+        const server = await startGitHttpServer({ root });
+        afterTest.push(() => server.close());
+        return server.url('site.git');
+      },
+    } : {});
     const before = await refsOf(team.bare);
     const parent = await makeTmpDir('join');
-    const r = await run(parent, ['init', 'joined', '--remote', team.bare]);
+    const r = await run(parent, ['init', 'joined', '--remote', team.url]);
     expect(r.code, r.stderr).toBe(0);
     const dir = path.join(parent, 'joined');
-    expect(r.stdout).toContain(`adopted from remote origin (${team.bare}): develop -> ${team.c3.slice(0, 7)}, staging -> ${team.c2.slice(0, 7)}, main -> ${team.c1.slice(0, 7)}`);
+    expect(r.stdout).toContain(`adopted from remote origin (${team.url}): develop -> ${team.c3.slice(0, 7)}, staging -> ${team.c2.slice(0, 7)}, main -> ${team.c1.slice(0, 7)}`);
     expect(r.stdout).not.toMatch(/wrote the default config/);
     // Native git: each branch is exactly the remote's, no commit of its own, develop checked out and clean.
     expect(await revParse(dir, 'develop')).toBe(team.c3);
@@ -294,7 +307,7 @@ describe('init joins a pipeline that already exists on a remote', () => {
     expect(await refsOf(team.bare)).toBe(before);
     expect((await showFile(team.bare, 'develop', 'cascade-sync-config.yaml')).toString()).toBe(team.config);
     // Idempotent.
-    const again = await run(dir, ['init', '--remote', team.bare]);
+    const again = await run(dir, ['init', '--remote', team.url]);
     expect(again.stdout).toMatch(/nothing changed/);
   });
 

@@ -355,10 +355,16 @@ describe('develop <-> remotes', () => {
 });
 
 describe('environment branches <-> remotes', () => {
-  it('never moves an environment branch on the remote to a commit not promoted here: an unpromoted local main follows the remote back, a missing staging is fetched, a staging behind follows', async () => {
-    const team = await teamRemote();
+  it.each(['local', 'http'])('never moves an environment branch on a %s remote to a commit not promoted here: an unpromoted local main follows the remote back, a missing staging is fetched, a staging behind follows', async (kind) => {
+    const team = await teamRemote(kind === 'http' ? {
+      serve: async (root) => {
+        const server = await startGitHttpServer({ root });
+        servers.push(server);
+        return server.url('site.git');
+      },
+    } : {});
     const dir = await makeTmpDir('clone');
-    await cloneTo(team.bare, dir);
+    await cloneTo(team.url, dir);
     const init = await run(dir, ['init']);
     expect(init.code, init.stderr).toBe(0);
     // The unsafe states a sandbox can be in (made with native git, as an older init or a person would):

@@ -46,14 +46,18 @@ export interface TeamRemote {
 /**
  * Makes a bare remote the way a team would have it after a while: a sandbox made by `init` and synced
  * once (`reconcile`), then two more commits pushed from a native clone, with staging moved to the
- * first and develop at the second (main stays at the init commit).
+ * first and develop at the second (main stays at the init commit). The team's config names the
+ * remote by `url` (the bare repository's path, or what `serve` returned).
  */
-export async function teamRemote(configFor: (url: string, logFile: string) => string = (url, logFile) => frozenPipelineConfig({ url, logFile })): Promise<TeamRemote> {
-  const bare = path.join(await makeTmpDir('team-remote'), 'site.git');
+export async function teamRemote(opts: { serve?: (root: string) => Promise<string> } = {}): Promise<TeamRemote & { url: string }> {
+  const root = await makeTmpDir('team-remote');
+  const bare = path.join(root, 'site.git');
   await makeBareRepo(bare, { initialBranch: 'develop' });
+  // The sandboxes reach it by path, or over smart HTTP when `serve` starts a server for `root` and returns its URL.
+  const url = opts.serve ? await opts.serve(root) : bare;
   const first = await makeTmpDir('team-first');
   const logFile = path.join(await makeTmpDir('logs'), 'first.log');
-  const config = configFor(bare, logFile);
+  const config = frozenPipelineConfig({ url, logFile });
   await writeFile(path.join(first, 'cascade-sync-config.yaml'), config);
   await writeFile(path.join(first, 'app.txt'), 'v1\n');
   const init = await run(first, ['init']);
@@ -67,7 +71,7 @@ export async function teamRemote(configFor: (url: string, logFile: string) => st
   await git(other, 'push', '-q', 'origin', 'develop', `${c2}:refs/heads/staging`);
   const c3 = await commitFiles(other, { 'app.txt': 'v3\n', 'notes.md': 'more\n' }, 'v3');
   await git(other, 'push', '-q', 'origin', 'develop');
-  return { bare, config, c1, c2, c3 };
+  return { bare, url, config, c1, c2, c3 };
 }
 
 /** Every ref of a repository with its commit (native git's view). */
