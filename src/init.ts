@@ -323,7 +323,7 @@ async function refuseUnrelated(repo: Repo, sandbox: string, tips: Map<string, st
   if (!foreign.length) return;
   throw stalled(
     "UnrelatedHistory",
-    `remote ${source.name} (${source.url}) has history unrelated to this repository: its ${foreign.join(", ")} share no commit with ${sandbox === (await repo.currentBranch()) ? sandbox : "the commit checked out"} (${mine.slice(0, 7)}); init joins a remote's pipeline only where it continues the local history, and never merges unrelated histories (that would replace the team's files and config); nothing was changed`,
+    `remote ${source.name} (${source.url}) has history unrelated to this repository: its ${foreign.join(", ")} ${foreign.length === 1 ? "shares" : "share"} no commit with ${sandbox === (await repo.currentBranch()) ? sandbox : "the commit checked out"} (${mine.slice(0, 7)}); init joins a remote's pipeline only where it continues the local history, and never merges unrelated histories (that would replace the team's files and config); nothing was changed`,
     `to join that pipeline, clone it and run init in the clone: git clone ${source.url} DIR && cd DIR && cascade-sync init; to give this repository a pipeline of its own, use an empty remote (a new bare repository) instead`,
   );
 }
