@@ -1,9 +1,11 @@
 import { lstat, type BigIntStats } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { applyToWorktree } from "../src/git/commit.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
+import { RefConflictError } from "../src/git/refs.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
@@ -23,20 +25,55 @@ export interface RemoteObserved {
   remoteTip: string | null;
   relation: Relation;
   base: string | null;
-  /** Each environment branch: the local commit, the remote's, and how to bring the remote up to date. */
-  environments: { branch: string; local: string; remote: string | null; push: "none" | "fast-forward" | "force" | "foreign" }[];
+  /** Each environment branch: the local commit, the remote's, and what keeps them in step safely. */
+  environments: EnvironmentBranchSync[];
+}
+
+/**
+ * How one environment branch is kept in step with one remote. The rule behind every choice: a
+ * remote's environment branch only moves to a commit that passed that environment's promotion here
+ * (a `promote:` or `rollback:` entry in the local branch's reflog), and a local environment branch
+ * that cannot be pushed follows the first remote's instead of overwriting it.
+ * - `none`: nothing to do (`note` may say why a push was left out);
+ * - `push`: the remote lacks the branch (created there), or the local commit was promoted here and
+ *   the remote's is an ancestor of it (a fast-forward);
+ * - `force`: the remote holds a commit this controller moved the environment away from (a rollback,
+ *   or a head superseded by an approved commit) and the local commit was promoted or rolled back to
+ *   here; pushed only while the remote still holds exactly `remote` (checked again just before);
+ * - `follow`: the first remote's branch is not behind a promoted local commit (the local one is
+ *   missing, behind, diverged, or was never promoted here): the local branch moves to the remote's,
+ *   whose objects observe fetched; a local commit that is not in the remote's history stays
+ *   reachable under `refs/cascade-sync/replaced/<environment>/<commit>`;
+ * - `blocked`: neither is safe; a person must look (`reason` and `message` say why).
+ */
+export interface EnvironmentBranchSync {
+  environment: string;
+  branch: string;
+  local: string | null;
+  remote: string | null;
+  action: "none" | "push" | "force" | "follow" | "blocked";
+  /** Why a push was left out (action none), or why nothing is safe (action blocked). */
+  note?: string;
+  /** follow: the local commit is not in the remote's history; keep it reachable. */
+  keep?: boolean;
+  reason?: string;
+  hint?: string;
 }
 
 export type RemoteAction =
   | { type: "fast-forward"; to: string }
   | { type: "merge"; theirs: string; base: string | null }
   | { type: "push"; commit: string }
-  | { type: "push-environment"; branch: string; commit: string; force: boolean };
+  | { type: "push-environment"; branch: string; commit: string; force: boolean; expected: string | null }
+  | { type: "follow-environment"; environment: string; branch: string; from: string | null; to: string; keep: boolean };
 
 /**
  * branch <-> one remote: fetches the sandbox branch (on every pass, so also before each push),
  * brings commits made elsewhere into the sandbox (fast-forward, or a merge where the sandbox wins
- * every path changed on both sides), then pushes as a fast-forward. Never force-pushes.
+ * every path changed on both sides), then pushes as a fast-forward; never force-pushes it.
+ * Environment branches are kept in step by planEnvironmentBranch: a remote's environment branch
+ * moves only to a commit that passed the environment's promotion here, and is overwritten only
+ * where this controller rolled it back; otherwise the local branch follows the first remote's.
  */
 export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved, RemoteAction> {
   const find = (desired: Config) => {
@@ -70,16 +107,16 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
 
     plan(desired, o): Plan<RemoteAction> {
       const sync = planSync(desired, o);
-      const envPushes: RemoteAction[] = o.environments
-        .filter((e) => e.push === "fast-forward" || e.push === "force")
-        .map((e) => ({ type: "push-environment", branch: e.branch, commit: e.local, force: e.push === "force" }));
-      const foreign = o.environments.find((e) => e.push === "foreign");
-      const blocked = sync.blocked ?? (foreign ? {
-        reason: "EnvironmentBranchMovedElsewhere",
-        message: `branch ${foreign.branch} on ${remoteName} is at ${foreign.remote!.slice(0, 7)}, a commit cascade-sync did not put there; only cascade-sync moves environment branches`,
-        hint: `look at that commit; to let cascade-sync go on, reset ${foreign.branch} on ${remoteName} to ${foreign.local.slice(0, 7)} (or delete it there)`,
-      } : undefined);
-      return { actions: [...sync.actions, ...envPushes], ...(blocked ? { blocked } : {}) };
+      const envActions: RemoteAction[] = [];
+      for (const e of o.environments) {
+        if (e.action === "push" || e.action === "force") envActions.push({ type: "push-environment", branch: e.branch, commit: e.local!, force: e.action === "force", expected: e.remote });
+        if (e.action === "follow") {
+          envActions.push({ type: "follow-environment", environment: e.environment, branch: e.branch, from: e.local, to: e.remote!, keep: e.keep === true });
+        }
+      }
+      const stuck = o.environments.find((e) => e.action === "blocked");
+      const blocked = sync.blocked ?? (stuck ? { reason: stuck.reason!, message: stuck.note!, ...(stuck.hint ? { hint: stuck.hint } : {}) } : undefined);
+      return { actions: [...sync.actions, ...envActions], ...(blocked ? { blocked } : {}) };
     },
 
     async apply(ctx, desired, plan, o): Promise<Result> {
@@ -87,8 +124,11 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       const done: string[] = [];
       let head = o.local;
       for (const action of plan.actions) {
-        if (action.type === "push-environment") {
+        if (action.type === "follow-environment") {
+          done.push(await followEnvironment(ctx, remoteName, action));
+        } else if (action.type === "push-environment") {
           const who = await ctx.who();
+          if (action.force) await assertRemoteStill(ctx, o.remote, action.branch, action.expected);
           await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, action.branch, action.commit, { ...transportCap(ctx), who, force: action.force }));
           ctx.log.info(`pushed ${action.branch} ${action.commit.slice(0, 7)} to ${remoteName}${action.force ? " (it had moved back: a rollback)" : ""}`, { remote: remoteName, branch: action.branch, commit: action.commit });
           done.push(`pushed ${action.branch} ${action.commit.slice(0, 7)}`);
@@ -114,11 +154,13 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
         }
       }
       if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
+      for (const e of o.environments) if (e.action === "none" && e.note) done.push(e.note);
       return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync" };
     },
 
     describe(a) {
       if (a.type === "push-environment") return `push ${a.branch} ${a.commit.slice(0, 7)} to ${remoteName}${a.force ? " (moving it back after a rollback)" : ""}`;
+      if (a.type === "follow-environment") return `fetch ${a.branch} from ${remoteName} and move the local ${a.branch} ${a.from ? `from ${a.from.slice(0, 7)} ` : ""}to ${a.to.slice(0, 7)} (${remoteName}'s; never overwritten from here)`;
       if (a.type === "push") return `push ${a.commit === "(merge)" ? "the merge commit" : a.commit.slice(0, 7)} to ${remoteName}`;
       if (a.type === "fast-forward") return `fast-forward to ${remoteName}'s ${a.to.slice(0, 7)} and update the sandbox's files`;
       return `merge ${remoteName}'s ${a.theirs.slice(0, 7)} (the sandbox wins paths changed on both sides) and update the sandbox's files`;
@@ -216,31 +258,148 @@ function transportCap(ctx: ReconcileContext): { timeoutMs?: number } {
 }
 
 /**
- * Each environment branch that exists locally, with the remote's commit for it and how to bring the
- * remote up to date: a fast-forward, a forced push when the remote holds a commit cascade-sync itself
- * moved the branch away from (a rollback, or a superseded head), or "foreign" when someone else put a
- * commit there (never overwritten).
+ * Each configured environment branch: the local commit, the remote's (its objects fetched when they
+ * are not here yet, so that the two can be compared and followed), and what keeps them in step (see
+ * EnvironmentBranchSync). Only the first remote is followed: two remotes that disagree must never
+ * move a local environment branch back and forth.
  */
 async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config, remote: RemoteSpec): Promise<RemoteObserved["environments"]> {
-  const envs = Object.values(desired.environments);
-  const locals: { name: string; branch: string; local: string }[] = [];
+  const envs = Object.values(desired.environments).filter((e) => e.branch !== desired.sandbox.branch);
+  if (!envs.length) return [];
+  const who = await ctx.who();
+  const tips = await remoteBranchTips(ctx.repo, remote, [...new Set(envs.map((e) => e.branch))], { ...transportCap(ctx), who });
+  const primary = desired.remotes[0]?.name === remote.name;
+  const checkedOut = await ctx.repo.currentBranch();
+  const out: RemoteObserved["environments"] = [];
   for (const e of envs) {
     const local = await ctx.repo.branchHead(e.branch);
-    if (local) locals.push({ name: e.name, branch: e.branch, local });
-  }
-  if (!locals.length) return [];
-  const tips = await remoteBranchTips(ctx.repo, remote, locals.map((l) => l.branch), { ...transportCap(ctx), who: await ctx.who() });
-  const out: RemoteObserved["environments"] = [];
-  for (const l of locals) {
-    const theirs = tips[l.branch] ?? null;
-    let push: RemoteObserved["environments"][number]["push"] = "none";
-    if (theirs !== l.local) {
-      if (!theirs || ((await ctx.repo.hasObject(theirs)) && (await ctx.repo.isAncestor(theirs, l.local)))) push = "fast-forward";
-      else push = (await movedAway(ctx, l.name, theirs)) ? "force" : "foreign";
+    const theirs = tips[e.branch] ?? null;
+    if (theirs && theirs !== local && !(await ctx.repo.hasObject(theirs))) {
+      await counted((ok) => ctx.metrics.fetched(remote.name, ok), () => fetchBranch(ctx.repo, remote, e.branch, { ...transportCap(ctx), who }));
     }
-    out.push({ branch: l.branch, local: l.local, remote: theirs, push });
+    const facts = {
+      environment: e.name, branch: e.branch, local, remote: theirs, primary, remoteName: remote.name, checkedOut: checkedOut === e.branch, sandboxBranch: desired.sandbox.branch,
+      ahead: !!(local && theirs && (await ctx.repo.isAncestor(theirs, local))),
+      contained: !!(local && theirs && (await ctx.repo.isAncestor(local, theirs))),
+      promotedHere: local ? await promotedHere(ctx, e.branch, local) : false,
+      remoteMovedAway: theirs ? await movedAway(ctx, e.name, theirs) : false,
+    };
+    out.push(planEnvironmentBranch(facts));
   }
   return out;
+}
+
+/** What observe found out about one environment branch on one remote (plain data, for the pure rule). */
+export interface EnvironmentBranchFacts {
+  environment: string;
+  branch: string;
+  remoteName: string;
+  local: string | null;
+  remote: string | null;
+  /** The remote is the first configured one: the one whose environment branches are followed. */
+  primary: boolean;
+  /** The branch is checked out in the sandbox (moving it would change files under the user). */
+  checkedOut: boolean;
+  sandboxBranch: string;
+  /** The remote's commit is an ancestor of the local one. */
+  ahead: boolean;
+  /** The local commit is an ancestor of the remote's. */
+  contained: boolean;
+  /** The local commit was put on the branch here by a promotion or a rollback. */
+  promotedHere: boolean;
+  /** The remote's commit is one this controller moved the environment away from (rolled back or superseded). */
+  remoteMovedAway: boolean;
+}
+
+/**
+ * The rule for one environment branch and one remote (pure): push only what passed the environment's
+ * promotion here, follow the first remote otherwise, never overwrite a remote's commit that this
+ * controller did not itself move the environment away from.
+ */
+export function planEnvironmentBranch(f: EnvironmentBranchFacts): EnvironmentBranchSync {
+  const base = { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote };
+  const short = (c: string) => c.slice(0, 7);
+  if (!f.local && !f.remote) return { ...base, action: "none" };
+  if (f.local === f.remote) return { ...base, action: "none" };
+  if (f.local && !f.remote) return { ...base, action: "push" };
+  const local = f.local;
+  const theirs = f.remote!;
+  const follow = (): EnvironmentBranchSync => {
+    if (!f.primary) {
+      if (!local) return { ...base, action: "none" };
+      return f.ahead
+        ? { ...base, action: "none", note: `${f.branch} not pushed to ${f.remoteName}: ${short(local)} did not pass ${f.environment}'s promotion here` }
+        : {
+          ...base, action: "blocked", reason: "EnvironmentBranchMovedElsewhere",
+          note: `branch ${f.branch} on ${f.remoteName} is at ${short(theirs)}, a commit cascade-sync did not put there; only cascade-sync moves environment branches, and only the first remote's are followed`,
+          hint: `look at that commit; to let cascade-sync go on, reset ${f.branch} on ${f.remoteName} to ${short(local)} (or delete it there)`,
+        };
+    }
+    if (f.checkedOut) {
+      return {
+        ...base, action: "blocked", reason: "WrongBranch",
+        note: `${f.remoteName}'s ${f.branch} is at ${short(theirs)} and the local ${f.branch} must follow it, but ${f.branch} is checked out in the sandbox`,
+        hint: `run \`git checkout ${f.sandboxBranch}\` in the sandbox`,
+      };
+    }
+    return { ...base, action: "follow", ...(local && !f.contained ? { keep: true } : {}) };
+  };
+  if (!local) return follow();
+  if (f.ahead) return f.promotedHere ? { ...base, action: "push" } : follow();
+  // The remote is ahead or elsewhere. Only a commit this controller moved away from may be overwritten, and only with one promoted here.
+  if (f.remoteMovedAway) {
+    if (f.promotedHere) return { ...base, action: "force" };
+    return {
+      ...base, action: "blocked", reason: "EnvironmentBranchConflict",
+      note: `branch ${f.branch} on ${f.remoteName} is at ${short(theirs)}, which ${f.environment} was moved away from here (rolled back or superseded), and the local ${f.branch} is at ${short(local)}, which no promotion put there; neither is pushed nor followed`,
+      hint: `look at both commits; reset the local ${f.branch} to the commit ${f.environment} should run (e.g. git branch -f ${f.branch} ${short(theirs)}, once ${short(theirs)} may run again), or reset ${f.branch} on ${f.remoteName}`,
+    };
+  }
+  return follow();
+}
+
+/**
+ * True when the local branch's reflog says `commit` was put there by a promotion or a rollback (the
+ * environment reconciler's `promote:` and `rollback:` entries, written under the ref's lock together
+ * with the move). A branch created or moved any other way (init, native git, following a remote)
+ * holds a commit that did not pass the environment's promotion here.
+ */
+async function promotedHere(ctx: ReconcileContext, branch: string, commit: string): Promise<boolean> {
+  const log = await readFile(join(ctx.repo.gitdir, "logs", branchRef(branch)), "utf8").catch(() => "");
+  const lines = log.split("\n");
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]!;
+    const tab = line.indexOf("\t");
+    const [, to] = line.split(" ", 2);
+    if (to !== commit) continue;
+    const message = tab < 0 ? "" : line.slice(tab + 1);
+    return message.startsWith("promote:") || message.startsWith("rollback:");
+  }
+  return false;
+}
+
+/**
+ * Moves the local environment branch to the remote's commit (compare-and-swap against what observe
+ * saw), keeping a local commit that is not in the remote's history reachable. Returns what was done.
+ */
+async function followEnvironment(ctx: ReconcileContext, remoteName: string, a: Extract<RemoteAction, { type: "follow-environment" }>): Promise<string> {
+  const who = await ctx.who();
+  if (a.keep && a.from) await ctx.repo.setRef(`refs/cascade-sync/replaced/${a.environment}/${a.from}`, a.from, undefined, `follow: ${remoteName}'s ${a.branch} is at ${a.to.slice(0, 7)}`, who);
+  try {
+    await ctx.repo.setRef(branchRef(a.branch), a.to, a.from, `fetch: follow ${remoteName}'s ${a.branch} at ${a.to.slice(0, 7)}`, who);
+  } catch (err) {
+    if (err instanceof RefConflictError) throw transient("BranchMoved", `${a.branch} moved while following ${remoteName}'s; looking again`);
+    throw err;
+  }
+  ctx.log.info(`${a.branch} follows ${remoteName}: ${a.from ? a.from.slice(0, 7) : "(none)"} -> ${a.to.slice(0, 7)}${a.keep ? ` (${a.from!.slice(0, 7)} kept under refs/cascade-sync/replaced/${a.environment}/)` : ""}`, { remote: remoteName, branch: a.branch, commit: a.to });
+  ctx.branchMoved();
+  return `${a.branch} follows ${remoteName} at ${a.to.slice(0, 7)}`;
+}
+
+/** Throws Transient `EnvironmentBranchMoved` unless the remote's `branch` is still `expected` (a forced push overwrites only what was judged). */
+async function assertRemoteStill(ctx: ReconcileContext, remote: RemoteSpec, branch: string, expected: string | null): Promise<void> {
+  const now = (await remoteBranchTips(ctx.repo, remote, [branch], { ...transportCap(ctx), who: await ctx.who() }))[branch] ?? null;
+  if (now !== expected) throw transient("EnvironmentBranchMoved", `${branch} on ${remote.name} moved to ${now ? now.slice(0, 7) : "(deleted)"} while it was being judged; looking again`);
 }
 
 /** True when cascade-sync moved environment `env` away from `commit` (it is under a failed or superseded ref). */

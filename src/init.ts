@@ -8,13 +8,15 @@ import type { Config, ConfigProblem } from "./config/types.js";
 import { exclusionsFor } from "./exclusions.js";
 import { commitWorktree } from "./git/commit.js";
 import { readIndex } from "./git/index-file.js";
-import { writeSymbolicRef } from "./git/refs.js";
+import { deleteRef, writeSymbolicRef } from "./git/refs.js";
 import { branchRef, EMPTY_TREE, Repo, type Person } from "./git/repo.js";
-import { checkoutBranch, CheckoutConflictError, createRepository } from "./git/setup.js";
+import { checkoutBranch, CheckoutConflictError, createRepository, populateWorkTree } from "./git/setup.js";
+import { copyClosure, fetchBranch, remoteBranchTips, type RemoteTarget } from "./git/transport.js";
+import { assertSafeTree } from "./pipeline/materialize.js";
 import { packageRoot } from "./package-root.js";
 import { ensureRuntimeDir } from "./runtime.js";
 import { Worktree } from "./worktree.js";
-import { stalled, type CascadeError } from "./errors.js";
+import { CascadeError, stalled } from "./errors.js";
 import { ensureDefaultKeyFile } from "./security/keyfile.js";
 import { loadBlobPolicy } from "./security/blob-policy.js";
 
@@ -52,9 +54,16 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const configPath = join(dir, CONFIG_FILE);
 
   let repo = await Repo.open(dir).catch(() => undefined);
+  let adoption: Adoption | undefined;
   if (repo) {
-    // Before anything is written: switching to the sandbox branch is the one step that may refuse.
-    lines.push(...(await switchToSandboxBranch(repo, configPath, remoteUrl, opts)));
+    // Before anything is written: reading the remote (objects only) and the switch are the steps that may refuse.
+    adoption = await adoptionFor(repo, configPath, remoteUrl, opts);
+    lines.push(...(await adoptSandboxBranch(repo, adoption, opts)));
+    lines.push(...(await switchToSandboxBranch(repo, configPath, remoteUrl, opts).catch(async (err) => {
+      // The branch just adopted goes again: a refusal changes nothing.
+      if (adoption?.createdSandbox) await deleteRef(repo!.gitdir, branchRef((await sandboxBranchOnDisk(configPath, opts)) ?? "develop"), { expectedOld: adoption.createdSandbox });
+      throw err;
+    })));
   } else {
     await createRepository(dir, { bare: false, defaultBranch: "develop" });
     repo = await Repo.open(dir);
@@ -62,13 +71,19 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     await repo.setConfig("core.filemode", "true");
     await repo.setConfig("core.logallrefupdates", "true");
     lines.push(`created a git repository in ${dir}`);
+    adoption = await adoptionFor(repo, configPath, remoteUrl, opts);
   }
+  lines.push(...(adoption?.notes ?? []));
+  if (adoption && !(await repo.ref("HEAD"))) lines.push(...(await populateFromRemote(repo, adoption, configPath, opts)));
   await ensureRuntimeDir(repo.gitdir);
 
   const hasConfig = await exists(configPath);
   if (!hasConfig) {
     await writeFile(configPath, defaultText(remoteUrl, opts));
     lines.push(`wrote the default config ${configPath}`);
+  } else if (remoteUrl && adoption?.teamConfig) {
+    // The team's config is theirs: init never edits it (an edit would be committed and pushed to everyone).
+    if (!(await listsRemote(configPath, remoteUrl))) lines.push(`the team's ${CONFIG_FILE} (adopted from ${remoteUrl}) does not list ${remoteUrl} as a remote; it was kept as it is`);
   } else if (remoteUrl) {
     if (await addRemoteIfMissing(configPath, remoteUrl)) lines.push(`added remote ${remoteUrl} to ${CONFIG_FILE}`);
   }
@@ -146,14 +161,24 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   }
   const created = sandboxHead ? [] : [sandbox];
   const kept: string[] = [];
+  const adopted: string[] = [];
   for (const b of pipelineBranches(config)) {
     const at = await repo.branchHead(b);
-    if (at) kept.push(`${b} (${at.slice(0, 7)})`);
-    else {
+    // An environment branch the remote has starts where the remote has it: never invented here.
+    const theirs = adoption ? await adoption.tip(b) : null;
+    if (at) {
+      kept.push(`${b} (${at.slice(0, 7)})`);
+      if (theirs && theirs !== at) adoption!.notes.push(`kept ${b} at ${at.slice(0, 7)}; ${adoption!.from} has it at ${theirs.slice(0, 7)}: the controller follows ${adoption!.source.name}'s unless ${at.slice(0, 7)} was promoted here`);
+    } else if (theirs) {
+      await repo.setRef(branchRef(b), theirs, null, `cascade-sync init: adopted from ${adoption!.source.name}`, who);
+      adopted.push(`${b} -> ${theirs.slice(0, 7)}`);
+    } else {
       await repo.setRef(branchRef(b), start, null, "cascade-sync init", who);
       created.push(b);
     }
   }
+  if (adopted.length) adoption!.adopted.push(...adopted);
+  if (adoption?.adopted.length) lines.push(`adopted from ${adoption.from}: ${adoption.adopted.join(", ")}${adoption.already.length ? ` (already there: ${adoption.already.join(", ")})` : ""}`);
   if (created.length) lines.push(`created branch(es) ${created.join(", ")} at ${start.slice(0, 7)}`);
   if (checkedOut !== sandbox) {
     // The branch was just made from the files as they are: pointing HEAD at it changes no file.
@@ -161,9 +186,221 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     lines.push(`checked out ${sandbox}`);
   }
   if (lines.length && kept.length) lines.push(`kept the existing branch(es) ${kept.join(", ")} where they are (their history is untouched)`);
+  if (lines.length && adoption) lines.push(...adoption.notes.filter((n) => !lines.includes(n)));
   const warnings = loaded.warnings.map(formatProblem);
   if (!lines.length) return { changed: false, lines: [`${dir} is already a cascade-sync sandbox; nothing changed`, ...warnings] };
   return { changed: true, lines: [...lines, ...warnings] };
+}
+
+/** How long init waits for a remote that does not answer (the controller keeps trying later). */
+const INIT_REMOTE_TIMEOUT_MS = 10_000;
+
+/**
+ * The remote whose pipeline init adopts: where its branches are (fetched, their objects copied
+ * here), and what was adopted so far. `tip(branch)` reads a branch not read yet.
+ */
+interface Adoption {
+  source: RemoteTarget;
+  /** "remote origin (URL)", for messages. */
+  from: string;
+  /** The branches read so far: the remote's commit, or null when it has no such branch. */
+  tips: Map<string, string | null>;
+  tip(branch: string): Promise<string | null>;
+  /** "branch -> commit" for each branch that now starts where the remote has it. */
+  adopted: string[];
+  /** "branch -> commit" for each branch that already was where the remote has it (reported with the others). */
+  already: string[];
+  /** Lines to report besides (the remote could not be read, a branch kept that differs). */
+  notes: string[];
+  /** True when the config in the sandbox came from the remote's sandbox branch (the team's). */
+  teamConfig: boolean;
+  /** The commit of the sandbox branch adoptSandboxBranch created (deleted again when the switch refuses). */
+  createdSandbox?: string;
+}
+
+/**
+ * The remote init adopts a pipeline from: the one given with --remote (when it exists), else, in a
+ * clone, the config's first remote when git's remote of the same name (or `origin`) points at it.
+ * Reads its sandbox and pipeline branches and copies their objects here without moving any ref (a
+ * local remote) or into `refs/remotes/<name>/` (an HTTP one). A remote that cannot be read is
+ * reported in `notes`; in a clone the branches git clone fetched are used instead.
+ *
+ * Throws Stalled `UnrelatedHistory` when the remote's branches share no commit with the local
+ * history (nothing was changed), and Stalled `ConfigInvalid` for an invalid config on disk.
+ */
+async function adoptionFor(repo: Repo, configPath: string, remoteUrl: string | undefined, opts: InitOptions): Promise<Adoption | undefined> {
+  const onDisk = (await exists(configPath)) ? await loadConfig(configPath, opts.env) : undefined;
+  if (onDisk && !onDisk.ok) throw configInvalid(onDisk.problems);
+  const config = onDisk?.config;
+  const found = await adoptionSource(repo, config, remoteUrl, opts);
+  if (!found) return undefined;
+  const { source, tracking } = found;
+  const who = await author(repo, opts.now());
+  const from = `remote ${source.name} (${source.url})`;
+  const tips = new Map<string, string | null>();
+  const notes: string[] = [];
+  let unreachable = false;
+  const read = async (branches: string[]): Promise<void> => {
+    const wanted = branches.filter((b) => !tips.has(b));
+    if (!wanted.length) return;
+    if (!unreachable) {
+      try {
+        for (const [b, t] of Object.entries(await readRemoteBranches(repo, source, wanted, who))) tips.set(b, t);
+        return;
+      } catch (err) {
+        unreachable = true;
+        const why = err instanceof CascadeError ? `${err.reason}: ${err.message}` : (err as Error).message;
+        notes.push(tracking
+          ? `could not read ${from} (${why}); adopting its branches as git clone fetched them`
+          : `could not read ${from} (${why}); nothing was adopted from it (the controller follows its environment branches once it can reach it)`);
+      }
+    }
+    for (const b of wanted) tips.set(b, tracking ? await repo.ref(`refs/remotes/${tracking}/${b}`) : null);
+  };
+  const sandbox = config?.sandbox.branch ?? "develop";
+  await read([sandbox, ...(config ? pipelineBranches(config) : PIPELINE_BRANCHES)]);
+  await refuseUnrelated(repo, sandbox, tips, source);
+  return {
+    source, from, tips, notes, adopted: [], already: [], teamConfig: false,
+    async tip(branch) {
+      await read([branch]);
+      return tips.get(branch) ?? null;
+    },
+  };
+}
+
+/** Where to adopt from (see adoptionFor), and the git remote whose tracking refs a clone has. */
+async function adoptionSource(repo: Repo, config: Config | undefined, remoteUrl: string | undefined, opts: InitOptions): Promise<{ source: RemoteTarget; tracking?: string } | undefined> {
+  if (remoteUrl) {
+    const local = !isHttpUrl(remoteUrl);
+    // A local path that does not exist yet becomes a new, empty bare repository: nothing to adopt.
+    if (local && !(await isGitDir(remoteUrl))) return undefined;
+    const known = config?.remotes.find((r) => sameUrl(r.url, remoteUrl));
+    const source: RemoteTarget = known ?? {
+      name: "origin", url: remoteUrl, kind: local ? "local" : "http", timeoutMs: INIT_REMOTE_TIMEOUT_MS,
+      ...(opts.env.CASCADE_CLIENT_ID ? { username: opts.env.CASCADE_CLIENT_ID } : {}), ...(opts.env.CASCADE_CLIENT_SECRET ? { password: opts.env.CASCADE_CLIENT_SECRET } : {}),
+    };
+    return { source };
+  }
+  const first = config?.remotes[0];
+  if (!first) return undefined;
+  for (const name of [...new Set([first.name, "origin"])]) {
+    const url = await repo.getConfig(`remote.${name}.url`);
+    if (url && sameUrl(first.kind === "local" && !url.startsWith("file://") ? resolve(repo.dir, url) : url, first.url)) return { source: first, tracking: name };
+  }
+  return undefined;
+}
+
+/** Each branch's commit on the remote (null: none), with its objects copied here (see adoptionFor). */
+async function readRemoteBranches(repo: Repo, source: RemoteTarget, branches: string[], who: Person): Promise<Record<string, string | null>> {
+  const transport = { timeoutMs: INIT_REMOTE_TIMEOUT_MS, who };
+  if (source.kind === "local") {
+    if (!(await isGitDir(source.url))) throw stalled("RemoteNotFound", `${source.url} is not a git repository`);
+    // Objects only, no ref: a refusal after this leaves every ref, file and config as it was.
+    const bare = Repo.bare(source.url);
+    try {
+      const out: Record<string, string | null> = {};
+      for (const b of branches) {
+        out[b] = await bare.branchHead(b);
+        if (out[b]) await copyClosure(bare, repo, out[b]!);
+      }
+      return out;
+    } finally {
+      bare.close();
+    }
+  }
+  const tips = await remoteBranchTips(repo, source, branches, transport);
+  for (const [b, t] of Object.entries(tips)) if (t && !(await repo.hasObject(t))) await fetchBranch(repo, source, b, transport);
+  return tips;
+}
+
+/** Throws Stalled `UnrelatedHistory` when a branch of the remote shares no commit with the local history. */
+async function refuseUnrelated(repo: Repo, sandbox: string, tips: Map<string, string | null>, source: RemoteTarget): Promise<void> {
+  const mine = (await repo.branchHead(sandbox)) ?? (await repo.ref("HEAD"));
+  if (!mine) return;
+  const foreign: string[] = [];
+  for (const [b, t] of tips) if (t && (await repo.mergeBase(mine, t)) === null) foreign.push(`${b} (${t.slice(0, 7)})`);
+  if (!foreign.length) return;
+  throw stalled(
+    "UnrelatedHistory",
+    `remote ${source.name} (${source.url}) has history unrelated to this repository: its ${foreign.join(", ")} ${foreign.length === 1 ? "shares" : "share"} no commit with ${sandbox === (await repo.currentBranch()) ? sandbox : "the commit checked out"} (${mine.slice(0, 7)}); init joins a remote's pipeline only where it continues the local history, and never merges unrelated histories (that would replace the team's files and config); nothing was changed`,
+    `to join that pipeline, clone it and run init in the clone: git clone ${source.url} DIR && cd DIR && cascade-sync init; to give this repository a pipeline of its own, use an empty remote (a new bare repository) instead`,
+  );
+}
+
+/**
+ * In a repository with history but no sandbox branch (a clone of a remote whose default branch is
+ * another one), creates the sandbox branch where the remote has it, so that the switch that follows
+ * checks it out. Returns the lines to report.
+ */
+async function adoptSandboxBranch(repo: Repo, adoption: Adoption | undefined, opts: InitOptions): Promise<string[]> {
+  if (!adoption || !(await repo.ref("HEAD"))) return [];
+  const sandbox = (await sandboxBranchOnDisk(join(repo.dir, CONFIG_FILE), opts)) ?? "develop";
+  const theirs = adoption.tips.get(sandbox);
+  const mine = await repo.branchHead(sandbox);
+  if (mine) {
+    if (theirs === mine) adoption.already.push(`${sandbox} -> ${mine.slice(0, 7)}`);
+    if (theirs && theirs !== mine) adoption.notes.push(`kept ${sandbox} at ${mine.slice(0, 7)}; ${adoption.from} has it at ${theirs.slice(0, 7)}: the controller brings the two together`);
+    return [];
+  }
+  if (!theirs) return [];
+  await repo.setRef(branchRef(sandbox), theirs, null, `cascade-sync init: adopted from ${adoption.source.name}`, await author(repo, opts.now()));
+  adoption.createdSandbox = theirs;
+  adoption.adopted.push(`${sandbox} -> ${theirs.slice(0, 7)}`);
+  return [];
+}
+
+/**
+ * In a repository without history: the sandbox branch starts at the remote's, whose files are
+ * written into the folder (what is already there is kept, and committed on top as the sandbox's
+ * own content), and the team's config comes with them. Returns the lines to report.
+ */
+async function populateFromRemote(repo: Repo, adoption: Adoption, configPath: string, opts: InitOptions): Promise<string[]> {
+  const onDisk = (await exists(configPath)) ? await loadConfig(configPath, opts.env) : undefined;
+  const sandbox = onDisk?.ok ? onDisk.config.sandbox.branch : "develop";
+  const theirs = await adoption.tip(sandbox);
+  if (!theirs) return [];
+  // The files of the remote's commit are written through the policy of the config that will be in force.
+  const text = onDisk ? undefined : (await repo.fileAt(theirs, CONFIG_FILE))?.toString("utf8");
+  const governing = onDisk ?? (text !== undefined ? parseConfig(text, configPath, opts.env) : undefined);
+  if (governing?.ok) repo.policy = (await loadBlobPolicy(governing.config, opts.env)).policy;
+  // A remote commit is hostile input: nothing of it is written unless every path is safe.
+  await assertSafeTree(repo, await repo.commitTree(theirs), "the sandbox");
+  const { written, kept } = await populateWorkTree(repo, theirs);
+  const who = await author(repo, opts.now());
+  await repo.setRef(branchRef(sandbox), theirs, null, `cascade-sync init: adopted from ${adoption.source.name}`, who);
+  const checkedOut = await repo.currentBranch();
+  if (checkedOut !== sandbox) await writeSymbolicRef(repo.gitdir, "HEAD", branchRef(sandbox), { message: `checkout: moving from ${checkedOut ?? "HEAD"} to ${sandbox}`, committer: who });
+  adoption.teamConfig = !onDisk && text !== undefined;
+  adoption.adopted.push(`${sandbox} -> ${theirs.slice(0, 7)}`);
+  const lines = [`wrote ${written.length} file(s) of ${adoption.source.name}'s ${sandbox} (${theirs.slice(0, 7)}) into ${repo.dir}${adoption.teamConfig ? `, with the team's ${CONFIG_FILE}` : ""}`];
+  if (kept.length) lines.push(`kept ${kept.length} file(s) already here as they are (${kept.slice(0, 5).join(", ")}${kept.length > 5 ? ", ..." : ""}): where they differ, they are committed on top (the sandbox wins)`);
+  return lines;
+}
+
+/** The sandbox branch the config on disk names (undefined without a valid config). */
+async function sandboxBranchOnDisk(configPath: string, opts: InitOptions): Promise<string | undefined> {
+  if (!(await exists(configPath))) return undefined;
+  const loaded = await loadConfig(configPath, opts.env);
+  return loaded.ok ? loaded.config.sandbox.branch : undefined;
+}
+
+/** True when the config already lists `url` as a remote. */
+async function listsRemote(configPath: string, url: string): Promise<boolean> {
+  const doc = parseDocument(await readFile(configPath, "utf8"));
+  const remotes = (doc.toJS() as { remotes?: { url?: string }[] } | null)?.remotes ?? [];
+  return remotes.some((r) => !!r.url && (r.url === url || (!isHttpUrl(r.url) && resolve(dirname(configPath), r.url) === resolve(url))));
+}
+
+/** True when two remote URLs name the same repository (a local path also as `file://`, a trailing `/` ignored). */
+function sameUrl(a: string, b: string): boolean {
+  if (isHttpUrl(a) || isHttpUrl(b)) return a.replace(/\/+$/, "") === b.replace(/\/+$/, "");
+  const path = (u: string) => resolve(u.startsWith("file://") ? decodeURIComponent(u.slice("file://".length)) : u).replace(/\/+$/, "");
+  return path(a) === path(b);
+}
+
+async function isGitDir(path: string): Promise<boolean> {
+  return (await exists(join(path, "objects"))) && (await exists(join(path, "HEAD")));
 }
 
 /**

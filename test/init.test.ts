@@ -5,8 +5,16 @@ import path from 'node:path';
 import { commitFiles, fsckStrict, git, logOneline, lsTree, revParse, showFile, statusPorcelain } from './helpers/git.js';
 import { configText, run } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
+import { refsOf, teamRemote } from './helpers/team.js';
+import { startGitHttpServer } from './helpers/git-http-server.js';
 
-afterEach(cleanupTmpDirs);
+/** Servers to close after each test. */
+let afterTest: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const close of afterTest) await close();
+  afterTest = [];
+  await cleanupTmpDirs();
+});
 
 describe('init', () => {
   it('makes a new folder a sandbox: repo, default config, develop/staging/main at one commit, develop checked out', async () => {
@@ -262,5 +270,81 @@ describe('plan', () => {
     expect(await revParse(dir, 'develop')).toBe(head);
     expect((await git(remote, 'for-each-ref')).trim()).toBe('');
     expect(await statusPorcelain(dir)).toEqual(['?? draft.md']);
+  });
+});
+
+describe('init joins a pipeline that already exists on a remote', () => {
+  it.each(['local', 'http'])('init DIR --remote URL on a %s remote with history adopts it: develop, staging and main where the remote has them, the team config and files; a sync then changes nothing on the remote', async (kind) => {
+    const team = await teamRemote(kind === 'http' ? {
+      serve: async (root) => {
+        const server = await startGitHttpServer({ root });
+        afterTest.push(() => server.close());
+        return server.url('site.git');
+      },
+    } : {});
+    const before = await refsOf(team.bare);
+    const parent = await makeTmpDir('join');
+    const r = await run(parent, ['init', 'joined', '--remote', team.url]);
+    expect(r.code, r.stderr).toBe(0);
+    const dir = path.join(parent, 'joined');
+    expect(r.stdout).toContain(`adopted from remote origin (${team.url}): develop -> ${team.c3.slice(0, 7)}, staging -> ${team.c2.slice(0, 7)}, main -> ${team.c1.slice(0, 7)}`);
+    expect(r.stdout).not.toMatch(/wrote the default config/);
+    // Native git: each branch is exactly the remote's, no commit of its own, develop checked out and clean.
+    expect(await revParse(dir, 'develop')).toBe(team.c3);
+    expect(await revParse(dir, 'staging')).toBe(team.c2);
+    expect(await revParse(dir, 'main')).toBe(team.c1);
+    expect(await git(dir, 'symbolic-ref', 'HEAD')).toBe('refs/heads/develop');
+    expect(await statusPorcelain(dir)).toEqual([]);
+    // The team's config is the one in the sandbox, byte for byte; the files came with it.
+    expect(await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).toBe(team.config);
+    expect(await readFile(path.join(dir, 'app.txt'), 'utf8')).toBe('v3\n');
+    expect(await readFile(path.join(dir, 'notes.md'), 'utf8')).toBe('more\n');
+    await fsckStrict(dir);
+    expect(await refsOf(team.bare)).toBe(before);
+    // A full pass of the controller: nothing to push, nothing moved on the remote (the team's config stays there too).
+    const rec = await run(dir, ['reconcile']);
+    expect(rec.code, rec.stdout + rec.stderr).toBe(0);
+    expect(await refsOf(team.bare)).toBe(before);
+    expect((await showFile(team.bare, 'develop', 'cascade-sync-config.yaml')).toString()).toBe(team.config);
+    // Idempotent.
+    const again = await run(dir, ['init', '--remote', team.url]);
+    expect(again.stdout).toMatch(/nothing changed/);
+  });
+
+  it('init --remote URL into a folder with files of its own: the remote files arrive, the own ones are kept and committed on top', async () => {
+    const team = await teamRemote();
+    const dir = await makeTmpDir('join-files');
+    await writeFile(path.join(dir, 'app.txt'), 'my local version\n');
+    await writeFile(path.join(dir, 'mine.txt'), 'mine\n');
+    const r = await run(dir, ['init', '--remote', team.bare]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/kept 1 file\(s\) already here as they are \(app\.txt\)/);
+    expect(await git(dir, 'rev-parse', 'develop^')).toBe(team.c3);
+    expect((await showFile(dir, 'develop', 'app.txt')).toString()).toBe('my local version\n');
+    expect((await showFile(dir, 'develop', 'mine.txt')).toString()).toBe('mine\n');
+    // Nothing of the team's tree was deleted by the own commit.
+    expect((await showFile(dir, 'develop', 'notes.md')).toString()).toBe('more\n');
+    expect((await showFile(dir, 'develop', 'cascade-sync-config.yaml')).toString()).toBe(team.config);
+    expect(await revParse(dir, 'main')).toBe(team.c1);
+    expect(await statusPorcelain(dir)).toEqual([]);
+  });
+
+  it('refuses a remote whose history is unrelated to the repository (Stalled UnrelatedHistory, with a hint), changing nothing', async () => {
+    const team = await teamRemote();
+    const remoteBefore = await refsOf(team.bare);
+    const dir = await makeTmpDir('own');
+    await writeFile(path.join(dir, 'index.html'), '<p>my own site</p>\n');
+    expect((await run(dir, ['init'])).code).toBe(0);
+    await writeFile(path.join(dir, 'draft.md'), 'not committed yet\n');
+    const before = await snapshot(dir);
+    const r = await run(dir, ['init', '--remote', team.bare]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/UnrelatedHistory/);
+    expect(r.stderr).toContain(`remote origin (${team.bare}) has history unrelated to this repository`);
+    expect(r.stderr).toMatch(/nothing was changed/);
+    expect(r.stderr).toContain(`hint: to join that pipeline, clone it and run init in the clone: git clone ${team.bare} DIR`);
+    expect(await snapshot(dir)).toEqual(before);
+    expect(await refsOf(team.bare)).toBe(remoteBefore);
+    await fsckStrict(dir);
   });
 });

@@ -6,6 +6,8 @@ import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-serve
 import { gaps, startTimedGitHttpServer } from './helpers/remote-timing.js';
 import { makeSandbox, run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+import { refsOf, teamRemote } from './helpers/team.js';
+import { planEnvironmentBranch, type EnvironmentBranchFacts } from '../reconcilers/remote.js';
 
 let controllers: RunningController[] = [];
 let servers: GitHttpServer[] = [];
@@ -349,5 +351,76 @@ describe('develop <-> remotes', () => {
     const st = await status(dir);
     expect(st.remotes.find((r: { name: string }) => r.name === 'down').error.reason).toBe('RemoteUnavailable');
     expect(st.remotes.find((r: { name: string }) => r.name === 'local').error).toBeUndefined();
+  });
+});
+
+describe('environment branches <-> remotes', () => {
+  it.each(['local', 'http'])('never moves an environment branch on a %s remote to a commit not promoted here: an unpromoted local main follows the remote back, a missing staging is fetched, a staging behind follows', async (kind) => {
+    const team = await teamRemote(kind === 'http' ? {
+      serve: async (root) => {
+        const server = await startGitHttpServer({ root });
+        servers.push(server);
+        return server.url('site.git');
+      },
+    } : {});
+    const dir = await makeTmpDir('clone');
+    await cloneTo(team.url, dir);
+    const init = await run(dir, ['init']);
+    expect(init.code, init.stderr).toBe(0);
+    // The unsafe states a sandbox can be in (made with native git, as an older init or a person would):
+    // main moved ahead to the develop head, which no promotion put there, and staging missing.
+    await git(dir, 'branch', '-f', 'main', team.c3);
+    await git(dir, 'branch', '-D', 'staging');
+    const remoteBefore = await refsOf(team.bare);
+    const c = await start(dir, testEnv());
+
+    await waitFor(async () => (await tryRevParse(dir, 'staging')) === team.c2 || undefined, { what: 'staging fetched from the remote' });
+    await waitFor(async () => (await tryRevParse(dir, 'main')) === team.c1 || undefined, { what: 'main to follow the remote back to its commit' });
+    // The local commit is kept reachable, and nothing moved on the remote.
+    expect(await revParse(dir, `refs/cascade-sync/replaced/production/${team.c3}`)).toBe(team.c3);
+    expect(await refsOf(team.bare)).toBe(remoteBefore);
+    expect(await git(dir, 'reflog', '-n', '1', '--format=%gs', 'main')).toBe(`fetch: follow origin's main at ${team.c1.slice(0, 7)}`);
+
+    // The remote's staging moves on (another controller promoted): the local one follows, it is not reported as foreign.
+    const other = await makeTmpDir('other');
+    await cloneTo(team.bare, other, '--branch', 'develop');
+    await git(other, 'push', '-q', 'origin', `${team.c3}:refs/heads/staging`);
+    await waitFor(async () => (await tryRevParse(dir, 'staging')) === team.c3 || undefined, { what: 'staging to follow the remote forward' });
+    // A few more fetch passes: still nothing pushed, no error.
+    const seen = (await status(dir)).remotes[0].lastFetch.at;
+    await waitFor(async () => {
+      const st = await status(dir);
+      return (st.remotes[0].lastFetch.at > seen && reconciler(st, 'remote:origin').failures === 0 && !st.remotes[0].error) || undefined;
+    }, { what: 'another clean fetch pass' });
+    expect(await tryRevParse(team.bare, 'main')).toBe(team.c1);
+    expect(await tryRevParse(team.bare, 'staging')).toBe(team.c3);
+    expect(c.stdout.text()).not.toMatch(/EnvironmentBranchMovedElsewhere/);
+    await fsckStrict(dir);
+  }, 90_000);
+
+  it('plans each environment branch by the rule: push only what was promoted here, follow the first remote, force only over a commit moved away from', () => {
+    const a = 'a'.repeat(40);
+    const b = 'b'.repeat(40);
+    const base = { environment: 'production', branch: 'main', remoteName: 'origin', primary: true, checkedOut: false, sandboxBranch: 'develop', ahead: false, contained: false, promotedHere: false, remoteMovedAway: false };
+    const table: { name: string; facts: Partial<EnvironmentBranchFacts>; action: string; keep?: boolean; reason?: string }[] = [
+      { name: 'both missing', facts: { local: null, remote: null }, action: 'none' },
+      { name: 'in step', facts: { local: a, remote: a }, action: 'none' },
+      { name: 'the remote lacks it: created there', facts: { local: a, remote: null }, action: 'push' },
+      { name: 'missing here: fetched from the first remote', facts: { local: null, remote: b }, action: 'follow' },
+      { name: 'missing here, second remote: left alone', facts: { local: null, remote: b, primary: false }, action: 'none' },
+      { name: 'ahead, promoted here: fast-forward push', facts: { local: a, remote: b, ahead: true, promotedHere: true }, action: 'push' },
+      { name: 'ahead, never promoted here: follows the remote back', facts: { local: a, remote: b, ahead: true }, action: 'follow', keep: true },
+      { name: 'ahead, never promoted here, second remote: not pushed', facts: { local: a, remote: b, ahead: true, primary: false }, action: 'none' },
+      { name: 'behind: follows', facts: { local: a, remote: b, contained: true, promotedHere: true }, action: 'follow' },
+      { name: 'diverged: follows, keeping the local commit', facts: { local: a, remote: b, promotedHere: true }, action: 'follow', keep: true },
+      { name: 'diverged, second remote: blocked', facts: { local: a, remote: b, primary: false }, action: 'blocked', reason: 'EnvironmentBranchMovedElsewhere' },
+      { name: 'rolled back here: forced over the failed commit', facts: { local: a, remote: b, contained: true, promotedHere: true, remoteMovedAway: true }, action: 'force' },
+      { name: 'remote at a failed commit, local never promoted: blocked', facts: { local: a, remote: b, contained: true, remoteMovedAway: true }, action: 'blocked', reason: 'EnvironmentBranchConflict' },
+      { name: 'checked out: never moved under the user', facts: { local: a, remote: b, contained: true, checkedOut: true }, action: 'blocked', reason: 'WrongBranch' },
+    ];
+    for (const row of table) {
+      const got = planEnvironmentBranch({ ...base, local: null, remote: null, ...row.facts });
+      expect({ name: row.name, action: got.action, keep: got.keep === true, reason: got.reason }).toEqual({ name: row.name, action: row.action, keep: row.keep === true, reason: row.reason });
+    }
   });
 });

@@ -128,7 +128,9 @@ export async function main(args: MainArgs): Promise<number> {
     }
   } catch (e) {
     const ce = toCascadeError(e);
-    err(redactor.redact(`cascade-sync ${command}: ${ce.message}${ce.hint ? `\nhint: ${ce.hint}` : ""}`));
+    // init's refusals carry their kind and reason code (scripts that set up sandboxes match on them).
+    const code = command === "init" && ce.reason !== "InternalError" ? `${ce.kind} ${ce.reason}: ` : "";
+    err(redactor.redact(`cascade-sync ${command}: ${code}${ce.message}${ce.hint ? `\nhint: ${ce.hint}` : ""}`));
     if (ce.reason === "InternalError" && e instanceof Error && e.stack) err(redactor.redact(e.stack));
     // An invalid config is the command's check failing (as for `validate`), not a usage error.
     return ce.reason === "ConfigInvalid" ? 1 : 2;

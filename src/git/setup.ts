@@ -173,3 +173,54 @@ async function pruneEmptyParents(root: string, rel: string): Promise<void> {
 function preview(paths: string[]): string {
   return paths.length > 10 ? `${paths.slice(0, 10).join(", ")} and ${paths.length - 10} more` : paths.join(", ");
 }
+
+/**
+ * Writes the files of `commit` into a work tree that has no history yet (the adoption of a remote's
+ * branch by init), never replacing or deleting anything already there: a path that exists on disk
+ * (or whose folder is taken by a file) is left as it is and listed in `kept`, so that it is
+ * committed on top as the sandbox's own content. Every path of the commit is decrypted through
+ * `repo.policy` before anything is written (a missing key or a tampered blob changes nothing);
+ * submodules are not written. The index gets an entry for each file written, under `.git/index.lock`.
+ *
+ * Returns the paths written and kept. Throws Stalled `EncryptionKeyMissing`/`EncryptedBlobTampered`
+ * from the policy (nothing written), LockBusyError when the index is locked.
+ */
+export async function populateWorkTree(repo: Repo, commit: string): Promise<{ written: string[]; kept: string[] }> {
+  const files = [...(await repo.flattenTree(await repo.commitTree(commit)))].filter(([, e]) => e.mode !== "160000");
+  for (const [path, e] of files) if (e.mode !== "120000" && repo.policy.isEncrypted(path)) await repo.readContent(path, e);
+  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
+  try {
+    const index = await readIndex(repo.gitdir);
+    const written: string[] = [];
+    const kept: string[] = [];
+    for (const [path, e] of files) {
+      const abs = join(repo.dir, path);
+      if (await occupied(repo.dir, path)) {
+        kept.push(path);
+        continue;
+      }
+      await writeWorkFile(abs, await repo.readContent(path, e), e.mode);
+      const st = await lstatBig(abs, { bigint: true });
+      const entry = entryFromStat(path, st, e.oid, parseInt(e.mode, 8));
+      if (e.mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
+      index.entries.set(path, entry);
+      written.push(path);
+    }
+    await writeIndex(repo.gitdir, index, { lock });
+    return { written, kept };
+  } catch (err) {
+    await lock.rollback().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** True when `rel` exists on disk, or one of its folders is something other than a folder. */
+async function occupied(root: string, rel: string): Promise<boolean> {
+  const parts = rel.split("/");
+  for (let i = 1; i <= parts.length; i++) {
+    const st = await lstatBig(join(root, ...parts.slice(0, i)), { bigint: true }).catch(() => null);
+    if (!st) return false;
+    if (i === parts.length || !st.isDirectory()) return true;
+  }
+  return false;
+}
