@@ -683,7 +683,7 @@ async function approvedTarget(
 
 /** Why an environment has no policy in force, or why a commit's config cannot become it. */
 export interface PolicyProblem {
-  reason: "EnvironmentBranchMissing" | "PolicyMissing" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
+  reason: "EnvironmentBranchMissing" | "PolicyMissing" | "PolicyUnreadable" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
   message: string;
   hint: string;
 }
@@ -695,11 +695,17 @@ type TrustedSpec = ({ ok: true } & PolicyView) | { ok: false; problem: PolicyPro
 const configsByCommit = new Map<string, LoadResult | null>();
 const CONFIG_CACHE_SIZE = 32;
 
-/** The config committed in `commit` (null when it has none), parsed as the sandbox's would be; cached per commit. */
-async function configAt(ctx: ReconcileContext, desired: Config, commit: string): Promise<LoadResult | null> {
+/** The config committed in `commit` (null when it has none, `unreadable` when its tree cannot be read), parsed as the sandbox's would be; cached per commit. */
+async function configAt(ctx: ReconcileContext, desired: Config, commit: string): Promise<LoadResult | null | { unreadable: string }> {
   const key = `${desired.dir}\0${commit}`;
   if (configsByCommit.has(key)) return configsByCommit.get(key)!;
-  const text = await ctx.repo.fileAt(commit, CONFIG_FILE);
+  let text: Buffer | null;
+  try {
+    text = await ctx.repo.fileAt(commit, CONFIG_FILE);
+  } catch (err) {
+    // A tree git itself would not check out (e.g. a ".GIT" entry): no policy can come from it. Not cached: it may be an I/O error.
+    return { unreadable: err instanceof CascadeError ? `${err.reason}: ${err.message}` : err instanceof Error ? err.message : String(err) };
+  }
   const loaded = text ? parseConfig(text.toString("utf8"), join(desired.dir, CONFIG_FILE), ctx.pipeline!.env) : null;
   if (configsByCommit.size >= CONFIG_CACHE_SIZE) configsByCommit.delete(configsByCommit.keys().next().value!);
   configsByCommit.set(key, loaded);
@@ -721,6 +727,7 @@ async function trustedSpecAt(ctx: ReconcileContext, desired: Config, name: strin
     ? `a person who may change ${name}'s policy commits a valid ${CONFIG_FILE} (with environments.${name} on branch ${branch}) onto branch ${branch}; the sandbox's copy is never used for ${name}`
     : `fix ${CONFIG_FILE} in the sandbox; the next commit on the branch ${name} is promoted from is considered again`;
   const fail = (reason: PolicyProblem["reason"], what: string): TrustedSpec => ({ ok: false, problem: { reason, message: `${what}, ${outcome}`, hint } });
+  if (loaded && "unreadable" in loaded) return fail("PolicyUnreadable", `${where} cannot be read (${loaded.unreadable})`);
   if (!loaded) return fail("PolicyMissing", role === "head" ? `branch ${branch} has no committed ${CONFIG_FILE} (at ${commit.slice(0, 7)})` : `${commit.slice(0, 7)} has no ${CONFIG_FILE}`);
   if (!loaded.ok) {
     const errors = loaded.problems.filter((p) => p.severity === "error");
@@ -736,7 +743,7 @@ async function trustedSpecAt(ctx: ReconcileContext, desired: Config, name: strin
 /** The release settings (hooks, health) of `commit` for environment `name`, when its config is valid and has the environment. */
 async function releaseSpecAt(ctx: ReconcileContext, desired: Config, name: string, commit: string): Promise<EnvironmentSpec | undefined> {
   const loaded = await configAt(ctx, desired, commit);
-  return loaded?.ok && Object.hasOwn(loaded.config.environments, name) ? loaded.config.environments[name] : undefined;
+  return loaded && "ok" in loaded && loaded.ok && Object.hasOwn(loaded.config.environments, name) ? loaded.config.environments[name] : undefined;
 }
 
 /** What a promotion target deploys with (its own config's hooks), or why its config cannot become the policy in force. */
