@@ -95,7 +95,8 @@ export type EnvironmentAction =
   | { type: "deploy"; commit: string; release: ReleaseSettings }
   | { type: "run-gates"; commit: string }
   | { type: "promote"; commit: string; mode: "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[]; release: ReleaseSettings }
-  | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string };
+  | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string }
+  | { type: "pin-branch"; branch: string };
 
 /** A release's deploy hooks: always those of the commit being deployed (its own config). */
 export type DeployHooks = NonNullable<EnvironmentSpec["deploy"]>["hooks"];
@@ -143,6 +144,11 @@ export interface EnvironmentObserved {
   sandbox?: PolicyView;
   /** Set when the environment has no policy in force: nothing is promoted into it or deployed. */
   policyProblem?: PolicyProblem;
+  /**
+   * The branch pinned for this environment in the sandbox's .git/config (null: none yet, pinned on
+   * this pass; undefined: not observed). Its trust root cannot be moved by a config edit alone.
+   */
+  pinnedBranch?: string | null;
 }
 
 /** How a commit relates to the environment branch's head. */
@@ -174,8 +180,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const now = ctx.clock.now();
       const branch = sandboxEnv.branch;
       const head = await ctx.repo.branchHead(branch);
+      const pinnedBranch = (await ctx.repo.getConfig(pinKey(name))) ?? null;
       // The trust root: the config committed on the environment's own branch. Never the sandbox's copy.
-      const policy = head ? await trustedSpecAt(ctx, desired, name, branch, head, "head") : { ok: false as const, problem: missingBranch(name, branch) };
+      const policy: TrustedSpec = pinnedBranch !== null && pinnedBranch !== branch ? { ok: false, problem: branchChanged(name, pinnedBranch, branch) }
+        : head ? await trustedSpecAt(ctx, desired, name, branch, head, "head") : { ok: false, problem: missingBranch(name, branch) };
       const inForce = policy.ok ? policy : undefined;
       const sandbox: PolicyView = { env: sandboxEnv, fromBranch: fromBranchOf(desired, sandboxEnv) };
       const deploy = deploySettings(sandboxEnv, inForce?.env);
@@ -218,7 +226,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
-        ...(policy.ok ? {} : { policyProblem: policy.problem }),
+        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch,
       };
     },
 
@@ -257,6 +265,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         case "run-gates": return `run the gates of ${name} on ${a.commit.slice(0, 7)}`;
         case "promote": return `promote ${a.commit.slice(0, 7)} to ${name} (${a.mode})${a.signers.length ? `, approved by ${a.signers.join(", ")}` : ""}`;
         case "notify": return `notify ${a.event}: ${a.message}`;
+        case "pin-branch": return `pin ${name}'s branch to ${a.branch} (git config ${pinKey(name)})`;
       }
     },
   };
@@ -353,6 +362,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "notify":
         await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
         return `notified ${action.event}`;
+      case "pin-branch":
+        await ctx.repo.setConfig(pinKey(name), action.branch);
+        ctx.log.info(`${name}: branch ${action.branch} pinned as its trust root (git config ${pinKey(name)})`, { environment: name, branch: action.branch });
+        return `branch ${action.branch} pinned`;
     }
   }
 
@@ -475,6 +488,8 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   if (env.health.length && health?.phase === "progressing") requeueAfterMs = Math.min(o.healthIntervalMs, Math.max(0, health.since + env.progressDeadlineMs - o.now));
 
   if (policyProblem) return finish(`blocked: ${policyProblem.message}`, policyProblem.hint);
+  // Trust on first use: from now on a config edit alone cannot point this environment at another branch.
+  if (o.pinnedBranch === null) actions.push({ type: "pin-branch", branch: env.branch });
 
   // The live release follows the branch.
   if (env.deploy && o.head && o.deployed !== o.head) {
@@ -683,7 +698,7 @@ async function approvedTarget(
 
 /** Why an environment has no policy in force, or why a commit's config cannot become it. */
 export interface PolicyProblem {
-  reason: "EnvironmentBranchMissing" | "PolicyMissing" | "PolicyUnreadable" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
+  reason: "EnvironmentBranchMissing" | "EnvironmentBranchChanged" | "PolicyMissing" | "PolicyUnreadable" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
   message: string;
   hint: string;
 }
@@ -794,5 +809,19 @@ function effectiveSpec(sandbox: EnvironmentSpec, inForce: EnvironmentSpec | unde
     failureThreshold: release?.failureThreshold ?? policy.failureThreshold,
     progressDeadlineMs: release?.progressDeadlineMs ?? policy.progressDeadlineMs,
     ...(deploy ? { deploy } : {}),
+  };
+}
+
+/** The git config key that pins environment `name`'s branch (in the sandbox's .git/config, which no push can change). */
+export function pinKey(name: string): string {
+  return `cascade-sync.${name}.branch`;
+}
+
+/** The problem of a sandbox config that points an environment at another branch than the pinned one. */
+function branchChanged(name: string, pinned: string, branch: string): PolicyProblem {
+  return {
+    reason: "EnvironmentBranchChanged",
+    message: `the sandbox's config puts ${name} on branch ${branch}, but ${name}'s branch is ${pinned} (pinned when cascade-sync first ran it): an environment's branch holds its policy in force, so an edit of the config alone does not move it`,
+    hint: `if the move is intended, a person who may change ${name}'s policy runs in the sandbox: git config ${pinKey(name)} ${branch}; otherwise put branch: ${pinned} back under environments.${name}`,
   };
 }

@@ -259,3 +259,15 @@ describe('planEnvironment: the policy in force and the sandbox\'s pending change
     expect(head.actions.find((a) => a.type === 'deploy')).toEqual({ type: 'deploy', commit: B, release: { hooks: { post: 'echo head' }, checks: true } });
   });
 });
+
+describe('planEnvironment: the environment\'s branch is pinned', () => {
+  it('first pass with a policy in force: the branch is pinned (trust on first use)', () => {
+    expect(planEnvironment(observed({ pinnedBranch: null })).actions.map((a) => a.type)).toEqual(['pin-branch', 'promote', 'deploy']);
+    expect(planEnvironment(observed({ pinnedBranch: null })).actions[0]).toEqual({ type: 'pin-branch', branch: 'staging' });
+  });
+  it('already pinned, or no policy in force: nothing to pin', () => {
+    expect(planEnvironment(observed({ pinnedBranch: 'staging' })).actions.map((a) => a.type)).toEqual(['promote', 'deploy']);
+    const problem = { reason: 'PolicyMissing' as const, message: 'no config', hint: 'commit one' };
+    expect(planEnvironment(observed({ pinnedBranch: null, policyProblem: problem })).actions.map((a) => a.type)).toEqual([]);
+  });
+});

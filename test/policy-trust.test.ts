@@ -199,4 +199,34 @@ describe('production\'s policy is the one committed on main (issue 12, part 1)',
     expect(promoted).toContain(c3);
     expect((await markersWritten(p)).filter((m) => !m.startsWith('approved-'))).toEqual([]);
   }, 240_000);
+
+  it('an edit that points production at another branch (one whose config it wrote) is not followed: the branch is pinned', async () => {
+    const p = await pipeline();
+    // Pinned on the first pass, in the sandbox's .git/config (which no push can change).
+    await waitFor(async () => (await gitOk(p.dir, 'config', 'cascade-sync.production.branch')).stdout.trim() === 'main' || undefined, { what: 'production\'s branch pinned' });
+    const clone = path.join(await makeTmpDir('clone'), 'site');
+    await cloneTo(p.bare, clone, '--branch', 'develop');
+    // One push: production on develop itself, automatic, the sandbox moved aside so the config stays valid.
+    const hijack = pipelineConfig({ ...p.opts, sandbox: '{ branch: elsewhere, debounce: 300ms, batchWindow: 2s }', productionPolicy: ['    from: staging', '    promotion: auto'] })
+      .replace('  production:\n    branch: main', '  production:\n    branch: develop')
+      .replace('    branch: staging\n    from: develop', '    branch: staging\n    from: elsewhere');
+    await writeFile(path.join(clone, 'cascade-sync-config.yaml'), hijack);
+    await writeFile(path.join(clone, 'app.txt'), 'hijacked\n');
+    await git(clone, 'commit', '-qam', 'production: deploy develop');
+    await git(clone, 'push', '-q', 'origin', 'develop');
+    await waitFor(async () => (await readFile(path.join(p.dir, 'cascade-sync-config.yaml'), 'utf8')) === hijack || undefined, { what: 'the pushed config in the sandbox', timeoutMs: 30_000 });
+    const report = await waitFor(async () => {
+      const r = await envReport(p.dir, 'production');
+      return r?.error?.reason === 'EnvironmentBranchChanged' ? r : undefined;
+    }, { what: 'production to stall with EnvironmentBranchChanged', timeoutMs: 30_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(await envReport(p.dir, 'production'))}`);
+    });
+    // Stalled: probed again each minute of controller time; two minutes pass, and nothing moves.
+    await passControllerTime(p.dir, p.clock, 'env:production', 120_000, 60_000);
+    expect(report.error?.hint).toContain('git config cascade-sync.production.branch develop');
+    expect(await live(path.join(p.deployRoot, 'production'))).toBe(p.c1);
+    expect(await readFile(path.join(p.deployRoot, 'production/current/app.txt'), 'utf8')).toBe('v1\n');
+    expect(await revParse(p.dir, 'main')).toBe(p.c1);
+    expect(await productionHistory(p, 'deployed')).toEqual([p.c1]);
+  }, 120_000);
 });
