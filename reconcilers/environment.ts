@@ -123,7 +123,7 @@ export interface EnvironmentObserved {
   /** How the candidate relates to the head. */
   candidateRelation: Relation;
   /**
-   * The commit the environment would move to, with the hooks of its own config, or the problem that
+   * The commit the environment would move to, with what its own config says its release runs, or the problem that
    * keeps its config from becoming the policy in force (then it is not promoted).
    */
   target: { commit: string; relation: Relation; approvals: ValidApproval[]; release?: ReleaseSettings; problem?: PolicyProblem } | null;
