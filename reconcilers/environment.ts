@@ -1,9 +1,9 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CONFIG_FILE, formatProblem, parseConfig } from "../src/config/load.js";
-import type { Config, EnvironmentSpec } from "../src/config/types.js";
-import { fromBranch as fromBranchOf } from "../src/config/pipeline.js";
-import { CascadeError, transient } from "../src/errors.js";
+import type { Config, EnvironmentSpec, LoadResult } from "../src/config/types.js";
+import { describePolicyDifference, fromBranch as fromBranchOf, policyDifferences, type PolicyDifference, type PolicyView } from "../src/config/pipeline.js";
+import { CascadeError, stalled, transient } from "../src/errors.js";
 import { branchRef } from "../src/git/repo.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
@@ -46,6 +46,11 @@ export interface EnvironmentReport {
   integrity?: IntegrityReport;
   /** Commits rolled back in this environment: never promoted again automatically. */
   failed: string[];
+  /**
+   * Where the sandbox's copy of this environment's policy differs from the one in force (committed on
+   * its branch): each takes effect only once a commit carrying it is promoted into the environment.
+   */
+  pendingPolicy?: (PolicyDifference & { message: string })[];
   /** What the controller does next, or why it does not. */
   next: string;
   /** The exact command a person can run to unblock it (e.g. approve). */
@@ -87,13 +92,29 @@ export type EnvironmentAction =
   | { type: "report-drift"; commit: string; drift: DriftSummary; since: number }
   | { type: "repair-release"; commit: string; drift: VerifyResult }
   | { type: "rollback"; from: string; to: string; reason: string }
-  | { type: "deploy"; commit: string }
+  | { type: "deploy"; commit: string; release: ReleaseSettings }
   | { type: "run-gates"; commit: string }
-  | { type: "promote"; commit: string; mode: "create" | "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[] }
-  | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string };
+  | { type: "promote"; commit: string; mode: "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[]; release: ReleaseSettings }
+  | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string }
+  | { type: "pin-branch"; branch: string };
+
+/** A release's deploy hooks: always those of the commit being deployed (its own config). */
+export type DeployHooks = NonNullable<EnvironmentSpec["deploy"]>["hooks"];
+
+/** What a commit's own config says its release runs: its deploy hooks, and whether it has health checks. */
+export interface ReleaseSettings {
+  hooks: DeployHooks;
+  checks: boolean;
+}
 
 export interface EnvironmentObserved {
+  /**
+   * The spec in force: name, branch and where it deploys from the sandbox's config; the policy
+   * (promotion, from, approvals, windows, gates, rollback) from the config committed on the branch;
+   * deploy.hooks from the head's config; health checks and rules from the live release's config.
+   */
   env: EnvironmentSpec;
+  /** The branch candidates come from, as the policy in force resolves `from`. */
   fromBranch: string;
   now: number;
   head: string | null;
@@ -101,7 +122,13 @@ export interface EnvironmentObserved {
   candidate: string | null;
   /** How the candidate relates to the head. */
   candidateRelation: Relation;
-  target: { commit: string; relation: Relation; approvals: ValidApproval[] } | null;
+  /**
+   * The commit the environment would move to, with what its own config says its release runs, or the problem that
+   * keeps its config from becoming the policy in force (then it is not promoted).
+   */
+  target: { commit: string; relation: Relation; approvals: ValidApproval[]; release?: ReleaseSettings; problem?: PolicyProblem } | null;
+  /** What the head's release runs (from the head's config, the policy in force), for deploying it. */
+  headRelease?: ReleaseSettings;
   gates: GateReport | null;
   approvals?: EnvironmentReport["approvals"] & { byCommit: Record<string, number> };
   window: WindowState;
@@ -113,6 +140,15 @@ export interface EnvironmentObserved {
   rollbackTarget: string | null;
   failed: Record<string, { approvals: string[] }>;
   healthIntervalMs: number;
+  /** The sandbox's copy of this environment's policy, for the pending-policy report. */
+  sandbox?: PolicyView;
+  /** Set when the environment has no policy in force: nothing is promoted into it or deployed. */
+  policyProblem?: PolicyProblem;
+  /**
+   * The branch pinned for this environment in the sandbox's .git/config (null: none yet, pinned on
+   * this pass; undefined: not observed). Its trust root cannot be moved by a config edit alone.
+   */
+  pinnedBranch?: string | null;
 }
 
 /** How a commit relates to the environment branch's head. */
@@ -138,29 +174,42 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     name: `env:${name}`,
 
     async observe(ctx, desired) {
-      const env = spec(desired);
+      const sandboxEnv = spec(desired);
       const pipeline = ctx.pipeline!;
       const rec = pipeline.store.get(name);
       const now = ctx.clock.now();
-      const fromBranch = fromBranchOf(desired, env);
-      const head = await ctx.repo.branchHead(env.branch);
-      const candidate = await ctx.repo.branchHead(fromBranch);
-      const deployed = env.deploy ? await currentRelease(env.deploy.directory) : null;
+      const branch = sandboxEnv.branch;
+      const head = await ctx.repo.branchHead(branch);
+      const pinnedBranch = (await ctx.repo.getConfig(pinKey(name))) ?? null;
+      // The trust root: the config committed on the environment's own branch. Never the sandbox's copy.
+      const policy: TrustedSpec = pinnedBranch !== null && pinnedBranch !== branch ? { ok: false, problem: branchChanged(name, pinnedBranch, branch) }
+        : head ? await trustedSpecAt(ctx, desired, name, branch, head, "head") : { ok: false, problem: missingBranch(name, branch) };
+      const inForce = policy.ok ? policy : undefined;
+      const sandbox: PolicyView = { env: sandboxEnv, fromBranch: fromBranchOf(desired, sandboxEnv) };
+      const deploy = deploySettings(sandboxEnv, inForce?.env);
+      const deployed = deploy ? await currentRelease(deploy.directory) : null;
+      // Health checks and their rules are the live release's own (the content that was approved for it).
+      const live = deploy ? deployed : head;
+      const liveSpec = live === head ? inForce?.env : live ? await releaseSpecAt(ctx, desired, name, live) : undefined;
+      const env = effectiveSpec(sandboxEnv, inForce?.env, liveSpec ?? inForce?.env, deploy);
+      const fromBranch = inForce?.fromBranch ?? sandbox.fromBranch;
+      const candidate = inForce ? await ctx.repo.branchHead(fromBranch) : null;
       const relation = (c: string | null) => relate(ctx, c, head);
       const candidateRelation = await relation(candidate);
       const failed = Object.fromEntries(Object.entries(rec.failed).map(([c, f]) => [c, { approvals: f.approvals }]));
 
       let target: EnvironmentObserved["target"] = null;
       let approvals: EnvironmentObserved["approvals"];
-      if (env.promotion === "auto") {
+      if (inForce && env.promotion === "auto") {
         if (candidate && movable(candidateRelation) && !failed[candidate]) {
           target = { commit: candidate, relation: candidateRelation, approvals: [] };
         }
-      } else {
+      } else if (inForce) {
         approvals = await observeApprovals(ctx, desired, env, head, candidate);
         target = await approvedTarget(ctx, approvals, env.approvals.required, failed, head);
       }
-      const subject = target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
+      if (target) target = { ...target, ...(await releaseOf(ctx, desired, name, branch, target.commit)) };
+      const subject = !inForce ? null : target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
       const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
 
       const release = env.deploy ? deployed : head;
@@ -175,7 +224,9 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       return {
         env, fromBranch, now, head, deployed, candidate, candidateRelation, target, gates, window: windowState(env.windows, now),
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
-        rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs,
+        rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
+        ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
+        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch,
       };
     },
 
@@ -199,6 +250,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         pipeline.reports[name] = { ...p.report, failed: Object.keys(rec.failed), ...(acted.length ? { next: acted.join("; ") } : {}), ...(integrity ? { integrity } : {}) };
         await pipeline.store.save();
       }
+      if (p.blocked) throw stalled(p.blocked.reason, p.blocked.message, p.blocked.hint);
       return { requeueAfterMs: p.requeueAfterMs ?? o.healthIntervalMs, summary: [...done, p.report.next].join("; ") };
     },
 
@@ -213,6 +265,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         case "run-gates": return `run the gates of ${name} on ${a.commit.slice(0, 7)}`;
         case "promote": return `promote ${a.commit.slice(0, 7)} to ${name} (${a.mode})${a.signers.length ? `, approved by ${a.signers.join(", ")}` : ""}`;
         case "notify": return `notify ${a.event}: ${a.message}`;
+        case "pin-branch": return `pin ${name}'s branch to ${a.branch} (git config ${pinKey(name)})`;
       }
     },
   };
@@ -283,10 +336,11 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       }
       case "deploy": {
         const protect = rec.healthy.slice(-2);
-        const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: env.deploy!, protect, env: ctx.pipeline!.env, selfHeal: env.deploy!.selfHeal });
+        // The hooks of the commit being deployed (the approved content), never the sandbox's.
+        const d = await deployRelease(ctx.repo, { environment: name, commit: action.commit, deploy: { ...env.deploy!, hooks: action.release.hooks }, protect, env: ctx.pipeline!.env, selfHeal: env.deploy!.selfHeal });
         if (d.integrity) await recordPreparation(ctx, action.commit, d.integrity, "reused release");
-        rec.health = newRelease(action.commit, ctx.clock.now(), false, env.health.length > 0);
-        if (!env.health.length) pipeline.store.markHealthy(name, action.commit);
+        rec.health = newRelease(action.commit, ctx.clock.now(), false, action.release.checks);
+        if (!action.release.checks) pipeline.store.markHealthy(name, action.commit);
         await ctx.pipeline!.history.append({ at, environment: name, event: "deployed", commit: action.commit, from: d.previous, result: `release ${d.reused ? "reused" : `written (${d.written} files, ${d.linked} hard-linked)`}` });
         ctx.log.info(`${name}: deployed ${action.commit.slice(0, 7)} to ${d.release.dir}`, { environment: name, commit: action.commit, linked: d.linked, written: d.written });
         return `deployed ${action.commit.slice(0, 7)}`;
@@ -297,8 +351,8 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "promote": {
         const to = await promote(ctx, o, action);
         rec.promotedWith[to] = action.approvalIds;
-        if (!env.deploy) rec.health = newRelease(to, ctx.clock.now(), false, env.health.length > 0);
-        if (!env.deploy && !env.health.length) pipeline.store.markHealthy(name, to);
+        if (!env.deploy) rec.health = newRelease(to, ctx.clock.now(), false, action.release.checks);
+        if (!env.deploy && !action.release.checks) pipeline.store.markHealthy(name, to);
         await ctx.pipeline!.history.append({ at, environment: name, event: "promoted", commit: to, from: o.head, ...(action.signers.length ? { signers: action.signers } : {}), result: action.mode });
         ctx.log.info(`${name}: promoted ${to.slice(0, 7)} (${action.mode})`, { environment: name, commit: to, from: o.head, signers: action.signers });
         await ctx.notifier.notify({ event: "promoted", key: `${name}:${to}`, message: `${name}: promoted ${to.slice(0, 7)}${action.signers.length ? ` (approved by ${action.signers.join(", ")})` : ""}`, details: { environment: name, commit: to } });
@@ -308,6 +362,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "notify":
         await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
         return `notified ${action.event}`;
+      case "pin-branch":
+        await ctx.repo.setConfig(pinKey(name), action.branch);
+        ctx.log.info(`${name}: branch ${action.branch} pinned as its trust root (git config ${pinKey(name)})`, { environment: name, branch: action.branch });
+        return `branch ${action.branch} pinned`;
     }
   }
 
@@ -389,11 +447,18 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     ...(o.approvals ? { approvals: reportApprovals(o.approvals) } : {}),
     window: o.window, health: null, failed: Object.keys(o.failed), next: "", blocked: false, inProgress: false,
   };
+  // No trust root (branch or committed config missing or invalid): nothing is promoted or deployed, and a person must act.
+  const policyProblem = o.policyProblem ?? (o.head ? undefined : missingBranch(env.name, env.branch));
+  const pending = !policyProblem && o.sandbox ? policyDifferences(o.sandbox, { env, fromBranch: o.fromBranch }) : [];
+  if (pending.length) report.pendingPolicy = pending.map((d) => ({ ...d, message: describePolicyDifference(d, env.branch) }));
   const finish = (next: string, hint?: string): EnvironmentPlan => {
     const acting = actions.some((a) => a.type === "promote" || a.type === "deploy" || a.type === "rollback");
     const blocked = !acting && !next.startsWith("up to date");
     const inProgress = acting || awaitingCommit || actions.some((a) => a.type === "run-gates") || o.gates?.state === "running";
-    return { actions, report: { ...report, next, blocked, inProgress, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}) };
+    return {
+      actions, report: { ...report, next, blocked, inProgress, ...(hint ? { hint } : {}) }, ...(requeueAfterMs !== undefined ? { requeueAfterMs } : {}),
+      ...(policyProblem ? { blocked: { reason: policyProblem.reason, message: policyProblem.message, hint: policyProblem.hint } } : {}),
+    };
   };
 
   // Health of the live release.
@@ -410,7 +475,7 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     integrityActions(health, checked.event);
     report.health = { phase: health.phase, description: describeHealth(health, env, o.now), checks: health.last?.results ?? [] };
     if (env.deploy && o.deployed === health.commit) report.integrity = integrityReport(health, env);
-    if ((step.event === "failed" || step.event === "degraded") && env.rollback.automatic && release) {
+    if ((step.event === "failed" || step.event === "degraded") && env.rollback.automatic && release && !policyProblem) {
       if (health.rollback) return finish(`${short(release)} is failing after a rollback; not rolling back again: a person must look`);
       if (o.rollbackTarget) {
         actions.push({ type: "rollback", from: release, to: o.rollbackTarget, reason: `${short(release)} ${describeHealth(health, env, o.now)}` });
@@ -422,9 +487,13 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   }
   if (env.health.length && health?.phase === "progressing") requeueAfterMs = Math.min(o.healthIntervalMs, Math.max(0, health.since + env.progressDeadlineMs - o.now));
 
+  if (policyProblem) return finish(`blocked: ${policyProblem.message}`, policyProblem.hint);
+  // Trust on first use: from now on a config edit alone cannot point this environment at another branch.
+  if (o.pinnedBranch === null) actions.push({ type: "pin-branch", branch: env.branch });
+
   // The live release follows the branch.
   if (env.deploy && o.head && o.deployed !== o.head) {
-    actions.push({ type: "deploy", commit: o.head });
+    actions.push({ type: "deploy", commit: o.head, release: o.headRelease ?? { hooks: env.deploy.hooks, checks: env.health.length > 0 } });
     requeueAfterMs = 0;
     return finish(`deploy ${short(o.head)}`);
   }
@@ -454,6 +523,8 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     return finish(o.candidate ? `up to date with ${o.fromBranch}` : `branch ${o.fromBranch} does not exist yet`);
   }
   const target = waitingFor!;
+  // Its config becomes the policy in force once promoted: one that would leave none is refused.
+  if (o.target.problem) return finish(`not promoting ${short(target)}: ${o.target.problem.message}`, o.target.problem.hint);
   if (o.gates && o.gates.state !== "passed") {
     gateAction(target);
     if (o.gates.state === "failed") {
@@ -469,9 +540,11 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     return finish(`waiting for a window: ${o.window.reason}`);
   }
   if (health?.phase === "progressing") return finish(`waiting for ${short(release)} to become healthy before promoting ${short(target)}`);
-  const mode = o.target.relation === "diverged" ? (env.promotion === "approval" ? "reset" : "merge") : o.target.relation === "create" ? "create" : "fast-forward";
-  actions.push({ type: "promote", commit: target, mode, signers: [...new Set(o.target.approvals.map((a) => a.signer))], approvalIds: o.target.approvals.map((a) => a.id) });
-  if (env.deploy) actions.push({ type: "deploy", commit: target });
+  const mode = o.target.relation === "diverged" ? (env.promotion === "approval" ? "reset" : "merge") : "fast-forward";
+  // The release runs what the promoted commit's own config says (its hooks, its health checks).
+  const released = o.target.release ?? { hooks: {}, checks: env.health.length > 0 };
+  actions.push({ type: "promote", commit: target, mode, signers: [...new Set(o.target.approvals.map((a) => a.signer))], approvalIds: o.target.approvals.map((a) => a.id), release: released });
+  if (env.deploy) actions.push({ type: "deploy", commit: target, release: released });
   requeueAfterMs = 0;
   return finish(`promote ${short(target)}${env.deploy ? " and deploy it" : ""}`);
 
@@ -548,8 +621,9 @@ async function relate(ctx: ReconcileContext, commit: string | null, head: string
 
 /**
  * Reads the approvals that can count for `env`: entries committed on the sandbox branch, checked
- * against the signers in the config committed on the environment's own branch (so a sandbox edit of
- * the signers cannot approve itself), and the working copy's extra entries (not committed).
+ * against the signers of the policy in force (`env`, read from the config committed on the
+ * environment's own branch, so a sandbox edit of the signers cannot approve itself), and the working
+ * copy's extra entries (not committed).
  */
 async function observeApprovals(ctx: ReconcileContext, desired: Config, env: EnvironmentSpec, head: string | null, candidate: string | null): Promise<NonNullable<EnvironmentObserved["approvals"]>> {
   const stateFile = join(desired.dir, STATE_FILE);
@@ -560,19 +634,10 @@ async function observeApprovals(ctx: ReconcileContext, desired: Config, env: Env
   const workingText = await readFile(stateFile, "utf8").catch(() => null);
   const working: ParsedEntry[] = workingText !== null ? parseStateFile(workingText, stateFile).entries : [];
 
-  let signers: string[] = [];
-  let problem: string | undefined;
+  // The policy in force: `env.approvals` was read from the config committed on the environment's branch.
+  const signers = env.approvals.signers;
   const signersFrom = `${CONFIG_FILE} on branch ${env.branch}`;
-  const committedConfig = head ? await ctx.repo.fileAt(head, CONFIG_FILE) : null;
-  if (!committedConfig) problem = `branch ${env.branch} has no committed ${CONFIG_FILE}, so no signers are trusted for ${env.name}`;
-  else {
-    const loaded = parseConfig(committedConfig.toString("utf8"), join(desired.dir, CONFIG_FILE), ctx.pipeline!.env);
-    if (!loaded.ok) problem = `the ${CONFIG_FILE} committed on branch ${env.branch} is not valid, so no signers are trusted for ${env.name}`;
-    else {
-      signers = loaded.config.environments[env.name]?.approvals.signers ?? [];
-      if (!signers.length) problem = `no signers for ${env.name} in the ${CONFIG_FILE} committed on branch ${env.branch}: add approvals.signers, and have it promoted (at init, the config is committed to every branch)`;
-    }
-  }
+  const problem = signers.length ? undefined : `no signers for ${env.name} in the ${CONFIG_FILE} committed on branch ${env.branch}: add approvals.signers, and have it promoted (at init, the config is committed to every branch)`;
 
   const commits = new Set<string>();
   for (const e of [...committed, ...working]) {
@@ -629,4 +694,134 @@ async function approvedTarget(
   const best = ready[0];
   if (!best) return null;
   return { commit: best.commit, relation: await relate(ctx, best.commit, head), approvals: best.approvals };
+}
+
+/** Why an environment has no policy in force, or why a commit's config cannot become it. */
+export interface PolicyProblem {
+  reason: "EnvironmentBranchMissing" | "EnvironmentBranchChanged" | "PolicyMissing" | "PolicyUnreadable" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
+  message: string;
+  hint: string;
+}
+
+/** An environment's spec as a commit's config states it, with `from` resolved in that same config; or why there is none. */
+type TrustedSpec = ({ ok: true } & PolicyView) | { ok: false; problem: PolicyProblem };
+
+/** Parsed configs by commit (a commit's config never changes); a few are enough: head, live release, target. */
+const configsByCommit = new Map<string, LoadResult | null>();
+const CONFIG_CACHE_SIZE = 32;
+
+/** The config committed in `commit` (null when it has none, `unreadable` when its tree cannot be read), parsed as the sandbox's would be; cached per commit. */
+async function configAt(ctx: ReconcileContext, desired: Config, commit: string): Promise<LoadResult | null | { unreadable: string }> {
+  const key = `${desired.dir}\0${commit}`;
+  if (configsByCommit.has(key)) return configsByCommit.get(key)!;
+  let text: Buffer | null;
+  try {
+    text = await ctx.repo.fileAt(commit, CONFIG_FILE);
+  } catch (err) {
+    // A tree git itself would not check out (e.g. a ".GIT" entry): no policy can come from it. Not cached: it may be an I/O error.
+    return { unreadable: err instanceof CascadeError ? `${err.reason}: ${err.message}` : err instanceof Error ? err.message : String(err) };
+  }
+  const loaded = text ? parseConfig(text.toString("utf8"), join(desired.dir, CONFIG_FILE), ctx.pipeline!.env) : null;
+  if (configsByCommit.size >= CONFIG_CACHE_SIZE) configsByCommit.delete(configsByCommit.keys().next().value!);
+  configsByCommit.set(key, loaded);
+  return loaded;
+}
+
+/**
+ * Environment `name` as the config committed in `commit` states it, when that config is valid and keeps
+ * `name` on `branch`. `role` says what the commit is, for the messages: the head of the environment's
+ * branch (its policy in force) or a candidate to promote (whose config becomes the policy in force).
+ */
+async function trustedSpecAt(ctx: ReconcileContext, desired: Config, name: string, branch: string, commit: string, role: "head" | "candidate"): Promise<TrustedSpec> {
+  const loaded = await configAt(ctx, desired, commit);
+  const where = role === "head" ? `the ${CONFIG_FILE} committed on branch ${branch} (${commit.slice(0, 7)})` : `the ${CONFIG_FILE} of ${commit.slice(0, 7)}`;
+  const outcome = role === "head"
+    ? `so ${name} has no policy in force: nothing is promoted into it or deployed`
+    : `and promoted it would leave ${name} without a policy in force`;
+  const hint = role === "head"
+    ? `a person who may change ${name}'s policy commits a valid ${CONFIG_FILE} (with environments.${name} on branch ${branch}) onto branch ${branch}; the sandbox's copy is never used for ${name}`
+    : `fix ${CONFIG_FILE} in the sandbox; the next commit on the branch ${name} is promoted from is considered again`;
+  const fail = (reason: PolicyProblem["reason"], what: string): TrustedSpec => ({ ok: false, problem: { reason, message: `${what}, ${outcome}`, hint } });
+  if (loaded && "unreadable" in loaded) return fail("PolicyUnreadable", `${where} cannot be read (${loaded.unreadable})`);
+  if (!loaded) return fail("PolicyMissing", role === "head" ? `branch ${branch} has no committed ${CONFIG_FILE} (at ${commit.slice(0, 7)})` : `${commit.slice(0, 7)} has no ${CONFIG_FILE}`);
+  if (!loaded.ok) {
+    const errors = loaded.problems.filter((p) => p.severity === "error");
+    const shown = errors.slice(0, 3).map((p) => formatProblem({ ...p, file: `${commit.slice(0, 7)}:${CONFIG_FILE}` })).join("; ");
+    return fail("PolicyInvalid", `${where} is not valid (${shown}${errors.length > 3 ? `; ${errors.length - 3} more` : ""})`);
+  }
+  const env = Object.hasOwn(loaded.config.environments, name) ? loaded.config.environments[name]! : undefined;
+  if (!env) return fail("PolicyWithoutEnvironment", `${where} has no environment ${name}`);
+  if (env.branch !== branch) return fail("PolicyBranchMismatch", `${where} puts ${name} on branch ${env.branch}, not ${branch}`);
+  return { ok: true, env, fromBranch: fromBranchOf(loaded.config, env) };
+}
+
+/** The release settings (hooks, health) of `commit` for environment `name`, when its config is valid and has the environment. */
+async function releaseSpecAt(ctx: ReconcileContext, desired: Config, name: string, commit: string): Promise<EnvironmentSpec | undefined> {
+  const loaded = await configAt(ctx, desired, commit);
+  return loaded && "ok" in loaded && loaded.ok && Object.hasOwn(loaded.config.environments, name) ? loaded.config.environments[name] : undefined;
+}
+
+/** What a promotion target deploys with (its own config's hooks), or why its config cannot become the policy in force. */
+async function releaseOf(ctx: ReconcileContext, desired: Config, name: string, branch: string, commit: string): Promise<{ release: ReleaseSettings } | { problem: PolicyProblem }> {
+  const t = await trustedSpecAt(ctx, desired, name, branch, commit, "candidate");
+  return t.ok ? { release: releaseSettings(t.env) } : { problem: t.problem };
+}
+
+/** The release settings a commit's own environment spec states. */
+function releaseSettings(env: EnvironmentSpec): ReleaseSettings {
+  return { hooks: env.deploy?.hooks ?? {}, checks: env.health.length > 0 };
+}
+
+/** The problem of an environment whose branch does not exist here: its trust root is missing, and it is never invented. */
+function missingBranch(name: string, branch: string): PolicyProblem {
+  return {
+    reason: "EnvironmentBranchMissing",
+    message: `branch ${branch} does not exist in this repository, so ${name} has no policy in force (the config committed on that branch): nothing is promoted into it or deployed, and the branch is not created from a candidate`,
+    hint: `fetch it from the team's remote (git fetch origin ${branch}:${branch}), or run \`cascade-sync init\` to create the pipeline's branches`,
+  };
+}
+
+/**
+ * Where the environment deploys: `deploy.directory`, `keep` and `selfHeal` from the sandbox's config
+ * (a place on this machine; it changes where approved content goes, never what), or the policy in
+ * force's when the sandbox has none; `hooks` only from the policy in force (the head's own config).
+ */
+function deploySettings(sandbox: EnvironmentSpec, inForce: EnvironmentSpec | undefined): EnvironmentSpec["deploy"] {
+  const where = sandbox.deploy ?? inForce?.deploy;
+  if (!where) return undefined;
+  return { ...where, hooks: inForce?.deploy?.hooks ?? {} };
+}
+
+/**
+ * The spec the environment runs on: name and branch from the sandbox (they locate the trust root),
+ * policy from the config in force on the branch (the sandbox's only when there is none, and then
+ * nothing is promoted or deployed), health checks and their rules from the live release's config.
+ */
+function effectiveSpec(sandbox: EnvironmentSpec, inForce: EnvironmentSpec | undefined, release: EnvironmentSpec | undefined, deploy: EnvironmentSpec["deploy"]): EnvironmentSpec {
+  const { deploy: _deploy, ...policy } = inForce ?? sandbox;
+  return {
+    ...policy,
+    name: sandbox.name,
+    branch: sandbox.branch,
+    // No trusted config for the live release: no commands run for it (never the sandbox's).
+    health: release?.health ?? [],
+    healthyAfter: release?.healthyAfter ?? policy.healthyAfter,
+    failureThreshold: release?.failureThreshold ?? policy.failureThreshold,
+    progressDeadlineMs: release?.progressDeadlineMs ?? policy.progressDeadlineMs,
+    ...(deploy ? { deploy } : {}),
+  };
+}
+
+/** The git config key that pins environment `name`'s branch (in the sandbox's .git/config, which no push can change). */
+export function pinKey(name: string): string {
+  return `cascade-sync.${name}.branch`;
+}
+
+/** The problem of a sandbox config that points an environment at another branch than the pinned one. */
+function branchChanged(name: string, pinned: string, branch: string): PolicyProblem {
+  return {
+    reason: "EnvironmentBranchChanged",
+    message: `the sandbox's config puts ${name} on branch ${branch}, but ${name}'s branch is ${pinned} (pinned when cascade-sync first ran it): an environment's branch holds its policy in force, so an edit of the config alone does not move it`,
+    hint: `if the move is intended, a person who may change ${name}'s policy runs in the sandbox: git config ${pinKey(name)} ${branch}; otherwise put branch: ${pinned} back under environments.${name}`,
+  };
 }

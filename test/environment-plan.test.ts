@@ -158,3 +158,116 @@ describe('planEnvironment: release integrity (table)', () => {
     expect(recorded?.type === 'record-health' && recorded.state.integrity?.drift?.since).toBe(NOW);
   });
 });
+
+describe('planEnvironment: the policy in force and the sandbox\'s pending changes (table)', () => {
+  const alice = 'alice@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPaliceKeyXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX';
+  const production = (over: Partial<EnvironmentSpec> = {}) => spec({ name: 'production', branch: 'main', from: 'staging', promotion: 'approval', approvals: { required: 1, signers: [alice] }, ...over });
+  const waiting = { target: null, approvals: { required: 1, signersFrom: 'cascade-sync-config.yaml on branch main', signers: 1, valid: [], rejected: [], byCommit: {} } };
+  const inForce = (over: Partial<EnvironmentObserved> = {}) => observed({ env: production(), fromBranch: 'staging', ...waiting, ...over });
+  const cases: { name: string; o: EnvironmentObserved; pending: string[]; actions?: string[]; next?: RegExp }[] = [
+    {
+      name: 'the sandbox agrees with the branch: nothing pending',
+      o: inForce({ sandbox: { env: production(), fromBranch: 'staging' } }), pending: [], actions: ['notify'], next: /^waiting for approval/,
+    },
+    {
+      name: 'promotion auto in the sandbox: pending, and production still waits for approval',
+      o: inForce({ sandbox: { env: production({ promotion: 'auto' }), fromBranch: 'staging' } }),
+      pending: ['pending policy change: promotion auto (sandbox) vs approval (in force on main); takes effect once promoted'], actions: ['notify'], next: /^waiting for approval of bbbbbbb/,
+    },
+    {
+      name: 'from develop in the sandbox: pending',
+      o: inForce({ sandbox: { env: production({ from: 'develop' }), fromBranch: 'develop' } }),
+      pending: ['pending policy change: from develop (sandbox) vs staging (in force on main); takes effect once promoted'],
+    },
+    {
+      name: 'signers emptied and approval dropped in the sandbox: both pending',
+      o: inForce({ sandbox: { env: production({ promotion: 'auto', approvals: { required: 1, signers: [] } }), fromBranch: 'staging' } }),
+      pending: [
+        'pending policy change: promotion auto (sandbox) vs approval (in force on main); takes effect once promoted',
+        'pending policy change: approvals.signers none (sandbox) vs alice@example.com (key ...XXXXXXXX) (in force on main); takes effect once promoted',
+      ],
+    },
+    {
+      name: 'required, windows, gates and rollback: each named',
+      o: inForce({
+        sandbox: {
+          env: production({ approvals: { required: 2, signers: [alice] }, windows: [{ kind: 'deny', schedule: '* * * * *', durationMs: 3_600_000, timezone: 'UTC' }], gates: [{ name: 'test', command: 'npm test', timeoutMs: 1000 }], rollback: { automatic: false } }),
+          fromBranch: 'staging',
+        },
+      }),
+      pending: [
+        'pending policy change: approvals.required 2 (sandbox) vs 1 (in force on main); takes effect once promoted',
+        'pending policy change: windows deny "* * * * *" for 60m (UTC) (sandbox) vs none (in force on main); takes effect once promoted',
+        'pending policy change: gates test (command "npm test") (sandbox) vs none (in force on main); takes effect once promoted',
+        'pending policy change: rollback.automatic false (sandbox) vs true (in force on main); takes effect once promoted',
+      ],
+    },
+    {
+      name: 'a signers line only respaced or a comment added: the same trust, nothing pending',
+      o: inForce({ sandbox: { env: production({ approvals: { required: 1, signers: ['# the release managers', `  ${alice.replace(/ /g, '   ')}  `] } }), fromBranch: 'staging' } }),
+      pending: [],
+    },
+    {
+      name: 'health and hooks differ: not policy (each release runs its own), nothing pending',
+      o: inForce({ sandbox: { env: production({ health: [], deploy: { directory: '/elsewhere', keep: 1, selfHeal: false, hooks: { pre: 'touch /tmp/x' } } }), fromBranch: 'staging' } }),
+      pending: [],
+    },
+    {
+      name: 'no policy in force (the branch\'s config is invalid): nothing pending is shown, nothing promoted or deployed',
+      o: observed({ head: B, deployed: A, sandbox: { env: spec({ promotion: 'approval' }), fromBranch: 'develop' }, policyProblem: { reason: 'PolicyInvalid', message: 'the cascade-sync-config.yaml committed on branch staging is not valid', hint: 'commit a valid one' } }),
+      pending: [], actions: [], next: /^blocked: the cascade-sync-config.yaml committed on branch staging is not valid/,
+    },
+  ];
+  it.each(cases)('$name', ({ o, pending, actions, next }) => {
+    const plan = planEnvironment(o);
+    expect((plan.report.pendingPolicy ?? []).map((d) => d.message)).toEqual(pending);
+    if (actions) expect(plan.actions.map((a) => a.type)).toEqual(actions);
+    if (next) expect(plan.report.next).toMatch(next);
+  });
+
+  it('no policy in force: Stalled with its reason and hint, and a failing release is not rolled back on the sandbox\'s say-so', () => {
+    const problem = { reason: 'EnvironmentBranchMissing' as const, message: 'branch main does not exist in this repository', hint: 'fetch it' };
+    const plan = planEnvironment(observed({ head: null, deployed: A, policyProblem: problem, health: { ...healthy(A), failStreak: 1 }, round: fail, rollbackTarget: C }));
+    expect(plan.blocked).toEqual(problem);
+    expect(plan.actions.map((a) => a.type)).toEqual(['record-health']);
+    expect(plan.report).toMatchObject({ blocked: true, hint: 'fetch it' });
+  });
+
+  it('a missing branch is never created from the candidate, even without an observed problem', () => {
+    const plan = planEnvironment(observed({ head: null, deployed: null, health: undefined, target: { commit: B, relation: 'create', approvals: [] } }));
+    expect(plan.actions.map((a) => a.type)).toEqual([]);
+    expect(plan.blocked?.reason).toBe('EnvironmentBranchMissing');
+  });
+
+  it('a target whose config would leave no policy in force is not promoted', () => {
+    const problem = { reason: 'PolicyWithoutEnvironment' as const, message: 'the cascade-sync-config.yaml of bbbbbbb has no environment staging, and promoted it would leave staging without a policy in force', hint: 'fix it in the sandbox' };
+    const plan = planEnvironment(observed({ target: { commit: B, relation: 'fast-forward', approvals: [], problem } }));
+    expect(plan.actions.map((a) => a.type)).toEqual([]);
+    expect(plan.report.next).toBe(`not promoting bbbbbbb: ${problem.message}`);
+    expect(plan.report).toMatchObject({ blocked: true, hint: 'fix it in the sandbox' });
+    expect(plan.blocked).toBeUndefined();
+  });
+
+  it('a promoted commit deploys with its own hooks and health, not those of the release before it', () => {
+    const release = { hooks: { pre: 'echo from-the-target' }, checks: false };
+    const plan = planEnvironment(observed({ target: { commit: B, relation: 'fast-forward', approvals: [], release } }));
+    expect(plan.actions.filter((a) => a.type === 'promote' || a.type === 'deploy')).toEqual([
+      expect.objectContaining({ type: 'promote', commit: B, release }),
+      { type: 'deploy', commit: B, release },
+    ]);
+    const head = planEnvironment(observed({ head: B, deployed: A, target: null, candidateRelation: 'contained', headRelease: { hooks: { post: 'echo head' }, checks: true } }));
+    expect(head.actions.find((a) => a.type === 'deploy')).toEqual({ type: 'deploy', commit: B, release: { hooks: { post: 'echo head' }, checks: true } });
+  });
+});
+
+describe('planEnvironment: the environment\'s branch is pinned', () => {
+  it('first pass with a policy in force: the branch is pinned (trust on first use)', () => {
+    expect(planEnvironment(observed({ pinnedBranch: null })).actions.map((a) => a.type)).toEqual(['pin-branch', 'promote', 'deploy']);
+    expect(planEnvironment(observed({ pinnedBranch: null })).actions[0]).toEqual({ type: 'pin-branch', branch: 'staging' });
+  });
+  it('already pinned, or no policy in force: nothing to pin', () => {
+    expect(planEnvironment(observed({ pinnedBranch: 'staging' })).actions.map((a) => a.type)).toEqual(['promote', 'deploy']);
+    const problem = { reason: 'PolicyMissing' as const, message: 'no config', hint: 'commit one' };
+    expect(planEnvironment(observed({ pinnedBranch: null, policyProblem: problem })).actions.map((a) => a.type)).toEqual([]);
+  });
+});

@@ -477,7 +477,7 @@ describe('the controller watches the live release', () => {
     expect(h.filter((e) => e.event === 'release-repaired' && e.commit === c3).length).toBeLessThanOrEqual(1);
   });
 
-  it('a hostile commit on the environment branch stalls its deploy with UnsafePath; the controller keeps running', async () => {
+  it('a hostile commit on the environment branch stalls the environment (its tree, config included, cannot be read: no policy in force, nothing deployed); the controller keeps running', async () => {
     const { dir, staging, c1 } = await pipelineSandbox();
     const outside = await makeTmpDir('ctl-outside');
     const blob = await plumb(dir, ['hash-object', '-w', '--stdin'], 'payload\n');
@@ -491,10 +491,10 @@ describe('the controller watches the live release', () => {
     await git(dir, 'update-ref', 'refs/heads/staging', bad);
     const report = await waitFor(async () => {
       const r = await envReport(dir, 'staging');
-      return r?.error?.reason === 'UnsafePath' ? r : undefined;
-    }, { what: 'the deploy to stall with UnsafePath', timeoutMs: 20_000 });
+      return r?.error?.reason === 'PolicyUnreadable' ? r : undefined;
+    }, { what: 'staging to stall with PolicyUnreadable', timeoutMs: 20_000 });
     expect(report.error.kind).toBe('Stalled');
-    expect(report.error.message).toMatch(/cannot be deployed safely: .*"\.GIT"/);
+    expect(report.error.message).toMatch(/cannot be read .*"\.GIT"/);
     expect(await live(staging)).toBe(c1);
     expect(await readdir(outside)).toEqual([]);
     expect(existsSync(path.join(staging, 'releases', bad))).toBe(false);

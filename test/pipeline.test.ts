@@ -190,7 +190,7 @@ describe('the promotion pipeline, end to end', () => {
     expect(hook.unverified).toBe(0);
   }, 120_000);
 
-  it('a failing gate blocks staging and says which gate and why; a deny window holds promotion', async () => {
+  it('a failing gate blocks staging and says which gate and why; a deny window holds promotion once it is in force on staging, the commit that would lift it included', async () => {
     const dir = await makeTmpDir('sandbox');
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
@@ -209,23 +209,29 @@ describe('the promotion pipeline, end to end', () => {
     expect(deploy.stdout).toContain('gate no-fail failed');
     expect(await revParse(dir, 'staging')).toBe(c1);
 
+    // The window is staging's policy: committed on develop it is only pending; the commit carrying it is promoted under the policy in force.
     await writeFile(path.join(dir, 'app.txt'), 'fixed\n');
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ ...base, stagingExtra: '    windows: [ { kind: deny, schedule: "* * * * *", duration: 2h, timezone: UTC } ]' }));
     await git(dir, 'add', '-A');
     await git(dir, 'commit', '-qm', 'fixed, and a deny window');
+    const fixed = await revParse(dir, 'develop');
+    const before = await run(dir, ['plan']);
+    expect(before.stdout).toContain('pending policy change: windows deny "* * * * *" for 120m (UTC) (sandbox) vs none (in force on staging); takes effect once promoted');
+    const promoted = await run(dir, ['deploy-staging']);
+    expect(promoted.code, promoted.stdout + promoted.stderr).toBe(0);
+    expect(await revParse(dir, 'staging')).toBe(fixed);
+
+    // Now in force: the next commit waits, and so does the one that removes the window.
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig(base));
+    await git(dir, 'commit', '-qam', 'v2, and no window');
     const held = await run(dir, ['deploy-staging']);
     expect(held.code).toBe(1);
     expect(held.stdout).toContain('waiting for a window');
-    expect(await revParse(dir, 'staging')).toBe(c1);
-
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig(base));
-    await git(dir, 'commit', '-qam', 'no window');
-    const good = await revParse(dir, 'develop');
-    const ok = await run(dir, ['deploy-staging']);
-    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
-    expect(await revParse(dir, 'staging')).toBe(good);
-    expect(await live(path.join(deployRoot, 'staging'))).toBe(good);
-    expect(bad).not.toBe(good);
+    expect(held.stdout).toContain('pending policy change: windows none (sandbox) vs deny');
+    expect(await revParse(dir, 'staging')).toBe(fixed);
+    expect(await live(path.join(deployRoot, 'staging'))).toBe(fixed);
+    expect(bad).not.toBe(fixed);
   }, 120_000);
 
   it('a diverged staging gets a merge in which the candidate wins and nothing is lost; `health` exits 0 only when every check passes', async () => {

@@ -64,6 +64,7 @@ export const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(no
 /** One environment as a few lines: where it is, what is live, gates, approvals, window, health, and what happens next. */
 export function formatEnvironment(e: EnvironmentReport): string[] {
   const lines = [`${e.name} (${e.promotion} from ${e.from}, branch ${e.branch}): at ${short(e.head)}${e.deployed !== null || e.head ? `, live ${short(e.deployed ?? e.head)}` : ""}`];
+  for (const d of e.pendingPolicy ?? []) lines.push(`  ${d.message}`);
   if (e.health) lines.push(`  health: ${e.health.description}`);
   for (const c of e.health?.checks ?? []) lines.push(`    ${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.message}`);
   if (e.integrity) lines.push(`  integrity: ${e.integrity.description}${e.integrity.drift && !e.integrity.selfHeal ? " (deploy.selfHeal is false: only reported)" : ""}`);

@@ -197,6 +197,15 @@ const SCRIPT = `
         })) : null];
   }
 
+  // Sandbox edits of the policy (promotion, from, approvals, windows, gates, rollback) wait until promoted.
+  function policyBlock(e) {
+    var p = e.pendingPolicy || [];
+    if (!p.length) return null;
+    return [h("h3", {}, "pending policy change"), h("ul", {}, p.map(function (d) {
+      return h("li", { class: "warn", "data-testid": "pending-policy" }, d.message);
+    }))];
+  }
+
   function windowBlock(e) {
     var w = e.window;
     return [h("h3", {}, "window"),
@@ -210,6 +219,7 @@ const SCRIPT = `
     return h("section", { class: "col", "data-env": e.name, "data-testid": "column" },
       h("h2", {}, e.name), h("span", { class: "badge " + st[0], "data-testid": "state" }, st[1]),
       h("span", { class: "sub" }, "branch " + e.branch + " · " + e.promotion + " from " + e.from),
+      policyBlock(e),
       h("h3", {}, "commit"), commitLine(snap, e.head, lastMove(snap, e)),
       e.deployed && e.deployed !== e.head ? h("div", { class: "meta" }, "live release: " + short(e.deployed)) : null,
       healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),

@@ -4,6 +4,10 @@ import { createServer } from 'node:http';
 import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { main } from '../../src/cli/main.js';
+import type { Clock } from '../../src/clock.js';
+import { capture, testEnv, type RunningController } from './sandbox.js';
+import { waitFor } from './tmp.js';
 
 const exec = promisify(execFile);
 
@@ -50,6 +54,27 @@ export interface PipelineOptions {
   stagingExtra?: string;
   logFile: string;
   deployRoot: string;
+  /**
+   * Production's policy lines (from, promotion, approvals) in place of the default
+   * (`from: staging`, `promotion: approval`, one required approval from `signers`).
+   */
+  productionPolicy?: string[];
+  /** Production's deploy hooks. */
+  productionHooks?: { pre?: string; post?: string };
+  /** A second production health check command. */
+  productionHealthExtra?: string;
+}
+
+/** Production's default policy lines for pipelineConfig: approval from staging, signed by `signers`. */
+export function approvalPolicy(signers: string[]): string[] {
+  return [
+    '    from: staging',
+    '    promotion: approval',
+    '    approvals:',
+    '      required: 1',
+    `      signers:${signers.length ? '' : ' []'}`,
+    ...signers.map((s) => `        - ${JSON.stringify(s)}`),
+  ];
 }
 
 export function pipelineConfig(o: PipelineOptions): string {
@@ -72,15 +97,11 @@ export function pipelineConfig(o: PipelineOptions): string {
     ...(o.stagingExtra ? [o.stagingExtra] : []),
     '  production:',
     '    branch: main',
-    '    from: staging',
-    '    promotion: approval',
-    '    approvals:',
-    '      required: 1',
-    `      signers:${o.signers.length ? '' : ' []'}`,
-    ...o.signers.map((s) => `        - ${JSON.stringify(s)}`),
-    `    deploy: { directory: ${JSON.stringify(path.join(o.deployRoot, 'production'))}, keep: 5 }`,
+    ...(o.productionPolicy ?? approvalPolicy(o.signers)),
+    `    deploy: { directory: ${JSON.stringify(path.join(o.deployRoot, 'production'))}, keep: 5${o.productionHooks ? `, hooks: ${JSON.stringify(o.productionHooks)}` : ''} }`,
     '    health:',
     `      - { name: not-broken, command: ${JSON.stringify(o.productionCheck ?? '! grep -q BROKEN app.txt')}, timeout: 10s }`,
+    ...(o.productionHealthExtra ? [`      - { name: extra, command: ${JSON.stringify(o.productionHealthExtra)}, timeout: 10s }`] : []),
     '    healthyAfter: 1',
     '    failureThreshold: 2',
     '    progressDeadline: 1m',
@@ -128,4 +149,46 @@ export async function webhookReceiver(onClose: (close: () => Promise<void>) => v
   state.url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
   onClose(() => new Promise((r) => server.close(() => r())));
   return state;
+}
+
+
+/** A clock that runs with the wall clock, plus whatever a test has added: controller time passes without waiting for it. */
+export interface AdvancingClock extends Clock {
+  advance(ms: number): void;
+}
+
+export function advancingClock(): AdvancingClock {
+  let offset = 0;
+  return { now: () => Date.now() + offset, advance: (ms) => void (offset += ms) };
+}
+
+/** Starts `cascade-sync start` in-process in `dir` on `clock`; resolves once it reports ready. */
+export async function startControllerOn(dir: string, clock: Clock, env: NodeJS.ProcessEnv = testEnv()): Promise<RunningController> {
+  const ac = new AbortController();
+  const stdout = capture();
+  const stderr = capture();
+  const done = main({ argv: ['start'], cwd: dir, env, stdout, stderr, clock, signal: ac.signal });
+  const ready = waitFor(() => stdout.text().includes('cascade-sync: ready') || undefined, { what: 'the controller to be ready', timeoutMs: 30_000 }).then(() => undefined);
+  const failed = done.then((code) => {
+    throw new Error(`controller exited early with ${code}: ${stderr.text()}${stdout.text()}`);
+  });
+  await Promise.race([ready, failed]);
+  failed.catch(() => undefined);
+  return { stdout, ready, stop: async () => (ac.abort(), await done) };
+}
+
+/**
+ * Lets `totalMs` of controller time pass in steps of `stepMs`, waiting after each step until the
+ * reconciler `name` has finished a pass that began after it: so at least totalMs/stepMs passes ran.
+ */
+export async function passControllerTime(dir: string, clock: AdvancingClock, name: string, totalMs = 60_000, stepMs = 10_000): Promise<void> {
+  for (let passed = 0; passed < totalMs; passed += stepMs) {
+    clock.advance(stepMs);
+    const since = new Date(clock.now()).toISOString();
+    await waitFor(async () => {
+      const st = await statusJson(dir).catch(() => undefined);
+      const r = st?.reconcilers?.find((x: { name: string }) => x.name === name);
+      return r && r.lastRunAt >= since && r.lastDoneAt >= r.lastRunAt && !r.running ? true : undefined;
+    }, { what: `a pass of ${name} after ${passed + stepMs}ms of controller time`, timeoutMs: 30_000 });
+  }
 }
