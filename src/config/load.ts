@@ -8,8 +8,9 @@ import type { CascadeSyncConfig } from "../generated/config.js";
 import { formatPath, SourcePositions } from "./positions.js";
 import { normalize } from "./normalize.js";
 import { semanticRules } from "./rules.js";
-import type { ConfigProblem, LoadResult } from "./types.js";
+import type { ConfigProblem, LoadResult, VariableSource } from "./types.js";
 import { nearest } from "../text.js";
+import { DOTENV_FILE, dotenvPath, noDotenv, readDotenv, type Dotenv } from "./dotenv.js";
 
 /** The config file's name in a sandbox. */
 export const CONFIG_FILE = "cascade-sync-config.yaml";
@@ -31,7 +32,8 @@ function validate(value: unknown): ErrorObject[] {
 /**
  * Loads a config file through the whole pipeline: YAML with source positions, schema validation
  * (every error, not the first), normalization (defaults, durations to ms, paths, ${VAR}s), then the
- * semantic rules. Returns `{ ok: false, problems }` with every error found, never throws.
+ * semantic rules. A ${VAR} reads `env` (the controller's environment), else the `.env` beside the
+ * file. Returns `{ ok: false, problems }` with every error found, never throws.
  */
 export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<LoadResult> {
   const abs = resolve(file);
@@ -40,7 +42,8 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
     if (st.size > MAX_CONFIG_BYTES) {
       return fail(abs, `the file is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
     }
-    return parseConfig(await readFile(abs, "utf8"), abs, env);
+    const text = await readFile(abs, "utf8");
+    return parseConfig(text, abs, env, await readDotenv(dotenvPath(abs)));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") {
@@ -50,8 +53,12 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
   }
 }
 
-/** Runs the pipeline on config text; `file` names it in problems and anchors relative paths. */
-export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv): LoadResult {
+/**
+ * Runs the pipeline on config text; `file` names it in problems and anchors relative paths. A ${VAR}
+ * reads `env` first, then `dotenv` (as readDotenv gave it; by default none, whose path is still
+ * named when a variable is missing). Pure: nothing is read here.
+ */
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv, dotenv: Dotenv = noDotenv(dotenvPath(file))): LoadResult {
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > MAX_CONFIG_BYTES) return fail(file, `the file is ${bytes} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
   // The YAML composer recurses once per nesting level: thousands of levels overflow the stack (and
@@ -94,12 +101,19 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   fillCredentialDefaults(raw);
   const unset = new Set<string>();
   const unsetVars: { path: (string | number)[]; name: string }[] = [];
-  const data = substituteVars(raw, env, [], (path, name) => {
+  const vars = new VariableLookup(env, dotenv);
+  const data = substituteVars(raw, vars, [], (path, name) => {
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
-    if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return;
+    if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return true;
     unset.add(formatPath(path));
     unsetVars.push({ path, name });
+    return false;
   });
+  // A value read from a variable never shows in a problem (a schema error quotes the value it refuses).
+  const hide = (text: string) => hideValues(text, vars.values);
+  const hidden = (list: ConfigProblem[]) => [...list.map((p) => ({ ...p, message: hide(p.message), ...(p.hint ? { hint: hide(p.hint) } : {}) })), ...dotenv.problems];
+  const done = (result: LoadResult): LoadResult =>
+    result.ok ? { ...result, warnings: hidden(result.warnings) } : { ok: false, problems: hidden(result.problems), variables: vars.sources() };
   // Unknown keys are warnings and their values are ignored (so an unset variable in one is no error).
   const ignored: (string | number)[][] = [];
 
@@ -177,20 +191,21 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   const under = (path: (string | number)[], prefix: (string | number)[]) => prefix.every((p, i) => path[i] === p);
   for (const { path, name } of unsetVars) {
     if (ignored.some((k) => under(path, k))) continue;
-    at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
+    at(path, `variable ${name} is not set (looked in the controller's environment and in ${dotenv.file}${dotenv.exists ? "" : ", which does not exist"})`,
+      `add a line ${name}=... to ${DOTENV_FILE} beside the config (kept encrypted in git), or export ${name} where cascade-sync starts`);
   }
-  if (problems.some((p) => p.severity === "error")) return { ok: false, problems: problems.sort(inFileOrder) };
+  if (problems.some((p) => p.severity === "error")) return done({ ok: false, problems: problems.sort(inFileOrder) });
   for (const path of ignored) {
     const parent = valueAt(data, path.slice(0, -1));
     if (parent && typeof parent === "object") delete (parent as Record<string | number, unknown>)[path[path.length - 1]!];
   }
 
-  const config = normalize(data as CascadeSyncConfig, file, env);
+  const config = normalize(data as CascadeSyncConfig, file, env, { variables: vars.sources(), fromDotenv: vars.fromDotenv });
   for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
   problems.sort(inFileOrder);
   const errors = problems.filter((p) => p.severity === "error");
-  if (errors.length) return { ok: false, problems };
-  return { ok: true, config, warnings: problems };
+  if (errors.length) return done({ ok: false, problems });
+  return done({ ok: true, config, warnings: problems });
 }
 
 /** Formats a problem as `file:line:col: path: message (hint)` for terminals, logs and status. */
@@ -217,24 +232,68 @@ const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
 
 const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 
+/** `text` with each of `values` (of 3 characters or more, as the Redactor takes them) replaced, longest first. */
+function hideValues(text: string, values: readonly string[]): string {
+  for (const v of [...new Set(values)].filter((x) => x.length >= 3).sort((a, b) => b.length - a.length)) text = text.split(v).join("[REDACTED]");
+  return text;
+}
+
 /**
- * Replaces ${VAR} in every string with the environment's value. A variable that is not set is
- * reported through `missing`. The credential defaults are written in before this runs
- * (fillCredentialDefaults), so they are substituted here too; the validator's other defaults hold no ${VAR}.
+ * Looks ${VAR}s up: the controller's environment wins, then the sandbox's .env. Remembers where
+ * each variable came from (for `validate` and `status`) and every value it gave (to keep them out
+ * of problems, logs and status).
  */
-function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], missing: (path: (string | number)[], name: string) => void): unknown {
-  if (typeof value === "string") {
-    return value.replace(VAR, (_, name: string) => {
-      const v = env[name];
-      if (v === undefined) missing(path, name);
-      return v ?? "";
-    });
+class VariableLookup {
+  private readonly used = new Map<string, VariableSource>();
+  /** Every value given, from either source. */
+  readonly values: string[] = [];
+  /** The values given by .env. */
+  readonly fromDotenv: string[] = [];
+
+  constructor(
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly dotenv: Dotenv,
+  ) {}
+
+  /** The value of `name`, or undefined when neither source has it (then `optional` says whether it may stay unset). */
+  get(name: string, optional: (name: string) => boolean): string | undefined {
+    const shell = this.env[name];
+    const fromFile = Object.hasOwn(this.dotenv.values, name) ? this.dotenv.values[name] : undefined;
+    const value = shell ?? fromFile;
+    if (value !== undefined) {
+      this.values.push(value);
+      if (shell === undefined) this.fromDotenv.push(value);
+      if (!this.used.has(name)) this.used.set(name, { name, source: shell !== undefined ? "shell" : ".env" });
+      return value;
+    }
+    const known = this.used.get(name);
+    const mayStayUnset = optional(name);
+    // A variable required at any of its uses is reported as required.
+    if (!known || (known.optional && !mayStayUnset)) this.used.set(name, { name, source: "missing", ...(mayStayUnset ? { optional: true as const } : {}) });
+    return undefined;
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], missing));
+
+  /** Each variable referred to, in order of first use. */
+  sources(): VariableSource[] {
+    return [...this.used.values()];
+  }
+}
+
+/**
+ * Replaces ${VAR} in every string with its value from `vars`. A variable that is not set is
+ * reported through `missing`, which returns true when it may stay unset. The credential defaults
+ * are written in before this runs (fillCredentialDefaults), so they are substituted here too; the
+ * validator's other defaults hold no ${VAR}.
+ */
+function substituteVars(value: unknown, vars: VariableLookup, path: (string | number)[], missing: (path: (string | number)[], name: string) => boolean): unknown {
+  if (typeof value === "string") {
+    return value.replace(VAR, (_, name: string) => vars.get(name, () => missing(path, name)) ?? "");
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, vars, [...path, i], missing));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     // defineProperty: a YAML key "__proto__" must stay a plain key (and be reported as unknown).
-    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, env, [...path, k], missing), enumerable: true, writable: true, configurable: true });
+    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, vars, [...path, k], missing), enumerable: true, writable: true, configurable: true });
     return out;
   }
   return value;

@@ -94,11 +94,24 @@ export interface Config {
   logging: { file: string; level: LogLevel };
   security: { encrypt: string[]; key?: string; maxFileSizeBytes: number; allow: string[] };
   server: { listen: string; token?: string };
-  /** Every secret value in this config (passwords, tokens), for redaction. */
+  /** Every secret value in this config (passwords, tokens, whatever .env gave), for redaction. */
   secrets: string[];
+  /** Each ${VAR} the config refers to, in order of first use, and where its value came from. */
+  variables: VariableSource[];
 }
 
-/** The result of loading a config: never a throw. */
+/**
+ * Where a ${VAR} of the config found its value: the controller's environment (`shell`, which wins),
+ * the sandbox's `.env`, or neither. Never the value itself.
+ */
+export interface VariableSource {
+  name: string;
+  source: "shell" | ".env" | "missing";
+  /** Missing and allowed to be: a default credential variable (then no credentials are sent). */
+  optional?: true;
+}
+
+/** The result of loading a config: never a throw. `variables` says where each ${VAR} came from (once the file parsed). */
 export type LoadResult =
   | { ok: true; config: Config; warnings: ConfigProblem[] }
-  | { ok: false; problems: ConfigProblem[] };
+  | { ok: false; problems: ConfigProblem[]; variables?: VariableSource[] };
