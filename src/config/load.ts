@@ -6,7 +6,7 @@ import addFormatsModule from "ajv-formats";
 import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { formatPath, SourcePositions } from "./positions.js";
-import { normalize } from "./normalize.js";
+import { isHttpUrl, normalize } from "./normalize.js";
 import { semanticRules } from "./rules.js";
 import type { ConfigProblem, LoadResult, VariableSource } from "./types.js";
 import { nearest } from "../text.js";
@@ -301,7 +301,7 @@ function substituteVars(value: unknown, vars: VariableLookup, path: (string | nu
 
 /**
  * Writes the schema's credential defaults (`${CASCADE_CLIENT_ID}`, `${CASCADE_CLIENT_SECRET}`) into
- * each remote that leaves them out, before ${VAR} substitution, so that every value is substituted
+ * each HTTP(S) remote that leaves them out, before ${VAR} substitution, so that every value is substituted
  * exactly once: a value read from the environment is never expanded a second time.
  */
 function fillCredentialDefaults(raw: object): void {
@@ -310,6 +310,9 @@ function fillCredentialDefaults(raw: object): void {
   const props = schemaAt(["remotes", 0])?.properties ?? {};
   for (const r of remotes) {
     if (!r || typeof r !== "object" || Array.isArray(r)) continue;
+    // A local remote sends no credentials: its defaults would only list unused variables in `status`.
+    const url = (r as { url?: unknown }).url;
+    if (typeof url === "string" && !isHttpUrl(url) && !url.includes("${")) continue;
     for (const key of ["username", "password"]) {
       const fallback = props[key]?.default;
       if (!(key in r) && typeof fallback === "string") (r as Record<string, unknown>)[key] = fallback;
