@@ -10,7 +10,13 @@ import path from 'node:path';
 import { parseConfig, CONFIG_FILE, formatProblem } from '../src/config/load.js';
 import { parseDotenv, readDotenv, type Dotenv } from '../src/config/dotenv.js';
 import type { Config, LoadResult } from '../src/config/types.js';
-import { lsTree, makeBareRepo, revParse, runGit, showFile, tryRevParse } from './helpers/git.js';
+import { commitFiles, git, lsTree, makeBareRepo, revParse, runGit, showFile, tryRevParse } from './helpers/git.js';
+import { Repo } from '../src/git/repo.js';
+import { GateRunner } from '../src/pipeline/gates.js';
+import { Logger } from '../src/log.js';
+import { Redactor } from '../src/redact.js';
+import { systemClock } from '../src/clock.js';
+import type { GateSpec } from '../src/config/types.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
 import { makeSandbox, run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
@@ -166,6 +172,25 @@ describe('validate and status say where each variable came from, never its value
     for (const [where, t] of Object.entries({ validate: r.stdout + r.stderr + ok.stdout, status: text.stdout + text.stderr, json: json.stdout + json.stderr, log })) {
       for (const value of [USER, PASS, BAD_PASS, DOTENV_USER]) expect(t, `${where} shows ${value}`).not.toContain(value);
     }
+  });
+});
+
+describe('gates', () => {
+  it('the config gate reads the sandbox .env for the candidate commit, as the controller does', async () => {
+    const dir = await makeTmpDir('dotenv-gate');
+    await git(dir, 'init', '-q', '--initial-branch=develop');
+    const commit = await commitFiles(dir, { [CONFIG_FILE]: 'version: 1\nsandbox: {}\nremotes: []\nserver: { listen: "127.0.0.1:0", token: "${GATE_TOKEN}" }\n' }, 'c1');
+    const run = async (name: string) => {
+      // A gate's result is remembered per commit and definition: each run is a gate of its own name.
+      const gates: GateSpec[] = [{ name, builtin: 'config', timeoutMs: 5000 }];
+      const runner = await GateRunner.open(await Repo.open(dir), new Logger({}, 'error', new Redactor(), systemClock), shell(), () => undefined);
+      runner.start(name, commit, gates);
+      await runner.idle(name);
+      return runner.report(name, commit, gates).gates[0];
+    };
+    expect(await run('before')).toMatchObject({ state: 'failed', message: expect.stringContaining('variable GATE_TOKEN is not set') });
+    await writeFile(path.join(dir, '.env'), `GATE_TOKEN=${PASS}\n`);
+    expect(await run('after')).toMatchObject({ state: 'passed' });
   });
 });
 
