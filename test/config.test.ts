@@ -675,7 +675,7 @@ describe('cascade-sync validate', () => {
     );
     const r = await run(dir, ['validate'], testEnv());
     expect(r.code).toBe(1);
-    expect(r.stdout).toBe(`${file}:3:3: warning: sandbox.debounse: unknown key "debounse" is ignored (hint: did you mean "debounce"?)\n`);
+    expect(r.stdout).toBe(`${file}:3:3: warning: sandbox.debounse: unknown key "debounse" is ignored (hint: did you mean "debounce"?)\nvariables: NO_SUCH_VAR (missing), CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional)\n`);
     const lines = r.stderr.trimEnd().split('\n');
     expect(lines).toEqual([
       `${file}:4:16: sandbox.batchWindow: 10 is not a duration (hint: write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m)`,
@@ -719,15 +719,18 @@ describe('cascade-sync validate', () => {
     delete env.CASCADE_CLIENT_SECRET;
     const r = await run(dir, ['validate'], env);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.stdout).toBe(`variables: CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional)\n${file}: valid\n`);
     expect(r.code).toBe(0);
   });
 
   it('accepts the outline from DESIGN.md with its variables set', async () => {
     const { dir, file } = await sandboxWith(DESIGN_OUTLINE);
-    const r = await run(dir, ['validate'], testEnv({ CASCADE_WEBHOOK_SECRET: 'hook-secret' }));
+    const env = testEnv({ CASCADE_WEBHOOK_SECRET: 'hook-secret' });
+    delete env.CASCADE_CLIENT_ID;
+    delete env.CASCADE_CLIENT_SECRET;
+    const r = await run(dir, ['validate'], env);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.stdout).toBe(`variables: CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional), CASCADE_WEBHOOK_SECRET (shell)\n${file}: valid\n`);
     expect(r.code).toBe(0);
   });
 

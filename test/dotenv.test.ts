@@ -95,6 +95,14 @@ describe('${VAR} from the shell, else from .env', () => {
     }
   });
 
+  it('lists the default credential variables for an HTTP remote only (a local remote sends none)', () => {
+    const local = valid(parseConfig(yaml('version: 1', 'sandbox: {}', 'remotes:', '  - { name: backup, url: ../backup.git }'), FILE, { HOME: '/h' }));
+    expect(local.variables).toEqual([]);
+    expect(local.remotes[0]).toEqual({ name: 'backup', url: '/srv/backup.git', kind: 'local', timeoutMs: 60_000 });
+    const http = valid(parseConfig(yaml(...REMOTE), FILE, { HOME: '/h' }));
+    expect(http.variables).toEqual([{ name: 'CASCADE_CLIENT_ID', source: 'missing', optional: true }, { name: 'CASCADE_CLIENT_SECRET', source: 'missing', optional: true }]);
+  });
+
   it('a problem with a value read from a variable never quotes it', () => {
     const secretUrl = 'ssh://deploy@secret-host.example/x.git';
     const r = parseConfig(yaml('version: 1', 'sandbox: {}', 'remotes:', '  - name: origin', '    url: ${REMOTE_URL}'), FILE, { HOME: '/h' }, dotenv(`REMOTE_URL=${secretUrl}\n`));

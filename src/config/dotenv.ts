@@ -108,5 +108,5 @@ export function parseDotenv(text: string, file: string): { values: Record<string
  * came from, e.g. `CASCADE_CLIENT_ID (.env), CASCADE_CLIENT_SECRET (shell), HOOK (missing)`. Never a value.
  */
 export function formatVariables(variables: readonly VariableSource[]): string {
-  return variables.map((v) => `${v.name} (${v.source}${v.source === "missing" && v.optional ? ", optional: no credentials are sent" : ""})`).join(", ");
+  return variables.map((v) => `${v.name} (${v.source}${v.source === "missing" && v.optional ? ", optional" : ""})`).join(", ");
 }

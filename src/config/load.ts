@@ -98,11 +98,11 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv, 
     return fail(file, "the config must be a YAML mapping with at least `version: 1` and `sandbox:`", "see the example in the README");
   }
 
-  fillCredentialDefaults(raw);
+  const unusedDefaults = fillCredentialDefaults(raw);
   const unset = new Set<string>();
   const unsetVars: { path: (string | number)[]; name: string }[] = [];
   const vars = new VariableLookup(env, dotenv);
-  const data = substituteVars(raw, vars, [], (path, name) => {
+  const data = substituteVars(raw, vars, [], (path) => !unusedDefaults.has(formatPath(path)), (path, name) => {
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
     if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return true;
     unset.add(formatPath(path));
@@ -255,19 +255,23 @@ class VariableLookup {
     private readonly dotenv: Dotenv,
   ) {}
 
-  /** The value of `name`, or undefined when neither source has it (then `optional` says whether it may stay unset). */
-  get(name: string, optional: (name: string) => boolean): string | undefined {
+  /**
+   * The value of `name`, or undefined when neither source has it (then `optional` says whether it
+   * may stay unset). `listed`: this use counts for `sources()`.
+   */
+  get(name: string, listed: boolean, optional: (name: string) => boolean): string | undefined {
     const shell = this.env[name];
     const fromFile = Object.hasOwn(this.dotenv.values, name) ? this.dotenv.values[name] : undefined;
     const value = shell ?? fromFile;
     if (value !== undefined) {
       this.values.push(value);
       if (shell === undefined) this.fromDotenv.push(value);
-      if (!this.used.has(name)) this.used.set(name, { name, source: shell !== undefined ? "shell" : ".env" });
+      if (listed && !this.used.has(name)) this.used.set(name, { name, source: shell !== undefined ? "shell" : ".env" });
       return value;
     }
     const known = this.used.get(name);
     const mayStayUnset = optional(name);
+    if (!listed) return undefined;
     // A variable required at any of its uses is reported as required.
     if (!known || (known.optional && !mayStayUnset)) this.used.set(name, { name, source: "missing", ...(mayStayUnset ? { optional: true as const } : {}) });
     return undefined;
@@ -280,20 +284,20 @@ class VariableLookup {
 }
 
 /**
- * Replaces ${VAR} in every string with its value from `vars`. A variable that is not set is
- * reported through `missing`, which returns true when it may stay unset. The credential defaults
+ * Replaces ${VAR} in every string with its value from `vars`; a use at a path that `listed`
+ * refuses is left out of `vars.sources()`. A variable that is not set is reported through `missing`, which returns true when it may stay unset. The credential defaults
  * are written in before this runs (fillCredentialDefaults), so they are substituted here too; the
  * validator's other defaults hold no ${VAR}.
  */
-function substituteVars(value: unknown, vars: VariableLookup, path: (string | number)[], missing: (path: (string | number)[], name: string) => boolean): unknown {
+function substituteVars(value: unknown, vars: VariableLookup, path: (string | number)[], listed: (path: (string | number)[]) => boolean, missing: (path: (string | number)[], name: string) => boolean): unknown {
   if (typeof value === "string") {
-    return value.replace(VAR, (_, name: string) => vars.get(name, () => missing(path, name)) ?? "");
+    return value.replace(VAR, (_, name: string) => vars.get(name, listed(path), () => missing(path, name)) ?? "");
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, vars, [...path, i], missing));
+  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, vars, [...path, i], listed, missing));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     // defineProperty: a YAML key "__proto__" must stay a plain key (and be reported as unknown).
-    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, vars, [...path, k], missing), enumerable: true, writable: true, configurable: true });
+    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, vars, [...path, k], listed, missing), enumerable: true, writable: true, configurable: true });
     return out;
   }
   return value;
@@ -301,23 +305,28 @@ function substituteVars(value: unknown, vars: VariableLookup, path: (string | nu
 
 /**
  * Writes the schema's credential defaults (`${CASCADE_CLIENT_ID}`, `${CASCADE_CLIENT_SECRET}`) into
- * each HTTP(S) remote that leaves them out, before ${VAR} substitution, so that every value is substituted
+ * each remote that leaves them out (else the validator would write them in unsubstituted), and
+ * returns the paths of those it wrote into a local remote, which sends no credentials (its
+ * variables are not listed by `validate` and `status`). It runs before ${VAR} substitution, so that every value is substituted
  * exactly once: a value read from the environment is never expanded a second time.
  */
-function fillCredentialDefaults(raw: object): void {
+function fillCredentialDefaults(raw: object): Set<string> {
+  const unused = new Set<string>();
   const remotes = (raw as { remotes?: unknown }).remotes;
-  if (!Array.isArray(remotes)) return;
+  if (!Array.isArray(remotes)) return unused;
   const props = schemaAt(["remotes", 0])?.properties ?? {};
-  for (const r of remotes) {
-    if (!r || typeof r !== "object" || Array.isArray(r)) continue;
-    // A local remote sends no credentials: its defaults would only list unused variables in `status`.
+  remotes.forEach((r, i) => {
+    if (!r || typeof r !== "object" || Array.isArray(r)) return;
     const url = (r as { url?: unknown }).url;
-    if (typeof url === "string" && !isHttpUrl(url) && !url.includes("${")) continue;
+    const local = typeof url === "string" && !isHttpUrl(url) && !url.includes("${");
     for (const key of ["username", "password"]) {
       const fallback = props[key]?.default;
-      if (!(key in r) && typeof fallback === "string") (r as Record<string, unknown>)[key] = fallback;
+      if (key in r || typeof fallback !== "string") continue;
+      (r as Record<string, unknown>)[key] = fallback;
+      if (local) unused.add(formatPath(["remotes", i, key]));
     }
-  }
+  });
+  return unused;
 }
 
 /** Readable messages for values of a string shape the schema checks with a regex, by the schema node that checks them. */
