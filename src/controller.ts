@@ -1,10 +1,12 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { stat } from "node:fs/promises";
+import { watch, type FSWatcher } from "node:fs";
 import { join, posix } from "node:path";
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { CONFIG_FILE, formatProblem, loadConfig } from "./config/load.js";
-import type { Config, ConfigProblem } from "./config/types.js";
+import { DOTENV_FILE, dotenvPath } from "./config/dotenv.js";
+import type { Config, ConfigProblem, VariableSource } from "./config/types.js";
 import { CascadeError, stalled, toCascadeError } from "./errors.js";
 import { exclusionsFor, type Exclusions } from "./exclusions.js";
 import { readIndex } from "./git/index-file.js";
@@ -65,7 +67,8 @@ export interface StatusSnapshot {
     findings?: Finding[];
     lastCommit?: SharedState["lastCommit"];
   };
-  config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string };
+  /** `variables`: where each ${VAR} of the config in force came from (`shell`, `.env`, `missing`), never a value. */
+  config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string; variables?: VariableSource[] };
   remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
   /** `lastRunAt`/`lastDoneAt`: when the last pass started/ended; `running`: a pass is under way (its results are not in this snapshot yet). */
   reconcilers: { name: string; conditions: Condition[]; failures: number; running: boolean; lastRunAt?: string; lastDoneAt?: string; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
@@ -205,7 +208,7 @@ export class Controller {
       reports: {},
     };
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
-    c.lastConfigDigest = digest(await readFile(config.file, "utf8"));
+    c.lastConfigDigest = await configDigest(config.file);
     c.configWarnings = loaded.warnings;
     c.usePolicy(loadedPolicy);
     return c;
@@ -231,6 +234,7 @@ export class Controller {
       },
     });
     await this.watcher.start();
+    const dotenvWatch = this.watchDotenv();
     this.requestFullScan();
     // Edits made while stopped are committed at once, not after a debounce.
     for (const slot of this.slots.values()) slot.nextRunAt = this.now();
@@ -253,6 +257,7 @@ export class Controller {
       }
     } finally {
       signal.removeEventListener("abort", onAbort);
+      dotenvWatch?.close();
       await this.watcher.close();
       await this.pipeline.gates.close();
       await this.settlePasses();
@@ -317,9 +322,29 @@ export class Controller {
 
   /** A hint from the watcher: `rel` may have changed. */
   onPathChanged(rel: string): void {
-    if (rel === CONFIG_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
+    // .env feeds the config's ${VAR}s: its edit is a config edit.
+    if (rel === CONFIG_FILE || rel === DOTENV_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
     if (rel === ".gitignore" || rel.endsWith("/.gitignore")) void this.gitignoreChanged(rel);
     this.addHint(rel);
+  }
+
+  /**
+   * Watches the sandbox's top folder for edits of .env on its own: .env is often git-ignored or
+   * excluded, and the sandbox watcher reports no excluded path. Undefined when the folder cannot be
+   * watched (the sandbox watcher then reports why).
+   */
+  private watchDotenv(): FSWatcher | undefined {
+    try {
+      const w = watch(this.config.dir, { persistent: false }, (_event, name) => {
+        if (name?.toString() !== DOTENV_FILE) return;
+        this.configDueAt = this.now() + this.config.sandbox.debounceMs;
+        this.wakeUp?.();
+      });
+      w.on("error", () => undefined);
+      return w;
+    } catch {
+      return undefined;
+    }
   }
 
   /**
@@ -603,12 +628,12 @@ export class Controller {
   }
 
   /**
-   * Re-reads the config after an edit. A valid one takes effect at once (exclusions, remotes,
-   * logging, notifications); an invalid one is reported and the last good config stays in force.
+   * Re-reads the config after an edit of it or of .env. A valid one takes effect at once
+   * (exclusions, remotes and their credentials, logging, notifications); an invalid one is reported
+   * and the last good config stays in force.
    */
   private async reloadConfig(): Promise<void> {
-    const text = await readFile(this.config.file, "utf8").catch(() => "");
-    const d = digest(text);
+    const d = await configDigest(this.config.file);
     const loaded = await loadConfig(this.config.file, this.deps.env);
     if (!loaded.ok) {
       this.configProblems = loaded.problems;
@@ -751,7 +776,7 @@ export class Controller {
         findings: Object.values(this.state.findings).flat(),
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
       },
-      config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt },
+      config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt, variables: this.config.variables },
       remotes: this.config.remotes.map((r) => {
         const s = this.slots.get(`remote:${r.name}`);
         return { name: r.name, url: this.deps.redactor.redact(r.url), ...this.state.remotes[r.name], ...(s?.lastError ? { error: s.lastError } : {}) };
@@ -853,4 +878,14 @@ export class Controller {
 
 function digest(text: string): string {
   return createHash("sha256").update(text).digest("hex").slice(0, 16);
+}
+
+/**
+ * What the config in force is made of: the config file and the .env its ${VAR}s read, hashed
+ * together (a change of either is a config edit). The hash names the content in notification keys;
+ * it is one-way, so no value of .env can be read back from it.
+ */
+async function configDigest(file: string): Promise<string> {
+  const [text, dotenv] = await Promise.all([readFile(file, "utf8").catch(() => ""), readFile(dotenvPath(file)).catch(() => undefined)]);
+  return digest(`${text}\0${dotenv === undefined ? "none" : createHash("sha256").update(dotenv).digest("hex")}`);
 }

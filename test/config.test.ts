@@ -88,6 +88,10 @@ describe('a config with only version, sandbox and remotes', () => {
       security: { encrypt: ['.env', '.env.*', '**/*.pem', 'secrets/**'], maxFileSizeBytes: 50 * 1024 * 1024, allow: [] },
       server: { listen: '' },
       secrets: [],
+      variables: [
+        { name: 'CASCADE_CLIENT_ID', source: 'missing', optional: true },
+        { name: 'CASCADE_CLIENT_SECRET', source: 'missing', optional: true },
+      ],
     });
   });
 
@@ -203,8 +207,8 @@ describe('normalization', () => {
         line: 3,
         col: 18,
         path: 'sandbox.commitMessage',
-        message: 'environment variable PATH is not set',
-        hint: 'export PATH before starting cascade-sync, or write the value into the file',
+        message: "variable PATH is not set (looked in the controller's environment and in /srv/site/.env, which does not exist)",
+        hint: 'add a line PATH=... to .env beside the config (kept encrypted in git), or export PATH where cascade-sync starts',
       },
     ]);
   });
@@ -230,22 +234,22 @@ describe('credential variables', () => {
     {
       name: 'another variable under remotes',
       text: yaml(...HEAD, ...REMOTE, '    username: ${GIT_USER}'),
-      expected: { line: 6, col: 15, path: 'remotes[0].username', message: 'environment variable GIT_USER is not set' },
+      expected: { line: 6, col: 15, path: 'remotes[0].username', message: "variable GIT_USER is not set (looked in the controller's environment and in /srv/site/.env, which does not exist)" },
     },
     {
       name: 'a credential variable used as a URL',
       text: yaml(...HEAD, 'remotes:', '  - name: origin', '    url: ${CASCADE_CLIENT_ID}'),
-      expected: { line: 5, col: 10, path: 'remotes[0].url', message: 'environment variable CASCADE_CLIENT_ID is not set' },
+      expected: { line: 5, col: 10, path: 'remotes[0].url', message: "variable CASCADE_CLIENT_ID is not set (looked in the controller's environment and in /srv/site/.env, which does not exist)" },
     },
     {
       name: 'a credential variable outside remotes',
       text: yaml('version: 1', 'sandbox:', '  branch: develop', '  commitMessage: "by ${CASCADE_CLIENT_ID}"'),
-      expected: { line: 4, col: 18, path: 'sandbox.commitMessage', message: 'environment variable CASCADE_CLIENT_ID is not set' },
+      expected: { line: 4, col: 18, path: 'sandbox.commitMessage', message: "variable CASCADE_CLIENT_ID is not set (looked in the controller's environment and in /srv/site/.env, which does not exist)" },
     },
     {
       name: 'a webhook secret',
       text: yaml(...HEAD, 'notifications:', '  webhooks:', '    - url: https://hooks.example.com/x', '      secret: ${CASCADE_WEBHOOK_SECRET}'),
-      expected: { line: 6, col: 15, path: 'notifications.webhooks[0].secret', message: 'environment variable CASCADE_WEBHOOK_SECRET is not set' },
+      expected: { line: 6, col: 15, path: 'notifications.webhooks[0].secret', message: "variable CASCADE_WEBHOOK_SECRET is not set (looked in the controller's environment and in /srv/site/.env, which does not exist)" },
     },
   ])('any other unset variable is one error at its line:col: $name', ({ text, expected }) => {
     // One problem: the value emptied by the missing variable is not reported a second time.
@@ -671,11 +675,11 @@ describe('cascade-sync validate', () => {
     );
     const r = await run(dir, ['validate'], testEnv());
     expect(r.code).toBe(1);
-    expect(r.stdout).toBe(`${file}:3:3: warning: sandbox.debounse: unknown key "debounse" is ignored (hint: did you mean "debounce"?)\n`);
+    expect(r.stdout).toBe(`${file}:3:3: warning: sandbox.debounse: unknown key "debounse" is ignored (hint: did you mean "debounce"?)\nvariables: NO_SUCH_VAR (missing), CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional)\n`);
     const lines = r.stderr.trimEnd().split('\n');
     expect(lines).toEqual([
       `${file}:4:16: sandbox.batchWindow: 10 is not a duration (hint: write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m)`,
-      `${file}:7:10: remotes[0].url: environment variable NO_SUCH_VAR is not set (hint: export NO_SUCH_VAR before starting cascade-sync, or write the value into the file)`,
+      `${file}:7:10: remotes[0].url: variable NO_SUCH_VAR is not set (looked in the controller's environment and in ${path.join(path.dirname(file), '.env')}, which does not exist) (hint: add a line NO_SUCH_VAR=... to .env beside the config (kept encrypted in git), or export NO_SUCH_VAR where cascade-sync starts)`,
       `${file}:9:10: logging.level: "loud" is not one of: "debug", "info", "warn", "error" (hint: write one of those values, or leave level out for the default info)`,
       `3 problem(s) in ${file}`,
     ]);
@@ -715,15 +719,18 @@ describe('cascade-sync validate', () => {
     delete env.CASCADE_CLIENT_SECRET;
     const r = await run(dir, ['validate'], env);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.stdout).toBe(`variables: CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional)\n${file}: valid\n`);
     expect(r.code).toBe(0);
   });
 
   it('accepts the outline from DESIGN.md with its variables set', async () => {
     const { dir, file } = await sandboxWith(DESIGN_OUTLINE);
-    const r = await run(dir, ['validate'], testEnv({ CASCADE_WEBHOOK_SECRET: 'hook-secret' }));
+    const env = testEnv({ CASCADE_WEBHOOK_SECRET: 'hook-secret' });
+    delete env.CASCADE_CLIENT_ID;
+    delete env.CASCADE_CLIENT_SECRET;
+    const r = await run(dir, ['validate'], env);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe(`${file}: valid\n`);
+    expect(r.stdout).toBe(`variables: CASCADE_CLIENT_ID (missing, optional), CASCADE_CLIENT_SECRET (missing, optional), CASCADE_WEBHOOK_SECRET (shell)\n${file}: valid\n`);
     expect(r.code).toBe(0);
   });
 
@@ -734,7 +741,7 @@ describe('cascade-sync validate', () => {
     const r = await run(dir, ['validate'], env);
     expect(r.code).toBe(1);
     expect(r.stderr.trimEnd().split('\n')).toEqual([
-      `${file}:40:67: notifications.webhooks[0].secret: environment variable CASCADE_WEBHOOK_SECRET is not set (hint: export CASCADE_WEBHOOK_SECRET before starting cascade-sync, or write the value into the file)`,
+      `${file}:40:67: notifications.webhooks[0].secret: variable CASCADE_WEBHOOK_SECRET is not set (looked in the controller's environment and in ${path.join(path.dirname(file), '.env')}, which does not exist) (hint: add a line CASCADE_WEBHOOK_SECRET=... to .env beside the config (kept encrypted in git), or export CASCADE_WEBHOOK_SECRET where cascade-sync starts)`,
       `1 problem(s) in ${file}`,
     ]);
   });
@@ -1111,7 +1118,8 @@ describe('normalization applies the schema defaults', () => {
     // The pipeline's validator writes the schema defaults in before normalize() runs; normalize()
     // has fallbacks of its own. Both must agree, or the schema documents defaults that are not applied.
     const withSchemaDefaults = valid(sparse);
-    const fallbacksOnly = normalize(parseYaml(sparse) as CascadeSyncConfig, FILE, ENV);
+    // (Where the ${VAR}s came from is the pipeline's to say: normalize() is handed it.)
+    const fallbacksOnly = normalize(parseYaml(sparse) as CascadeSyncConfig, FILE, ENV, { variables: withSchemaDefaults.variables, fromDotenv: [] });
     expect(fallbacksOnly).toEqual(withSchemaDefaults);
     // And the defaults that only normalize() knows are the ones the schema describes in words.
     expect(withSchemaDefaults.sandbox.author).toEqual({ name: 'cascade-sync', email: 'cascade-sync@localhost' });

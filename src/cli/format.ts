@@ -1,4 +1,6 @@
 import type { StatusSnapshot } from "../controller.js";
+import type { VariableSource } from "../config/types.js";
+import { formatVariables } from "../config/dotenv.js";
 import type { EnvironmentReport } from "../../reconcilers/environment.js";
 import type { HistoryEntry } from "../pipeline/history.js";
 
@@ -6,7 +8,8 @@ import type { HistoryEntry } from "../pipeline/history.js";
 export interface StatusReport {
   running: boolean;
   pid?: number;
-  config: { valid: boolean; problems: string[] };
+  /** `variables`: where each ${VAR} came from (`shell`, `.env`, `missing`), never a value. */
+  config: { valid: boolean; problems: string[]; variables?: VariableSource[] };
   snapshot: StatusSnapshot | null;
 }
 
@@ -16,6 +19,7 @@ export function formatStatus(r: StatusReport): string {
   lines.push(r.running ? `controller: running (pid ${r.pid})` : "controller: not running (start it with `cascade-sync start`)");
   lines.push(r.config.valid ? "config:     valid" : `config:     INVALID${r.running ? " (the controller keeps the last good config)" : ""}`);
   for (const p of r.config.problems) lines.push(`  ${p}`);
+  if (r.config.variables?.length) lines.push(`variables:  ${formatVariables(r.config.variables)}`);
   const s = r.snapshot;
   if (!s) return lines.join("\n");
   if (r.running && s.server) lines.push(`status page: ${s.server.url} (also /metrics)`);

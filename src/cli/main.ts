@@ -2,6 +2,8 @@ import { resolve, dirname, join } from "node:path";
 import { spawn } from "node:child_process";
 import { openSync, closeSync } from "node:fs";
 import { CONFIG_FILE, formatProblem, loadConfig } from "../config/load.js";
+import { formatVariables } from "../config/dotenv.js";
+import type { LoadResult, VariableSource } from "../config/types.js";
 import type { Clock } from "../clock.js";
 import { Controller, type StatusSnapshot } from "../controller.js";
 import { CascadeError, toCascadeError } from "../errors.js";
@@ -96,6 +98,8 @@ export async function main(args: MainArgs): Promise<number> {
         const loaded = await loadConfig(configFile, args.env);
         const problems = loaded.ok ? loaded.warnings : loaded.problems;
         for (const p of problems) (p.severity === "error" ? err : out)(formatProblem(p));
+        const variables = variablesOf(loaded);
+        if (variables.length) out(`variables: ${formatVariables(variables)}`);
         if (!loaded.ok) {
           err(`${loaded.problems.filter((p) => p.severity === "error").length} problem(s) in ${configFile}`);
           return 1;
@@ -246,15 +250,22 @@ async function status(args: MainArgs, configFile: string, redactor: Redactor, ou
     const action = pending?.plan?.actions[0] as { type: string; paths?: unknown[] } | undefined;
     snap.sandbox.pendingPaths = action?.type === "commit" ? action.paths?.length ?? 0 : 0;
   }
+  // A running controller's own view says where the values in use came from; its environment may not be this shell's.
+  const variables = (running ? snap?.config.variables : undefined) ?? variablesOf(loaded);
   const report = {
     running: !!running,
     ...(running ? { pid: running.pid } : {}),
-    config: loaded.ok ? { valid: true, problems: loaded.warnings.map(formatProblem) } : { valid: false, problems: loaded.problems.map(formatProblem) },
+    config: { ...(loaded.ok ? { valid: true, problems: loaded.warnings.map(formatProblem) } : { valid: false, problems: loaded.problems.map(formatProblem) }), variables },
     snapshot: snap ? redactor.redactValue(snap) : null,
   };
   if (json) out(JSON.stringify(report, null, 2));
   else out(formatStatus(report));
   return 0;
+}
+
+/** Where each ${VAR} of a loaded config came from (of an invalid one too, when it parsed that far). */
+function variablesOf(loaded: LoadResult): VariableSource[] {
+  return loaded.ok ? loaded.config.variables : loaded.variables ?? [];
 }
 
 function mergeRemotes(previous: StatusSnapshot, now: StatusSnapshot): StatusSnapshot["remotes"] {

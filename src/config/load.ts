@@ -6,10 +6,11 @@ import addFormatsModule from "ajv-formats";
 import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { formatPath, SourcePositions } from "./positions.js";
-import { normalize } from "./normalize.js";
+import { isHttpUrl, normalize } from "./normalize.js";
 import { semanticRules } from "./rules.js";
-import type { ConfigProblem, LoadResult } from "./types.js";
+import type { ConfigProblem, LoadResult, VariableSource } from "./types.js";
 import { nearest } from "../text.js";
+import { DOTENV_FILE, dotenvPath, noDotenv, readDotenv, type Dotenv } from "./dotenv.js";
 
 /** The config file's name in a sandbox. */
 export const CONFIG_FILE = "cascade-sync-config.yaml";
@@ -31,7 +32,8 @@ function validate(value: unknown): ErrorObject[] {
 /**
  * Loads a config file through the whole pipeline: YAML with source positions, schema validation
  * (every error, not the first), normalization (defaults, durations to ms, paths, ${VAR}s), then the
- * semantic rules. Returns `{ ok: false, problems }` with every error found, never throws.
+ * semantic rules. A ${VAR} reads `env` (the controller's environment), else the `.env` beside the
+ * file. Returns `{ ok: false, problems }` with every error found, never throws.
  */
 export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<LoadResult> {
   const abs = resolve(file);
@@ -40,7 +42,8 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
     if (st.size > MAX_CONFIG_BYTES) {
       return fail(abs, `the file is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
     }
-    return parseConfig(await readFile(abs, "utf8"), abs, env);
+    const text = await readFile(abs, "utf8");
+    return parseConfig(text, abs, env, await readDotenv(dotenvPath(abs)));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") {
@@ -50,8 +53,12 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv): Promise<
   }
 }
 
-/** Runs the pipeline on config text; `file` names it in problems and anchors relative paths. */
-export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv): LoadResult {
+/**
+ * Runs the pipeline on config text; `file` names it in problems and anchors relative paths. A ${VAR}
+ * reads `env` first, then `dotenv` (as readDotenv gave it; by default none, whose path is still
+ * named when a variable is missing). Pure: nothing is read here.
+ */
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv, dotenv: Dotenv = noDotenv(dotenvPath(file))): LoadResult {
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > MAX_CONFIG_BYTES) return fail(file, `the file is ${bytes} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, "is this the right file?");
   // The YAML composer recurses once per nesting level: thousands of levels overflow the stack (and
@@ -91,19 +98,26 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
     return fail(file, "the config must be a YAML mapping with at least `version: 1` and `sandbox:`", "see the example in the README");
   }
 
-  fillCredentialDefaults(raw);
+  const unusedDefaults = fillCredentialDefaults(raw);
   const unset = new Set<string>();
   const unsetVars: { path: (string | number)[]; name: string }[] = [];
   const reads = new Map<string, string[]>();
-  const data = substituteVars(raw, env, [], (path, name, set) => {
+  const vars = new VariableLookup(env, dotenv);
+  const data = substituteVars(raw, vars, [], (path) => !unusedDefaults.has(formatPath(path)), (path, name) => {
     const where = formatPath(path);
     reads.set(where, [...(reads.get(where) ?? []), name]);
-    if (set) return;
+  }, (path, name) => {
     // The default credential variables may stay unset: then no credentials are sent (public remotes).
-    if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return;
-    unset.add(where);
+    if (OPTIONAL_VARS.has(name) && path[0] === "remotes" && (path[2] === "username" || path[2] === "password")) return true;
+    unset.add(formatPath(path));
     unsetVars.push({ path, name });
+    return false;
   });
+  // A value read from a variable never shows in a problem (a schema error quotes the value it refuses).
+  const hide = (text: string) => hideValues(text, vars.values);
+  const hidden = (list: ConfigProblem[]) => [...list.map((p) => ({ ...p, message: hide(p.message), ...(p.hint ? { hint: hide(p.hint) } : {}) })), ...dotenv.problems];
+  const done = (result: LoadResult): LoadResult =>
+    result.ok ? { ...result, warnings: hidden(result.warnings) } : { ok: false, problems: hidden(result.problems), variables: vars.sources() };
   // Unknown keys are warnings and their values are ignored (so an unset variable in one is no error).
   const ignored: (string | number)[][] = [];
 
@@ -181,20 +195,21 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv):
   const under = (path: (string | number)[], prefix: (string | number)[]) => prefix.every((p, i) => path[i] === p);
   for (const { path, name } of unsetVars) {
     if (ignored.some((k) => under(path, k))) continue;
-    at(path, `environment variable ${name} is not set`, `export ${name} before starting cascade-sync, or write the value into the file`);
+    at(path, `variable ${name} is not set (looked in the controller's environment and in ${dotenv.file}${dotenv.exists ? "" : ", which does not exist"})`,
+      `add a line ${name}=... to ${DOTENV_FILE} beside the config (kept encrypted in git), or export ${name} where cascade-sync starts`);
   }
-  if (problems.some((p) => p.severity === "error")) return { ok: false, problems: problems.sort(inFileOrder) };
+  if (problems.some((p) => p.severity === "error")) return done({ ok: false, problems: problems.sort(inFileOrder) });
   for (const path of ignored) {
     const parent = valueAt(data, path.slice(0, -1));
     if (parent && typeof parent === "object") delete (parent as Record<string | number, unknown>)[path[path.length - 1]!];
   }
 
-  const config = normalize(data as CascadeSyncConfig, file, env, reads);
+  const config = normalize(data as CascadeSyncConfig, file, env, { variables: vars.sources(), fromDotenv: vars.fromDotenv, reads });
   for (const rule of semanticRules) rule(config, (path, message, hint, severity = "error") => at(path, message, hint, undefined, severity));
   problems.sort(inFileOrder);
   const errors = problems.filter((p) => p.severity === "error");
-  if (errors.length) return { ok: false, problems };
-  return { ok: true, config, warnings: problems };
+  if (errors.length) return done({ ok: false, problems });
+  return done({ ok: true, config, warnings: problems });
 }
 
 /** Formats a problem as `file:line:col: path: message (hint)` for terminals, logs and status. */
@@ -221,28 +236,82 @@ const OPTIONAL_VARS = new Set(["CASCADE_CLIENT_ID", "CASCADE_CLIENT_SECRET"]);
 
 const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 
+/** `text` with each of `values` (of 3 characters or more, as the Redactor takes them) replaced, longest first. */
+function hideValues(text: string, values: readonly string[]): string {
+  for (const v of [...new Set(values)].filter((x) => x.length >= 3).sort((a, b) => b.length - a.length)) text = text.split(v).join("[REDACTED]");
+  return text;
+}
+
 /**
- * Replaces ${VAR} in every string but a command with the environment's value. Each variable read is
- * reported through `read` (`set` false for one that is not set, which becomes ""). The credential
- * defaults are written in before this runs (fillCredentialDefaults), so they are substituted here
- * too; the validator's other defaults hold no ${VAR}.
+ * Looks ${VAR}s up: the controller's environment wins, then the sandbox's .env. Remembers where
+ * each variable came from (for `validate` and `status`) and every value it gave (to keep them out
+ * of problems, logs and status).
  */
-function substituteVars(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], read: (path: (string | number)[], name: string, set: boolean) => void): unknown {
+class VariableLookup {
+  private readonly used = new Map<string, VariableSource>();
+  /** Every value given, from either source. */
+  readonly values: string[] = [];
+  /** The values given by .env. */
+  readonly fromDotenv: string[] = [];
+
+  constructor(
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly dotenv: Dotenv,
+  ) {}
+
+  /**
+   * The value of `name`, or undefined when neither source has it (then `optional` says whether it
+   * may stay unset). `listed`: this use counts for `sources()`.
+   */
+  get(name: string, listed: boolean, optional: (name: string) => boolean): string | undefined {
+    const shell = this.env[name];
+    const fromFile = Object.hasOwn(this.dotenv.values, name) ? this.dotenv.values[name] : undefined;
+    const value = shell ?? fromFile;
+    if (value !== undefined) {
+      this.values.push(value);
+      if (shell === undefined) this.fromDotenv.push(value);
+      if (listed && !this.used.has(name)) this.used.set(name, { name, source: shell !== undefined ? "shell" : ".env" });
+      return value;
+    }
+    const known = this.used.get(name);
+    const mayStayUnset = optional(name);
+    if (!listed) return undefined;
+    // A variable required at any of its uses is reported as required.
+    if (!known || (known.optional && !mayStayUnset)) this.used.set(name, { name, source: "missing", ...(mayStayUnset ? { optional: true as const } : {}) });
+    return undefined;
+  }
+
+  /** Each variable referred to, in order of first use. */
+  sources(): VariableSource[] {
+    return [...this.used.values()];
+  }
+}
+
+/**
+ * Replaces ${VAR} in every string but a command with its value from `vars`; a use at a path that
+ * `listed` refuses is left out of `vars.sources()`. Each use is reported through `read`; a variable
+ * that is not set also through `missing`, which returns true when it may stay unset. The credential defaults
+ * are written in before this runs (fillCredentialDefaults), so they are substituted here too; the
+ * validator's other defaults hold no ${VAR}.
+ */
+function substituteVars(
+  value: unknown, vars: VariableLookup, path: (string | number)[], listed: (path: (string | number)[]) => boolean,
+  read: (path: (string | number)[], name: string) => void, missing: (path: (string | number)[], name: string) => boolean,
+): unknown {
   if (typeof value === "string") {
     // A command runs code from a commit: the controller's variables must not be written into it. Its
     // ${VAR}s are the shell's, read from the command's own (allow-listed) environment.
     if (isCommand(path)) return value;
     return value.replace(VAR, (_, name: string) => {
-      const v = env[name];
-      read(path, name, v !== undefined);
-      return v ?? "";
+      read(path, name);
+      return vars.get(name, listed(path), () => missing(path, name)) ?? "";
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, env, [...path, i], read));
+  if (Array.isArray(value)) return value.map((v, i) => substituteVars(v, vars, [...path, i], listed, read, missing));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     // defineProperty: a YAML key "__proto__" must stay a plain key (and be reported as unknown).
-    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, env, [...path, k], read), enumerable: true, writable: true, configurable: true });
+    for (const [k, v] of Object.entries(value)) Object.defineProperty(out, k, { value: substituteVars(v, vars, [...path, k], listed, read, missing), enumerable: true, writable: true, configurable: true });
     return out;
   }
   return value;
@@ -258,20 +327,28 @@ function isCommand(path: (string | number)[]): boolean {
 
 /**
  * Writes the schema's credential defaults (`${CASCADE_CLIENT_ID}`, `${CASCADE_CLIENT_SECRET}`) into
- * each remote that leaves them out, before ${VAR} substitution, so that every value is substituted
+ * each remote that leaves them out (else the validator would write them in unsubstituted), and
+ * returns the paths of those it wrote into a local remote, which sends no credentials (its
+ * variables are not listed by `validate` and `status`). It runs before ${VAR} substitution, so that every value is substituted
  * exactly once: a value read from the environment is never expanded a second time.
  */
-function fillCredentialDefaults(raw: object): void {
+function fillCredentialDefaults(raw: object): Set<string> {
+  const unused = new Set<string>();
   const remotes = (raw as { remotes?: unknown }).remotes;
-  if (!Array.isArray(remotes)) return;
+  if (!Array.isArray(remotes)) return unused;
   const props = schemaAt(["remotes", 0])?.properties ?? {};
-  for (const r of remotes) {
-    if (!r || typeof r !== "object" || Array.isArray(r)) continue;
+  remotes.forEach((r, i) => {
+    if (!r || typeof r !== "object" || Array.isArray(r)) return;
+    const url = (r as { url?: unknown }).url;
+    const local = typeof url === "string" && !isHttpUrl(url) && !url.includes("${");
     for (const key of ["username", "password"]) {
       const fallback = props[key]?.default;
-      if (!(key in r) && typeof fallback === "string") (r as Record<string, unknown>)[key] = fallback;
+      if (key in r || typeof fallback !== "string") continue;
+      (r as Record<string, unknown>)[key] = fallback;
+      if (local) unused.add(formatPath(["remotes", i, key]));
     }
-  }
+  });
+  return unused;
 }
 
 /** Readable messages for values of a string shape the schema checks with a regex, by the schema node that checks them. */

@@ -2,7 +2,7 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { parseDuration, parseSize } from "../duration.js";
-import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec } from "./types.js";
+import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec, VariableSource } from "./types.js";
 import { formatPath } from "./positions.js";
 import { isAllowListed } from "../pipeline/command-env.js";
 import type { LogLevel } from "../log.js";
@@ -33,13 +33,23 @@ export function isHttpUrl(url: string): boolean {
   return /^https?:\/\//i.test(url);
 }
 
+/** What ${VAR} substitution found: where each variable came from, and the values read from .env. */
+export interface Substitution {
+  variables: VariableSource[];
+  /** Every value a ${VAR} took from .env: all of them are secrets (.env is where credentials live), wherever they are used. */
+  fromDotenv: string[];
+  /** A value's formatted path -> the ${VAR}s substituted into it. */
+  reads?: ReadonlyMap<string, readonly string[]>;
+}
+
 /**
  * Turns a schema-valid config (defaults already filled by the validator) into the `Config` the
  * controller runs on. Pure apart from reading `env`; never fails: the schema has already checked
- * every shape, and the semantic rules check meaning afterwards. `reads` maps a value's formatted
- * path to the ${VAR}s substituted into it: a command `env` value read from one is a secret.
+ * every shape, and the semantic rules check meaning afterwards. `substitution` is what the
+ * ${VAR}s in `data` (already substituted) were read from; a command `env` value read from one is a secret.
  */
-export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.ProcessEnv, reads: ReadonlyMap<string, readonly string[]> = new Map()): Config {
+export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.ProcessEnv, substitution: Substitution = { variables: [], fromDotenv: [] }): Config {
+  const reads = substitution.reads ?? new Map<string, readonly string[]>();
   const dir = dirname(file);
   const secrets: string[] = [];
   const commandEnv = (list: CommandEnvInput | undefined, path: (string | number)[]): CommandEnvEntry[] => {
@@ -145,7 +155,8 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       allow: [...(data.security?.allow ?? [])],
     },
     server: { listen: data.server?.listen ?? "", ...(data.server?.token ? { token: data.server.token } : {}) },
-    secrets,
+    secrets: [...new Set([...secrets, ...substitution.fromDotenv.filter((s) => s)])],
+    variables: substitution.variables,
   };
 }
 

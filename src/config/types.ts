@@ -113,13 +113,26 @@ export interface Config {
   security: { encrypt: string[]; key?: string; maxFileSizeBytes: number; allow: string[] };
   server: { listen: string; token?: string };
   /**
-   * Every secret value in this config, for redaction: passwords, tokens, and what commands' `env`
-   * reads from the controller's environment (names passed through, values read through ${VAR}).
+   * Every secret value in this config, for redaction: passwords, tokens, whatever .env gave, and what
+   * commands' `env` reads from the controller's environment (names passed through, values read through ${VAR}).
    */
   secrets: string[];
+  /** Each ${VAR} the config refers to, in order of first use, and where its value came from. */
+  variables: VariableSource[];
 }
 
-/** The result of loading a config: never a throw. */
+/**
+ * Where a ${VAR} of the config found its value: the controller's environment (`shell`, which wins),
+ * the sandbox's `.env`, or neither. Never the value itself.
+ */
+export interface VariableSource {
+  name: string;
+  source: "shell" | ".env" | "missing";
+  /** Missing and allowed to be: a default credential variable (then no credentials are sent). */
+  optional?: true;
+}
+
+/** The result of loading a config: never a throw. `variables` says where each ${VAR} came from (once the file parsed). */
 export type LoadResult =
   | { ok: true; config: Config; warnings: ConfigProblem[] }
-  | { ok: false; problems: ConfigProblem[] };
+  | { ok: false; problems: ConfigProblem[]; variables?: VariableSource[] };

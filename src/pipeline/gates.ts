@@ -3,6 +3,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CONFIG_FILE, formatProblem, parseConfig } from "../config/load.js";
+import { dotenvPath, readDotenv, type Dotenv } from "../config/dotenv.js";
 import type { GateSpec } from "../config/types.js";
 import type { Repo } from "../git/repo.js";
 import type { Logger } from "../log.js";
@@ -158,7 +159,7 @@ export class GateRunner {
     if (gate.builtin === "config") {
       const text = await this.repo.fileAt(job.commit, CONFIG_FILE);
       if (!text) return finish(false, `the commit has no ${CONFIG_FILE}`);
-      const loaded = parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env);
+      const loaded = parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env, await this.sandboxDotenv());
       return loaded.ok ? finish(true, "the config is valid") : finish(false, loaded.problems.map(formatProblem).join("; "));
     }
     if (gate.builtin === "integrity") {
@@ -168,7 +169,7 @@ export class GateRunner {
     if (gate.builtin === "security-scan") {
       // The commit's own config says what is encrypted and what a person accepted; without a valid one the gate fails closed.
       const text = await this.repo.fileAt(job.commit, CONFIG_FILE);
-      const loaded = text ? parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env) : undefined;
+      const loaded = text ? parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env, await this.sandboxDotenv()) : undefined;
       if (!loaded?.ok) return finish(false, `the commit has no valid ${CONFIG_FILE} to read security settings from; the scan cannot run`);
       const findings = await scanCommit(this.repo, job.commit, loaded.config.security);
       if (!findings.length) return finish(true, "no secrets or oversized files found");
@@ -179,6 +180,11 @@ export class GateRunner {
     const result = await runCheck(gate, { cwd: tree, env, secrets, signal: job.abort.signal });
     if (result.output) this.log.info(`gate ${gate.name} output:\n${result.output}`, { environment, commit: job.commit, gate: gate.name });
     return { name: gate.name, ok: result.ok, message: result.message, at: new Date().toISOString(), durationMs: result.durationMs };
+  }
+
+  /** The sandbox's .env: a ${VAR} of the commit's config reads it as the controller's own config does (the exported tree holds only its ciphertext). */
+  private sandboxDotenv(): Promise<Dotenv> {
+    return readDotenv(dotenvPath(join(this.repo.dir, CONFIG_FILE)));
   }
 
   private async persist(): Promise<void> {
