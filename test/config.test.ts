@@ -838,7 +838,7 @@ describe('command env', () => {
     expect(problems(text, SET)).toEqual([
       expect.objectContaining({ line: 11, col: 13, path: 'environments.staging.gates[0].env[0]', message: 'must be string,object' }),
       expect.objectContaining({ line: 12, col: 13, path: 'environments.staging.gates[0].env[1]', message: 'must NOT have more than 1 properties' }),
-      expect.objectContaining({ line: 13, col: 18, path: 'environments.staging.gates[0].env[2].C', message: 'environment variable NO_SUCH_VAR is not set' }),
+      expect.objectContaining({ line: 13, col: 18, path: 'environments.staging.gates[0].env[2].C', message: expect.stringContaining('variable NO_SUCH_VAR is not set') }),
     ]);
   });
 
