@@ -1,12 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CONFIG_FILE, formatProblem, parseConfig } from "../src/config/load.js";
+import { CONFIG_FILE, formatProblem } from "../src/config/load.js";
 import type { Config, EnvironmentSpec, LoadResult } from "../src/config/types.js";
 import { describePolicyDifference, fromBranch as fromBranchOf, policyDifferences, type PolicyDifference, type PolicyView } from "../src/config/pipeline.js";
 import { CascadeError, stalled, transient } from "../src/errors.js";
 import { branchRef } from "../src/git/repo.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
+import { parseCommitConfig } from "../src/pipeline/commit-config.js";
 import { runHealthRound } from "../src/pipeline/checks.js";
 import { currentRelease, deployRelease, listReleases, prepareRelease, releaseDir, repairRelease, switchCurrent, verifyReleaseIntegrity, type ReleasePreparation } from "../src/pipeline/deploy.js";
 import type { GateReport } from "../src/pipeline/gates.js";
@@ -706,13 +707,18 @@ export interface PolicyProblem {
 /** An environment's spec as a commit's config states it, with `from` resolved in that same config; or why there is none. */
 type TrustedSpec = ({ ok: true } & PolicyView) | { ok: false; problem: PolicyProblem };
 
-/** Parsed configs by commit (a commit's config never changes); a few are enough: head, live release, target. */
-const configsByCommit = new Map<string, LoadResult | null>();
+/**
+ * Parsed configs by commit, per sandbox config in force (a commit's config never changes, but what its
+ * ${VAR}s read does when the sandbox's config or .env is reloaded); a few are enough: head, live release, target.
+ */
+const configsByDesired = new WeakMap<Config, Map<string, LoadResult | null>>();
 const CONFIG_CACHE_SIZE = 32;
 
 /** The config committed in `commit` (null when it has none, `unreadable` when its tree cannot be read), parsed as the sandbox's would be; cached per commit. */
 async function configAt(ctx: ReconcileContext, desired: Config, commit: string): Promise<LoadResult | null | { unreadable: string }> {
-  const key = `${desired.dir}\0${commit}`;
+  const configsByCommit = configsByDesired.get(desired) ?? new Map<string, LoadResult | null>();
+  configsByDesired.set(desired, configsByCommit);
+  const key = commit;
   if (configsByCommit.has(key)) return configsByCommit.get(key)!;
   let text: Buffer | null;
   try {
@@ -721,7 +727,7 @@ async function configAt(ctx: ReconcileContext, desired: Config, commit: string):
     // A tree git itself would not check out (e.g. a ".GIT" entry): no policy can come from it. Not cached: it may be an I/O error.
     return { unreadable: err instanceof CascadeError ? `${err.reason}: ${err.message}` : err instanceof Error ? err.message : String(err) };
   }
-  const loaded = text ? parseConfig(text.toString("utf8"), join(desired.dir, CONFIG_FILE), ctx.pipeline!.env) : null;
+  const loaded = text ? await parseCommitConfig(text.toString("utf8"), desired.dir, ctx.pipeline!.source) : null;
   if (configsByCommit.size >= CONFIG_CACHE_SIZE) configsByCommit.delete(configsByCommit.keys().next().value!);
   configsByCommit.set(key, loaded);
   return loaded;

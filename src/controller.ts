@@ -24,6 +24,7 @@ import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler } from "../reconcilers/remote.js";
 import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
 import { GateRunner } from "./pipeline/gates.js";
+import { CommandSourceEnv, controllerVariableNames } from "./pipeline/command-env.js";
 import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
 import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
@@ -199,12 +200,15 @@ export class Controller {
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     let c: Controller | undefined;
     const metrics = new Metrics();
+    // Gates, hooks, health checks and committed configs never see the controller's own credentials.
+    const source = new CommandSourceEnv(deps.env, controllerVariableNames(config));
     const pipeline: PipelineServices = {
       store: await PipelineStore.load(repo.gitdir),
       // A finished gate run wakes its environment at once.
-      gates: await GateRunner.open(repo, deps.log, deps.env, (env) => c?.wake(`env:${env}`), (env, g) => metrics.gateResult(env, g.name, g.ok)),
+      gates: await GateRunner.open(repo, deps.log, source, (env) => c?.wake(`env:${env}`), (env, g) => metrics.gateResult(env, g.name, g.ok)),
       history: await HistoryLog.open(repo.gitdir, (entry) => metrics.recordHistory(entry)),
-      env: deps.env,
+      env: source.env,
+      source,
       reports: {},
     };
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
@@ -651,6 +655,7 @@ export class Controller {
     const old = this.config;
     const config = loaded.config;
     for (const s of config.secrets) this.deps.redactor.add(s);
+    this.pipeline.source.update(this.deps.env, controllerVariableNames(config));
     this.config = config;
     this.configLastGoodAt = new Date(this.now()).toISOString();
     this.deps.log.reconfigure(config.logging.file, config.logging.level);

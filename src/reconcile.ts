@@ -12,13 +12,16 @@ import type { EnvironmentReport } from "../reconcilers/environment.js";
 import type { Metrics } from "./server/metrics.js";
 import type { ProgressReporter } from "./progress.js";
 import type { Finding } from "./security/scan.js";
+import type { CommandSourceEnv } from "./pipeline/command-env.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
   store: PipelineStore;
   gates: GateRunner;
   history: HistoryLog;
+  /** What commands and committed configs may read of the controller's environment (its own credentials withheld); `env` is `source.env`. */
   env: NodeJS.ProcessEnv;
+  source: CommandSourceEnv;
   reports: Record<string, EnvironmentReport>;
 }
 

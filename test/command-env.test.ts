@@ -302,4 +302,49 @@ describe('a running controller', () => {
     expect(log).toContain('gate token [REDACTED]');
     expect(log).not.toContain(CONTROLLER.NPM_TOKEN);
   });
+
+  it("withholds the controller's own credentials whatever they are named: a committed config can neither pass one by name nor copy it through ${VAR}", async () => {
+    const dir = await makeTmpDir('command-env-withheld');
+    const out = await makeTmpDir('command-env-withheld-out');
+    const deployRoot = await makeTmpDir('command-env-withheld-deploy');
+    const dump = (what: string) => JSON.stringify(`env > ${out}/${what}.tmp && mv ${out}/${what}.tmp ${out}/${what}.env`);
+    await writeFile(path.join(dir, 'app.txt'), 'v1\n');
+    // SERVER_TOKEN and ENCRYPTION_KEY are read by the config for the controller itself (server, security):
+    // the environment's gate, hook and health name them, as anyone who can push to develop could write.
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), [
+      'version: 1',
+      'sandbox: { debounce: 300ms, batchWindow: 2s }',
+      'remotes: []',
+      'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
+      `logging: { file: ${JSON.stringify(path.join(out, 'log.jsonl'))}, level: debug }`,
+      'notifications: { desktop: false }',
+      'server: { token: "${SERVER_TOKEN}" }',
+      'security: { key: "${ENCRYPTION_KEY}" }',
+      'environments:',
+      '  staging:',
+      '    branch: staging',
+      '    from: develop',
+      '    gates:',
+      `      - { name: dump, command: ${JSON.stringify(`env > ${out}/gate.env`)}, env: [SERVER_TOKEN, { COPY: "\${ENCRYPTION_KEY}" }] }`,
+      `    deploy: { directory: ${JSON.stringify(path.join(deployRoot, 'staging'))}, hooks: { pre: ${dump('hook')}, env: [ENCRYPTION_KEY, { COPY: "\${SERVER_TOKEN}" }] } }`,
+      `    health: [ { name: dump, command: ${dump('health')}, env: [SERVER_TOKEN, { COPY: "\${ENCRYPTION_KEY}" }] } ]`,
+      '    healthyAfter: 1',
+      '',
+    ].join('\n'));
+    const env = testEnv({ SERVER_TOKEN: SECRETS.SERVER_TOKEN, ENCRYPTION_KEY: SECRETS.ENCRYPTION_KEY });
+    const init = await run(dir, ['init'], env);
+    expect(init.code, init.stderr).toBe(0);
+    controllers.push(await startController(dir, env));
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    await waitFor(() => ['gate', 'hook', 'health'].every((w) => existsSync(path.join(out, `${w}.env`))) || undefined, { what: 'the gate, the hook and a health round to run', timeoutMs: 30_000 });
+    for (const what of ['gate', 'hook', 'health']) {
+      const seen = await envFile(path.join(out, `${what}.env`));
+      expect(seen.has('SERVER_TOKEN'), what).toBe(false);
+      expect(seen.has('ENCRYPTION_KEY'), what).toBe(false);
+      expect(seen.get('COPY'), what).toBe('[withheld]');
+      const text = await readFile(path.join(out, `${what}.env`), 'utf8');
+      expect(text, what).not.toContain(SECRETS.SERVER_TOKEN);
+      expect(text, what).not.toContain(SECRETS.ENCRYPTION_KEY);
+    }
+  });
 });

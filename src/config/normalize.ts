@@ -156,6 +156,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
     },
     server: { listen: data.server?.listen ?? "", ...(data.server?.token ? { token: data.server.token } : {}) },
     secrets: [...new Set([...secrets, ...substitution.fromDotenv.filter((s) => s)])],
+    controllerVariables: controllerVariables(reads),
     variables: substitution.variables,
   };
 }
@@ -189,4 +190,11 @@ function commandEnvEntries(list: CommandEnvInput, path: (string | number)[], rea
       return { name, value, ...(vars?.length ? { reads: [...vars] } : {}) };
     });
   });
+}
+
+/** The ${VAR}s read outside `environments`: the controller's own credentials, never given to commands. */
+function controllerVariables(reads: ReadonlyMap<string, readonly string[]>): string[] {
+  const names = new Set<string>();
+  for (const [path, vars] of reads) if (!path.startsWith("environments")) for (const v of vars) names.add(v);
+  return [...names].sort();
 }

@@ -117,6 +117,8 @@ export interface Config {
    * commands' `env` reads from the controller's environment (names passed through, values read through ${VAR}).
    */
   secrets: string[];
+  /** The variables this config reads for the controller itself (outside `environments`): withheld from commands and from configs in commits. */
+  controllerVariables?: string[];
   /** Each ${VAR} the config refers to, in order of first use, and where its value came from. */
   variables: VariableSource[];
 }

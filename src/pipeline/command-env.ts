@@ -69,10 +69,57 @@ export function commandEnv(input: CommandEnvInput): CommandEnv {
   for (const entry of input.entries ?? []) {
     if (!isNameable(entry.name)) continue;
     const value = entry.value ?? (Object.hasOwn(input.controller, entry.name) ? input.controller[entry.name] : undefined);
-    if (value === undefined) continue;
+    // A credential of the controller's own (see CommandSourceEnv) is not passed, not even as its placeholder.
+    if (value === undefined || (entry.value === undefined && value === WITHHELD)) continue;
     env[entry.name] = value;
     if (entry.value === undefined ? !isAllowListed(entry.name) : entry.reads?.length) secrets.push(value);
   }
   Object.assign(env, input.cascade);
   return { env, secrets };
+}
+
+/** What a withheld variable reads as, for configs and commands that come from commits. */
+export const WITHHELD = "[withheld]";
+
+/**
+ * The names of the controller's own credentials in `config`: every ${VAR} read outside
+ * `environments` (remote credentials, webhook secrets, the server token, the encryption key).
+ */
+export function controllerVariableNames(config: { controllerVariables?: readonly string[] }): string[] {
+  return [...(config.controllerVariables ?? [])];
+}
+
+/**
+ * The environment that code and configs from commits may read, kept up to date in place (gates,
+ * hooks, health checks and the parsing of committed configs all hold the same object). Every
+ * `CASCADE_*` variable and every variable the controller's own config reads for itself reads as
+ * {@link WITHHELD}: a commit can neither pass one to a command by name nor copy it into a value
+ * through ${VAR} (a health check's URL, say). Names once withheld stay withheld for the process's
+ * life, so a config edit pushed to `develop` that stops reading a credential cannot free it.
+ */
+export class CommandSourceEnv {
+  /** The environment to hand on; mutated in place by {@link update}. */
+  readonly env: NodeJS.ProcessEnv = {};
+  private readonly withheld = new Set<string>();
+
+  constructor(controller: NodeJS.ProcessEnv, names: readonly string[] = []) {
+    this.update(controller, names);
+  }
+
+  /** Withholds `names` too (on top of every name withheld before) and copies the rest of `controller`. */
+  update(controller: NodeJS.ProcessEnv, names: readonly string[]): void {
+    for (const n of names) this.withheld.add(n);
+    for (const k of Object.keys(this.env)) delete this.env[k];
+    for (const [k, v] of Object.entries(controller)) {
+      if (v === undefined) continue;
+      this.env[k] = k.startsWith(RESERVED_PREFIX) || this.withheld.has(k) ? WITHHELD : v;
+    }
+    // A withheld name the shell lacks may be in .env: the placeholder wins over .env as the shell would.
+    for (const n of this.withheld) this.env[n] = WITHHELD;
+  }
+
+  /** True when `name` is one of the controller's own credentials. */
+  isWithheld(name: string): boolean {
+    return name.startsWith(RESERVED_PREFIX) || this.withheld.has(name);
+  }
 }

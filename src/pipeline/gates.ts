@@ -2,14 +2,14 @@ import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CONFIG_FILE, formatProblem, parseConfig } from "../config/load.js";
-import { dotenvPath, readDotenv, type Dotenv } from "../config/dotenv.js";
+import { CONFIG_FILE, formatProblem } from "../config/load.js";
 import type { GateSpec } from "../config/types.js";
 import type { Repo } from "../git/repo.js";
 import type { Logger } from "../log.js";
 import { readRuntimeJson, writeRuntimeFile } from "../runtime.js";
 import { runCheck } from "./checks.js";
-import { commandEnv } from "./command-env.js";
+import { commandEnv, CommandSourceEnv } from "./command-env.js";
+import { parseCommitConfig } from "./commit-config.js";
 import { materializeTree } from "./materialize.js";
 import { describeFinding, scanCommit } from "../security/scan-commit.js";
 
@@ -55,14 +55,18 @@ export class GateRunner {
   private constructor(
     private readonly repo: Repo,
     private readonly log: Logger,
-    private readonly env: NodeJS.ProcessEnv,
+    private readonly source: CommandSourceEnv,
     private readonly onSettled: (environment: string) => void,
     private readonly onResult: (environment: string, outcome: GateOutcome) => void,
   ) {}
 
-  /** A runner with the remembered results of earlier runs; `onResult` hears of each gate that finishes (metrics). */
-  static async open(repo: Repo, log: Logger, env: NodeJS.ProcessEnv, onSettled: (environment: string) => void, onResult: (environment: string, outcome: GateOutcome) => void = () => undefined): Promise<GateRunner> {
-    const r = new GateRunner(repo, log, env, onSettled, onResult);
+  /**
+   * A runner with the remembered results of earlier runs; `onResult` hears of each gate that finishes
+   * (metrics). `env` is what gates may read of the controller's environment: a CommandSourceEnv (its
+   * credentials withheld, kept current by the controller), or a plain environment, taken as one.
+   */
+  static async open(repo: Repo, log: Logger, env: CommandSourceEnv | NodeJS.ProcessEnv, onSettled: (environment: string) => void, onResult: (environment: string, outcome: GateOutcome) => void = () => undefined): Promise<GateRunner> {
+    const r = new GateRunner(repo, log, env instanceof CommandSourceEnv ? env : new CommandSourceEnv(env), onSettled, onResult);
     const saved = await readRuntimeJson<[string, GateOutcome][]>(repo.gitdir, CACHE_FILE);
     if (Array.isArray(saved)) r.cache = new Map(saved);
     return r;
@@ -159,7 +163,7 @@ export class GateRunner {
     if (gate.builtin === "config") {
       const text = await this.repo.fileAt(job.commit, CONFIG_FILE);
       if (!text) return finish(false, `the commit has no ${CONFIG_FILE}`);
-      const loaded = parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env, await this.sandboxDotenv());
+      const loaded = await parseCommitConfig(text.toString("utf8"), this.repo.dir, this.source);
       return loaded.ok ? finish(true, "the config is valid") : finish(false, loaded.problems.map(formatProblem).join("; "));
     }
     if (gate.builtin === "integrity") {
@@ -169,23 +173,19 @@ export class GateRunner {
     if (gate.builtin === "security-scan") {
       // The commit's own config says what is encrypted and what a person accepted; without a valid one the gate fails closed.
       const text = await this.repo.fileAt(job.commit, CONFIG_FILE);
-      const loaded = text ? parseConfig(text.toString("utf8"), join(tree, CONFIG_FILE), this.env, await this.sandboxDotenv()) : undefined;
+      const loaded = text ? await parseCommitConfig(text.toString("utf8"), this.repo.dir, this.source) : undefined;
       if (!loaded?.ok) return finish(false, `the commit has no valid ${CONFIG_FILE} to read security settings from; the scan cannot run`);
       const findings = await scanCommit(this.repo, job.commit, loaded.config.security);
       if (!findings.length) return finish(true, "no secrets or oversized files found");
       const shown = findings.slice(0, 5).map(describeFinding).join("; ");
       return finish(false, `${findings.length} finding(s): ${shown}${findings.length > 5 ? "; ..." : ""} (remove them, or add the fingerprint to security.allow)`);
     }
-    const { env, secrets } = commandEnv({ controller: this.env, ...(gate.env ? { entries: gate.env } : {}), cascade: { CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit } });
+    const { env, secrets } = commandEnv({ controller: this.source.env, ...(gate.env ? { entries: gate.env } : {}), cascade: { CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit } });
     const result = await runCheck(gate, { cwd: tree, env, secrets, signal: job.abort.signal });
     if (result.output) this.log.info(`gate ${gate.name} output:\n${result.output}`, { environment, commit: job.commit, gate: gate.name });
     return { name: gate.name, ok: result.ok, message: result.message, at: new Date().toISOString(), durationMs: result.durationMs };
   }
 
-  /** The sandbox's .env: a ${VAR} of the commit's config reads it as the controller's own config does (the exported tree holds only its ciphertext). */
-  private sandboxDotenv(): Promise<Dotenv> {
-    return readDotenv(dotenvPath(join(this.repo.dir, CONFIG_FILE)));
-  }
 
   private async persist(): Promise<void> {
     const entries = [...this.cache.entries()].slice(-MAX_CACHED);
