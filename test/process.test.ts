@@ -9,7 +9,6 @@ import { makeSandbox, testEnv } from './helpers/sandbox.js';
 import { envReport, live, pipelineConfig, sshKey } from './helpers/pipeline.js';
 import { createServer, type Server } from 'node:http';
 import { existsSync } from 'node:fs';
-import { defaultKeyFilePath } from '../src/security/keyfile.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
@@ -387,25 +386,4 @@ describe('the pipeline under a running controller process', () => {
     expect(await exited(child)).toBe(0);
     await fsckStrict(dir);
   }, 150_000);
-});
-
-describe('the demo (npm start)', () => {
-  it('shows a change flowing from the demo sandbox to its local remote', async () => {
-    const demoDir = await makeTmpDir('demo');
-    const child = spawn(process.execPath, [BIN, 'demo'], { cwd: demoDir, env: testEnv({ CASCADE_DEMO_DIR: demoDir }), stdio: ['ignore', 'pipe', 'pipe'] });
-    children.push(child);
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.stderr!.on('data', (d) => (out += d));
-    await waitFor(() => out.includes('the change is in the remote') || undefined, { what: 'the demo change in the remote', timeoutMs: 40_000 });
-    const remote = path.join(demoDir, 'remote.git');
-    expect((await showFile(remote, 'develop', 'hello.txt')).toString()).toMatch(/hello from the cascade-sync demo/);
-    await access(path.join(demoDir, 'cascade-sync.log'));
-    // Nothing outside the demo folder: its encryption key is there too, not in ~/.config.
-    await access(path.join(demoDir, 'demo.key'));
-    expect(existsSync(defaultKeyFilePath(path.join(demoDir, 'sandbox'), testEnv()))).toBe(false);
-    child.kill('SIGINT');
-    expect(await exited(child)).toBe(0);
-    expect(await git(remote, 'log', '--oneline', 'develop')).toMatch(/sync: 1 added \(hello\.txt\)/);
-  });
 });

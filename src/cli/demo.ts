@@ -29,7 +29,7 @@ export async function runDemo(args: MainArgs, out: (s: string) => void): Promise
   const layout = demoLayout(args.env.CASCADE_DEMO_DIR ? resolve(args.cwd, args.env.CASCADE_DEMO_DIR) : join(packageRoot(), "demo"));
   const shown = (p: string) => shownPath(args.cwd, p);
   const say = (line: string) => out(`demo: ${line}`);
-  if (await clearEarlierDemo(layout)) say(`starting afresh: replaced the earlier demo in ${shown(layout.base)}`);
+  const replaced = await clearEarlierDemo(layout);
   const key = await makeApproverKey(layout.approverKey);
   await writeDemoSandbox(layout, key.signersLine);
   // The gates' clean exports go to os.tmpdir(), which reads the process's own environment: keep them in the demo folder.
@@ -47,7 +47,7 @@ export async function runDemo(args: MainArgs, out: (s: string) => void): Promise
   const lock = await takeControllerLock(repo.gitdir, new Date(args.clock.now()));
   try {
     let narration: Promise<void> = Promise.resolve();
-    const intro = `made ${shown(layout.sandbox)} (a tiny site, its test and smoke scripts, and a pipeline config committed to develop, staging and main), its remote ${shown(layout.remote)}, and an approval key ${shown(layout.approverKey)} (${key.madeWith}); log: ${shown(layout.log)}`;
+    const intro = `made ${shown(layout.sandbox)} (a tiny site, its test and smoke scripts, and a pipeline config committed to develop, staging and main), its remote ${shown(layout.remote)}, and an approval key ${shown(layout.approverKey)} (${key.madeWith}); log: ${shown(layout.log)}${replaced ? `; the earlier demo in ${shown(layout.base)} was replaced (each start begins afresh)` : ""}`;
     const running = controller.start(args.signal, () => {
       narration = narrate(args, layout, repo, env, intro, say, shown);
     });
