@@ -29,6 +29,8 @@ export const DEMO_SIGNER = "demo-approver@cascade-sync.invalid";
 
 /** The entries the demo creates under its base folder: removed (only these) to start afresh. */
 const ENTRIES = ["sandbox", "remote.git", "deploy", "keys", "tmp", "cascade-sync.log", "demo.key"];
+/** Marks a folder the demo made, so that a later start may replace what it holds. */
+const MARKER = ".cascade-sync-demo";
 
 /** The demo's paths under `base`. */
 export function demoLayout(base: string): DemoLayout {
@@ -46,23 +48,27 @@ export function demoLayout(base: string): DemoLayout {
 
 /**
  * Makes room for a fresh demo: removes what an earlier demo left under `base` (only the entries the
- * demo itself creates, never `base` or anything else in it). Returns true when there was something.
- * Throws Stalled `DemoRunning` when a controller still runs on the earlier demo's sandbox.
+ * demo itself creates, never `base` or anything else in it), and marks `base` as the demo's. Returns
+ * true when there was something. Throws Stalled `DemoRunning` when a controller still runs on the
+ * earlier demo's sandbox, and `DemoDirNotEmpty` when `base` holds such entries without being marked
+ * as the demo's (unless `reserved`: the project's own demo/ folder, which older demos left unmarked).
  */
-export async function clearEarlierDemo(layout: DemoLayout): Promise<boolean> {
+export async function clearEarlierDemo(layout: DemoLayout, reserved: boolean): Promise<boolean> {
   const repo = await Repo.open(layout.sandbox).catch(() => undefined);
   const running = repo ? await runningController(repo.gitdir) : undefined;
   if (running) {
-    throw stalled("DemoRunning", `the demo already runs in ${layout.sandbox} (pid ${running.pid})`, "watch it there, or stop it with Ctrl-C in its terminal (or `kill " + running.pid + "`) before starting it again");
+    throw stalled("DemoRunning", `the demo already runs in ${layout.sandbox} (pid ${running.pid})`, `watch it there, or stop it with Ctrl-C in its terminal (or \`kill ${running.pid}\`) before starting it again`);
   }
-  let found = false;
-  for (const e of ENTRIES) {
-    const p = join(layout.base, e);
-    if (!(await stat(p).catch(() => undefined))) continue;
-    found = true;
-    await rm(p, { recursive: true, force: true });
+  const present: string[] = [];
+  for (const e of ENTRIES) if (await stat(join(layout.base, e)).catch(() => undefined)) present.push(e);
+  const marked = !!(await stat(join(layout.base, MARKER)).catch(() => undefined));
+  if (present.length && !marked && !reserved) {
+    throw stalled("DemoDirNotEmpty", `${layout.base} already holds ${present.join(", ")}, which the demo did not make; it never replaces files it did not make`, "set CASCADE_DEMO_DIR to a new or empty folder");
   }
-  return found;
+  for (const e of present) await rm(join(layout.base, e), { recursive: true, force: true });
+  await mkdir(layout.base, { recursive: true });
+  await writeFile(join(layout.base, MARKER), "made by `cascade-sync demo` (npm start); each start replaces what it made here\n");
+  return present.length > 0;
 }
 
 /**

@@ -26,10 +26,11 @@ const PAUSE_MS = 8_000;
  * person until Ctrl-C (exit 0, the pending batch committed first). Exit 2 when the demo already runs.
  */
 export async function runDemo(args: MainArgs, out: (s: string) => void): Promise<number> {
-  const layout = demoLayout(args.env.CASCADE_DEMO_DIR ? resolve(args.cwd, args.env.CASCADE_DEMO_DIR) : join(packageRoot(), "demo"));
+  const custom = args.env.CASCADE_DEMO_DIR;
+  const layout = demoLayout(custom ? resolve(args.cwd, custom) : join(packageRoot(), "demo"));
   const shown = (p: string) => shownPath(args.cwd, p);
   const say = (line: string) => out(`demo: ${line}`);
-  const replaced = await clearEarlierDemo(layout);
+  const replaced = await clearEarlierDemo(layout, !custom);
   const key = await makeApproverKey(layout.approverKey);
   await writeDemoSandbox(layout, key.signersLine);
   // The gates' clean exports go to os.tmpdir(), which reads the process's own environment: keep them in the demo folder.
