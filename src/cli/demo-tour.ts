@@ -4,6 +4,7 @@ import type { StatusSnapshot } from "../controller.js";
 import type { Repo } from "../git/repo.js";
 import type { GateOutcome } from "../pipeline/gates.js";
 import { readHistory, type HistoryEntry } from "../pipeline/history.js";
+import { STATE_FILE } from "../approvals/state.js";
 import { readRuntimeJson } from "../runtime.js";
 import { breakSiteConf, page, type DemoLayout } from "./demo-sandbox.js";
 
@@ -162,12 +163,13 @@ async function approveAndDeploy(t: TourContext, commit: string, healthy = true):
   await pause(t);
   const ran = await t.approve("production", commit);
   t.say(`approve: the demo signs it with the key it made, as that command says: ${ran}`);
-  const approved = await until(t, `the approval of ${short(commit)} to be committed`, (o) => {
-    const p = env(o, "production");
-    const valid = p?.approvals?.valid.find((a) => a.commit === commit);
-    return valid ? { valid, head: o.status?.sandbox.head } : undefined;
+  // Read from develop itself: the approval counts, and is used, as soon as it is committed.
+  const approvedIn = await until(t, `the approval of ${short(commit)} to be committed`, async (o) => {
+    const head = o.status?.sandbox.head;
+    const state = head ? await t.repo.fileAt(head, STATE_FILE) : null;
+    return state?.toString("utf8").includes(commit) ? head : undefined;
   });
-  t.say(`approval committed: cascade-sync-state.yaml is on develop (${short(approved.head ?? "")}), signed by ${approved.valid.signer}; it counts`);
+  t.say(`approval committed: the controller committed ${STATE_FILE} with the signed entry to develop as ${short(approvedIn!)}`);
   const promoted = await until(t, `production promoting ${short(commit)}`, (o) =>
     o.history.find((h) => h.environment === "production" && h.event === "promoted" && h.commit === commit));
   const where = t.shown(join(t.layout.deploy.production, "releases", commit));
