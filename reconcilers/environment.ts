@@ -124,6 +124,12 @@ export interface EnvironmentObserved {
   /** How the candidate relates to the head. */
   candidateRelation: Relation;
   /**
+   * When `from` is another environment: that environment, and its newest healthy commit still on its
+   * branch (null: none yet). Only commits up to it may be promoted: a release feeds the next
+   * environment once it is healthy where it is (healthyAfter), not while it is still being proven.
+   */
+  proving?: { environment: string; healthy: string | null; waiting: string | null };
+  /**
    * The commit the environment would move to, with what its own config says its release runs, or the problem that
    * keeps its config from becoming the policy in force (then it is not promoted).
    */
@@ -194,20 +200,28 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const liveSpec = live === head ? inForce?.env : live ? await releaseSpecAt(ctx, desired, name, live) : undefined;
       const env = effectiveSpec(sandboxEnv, inForce?.env, liveSpec ?? inForce?.env, deploy);
       const fromBranch = inForce?.fromBranch ?? sandbox.fromBranch;
-      const candidate = inForce ? await ctx.repo.branchHead(fromBranch) : null;
+      const fromHead = inForce ? await ctx.repo.branchHead(fromBranch) : null;
+      const proven = inForce?.fromEnvironment ? await provenCommit(ctx, inForce.fromEnvironment, fromHead) : undefined;
+      // With `from` another environment, what is not healthy there yet is no candidate (auto) and no target (approval).
+      const candidate = proven === undefined ? fromHead : proven;
       const relation = (c: string | null) => relate(ctx, c, head);
       const candidateRelation = await relation(candidate);
       const failed = Object.fromEntries(Object.entries(rec.failed).map(([c, f]) => [c, { approvals: f.approvals }]));
 
       let target: EnvironmentObserved["target"] = null;
       let approvals: EnvironmentObserved["approvals"];
+      let waiting: string | null = null;
       if (inForce && env.promotion === "auto") {
         if (candidate && movable(candidateRelation) && !failed[candidate]) {
           target = { commit: candidate, relation: candidateRelation, approvals: [] };
         }
+        if (fromHead && fromHead !== candidate && movable(await relation(fromHead))) waiting = fromHead;
       } else if (inForce) {
-        approvals = await observeApprovals(ctx, desired, env, head, candidate);
-        target = await approvedTarget(ctx, approvals, env.approvals.required, failed, head);
+        // Approvals are judged against the branch (a commit still being proven may be approved ahead).
+        approvals = await observeApprovals(ctx, desired, env, head, fromHead);
+        const approved = await approvedTarget(ctx, approvals, env.approvals.required, failed, head);
+        if (approved && proven !== undefined && !(proven && (approved.commit === proven || (await ctx.repo.isAncestor(approved.commit, proven))))) waiting = approved.commit;
+        else target = approved;
       }
       if (target) target = { ...target, ...(await releaseOf(ctx, desired, name, branch, target.commit)) };
       const subject = !inForce ? null : target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
@@ -224,6 +238,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
       return {
         env, fromBranch, now, head, deployed, candidate, candidateRelation, target, gates, window: windowState(env.windows, now),
+        ...(inForce?.fromEnvironment ? { proving: { environment: inForce.fromEnvironment, healthy: proven ?? null, waiting } } : {}),
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
@@ -502,6 +517,12 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   // Promotion.
   const waitingFor = o.target?.commit ?? null;
   if (!o.target) {
+    if (o.proving?.waiting) {
+      return finish(`${short(o.proving.waiting)} ${env.promotion === "approval" ? "is approved and " : ""}waits to become healthy in ${o.proving.environment} before it is promoted (healthyAfter)`);
+    }
+    if (o.proving && !o.proving.healthy && !(env.promotion === "approval" && o.approvals?.problem)) {
+      return finish(`waiting for a commit to become healthy in ${o.proving.environment}: only a healthy release there is promoted to ${env.name}`);
+    }
     if (env.promotion === "approval" && o.approvals) {
       if (o.approvals.problem) return finish(`no promotion: ${o.approvals.problem}`);
       const candidate = o.candidate && movable(o.candidateRelation) ? o.candidate : null;
@@ -697,6 +718,25 @@ async function approvedTarget(
   return { commit: best.commit, relation: await relate(ctx, best.commit, head), approvals: best.approvals };
 }
 
+/**
+ * The newest commit that became healthy in `environment` (and was not rolled back there) and is still
+ * on its branch (`branchHead` or an ancestor of it); null when there is none yet.
+ */
+async function provenCommit(ctx: ReconcileContext, environment: string, branchHead: string | null): Promise<string | null> {
+  if (!branchHead) return null;
+  const rec = ctx.pipeline!.store.get(environment);
+  for (const c of [...rec.healthy].reverse()) {
+    if (rec.failed[c]) continue;
+    if (c === branchHead) return c;
+    try {
+      if (await ctx.repo.isAncestor(c, branchHead)) return c;
+    } catch {
+      // A commit no longer in the repository: not a candidate.
+    }
+  }
+  return null;
+}
+
 /** Why an environment has no policy in force, or why a commit's config cannot become it. */
 export interface PolicyProblem {
   reason: "EnvironmentBranchMissing" | "EnvironmentBranchChanged" | "PolicyMissing" | "PolicyUnreadable" | "PolicyInvalid" | "PolicyWithoutEnvironment" | "PolicyBranchMismatch";
@@ -758,7 +798,8 @@ async function trustedSpecAt(ctx: ReconcileContext, desired: Config, name: strin
   const env = Object.hasOwn(loaded.config.environments, name) ? loaded.config.environments[name]! : undefined;
   if (!env) return fail("PolicyWithoutEnvironment", `${where} has no environment ${name}`);
   if (env.branch !== branch) return fail("PolicyBranchMismatch", `${where} puts ${name} on branch ${env.branch}, not ${branch}`);
-  return { ok: true, env, fromBranch: fromBranchOf(loaded.config, env) };
+  const fromEnvironment = Object.hasOwn(loaded.config.environments, env.from) ? env.from : undefined;
+  return { ok: true, env, fromBranch: fromBranchOf(loaded.config, env), ...(fromEnvironment ? { fromEnvironment } : {}) };
 }
 
 /** The release settings (hooks, health) of `commit` for environment `name`, when its config is valid and has the environment. */

@@ -35,6 +35,8 @@ export interface PolicyDifference {
 export interface PolicyView {
   env: EnvironmentSpec;
   fromBranch: string;
+  /** Set when `from` names another environment (in that same config): its healthy commits are the candidates. */
+  fromEnvironment?: string;
 }
 
 /**
