@@ -52,6 +52,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
   const reads = substitution.reads ?? new Map<string, readonly string[]>();
   const dir = dirname(file);
   const secrets: string[] = [];
+  const withheld = controllerVariables(reads);
   const commandEnv = (list: CommandEnvInput | undefined, path: (string | number)[]): CommandEnvEntry[] => {
     const entries = commandEnvEntries(list, path, reads);
     for (const e of entries) {
@@ -156,7 +157,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
     },
     server: { listen: data.server?.listen ?? "", ...(data.server?.token ? { token: data.server.token } : {}) },
     secrets: [...new Set([...secrets, ...substitution.fromDotenv.filter((s) => s)])],
-    controllerVariables: controllerVariables(reads),
+    ...(withheld.length ? { controllerVariables: withheld } : {}),
     variables: substitution.variables,
   };
 }
@@ -192,9 +193,12 @@ function commandEnvEntries(list: CommandEnvInput, path: (string | number)[], rea
   });
 }
 
-/** The ${VAR}s read outside `environments`: the controller's own credentials, never given to commands. */
+/**
+ * The ${VAR}s read outside `environments`: the controller's own credentials, never given to commands.
+ * CASCADE_* names are left out: they are withheld by their prefix anyway.
+ */
 function controllerVariables(reads: ReadonlyMap<string, readonly string[]>): string[] {
   const names = new Set<string>();
-  for (const [path, vars] of reads) if (!path.startsWith("environments")) for (const v of vars) names.add(v);
+  for (const [path, vars] of reads) if (!path.startsWith("environments")) for (const v of vars) if (!v.startsWith("CASCADE_")) names.add(v);
   return [...names].sort();
 }
