@@ -10,7 +10,7 @@ import type { Config, ConfigProblem, VariableSource } from "./config/types.js";
 import { CascadeError, stalled, toCascadeError } from "./errors.js";
 import { exclusionsFor, type Exclusions } from "./exclusions.js";
 import { readIndex } from "./git/index-file.js";
-import { Repo, type Person } from "./git/repo.js";
+import { Repo, requireUsableRepository, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
 import { backoffDelay } from "./backoff.js";
 import type { Logger } from "./log.js";
@@ -34,6 +34,7 @@ import type { Finding } from "./security/scan.js";
 import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
 import type { PipelineServices } from "./reconcile.js";
+import { requireGitVersion } from "./git/native/version.js";
 
 /** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
 interface Slot {
@@ -181,6 +182,8 @@ export class Controller {
    * git repository.
    */
   static async open(deps: ControllerDeps): Promise<Controller> {
+    // The installed git is the engine: refuse one too old before anything is read or written.
+    await requireGitVersion();
     const loaded = await loadConfig(deps.configFile, deps.env);
     if (!loaded.ok) {
       throw stalled("ConfigInvalid", `the config is not valid:\n${loaded.problems.map(formatProblem).join("\n")}`, "fix the problems above, then run `cascade-sync validate`");
@@ -191,6 +194,7 @@ export class Controller {
     const repo = await Repo.open(config.dir).catch(() => {
       throw stalled("NotASandbox", `${config.dir} is not a git repository`, `run \`cascade-sync init ${config.dir}\``);
     });
+    await requireUsableRepository(repo.gitdir);
     await ensureRuntimeDir(repo.gitdir);
     const filemode = (await repo.getConfig("core.filemode")) !== "false";
     const exclusions = await exclusionsFor(config);

@@ -9,7 +9,8 @@ import { exclusionsFor } from "./exclusions.js";
 import { commitWorktree } from "./git/commit.js";
 import { readIndex } from "./git/index-file.js";
 import { deleteRef, writeSymbolicRef } from "./git/refs.js";
-import { branchRef, EMPTY_TREE, Repo, type Person } from "./git/repo.js";
+import { branchRef, EMPTY_TREE, Repo, requireUsableRepository, type Person } from "./git/repo.js";
+import { requireGitVersion } from "./git/native/version.js";
 import { checkoutBranch, CheckoutConflictError, createRepository, populateWorkTree } from "./git/setup.js";
 import { copyClosure, fetchBranch, remoteBranchTips, type RemoteTarget } from "./git/transport.js";
 import { assertSafeTree } from "./pipeline/materialize.js";
@@ -53,9 +54,11 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const remoteUrl = opts.remote === undefined ? undefined : isHttpUrl(opts.remote) ? opts.remote : resolve(opts.cwd, opts.remote);
   const configPath = join(dir, CONFIG_FILE);
 
+  await requireGitVersion();
   let repo = await Repo.open(dir).catch(() => undefined);
   let adoption: Adoption | undefined;
   if (repo) {
+    await requireUsableRepository(repo.gitdir);
     // Before anything is written: reading the remote (objects only) and the switch are the steps that may refuse.
     adoption = await adoptionFor(repo, configPath, remoteUrl, opts);
     lines.push(...(await adoptSandboxBranch(repo, adoption, opts)));

@@ -24,6 +24,7 @@ import { parseDuration } from "../duration.js";
 import { runHealthRound } from "../pipeline/checks.js";
 import { currentRelease, integrityCheck } from "../pipeline/deploy.js";
 import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.js";
+import { requireGitVersion } from "../git/native/version.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -95,6 +96,7 @@ export async function main(args: MainArgs): Promise<number> {
         return 0;
       }
       case "validate": {
+        await requireGitVersion();
         const loaded = await loadConfig(configFile, args.env);
         const problems = loaded.ok ? loaded.warnings : loaded.problems;
         for (const p of problems) (p.severity === "error" ? err : out)(formatProblem(p));

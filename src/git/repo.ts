@@ -9,6 +9,7 @@ import { lockedFs } from "./locked-fs.js";
 import { readRef, readSymbolicRef, updateRef } from "./refs.js";
 import { BlobPolicy } from "../security/blob-policy.js";
 import { PackError, PackStore, PackWriter, type ObjectType, type PackObject, type StoredObject } from "./pack.js";
+import { requireSupportedFormat } from "./native/format.js";
 
 /** A tree entry's mode as git writes it in trees. */
 export type EntryMode = "100644" | "100755" | "120000" | "160000" | "040000";
@@ -54,6 +55,15 @@ export function branchRef(branch: string): string {
  * goes through src/git/: objects through isomorphic-git, refs through refs.ts (lock files,
  * compare-and-swap, reflog), the index through index-file.ts.
  */
+/**
+ * Checks that the repository at `gitdir` is in a format this release reads: sha1 objects and refs as
+ * files (the sandbox's objects are still read in process, and that reader knows sha1 only). Rejects
+ * with Stalled `RepositoryFormatUnsupported` and a hint; nothing has been written then.
+ */
+export async function requireUsableRepository(gitdir: string): Promise<void> {
+  await requireSupportedFormat(gitdir, { objectFormats: ["sha1"], refStorages: ["files"] });
+}
+
 export class Repo {
   /** isomorphic-git's pack cache, shared by all reads of this repository. */
   readonly cache: object = {};
