@@ -495,6 +495,9 @@ describe('local remotes through git-receive-pack', () => {
     const repo = await Repo.open(work);
     const tip = await fetchBranch(repo, local(bare), 'develop', { who });
     expect(tip).toBe(await revParse(bare, 'develop'));
+    // The remote is mirrored into .git/config, so a native `git fetch origin` works too.
+    expect(await git(work, 'config', '--get', 'remote.origin.url')).toBe(bare);
+    expect(await git(work, 'config', '--get', 'remote.origin.fetch')).toBe('+refs/heads/*:refs/remotes/origin/*');
     // git kept what it received as a pack with deltas (well past fetch.unpackLimit).
     const packs = readdirSync(path.join(work, '.git', 'objects', 'pack')).filter((n) => n.endsWith('.pack'));
     expect(packs.length).toBeGreaterThan(0);

@@ -203,13 +203,26 @@ async function credentialEnvironment(remote: RemoteTarget): Promise<Record<strin
   };
 }
 
-/** Mirrors a configured remote into .git/config (when it differs), so native `git fetch <name>` works too. */
+/** Remotes mirrored into a repository's config by this process (`gitdir\0name\0url`): checked once, not on every pass. */
+const mirrored = new Set<string>();
+
+/**
+ * Mirrors a configured remote into .git/config, so native `git fetch <name>` works too: the URL when it
+ * differs, the usual fetch refspec when there is none (a user's own refspecs are left alone). Only a
+ * convenience: a failure here never fails the fetch.
+ */
 async function mirrorRemoteConfig(repo: Repo, remote: RemoteTarget): Promise<void> {
+  const key = `${repo.gitdir}\0${remote.name}\0${remote.url}`;
+  if (mirrored.has(key)) return;
   const at = { gitDir: repo.gitdir, cwd: repo.gitdir };
-  const want: [string, string][] = [[`remote.${remote.name}.url`, remote.url], [`remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`]];
-  for (const [key, value] of want) {
-    const { stdout } = await runGit(["config", "--get", key], { ...at, okExitCodes: [0, 1] });
-    if (stdout.toString("utf8").trim() !== value) await runGit(["config", key, value], at);
+  const values = async (name: string) => (await runGit(["config", "--get-all", name], { ...at, okExitCodes: [0, 1] })).stdout.toString("utf8").split("\n").filter(Boolean);
+  try {
+    const urls = await values(`remote.${remote.name}.url`);
+    if (urls.length !== 1 || urls[0] !== remote.url) await runGit(["config", "--replace-all", `remote.${remote.name}.url`, remote.url], at);
+    if (!(await values(`remote.${remote.name}.fetch`)).length) await runGit(["config", `remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`], at);
+    mirrored.add(key);
+  } catch {
+    // A locked or odd .git/config: tried again on the next fetch.
   }
 }
 
