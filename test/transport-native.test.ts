@@ -467,6 +467,20 @@ describe('local remotes through git-receive-pack', () => {
     expect(err.hint).toContain(`git init --bare ${missing}`);
   });
 
+  it('refuses transports other than file, http(s) and ssh: an ext:: URL runs nothing', async () => {
+    const { repo } = await remoteAndClone();
+    const marker = path.join(await makeTmpDir('cascade-ext-'), 'ran');
+    const url = `ext::sh -c touch% ${marker}`;
+    expect(remoteKind(url)).toBe('ssh');
+    const remote: RemoteTarget = { name: 'origin', url, kind: 'ssh', timeoutMs: 10_000 };
+    const tip = await revParse(repo.dir);
+    for (const attempt of [() => fetchBranch(repo, remote, 'develop', { who }), () => pushBranch(repo, remote, 'develop', tip, { who }), () => remoteBranchTips(repo, remote, ['develop'], { who })]) {
+      const err = await rejection(attempt());
+      expect([err.kind, err.reason]).toEqual(['Stalled', 'ProtocolNotAllowed']);
+    }
+    expect(existsSync(marker)).toBe(false);
+  });
+
   it('fetches a real history with deltas into packs that the sandbox\'s own reader reads', async () => {
     const dir = await makeTmpDir('cascade-history-');
     const src = path.join(dir, 'src');

@@ -154,7 +154,7 @@ function progressReader(onProgress: (objects: number, total?: number) => void): 
 
 /**
  * How git runs for a remote operation: in the sandbox's repository, without prompts (the gateway's
- * environment, ssh in BatchMode), killed as a process group when it shows no progress for the
+ * environment, ssh in BatchMode), over the supported protocols only, killed as a process group when it shows no progress for the
  * remote's timeout (or when the caller's cap runs out), with the credentials the config gives
  * handed over through our askpass helper and every secret redacted from what it reports.
  */
@@ -165,7 +165,15 @@ async function gitOptions(repo: Repo, remote: RemoteTarget, opts: TransportOptio
   return {
     gitDir: repo.gitdir,
     cwd: repo.gitdir,
-    env: { GIT_COMMITTER_NAME: opts.who.name, GIT_COMMITTER_EMAIL: opts.who.email, ...(await credentialEnvironment(remote)) },
+    env: {
+      GIT_COMMITTER_NAME: opts.who.name,
+      GIT_COMMITTER_EMAIL: opts.who.email,
+      // The transports cascade-sync supports, and no other: never `ext::` (runs a command), `fd::`, or a
+      // remote helper named by a URL that arrived in a config committed elsewhere. insteadOf rewrites
+      // between these still work.
+      GIT_ALLOW_PROTOCOL: "file:http:https:ssh",
+      ...(await credentialEnvironment(remote)),
+    },
     remote: { acceptNewHostKey: remote.acceptNewHostKey === true },
     idleTimeoutMs: Math.min(remote.timeoutMs, opts.timeoutMs ?? Infinity),
     timeoutMs: opts.timeoutMs ?? 0,

@@ -183,6 +183,13 @@ const RULES: Rule[] = [
     });
   },
   (f) => {
+    const proto = /transport '([^']+)' not allowed/.exec(f.text);
+    if (!proto) return undefined;
+    return new GitError("Stalled", "ProtocolNotAllowed", `${f.where}: the ${proto[1]} transport is not allowed`, {
+      ...f.base, hint: "use an http(s) or ssh URL or a local path in remotes[].url",
+    });
+  },
+  (f) => {
     if (!/Repository not found|The requested URL returned error: 404|does not appear to be a git repository/.test(f.text)) return undefined;
     return new GitError("Stalled", "RemoteNotFound", `${f.where}: no repository at this URL`, { ...f.base, hint: "check remotes[].url" });
   },
