@@ -389,9 +389,9 @@ describe('schema problems', () => {
       expected: { line: 3, col: 11, path: 'sandbox.branch', message: '"feature..x" is not a valid branch name', hint: expect.stringContaining('develop or main') },
     },
     {
-      name: 'an ssh:// remote',
-      lines: [...HEAD, 'remotes: [ { name: o, url: "ssh://git@example.com/x.git" } ]'],
-      expected: { line: 3, col: 28, path: 'remotes[0].url', message: '"ssh://git@example.com/x.git" is not a supported remote', hint: expect.stringContaining('ssh:// and git:// are not supported') },
+      name: 'a git:// remote',
+      lines: [...HEAD, 'remotes: [ { name: o, url: "git://git.example.com/x.git" } ]'],
+      expected: { line: 3, col: 28, path: 'remotes[0].url', message: '"git://git.example.com/x.git" is not a supported remote', hint: expect.stringContaining('git:// and other schemes are not supported') },
     },
   ])('$name: one clear problem at its value', ({ lines, expected }) => {
     expect(problems(yaml(...lines))).toEqual([expect.objectContaining(expected)]);

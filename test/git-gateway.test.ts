@@ -138,6 +138,21 @@ describe('runGit', () => {
     await waitFor(async () => (await processGroup(pgid)).length === 0, { what: 'every process of the group to be gone', timeoutMs: 5000 });
   });
 
+  it('idleTimeoutMs kills a git that goes silent, not one that keeps printing progress; onStderr hears it as it comes', async () => {
+    const dir = await repoWith({ 'a.txt': 'a\n' });
+    const heard: string[] = [];
+    // Prints every 0.2 s for 1.6 s: past the idle limit in total, never silent for long.
+    const talking = await runGit(['-c', 'alias.talk=!for i in 1 2 3 4 5 6 7 8; do echo "tick $i" >&2; sleep 0.2; done', 'talk'], { ...at(dir), idleTimeoutMs: 1000, onStderr: (t) => heard.push(t) });
+    expect(talking.stderr).toContain('tick 8');
+    expect(heard.join('')).toContain('tick 8');
+    expect(heard.length).toBeGreaterThan(1);
+    const started = Date.now();
+    const silent = await rejection(runGit(['-c', 'alias.hush=!echo start >&2; sleep 30', 'hush'], { ...at(dir), idleTimeoutMs: 800 }));
+    expect([silent.kind, silent.reason]).toEqual(['Transient', 'GitTimeout']);
+    expect(silent.message).toMatch(/no sign of progress for 800 ms/);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
   it('an abort signal stops a git that waits for input forever', async () => {
     const dir = await repoWith({ 'a.txt': 'a\n' });
     const ac = new AbortController();

@@ -3,13 +3,18 @@ import { readdirSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Repo } from "../src/git/repo.js";
-import { copyClosure, fetchBranch, pushBranch, type RemoteTarget } from "../src/git/transport.js";
+import { fetchBranch, pushBranch, type RemoteTarget } from "../src/git/transport.js";
 import { cloneTo, commitFiles, fsckStrict, git, gitEnv, makeBareRepo, revParse } from "./helpers/git.js";
 import { cleanupTmpDirs, makeTmpDir } from "./helpers/tmp.js";
 
 afterAll(cleanupTmpDirs);
+// The transport runs git with the process's environment: the tests' isolated HOME, no system config.
+beforeAll(() => {
+  const env = gitEnv();
+  for (const k of ["HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_NOSYSTEM", "GIT_CEILING_DIRECTORIES"]) process.env[k] = env[k];
+});
 
 const who = { name: "Cascade Test", email: "cascade-test@example.invalid", timestamp: 1_700_000_000, timezoneOffset: 0 };
 
@@ -44,8 +49,8 @@ function sh(cwd: string, cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => execFile(cmd, args, { cwd, env: gitEnv() }, (err) => (err ? reject(err) : resolve())));
 }
 
-describe("pushing to a local bare remote", () => {
-  it("copies only what a packed remote lacks, across repacks, and git fsck agrees", async () => {
+describe("pushing to a local bare remote through git-receive-pack", () => {
+  it("sends only what a packed remote lacks, across repacks, and git fsck agrees", async () => {
     const { bare, work, repo, target } = await setup();
     await git(bare, "gc", "-q");
     expect(looseObjects(bare)).toEqual([]);
@@ -65,10 +70,9 @@ describe("pushing to a local bare remote", () => {
     expect(await revParse(bare, "develop")).toBe(second);
     expect(looseObjects(bare)).toEqual(await newObjects(work, first, second));
     await fsckStrict(bare);
-    expect(await git(bare, "reflog", "show", "--format=%H %gs", "refs/heads/develop")).toContain(`${second} push: cascade-sync from`);
   });
 
-  it("copies several commits at once against their parents' trees: folders become files, files folders, a change undone", async () => {
+  it("sends several commits at once: folders become files, files folders, a change undone", async () => {
     const { bare, work, repo, target } = await setup();
     await git(bare, "gc", "-q");
     const before = await revParse(work);
@@ -87,50 +91,18 @@ describe("pushing to a local bare remote", () => {
     expect(await git(bare, "ls-tree", "-r", "--name-only", "develop")).toBe(await git(work, "ls-tree", "-r", "--name-only", "develop"));
   });
 
-  it("copies objects packed whole as their stored bytes, and refuses to copy a damaged one", async () => {
+  it("refuses to push from a damaged pack: the remote keeps its branch and git fsck finds it complete", async () => {
     const { bare, work, repo, target } = await setup();
-    /** Bytes in the pack of each object of the repository's only pack (`git verify-pack -v`). */
-    const packedSizes = async (gitdir: string, pack: string): Promise<Map<string, number>> => {
-      const out = await git(gitdir, "verify-pack", "-v", join(gitdir, "objects", "pack", pack));
-      return new Map(out.split("\n").filter((l) => /^[0-9a-f]{40} /.test(l)).map((l) => { const f = l.split(/\s+/); return [f[0]!, Number(f[3])]; }));
-    };
     const packsOf = (gitdir: string) => readdirSync(join(gitdir, "objects", "pack")).filter((n) => n.endsWith(".pack"));
-    // Whole objects (no deltas) deflated at level 1: deflating them again (level 6) would change their size.
+    // Whole objects (no deltas): the victim's bytes in the pack are its own.
     const repackWhole = () => git(work, "-c", "pack.compression=1", "repack", "-q", "-a", "-d", "-f", "--window=0", "--depth=0");
     const text = (i: number) => `line ${i}\n`.repeat(200);
-
-    // 150 files: the copy goes into a pack.
-    const files: Record<string, string> = {};
-    for (let i = 0; i < 150; i++) files[`many/f${i}.txt`] = text(i);
-    const first = await commitFiles(work, files, "many");
-    await repackWhole();
-    const before = new Set(packsOf(bare));
-    await pushBranch(repo, target, "develop", first, { who });
-    expect(await revParse(bare, "develop")).toBe(first);
-    await fsckStrict(bare);
-    const [ours] = packsOf(bare).filter((n) => !before.has(n));
-    const theirs = await packedSizes(join(work, ".git"), packsOf(join(work, ".git"))[0]!);
-    const copied = await packedSizes(bare, ours!);
-    // The first 99 objects of a copy go loose (as git writes below 100); the rest into the pack.
-    const blobs = (await newObjects(work, `${first}^`, first)).filter((o) => copied.has(o));
-    expect(blobs.length).toBeGreaterThanOrEqual(40);
-    for (const o of blobs) expect(copied.get(o), o).toBe(theirs.get(o));
-
-    // A few files: the copy is loose, inflated from the stored bytes.
-    const second = await commitFiles(work, { "few/a.txt": text(1000), "few/b.txt": text(1001) }, "few");
-    await repackWhole();
-    await pushBranch(repo, target, "develop", second, { who });
-    expect(await revParse(bare, "develop")).toBe(second);
-    expect(looseObjects(bare)).toEqual(expect.arrayContaining(await newObjects(work, first, second)));
-    await fsckStrict(bare);
-
-    // A stored entry whose bytes no longer match its CRC-32 is read the checked way, which finds the damage.
+    const before = await revParse(bare, "develop");
     const damaged: Record<string, string> = {};
     for (let i = 0; i < 120; i++) damaged[`bad/f${i}.txt`] = text(2000 + i);
-    const third = await commitFiles(work, damaged, "damaged");
+    const tip = await commitFiles(work, damaged, "damaged");
     await repackWhole();
     const pack = join(work, ".git", "objects", "pack", packsOf(join(work, ".git"))[0]!);
-    // The last of the 120 in tree order: copied after the first 99 objects, into the pack.
     const victim = (await git(work, "rev-parse", "HEAD:bad/f99.txt")).trim();
     const line = (await git(work, "verify-pack", "-v", pack)).split("\n").find((l) => l.startsWith(victim))!;
     const [, , , inPack, offset] = line.split(/\s+/).map(Number);
@@ -139,8 +111,8 @@ describe("pushing to a local bare remote", () => {
     bytes[at] = bytes[at]! ^ 0xff;
     await sh(work, "chmod", ["u+w", pack]);
     await writeFile(pack, bytes);
-    await expect(pushBranch(repo, target, "develop", third, { who })).rejects.toThrow();
-    expect(await revParse(bare, "develop")).toBe(second);
+    await expect(pushBranch(repo, target, "develop", tip, { who })).rejects.toThrow();
+    expect(await revParse(bare, "develop")).toBe(before);
     await fsckStrict(bare);
   });
 
@@ -201,12 +173,6 @@ describe("Repo reads objects itself", () => {
     await sh(work, "chmod", ["u+w", file]);
     await writeFile(file, deflateSync(Buffer.from("tree 0\0")));
     await expect(repo.readTree(tree)).rejects.toThrow(/SHA check failed/);
-    // ... and it is not copied anywhere either.
-    const empty = await makeTmpDir("cascade-transport-dst-");
-    await makeBareRepo(empty);
-    const dst = Repo.bare(empty);
-    await expect(copyClosure(repo, dst, await revParse(work))).rejects.toThrow();
-    expect(looseObjects(empty)).not.toContain(tree);
   });
 });
 

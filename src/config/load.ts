@@ -355,7 +355,7 @@ function fillCredentialDefaults(raw: object): Set<string> {
 const VALUE_HINTS = new Map<unknown, { what: string; hint: string }>([
   [definition("duration"), { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" }],
   [definition("branchName"), { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" }],
-  [definition("remote").properties?.url, { what: "a supported remote", hint: "use an http:// or https:// URL or the path of a local bare repository; ssh:// and git:// are not supported" }],
+  [definition("remote").properties?.url, { what: "a supported remote", hint: "use an http:// or https:// URL, an ssh URL (ssh://host/path or host:path), or the path of a local bare repository; git:// and other schemes are not supported" }],
 ]);
 
 /** Words for a JSON type in a "write ..." hint. */

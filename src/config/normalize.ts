@@ -43,6 +43,21 @@ export interface Substitution {
 }
 
 /**
+ * How git reaches a remote URL, by git's own rule (connect.c): `scheme://` URLs by their scheme (http,
+ * https; ssh, git+ssh, ssh+git); otherwise scp-like ssh (`git@github.com:owner/repo.git`,
+ * `gitbox:/srv/site.git`, an alias of ~/.ssh/config) when a colon comes before any slash and it is not
+ * a Windows drive path (`C:\\x`, `C:/x`); everything else is a local path. The schema refuses other schemes.
+ */
+export function remoteKind(url: string): "http" | "ssh" | "local" {
+  if (isHttpUrl(url)) return "http";
+  if (/^(?:ssh|git\+ssh|ssh\+git):\/\//i.test(url)) return "ssh";
+  if (/^[A-Za-z]:[\\/]/.test(url)) return "local";
+  const colon = url.indexOf(":");
+  const slash = url.indexOf("/");
+  return colon > 0 && (slash < 0 || colon < slash) ? "ssh" : "local";
+}
+
+/**
  * Turns a schema-valid config (defaults already filled by the validator) into the `Config` the
  * controller runs on. Pure apart from reading `env`; never fails: the schema has already checked
  * every shape, and the semantic rules check meaning afterwards. `substitution` is what the
@@ -63,15 +78,16 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
     return entries;
   };
   const remotes: RemoteSpec[] = (data.remotes ?? []).map((r) => {
-    const http = isHttpUrl(r.url);
+    const kind = remoteKind(r.url);
     // ${VAR}s are already substituted; an unset optional credential variable leaves "".
     const username = nonEmpty(r.username);
     const password = nonEmpty(r.password);
     secrets.push(...[username, password].filter((s): s is string => !!s));
     return {
       name: r.name,
-      url: http ? r.url : resolvePath(r.url, dir, env),
-      kind: http ? "http" : "local",
+      url: kind === "local" ? resolvePath(r.url, dir, env) : r.url,
+      kind,
+      ...(r.acceptNewHostKey ? { acceptNewHostKey: true } : {}),
       ...(username ? { username } : {}),
       ...(password ? { password } : {}),
       timeoutMs: ms(r.timeout, "60s"),

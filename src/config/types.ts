@@ -79,11 +79,14 @@ export interface RemoteSpec {
   name: string;
   /** As written (after ${VAR} substitution); a local path is resolved against the config's folder. */
   url: string;
-  kind: "http" | "local";
+  /** How git reaches it: http(s), ssh (`ssh://` or scp-like `[user@]host:path`), or a local path. */
+  kind: "http" | "ssh" | "local";
   username?: string;
   password?: string;
   /** How long a fetch or push may go without an answer. */
   timeoutMs: number;
+  /** ssh only: trust a host key seen for the first time (a changed one is refused regardless). */
+  acceptNewHostKey?: boolean;
 }
 
 /**

@@ -103,7 +103,7 @@ export interface Author {
   email?: string;
 }
 /**
- * A git remote reached over HTTP(S) or through a local path.
+ * A git remote reached over HTTP(S), over ssh, or through a local path.
  */
 export interface Remote {
   /**
@@ -111,7 +111,7 @@ export interface Remote {
    */
   name: string;
   /**
-   * An http:// or https:// URL, or the path of a local bare repository. ssh:// and git:// remotes are not supported.
+   * An http:// or https:// URL; an ssh URL, as ssh://[user@]host[:port]/path or scp-like [user@]host:path (git@github.com:owner/repo.git, or an alias of ~/.ssh/config such as gitbox:/srv/site.git: a colon before any slash); or the path of a local bare repository (relative to the config's folder). git:// and other schemes are not supported.
    */
   url: string;
   /**
@@ -126,6 +126,10 @@ export interface Remote {
    * A fetch or push that has not answered after this long counts as the remote being unreachable: it is retried with backoff while commits wait locally.
    */
   timeout?: string;
+  /**
+   * For ssh remotes: trust the server's host key the first time it is seen (ssh's StrictHostKeyChecking=accept-new) instead of stalling until someone runs ssh -T once. A host key that changed later is refused regardless.
+   */
+  acceptNewHostKey?: boolean;
 }
 /**
  * Backoff for transient failures such as an unreachable remote or a held lock. The wait starts at initial, is multiplied by factor after each failure up to max, and resets after a success.

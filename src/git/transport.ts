@@ -1,250 +1,287 @@
-import * as fs from "node:fs";
-import { access, readdir } from "node:fs/promises";
-import { join, resolve } from "node:path";
-import git from "isomorphic-git";
-import { lockedFs } from "./locked-fs.js";
+import { constants } from "node:fs";
+import { access } from "node:fs/promises";
+import { join } from "node:path";
 import { stalled, transient, type CascadeError } from "../errors.js";
-import { makeHttpClient } from "./http.js";
-import { RefConflictError } from "./refs.js";
-import { branchRef, Repo, type Person } from "./repo.js";
-import type { ObjectType } from "./pack.js";
+import { packageRoot } from "../package-root.js";
+import { Redactor } from "../redact.js";
+import { classifyGitFailure, GitError, runGit, type GitRunOptions } from "./native/index.js";
+import { branchRef, type Person, type Repo } from "./repo.js";
 
 /** A remote as the transport needs it. */
 export interface RemoteTarget {
   name: string;
+  /** An http(s) URL, an ssh URL (`ssh://host/path` or scp-like `[user@]host:path`), or an absolute local path. */
   url: string;
-  kind: "http" | "local";
+  kind: "http" | "ssh" | "local";
+  /** HTTP credentials, handed to git through our askpass helper (never on a command line); none: the user's credential helpers. */
   username?: string;
   password?: string;
-  /** How long a request may go without an answer before it counts as unreachable. */
+  /** How long a fetch or push may go without a sign of progress before it counts as unreachable. */
   timeoutMs: number;
+  /** Trust an ssh host key seen for the first time (`StrictHostKeyChecking=accept-new`); a changed key is refused regardless. */
+  acceptNewHostKey?: boolean;
 }
 
 /** Options every transport call takes. */
 export interface TransportOptions {
-  /** Caps the remote's own timeout (a stopping controller waits less). */
+  /** Caps the remote's own timeout, and bounds the whole call (a stopping controller waits less). */
   timeoutMs?: number;
+  /** Names the reflog entries of the tracking refs a fetch moves. */
   who: Person;
-  /** Push even when the remote's commit is not an ancestor (only for branches cascade-sync alone moves, after it checked the remote's commit is one it moved away from). */
+  /**
+   * Push even when the remote's commit is not an ancestor (only for branches cascade-sync alone moves,
+   * after it checked the remote's commit is one it moved away from). The push is a
+   * `--force-with-lease`: it happens only while the remote still holds the commit the caller saw there.
+   */
   force?: boolean;
-  /** Hears how many objects a push has sent so far (and of how many, when the remote protocol says). */
+  /**
+   * With `force`: the commit the caller saw on the remote's branch (null: the branch must not exist).
+   * Without it, the one {@link remoteBranchTips} or {@link fetchBranch} last saw there in this process,
+   * else the one the remote holds just before the push.
+   */
+  expectedOld?: string | null;
+  /** Hears how many objects a push has written so far, and of how many (from git's `--progress`). */
   onProgress?: (objects: number, total?: number) => void;
 }
 
 /**
- * The remote's commit for each of `branches` (null when it has no such branch), read in one request
- * without fetching objects. Errors are classified (see remoteError).
+ * What each remote's branches held when last looked at in this process (`url\0branch` -> commit or
+ * null): the expected old value of a forced push whose caller gave none.
+ */
+const lastSeen = new Map<string, string | null>();
+
+/**
+ * The remote's commit for each of `branches` (null when it has no such branch), read with one
+ * `git ls-remote` without fetching objects. Errors are classified (see {@link remoteError}).
  */
 export async function remoteBranchTips(repo: Repo, remote: RemoteTarget, branches: string[], opts: TransportOptions): Promise<Record<string, string | null>> {
+  const out: Record<string, string | null> = {};
+  for (const b of branches) out[b] = null;
+  if (!branches.length) return out;
   try {
-    const out: Record<string, string | null> = {};
-    if (remote.kind === "local") {
-      const bare = await openLocalRemote(remote);
-      for (const b of branches) out[b] = await bare.branchHead(b);
-      return out;
+    const { stdout } = await runGit(["ls-remote", "--heads", "--", remote.url, ...branches.map(branchRef)], await gitOptions(repo, remote, opts));
+    const wanted = new Map(branches.map((b) => [branchRef(b), b]));
+    for (const line of stdout.toString("utf8").split("\n")) {
+      const [oid, ref] = line.split("\t");
+      const branch = ref === undefined ? undefined : wanted.get(ref);
+      if (branch !== undefined && oid) out[branch] = oid;
     }
-    const info = await git.getRemoteInfo({ ...(await httpArgs(repo, remote, opts)) });
-    const heads = (info.refs as { heads?: Record<string, string> } | undefined)?.heads ?? {};
-    for (const b of branches) out[b] = heads[b] ?? null;
-    return out;
   } catch (err) {
     throw remoteError(remote, "list branches of", err);
   }
+  for (const b of branches) lastSeen.set(seenKey(remote, b), out[b] ?? null);
+  return out;
 }
 
 /**
- * Fetches `branch` from the remote into `refs/remotes/<name>/<branch>` and returns the remote's
- * commit, or null when the remote has no such branch yet. Errors are classified (see remoteError).
+ * Fetches `branch` from the remote into `refs/remotes/<name>/<branch>` with `git fetch` and returns
+ * the remote's commit, or null when the remote has no such branch yet. Errors are classified (see
+ * {@link remoteError}).
  */
 export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: string, opts: TransportOptions): Promise<string | null> {
+  const tracking = `refs/remotes/${remote.name}/${branch}`;
+  const options = await gitOptions(repo, remote, opts);
   try {
-    if (remote.kind === "local") {
-      const bare = await openLocalRemote(remote);
-      const tip = await bare.branchHead(branch);
-      if (!tip) return null;
-      await copyClosure(bare, repo, tip);
-      const tracking = `refs/remotes/${remote.name}/${branch}`;
-      // Most passes find nothing new: a read is cheaper than a lock that changes nothing.
-      if ((await repo.ref(tracking)) !== tip) await repo.setRef(tracking, tip, undefined, `fetch: from ${remote.name}`, opts.who);
-      return tip;
-    }
-    const res = await git.fetch({ ...(await httpArgs(repo, remote, opts)), ref: branch, singleBranch: true, tags: false });
-    return res.fetchHead ?? null;
+    await mirrorRemoteConfig(repo, remote);
+    // --no-write-fetch-head: FETCH_HEAD is the user's, and a pass needs only the tracking ref.
+    // --progress: a long transfer keeps showing signs of life, so only a silent one hits the timeout.
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", "--", remote.url, `+${branchRef(branch)}:${tracking}`], options);
   } catch (err) {
-    if (isMissingBranch(err, branch)) return null;
+    if (err instanceof GitError && /couldn't find remote ref/.test(err.stderr)) {
+      lastSeen.set(seenKey(remote, branch), null);
+      return null;
+    }
     throw remoteError(remote, "fetch", err);
   }
+  const { stdout } = await runGit(["rev-parse", "--verify", "--end-of-options", `${tracking}^{commit}`], { gitDir: repo.gitdir, cwd: repo.gitdir });
+  const tip = stdout.toString("utf8").trim();
+  lastSeen.set(seenKey(remote, branch), tip);
+  return tip;
 }
 
 /**
- * Pushes the local commit `oid` to the remote's `branch` as a fast-forward (never forced). Throws a
- * Transient `NonFastForward` when the remote moved on (fetch and merge, then push again), a Stalled
- * error when credentials or the remote's hooks refuse it, Transient when the remote is unreachable.
+ * Pushes the local commit `oid` to the remote's `branch` with `git push --porcelain`: as a
+ * fast-forward, or with `force` as `--force-with-lease` against the commit the caller saw there.
+ * Rejects with Transient `NonFastForward` when the remote moved on (fetch and merge, then push again),
+ * Transient `RefConflict` when another push won a race for the ref, Stalled `PushRejected` when the
+ * remote's hooks or configuration refuse it (with their message), Stalled `AuthFailed`/`HostKey*`
+ * when credentials or ssh trust are missing, Transient `RemoteUnavailable` when it does not answer.
  */
 export async function pushBranch(repo: Repo, remote: RemoteTarget, branch: string, oid: string, opts: TransportOptions): Promise<void> {
+  const ref = branchRef(branch);
   try {
-    if (remote.kind === "local") {
-      const bare = await openLocalRemote(remote);
-      const theirs = await bare.branchHead(branch);
-      if (theirs && !opts.force && !(await repo.isAncestor(theirs, oid))) throw nonFastForward(remote, branch);
-      await copyClosure(repo, bare, oid, opts.onProgress);
-      await bare.setRef(branchRef(branch), oid, theirs, `push: cascade-sync from ${repo.dir}`, opts.who);
-      return;
+    const lease: string[] = [];
+    if (opts.force) {
+      const expected = opts.expectedOld !== undefined ? opts.expectedOld : await expectedTip(repo, remote, branch, opts);
+      lease.push(`--force-with-lease=${ref}:${expected ?? ""}`);
     }
-    const onProgress = opts.onProgress;
-    const res = await git.push({
-      ...(await httpArgs(repo, remote, opts)), ref: branchRef(branch), remoteRef: branchRef(branch), force: opts.force === true,
-      ...(onProgress ? { onProgress: (p: { loaded: number; total?: number }) => onProgress(p.loaded, p.total) } : {}),
-    });
-    if (!res.ok) throw stalled("PushRejected", `remote ${remote.name} refused the push of ${branch}: ${res.error ?? JSON.stringify(res.refs)}`, "the remote's hooks or branch protection refused it; see the remote's message");
+    const options = await gitOptions(repo, remote, opts);
+    const args = ["push", "--porcelain", "--progress", ...lease, "--", remote.url, `${oid}:${ref}`];
+    const { stdout, stderr } = await runGit(args, { ...options, ...(opts.onProgress ? { onStderr: progressReader(opts.onProgress) } : {}) });
+    // git exits 0 for some refusals in porcelain mode: the status line ("!") is what counts.
+    const text = stdout.toString("utf8");
+    if (/^!/m.test(text)) throw classifyGitFailure({ args, exitCode: 0, stderr, stdout: text, redact: options.redact });
+    lastSeen.set(seenKey(remote, branch), oid);
   } catch (err) {
-    if (err instanceof RefConflictError) throw nonFastForward(remote, branch);
-    throw remoteError(remote, "push", err);
+    throw remoteError(remote, "push to", err);
   }
 }
 
-function nonFastForward(remote: RemoteTarget, branch: string): CascadeError {
-  return transient("NonFastForward", `${branch} on remote ${remote.name} has commits that are not here yet`, "they are fetched and merged before the next push");
+function seenKey(remote: RemoteTarget, branch: string): string {
+  return `${remote.url}\0${branch}`;
 }
 
-/** What every isomorphic-git call to an HTTP remote takes: our fs, undici, the remote and its credentials. */
-async function httpArgs(repo: Repo, remote: RemoteTarget, opts: TransportOptions) {
-  await configureRemote(repo, remote);
-  const timeoutMs = Math.min(remote.timeoutMs, opts.timeoutMs ?? Infinity);
-  return { fs: lockedFs, http: makeHttpClient(timeoutMs), gitdir: repo.gitdir, url: remote.url, remote: remote.name, cache: repo.cache, ...auth(remote) };
+/** The commit a forced push expects on the remote: the one last seen there, else what it holds now. */
+async function expectedTip(repo: Repo, remote: RemoteTarget, branch: string, opts: TransportOptions): Promise<string | null> {
+  const key = seenKey(remote, branch);
+  if (lastSeen.has(key)) return lastSeen.get(key)!;
+  return (await remoteBranchTips(repo, remote, [branch], opts))[branch] ?? null;
 }
 
-function auth(remote: RemoteTarget) {
-  if (!remote.username && !remote.password) return { onAuth: () => ({ cancel: true }) };
+/** Reads `Writing objects:  45% (9/20)` progress lines as they come. */
+function progressReader(onProgress: (objects: number, total?: number) => void): (text: string) => void {
+  let pending = "";
+  return (text) => {
+    pending += text;
+    const parts = pending.split(/[\r\n]/);
+    pending = parts.pop() ?? "";
+    for (const line of parts) {
+      const m = /^Writing objects:\s+\d+% \((\d+)\/(\d+)\)/.exec(line);
+      if (m) onProgress(Number(m[1]), Number(m[2]));
+    }
+  };
+}
+
+/**
+ * How git runs for a remote operation: in the sandbox's repository, without prompts (the gateway's
+ * environment, ssh in BatchMode), over the supported protocols only, killed as a process group when it shows no progress for the
+ * remote's timeout (or when the caller's cap runs out), with the credentials the config gives
+ * handed over through our askpass helper and every secret redacted from what it reports.
+ */
+async function gitOptions(repo: Repo, remote: RemoteTarget, opts: TransportOptions): Promise<GitRunOptions> {
+  const redactor = new Redactor();
+  redactor.add(remote.username);
+  redactor.add(remote.password);
   return {
-    onAuth: () => ({ username: remote.username ?? "", password: remote.password ?? "" }),
-    // A second 401 means the credentials are wrong: stop instead of asking again.
-    onAuthFailure: () => ({ cancel: true }),
+    gitDir: repo.gitdir,
+    cwd: repo.gitdir,
+    env: {
+      GIT_COMMITTER_NAME: opts.who.name,
+      GIT_COMMITTER_EMAIL: opts.who.email,
+      // The transports cascade-sync supports, and no other: never `ext::` (runs a command), `fd::`, or a
+      // remote helper named by a URL that arrived in a config committed elsewhere. insteadOf rewrites
+      // between these still work.
+      GIT_ALLOW_PROTOCOL: "file:http:https:ssh",
+      ...(await credentialEnvironment(remote)),
+    },
+    remote: { acceptNewHostKey: remote.acceptNewHostKey === true },
+    idleTimeoutMs: Math.min(remote.timeoutMs, opts.timeoutMs ?? Infinity),
+    timeoutMs: opts.timeoutMs ?? 0,
+    redact: (t) => redactor.redact(t),
   };
 }
 
-/** Mirrors a configured remote into .git/config so native `git fetch <name>` works too. */
-async function configureRemote(repo: Repo, remote: RemoteTarget): Promise<void> {
-  await repo.setConfig(`remote.${remote.name}.url`, remote.url);
-  await repo.setConfig(`remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`);
+/** Where the askpass helper is: bin/ of the package, beside the command itself. */
+export function askpassHelper(): string {
+  return join(packageRoot(), "bin", "cascade-sync-askpass");
 }
 
 /**
- * Local remotes opened so far, by absolute path, with the pack indexes they had then. Keeping the
- * Repo keeps isomorphic-git's cache of pack indexes (re-reading them on every push of a packed remote
- * cost more than the push) and the parents of commits already walked. Both are keyed by content
- * (pack names are their checksum, commits their id), so they cannot go stale; a repack (a new set of
- * packs) starts a new Repo, so packs deleted by it are not kept in memory.
+ * The environment that hands the config's HTTP credentials to git: our askpass helper, which answers
+ * git's questions from these variables (readable only by this user, in /proc/PID/environ), and
+ * `GIT_CONFIG_*` entries that empty the credential helper list, so a helper's stored credentials
+ * neither win over the config's nor get overwritten with them. Without credentials in the config
+ * nothing is added: the user's credential helpers answer, or git fails without prompting.
  */
-const localRemotes = new Map<string, { repo: Repo; packs: string }>();
-
-async function openLocalRemote(remote: RemoteTarget): Promise<Repo> {
-  const gitdir = resolve(remote.url);
+async function credentialEnvironment(remote: RemoteTarget): Promise<Record<string, string>> {
+  if (remote.kind !== "http" || (!remote.username && !remote.password)) return {};
+  const helper = askpassHelper();
   try {
-    await access(join(gitdir, "objects"));
-    await access(join(gitdir, "HEAD"));
+    await access(helper, constants.X_OK);
   } catch {
-    localRemotes.delete(gitdir);
-    throw stalled("RemoteNotFound", `remote ${remote.name}: ${remote.url} is not a bare git repository`,
-      `create it with \`git init --bare ${remote.url}\`, or fix remotes[].url`);
+    throw stalled("AskpassMissing", `cascade-sync's credential helper ${helper} is missing or not executable`, `reinstall cascade-sync, or run chmod 755 ${helper}`);
   }
-  const packs = (await readdir(join(gitdir, "objects", "pack")).catch(() => [] as string[])).filter((n) => n.endsWith(".idx")).sort().join("\n");
-  const known = localRemotes.get(gitdir);
-  if (known?.packs === packs) return known.repo;
-  // Its pack files stay open until closed (a pass still using it opens them again).
-  known?.repo.close();
-  const repo = Repo.bare(gitdir);
-  localRemotes.set(gitdir, { repo, packs });
-  return repo;
+  return {
+    GIT_ASKPASS: helper,
+    CASCADE_SYNC_ASKPASS_USERNAME: remote.username ?? "",
+    CASCADE_SYNC_ASKPASS_PASSWORD: remote.password ?? "",
+    GIT_CONFIG_COUNT: "1",
+    GIT_CONFIG_KEY_0: "credential.helper",
+    GIT_CONFIG_VALUE_0: "",
+  };
+}
+
+/** Remotes mirrored into a repository's config by this process (`gitdir\0name\0url`): checked once, not on every pass. */
+const mirrored = new Set<string>();
+
+/**
+ * Mirrors a configured remote into .git/config, so native `git fetch <name>` works too: the URL when it
+ * differs, the usual fetch refspec when there is none (a user's own refspecs are left alone). Only a
+ * convenience: a failure here never fails the fetch.
+ */
+async function mirrorRemoteConfig(repo: Repo, remote: RemoteTarget): Promise<void> {
+  const key = `${repo.gitdir}\0${remote.name}\0${remote.url}`;
+  if (mirrored.has(key)) return;
+  const at = { gitDir: repo.gitdir, cwd: repo.gitdir };
+  const values = async (name: string) => (await runGit(["config", "--get-all", name], { ...at, okExitCodes: [0, 1] })).stdout.toString("utf8").split("\n").filter(Boolean);
+  try {
+    const urls = await values(`remote.${remote.name}.url`);
+    if (urls.length !== 1 || urls[0] !== remote.url) await runGit(["config", "--replace-all", `remote.${remote.name}.url`, remote.url], at);
+    if (!(await values(`remote.${remote.name}.fetch`)).length) await runGit(["config", `remote.${remote.name}.fetch`, `+refs/heads/*:refs/remotes/${remote.name}/*`], at);
+    mirrored.add(key);
+  } catch {
+    // A locked or odd .git/config: tried again on the next fetch.
+  }
 }
 
 /**
- * Copies every object reachable from `tip` that `dst` lacks, children before parents (blobs, then
- * trees, then commits, oldest commit first), so that a crash midway never leaves an object in `dst`
- * whose closure is incomplete; the closure of an object `dst` already has is then complete.
+ * The failure of a remote operation as one of our kinds, said about the remote rather than the git
+ * command line: the gateway's classification (failure.ts), with a host-key hint that names the
+ * remote's own ssh target (an alias resolves through ~/.ssh/config), a local remote's missing
+ * repository with how to make it, and git killed for lack of progress as Transient `RemoteUnavailable`.
  */
-export async function copyClosure(src: Repo, dst: Repo, tip: string, onCopied?: (objects: number) => void): Promise<number> {
-  let copied = 0;
-  const done = new Set<string>();
-  // Loose while few; past 100 objects the rest goes into packs (a 30,000-file commit: a few files).
-  const batch = dst.batch();
-  const copy = async (oid: string) => {
-    // An object src packs whole goes over as its stored bytes (no inflating and deflating again).
-    const stored = src.readStored(oid);
-    if (stored) await batch.addStored(oid, stored);
-    else {
-      const { type, object } = await src.readRaw(oid);
-      await batch.add(type as ObjectType, object);
-    }
-    done.add(oid);
-    copied++;
-    onCopied?.(copied);
-  };
-  /**
-   * Copies tree `oid` and what it names that dst lacks. `basis`: the same folder's tree in a parent
-   * commit dst holds (or gets in this copy), so dst holds all it names: the entries unchanged since
-   * need no lookup (a 5,000-file commit in a 100,000-file tree then asks about its 5,000 changes,
-   * not about every neighbour of them).
-   */
-  const copyTree = async (oid: string, basis?: string): Promise<void> => {
-    if (done.has(oid) || (await dst.hasObject(oid))) return void done.add(oid);
-    const before = basis ? new Map((await src.readTree(basis)).map((e) => [e.path, e])) : undefined;
-    for (const e of await src.readTree(oid)) {
-      const was = before?.get(e.path);
-      if (was?.oid === e.oid && was.mode === e.mode) continue;
-      if (e.mode === "040000") await copyTree(e.oid, was?.mode === "040000" ? was.oid : undefined);
-      else if (e.mode !== "160000" && !done.has(e.oid) && !(await dst.hasObject(e.oid))) await copy(e.oid);
-    }
-    await copy(oid);
-  };
-  const stack: { oid: string; expanded: boolean }[] = [{ oid: tip, expanded: false }];
-  while (stack.length) {
-    const top = stack[stack.length - 1]!;
-    if (done.has(top.oid)) { stack.pop(); continue; }
-    if (!top.expanded) {
-      if (await dst.hasObject(top.oid)) { done.add(top.oid); stack.pop(); continue; }
-      top.expanded = true;
-      for (const p of await src.commitParents(top.oid)) if (!done.has(p)) stack.push({ oid: p, expanded: false });
-    } else {
-      stack.pop();
-      // Its parents are done by now: dst holds them, or they are in this copy.
-      const [parent] = await src.commitParents(top.oid);
-      await copyTree(await src.commitTree(top.oid), parent ? await src.commitTree(parent) : undefined);
-      await copy(top.oid);
-    }
-  }
-  await batch.finish();
-  return copied;
-}
-
-function isMissingBranch(err: unknown, branch: string): boolean {
-  const e = err as { code?: string; message?: string };
-  return e?.code === "NotFoundError" && (e.message ?? "").includes(branch);
-}
-
-/** Classifies a remote operation's failure into Stalled (a person must act) or Transient (retry). */
 export function remoteError(remote: RemoteTarget, op: string, err: unknown): CascadeError {
-  if ((err as CascadeError)?.kind) return err as CascadeError;
-  const e = err as { code?: string; message?: string; data?: { statusCode?: number; reason?: string; prettyDetails?: string }; cause?: { code?: string } };
-  const where = `${op} ${remote.name} (${remote.url})`;
-  const status = e?.data?.statusCode;
-  if (e?.code === "UserCanceledError" || status === 401 || status === 403) {
-    return stalled("AuthFailed", `${where}: the remote refused the credentials${status ? ` (HTTP ${status})` : ""}`,
-      `set remotes[].username/password in the config (by default \${CASCADE_CLIENT_ID} and \${CASCADE_CLIENT_SECRET})`);
+  if (!(err instanceof GitError)) {
+    if ((err as CascadeError)?.kind) return err as CascadeError;
+    return transient("RemoteUnavailable", `${op} remote ${remote.name}: ${(err as Error)?.message ?? String(err)}`, "retried with backoff", err);
   }
-  if (status === 404) return stalled("RemoteNotFound", `${where}: no repository at this URL (HTTP 404)`, "check remotes[].url");
-  if (e?.code === "PushRejectedError") {
-    return transient("NonFastForward", `${where}: the remote has commits that are not here yet`, "they are fetched and merged before the next push");
+  const url = new Redactor().redact(remote.url);
+  const where = `${op} remote ${remote.name} (${url})`;
+  const said = err.message.startsWith(err.command) ? err.message.slice(err.command.length).replace(/^:\s*/, "") : err.message;
+  let { kind, reason } = err;
+  let message = `${where}: ${said}`;
+  let hint = err.hint;
+  if (reason === "GitTimeout") {
+    reason = "RemoteUnavailable";
+    message = `${where}: remote unreachable: no answer within ${Math.round(remote.timeoutMs / 1000)}s`;
+    hint = "retried with backoff; commits wait locally until it is back (remotes[].timeout sets how long to wait)";
+  } else if (reason === "HostKeyUnknown") {
+    const target = sshTarget(remote.url);
+    hint = `run ssh -T ${target} once as the user running cascade-sync and check the fingerprint it shows, or opt in with remotes[].acceptNewHostKey: true (a changed key is still refused)`;
+  } else if (reason === "HostKeyChanged") {
+    hint = `${err.hint ?? ""}`.replace(/ssh -T \S+/, `ssh -T ${sshTarget(remote.url)}`);
+  } else if (reason === "RemoteNotFound" && remote.kind === "local") {
+    message = `${where}: ${remote.url} is not a git repository`;
+    hint = `create it with \`git init --bare ${remote.url}\`, or fix remotes[].url`;
   }
-  if (e?.code === "UnsafeFilepathError") {
-    // A tree with "..", an absolute path or .git in it: hostile input, never written and never retried blindly.
-    return stalled("UnsafePath", `${where}: the remote holds a commit whose tree has a path that cannot be written safely: ${e.message}`,
-      "look at the remote's newest commits and remove or rename that entry there; nothing of it was written");
+  kind = reason === "RemoteUnavailable" ? "Transient" : kind;
+  return new GitError(kind, reason, message, {
+    command: err.command, exitCode: err.exitCode, stderr: err.stderr, ref: err.ref, lockPath: err.lockPath, host: err.host, hint, cause: err,
+  });
+}
+
+/**
+ * What to give `ssh -T` to reach the same server as an ssh remote URL: `[-p PORT ][user@]host` from
+ * `ssh://[user@]host[:port]/path`, `[user@]host` (maybe an alias of ~/.ssh/config) from the scp-like
+ * `[user@]host:path`.
+ */
+export function sshTarget(url: string): string {
+  const full = /^(?:ssh|git\+ssh|ssh\+git):\/\/(?:([^@/]*)@)?(\[[^\]]+\]|[^:/]+)(?::(\d+))?/i.exec(url);
+  if (full) {
+    const host = full[2]!.replace(/^\[|\]$/g, "");
+    return `${full[3] ? `-p ${full[3]} ` : ""}${full[1] ? `${full[1]}@` : ""}${host}`;
   }
-  if (e?.code === "GitPushError") {
-    return stalled("PushRejected", `${where}: the remote refused the push: ${e.data?.prettyDetails ?? e.message}`, "the remote's hooks or branch protection refused it");
-  }
-  const code = e?.code ?? e?.cause?.code;
-  const why = status ? `HTTP ${status}` : code ?? e?.message ?? String(err);
-  return transient("RemoteUnavailable", `${where}: remote unreachable: ${why}`, "retried with backoff; commits wait locally until it is back", err);
+  const scp = /^(?:([^@/:]*)@)?(\[[^\]]+\]|[^:/]+):/.exec(url);
+  if (scp) return `${scp[1] ? `${scp[1]}@` : ""}${scp[2]!.replace(/^\[|\]$/g, "")}`;
+  return "HOST";
 }

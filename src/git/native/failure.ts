@@ -143,7 +143,7 @@ const RULES: Rule[] = [
     const hook = /\[remote rejected\][^\n]*\(([^)]*hook declined)\)/.exec(f.text);
     if (!hook) return undefined;
     const said = remoteMessages(f.text);
-    return new GitError("Stalled", "PushRejected", `${f.where}: the remote's ${hook[1]}${said.length ? `: ${said.join(" / ")}` : ""}`, {
+    return new GitError("Stalled", "PushRejected", `${f.where}: the remote refused the push (its ${hook[1]})${said.length ? `: ${said.join(" / ")}` : ""}`, {
       ...f.base, ref: refIn(f.text),
       hint: "the remote's hook refused this push; its message says why. Change what it objects to, or ask whoever runs the remote",
     });
@@ -180,6 +180,13 @@ const RULES: Rule[] = [
     return new GitError("Stalled", "PushRejected", `${f.where}: the remote refused the push (${why[1]})${said.length ? `: ${said.join(" / ")}` : ""}`, {
       ...f.base, ref: refIn(f.text),
       hint: "the remote's branch protection or configuration refused it",
+    });
+  },
+  (f) => {
+    const proto = /transport '([^']+)' not allowed/.exec(f.text);
+    if (!proto) return undefined;
+    return new GitError("Stalled", "ProtocolNotAllowed", `${f.where}: the ${proto[1]} transport is not allowed`, {
+      ...f.base, hint: "use an http(s) or ssh URL or a local path in remotes[].url",
     });
   },
   (f) => {

@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { StringDecoder } from "node:string_decoder";
 import type { Readable } from "node:stream";
 import { classifyGitFailure, GitError } from "./failure.js";
 
@@ -26,6 +27,14 @@ export interface GitRunOptions extends GitRepo {
   stdin?: string | Buffer | Readable;
   /** The whole process group is killed after this long; default {@link DEFAULT_GIT_TIMEOUT_MS}. 0 = never. */
   timeoutMs?: number;
+  /**
+   * The whole process group is killed when git writes nothing (stdout or stderr) for this long: for a
+   * transfer run with `--progress`, "no answer for this long" rather than "not done yet", so a big first
+   * push is not cut off while a hung remote still is. Undefined = no such limit.
+   */
+  idleTimeoutMs?: number;
+  /** Hears git's stderr as it comes (progress lines end with `\r`), besides collecting it for the result. */
+  onStderr?: (text: string) => void;
   /** Aborting kills the whole process group, like the timeout. */
   signal?: AbortSignal;
   /** Exit codes that are answers, not failures (merge-tree's 1 = conflicts, diff --quiet's 1 = differs). Default [0]. */
@@ -136,22 +145,38 @@ function spawnGit(full: string[], shown: readonly string[], env: NodeJS.ProcessE
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    let ended: "timeout" | "abort" | undefined;
-    const killGroup = (why: "timeout" | "abort") => {
+    let ended: "timeout" | "idle" | "abort" | undefined;
+    const killGroup = (why: "timeout" | "idle" | "abort") => {
       ended ??= why;
       if (child.pid !== undefined) killProcessGroup(child.pid);
     };
     const timeoutMs = opts.timeoutMs ?? DEFAULT_GIT_TIMEOUT_MS;
     const timer = timeoutMs > 0 ? setTimeout(() => killGroup("timeout"), timeoutMs) : undefined;
+    const idleMs = opts.idleTimeoutMs;
+    let idleTimer = idleMs !== undefined && idleMs > 0 ? setTimeout(() => killGroup("idle"), idleMs) : undefined;
+    const heard = () => {
+      if (idleTimer === undefined) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => killGroup("idle"), idleMs);
+    };
     const onAbort = () => killGroup("abort");
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     const done = () => {
       clearTimeout(timer);
+      clearTimeout(idleTimer);
       opts.signal?.removeEventListener("abort", onAbort);
     };
     if (child.pid !== undefined) opts.onSpawn?.(child.pid);
-    child.stdout!.on("data", (d: Buffer) => out.push(d));
-    child.stderr!.on("data", (d: Buffer) => err.push(d));
+    child.stdout!.on("data", (d: Buffer) => {
+      out.push(d);
+      heard();
+    });
+    const decoder = new StringDecoder("utf8");
+    child.stderr!.on("data", (d: Buffer) => {
+      err.push(d);
+      heard();
+      opts.onStderr?.(decoder.write(d));
+    });
     child.on("error", (e: NodeJS.ErrnoException) => {
       done();
       reject(notStarted(command, e, opts.cwd));
@@ -160,7 +185,9 @@ function spawnGit(full: string[], shown: readonly string[], env: NodeJS.ProcessE
       done();
       const stderr = Buffer.concat(err).toString("utf8");
       const stdout = Buffer.concat(out);
-      if (ended === "timeout") reject(new GitError("Transient", "GitTimeout", `${command} did not finish within ${timeoutMs} ms and was stopped`, {
+      if (ended === "timeout" || ended === "idle") reject(new GitError("Transient", "GitTimeout", ended === "idle"
+        ? `${command} gave no sign of progress for ${idleMs} ms and was stopped`
+        : `${command} did not finish within ${timeoutMs} ms and was stopped`, {
         command, stderr: redact(stderr), hint: "retried with backoff; a remote that accepts connections but never answers causes this",
       }));
       else if (ended === "abort") reject(aborted(command));
