@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile, access } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { CONFIG_FILE, formatProblem, loadConfig, parseConfig } from "./config/load.js";
-import { isHttpUrl } from "./config/normalize.js";
+import { remoteKind } from "./config/normalize.js";
 import type { Config, ConfigProblem } from "./config/types.js";
 import { exclusionsFor } from "./exclusions.js";
 import { commitWorktree } from "./git/commit.js";
@@ -12,7 +12,7 @@ import { deleteRef, writeSymbolicRef } from "./git/refs.js";
 import { branchRef, EMPTY_TREE, Repo, requireUsableRepository, type Person } from "./git/repo.js";
 import { requireGitVersion } from "./git/native/version.js";
 import { checkoutBranch, CheckoutConflictError, createRepository, populateWorkTree } from "./git/setup.js";
-import { copyClosure, fetchBranch, remoteBranchTips, type RemoteTarget } from "./git/transport.js";
+import { fetchObjects, remoteBranchTips, type RemoteTarget } from "./git/transport.js";
 import { assertSafeTree } from "./pipeline/materialize.js";
 import { packageRoot } from "./package-root.js";
 import { ensureRuntimeDir } from "./runtime.js";
@@ -51,7 +51,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const dir = resolve(opts.cwd, opts.dir);
   const lines: string[] = [];
   await mkdir(dir, { recursive: true });
-  const remoteUrl = opts.remote === undefined ? undefined : isHttpUrl(opts.remote) ? opts.remote : resolve(opts.cwd, opts.remote);
+  const remoteUrl = opts.remote === undefined ? undefined : remoteKind(opts.remote) !== "local" ? opts.remote : resolve(opts.cwd, opts.remote);
   const configPath = join(dir, CONFIG_FILE);
 
   await requireGitVersion();
@@ -99,7 +99,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       await createRepository(r.url, { bare: true, defaultBranch: config.sandbox.branch });
       lines.push(`created the bare repository ${r.url} for remote ${r.name}`);
     }
-    if (r.kind === "local" || r.kind === "http") {
+    {
       if ((await repo.getConfig(`remote.${r.name}.url`)) !== r.url) {
         await repo.setConfig(`remote.${r.name}.url`, r.url);
         await repo.setConfig(`remote.${r.name}.fetch`, `+refs/heads/*:refs/remotes/${r.name}/*`);
@@ -275,12 +275,13 @@ async function adoptionFor(repo: Repo, configPath: string, remoteUrl: string | u
 /** Where to adopt from (see adoptionFor), and the git remote whose tracking refs a clone has. */
 async function adoptionSource(repo: Repo, config: Config | undefined, remoteUrl: string | undefined, opts: InitOptions): Promise<{ source: RemoteTarget; tracking?: string } | undefined> {
   if (remoteUrl) {
-    const local = !isHttpUrl(remoteUrl);
+    const kind = remoteKind(remoteUrl);
+    const local = kind === "local";
     // A local path that does not exist yet becomes a new, empty bare repository: nothing to adopt.
     if (local && !(await isGitDir(remoteUrl))) return undefined;
     const known = config?.remotes.find((r) => sameUrl(r.url, remoteUrl));
     const source: RemoteTarget = known ?? {
-      name: "origin", url: remoteUrl, kind: local ? "local" : "http", timeoutMs: INIT_REMOTE_TIMEOUT_MS,
+      name: "origin", url: remoteUrl, kind, timeoutMs: INIT_REMOTE_TIMEOUT_MS,
       ...(opts.env.CASCADE_CLIENT_ID ? { username: opts.env.CASCADE_CLIENT_ID } : {}), ...(opts.env.CASCADE_CLIENT_SECRET ? { password: opts.env.CASCADE_CLIENT_SECRET } : {}),
     };
     return { source };
@@ -297,23 +298,12 @@ async function adoptionSource(repo: Repo, config: Config | undefined, remoteUrl:
 /** Each branch's commit on the remote (null: none), with its objects copied here (see adoptionFor). */
 async function readRemoteBranches(repo: Repo, source: RemoteTarget, branches: string[], who: Person): Promise<Record<string, string | null>> {
   const transport = { timeoutMs: INIT_REMOTE_TIMEOUT_MS, who };
-  if (source.kind === "local") {
-    if (!(await isGitDir(source.url))) throw stalled("RemoteNotFound", `${source.url} is not a git repository`);
-    // Objects only, no ref: a refusal after this leaves every ref, file and config as it was.
-    const bare = Repo.bare(source.url);
-    try {
-      const out: Record<string, string | null> = {};
-      for (const b of branches) {
-        out[b] = await bare.branchHead(b);
-        if (out[b]) await copyClosure(bare, repo, out[b]!);
-      }
-      return out;
-    } finally {
-      bare.close();
-    }
-  }
+  if (source.kind === "local" && !(await isGitDir(source.url))) throw stalled("RemoteNotFound", `${source.url} is not a git repository`);
   const tips = await remoteBranchTips(repo, source, branches, transport);
-  for (const [b, t] of Object.entries(tips)) if (t && !(await repo.hasObject(t))) await fetchBranch(repo, source, b, transport);
+  // Objects only, no ref: a refusal after this leaves every ref, file and config as it was.
+  const missing: string[] = [];
+  for (const [b, t] of Object.entries(tips)) if (t && !(await repo.hasObject(t))) missing.push(b);
+  await fetchObjects(repo, source, missing, transport);
   return tips;
 }
 
@@ -392,12 +382,12 @@ async function sandboxBranchOnDisk(configPath: string, opts: InitOptions): Promi
 async function listsRemote(configPath: string, url: string): Promise<boolean> {
   const doc = parseDocument(await readFile(configPath, "utf8"));
   const remotes = (doc.toJS() as { remotes?: { url?: string }[] } | null)?.remotes ?? [];
-  return remotes.some((r) => !!r.url && (r.url === url || (!isHttpUrl(r.url) && resolve(dirname(configPath), r.url) === resolve(url))));
+  return remotes.some((r) => !!r.url && (r.url === url || (remoteKind(r.url) === "local" && resolve(dirname(configPath), r.url) === resolve(url))));
 }
 
 /** True when two remote URLs name the same repository (a local path also as `file://`, a trailing `/` ignored). */
 function sameUrl(a: string, b: string): boolean {
-  if (isHttpUrl(a) || isHttpUrl(b)) return a.replace(/\/+$/, "") === b.replace(/\/+$/, "");
+  if (remoteKind(a) !== "local" || remoteKind(b) !== "local") return a.replace(/\/+$/, "") === b.replace(/\/+$/, "");
   const path = (u: string) => resolve(u.startsWith("file://") ? decodeURIComponent(u.slice("file://".length)) : u).replace(/\/+$/, "");
   return path(a) === path(b);
 }
@@ -489,7 +479,7 @@ export function defaultConfigText(remoteUrl: string | undefined): string {
     return template.replace(/^remotes:\n  - name: origin\n    url: REMOTE_URL\n((    .*)?\n)*/m, (block) =>
       `remotes: []\n# Example:\n${block.split("\n").slice(1).filter(Boolean).map((l) => `# ${l.replace("REMOTE_URL", "https://git.example.com/team/site.git")}`).join("\n")}\n\n`);
   }
-  const local = !isHttpUrl(remoteUrl);
+  const local = remoteKind(remoteUrl) === "local";
   return template.replace(/^(    url: )REMOTE_URL\n((    .*)?\n)*/m, (block) => {
     const rest = block.split("\n").slice(1);
     // A local bare repository needs no credentials; keep the lines for HTTP remotes only.
@@ -503,7 +493,7 @@ async function addRemoteIfMissing(configPath: string, url: string): Promise<bool
   const doc = parseDocument(await readFile(configPath, "utf8"));
   const remotes = (doc.toJS() as { remotes?: { name?: string; url?: string }[] } | null)?.remotes ?? [];
   // A local path in the config is relative to the config's folder; `url` here is already absolute.
-  const same = (u: string | undefined) => u === url || (!!u && !isHttpUrl(u) && resolve(dirname(configPath), u) === resolve(dirname(configPath), url));
+  const same = (u: string | undefined) => u === url || (!!u && remoteKind(u) === "local" && resolve(dirname(configPath), u) === resolve(dirname(configPath), url));
   if (remotes.some((r) => same(r.url))) return false;
   const names = new Set(remotes.map((r) => r.name));
   let name = "origin";

@@ -52,6 +52,18 @@ describe('init', () => {
     expect((await stat(path.join(dir, '.git/cascade-sync'))).mode & 0o777).toBe(0o700);
   });
 
+  it('takes an scp-like --remote (host:path, as GitHub shows git@github.com:owner/repo.git) for an ssh remote, never for a local folder to create', async () => {
+    const dir = await makeTmpDir('init-scp');
+    // The host does not exist: init says it could not read the remote and creates nothing for it.
+    const r = await run(dir, ['init', '--remote', 'gitbox.invalid:/srv/site.git']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('could not read remote origin (gitbox.invalid:/srv/site.git)');
+    expect(r.stdout).not.toContain('created the bare repository');
+    expect((await readdir(dir)).sort()).toEqual(['.git', 'cascade-sync-config.yaml']);
+    expect(await readFile(path.join(dir, 'cascade-sync-config.yaml'), 'utf8')).toContain('url: "gitbox.invalid:/srv/site.git"');
+    expect((await git(dir, 'config', 'remote.origin.url')).trim()).toBe('gitbox.invalid:/srv/site.git');
+  });
+
   it('is idempotent: a second init changes nothing and says so', async () => {
     const dir = await makeTmpDir('init');
     expect((await run(dir, ['init'])).code).toBe(0);

@@ -100,6 +100,22 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
 }
 
 /**
+ * Brings the objects of the remote's `branches` into the repository without writing any ref, the
+ * remote's entry in .git/config or FETCH_HEAD (init reads a remote this way before it decides to adopt
+ * it: a refusal then leaves refs and config as they were). Every branch must exist on the remote
+ * (take them from remoteBranchTips). Errors are classified like fetchBranch's.
+ */
+export async function fetchObjects(repo: Repo, remote: RemoteTarget, branches: string[], opts: TransportOptions): Promise<void> {
+  if (!branches.length) return;
+  const options = await gitOptions(repo, remote, opts);
+  try {
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", "--", remote.url, ...branches.map(branchRef)], options);
+  } catch (err) {
+    throw remoteError(remote, "fetch", err);
+  }
+}
+
+/**
  * Pushes the local commit `oid` to the remote's `branch` with `git push --porcelain`: as a
  * fast-forward, or with `force` as `--force-with-lease` against the commit the caller saw there.
  * Rejects with Transient `NonFastForward` when the remote moved on (fetch and merge, then push again),
