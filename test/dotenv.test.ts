@@ -104,7 +104,7 @@ describe('${VAR} from the shell, else from .env', () => {
   });
 
   it('a problem with a value read from a variable never quotes it', () => {
-    const secretUrl = 'ssh://deploy@secret-host.example/x.git';
+    const secretUrl = 'git://deploy@secret-host.example/x.git';
     const r = parseConfig(yaml('version: 1', 'sandbox: {}', 'remotes:', '  - name: origin', '    url: ${REMOTE_URL}'), FILE, { HOME: '/h' }, dotenv(`REMOTE_URL=${secretUrl}\n`));
     expect(r.ok).toBe(false);
     if (r.ok) return;
