@@ -72,12 +72,13 @@ describe('a second person joins a running pipeline', () => {
       const staging = await envReport(second, 'staging');
       return (prod?.deployed === c2 && prod.head === c2 && staging?.deployed === c3 && staging.head === c3) || undefined;
     }, { what: 'the newcomer to observe both environments as they are' });
-    const fetched = (await statusJson(second)).remotes[0].lastFetch.at as string;
+    // The first fetch may still be under way when the environments are first observed.
+    const fetched = await waitFor(async () => (await statusJson(second)).remotes[0]?.lastFetch?.at as string | undefined, { what: 'a first fetch' });
     await waitFor(async () => {
       const st = await statusJson(second);
-      return (st.remotes[0].lastFetch.at > fetched && !st.remotes[0].error) || undefined;
+      return (st.remotes[0]?.lastFetch?.at > fetched && !st.remotes[0].error) || undefined;
     }, { what: 'a further clean fetch' });
-    await waitFor(async () => (await statusJson(second)).remotes[0].lastFetch.at > fetched && (await envReport(second, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy in the newcomer\'s view' });
+    await waitFor(async () => (await statusJson(second)).remotes[0]?.lastFetch?.at > fetched && (await envReport(second, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy in the newcomer\'s view' });
 
     expect(await refsOf(bare)).toBe(remoteBefore);
     expect(await treeSnapshot(deployRoot)).toEqual(deployBefore);
