@@ -26,6 +26,11 @@ describe('init', () => {
     const r = await run(parent, ['init', 'site', '--remote', './remote.git']);
     expect(r.code, r.stderr).toBe(0);
     const dir = path.join(parent, 'site');
+    // git's own defaults for this platform, as `git init` sets them: case-sensitive, real symlinks.
+    for (const repo of [dir, path.join(parent, 'remote.git')]) {
+      expect(await git(repo, 'config', '--get', 'core.ignorecase').catch(() => 'unset')).not.toMatch(/true/);
+      expect(await git(repo, 'config', '--get', 'core.symlinks').catch(() => 'unset')).not.toMatch(/false/);
+    }
     // The default config encrypts .env and friends: init made a key file outside the sandbox, mode 0600, and said where.
     const keyLine = /created the encryption key (\S+) \(mode 0600, outside the sandbox\)/.exec(r.stdout);
     expect(keyLine, r.stdout).not.toBeNull();

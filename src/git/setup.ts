@@ -1,27 +1,27 @@
 import { lstat, type BigIntStats } from "node:fs";
-import { readdir, rm, rmdir } from "node:fs/promises";
+import { mkdir, readdir, rm, rmdir } from "node:fs/promises";
 import { promisify } from "node:util";
 import { dirname, join } from "node:path";
-import git from "isomorphic-git";
 import { CascadeError } from "../errors.js";
 import { readContent } from "../worktree.js";
 import { acquireLock } from "./lockfile.js";
-import { lockedFs } from "./locked-fs.js";
 import { entryFromStat, isStatClean, readIndex, writeIndex, type GitIndex } from "./index-file.js";
 import { RefConflictError, writeSymbolicRef } from "./refs.js";
 import { blobOid, branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { writeWorkFile } from "./commit.js";
+import { runGit } from "./native/run.js";
 
 const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
 
 /**
- * Creates an empty repository: at `path` with its `.git` (a work tree), or at `path` itself when
- * `bare`. HEAD points at the unborn `defaultBranch`. Returns nothing; throws what the filesystem
- * throws (EACCES, ENOTDIR).
+ * Creates an empty repository with the installed git (`git init`), so it gets git's own defaults for
+ * the platform (core.ignorecase, core.symlinks, core.filemode as git probes them): at `path` with its
+ * `.git` (a work tree), or at `path` itself when `bare`. HEAD points at the unborn `defaultBranch`.
+ * Rejects with the gateway's classified GitError (a folder it may not write, say).
  */
 export async function createRepository(path: string, opts: { bare: boolean; defaultBranch: string }): Promise<void> {
-  if (opts.bare) await git.init({ fs: lockedFs, gitdir: path, bare: true, defaultBranch: opts.defaultBranch });
-  else await git.init({ fs: lockedFs, dir: path, defaultBranch: opts.defaultBranch });
+  await mkdir(path, { recursive: true });
+  await runGit(["init", "-q", ...(opts.bare ? ["--bare"] : []), "-b", opts.defaultBranch, "--", path], { cwd: path });
 }
 
 /**
