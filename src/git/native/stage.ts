@@ -76,6 +76,11 @@ export interface NativeCommit<H> {
   judge: (path: string, blob: Buffer) => H | undefined;
   /** The commit message for what the commit changes. */
   message: (changes: StagedChange[]) => string;
+  /**
+   * Where to ask git again once deletions are staged ([] = the whole tree): with core.ignorecase, a file
+   * renamed only in case stays hidden behind the old index entry until that entry is gone.
+   */
+  lookAgain?: readonly string[];
   author: GitIdentity;
 }
 
@@ -100,8 +105,14 @@ export interface NativeCommitOutcome<H> {
  */
 export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promise<NativeCommitOutcome<H>> {
   const held: Held<H>[] = [];
-  const paths = changedPathsOf(c.changes);
-  await stagePlain(repo, c.changes.filter((e) => !c.isEncrypted(e.path)));
+  let paths = changedPathsOf(c.changes);
+  const removed = await stagePlain(repo, c.changes.filter((e) => !c.isEncrypted(e.path)));
+  if (removed && c.lookAgain) {
+    const known = new Set(paths);
+    const surfaced = (await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path) && !c.isEncrypted(e.path));
+    await stagePlain(repo, surfaced);
+    paths = changedPathsOf([...c.changes, ...surfaced]);
+  }
   for (const p of paths.filter((p) => c.isEncrypted(p))) {
     const h = await stageEncrypted(repo, p, c.encrypt);
     if (h !== undefined) held.push({ path: p, held: h });
@@ -132,15 +143,16 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
  * untracked ones with `git add -A` (status lists no ignored file, so git takes them all; an embedded
  * repository becomes a gitlink). An untracked path that matches nothing any more (deleted again since
  * it was observed) makes git refuse the whole list, so the paths git still sees are asked again.
+ * Resolves true when a tracked path was removed.
  */
-async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promise<void> {
+async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promise<boolean> {
   const gone = (e: StatusEntry) => e.kind === "ordinary" && (e.xy[1] === "D" || (e.xy[0] === "D" && e.xy[1] === "."));
   const removed = entries.filter((e) => e.kind !== "untracked" && gone(e)).map((e) => e.path);
   const updated = entries.filter((e) => e.kind !== "untracked" && !gone(e)).map((e) => e.path);
   const untracked = entries.filter((e) => e.kind === "untracked").map((e) => e.path);
   if (removed.length) await runGit(["update-index", "-z", "--force-remove", "--stdin"], { ...repo, stdin: `${removed.join("\0")}\0` });
   if (updated.length) await runGit(["update-index", "-z", "--add", "--remove", "--stdin"], { ...repo, stdin: `${updated.join("\0")}\0` });
-  if (untracked.length === 0) return;
+  if (untracked.length === 0) return removed.length > 0;
   const add = (ps: readonly string[]) => runGit(["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { ...literal(repo), stdin: `${ps.join("\0")}\0` });
   try {
     await add(untracked);
@@ -149,6 +161,7 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promi
     const still = (await worktreeChanges(repo, untracked)).filter((e) => e.kind === "untracked").map((e) => e.path);
     if (still.length) await add(still);
   }
+  return removed.length > 0;
 }
 
 /** Stages an encrypted path's ciphertext (or its deletion); returns why it was held back, if it was. */
@@ -172,6 +185,9 @@ async function stageEncrypted<H>(repo: GitRepo, path: string, encrypt: NativeCom
   }
   const oid = (await runGit(["hash-object", "-w", "--no-filters", "--stdin"], { ...repo, stdin: blob })).stdout.toString("utf8").trim();
   await updateIndexInfo(repo, [{ mode, oid, path }]);
+  // The blob is ciphertext while the file is plaintext: git would report it changed forever, so git is
+  // told to trust the entry; the caller compares encrypted paths itself (by encrypting them again).
+  if (mode !== "120000") await runGit(["update-index", "-z", "--assume-unchanged", "--stdin"], { ...repo, stdin: `${path}\0` });
   return undefined;
 }
 
