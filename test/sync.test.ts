@@ -109,6 +109,29 @@ describe('sandbox -> develop', () => {
     await expectFaithful(dir);
   }, 90_000);
 
+  it('commits a file named back\\slash.txt, its edit and its deletion, and keeps committing afterwards', async () => {
+    const { dir } = await makeSandbox();
+    await start(dir);
+    const name = 'back\\slash.txt';
+    let n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, name), 'one');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', name)).toString()).toBe('one');
+    n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, name), 'two');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', name)).toString()).toBe('two');
+    n = (await logOneline(dir, 'develop')).length;
+    await rm(path.join(dir, name));
+    await commitsAfter(dir, n);
+    expect((await lsTree(dir, 'develop')).map((e) => e.path)).not.toContain(name);
+    n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, 'later.txt'), 'still working');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', 'later.txt')).toString()).toBe('still working');
+    await expectFaithful(dir);
+  });
+
   it('makes no commit for a touch that changes no content', async () => {
     const { dir } = await makeSandbox({ files: { 'a.txt': 'same' } });
     await start(dir);
