@@ -100,8 +100,10 @@ export interface NativeCommitOutcome<H> {
  * back without a key). The staged blobs of regular files are read back and judged (the secret scan sees
  * exactly the committed bytes); a held path gets HEAD's entry back (or none when new). Then write-tree,
  * commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
- * commit racing us is never lost (Transient `RefConflict`; the index keeps the paths staged, which the
- * next look sees as changes). A file edited while this runs is committed as git read it.
+ * commit racing us is never lost: what is still staged is committed on top of it, and after
+ * {@link REF_RACE_ATTEMPTS} lost races Transient `RefConflict` goes to the caller (the index keeps the
+ * paths staged, which the next look sees as changes). A file edited while this runs is committed as git
+ * read it.
  */
 export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promise<NativeCommitOutcome<H>> {
   const held: Held<H>[] = [];
@@ -117,7 +119,8 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     const h = await stageEncrypted(repo, p, c.encrypt);
     if (h !== undefined) held.push({ path: p, held: h });
   }
-  const staged = await stagedChanges(repo, c.parent, paths);
+  let parent = c.parent;
+  let staged = await stagedChanges(repo, parent, paths);
   const restore: IndexInfo[] = [];
   const judged = await judgeStaged(repo, staged.filter((e) => !c.isEncrypted(e.path)), c.judge);
   for (const { entry, held: h } of judged) {
@@ -126,15 +129,30 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
   }
   await updateIndexInfo(repo, restore);
   const heldPaths = new Set(judged.map((j) => j.entry.path));
-  const changes = staged.filter((e) => !heldPaths.has(e.path)).map(toChange);
-  const tree = await writeTree(repo);
-  const parentTree = (await runGit(["rev-parse", `${c.parent}^{tree}`], repo)).stdout.toString("utf8").trim();
-  if (tree === parentTree) return { commit: null, tree, changes: [], held };
-  const message = c.message(changes);
-  const commit = await commitTree(repo, { tree, parents: [c.parent], message, author: c.author });
-  await updateRefs(repo, [{ ref: c.ref, newOid: commit, expectedOld: c.parent }], `commit: ${message.split("\n")[0]}`);
-  return { commit, tree, changes, held };
+  for (let attempt = 1; ; attempt++) {
+    const changes = staged.filter((e) => !heldPaths.has(e.path)).map(toChange);
+    const tree = await writeTree(repo);
+    const parentTree = (await runGit(["rev-parse", `${parent}^{tree}`], repo)).stdout.toString("utf8").trim();
+    if (tree === parentTree) return { commit: null, tree, changes: [], held };
+    const message = c.message(changes);
+    const commit = await commitTree(repo, { tree, parents: [parent], message, author: c.author });
+    try {
+      await updateRefs(repo, [{ ref: c.ref, newOid: commit, expectedOld: parent }], `commit: ${message.split("\n")[0]}`);
+      return { commit, tree, changes, held };
+    } catch (err) {
+      // A native `git commit` moved the branch between our staging and the ref move. It committed the
+      // index, which holds what we staged: commit what is still staged on top of it (never over it).
+      if (!(err instanceof GitError) || err.reason !== "RefConflict" || attempt >= REF_RACE_ATTEMPTS) throw err;
+      const now = await runGit(["rev-parse", "--verify", "--end-of-options", `${c.ref}^{commit}`], repo).catch(() => null);
+      if (!now) throw err;
+      parent = now.stdout.toString("utf8").trim();
+      staged = await stagedChanges(repo, parent, paths);
+    }
+  }
 }
+
+/** Ref moves tried when native commits keep moving the branch under ours; then RefConflict goes to the caller. */
+const REF_RACE_ATTEMPTS = 5;
 
 /**
  * Stages what git said changed, with git reading the files (attributes and filters applied): a tracked
