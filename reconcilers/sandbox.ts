@@ -1,9 +1,11 @@
-import { commitWorktree, type CommittedPath, type StagedPath } from "../src/git/commit.js";
-import { RefConflictError } from "../src/git/refs.js";
+import { readFile, lstat } from "node:fs/promises";
+import { join } from "node:path";
+import type { CommittedPath } from "../src/git/commit.js";
+import { blobOid, type EntryMode, type Repo } from "../src/git/repo.js";
+import { commitNative, GitError, parseLsFilesStage, runGit, worktreeChanges, type GitRepo, type StatusEntry } from "../src/git/native/index.js";
 import { stalled, transient } from "../src/errors.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
-import type { SandboxObservation } from "../src/worktree.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
 import { CONFIG_FILE } from "../src/config/load.js";
 
@@ -11,18 +13,26 @@ import { CONFIG_FILE } from "../src/config/load.js";
 export interface SandboxObserved {
   checkedOut: string | null;
   head: string | null;
-  observation: SandboxObservation;
+  /** What git says changed (plus encrypted paths whose ciphertext would change), held-back paths left out. */
+  changes: StatusEntry[];
+  /** Files that exist but are held back (security.encrypt without a key): never committed in plaintext. */
+  heldBack: string[];
   full: boolean;
 }
 
-export type SandboxAction =
-  | { type: "commit"; paths: StagedPath[]; refresh: string[]; preview: string }
-  | { type: "refresh-index"; paths: string[] };
+export type SandboxAction = { type: "commit"; changes: StatusEntry[]; preview: string };
+
+/** The sandbox as the native git gateway addresses it (never discovered: the work tree and .git are given). */
+export function gitRepoOf(repo: Repo): GitRepo {
+  return { cwd: repo.dir, gitDir: repo.gitdir, workTree: repo.dir };
+}
 
 /**
- * sandbox -> branch: commits what changed in the working folder as one commit per batch. It
- * looks only at the paths the watcher hinted (or the whole tree on a full scan) and compares them
- * with the branch head, so its cost follows the change.
+ * sandbox -> branch: commits what changed in the working folder as one commit per batch. git decides
+ * what changed (`git status` on the paths the watcher hinted, or the whole tree on a full scan, with
+ * the index as git's own stat cache) and what is committed (git stages the files with the
+ * repository's attributes, filters and ignore rules), so the commit is what `git add -A -- PATHS &&
+ * git commit` would record.
  */
 export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   name: "sandbox",
@@ -30,29 +40,44 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   async observe(ctx, desired) {
     const checkedOut = await ctx.repo.currentBranch();
     const head = await ctx.repo.branchHead(desired.sandbox.branch);
-    const empty: SandboxObservation = { changes: [], refresh: [], scanned: 0, heldBack: [] };
-    if (checkedOut !== desired.sandbox.branch || !head) return { checkedOut, head, observation: empty, full: ctx.hints.full };
-    const paths = ctx.hints.full ? [""] : [...ctx.hints.paths];
+    const none = { checkedOut, head, changes: [], heldBack: [], full: ctx.hints.full };
+    if (checkedOut !== desired.sandbox.branch || !head) return none;
+    const paths = ctx.hints.full ? [] : [...ctx.hints.paths].filter((p) => p !== "");
+    if (!ctx.hints.full && paths.length === 0) return none;
     // The first whole-tree scan of a run may take a while on a big tree: show how it goes.
     const progress = ctx.hints.full && !ctx.state.scannedOnce ? ctx.progress("scanning the sandbox", "files") : undefined;
-    const observation = paths.length ? await ctx.worktree.observe(await ctx.repo.commitTree(head), paths, await ctx.statCache(), progress && ((n) => progress.update(n))) : empty;
+    const repo = gitRepoOf(ctx.repo);
+    const policy = ctx.repo.policy;
+    const heldBack: string[] = [];
+    const changes: StatusEntry[] = [];
+    for (const e of await worktreeChanges(repo, paths)) {
+      if (policy.isEncrypted(e.path) && e.kind !== "untracked") continue; // looked at below, with its ciphertext
+      if (policy.holdsBack(e.path)) {
+        if (await exists(join(ctx.repo.dir, e.path))) heldBack.push(e.path);
+        continue;
+      }
+      changes.push(e);
+    }
+    for (const e of await encryptedChanges(ctx.repo, repo, paths)) {
+      if (policy.holdsBack(e.path)) heldBack.push(e.path);
+      else changes.push(e);
+    }
     if (progress) {
-      progress.update(observation.scanned);
-      progress.end(`${observation.scanned.toLocaleString("en-US")} files, ${observation.changes.length} changed`);
+      progress.end(`${changes.length} changed`);
       ctx.state.scannedOnce = true;
     }
     // What is held back is reported in status: replaced on a full scan, updated for hinted paths.
     const held = ctx.hints.full ? new Set<string>() : new Set(ctx.state.heldBack);
     if (!ctx.hints.full) for (const p of paths) held.delete(p);
-    for (const p of observation.heldBack) held.add(p);
+    for (const p of heldBack) held.add(p);
     ctx.state.heldBack = [...held].sort();
     // A file held back by the scan that is no longer a change (deleted, or back as committed) leaves the list.
-    const changed = new Set(observation.changes.map((c) => c.path));
+    const changed = new Set(changes.map((c) => c.path));
     for (const p of Object.keys(ctx.state.findings)) {
-      const looked = ctx.hints.full || paths.some((h) => h === p || h === "" || p.startsWith(`${h}/`));
+      const looked = ctx.hints.full || paths.some((h) => h === p || p.startsWith(`${h}/`));
       if (looked && !changed.has(p)) delete ctx.state.findings[p];
     }
-    return { checkedOut, head, observation, full: ctx.hints.full };
+    return { checkedOut, head, changes, heldBack, full: ctx.hints.full };
   },
 
   plan(desired, o): Plan<SandboxAction> {
@@ -70,53 +95,55 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
         },
       };
     }
-    const { changes, refresh } = o.observation;
-    if (changes.length) {
-      const paths = changes.map((c): StagedPath => ({ path: c.path, deleted: !c.work, ...(c.work?.content ? { read: { stats: c.work.stats, content: c.work.content } } : {}) }));
-      const preview = summarize(changes.map((c) => ({ path: c.path, ...(c.head ? { before: c.head } : {}), ...(c.work ? { after: { mode: c.work.mode, oid: c.work.oid } } : {}) }))).summary;
-      return { actions: [{ type: "commit", paths, refresh: refresh.map((r) => r.path), preview }] };
-    }
-    if (refresh.length) return { actions: [{ type: "refresh-index", paths: refresh.map((r) => r.path) }] };
-    return { actions: [] };
+    if (!o.changes.length) return { actions: [] };
+    const preview = [...new Set(o.changes.map((c) => c.path))].slice(0, 3).join(", ") + (o.changes.length > 3 ? ", ..." : "");
+    return { actions: [{ type: "commit", changes: o.changes, preview }] };
   },
 
   async apply(ctx, desired, plan, o): Promise<Result> {
     if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
     const action = plan.actions[0];
-    if (!action) return { summary: o.observation.scanned ? `no changes in ${o.observation.scanned} files` : "no changes" };
+    if (!action) return { summary: "no changes" };
     const who = await ctx.who();
-    const headTree = await ctx.repo.commitTree(o.head!);
+    const policy = ctx.repo.policy;
     const started = performance.now();
     ctx.forgetStatCache();
     try {
       const outcome = await ctx.exclusive(() =>
-        commitWorktree(ctx.repo, {
-          branch: desired.sandbox.branch,
+        commitNative<HeldBack>(gitRepoOf(ctx.repo), {
+          changes: action.changes,
+          lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
+          ref: `refs/heads/${desired.sandbox.branch}`,
           parent: o.head!,
-          paths: action.type === "commit" ? action.paths : [],
-          refresh: action.type === "commit" ? action.refresh : action.paths,
-          modeOf: (st, head) => ctx.worktree.modeOf(st, head),
-          headEntry: async (p) => {
-            const e = await ctx.worktree.headEntry(headTree, p);
-            return e && !e.isTree ? { mode: e.mode, oid: e.oid } : undefined;
+          isEncrypted: (p) => policy.isEncrypted(p),
+          encrypt: (p, content) => {
+            const r = policy.toGit(p, content);
+            return r.ok ? { ok: true, blob: r.blob } : { ok: false, held: r.held };
           },
-          message: (paths) => commitMessage(desired, paths),
-          author: who,
+          // The secret scan and the size rule judge the exact bytes git staged.
+          judge: (p, blob) => {
+            const r = policy.toGit(p, blob);
+            return r.ok ? undefined : r.held;
+          },
+          message: (changes) => commitMessage(desired, changes as CommittedPath[]),
+          author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
         }),
       );
-      await recordHeld(ctx, action.type === "commit" ? action.paths.map((p) => p.path) : [], outcome.held);
+      const held = outcome.held.map((h) => h.held);
+      await recordHeld(ctx, [...new Set(action.changes.map((c) => c.path))], held);
       if (!outcome.commit) {
-        if (outcome.held.length) return { summary: `nothing committed: ${outcome.held.length} file(s) held back (${outcome.held.map((h) => h.path).join(", ")})` };
-        return { summary: action.type === "commit" ? "changes were undone before the commit" : `refreshed ${action.paths.length} index entries` };
+        if (held.length) return { summary: `nothing committed: ${held.length} file(s) held back (${held.map((h) => h.path).join(", ")})` };
+        return { summary: "changes were undone before the commit" };
       }
-      const message = commitMessage(desired, outcome.paths).split("\n")[0]!;
+      const paths = outcome.changes as CommittedPath[];
+      const message = commitMessage(desired, paths).split("\n")[0]!;
       ctx.state.lastCommit = { commit: outcome.commit, message, at: new Date(ctx.clock.now()).toISOString() };
-      ctx.metrics.commitMade(performance.now() - started, outcome.paths.length);
-      ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: outcome.paths.length });
+      ctx.metrics.commitMade(performance.now() - started, paths.length);
+      ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: paths.length });
       ctx.branchMoved();
-      return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}${outcome.held.length ? `; ${outcome.held.length} file(s) held back` : ""}` };
+      return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}${held.length ? `; ${held.length} file(s) held back` : ""}` };
     } catch (err) {
-      if (err instanceof RefConflictError) {
+      if (err instanceof GitError && err.reason === "RefConflict") {
         // Someone (a native `git commit`) moved the branch meanwhile: look again at once.
         throw transient("BranchMoved", `${desired.sandbox.branch} moved while committing; observing again`);
       }
@@ -125,9 +152,49 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   },
 
   describe(a) {
-    return a.type === "commit" ? `commit ${a.paths.length} path(s): ${a.preview}` : `refresh ${a.paths.length} index entries (content unchanged)`;
+    return `commit ${new Set(a.changes.map((c) => c.path)).size} path(s): ${a.preview}`;
   },
 };
+
+/** A timezone offset as git writes it (`+0100`), from JS minutes (UTC+1 is -60). */
+function offset(minutes: number): string {
+  const m = -minutes;
+  const abs = Math.abs(m);
+  return `${m < 0 ? "-" : "+"}${String(Math.floor(abs / 60)).padStart(2, "0")}${String(abs % 60).padStart(2, "0")}`;
+}
+
+async function exists(abs: string): Promise<boolean> {
+  return lstat(abs).then(() => true, () => false);
+}
+
+/**
+ * Tracked encrypted paths whose file no longer gives the stored ciphertext (or is gone). Their index
+ * entries are marked assume-unchanged (the blob is ciphertext while the file is plaintext, which git
+ * would otherwise report as changed forever), so git status does not look at them: this does, by
+ * encrypting the file again (the same plaintext gives the same blob) and comparing.
+ */
+async function encryptedChanges(work: Repo, repo: GitRepo, paths: readonly string[]): Promise<StatusEntry[]> {
+  const policy = work.policy;
+  if (!hasEncryptRules(work)) return [];
+  const { stdout } = await runGit(["ls-files", "-s", "-z", "--", ...paths], { ...repo, env: { ...repo.env, GIT_LITERAL_PATHSPECS: "1" } });
+  const out: StatusEntry[] = [];
+  for (const e of parseLsFilesStage(stdout)) {
+    if (!policy.isEncrypted(e.path) || e.mode === "160000") continue;
+    const abs = join(work.dir, e.path);
+    const st = await lstat(abs).catch(() => null);
+    // Without a key there is nothing to compare with: a file that is there stays as committed.
+    if (st && (policy.holdsBack(e.path) || !st.isFile())) continue;
+    if (st && blobOid(policy.blobContent(e.path, await readFile(abs))) === e.oid) continue;
+    const change: StatusEntry = { kind: "ordinary", xy: st ? ".M" : ".D", submodule: undefined, modeHead: e.mode, modeIndex: e.mode, modeWorktree: st ? e.mode : "000000", oidHead: e.oid, oidIndex: e.oid, path: e.path };
+    out.push(change);
+  }
+  return out;
+}
+
+/** True when the config names paths to encrypt (then tracked encrypted paths are compared by their ciphertext). */
+function hasEncryptRules(work: Repo): boolean {
+  return (JSON.parse(work.policy.identity) as [string[]])[0].length > 0;
+}
 
 /**
  * Keeps status's list of files held back by the secret scan or their size up to date for the

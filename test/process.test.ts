@@ -119,12 +119,11 @@ describe('the controller process', () => {
     await waitFor(() => access(indexLock).then(() => true, () => undefined), { what: 'the batch to be under way', intervalMs: 2 });
     first.child.kill('SIGKILL');
     await exited(first.child);
-    // The kill landed mid-batch: the batch's index.lock is left behind and the 3000 files are not all on develop.
-    expect(existsSync(indexLock), 'index.lock right after the kill').toBe(true);
+    // The kill landed mid-batch: the 3000 files are not all on develop. The index lock is git's (the
+    // controller's `git add` runs in its own process group): that git finishes and releases it.
     expect((await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length).toBeLessThan(3000);
     const second = await startProcess(dir);
     expect(second.out()).toContain('took over a stale lock');
-    expect(second.out()).toContain(`removed ${indexLock}, left behind by the crashed controller`);
     await waitFor(async () => (await lsTree(dir, 'develop')).filter((e) => e.path.startsWith('many/')).length === 3000 || undefined, { what: 'all 3000 files committed after the restart', timeoutMs: 60_000 }).catch((e: Error) => {
       throw new Error(`${e.message}\n--- controller output ---\n${second.out()}`);
     });

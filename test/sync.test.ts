@@ -109,6 +109,29 @@ describe('sandbox -> develop', () => {
     await expectFaithful(dir);
   }, 90_000);
 
+  it('commits a file named back\\slash.txt, its edit and its deletion, and keeps committing afterwards', async () => {
+    const { dir } = await makeSandbox();
+    await start(dir);
+    const name = 'back\\slash.txt';
+    let n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, name), 'one');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', name)).toString()).toBe('one');
+    n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, name), 'two');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', name)).toString()).toBe('two');
+    n = (await logOneline(dir, 'develop')).length;
+    await rm(path.join(dir, name));
+    await commitsAfter(dir, n);
+    expect((await lsTree(dir, 'develop')).map((e) => e.path)).not.toContain(name);
+    n = (await logOneline(dir, 'develop')).length;
+    await writeFile(path.join(dir, 'later.txt'), 'still working');
+    await commitsAfter(dir, n);
+    expect((await showFile(dir, 'develop', 'later.txt')).toString()).toBe('still working');
+    await expectFaithful(dir);
+  });
+
   it('makes no commit for a touch that changes no content', async () => {
     const { dir } = await makeSandbox({ files: { 'a.txt': 'same' } });
     await start(dir);
@@ -116,12 +139,12 @@ describe('sandbox -> develop', () => {
     const future = new Date(Date.now() + 5000);
     await utimes(path.join(dir, 'a.txt'), future, future);
     await writeFile(path.join(dir, 'a.txt'), 'same');
-    // The batch ran and found content unchanged: it only refreshed the index's stat data.
-    await waitFor(async () => {
-      const st = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8'));
-      return /refreshed 1 index entries/.test(st.reconcilers.find((r: { name: string }) => r.name === 'sandbox').lastSummary ?? '') || undefined;
-    }, { what: 'the sandbox batch to refresh the index' });
-    expect(await logOneline(dir, 'develop')).toEqual(before);
+    // git finds the content unchanged (the index's stat data is only refreshed): a later edit is
+    // committed alone, and the touched file is in no commit.
+    await writeFile(path.join(dir, 'b.txt'), 'after the touch');
+    await commitsAfter(dir, before.length);
+    expect((await git(dir, 'log', '-1', '--format=%b', 'develop')).split('\n')).toEqual(['A b.txt']);
+    expect((await logOneline(dir, 'develop')).length).toBe(before.length + 1);
     await expectFaithful(dir);
   });
 
