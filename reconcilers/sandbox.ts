@@ -96,7 +96,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       };
     }
     if (!o.changes.length) return { actions: [] };
-    const preview = [...new Set(o.changes.map((c) => c.path))].slice(0, 3).join(", ") + (o.changes.length > 3 ? ", ..." : "");
+    const preview = summarize([...new Map(o.changes.map((c) => [c.path, c] as const)).values()].map(previewPath)).summary;
     return { actions: [{ type: "commit", changes: o.changes, preview }] };
   },
 
@@ -217,6 +217,18 @@ async function recordHeld(ctx: ReconcileContext, batch: string[], held: HeldBack
       await ctx.notifier.notify({ event: "secret-found", key: f.fingerprint, message: `${f.path}${f.line ? `:${f.line}` : ""}: ${f.message}; the file is held back (not committed). To fix: ${fix}`, details: { path: f.path, line: f.line, rule: f.rule, fingerprint: f.fingerprint } });
     }
   }
+}
+
+/**
+ * A change as git status reports it, shaped for summarize() (the `plan` preview: added, modified or
+ * deleted; the blob a file will get is not known before it is staged, so no rename is guessed).
+ */
+function previewPath(c: StatusEntry): CommittedPath {
+  const gone = "000000";
+  const before = c.kind === "ordinary" || c.kind === "renamed" ? (c.modeHead !== gone ? { mode: c.modeHead as EntryMode, oid: c.oidHead } : undefined) : undefined;
+  const deleted = (c.kind === "ordinary" || c.kind === "renamed") && c.modeWorktree === gone;
+  const after = deleted ? undefined : { mode: (c.kind === "ordinary" || c.kind === "renamed" ? c.modeWorktree : "100644") as EntryMode, oid: `work:${c.path}` };
+  return { path: c.path, ...(before ? { before } : {}), ...(after ? { after } : {}) };
 }
 
 /** Builds the commit message from the config's template and the committed paths. */
