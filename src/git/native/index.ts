@@ -14,3 +14,4 @@ export { repositoryFormat, requireSupportedFormat, unsupportedFormat, type Repos
 export { updateIndex, updateIndexInfo, writeTree, commitTree, commitKnownPaths, type GitIdentity, type IndexInfo, type CommitSpec, type KnownPathCommit } from "./plumbing.js";
 export { mergeTree, parseMergeTree, type MergeTreeResult, type ConflictStage, type MergeMessage } from "./merge-tree.js";
 export { worktreeChanges, changedPathsOf, commitNative, type StagedChange, type Held, type EncryptedBlob, type NativeCommit, type NativeCommitOutcome } from "./stage.js";
+export { mergeWinning, type WinningMerge, type WinningMergeOptions, type SettledPath } from "./merge.js";
