@@ -1,10 +1,10 @@
-import { lstat, type BigIntStats } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { promisify } from "node:util";
 import { join } from "node:path";
-import { applyToWorktree } from "../src/git/commit.js";
+import { beginIntegration, changedPaths, editedPaths, finishIntegration, pendingIntegration, type IntegrationSandbox } from "../src/git/integrate.js";
+import { commitTree, GitError, mergeWinning } from "../src/git/native/index.js";
+import { gitRepoOf } from "./sandbox.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
-import { branchRef, type FileEntry } from "../src/git/repo.js";
+import { branchRef } from "../src/git/repo.js";
 import { RefConflictError } from "../src/git/refs.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
@@ -12,7 +12,8 @@ import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 
-const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
+/** How soon a remote whose commits wait for sandbox edits looks again (the sandbox commits them after its debounce). */
+const POSTPONED_REQUEUE_MS = 2000;
 
 /** How the local branch relates to the remote's. */
 export type Relation = "in-sync" | "remote-empty" | "ahead" | "behind" | "diverged";
@@ -81,6 +82,8 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     if (!r) throw transient("RemoteRemoved", `remote ${remoteName} is no longer configured`);
     return r;
   };
+  // Passes in a row that the remote's commits waited for sandbox edits (see integrate).
+  const postponed = { count: 0 };
   return {
     name: `remote:${remoteName}`,
 
@@ -149,7 +152,9 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);
         } else {
-          head = await ctx.exclusive(() => integrate(ctx, branch, o.local!, action));
+          const moved = await ctx.exclusive(() => integrate(ctx, branch, o.local!, action, postponed));
+          if (moved === null) return { requeueAfterMs: POSTPONED_REQUEUE_MS, summary: `waiting for edits to files ${remoteName} changed to be committed first` };
+          head = moved;
           done.push(action.type === "merge" ? `merged ${remoteName}/${branch}` : `fast-forwarded to ${action.to.slice(0, 7)}`);
         }
       }
@@ -195,62 +200,103 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
   }
 }
 
+/** How many times in a row a remote's commits may wait for sandbox edits to be committed first. */
+const MAX_POSTPONED = 3;
+
+/** The sandbox as an integration addresses it. */
+function integrationSandbox(ctx: Pick<ReconcileContext, "repo">): IntegrationSandbox {
+  return { dir: ctx.repo.dir, gitdir: ctx.repo.gitdir, git: gitRepoOf(ctx.repo), policy: ctx.repo.policy };
+}
+
 /**
- * Brings the remote's commits into the local branch and the sandbox's files. Files are written
- * first and the branch moved last (both under the index lock): a crash in between leaves files
- * that the next batch commits again, never a branch whose files were not written, which would
- * commit a revert of the remote's work. Returns the new head.
+ * Finishes an integration a crash interrupted (see src/git/integrate.ts): the branch already names (or is
+ * moved to) the remote's commit, and every file still holding the old version catches up, so the next
+ * sandbox commit can never take a half-written merge for sandbox edits. Run before anything commits the
+ * sandbox (the controller's start and the `reconcile` command) and before each integration.
  */
-async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Extract<RemoteAction, { type: "fast-forward" | "merge" }>): Promise<string> {
+export async function resumeIntegration(ctx: Pick<ReconcileContext, "repo" | "log" | "hint">): Promise<void> {
+  const pending = await pendingIntegration(ctx.repo.gitdir);
+  if (!pending) return;
+  const done = await finishIntegration(integrationSandbox(ctx), pending);
+  if (!done) {
+    ctx.log.warn(`an interrupted integration of ${pending.to.slice(0, 7)} was dropped: ${pending.ref} moved elsewhere meanwhile`, { commit: pending.to });
+    return;
+  }
+  for (const p of done.skipped) ctx.hint(p);
+  ctx.log.info(`finished an interrupted integration (${pending.message}): ${done.written.length} path(s) brought up to date${done.skipped.length ? `, ${done.skipped.length} left as edited (the sandbox wins)` : ""}`, { commit: pending.to });
+}
+
+/**
+ * Brings the remote's commits into the local branch and the sandbox's files, crash-safe (see
+ * src/git/integrate.ts): the merge is computed by git without touching the work tree (the sandbox wins per
+ * hunk), a journal is written, the branch moves, then the files follow one by one, a file being edited
+ * never overwritten. When files the remote changed hold uncommitted edits, the integration waits (at most
+ * MAX_POSTPONED passes) for the sandbox to commit them, so the merge keeps both sides' hunks instead of the
+ * edit later replacing the remote's whole file. Returns the new head, or null when it waits.
+ */
+async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Extract<RemoteAction, { type: "fast-forward" | "merge" }>, postponed: { count: number }): Promise<string | null> {
+  await resumeIntegration(ctx);
   const current = await ctx.repo.branchHead(branch);
   if (current !== local) throw transient("BranchMoved", `${branch} moved while integrating remote commits; looking again`);
-  const localTree = await ctx.repo.commitTree(local);
+  const sandbox = integrationSandbox(ctx);
+  const git = sandbox.git;
+  const who = await ctx.who();
   let target: string;
   let message: string;
   if (action.type === "fast-forward") {
     target = action.to;
     message = `fast-forward: ${branch} to ${action.to.slice(0, 7)}`;
   } else {
-    const theirsTree = await ctx.repo.commitTree(action.theirs);
-    const baseTree = action.base ? await ctx.repo.commitTree(action.base) : null;
-    const merged = await ctx.repo.mergeTreesOursWins(baseTree, localTree, theirsTree);
-    const who = await ctx.who();
-    target = await ctx.repo.writeCommit({
-      tree: merged,
+    const merged = await mergeWinning(git, local, action.theirs, { scratch: join(ctx.repo.gitdir, "cascade-sync"), perFile: (p) => ctx.repo.policy.isEncrypted(p) });
+    const hunks = merged.settled.filter((s) => s.how === "hunks").length;
+    const files = merged.settled.length - hunks;
+    const body = merged.settled.length ? `\nBoth sides changed ${merged.settled.length} path(s): ${hunks} merged per hunk (the sandbox's lines where they overlap), ${files} taken whole from the sandbox.\n` : "";
+    target = await commitTree(git, {
+      tree: merged.tree,
       parents: [local, action.theirs],
-      message: `merge: remote commits into ${branch} (the sandbox wins paths changed on both sides)\n`,
-      author: who,
+      message: `merge: remote commits into ${branch} (the sandbox wins where both sides changed the same lines)\n${body}`,
+      author: { name: who.name, email: who.email, date: `@${who.timestamp} ${gitOffset(who.timezoneOffset)}` },
     });
     message = `merge: ${action.theirs.slice(0, 7)} into ${branch}`;
   }
   const targetTree = await ctx.repo.commitTree(target);
   // A remote commit is hostile input: nothing of it is written unless every path is safe.
   await assertSafeTree(ctx.repo, targetTree, "the sandbox");
-  const diff = await ctx.repo.diffTrees(localTree, targetTree);
+  const diff = await changedPaths(git, local, target);
   const through = (await mapLimit(diff, 8, async (d) => ((await linkOnTheWay(ctx.repo.dir, d.path)) !== undefined ? d.path : undefined))).filter((p) => p !== undefined);
   if (through.length) {
     throw stalled("UnsafePath", `remote commit ${target.slice(0, 7)} would write ${through.slice(0, 5).map((p) => JSON.stringify(p)).join(", ")}${through.length > 5 ? ` (and ${through.length - 5} more)` : ""} through a symlink or file in the sandbox; nothing was written`,
       "look at that commit and at the sandbox's symlinks; replace the symlink by a folder (or fix the commit on the remote)");
   }
-  const cache = await ctx.statCache();
-  const who = await ctx.who();
-  const { written, skipped } = await applyToWorktree(ctx.repo, diff, async (path, expected) => untouched(ctx, path, expected, cache), async () => {
-    await ctx.repo.setRef(branchRef(branch), target, local, message, who);
-  });
-  for (const p of skipped) ctx.hint(p);
-  ctx.log.info(`${message}: ${written.length} file(s) updated in the sandbox${skipped.length ? `, ${skipped.length} left as edited (the sandbox wins)` : ""}`, { commit: target });
+  for (const d of diff) if (d.after && ctx.repo.policy.isEncrypted(d.path)) ctx.repo.policy.fromGit(d.path, (await ctx.repo.readBlob(d.after.oid)));
+  const edited = await editedPaths(sandbox, diff);
+  if (edited.length && postponed.count < MAX_POSTPONED) {
+    postponed.count++;
+    for (const p of edited) ctx.hint(p);
+    ctx.log.info(`${edited.length} file(s) the remote changed are being edited here (${edited.slice(0, 3).join(", ")}${edited.length > 3 ? ", ..." : ""}): committing them before merging`, { paths: edited.slice(0, 20) });
+    return null;
+  }
+  postponed.count = 0;
+  const integration = { ref: branchRef(branch), from: local, to: target, message };
+  try {
+    await beginIntegration(sandbox, integration);
+  } catch (err) {
+    if (err instanceof GitError && err.reason === "RefConflict") throw transient("BranchMoved", `${branch} moved while integrating remote commits; looking again`);
+    throw err;
+  }
   ctx.branchMoved();
+  const done = await finishIntegration(sandbox, integration);
+  const skipped = done?.skipped ?? [];
+  for (const p of skipped) ctx.hint(p);
+  ctx.log.info(`${message}: ${done?.written.length ?? 0} file(s) updated in the sandbox${skipped.length ? `, ${skipped.length} left as edited (the sandbox wins)` : ""}`, { commit: target });
   return target;
 }
 
-/** True when the working file at `path` holds exactly `expected` (absent when undefined). */
-async function untouched(ctx: ReconcileContext, path: string, expected: FileEntry | undefined, cache: Awaited<ReturnType<ReconcileContext["statCache"]>>): Promise<boolean> {
-  const abs = join(ctx.repo.dir, path);
-  const st = await lstatBig(abs, { bigint: true }).catch(() => null);
-  if (!st) return !expected;
-  if (!expected || !(st.isFile() || st.isSymbolicLink())) return false;
-  const work = await ctx.worktree.readWorkFile(abs, path, st, cache, expected);
-  return work.oid === expected.oid && work.mode === expected.mode;
+/** A timezone offset as git writes it (`+0100`), from JS minutes (UTC+1 is -60). */
+function gitOffset(minutes: number): string {
+  const m = -minutes;
+  const abs = Math.abs(m);
+  return `${m < 0 ? "-" : "+"}${String(Math.floor(abs / 60)).padStart(2, "0")}${String(abs % 60).padStart(2, "0")}`;
 }
 
 function transportCap(ctx: ReconcileContext): { timeoutMs?: number } {

@@ -21,7 +21,7 @@ import { ensureRuntimeDir, writeRuntimeFile } from "./runtime.js";
 import { SandboxWatcher } from "./watcher.js";
 import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
-import { remoteReconciler } from "../reconcilers/remote.js";
+import { remoteReconciler, resumeIntegration } from "../reconcilers/remote.js";
 import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
 import { GateRunner } from "./pipeline/gates.js";
 import { CommandSourceEnv, controllerVariableNames } from "./pipeline/command-env.js";
@@ -242,6 +242,8 @@ export class Controller {
       },
     });
     await this.watcher.start();
+    // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
+    await this.exclusive(() => resumeIntegration(this.context()));
     const dotenvWatch = this.watchDotenv();
     this.requestFullScan();
     // Edits made while stopped are committed at once, not after a debounce.
@@ -277,6 +279,7 @@ export class Controller {
   /** One full pass (the `reconcile` command): scan the whole sandbox, commit, fetch, merge, push. */
   async runOnce(): Promise<{ ok: boolean; results: { name: string; summary?: string; error?: CascadeError }[] }> {
     this.requestFullScan();
+    await this.exclusive(() => resumeIntegration(this.context()));
     const results: { name: string; summary?: string; error?: CascadeError }[] = [];
     for (const slot of this.orderedSlots()) results.push(await this.runSlot(slot));
     // Remote commits merged in the first pass may leave edited paths to commit, and new commits to push.

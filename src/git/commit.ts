@@ -5,7 +5,7 @@ import { dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { acquireLock } from "./lockfile.js";
 import { entryFromStat, readIndex, writeIndex, type FileStats, type GitIndex } from "./index-file.js";
-import { branchRef, type EntryMode, type FileEntry, type ObjectBatch, type Person, type Repo, type TreeDiff } from "./repo.js";
+import { branchRef, type EntryMode, type FileEntry, type ObjectBatch, type Person, type Repo } from "./repo.js";
 import { readContent } from "../worktree.js";
 import { mapLimit } from "../concurrency.js";
 import type { BlobPolicy, HeldBack } from "../security/blob-policy.js";
@@ -136,53 +136,6 @@ async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath
   const oid = await blobs.add("blob", stored.blob);
   index.entries.set(path, indexEntry(blobs.repo, path, st, oid, mode));
   return { mode, oid };
-}
-
-/**
- * Brings the working tree from `from` to the merged result: writes every changed path whose working
- * file still holds exactly what `isUntouched` says it had, atomically (temp file + rename), and
- * updates the index for it under `.git/index.lock`. A path being edited (not untouched) is left as
- * it is and returned, so that the next batch commits the sandbox's version. Never deletes or
- * overwrites an edit. `finalize` (moving the branch) runs after the files are written and before
- * the index is, still under the lock; if it throws, the index is left as it was. Blobs come out
- * through `repo.policy` (encrypted ones decrypted); the encrypted paths are all decrypted before anything
- * is written, so a tampered blob or a missing key stops the whole change, not half of it.
- */
-export async function applyToWorktree(
-  repo: Repo,
-  diff: TreeDiff[],
-  isUntouched: (path: string, expected: FileEntry | undefined) => Promise<boolean>,
-  finalize: () => Promise<void>,
-): Promise<{ written: string[]; skipped: string[] }> {
-  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
-  const written: string[] = [];
-  const skipped: string[] = [];
-  try {
-    for (const d of diff) if (d.after && repo.policy.isEncrypted(d.path)) await repo.readContent(d.path, d.after);
-    const index = await readIndex(repo.gitdir);
-    for (const d of diff) {
-      if (!(await isUntouched(d.path, d.before))) {
-        skipped.push(d.path);
-        continue;
-      }
-      const abs = join(repo.dir, d.path);
-      if (!d.after) {
-        await rm(abs, { force: true });
-        index.entries.delete(d.path);
-      } else {
-        await writeWorkFile(abs, await repo.readContent(d.path, d.after), d.after.mode);
-        const st = await lstatBig(abs, { bigint: true });
-        index.entries.set(d.path, indexEntry(repo, d.path, st, d.after.oid, d.after.mode));
-      }
-      written.push(d.path);
-    }
-    await finalize();
-    await writeIndex(repo.gitdir, index, { lock });
-    return { written, skipped };
-  } catch (err) {
-    await lock.rollback().catch(() => undefined);
-    throw err;
-  }
 }
 
 /**
