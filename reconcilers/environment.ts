@@ -5,6 +5,7 @@ import type { Config, EnvironmentSpec, LoadResult } from "../src/config/types.js
 import { describePolicyDifference, fromBranch as fromBranchOf, policyDifferences, type PolicyDifference, type PolicyView } from "../src/config/pipeline.js";
 import { CascadeError, stalled, transient } from "../src/errors.js";
 import { branchRef } from "../src/git/repo.js";
+import { commitTree as commitObject, mergeWinning } from "../src/git/native/index.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
 import { parseCommitConfig } from "../src/pipeline/commit-config.js";
@@ -419,10 +420,17 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     const who = await ctx.who();
     const ref = branchRef(o.env.branch);
     if (action.mode === "merge") {
-      // The environment has commits the candidate lacks: merge them so nothing is lost, the candidate winning every path changed on both sides.
-      const base = await ctx.repo.mergeBase(action.commit, o.head!);
-      const tree = await ctx.repo.mergeTreesOursWins(base ? await ctx.repo.commitTree(base) : null, await ctx.repo.commitTree(action.commit), await ctx.repo.commitTree(o.head!));
-      const merge = await ctx.repo.writeCommit({ tree, parents: [o.head!, action.commit], message: `promote: ${action.commit.slice(0, 7)} into ${o.env.branch} (the candidate wins paths changed on both sides)\n`, author: who });
+      // The environment has commits the candidate lacks: merge them so nothing is lost, the candidate
+      // winning where both sides changed the same lines (per hunk, as git merge -X ours with the
+      // candidate checked out; binary files and modify/delete per file), computed by git without a work tree.
+      const git = { cwd: ctx.repo.dir, gitDir: ctx.repo.gitdir, workTree: ctx.repo.dir };
+      const merged = await mergeWinning(git, action.commit, o.head!, { scratch: join(ctx.repo.gitdir, "cascade-sync"), perFile: (p) => ctx.repo.policy.isEncrypted(p) });
+      const merge = await commitObject(git, {
+        tree: merged.tree,
+        parents: [o.head!, action.commit],
+        message: `promote: ${action.commit.slice(0, 7)} into ${o.env.branch} (the candidate wins where both sides changed the same lines)\n`,
+        author: { name: who.name, email: who.email, date: `@${who.timestamp} +0000` },
+      });
       await ctx.repo.setRef(ref, merge, o.head, `promote: merge ${action.commit.slice(0, 7)}`, who);
       return merge;
     }

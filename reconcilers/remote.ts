@@ -12,8 +12,6 @@ import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 
-/** How soon a remote whose commits wait for sandbox edits looks again (the sandbox commits them after its debounce). */
-const POSTPONED_REQUEUE_MS = 2000;
 
 /** How the local branch relates to the remote's. */
 export type Relation = "in-sync" | "remote-empty" | "ahead" | "behind" | "diverged";
@@ -83,7 +81,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
     return r;
   };
   // Passes in a row that the remote's commits waited for sandbox edits (see integrate).
-  const postponed = { count: 0 };
+  const postponed: { since?: number } = {};
   return {
     name: `remote:${remoteName}`,
 
@@ -126,6 +124,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       const branch = desired.sandbox.branch;
       const done: string[] = [];
       let head = o.local;
+      if (!plan.actions.some((a) => a.type === "fast-forward" || a.type === "merge")) delete postponed.since;
       for (const action of plan.actions) {
         if (action.type === "follow-environment") {
           done.push(await followEnvironment(ctx, remoteName, action));
@@ -152,8 +151,8 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           ctx.log.info(`pushed ${branch} ${head.slice(0, 7)} to ${remoteName}`, { remote: remoteName, commit: head });
           done.push(`pushed ${head.slice(0, 7)}`);
         } else {
-          const moved = await ctx.exclusive(() => integrate(ctx, branch, o.local!, action, postponed));
-          if (moved === null) return { requeueAfterMs: POSTPONED_REQUEUE_MS, summary: `waiting for edits to files ${remoteName} changed to be committed first` };
+          const moved = await ctx.exclusive(() => integrate(ctx, branch, o.local!, action, postponed, desired));
+          if (moved === null) return { requeueAfterMs: desired.sandbox.debounceMs, summary: `waiting for edits to files ${remoteName} changed to be committed first` };
           head = moved;
           done.push(action.type === "merge" ? `merged ${remoteName}/${branch}` : `fast-forwarded to ${action.to.slice(0, 7)}`);
         }
@@ -200,8 +199,6 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
   }
 }
 
-/** How many times in a row a remote's commits may wait for sandbox edits to be committed first. */
-const MAX_POSTPONED = 3;
 
 /** The sandbox as an integration addresses it. */
 function integrationSandbox(ctx: Pick<ReconcileContext, "repo">): IntegrationSandbox {
@@ -230,11 +227,11 @@ export async function resumeIntegration(ctx: Pick<ReconcileContext, "repo" | "lo
  * Brings the remote's commits into the local branch and the sandbox's files, crash-safe (see
  * src/git/integrate.ts): the merge is computed by git without touching the work tree (the sandbox wins per
  * hunk), a journal is written, the branch moves, then the files follow one by one, a file being edited
- * never overwritten. When files the remote changed hold uncommitted edits, the integration waits (at most
- * MAX_POSTPONED passes) for the sandbox to commit them, so the merge keeps both sides' hunks instead of the
+ * never overwritten. When files the remote changed hold uncommitted edits, the integration waits for the
+ * sandbox to commit them (at most a batch window and a debounce, by when a batch is committed however busy), so the merge keeps both sides' hunks instead of the
  * edit later replacing the remote's whole file. Returns the new head, or null when it waits.
  */
-async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Extract<RemoteAction, { type: "fast-forward" | "merge" }>, postponed: { count: number }): Promise<string | null> {
+async function integrate(ctx: ReconcileContext, branch: string, local: string, action: Extract<RemoteAction, { type: "fast-forward" | "merge" }>, postponed: { since?: number }, desired: Config): Promise<string | null> {
   await resumeIntegration(ctx);
   const current = await ctx.repo.branchHead(branch);
   if (current !== local) throw transient("BranchMoved", `${branch} moved while integrating remote commits; looking again`);
@@ -270,13 +267,14 @@ async function integrate(ctx: ReconcileContext, branch: string, local: string, a
   }
   for (const d of diff) if (d.after && ctx.repo.policy.isEncrypted(d.path)) ctx.repo.policy.fromGit(d.path, (await ctx.repo.readBlob(d.after.oid)));
   const edited = await editedPaths(sandbox, diff);
-  if (edited.length && postponed.count < MAX_POSTPONED) {
-    postponed.count++;
+  const now = ctx.clock.now();
+  if (edited.length && (postponed.since === undefined || now - postponed.since < desired.sandbox.batchWindowMs + desired.sandbox.debounceMs)) {
+    postponed.since ??= now;
     for (const p of edited) ctx.hint(p);
     ctx.log.info(`${edited.length} file(s) the remote changed are being edited here (${edited.slice(0, 3).join(", ")}${edited.length > 3 ? ", ..." : ""}): committing them before merging`, { paths: edited.slice(0, 20) });
     return null;
   }
-  postponed.count = 0;
+  delete postponed.since;
   const integration = { ref: branchRef(branch), from: local, to: target, message };
   try {
     await beginIntegration(sandbox, integration);

@@ -221,12 +221,10 @@ describe('develop <-> remotes', () => {
     await git(other, 'push', 'origin', 'develop');
     await waitFor(async () => (await readFile(path.join(dir, 'note.txt'), 'utf8').catch(() => '')) === 'note\n' || undefined, { what: 'the merge to reach the sandbox' });
     expect(await readFile(path.join(dir, 'draft.txt'), 'utf8')).toBe('my unsaved thoughts\n');
-    // The edited file was deliberately left alone (not written over and rewritten by a later batch).
-    const leftAsEdited = await waitFor(async () => {
-      const lines = (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; commit?: string });
-      return lines.find((l) => l.commit === theirs && / 1 left as edited \(the sandbox wins\)/.test(l.msg));
-    }, { what: 'the log to say draft.txt was left as edited' });
-    expect(leftAsEdited.msg).toMatch(/^fast-forward: develop to [0-9a-f]{7}: 1 file\(s\) updated in the sandbox, 1 left as edited/);
+    // The edited file was deliberately left alone: its edit is committed first, then merged with the remote's commit.
+    const lines = async () => (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; commit?: string });
+    await waitFor(async () => (await lines()).find((l) => /1 file\(s\) the remote changed are being edited here \(draft\.txt\): committing them before merging/.test(l.msg)), { what: 'the log to say draft.txt is committed before merging' });
+    await waitFor(async () => (await lines()).find((l) => new RegExp(`^merge: ${theirs.slice(0, 7)} into develop`).test(l.msg)), { what: 'the merge of the remote commit', timeoutMs: 40_000 });
     // The edit is then committed on top, and everything reaches the remote.
     await waitFor(() => remoteHas(bare, 'draft.txt', 'my unsaved thoughts\n'), { what: 'the edit in the remote', timeoutMs: 40_000 });
     expect((await gitOk(bare, 'merge-base', '--is-ancestor', theirs, 'develop')).code).toBe(0);
