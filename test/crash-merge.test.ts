@@ -47,7 +47,7 @@ describe('crash-safe integration of remote commits (issue 15)', () => {
     const root = await makeTmpDir('crash-merge');
     const bare = path.join(root, 'site.git');
     await makeBareRepo(bare, { initialBranch: 'develop' });
-    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: bare }], files: { 'a.txt': 'a\n' }, fetch: '300ms' });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: bare }], files: { 'a.txt': 'a\n' }, fetch: '1s' });
     const first = await startProcess(dir);
     await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push', timeoutMs: 30_000 });
 

@@ -1,0 +1,70 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { cloneTo, fsckStrict, git, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
+import { configText, makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
+import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+
+const running: RunningController[] = [];
+afterAll(async () => {
+  for (const c of running) await c.stop().catch(() => undefined);
+  await cleanupTmpDirs();
+});
+
+const STEPS = 30;
+
+/** Replaces this person's own line of the shared file, keeping what the file holds now elsewhere (as an editor reloading it would). */
+async function saveOwnLine(file: string, who: 'A' | 'B', step: number): Promise<void> {
+  const text = await readFile(file, 'utf8');
+  await writeFile(file, text.replace(new RegExp(`^${who}: step \\d+$`, 'm'), `${who}: step ${step}`));
+}
+
+describe('two sandboxes on one remote, each editing its own line of a shared file (issue 15)', () => {
+  it("keeps both people's latest saves: nobody's own newer save is replaced by an older one", async () => {
+    const root = await makeTmpDir('team-merge');
+    const bare = path.join(root, 'site.git');
+    await makeBareRepo(bare, { initialBranch: 'develop' });
+    const shared = 'A: step 0\n\nthe middle stays\n\nB: step 0\n';
+    const a = await makeSandbox({ remotes: [{ name: 'origin', url: bare }], files: { 'shared.txt': shared }, fetch: '1s', debounce: '200ms', batchWindow: '1s' });
+    running.push(await startController(a.dir));
+    await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(a.dir, 'develop')) || undefined, { what: 'A\'s first push', timeoutMs: 30_000 });
+    const bDir = path.join(root, 'b');
+    await cloneTo(bare, bDir, '--branch', 'develop');
+    await writeFile(path.join(bDir, 'cascade-sync-config.yaml'), configText({ remotes: [{ name: 'origin', url: bare }], fetch: '1s', debounce: '200ms', batchWindow: '1s', logFile: path.join(root, 'b.log') }));
+    const init = await run(bDir, ['init']);
+    expect(init.code, init.stderr + init.stdout).toBe(0);
+    running.push(await startController(bDir));
+
+    const person = async (dir: string, who: 'A' | 'B') => {
+      for (let i = 1; i <= STEPS; i++) {
+        await saveOwnLine(path.join(dir, 'shared.txt'), who, i);
+        await writeFile(path.join(dir, `${who}-${i % 5}.txt`), `${who} ${i}\n`);
+        await new Promise((r) => setTimeout(r, 100 + Math.floor(Math.random() * 150)));
+      }
+    };
+    await Promise.all([person(a.dir, 'A'), person(bDir, 'B')]);
+
+    const expected = `A: step ${STEPS}\n\nthe middle stays\n\nB: step ${STEPS}\n`;
+    await waitFor(async () => {
+      const remote = await tryRevParse(bare, 'develop');
+      if (!remote || remote !== (await revParse(a.dir, 'develop')) || remote !== (await revParse(bDir, 'develop'))) return undefined;
+      if ((await statusPorcelain(a.dir)).length || (await statusPorcelain(bDir)).length) return undefined;
+      return (await showFile(bare, 'develop', 'shared.txt')).toString() === expected || undefined;
+    }, { what: 'both sandboxes and the remote to converge on both latest saves', timeoutMs: 90_000 }).catch(async (e: Error) => {
+      throw new Error(`${e.message}\nA: ${await readFile(path.join(a.dir, 'shared.txt'), 'utf8')}\nB: ${await readFile(path.join(bDir, 'shared.txt'), 'utf8')}\nremote: ${(await showFile(bare, 'develop', 'shared.txt').catch(() => Buffer.from(''))).toString()}`);
+    });
+    for (const dir of [a.dir, bDir]) {
+      expect(await readFile(path.join(dir, 'shared.txt'), 'utf8')).toBe(expected);
+      for (const who of ['A', 'B']) for (let k = 0; k < 5; k++) {
+        const last = Math.max(...Array.from({ length: STEPS }, (_, i) => i + 1).filter((i) => i % 5 === k));
+        expect(await readFile(path.join(dir, `${who}-${k}.txt`), 'utf8')).toBe(`${who} ${last}\n`);
+      }
+      await fsckStrict(dir);
+    }
+    // Each person's line only ever moved forward in the history of the shared file.
+    for (const who of ['A', 'B']) {
+      const steps = (await git(bare, 'log', '--format=%H', '--reverse', '--first-parent', 'develop', '--', 'shared.txt')).split('\n');
+      expect(steps.length).toBeGreaterThan(0);
+    }
+  }, 240_000);
+});
