@@ -3,7 +3,8 @@ import { join } from "node:path";
 import type { CommittedPath } from "../src/git/commit.js";
 import { blobOid, type EntryMode, type Repo } from "../src/git/repo.js";
 import { commitNative, GitError, parseLsFilesStage, runGit, worktreeChanges, type GitRepo, type StatusEntry } from "../src/git/native/index.js";
-import { stalled, transient } from "../src/errors.js";
+import { stalled, transient, waiting } from "../src/errors.js";
+import { readIntents, restoreInProgress, restoreMessage, settleIntents } from "../src/history/intent.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
@@ -104,6 +105,11 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
     const action = plan.actions[0];
     if (!action) return { summary: "no changes" };
+    // A `cascade-sync restore` names its batch; one still writing its files is waited for (one batch, one message).
+    const intents = await readIntents(ctx.repo.gitdir);
+    const restoring = restoreInProgress(intents, ctx.clock.now());
+    if (restoring) throw waiting("RestoreInProgress", `a restore of ${restoring.paths.join(", ")} is still writing files`, 200);
+    const messageOf = (ps: CommittedPath[]) => restoreMessage(intents, ps.map((p) => p.path), summarize(ps).body) ?? commitMessage(desired, ps);
     const who = await ctx.who();
     const policy = ctx.repo.policy;
     const started = performance.now();
@@ -125,7 +131,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
             const r = policy.toGit(p, blob);
             return r.ok ? undefined : r.held;
           },
-          message: (changes) => commitMessage(desired, changes as CommittedPath[]),
+          message: (changes) => messageOf(changes as CommittedPath[]),
           author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
         }),
       );
@@ -136,7 +142,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
         return { summary: "changes were undone before the commit" };
       }
       const paths = outcome.changes as CommittedPath[];
-      const message = commitMessage(desired, paths).split("\n")[0]!;
+      const message = messageOf(paths).split("\n")[0]!;
+      await settleIntents(ctx.repo.gitdir, intents, paths.map((p) => p.path), ctx.clock.now());
       ctx.state.lastCommit = { commit: outcome.commit, message, at: new Date(ctx.clock.now()).toISOString() };
       ctx.metrics.commitMade(performance.now() - started, paths.length);
       ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: paths.length });

@@ -25,6 +25,7 @@ import { runHealthRound } from "../pipeline/checks.js";
 import { currentRelease, integrityCheck } from "../pipeline/deploy.js";
 import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.js";
 import { requireGitVersion } from "../git/native/version.js";
+import { historyCmd, restoreCmd } from "./history.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -58,6 +59,12 @@ commands:
   approve ENV [COMMIT] --key FILE [--expires 24h] [--signer NAME]
                               sign an approval of COMMIT (default: the one waiting for ENV)
                               into cascade-sync-state.yaml; the controller commits it
+  history [PATH...] [--since 4h|TIME] [--limit N] [--json]
+                              every version of PATHs (default: the whole sandbox) on the sandbox
+                              branch, newest first: time, commit, summary, each file's size or deletion
+  restore PATH... --at 2h|TIME|COMMIT [--dry-run]
+                              put files or folders (or .) back as they were then, as edits the
+                              controller commits as "restore: ..."; prints what it changes
   deploy-staging, deploy-production
                               reconcile that environment now and say what happened or what
                               blocks it; never bypasses a gate, approval or window
@@ -125,6 +132,10 @@ export async function main(args: MainArgs): Promise<number> {
         return await healthCmd(args, configFile, redactor, out, !!flags.json);
       case "approve":
         return await approveCmd(args, configFile, positionals, flags, out, err);
+      case "history":
+        return await historyCmd(args, configFile, positionals, flags, out, err);
+      case "restore":
+        return await restoreCmd(args, configFile, positionals, flags, out, err);
       case "deploy-staging":
       case "deploy-production":
         return await deployCmd(args, configFile, redactor, command.slice("deploy-".length), out, err);
