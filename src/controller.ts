@@ -33,6 +33,7 @@ import { loadBlobPolicy, type LoadedPolicy } from "./security/blob-policy.js";
 import type { Finding } from "./security/scan.js";
 import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
+import { recentHistory } from "./history/page-data.js";
 import type { PipelineServices } from "./reconcile.js";
 import { requireGitVersion } from "./git/native/version.js";
 
@@ -845,6 +846,7 @@ export class Controller {
     const running = startStatusServer({
       listen, ...(token ? { token } : {}), metrics: this.metrics, log: this.deps.log, redactor: this.deps.redactor,
       status: () => this.snapshot(true),
+      history: () => recentHistory({ cwd: this.repo.dir, gitDir: this.repo.gitdir, workTree: this.repo.dir }, this.config.sandbox.branch),
       ready: () => this.scanned && this.configProblems.length === 0,
       // The loop sleeps at most a minute between turns.
       alive: () => this.now() - this.lastTurnAt < 90_000,

@@ -22,7 +22,7 @@ export function parseMoment(text: string, now: number): Moment | undefined {
     const ms = Date.parse(t);
     if (!Number.isNaN(ms)) return { kind: "time", ms };
   }
-  if (/^[\w./-]+$/.test(t)) return { kind: "commit", text: t };
+  if (/^[\w./^~-]+$/.test(t)) return { kind: "commit", text: t };
   return undefined;
 }
 

@@ -25,6 +25,8 @@ export interface StatusServerOptions {
   log: Logger;
   /** Applied to every snapshot before it leaves the process (the controller's snapshot is not redacted). */
   redactor?: Redactor;
+  /** `/api/history`: recent commits of the sandbox branch with their paths and restore commands (absent: 404). */
+  history?: () => Promise<unknown>;
   /** Interval of the comment lines that keep idle event streams open through proxies; 15 s by default. */
   heartbeatMs?: number;
 }
@@ -107,6 +109,9 @@ export async function startStatusServer(o: StatusServerOptions): Promise<StatusS
         return reply(res, 200, await o.metrics.text(), { "content-type": o.metrics.contentType });
       case "/api/status":
         return reply(res, 200, `${JSON.stringify(report(await o.status()), null, 2)}\n`, { "content-type": "application/json; charset=utf-8" });
+      case "/api/history":
+        if (!o.history) return reply(res, 404, "not found\n");
+        return reply(res, 200, `${JSON.stringify(o.redactor ? o.redactor.redactValue(await o.history()) : await o.history())}\n`, { "content-type": "application/json; charset=utf-8" });
       case "/api/events": {
         res.writeHead(200, { ...COMMON_HEADERS, "content-type": "text/event-stream; charset=utf-8", connection: "keep-alive", "x-accel-buffering": "no" });
         if (req.method === "HEAD") return void res.end();

@@ -241,6 +241,33 @@ const SCRIPT = `
       })));
   }
 
+  // The sandbox branch's recent commits, read again only when its head moves.
+  var historyHead = null;
+  function loadSandboxHistory(head) {
+    if (head === historyHead) return;
+    historyHead = head;
+    fetch("/api/history", { headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store" }).then(function (res) {
+      return res.ok ? res.json() : null;
+    }).then(function (data) {
+      if (data) document.getElementById("sandbox-history").replaceChildren(sandboxHistoryTable(data));
+    }).catch(function () { historyHead = null; });
+  }
+
+  function sandboxHistoryTable(data) {
+    if (!data.commits.length) return h("div", { class: "muted" }, "no commits on " + data.branch + " yet");
+    var statusWord = { A: "added", M: "modified", D: "deleted", T: "type changed" };
+    return h("table", { "data-testid": "sandbox-history" },
+      h("thead", {}, h("tr", {}, ["when", "commit", "summary", "paths (restore that version)"].map(function (t) { return h("th", {}, t); }))),
+      h("tbody", {}, data.commits.map(function (c) {
+        return h("tr", { "data-commit": c.commit },
+          h("td", { title: c.time }, c.localTime), h("td", { class: "commit" }, h("code", {}, short(c.commit))), h("td", {}, c.summary),
+          h("td", {}, h("ul", {}, c.paths.map(function (p) {
+            return h("li", {}, h("code", {}, p.path), " ", h("span", { class: "muted" }, (statusWord[p.status] || p.status) + (p.size !== null && p.status !== "D" ? ", " + p.size + " B" : "")),
+              h("div", { class: "cmd" }, h("code", { "data-testid": "restore-command" }, p.restore), copyButton(p.restore)));
+          }), c.morePaths ? h("li", { class: "muted" }, "+" + c.morePaths + " more") : null)));
+      })));
+  }
+
   function render(report) {
     current = report;
     var snap = report.snapshot;
@@ -258,6 +285,7 @@ const SCRIPT = `
     snap.environments.forEach(function (e) { cols.push(h("div", { class: "arrow", "aria-hidden": "true" }, "\\u2192"), envColumn(snap, e)); });
     document.getElementById("pipeline").replaceChildren.apply(document.getElementById("pipeline"), cols);
     document.getElementById("history").replaceChildren(historyTable(snap));
+    loadSandboxHistory(snap.sandbox.head);
   }
 
   function connection(text, cls) {
@@ -332,6 +360,8 @@ export const PAGE_HTML = `<!doctype html>
 <div id="pipeline"></div>
 <h2 class="section">history</h2>
 <div id="history"></div>
+<h2 class="section">sandbox history</h2>
+<div id="sandbox-history"></div>
 </main>
 <script>${SCRIPT}</script>
 </body>
