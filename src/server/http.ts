@@ -25,7 +25,7 @@ export interface StatusServerOptions {
   log: Logger;
   /** Applied to every snapshot before it leaves the process (the controller's snapshot is not redacted). */
   redactor?: Redactor;
-  /** `/api/history`: recent commits of the sandbox branch with their paths and restore commands (absent: 404). */
+  /** `/api/history`: recent commits of the sandbox branch with their paths and restore commands (absent: `null`). */
   history?: () => Promise<unknown>;
   /** Interval of the comment lines that keep idle event streams open through proxies; 15 s by default. */
   heartbeatMs?: number;
@@ -110,7 +110,8 @@ export async function startStatusServer(o: StatusServerOptions): Promise<StatusS
       case "/api/status":
         return reply(res, 200, `${JSON.stringify(report(await o.status()), null, 2)}\n`, { "content-type": "application/json; charset=utf-8" });
       case "/api/history":
-        if (!o.history) return reply(res, 404, "not found\n");
+        // null, not 404: the page asks anyway, and a 404 would be an error in its console.
+        if (!o.history) return reply(res, 200, "null\n", { "content-type": "application/json; charset=utf-8" });
         return reply(res, 200, `${JSON.stringify(o.redactor ? o.redactor.redactValue(await o.history()) : await o.history())}\n`, { "content-type": "application/json; charset=utf-8" });
       case "/api/events": {
         res.writeHead(200, { ...COMMON_HEADERS, "content-type": "text/event-stream; charset=utf-8", connection: "keep-alive", "x-accel-buffering": "no" });
