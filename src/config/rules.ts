@@ -181,7 +181,7 @@ const validHttpHeaders: Rule = (c, report) => {
         if (/[\r\n\0]/.test(h.value)) report(at, `the value of header ${h.name} spans lines or holds a NUL character`, "a header value is one line; check the variable it reads");
         const reserved = (h.reads ?? []).find((v) => v.startsWith(RESERVED_PREFIX) || own.has(v));
         if (reserved) {
-          report(at, `the value of header ${h.name} reads \${${reserved}}, ${reserved.startsWith(RESERVED_PREFIX) ? "one of cascade-sync's own variables" : "a variable this config also reads for the controller itself (outside environments)"}: the checks that run come from configs committed on branches, which read it as [withheld], so the header would never be sent`,
+          report(at, `the value of header ${h.name} reads \${${reserved}}, ${reserved.startsWith(RESERVED_PREFIX) ? "one of cascade-sync's own variables" : "a variable this config also reads for the controller itself (outside environments)"}: the checks that run come from configs committed on branches, which cannot read it, so the header would never be sent`,
             "give the check a variable of its own, such as ARGOCD_TOKEN, holding a token for that service only");
         }
       }

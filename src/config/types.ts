@@ -37,6 +37,8 @@ export interface HttpHeaderSpec {
 export interface JsonAssertionSpec {
   path: string;
   equals: string | number | boolean | null;
+  /** Values that mean "still rolling out", not "failed". */
+  progressing?: (string | number | boolean | null)[];
 }
 
 /**

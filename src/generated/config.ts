@@ -286,9 +286,15 @@ export interface JsonAssertion {
    */
   path: string;
   /**
-   * The value the field must have: text, a number, true, false or null, compared exactly (the text "true" is not the value true). In text, {commit} becomes the full commit the environment should run (for a health check, the commit its branch or deploy directory holds; for a gate, the candidate), so that a rollout reported healthy at an older revision does not count.
+   * The value the field must have: text, a number, true, false or null, compared exactly (the text "true" is not the value true). In text, {commit} becomes the full commit the environment should run (for a health check, the commit its branch or deploy directory holds; for a gate, the candidate), so that a rollout reported healthy at an older revision does not count. While an assertion with {commit} does not hold, the response is about another commit: a health check then counts as still progressing (bounded by progressDeadline), not as failed, and the other assertions are not judged.
    */
   equals: string | number | boolean | null;
+  /**
+   * Values of the field that mean the rollout is still under way rather than failed, such as [Progressing] for an Argo CD health status: while the field has one of them, a new release's health check counts as progressing (bounded by progressDeadline), not as failed. Once the release has been healthy, any failed assertion counts as a failure. Default: none (every other value fails the check).
+   *
+   * @minItems 1
+   */
+  progressing?: [string | number | boolean | null, ...(string | number | boolean | null)[]];
 }
 /**
  * Who may approve a promotion when promotion is approval, and how many of them must. The signers list is read from the config committed on this environment's branch, so a sandbox edit cannot make itself an approver.

@@ -18,6 +18,12 @@ export interface CheckResult {
   durationMs: number;
   /** The command's output (last 64 KiB), or the start of an HTTP body that failed the check. */
   output?: string;
+  /**
+   * Not ok only because the service is not there yet: its JSON is about another commit than
+   * `{commit}`, or a field holds one of its assertion's `progressing` values. A new release keeps
+   * progressing on such a round instead of failing (see recordRound).
+   */
+  pending?: boolean;
 }
 
 /** A command or HTTP check: the shape shared by GateSpec and HealthCheckSpec. */
@@ -111,12 +117,13 @@ async function runHttpCheck(name: string, http: HttpCheckSpec, timeoutMs: number
   const started = performance.now();
   const outer = opts.signal;
   const mask = maskerFor(http, opts.secrets);
-  const done = (ok: boolean, message: string, output?: string): CheckResult => ({
+  const done = (ok: boolean, message: string, output?: string, pending?: boolean): CheckResult => ({
     name,
     ok,
     message: mask(message),
     durationMs: Math.round(performance.now() - started),
     ...(output !== undefined ? { output: mask(output) } : {}),
+    ...(pending ? { pending } : {}),
   });
   const withheld = (http.headers ?? []).find((h) => h.value.includes(WITHHELD));
   if (withheld) {
@@ -139,7 +146,7 @@ async function runHttpCheck(name: string, http: HttpCheckSpec, timeoutMs: number
     }
     if (assertions.length) {
       const failed = checkJson(body, truncated, assertions, opts.commit);
-      if (failed) return done(false, `HTTP ${res.statusCode} in ${took}, but ${failed}`, excerpt(body));
+      if (failed) return done(false, `HTTP ${res.statusCode} in ${took}, but ${failed.message}`, excerpt(body), failed.pending);
       return done(true, `HTTP ${res.statusCode} in ${took}, ${assertions.length === 1 ? "its JSON assertion holds" : `all ${assertions.length} JSON assertions hold`}`);
     }
     return done(true, `HTTP ${res.statusCode} in ${took}`);
@@ -172,34 +179,39 @@ function maskerFor(http: HttpCheckSpec, secrets: readonly string[] | undefined):
 }
 
 /**
- * Why the JSON body fails `assertions`, naming each failed one with the value found (e.g.
- * `status.sync.revision is "0123abc…", expected "4567def…" ({commit})`), or undefined when all hold.
+ * Why the JSON body fails `assertions`, or undefined when all hold. Each failed assertion is named
+ * with the value found (`status.health.status is "Degraded", expected "Healthy"`). While an
+ * assertion with `{commit}` fails, the body is about another commit: only those are reported, and
+ * the result is `pending` (not there yet). Otherwise it is pending when every failed assertion
+ * found one of its `progressing` values.
  */
-export function checkJson(body: Buffer, truncated: boolean, assertions: readonly JsonAssertionSpec[], commit: string | undefined): string | undefined {
+export function checkJson(body: Buffer, truncated: boolean, assertions: readonly JsonAssertionSpec[], commit: string | undefined): { message: string; pending: boolean } | undefined {
   let doc: unknown;
   try {
     doc = JSON.parse(body.toString("utf8"));
   } catch (err) {
-    if (truncated) return `the body is larger than ${JSON_LIMIT_BYTES / 1024 / 1024} MiB, so its JSON assertions cannot be checked`;
-    return `the body is not JSON (${(err as Error).message})`;
+    if (truncated) return { message: `the body is larger than ${JSON_LIMIT_BYTES / 1024 / 1024} MiB, so its JSON assertions cannot be checked`, pending: false };
+    return { message: `the body is not JSON (${(err as Error).message})`, pending: false };
   }
-  const failures: string[] = [];
-  for (const a of assertions) {
-    const failure = checkAssertion(doc, a, commit);
-    if (failure) failures.push(failure);
-  }
-  return failures.length ? failures.join("; ") : undefined;
+  const results = assertions.map((a) => ({ a, failure: checkAssertion(doc, a, commit) }));
+  const failed = results.filter((r) => r.failure);
+  if (!failed.length) return undefined;
+  const elsewhere = failed.filter((r) => r.failure!.commit);
+  if (elsewhere.length) return { message: `not at {commit} yet: ${elsewhere.map((r) => r.failure!.message).join("; ")}`, pending: true };
+  return { message: failed.map((r) => r.failure!.message).join("; "), pending: failed.every((r) => r.failure!.progressing) };
 }
 
-function checkAssertion(doc: unknown, a: JsonAssertionSpec, commit: string | undefined): string | undefined {
+/** Why one assertion fails: its message, whether it compares with {commit}, whether the field exists, and whether its value means "still rolling out". */
+function checkAssertion(doc: unknown, a: JsonAssertionSpec, commit: string | undefined): { message: string; commit: boolean; found: boolean; progressing: boolean } | undefined {
   const usesCommit = typeof a.equals === "string" && a.equals.includes("{commit}");
-  if (usesCommit && !commit) return `${a.path} cannot be compared: {commit} is known only once the environment runs a commit`;
+  if (usesCommit && !commit) return { message: `${a.path} cannot be compared: {commit} is known only once the environment runs a commit`, commit: false, found: false, progressing: false };
   const expected = usesCommit ? (a.equals as string).split("{commit}").join(commit!) : a.equals;
   const found = lookUp(doc, a.path);
   const shown = `${quote(expected)}${usesCommit ? " ({commit})" : ""}`;
-  if (!found.ok) return `${a.path} is missing (${found.why}), expected ${shown}`;
+  if (!found.ok) return { message: `${a.path} is missing (${found.why}), expected ${shown}`, commit: usesCommit, found: false, progressing: false };
   if (found.value === expected) return undefined;
-  return `${a.path} is ${quote(found.value)}, expected ${shown}`;
+  const progressing = (a.progressing ?? []).some((p) => p === found.value);
+  return { message: `${a.path} is ${quote(found.value)}, expected ${shown}${progressing ? " (still progressing)" : ""}`, commit: usesCommit, found: true, progressing };
 }
 
 /** A value as a failed assertion shows it: JSON, shortened. */
@@ -297,9 +309,10 @@ function errorCode(err: unknown): string | undefined {
  * release when there is one, else in the sandbox, with the environment commandEnv builds from
  * `processEnv` (the controller's) and each check's `env`: CASCADE_ENVIRONMENT, and CASCADE_COMMIT
  * (and CASCADE_RELEASE_DIR when deployed here) when `live` is known; `{commit}` in an http check's
- * JSON assertions is `live`. Returns each check's name, outcome and one-line message.
+ * JSON assertions is `live`. Returns each check's name, outcome, one-line message and, for a
+ * failed http check whose service is not there yet, `pending`.
  */
-export async function runHealthRound(env: EnvironmentSpec, live: string | null, sandboxDir: string, processEnv: NodeJS.ProcessEnv): Promise<{ name: string; ok: boolean; message: string }[]> {
+export async function runHealthRound(env: EnvironmentSpec, live: string | null, sandboxDir: string, processEnv: NodeJS.ProcessEnv): Promise<{ name: string; ok: boolean; message: string; pending?: boolean }[]> {
   const deployed = env.deploy && live ? env.deploy.directory : undefined;
   const cwd = deployed ? join(deployed, "current") : sandboxDir;
   const cascade: Record<string, string> = {
@@ -311,5 +324,5 @@ export async function runHealthRound(env: EnvironmentSpec, live: string | null, 
     const built = commandEnv({ controller: processEnv, ...(h.env ? { entries: h.env } : {}), cascade });
     return runCheck(h, { cwd, env: built.env, secrets: built.secrets, ...(live ? { commit: live } : {}) });
   }));
-  return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message }));
+  return results.map((r) => ({ name: r.name, ok: r.ok, message: r.message, ...(r.pending ? { pending: true } : {}) }));
 }

@@ -1,0 +1,233 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseConfig } from '../src/config/load.js';
+import type { HealthCheckSpec } from '../src/config/types.js';
+import { runCheck, type CheckResult } from '../src/pipeline/checks.js';
+import { CommandSourceEnv } from '../src/pipeline/command-env.js';
+import { parseCommitConfig } from '../src/pipeline/commit-config.js';
+import { recordRound, newRelease } from '../src/pipeline/health-state.js';
+import { startFakeArgoCd, type FakeArgoCd } from './helpers/argocd.js';
+import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
+
+const TOKEN = 'argocd-token-5f0c2d9e8b7a6f41';
+const C1 = '1'.repeat(40);
+const C2 = '2'.repeat(40);
+
+let closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close();
+  await cleanupTmpDirs();
+});
+
+async function argo(state: Parameters<FakeArgoCd['set']>[0]): Promise<FakeArgoCd> {
+  const fake = await startFakeArgoCd({ name: 'site', token: TOKEN, repoURL: 'https://git.example.com/team/site.git', state });
+  closers.push(() => fake.close());
+  return fake;
+}
+
+/** Production's Argo CD health check, as the config reference and examples/argocd write it. */
+function argoConfig(url: string, extra = ''): string {
+  return [
+    'version: 1',
+    'sandbox: {}',
+    'environments:',
+    '  production:',
+    '    branch: main',
+    '    from: develop',
+    '    health:',
+    '      - name: argocd',
+    '        http:',
+    `          url: ${JSON.stringify(url)}`,
+    '          headers:',
+    '            Authorization: "Bearer ${ARGOCD_TOKEN}"',
+    '            Accept: application/json',
+    '          expect:',
+    '            json:',
+    '              - { path: status.health.status, equals: Healthy, progressing: [Progressing] }',
+    '              - { path: status.sync.revision, equals: "{commit}" }',
+    extra,
+    '',
+  ].join('\n');
+}
+
+/** The health check of the production environment in `text`, loaded as the controller loads the sandbox's config. */
+function loadCheck(text: string, env: NodeJS.ProcessEnv): { check: HealthCheckSpec; secrets: string[] } {
+  const loaded = parseConfig(text, '/nowhere/cascade-sync-config.yaml', env);
+  if (!loaded.ok) throw new Error(loaded.problems.map((p) => `${p.path}: ${p.message}`).join('\n'));
+  return { check: loaded.config.environments.production!.health[0]!, secrets: loaded.config.secrets };
+}
+
+async function check(spec: HealthCheckSpec, commit: string): Promise<CheckResult> {
+  return runCheck(spec, { cwd: '/', env: {}, commit });
+}
+
+describe('http checks with headers and JSON assertions (Argo CD)', () => {
+  it('sends the headers, reads ${VAR} for them, and passes only when Argo CD reports Healthy at {commit}', async () => {
+    const fake = await argo({ health: 'Healthy', revision: C1 });
+    const { check: spec, secrets } = loadCheck(argoConfig(fake.appUrl), { ARGOCD_TOKEN: TOKEN });
+    expect(spec.http!.headers).toEqual([
+      { name: 'Authorization', value: `Bearer ${TOKEN}`, secret: true, reads: ['ARGOCD_TOKEN'] },
+      { name: 'Accept', value: 'application/json', secret: false },
+    ]);
+    // The controller's redactor gets the header value, so logs and status mask it wherever it comes from.
+    expect(secrets).toContain(`Bearer ${TOKEN}`);
+
+    const ok = await check(spec, C1);
+    expect(ok).toMatchObject({ ok: true });
+    expect(ok.message).toMatch(/^HTTP 200 in \S+, all 2 JSON assertions hold$/);
+    expect(fake.requests.at(-1)).toMatchObject({ authorization: `Bearer ${TOKEN}`, accept: 'application/json', 'user-agent': 'cascade-sync' });
+
+    // Healthy, but at an older revision: not healthy yet, and pending (the rollout has not reached the commit).
+    const old = await check(spec, C2);
+    expect(old).toMatchObject({ ok: false, pending: true });
+    expect(old.message).toContain(`but not at {commit} yet: status.sync.revision is "${C1}", expected "${C2}" ({commit})`);
+
+    fake.set({ health: 'Progressing', revision: C2 });
+    const progressing = await check(spec, C2);
+    expect(progressing).toMatchObject({ ok: false, pending: true });
+    expect(progressing.message).toContain('status.health.status is "Progressing", expected "Healthy" (still progressing)');
+
+    fake.set({ health: 'Degraded', revision: C2 });
+    const degraded = await check(spec, C2);
+    expect(degraded.ok).toBe(false);
+    expect(degraded.pending).toBeUndefined();
+    expect(degraded.message).toContain('but status.health.status is "Degraded", expected "Healthy"');
+    expect(degraded.output).toContain('"Degraded"');
+
+    // Before Argo CD's first sync there is no revision: still rolling out.
+    fake.set({ health: 'Missing' });
+    const never = await check(spec, C2);
+    expect(never).toMatchObject({ ok: false, pending: true });
+    expect(never.message).toContain('status.sync.revision is missing (no key "revision" in status.sync)');
+  });
+
+  it('reads list items by index and by a key=value filter (Flux-style conditions), compares types exactly, and fails on a body that is not JSON', async () => {
+    const { createServer } = await import('node:http');
+    let body = '';
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(body));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => server.close(() => r())));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/k`;
+    const spec: HealthCheckSpec = {
+      name: 'flux', timeoutMs: 5000,
+      http: {
+        url, status: 200,
+        json: [
+          { path: 'status.conditions[type=Ready].status', equals: 'True', progressing: ['Unknown'] },
+          { path: 'status.lastAppliedRevision', equals: 'main@sha1:{commit}' },
+          { path: 'status.conditions[0].type', equals: 'Reconciling' },
+          { path: 'status.observedGeneration', equals: 3 },
+        ],
+      },
+    };
+    const flux = (ready: string, revision: string, generation: unknown = 3) => JSON.stringify({
+      status: {
+        observedGeneration: generation, lastAppliedRevision: revision,
+        conditions: [{ type: 'Reconciling', status: 'False' }, { type: 'Ready', status: ready, reason: 'ReconciliationSucceeded' }],
+      },
+    });
+    body = flux('True', `main@sha1:${C1}`);
+    expect((await check(spec, C1)).ok).toBe(true);
+    body = flux('Unknown', `main@sha1:${C1}`);
+    expect(await check(spec, C1)).toMatchObject({ ok: false, pending: true });
+    body = flux('False', `main@sha1:${C1}`, '3');
+    const failed = await check(spec, C1);
+    expect(failed.pending).toBeUndefined();
+    expect(failed.message).toContain('status.conditions[type=Ready].status is "False", expected "True"; status.observedGeneration is "3", expected 3');
+    body = '<html>login</html>';
+    expect((await check(spec, C1)).message).toMatch(/but the body is not JSON/);
+    // No commit known yet (a deploy-less environment before its branch exists): an assertion with {commit} cannot hold.
+    body = flux('True', `main@sha1:${C1}`);
+    const unknown = await runCheck(spec, { cwd: '/', env: {} });
+    expect(unknown.message).toContain('status.lastAppliedRevision cannot be compared: {commit} is known only once the environment runs a commit');
+  });
+
+  it('never shows a header value: not in the message, not in the body excerpt, even when the server echoes it', async () => {
+    const fake = await argo({ health: 'Healthy', revision: C1 });
+    fake.echoAuthorization = true;
+    const wrong = 'wrong-token-c0ffee1234567890';
+    const { check: spec } = loadCheck(argoConfig(fake.appUrl), { ARGOCD_TOKEN: wrong });
+    const r = await check(spec, C1);
+    expect(r.ok).toBe(false);
+    expect(r.message).toMatch(/^HTTP 401 in \S+, expected 200$/);
+    expect(r.output).toContain('invalid session: [REDACTED]');
+    expect(`${r.message}\n${r.output}`).not.toContain('c0ffee');
+    // A literal credential header written in the config is a secret too.
+    const literal = loadCheck(argoConfig(fake.appUrl).replace('"Bearer ${ARGOCD_TOKEN}"', `"Bearer ${wrong}"`), {});
+    expect(literal.check.http!.headers![0]).toMatchObject({ name: 'Authorization', secret: true });
+    const r2 = await check(literal.check, C1);
+    expect(r2.output).not.toContain('c0ffee');
+  });
+
+  it('a committed config cannot read the controller\'s own credentials into a header: the header is not sent and the check says why', async () => {
+    const fake = await argo({ health: 'Healthy', revision: C1 });
+    const dir = await makeTmpDir('sandbox');
+    // The sandbox's config reads CASCADE_CLIENT_SECRET and ORIGIN_PASSWORD for the controller itself (a remote's password).
+    const controller = { CASCADE_CLIENT_SECRET: 'remote-secret-aaaaaaaaaaaa', ORIGIN_PASSWORD: 'origin-pass-bbbbbbbbbbbb', ARGOCD_TOKEN: TOKEN };
+    const source = new CommandSourceEnv(controller, ['ORIGIN_PASSWORD']);
+    // A variable the sandbox's config reads for the controller: the committed config reads "[withheld]", and nothing is sent.
+    const text = argoConfig(fake.appUrl).replace('${ARGOCD_TOKEN}', '${ORIGIN_PASSWORD}');
+    const loaded = await parseCommitConfig(text, dir, source);
+    if (!loaded.ok) throw new Error(loaded.problems.map((p) => p.message).join('\n'));
+    const spec = loaded.config.environments.production!.health[0]!;
+    expect(spec.http!.headers![0]!.value).toBe('Bearer [withheld]');
+    const before = fake.requests.length;
+    const r = await check(spec, C1);
+    expect(r.ok).toBe(false);
+    expect(r.message).toContain('header Authorization was not sent: its value reads one of the controller\'s own credentials');
+    expect(fake.requests.length).toBe(before);
+    // A CASCADE_* variable: the committed config is not valid at all (so it never becomes a policy in force).
+    const reserved = await parseCommitConfig(argoConfig(fake.appUrl).replace('${ARGOCD_TOKEN}', '${CASCADE_CLIENT_SECRET}'), dir, source);
+    expect(reserved.ok ? [] : reserved.problems.map((p) => p.message)).toEqual([expect.stringContaining("reads ${CASCADE_CLIENT_SECRET}, one of cascade-sync's own variables")]);
+    expect(JSON.stringify(reserved)).not.toContain('remote-secret');
+    // Its own variable reads through.
+    const own = await parseCommitConfig(argoConfig(fake.appUrl), dir, source);
+    expect(own.ok && (await check(own.config.environments.production!.health[0]!, C1)).ok).toBe(true);
+  });
+
+  it('validation refuses a header that reads a CASCADE_* variable or one the config reads for the controller itself, and a bad header name', () => {
+    const url = 'http://127.0.0.1:1/api/v1/applications/site';
+    const env = { CASCADE_CLIENT_SECRET: 'x'.repeat(20), ORIGIN_PASSWORD: 'y'.repeat(20), ARGOCD_TOKEN: TOKEN };
+    const remote = 'remotes:\n  - { name: origin, url: "https://git.example.com/site.git", username: bot, password: "${ORIGIN_PASSWORD}" }';
+    const own = parseConfig(`${argoConfig(url).replace('${ARGOCD_TOKEN}', '${ORIGIN_PASSWORD}')}${remote}\n`, '/nowhere/cascade-sync-config.yaml', env);
+    expect(own.ok).toBe(false);
+    const ownProblems = own.ok ? [] : own.problems.map((p) => `${p.path}: ${p.message}`);
+    expect(ownProblems.join('\n')).toContain('environments.production.health[0].http.headers.Authorization: the value of header Authorization reads ${ORIGIN_PASSWORD}, a variable this config also reads for the controller itself');
+    const reserved = parseConfig(argoConfig(url).replace('${ARGOCD_TOKEN}', '${CASCADE_CLIENT_SECRET}'), '/nowhere/cascade-sync-config.yaml', env);
+    expect(reserved.ok ? [] : reserved.problems.map((p) => p.message)).toEqual([expect.stringContaining("reads ${CASCADE_CLIENT_SECRET}, one of cascade-sync's own variables")]);
+    // No problem quotes a secret value.
+    expect(JSON.stringify(reserved)).not.toContain('x'.repeat(20));
+    const badName = parseConfig(argoConfig(url).replace('Accept: application/json', '"Bad Header": x'), '/nowhere/cascade-sync-config.yaml', env);
+    expect(badName.ok ? [] : badName.problems.map((p) => p.message)).toEqual(['"Bad Header" is not a valid HTTP header name']);
+    const badPath = parseConfig(argoConfig(url).replace('path: status.health.status', 'path: "status..health"'), '/nowhere/cascade-sync-config.yaml', env);
+    expect(badPath.ok).toBe(false);
+  });
+});
+
+describe('health rounds of a rollout that is not there yet', () => {
+  const rules = { healthyAfter: 2, failureThreshold: 2, progressDeadlineMs: 60_000 };
+  const pending = [{ name: 'argocd', ok: false, message: 'not at {commit} yet', pending: true }];
+  const failing = [{ name: 'argocd', ok: false, message: 'Degraded' }];
+  const passing = [{ name: 'argocd', ok: true, message: 'ok' }];
+
+  it('a new release keeps progressing through pending rounds until its deadline, and fails on real failures', () => {
+    let s = newRelease(C2, 0, false, true);
+    for (let t = 1000; t <= 10_000; t += 1000) {
+      const r = recordRound(s, pending, t, rules);
+      expect(r.event).toBeUndefined();
+      s = r.state;
+    }
+    expect(s).toMatchObject({ phase: 'progressing', okStreak: 0, failStreak: 0 });
+    expect(recordRound(s, pending, 60_000, rules)).toMatchObject({ event: 'failed', state: { phase: 'failed' } });
+    // A pending round breaks a run of passes, so healthyAfter counts passes in a row.
+    s = recordRound(recordRound(s, passing, 11_000, rules).state, pending, 12_000, rules).state;
+    expect(s.okStreak).toBe(0);
+    s = recordRound(recordRound(s, passing, 13_000, rules).state, passing, 14_000, rules).state;
+    expect(s.phase).toBe('healthy');
+    // Once healthy, "not there" is a failure like any other: the service no longer runs the commit.
+    const d = recordRound(recordRound(s, pending, 15_000, rules).state, failing, 16_000, rules);
+    expect(d).toMatchObject({ event: 'degraded', state: { phase: 'degraded' } });
+    expect(recordRound(recordRound(newRelease(C2, 0, false, true), failing, 1000, rules).state, failing, 2000, rules).event).toBe('failed');
+  });
+});
