@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseConfig } from '../src/config/load.js';
 import type { HealthCheckSpec } from '../src/config/types.js';
@@ -8,7 +8,11 @@ import { CommandSourceEnv } from '../src/pipeline/command-env.js';
 import { parseCommitConfig } from '../src/pipeline/commit-config.js';
 import { recordRound, newRelease } from '../src/pipeline/health-state.js';
 import { startFakeArgoCd, type FakeArgoCd } from './helpers/argocd.js';
-import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
+import { fsckStrict, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
+import { startGitHttpServer } from './helpers/git-http-server.js';
+import { envReport } from './helpers/pipeline.js';
+import { run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
+import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 const TOKEN = 'argocd-token-5f0c2d9e8b7a6f41';
 const C1 = '1'.repeat(40);
@@ -230,4 +234,171 @@ describe('health rounds of a rollout that is not there yet', () => {
     expect(d).toMatchObject({ event: 'degraded', state: { phase: 'degraded' } });
     expect(recordRound(recordRound(newRelease(C2, 0, false, true), failing, 1000, rules).state, failing, 2000, rules).event).toBe('failed');
   });
+});
+
+/** A sandbox whose production has no deploy: Argo CD deploys main, cascade-sync gates, watches and rolls back. */
+async function argoPipeline(o: { argoUrl: string; remoteUrl: string }): Promise<{ dir: string; logFile: string }> {
+  const dir = await makeTmpDir('sandbox');
+  const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
+  await writeFile(path.join(dir, 'app.txt'), 'v1\n');
+  await writeFile(path.join(dir, 'cascade-sync-config.yaml'), [
+    'version: 1',
+    'sandbox: { debounce: 300ms, batchWindow: 2s }',
+    'remotes:',
+    `  - { name: origin, url: ${JSON.stringify(o.remoteUrl)}, username: bot, password: "\${ORIGIN_PASSWORD}" }`,
+    'retry: { initial: 200ms, factor: 2, max: 2s, jitter: 0 }',
+    'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
+    `logging: { file: ${JSON.stringify(logFile)}, level: debug }`,
+    'notifications: { desktop: false }',
+    'environments:',
+    '  production:',
+    '    branch: main',
+    '    from: develop',
+    '    gates:',
+    '      - { name: config, builtin: config }',
+    '    health:',
+    '      - name: argocd',
+    '        http:',
+    `          url: ${JSON.stringify(o.argoUrl)}`,
+    '          headers: { Authorization: "Bearer ${ARGOCD_TOKEN}" }',
+    '          expect:',
+    '            json:',
+    '              - { path: status.health.status, equals: Healthy, progressing: [Progressing] }',
+    '              - { path: status.sync.revision, equals: "{commit}" }',
+    '        timeout: 5s',
+    '    healthyAfter: 2',
+    '    failureThreshold: 2',
+    '    progressDeadline: 10m',
+    '    rollback: { automatic: true }',
+    '',
+  ].join('\n'));
+  const init = await run(dir, ['init'], testEnv({ ORIGIN_PASSWORD, ARGOCD_TOKEN: TOKEN }));
+  if (init.code !== 0) throw new Error(`init failed: ${init.stderr}${init.stdout}`);
+  return { dir, logFile };
+}
+
+const ORIGIN_PASSWORD = 'origin-password-9d8c7b6a5f4e';
+
+/** The remote's branch as Argo CD would read it. */
+const remoteMain = (bare: string) => tryRevParse(bare, 'main');
+
+describe('hand-off to a cluster: an environment without deploy, watched through Argo CD', () => {
+  let controllers: RunningController[] = [];
+  afterEach(async () => {
+    for (const c of controllers.splice(0)) await c.stop();
+  });
+
+  it('promotion moves the branch, waits while Argo CD is progressing or healthy at the old revision, becomes healthy at {commit}, and a degraded report rolls the branch back on the remote', async () => {
+    const root = await makeTmpDir('remotes');
+    const bare = path.join(root, 'site.git');
+    await makeBareRepo(bare, { initialBranch: 'develop' });
+    const server = await startGitHttpServer({ root, username: 'bot', password: ORIGIN_PASSWORD });
+    closers.push(() => server.close());
+    const fake = await argo({ health: 'Missing' });
+    const { dir, logFile } = await argoPipeline({ argoUrl: fake.appUrl, remoteUrl: server.url('site.git') });
+    const c1 = await revParse(dir, 'main');
+    const env = testEnv({ ORIGIN_PASSWORD, ARGOCD_TOKEN: TOKEN });
+    controllers.push(await startController(dir, env));
+    const report = () => envReport(dir, 'production');
+    const explain = async (e: Error) => {
+      const log = (await readFile(logFile, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('production')).slice(-12).join('\n');
+      return new Error(`${e.message}\nproduction: ${JSON.stringify(await report())}\n${log}`);
+    };
+    const until = async <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 40_000): Promise<T> =>
+      waitFor(fn, { what, timeoutMs }).catch(async (e: Error) => { throw await explain(e); });
+    const phaseAt = (phase: string, head: string) => until(`production ${phase} at ${head.slice(0, 7)}`, async () => {
+      const r = await report();
+      return r?.health?.phase === phase && r.head === head ? r : undefined;
+    });
+    /** Waits until Argo CD has been asked `n` more times: that many health rounds ran. */
+    const rounds = async (n: number) => {
+      const start = fake.requests.length;
+      await until(`${n} more health rounds`, async () => fake.requests.length >= start + n);
+    };
+
+    // Before Argo CD's first sync the init commit is progressing, not failed.
+    const first = await phaseAt('progressing', c1);
+    await until('a round before the first sync', async () => (await report())?.health?.checks?.[0]?.message.includes('not at {commit} yet') || undefined);
+    expect(first.deployed).toBeNull();
+    await until('main on the remote', async () => (await remoteMain(bare)) === c1);
+    fake.set({ health: 'Healthy', revision: c1 });
+    await phaseAt('healthy', c1);
+
+    // An edit is promoted: main moves (and is pushed), nothing is deployed here; Argo CD still runs c1.
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    const c2 = await until('production promoted to the edit', async () => {
+      const head = await revParse(dir, 'main');
+      return head !== c1 ? head : undefined;
+    });
+    expect(await revParse(dir, 'develop')).toBe(c2);
+    await until('main pushed to the remote', async () => (await remoteMain(bare)) === c2);
+    // Healthy at the old revision is not healthy yet: through more rounds than failureThreshold it stays progressing.
+    await rounds(4);
+    let r = await phaseAt('progressing', c2);
+    expect(r.health.checks[0]).toMatchObject({ ok: false, pending: true });
+    expect(r.health.checks[0].message).toContain(`not at {commit} yet: status.sync.revision is "${c1}", expected "${c2}" ({commit})`);
+
+    // A newer commit waits for c2 to become healthy before it is promoted.
+    await writeFile(path.join(dir, 'app.txt'), 'v3\n');
+    const c3 = await until('the second edit on develop', async () => {
+      const head = await revParse(dir, 'develop');
+      return head !== c2 ? head : undefined;
+    });
+    r = await until('production to wait for c2', async () => {
+      const x = await report();
+      return x?.next === `waiting for ${c2.slice(0, 7)} to become healthy before promoting ${c3.slice(0, 7)}` ? x : undefined;
+    });
+    fake.set({ health: 'Progressing', revision: c2 });
+    await rounds(4);
+    r = await phaseAt('progressing', c2);
+    expect(r.health.checks[0].message).toContain('status.health.status is "Progressing", expected "Healthy" (still progressing)');
+    expect(await revParse(dir, 'main')).toBe(c2);
+
+    // Healthy at c2: c2 is healthy, and c3 is promoted.
+    fake.set({ health: 'Healthy', revision: c2 });
+    await until('c3 promoted', async () => (await revParse(dir, 'main')) === c3);
+    await until('main at c3 on the remote', async () => (await remoteMain(bare)) === c3);
+    fake.set({ health: 'Healthy', revision: c3 });
+    await phaseAt('healthy', c3);
+
+    // Argo CD reports c3 Degraded: after failureThreshold rounds the branch goes back to c2, on the remote too (forced, with lease).
+    fake.set({ health: 'Degraded', revision: c3 });
+    await until('main rolled back to c2', async () => (await revParse(dir, 'main')) === c2);
+    await until('the rollback pushed to the remote', async () => (await remoteMain(bare)) === c2);
+    expect(await revParse(dir, `refs/cascade-sync/failed/production/${c3}`)).toBe(c3);
+    // Argo CD has not synced back yet (it still reports c3 Degraded): the rolled-back release is progressing, not failed.
+    await rounds(4);
+    r = await phaseAt('progressing', c2);
+    expect(r.health.checks[0].message).toContain(`status.sync.revision is "${c3}", expected "${c2}"`);
+    fake.set({ health: 'Healthy', revision: c2 });
+    r = await phaseAt('healthy', c2);
+    // The failed commit is not promoted again, though develop still holds it.
+    await until('production to say c3 was rolled back', async () => (await report())?.next?.includes(`${c3.slice(0, 7)} was rolled back`) || undefined);
+    expect(await revParse(dir, 'develop')).toBe(c3);
+    expect(await revParse(dir, 'main')).toBe(c2);
+
+    const history = (await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    expect(history.filter((h) => h.environment === 'production' && h.event === 'promoted').map((h) => h.commit)).toEqual([c2, c3]);
+    const rollback = history.find((h) => h.event === 'rolled-back');
+    expect(rollback).toMatchObject({ environment: 'production', from: c3, commit: c2 });
+    // The history says which assertion failed, with the value Argo CD reported.
+    expect(rollback.result).toContain('argocd: HTTP 200');
+    expect(rollback.result).toContain('status.health.status is \"Degraded\", expected \"Healthy\"');
+    expect(history.some((h) => h.event === 'deployed')).toBe(false);
+
+    // Every request carried the token; none of it (nor the remote's password) is in the log, status, history or output.
+    expect(fake.requests.every((h) => h.authorization === `Bearer ${TOKEN}`)).toBe(true);
+    const status = await run(dir, ['status', '--json'], env);
+    const plan = await run(dir, ['plan'], env);
+    const health = await run(dir, ['health'], env);
+    expect(health.stdout).toContain('production/argocd: HTTP 200');
+    const seen = [
+      await readFile(logFile, 'utf8'), await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8'),
+      await readFile(path.join(dir, '.git/cascade-sync/history.jsonl'), 'utf8'), await readFile(path.join(dir, '.git/cascade-sync/gates.json'), 'utf8').catch(() => ''),
+      controllers[0]!.stdout.text(), status.stdout, status.stderr, plan.stdout, health.stdout,
+    ].join('\n');
+    expect(seen).toContain('status.health.status is \\"Degraded\\"');
+    for (const secret of [TOKEN, TOKEN.slice(-12), ORIGIN_PASSWORD]) expect(seen).not.toContain(secret);
+    await fsckStrict(bare);
+  }, 240_000);
 });
