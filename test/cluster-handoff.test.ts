@@ -8,9 +8,9 @@ import { CommandSourceEnv } from '../src/pipeline/command-env.js';
 import { parseCommitConfig } from '../src/pipeline/commit-config.js';
 import { recordRound, newRelease } from '../src/pipeline/health-state.js';
 import { startFakeArgoCd, type FakeArgoCd } from './helpers/argocd.js';
-import { fsckStrict, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
+import { fsckStrict, git, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
 import { startGitHttpServer } from './helpers/git-http-server.js';
-import { envReport } from './helpers/pipeline.js';
+import { envReport, statusJson } from './helpers/pipeline.js';
 import { run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
@@ -399,6 +399,51 @@ describe('hand-off to a cluster: an environment without deploy, watched through 
     ].join('\n');
     expect(seen).toContain('status.health.status is \\"Degraded\\"');
     for (const secret of [TOKEN, TOKEN.slice(-12), ORIGIN_PASSWORD]) expect(seen).not.toContain(secret);
+    await fsckStrict(bare);
+  }, 240_000);
+
+  it('a remote whose branch protection refuses the forced push of the rollback: status says so, the remote keeps the failed commit, and the push goes through once it is allowed', async () => {
+    const root = await makeTmpDir('remotes');
+    const bare = path.join(root, 'site.git');
+    await makeBareRepo(bare, { initialBranch: 'develop' });
+    // What a protected branch without a force-push exception for the controller does.
+    await git(bare, 'config', 'receive.denyNonFastForwards', 'true');
+    const server = await startGitHttpServer({ root, username: 'bot', password: ORIGIN_PASSWORD });
+    closers.push(() => server.close());
+    const fake = await argo({ health: 'Missing' });
+    const { dir } = await argoPipeline({ argoUrl: fake.appUrl, remoteUrl: server.url('site.git') });
+    const c1 = await revParse(dir, 'main');
+    const env = testEnv({ ORIGIN_PASSWORD, ARGOCD_TOKEN: TOKEN });
+    controllers.push(await startController(dir, env));
+    const report = () => envReport(dir, 'production');
+    fake.set({ health: 'Healthy', revision: c1 });
+    await waitFor(async () => (await report())?.health?.phase === 'healthy' || undefined, { what: 'c1 healthy', timeoutMs: 40_000 });
+    await writeFile(path.join(dir, 'app.txt'), 'v2\n');
+    const c2 = await waitFor(async () => {
+      const head = await tryRevParse(bare, 'main');
+      return head && head !== c1 ? head : undefined;
+    }, { what: 'c2 promoted and pushed', timeoutMs: 40_000 });
+    fake.set({ health: 'Healthy', revision: c2 });
+    await waitFor(async () => {
+      const r = await report();
+      return r?.head === c2 && r.health?.phase === 'healthy' || undefined;
+    }, { what: 'c2 healthy', timeoutMs: 40_000 });
+
+    fake.set({ health: 'Degraded', revision: c2 });
+    await waitFor(async () => (await revParse(dir, 'main')) === c1 || undefined, { what: 'the local rollback', timeoutMs: 40_000 });
+    const refused = await waitFor(async () => {
+      const st = await statusJson(dir);
+      const e = st.remotes?.[0]?.error;
+      return e?.reason === 'PushRejected' ? e : undefined;
+    }, { what: 'the refused push in status', timeoutMs: 40_000 });
+    expect(refused.message).toContain('the remote refused the push (non-fast-forward)');
+    expect(refused.hint).toContain('branch protection');
+    expect(await tryRevParse(bare, 'main')).toBe(c2);
+
+    // Allowed again (e.g. the controller's account added to the force-push exceptions): a stalled remote
+    // is probed again within a minute, and the rollback reaches the remote.
+    await git(bare, 'config', 'receive.denyNonFastForwards', 'false');
+    await waitFor(async () => (await tryRevParse(bare, 'main')) === c1 || undefined, { what: 'the rollback pushed once allowed', timeoutMs: 100_000 });
     await fsckStrict(bare);
   }, 240_000);
 });
