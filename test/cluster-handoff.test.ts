@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseConfig } from '../src/config/load.js';
+import { parseAllDocuments } from 'yaml';
+import { loadConfig, parseConfig } from '../src/config/load.js';
 import type { HealthCheckSpec } from '../src/config/types.js';
 import { runCheck, type CheckResult } from '../src/pipeline/checks.js';
 import { CommandSourceEnv } from '../src/pipeline/command-env.js';
@@ -446,4 +447,96 @@ describe('hand-off to a cluster: an environment without deploy, watched through 
     await waitFor(async () => (await tryRevParse(bare, 'main')) === c1 || undefined, { what: 'the rollback pushed once allowed', timeoutMs: 100_000 });
     await fsckStrict(bare);
   }, 240_000);
+});
+
+describe('examples/argocd and examples/flux', () => {
+  const examples = path.resolve(import.meta.dirname, '..', 'examples');
+  const manifests = async (file: string) => parseAllDocuments(await readFile(file, 'utf8')).map((d) => {
+    expect(d.errors).toEqual([]);
+    return d.toJS() as { kind: string; metadata: { name: string }; spec: Record<string, any> };
+  });
+
+  it('validate with `cascade-sync validate`, and their manifests track the branch and remote the config promotes to', async () => {
+    const env = testEnv({ ARGOCD_TOKEN: TOKEN, FLUX_READER_TOKEN: TOKEN });
+    for (const name of ['argocd', 'flux']) {
+      const file = path.join(examples, name, 'cascade-sync-config.yaml');
+      const v = await run(examples, ['validate', '--config', file], env);
+      expect(v.stdout + v.stderr).toContain(`${file}: valid`);
+      expect(v.code).toBe(0);
+      // Without the token the header's variable is reported missing, not sent empty.
+      const missing = await run(examples, ['validate', '--config', file], testEnv());
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/http\.headers\.Authorization: variable (ARGOCD|FLUX_READER)_TOKEN is not set/);
+    }
+
+    const argocd = await loadConfig(path.join(examples, 'argocd/cascade-sync-config.yaml'), { ARGOCD_TOKEN: TOKEN });
+    if (!argocd.ok) throw new Error('argocd example invalid');
+    const apps = await manifests(path.join(examples, 'argocd/application.yaml'));
+    for (const envName of ['staging', 'production']) {
+      const e = argocd.config.environments[envName]!;
+      expect(e.deploy).toBeUndefined();
+      const appName = e.health[0]!.http!.url.split('/').at(-1);
+      const app = apps.find((a) => a.kind === 'Application' && a.metadata.name === appName)!;
+      expect(app.spec.source.targetRevision).toBe(e.branch);
+      expect(app.spec.source.repoURL).toBe(argocd.config.remotes[0]!.url);
+      expect(app.spec.syncPolicy.automated).toBeTruthy();
+    }
+    expect(argocd.config.environments.production!.rollback.automatic).toBe(true);
+
+    const flux = await loadConfig(path.join(examples, 'flux/cascade-sync-config.yaml'), { FLUX_READER_TOKEN: TOKEN });
+    if (!flux.ok) throw new Error('flux example invalid');
+    const prod = flux.config.environments.production!;
+    expect(prod.deploy).toBeUndefined();
+    const [repo] = await manifests(path.join(examples, 'flux/gitrepository.yaml'));
+    const [kustomization] = await manifests(path.join(examples, 'flux/kustomization.yaml'));
+    expect(repo).toMatchObject({ kind: 'GitRepository', spec: { url: flux.config.remotes[0]!.url, ref: { branch: prod.branch } } });
+    expect(kustomization).toMatchObject({ kind: 'Kustomization', spec: { sourceRef: { kind: 'GitRepository', name: repo!.metadata.name }, wait: true } });
+    expect(prod.health[0]!.http!.url).toContain(`/kustomizations/${kustomization!.metadata.name}`);
+  });
+
+  it('their health checks, pointed at servers shaped like Argo CD and the Kubernetes API, judge rollouts as described', async () => {
+    const fake = await argo({ health: 'Healthy', revision: C1 });
+    const argocd = await loadConfig(path.join(examples, 'argocd/cascade-sync-config.yaml'), { ARGOCD_TOKEN: TOKEN });
+    if (!argocd.ok) throw new Error('argocd example invalid');
+    const spec = argocd.config.environments.production!.health[0]!;
+    const atFake = { ...spec, http: { ...spec.http!, url: fake.appUrl } };
+    expect((await check(atFake, C1)).ok).toBe(true);
+    expect(await check(atFake, C2)).toMatchObject({ ok: false, pending: true });
+    fake.set({ health: 'Degraded', revision: C1 });
+    expect(await check(atFake, C1)).toMatchObject({ ok: false });
+    expect((await check(atFake, C1)).pending).toBeUndefined();
+
+    const { createServer } = await import('node:http');
+    let kustomization: unknown = {};
+    const seen: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(kustomization));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => server.close(() => r())));
+    const flux = await loadConfig(path.join(examples, 'flux/cascade-sync-config.yaml'), { FLUX_READER_TOKEN: TOKEN });
+    if (!flux.ok) throw new Error('flux example invalid');
+    const fspec = flux.config.environments.production!.health[0]!;
+    const url = new URL(fspec.http!.url);
+    const local = { ...fspec, http: { ...fspec.http!, url: `http://127.0.0.1:${(server.address() as { port: number }).port}${url.pathname}` } };
+    const status = (revision: string, ready: string, reason: string) => ({
+      apiVersion: 'kustomize.toolkit.fluxcd.io/v1', kind: 'Kustomization', metadata: { name: 'site', namespace: 'flux-system' },
+      status: {
+        lastAttemptedRevision: `main@sha1:${revision}`, lastAppliedRevision: `main@sha1:${C1}`, observedGeneration: 1,
+        conditions: [{ type: 'Ready', status: ready, reason, message: reason }, { type: 'Healthy', status: ready, reason }],
+      },
+    });
+    kustomization = status(C1, 'True', 'ReconciliationSucceeded');
+    expect((await check(local, C1)).ok).toBe(true);
+    expect(seen.at(-1)).toBe(`Bearer ${TOKEN}`);
+    kustomization = status(C1, 'True', 'ReconciliationSucceeded');
+    expect(await check(local, C2)).toMatchObject({ ok: false, pending: true });
+    kustomization = status(C2, 'Unknown', 'Progressing');
+    expect(await check(local, C2)).toMatchObject({ ok: false, pending: true });
+    kustomization = status(C2, 'False', 'HealthCheckFailed');
+    const failed = await check(local, C2);
+    expect(failed.pending).toBeUndefined();
+    expect(failed.message).toContain('status.conditions[type=Ready].status is "False", expected "True"');
+  });
 });
