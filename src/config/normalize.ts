@@ -192,7 +192,7 @@ function check(c: CheckInput, defaultTimeout: string, path: (string | number)[],
   const http: HttpCheckSpec | undefined = c.http
     ? {
         url: c.http.url, status: c.http.status ?? 200, ...(c.http.body !== undefined ? { body: c.http.body } : {}),
-        ...(headers.length ? { headers } : {}), ...(json.length ? { json: json.map((a) => ({ path: a.path, equals: a.equals ?? null, ...(a.progressing ? { progressing: [...a.progressing] } : {}) })) } : {}),
+        ...(headers.length ? { headers } : {}), ...(json.length ? { json: json.map((a) => ({ path: a.path, equals: a.equals ?? null, ...(a.progressing?.length ? { progressing: [...a.progressing] } : {}) })) } : {}),
       }
     : undefined;
   return {
