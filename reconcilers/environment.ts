@@ -231,7 +231,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const release = env.deploy ? deployed : head;
       const stored = rec.health?.commit === release ? rec.health : undefined;
       const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
-      const round = release && env.health.length && due ? await runHealthRound(env, deployed, desired.dir, pipeline.env) : undefined;
+      const round = release && env.health.length && due ? await runHealthRound(env, release, desired.dir, pipeline.env) : undefined;
       // Verified on the health interval whether or not there are checks; drift never fails a check.
       const verifyDue = !stored?.integrity || now >= stored.integrity.at + desired.intervals.healthMs;
       const integrity = env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;

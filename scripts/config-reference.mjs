@@ -69,9 +69,12 @@ function typeOf(schema, node, ref) {
       return `list of ${item.type}s`;
     }
     case "object":
-      if (!node.properties && node.additionalProperties && typeof node.additionalProperties === "object") return "map of name to object";
+      if (!node.properties && node.additionalProperties && typeof node.additionalProperties === "object") {
+        return node.additionalProperties.type === "string" ? "map of name to string" : "map of name to object";
+      }
       return "object";
     default:
+      if (Array.isArray(node.type)) return node.type.length > 1 ? `${node.type.slice(0, -1).join(", ")} or ${node.type.at(-1)}` : String(node.type[0]);
       return node.type ? String(node.type) : "any";
   }
 }

@@ -396,7 +396,8 @@ async function healthCmd(args: MainArgs, configFile: string, redactor: Redactor,
     }
     for (const name of promotionOrder(config)) {
       const env = config.environments[name]!;
-      const live = env.deploy ? await currentRelease(env.deploy.directory) : null;
+      // Without deploy a cluster tool runs what the branch holds: that is the commit its checks are about.
+      const live = env.deploy ? await currentRelease(env.deploy.directory) : await repo.branchHead(env.branch);
       for (const r of await runHealthRound(env, live, config.dir, args.env)) checks.push({ ...r, name: `${name}/${r.name}` });
       if (env.deploy && live) checks.push({ name: `${name}/integrity`, ...(await integrityCheck(repo, env.deploy.directory, live)) });
     }

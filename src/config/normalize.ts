@@ -2,9 +2,9 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { parseDuration, parseSize } from "../duration.js";
-import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, RemoteSpec, VariableSource } from "./types.js";
+import type { CommandEnvEntry, Config, EnvironmentSpec, GateSpec, HealthCheckSpec, HttpCheckSpec, HttpHeaderSpec, RemoteSpec, VariableSource } from "./types.js";
 import { formatPath } from "./positions.js";
-import { isAllowListed } from "../pipeline/command-env.js";
+import { isAllowListed, WITHHELD } from "../pipeline/command-env.js";
 import type { LogLevel } from "../log.js";
 
 // The fallbacks below repeat the schema's defaults, which the validator has normally filled in
@@ -102,7 +102,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       branch: e.branch,
       from: e.from,
       promotion,
-      gates: (e.gates ?? []).map((g, i) => ({ ...check(g, "10m"), env: commandEnv(g.env, ["environments", name, "gates", i, "env"]) }) as GateSpec),
+      gates: (e.gates ?? []).map((g, i) => ({ ...check(g, "10m", ["environments", name, "gates", i], reads, secrets), env: commandEnv(g.env, ["environments", name, "gates", i, "env"]) }) as GateSpec),
       approvals: { required: e.approvals?.required ?? 1, signers: e.approvals?.signers ?? [] },
       windows: (e.windows ?? []).map((w) => ({ kind: w.kind, schedule: w.schedule, durationMs: ms(w.duration, "1h"), timezone: w.timezone })),
       ...(e.deploy
@@ -119,7 +119,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
             },
           }
         : {}),
-      health: (e.health ?? []).map((h, i) => ({ ...check(h, "5s"), env: commandEnv(h.env, ["environments", name, "health", i, "env"]) }) as HealthCheckSpec),
+      health: (e.health ?? []).map((h, i) => ({ ...check(h, "5s", ["environments", name, "health", i], reads, secrets), env: commandEnv(h.env, ["environments", name, "health", i, "env"]) }) as HealthCheckSpec),
       healthyAfter: e.healthyAfter ?? 3,
       failureThreshold: e.failureThreshold ?? 3,
       progressDeadlineMs: ms(e.progressDeadline, "5m"),
@@ -178,11 +178,22 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
   };
 }
 
-type CheckInput = { name: string; command?: string; http?: { url: string; status?: number; body?: string }; builtin?: string; timeout?: string };
+type CheckInput = NonNullable<NonNullable<CascadeSyncConfig["environments"]>[string]["gates"]>[number];
 
-function check(c: CheckInput, defaultTimeout: string): GateSpec | HealthCheckSpec {
+/**
+ * A gate or health check as the controller runs it. Secret header values (see httpHeaders) are
+ * added to `secrets`, so the controller's redactor masks them too.
+ */
+function check(c: CheckInput, defaultTimeout: string, path: (string | number)[], reads: ReadonlyMap<string, readonly string[]>, secrets: string[]): GateSpec | HealthCheckSpec {
+  const headers = c.http ? httpHeaders(c.http.headers, [...path, "http", "headers"], reads) : [];
+  // "[withheld]" (a committed config's read of a credential) is no secret, and masking it would hide why a check fails.
+  for (const h of headers) if (h.secret && h.value && !h.value.includes(WITHHELD)) secrets.push(h.value);
+  const json = c.http?.expect?.json ?? [];
   const http: HttpCheckSpec | undefined = c.http
-    ? { url: c.http.url, status: c.http.status ?? 200, ...(c.http.body !== undefined ? { body: c.http.body } : {}) }
+    ? {
+        url: c.http.url, status: c.http.status ?? 200, ...(c.http.body !== undefined ? { body: c.http.body } : {}),
+        ...(headers.length ? { headers } : {}), ...(json.length ? { json: json.map((a) => ({ path: a.path, equals: a.equals ?? null, ...(a.progressing?.length ? { progressing: [...a.progressing] } : {}) })) } : {}),
+      }
     : undefined;
   return {
     name: c.name,
@@ -191,6 +202,20 @@ function check(c: CheckInput, defaultTimeout: string): GateSpec | HealthCheckSpe
     ...(c.builtin ? { builtin: c.builtin as GateSpec["builtin"] } : {}),
     timeoutMs: ms(c.timeout, defaultTimeout),
   };
+}
+
+/** Headers whose values are credentials by their very name, whatever they were read from. */
+const CREDENTIAL_HEADERS = new Set(["authorization", "proxy-authorization", "cookie"]);
+
+/**
+ * An HTTP check's `headers` as a list: a value read through ${VAR} (the controller's environment or
+ * .env) or given to a credential header is a secret.
+ */
+function httpHeaders(headers: Record<string, string> | undefined, path: (string | number)[], reads: ReadonlyMap<string, readonly string[]>): HttpHeaderSpec[] {
+  return Object.entries(headers ?? {}).map(([name, value]) => {
+    const vars = reads.get(formatPath([...path, name]));
+    return { name, value, secret: !!vars?.length || CREDENTIAL_HEADERS.has(name.toLowerCase()), ...(vars?.length ? { reads: [...vars] } : {}) };
+  });
 }
 
 type CommandEnvInput = NonNullable<NonNullable<CascadeSyncConfig["environments"]>[string]["gates"]>[number]["env"];

@@ -158,5 +158,36 @@ const validCommandEnv: Rule = (c, report) => {
   }
 };
 
+/** An HTTP header name (RFC 9110 token). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * An http check's `headers`: valid names, each once, values on one line, and no value read from a
+ * variable that a committed config cannot read (cascade-sync's own CASCADE_*, or one this config
+ * reads for the controller itself): the checks that run come from committed configs, where such a
+ * value is "[withheld]" and the header would never be sent.
+ */
+const validHttpHeaders: Rule = (c, report) => {
+  const own = new Set(c.controllerVariables ?? []);
+  for (const env of Object.values(c.environments)) {
+    const checks = [...env.gates.map((g, i) => ({ list: "gates", i, http: g.http })), ...env.health.map((h, i) => ({ list: "health", i, http: h.http }))];
+    for (const { list, i, http } of checks) {
+      const seen = new Set<string>();
+      for (const h of http?.headers ?? []) {
+        const at = ["environments", env.name, list, i, "http", "headers", h.name];
+        if (!HEADER_NAME.test(h.name)) report(at, `${JSON.stringify(h.name)} is not a valid HTTP header name`, "use letters, digits and dashes, such as Authorization or X-Api-Key");
+        else if (seen.has(h.name.toLowerCase())) report(at, `header ${h.name} is given twice`, "give each header once (names are case-insensitive)");
+        seen.add(h.name.toLowerCase());
+        if (/[\r\n\0]/.test(h.value)) report(at, `the value of header ${h.name} spans lines or holds a NUL character`, "a header value is one line; check the variable it reads");
+        const reserved = (h.reads ?? []).find((v) => v.startsWith(RESERVED_PREFIX) || own.has(v));
+        if (reserved) {
+          report(at, `the value of header ${h.name} reads \${${reserved}}, ${reserved.startsWith(RESERVED_PREFIX) ? "one of cascade-sync's own variables" : "a variable this config also reads for the controller itself (outside environments)"}: the checks that run come from configs committed on branches, which cannot read it, so the header would never be sent`,
+            "give the check a variable of its own, such as ARGOCD_TOKEN, holding a token for that service only");
+        }
+      }
+    }
+  }
+};
+
 /** Every semantic rule, run in order after normalization. */
-export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken, signersNeedApprovalPromotion, validCommandEnv];
+export const semanticRules: Rule[] = [uniqueRemoteNames, knownFrom, noCycles, distinctBranches, validWindows, batchAfterDebounce, positiveIntervals, loopbackOrToken, signersNeedApprovalPromotion, validCommandEnv, validHttpHeaders];

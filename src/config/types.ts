@@ -17,6 +17,28 @@ export interface HttpCheckSpec {
   url: string;
   status: number;
   body?: string;
+  /** Request headers in the order written; absent when the config gives none. */
+  headers?: HttpHeaderSpec[];
+  /** Assertions on the JSON response; absent when the config gives none. */
+  json?: JsonAssertionSpec[];
+}
+
+/** One request header of an HTTP check, its ${VAR}s substituted. */
+export interface HttpHeaderSpec {
+  name: string;
+  value: string;
+  /** Never shown: read through ${VAR}, or the value of a credential header (Authorization, Proxy-Authorization, Cookie). */
+  secret: boolean;
+  /** The variables the value was read from through ${VAR}. */
+  reads?: string[];
+}
+
+/** One assertion on an HTTP check's JSON response: the field at `path` must equal `equals` (`{commit}` expanded when the check runs). */
+export interface JsonAssertionSpec {
+  path: string;
+  equals: string | number | boolean | null;
+  /** Values that mean "still rolling out", not "failed". */
+  progressing?: (string | number | boolean | null)[];
 }
 
 /**

@@ -258,6 +258,39 @@ export interface HttpCheck {
    * Text the response body must contain. Default: none (the body is not checked).
    */
   body?: string;
+  /**
+   * Request headers, by name, such as { Authorization: "Bearer ${ARGOCD_TOKEN}" }. ${VAR} reads the environment variable VAR. A value read through ${VAR}, and any Authorization, Proxy-Authorization or Cookie value, is a secret: it is never logged and is masked in status, history, notifications and errors. The health checks and gates that run come from configs committed on branches, which cannot read the controller's own credentials (CASCADE_* variables and every variable read outside environments, such as a remote's password): such a value reads as [withheld], and a header holding it is not sent (the check fails and says so). With none, only User-Agent: cascade-sync is sent.
+   */
+  headers?: {
+    [k: string]: string;
+  };
+  expect?: HttpExpect;
+}
+/**
+ * What the response must say beyond its status, such as an Argo CD application's health and revision. Empty: only status and body are checked.
+ */
+export interface HttpExpect {
+  /**
+   * Assertions on the response parsed as JSON (its first 4 MiB); every one must hold. A body that is not JSON fails the check. Empty: the body is not parsed.
+   */
+  json?: JsonAssertion[];
+}
+/**
+ * One field of a JSON response and the value it must have, such as { path: status.sync.revision, equals: "{commit}" }.
+ */
+export interface JsonAssertion {
+  /**
+   * Where the field is: keys separated by dots, [N] for the Nth item of a list (from 0), and [KEY=VALUE] for the first item of a list whose KEY is VALUE, such as status.health.status or status.conditions[type=Ready].status. A key cannot contain a dot or a bracket.
+   */
+  path: string;
+  /**
+   * The value the field must have: text, a number, true, false or null, compared exactly (the text "true" is not the value true). In text, {commit} becomes the full commit the environment should run (for a health check, the commit its branch or deploy directory holds; for a gate, the candidate), so that a rollout reported healthy at an older revision does not count. While an assertion with {commit} does not hold, the response is about another commit: a health check then counts as still progressing (bounded by progressDeadline), not as failed, and the other assertions are not judged.
+   */
+  equals: string | number | boolean | null;
+  /**
+   * Values of the field that mean the rollout is still under way rather than failed, such as [Progressing] for an Argo CD health status: while the field has one of them, a new release's health check counts as progressing (bounded by progressDeadline), not as failed. Once the release has been healthy, any failed assertion counts as a failure. Empty: every value but equals fails the check.
+   */
+  progressing?: (string | number | boolean | null)[];
 }
 /**
  * Who may approve a promotion when promotion is approval, and how many of them must. The signers list is read from the config committed on this environment's branch, so a sandbox edit cannot make itself an approver.

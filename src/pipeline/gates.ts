@@ -181,7 +181,7 @@ export class GateRunner {
       return finish(false, `${findings.length} finding(s): ${shown}${findings.length > 5 ? "; ..." : ""} (remove them, or add the fingerprint to security.allow)`);
     }
     const { env, secrets } = commandEnv({ controller: this.source.env, ...(gate.env ? { entries: gate.env } : {}), cascade: { CASCADE_ENVIRONMENT: environment, CASCADE_COMMIT: job.commit } });
-    const result = await runCheck(gate, { cwd: tree, env, secrets, signal: job.abort.signal });
+    const result = await runCheck(gate, { cwd: tree, env, secrets, commit: job.commit, signal: job.abort.signal });
     if (result.output) this.log.info(`gate ${gate.name} output:\n${result.output}`, { environment, commit: job.commit, gate: gate.name });
     return { name: gate.name, ok: result.ok, message: result.message, at: new Date().toISOString(), durationMs: result.durationMs };
   }
@@ -196,12 +196,14 @@ export class GateRunner {
 
 /**
  * A gate result is valid for one commit and one exact gate definition: editing the gate re-runs it.
- * Of `env` only the names count: a value may be a secret, and this key is stored on disk. An empty
- * `env` is left out, so results remembered before env existed stay valid.
+ * Of `env` and of http headers only the names count: a value may be a secret, and this key is
+ * stored on disk. An empty `env` is left out, so results remembered before env existed stay valid.
  */
 function key(commit: string, gate: GateSpec): string {
   const { env, ...rest } = gate;
-  const definition = env?.length ? { ...rest, env: env.map((e) => (e.value === undefined ? e.name : `${e.name}=`)) } : rest;
+  // Header values may be tokens too: only their names count.
+  const http = rest.http?.headers ? { ...rest.http, headers: rest.http.headers.map((h) => h.name) } : rest.http;
+  const definition = { ...rest, ...(http ? { http } : {}), ...(env?.length ? { env: env.map((e) => (e.value === undefined ? e.name : `${e.name}=`)) } : {}) };
   return `${commit}:${createHash("sha256").update(JSON.stringify(definition)).digest("hex").slice(0, 16)}`;
 }
 

@@ -1,7 +1,8 @@
 /**
  * The health of one environment's live release as a pure state machine: a new release is
  * `progressing` until `healthyAfter` passing rounds in a row make it `healthy`; it `failed` when
- * `failureThreshold` rounds fail in a row or the progress deadline passes first. A healthy release
+ * `failureThreshold` rounds fail in a row or the progress deadline passes first. A round whose
+ * failures are all `pending` (the service is not there yet) counts neither way for a new release. A healthy release
  * that fails `failureThreshold` rounds in a row is `degraded`, and `healthyAfter` passing rounds
  * make it healthy again (`recovered`).
  */
@@ -15,6 +16,8 @@ export interface RoundResult {
   name: string;
   ok: boolean;
   message: string;
+  /** Not ok only because the service is not there yet (an http check's JSON is about another commit, or says it is progressing). */
+  pending?: boolean;
 }
 
 export interface HealthState {
@@ -90,6 +93,9 @@ export function recordRound(s: HealthState, results: RoundResult[], now: number,
     last: { at: now, results },
   };
   if (s.phase === "progressing") {
+    // Not there yet (e.g. Argo CD still reports the previous revision): neither a pass nor a failure,
+    // and it breaks both runs; progressDeadline bounds how long a release may stay so.
+    if (!ok && results.every((r) => r.ok || r.pending)) return pastDeadline({ ...next, okStreak: 0, failStreak: 0 }, now, rules);
     if (next.okStreak >= rules.healthyAfter) return { state: { ...next, phase: "healthy" }, event: "healthy" };
     if (next.failStreak >= rules.failureThreshold) return { state: { ...next, phase: "failed" }, event: "failed" };
     return pastDeadline(next, now, rules);
