@@ -70,7 +70,7 @@ export function formatEnvironment(e: EnvironmentReport): string[] {
   const lines = [`${e.name} (${e.promotion} from ${e.from}, branch ${e.branch}): at ${short(e.head)}${e.deployed !== null || e.head ? `, live ${short(e.deployed ?? e.head)}` : ""}`];
   for (const d of e.pendingPolicy ?? []) lines.push(`  ${d.message}`);
   if (e.health) lines.push(`  health: ${e.health.description}`);
-  for (const c of e.health?.checks ?? []) lines.push(`    ${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.message}`);
+  for (const c of e.health?.checks ?? []) lines.push(`    ${c.ok ? "ok  " : c.pending ? "WAIT" : "FAIL"} ${c.name}: ${c.message}`);
   if (e.integrity) lines.push(`  integrity: ${e.integrity.description}${e.integrity.drift && !e.integrity.selfHeal ? " (deploy.selfHeal is false: only reported)" : ""}`);
   if (e.candidate) lines.push(`  candidate: ${short(e.candidate)}${e.target && e.target !== e.candidate ? `, target ${short(e.target)}` : ""}`);
   if (e.gates) lines.push(`  gates on ${short(e.gates.commit)}: ${e.gates.gates.map((g) => `${g.name} ${g.state}${"message" in g && g.state === "failed" ? ` (${g.message})` : ""}`).join(", ") || "none"}`);

@@ -160,7 +160,7 @@ const SCRIPT = `
     return [h("h3", {}, "health"),
       h("div", {}, h("span", { class: "badge " + cls, "data-testid": "health" }, e.health.phase), " ", e.health.description),
       e.health.checks.length ? h("ul", {}, e.health.checks.map(function (c) {
-        return h("li", { class: c.ok ? "ok" : "bad" }, (c.ok ? "ok " : "FAIL ") + c.name + ": " + c.message);
+        return h("li", { class: c.ok ? "ok" : c.pending ? "warn" : "bad" }, (c.ok ? "ok " : c.pending ? "WAIT " : "FAIL ") + c.name + ": " + c.message);
       })) : null];
   }
 
