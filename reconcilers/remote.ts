@@ -157,9 +157,11 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           done.push(action.type === "merge" ? `merged ${remoteName}/${branch}` : `fast-forwarded to ${action.to.slice(0, 7)}`);
         }
       }
-      if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
+      const problem = plan.blocked ? stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint) : undefined;
+      // Only the sandbox branch's own block fails the pass: an environment branch a person must look at never delays its sync (issue 15).
+      if (problem && planSync(desired, o).blocked) throw problem;
       for (const e of o.environments) if (e.action === "none" && e.note) done.push(e.note);
-      return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync" };
+      return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
     },
 
     describe(a) {

@@ -12,7 +12,7 @@ import { exclusionsFor, type Exclusions } from "./exclusions.js";
 import { readIndex } from "./git/index-file.js";
 import { Repo, requireUsableRepository, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
-import { backoffDelay } from "./backoff.js";
+import { fixableByCommit, FAST_RACE_RETRIES, RACE_REASONS, retryDelay } from "./backoff.js";
 import type { Logger } from "./log.js";
 import { Notifier } from "./notify.js";
 import type { Redactor } from "./redact.js";
@@ -45,6 +45,10 @@ interface Slot {
   running: boolean;
   /** The pass under way (launched by the loop), while `running`. */
   pass?: Promise<unknown>;
+  /** Something that may fix this reconciler's failure happened during the pass under way: if it fails, it looks again soon. */
+  wokenWhileRunning?: boolean;
+  /** The problem a successful pass reported last (logged once, not on every pass). */
+  lastProblem?: string;
   /** When the last pass started; undefined before the first. */
   lastRunAt?: number;
   /** When the last pass ended. */
@@ -105,6 +109,8 @@ export interface ControllerDeps {
 const STALLED_PROBE_MS = 60_000;
 const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
+/** How long a stop, or a one-shot command, lets queued notifications be delivered before giving up on them. */
+const NOTIFY_GRACE_MS = 3_000;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
 /**
@@ -274,6 +280,8 @@ export class Controller {
       await this.settlePasses();
       await this.flush();
       await this.stopServing();
+      // Notifications are delivered beside the loop; a stop gives the pending ones a few seconds, no more.
+      await this.notifier.close(NOTIFY_GRACE_MS);
     }
   }
 
@@ -289,6 +297,7 @@ export class Controller {
     }
     results.push(...(await this.settleEnvironments()));
     await this.writeStatus(false);
+    await this.notifier.settle(NOTIFY_GRACE_MS);
     return { ok: results.every((r) => !r.error), results };
   }
 
@@ -313,6 +322,8 @@ export class Controller {
       if (!again) break;
     }
     for (const slot of this.orderedSlots().filter((s) => s.r.name.startsWith("remote:"))) results.push(await this.runSlot(slot));
+    // A one-shot command (deploy-*) exits after this: what it notified gets a few seconds to be delivered.
+    await this.notifier.settle(NOTIFY_GRACE_MS);
     return results;
   }
 
@@ -472,6 +483,7 @@ export class Controller {
     const isSandbox = slot.r.name === "sandbox";
     const taken = isSandbox ? this.takeHints() : undefined;
     slot.running = true;
+    slot.wokenWhileRunning = false;
     slot.nextRunAt = undefined;
     slot.lastRunAt = this.now();
     const ctx = this.context(taken);
@@ -518,6 +530,8 @@ export class Controller {
     slot.lastSummary = result.summary;
     slot.lastSuccessAt = new Date(this.now()).toISOString();
     slot.conditions = [{ type: "Ready", status: true, reason: "Succeeded", message: result.summary ?? "reconciled" }];
+    if (result.problem) this.reportProblem(slot, result.problem);
+    else delete slot.lastProblem;
     if (result.requeueAfterMs !== undefined) slot.nextRunAt = this.earliest(slot.nextRunAt, this.now() + result.requeueAfterMs);
     if (slot.r.name === "sandbox" && this.hints.paths.size === 0 && !this.hints.full) {
       this.firstHintAt = undefined;
@@ -529,14 +543,36 @@ export class Controller {
     if (slot.r.name === "sandbox") this.batchLeft = false;
   }
 
+  /**
+   * A pass that did its main work but left a part a person must look at (an environment branch moved
+   * elsewhere, while the sandbox branch synced): shown as the reconciler's error and conditions, logged
+   * when it first appears, while the next pass comes as after any success (issue 15: an environment's
+   * problem never delays the sandbox branch's sync).
+   */
+  private reportProblem(slot: Slot, e: CascadeError): void {
+    const message = this.deps.redactor.redact(e.message);
+    slot.lastError = { kind: e.kind, reason: e.reason, message, ...(e.hint ? { hint: e.hint } : {}), at: new Date(this.now()).toISOString() };
+    slot.conditions = [
+      { type: "Ready", status: false, reason: e.reason, message, ...(e.hint ? { hint: e.hint } : {}) },
+      ...(e.kind === "Stalled" ? [{ type: "Stalled" as const, status: true, reason: e.reason, message, ...(e.hint ? { hint: e.hint } : {}) }] : []),
+    ];
+    const key = `${e.reason}\0${message}`;
+    if (slot.lastProblem === key) return;
+    slot.lastProblem = key;
+    this.deps.log[e.kind === "Stalled" ? "error" : "warn"](`${slot.r.name}: ${message}${e.hint ? ` (hint: ${e.hint})` : ""}; the rest of its work goes on`, { reconciler: slot.r.name, reason: e.reason, kind: e.kind });
+  }
+
   private async failed(slot: Slot, e: CascadeError, raw: unknown): Promise<void> {
     slot.failures++;
+    delete slot.lastProblem;
     const at = new Date(this.now()).toISOString();
     slot.lastError = { kind: e.kind, reason: e.reason, message: this.deps.redactor.redact(e.message), ...(e.hint ? { hint: e.hint } : {}), at };
     let delay: number;
     if (e.kind === "Waiting") delay = e.retryAfterMs ?? this.config.retry.initialMs;
     else if (e.kind === "Stalled") delay = Math.max(this.config.retry.maxMs, STALLED_PROBE_MS);
-    else delay = backoffDelay(this.config.retry, slot.failures);
+    else delay = retryDelay(this.config.retry, e.reason, slot.failures);
+    // The sandbox branch moved while this pass ran: the new commit may be what it lacked.
+    if (slot.wokenWhileRunning && fixableByCommit(e.reason)) delay = Math.min(delay, this.config.retry.initialMs);
     slot.nextRunAt = this.now() + delay;
     slot.conditions = [
       { type: "Ready", status: false, reason: e.reason, message: slot.lastError.message, ...(e.hint ? { hint: e.hint } : {}) },
@@ -545,8 +581,10 @@ export class Controller {
     const level = e.kind === "Stalled" ? "error" : "warn";
     this.deps.log[level](`${slot.r.name}: ${e.message}${e.hint ? ` (hint: ${e.hint})` : ""}; ${e.kind === "Stalled" ? "a person must act" : "retrying"} in ${Math.round(delay / 1000)}s`,
       { reconciler: slot.r.name, reason: e.reason, kind: e.kind, failures: slot.failures, ...(e.reason === "InternalError" ? { stack: (raw as Error)?.stack } : {}) });
-    if (slot.r.name.startsWith("remote:") && (e.kind === "Stalled" || slot.failures >= 3)) {
-      await this.notifier.notify({ event: "push-failing", key: slot.r.name, message: `${slot.r.name}: ${e.message}`, details: { reason: e.reason } });
+    // A lost race is retried at once and is nobody's concern, unless it keeps being lost.
+    const race = RACE_REASONS.has(e.reason) && slot.failures <= FAST_RACE_RETRIES;
+    if (slot.r.name.startsWith("remote:") && !race && (e.kind === "Stalled" || slot.failures >= 3)) {
+      void this.notifier.notify({ event: "push-failing", key: slot.r.name, message: `${slot.r.name}: ${e.message}`, details: { reason: e.reason } });
     }
   }
 
@@ -597,18 +635,28 @@ export class Controller {
         this.statCacheKey = "";
       },
       who: () => this.who(),
-      branchMoved: () => {
-        for (const s of this.slots.values()) {
-          // A pass under way saw the old head: `succeeded` keeps this earlier time, so it runs again at once.
-          if ((s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) && s.failures === 0) s.nextRunAt = this.now();
-        }
-        this.wakeUp?.();
-      },
+      branchMoved: () => this.sandboxBranchMoved(),
       pipeline: this.pipeline,
       metrics: this.metrics,
       progress: this.deps.progress ?? noProgress,
       ...(this.timeoutCapMs !== undefined ? { timeoutCapMs: this.timeoutCapMs } : {}),
     };
+  }
+
+  /**
+   * The sandbox branch moved (a commit, a merge, a fast-forward, an environment branch following a
+   * remote): every remote and environment looks again now, also one that failed, unless its failure is
+   * one a commit cannot fix (an unreachable remote, refused credentials: left to its backoff). A pass
+   * under way saw the old head: `succeeded` keeps this earlier time, and `failed` retries soon.
+   */
+  private sandboxBranchMoved(): void {
+    for (const s of this.slots.values()) {
+      if (!s.r.name.startsWith("remote:") && !s.r.name.startsWith("env:")) continue;
+      if (s.failures > 0 && s.lastError && !fixableByCommit(s.lastError.reason)) continue;
+      s.nextRunAt = this.now();
+      if (s.running) s.wokenWhileRunning = true;
+    }
+    this.wakeUp?.();
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -651,7 +699,7 @@ export class Controller {
       this.configProblems = loaded.problems;
       const lines = loaded.problems.map(formatProblem);
       this.deps.log.error(`config edit is not valid; the last good config stays in force:\n${lines.join("\n")}`);
-      await this.notifier.notify({ event: "config-invalid", key: d, message: `config edit is not valid (last good config kept): ${lines[0] ?? ""}`, details: { problems: lines } });
+      void this.notifier.notify({ event: "config-invalid", key: d, message: `config edit is not valid (last good config kept): ${lines[0] ?? ""}`, details: { problems: lines } });
       return;
     }
     const wasInvalid = this.configProblems.length > 0;

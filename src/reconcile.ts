@@ -1,4 +1,5 @@
 import type { Config } from "./config/types.js";
+import type { CascadeError } from "./errors.js";
 import type { Exclusions } from "./exclusions.js";
 import type { Repo, Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
@@ -39,6 +40,12 @@ export interface Result {
   requeueAfterMs?: number;
   /** A one-line account of what was done, for the log and `status`. */
   summary?: string;
+  /**
+   * A part of the work that cannot go on until a person acts, while the rest went on (an environment
+   * branch moved elsewhere on a remote, while the sandbox branch synced with it): shown in status as
+   * the reconciler's error, and the next pass still comes at `requeueAfterMs`, with no backoff.
+   */
+  problem?: CascadeError;
 }
 
 /** The pure output of `plan`: actions to apply, and why nothing (more) happens. */

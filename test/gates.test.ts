@@ -173,9 +173,13 @@ describe('Notifier', () => {
     try {
       const n = new Notifier({ desktop: true, webhooks: [{ url: `http://127.0.0.1:${port}/`, secret: 'k3y' }] }, log(), new Redactor(), systemClock);
       await n.notify({ event: 'promoted', key: 'staging:abc', message: 'staging: promoted abc' });
+      // Queued while the first delivery is retried: the same event for the same key is not queued twice.
+      await n.notify({ event: 'promoted', key: 'staging:abc', message: 'staging: promoted abc' });
+      expect(await n.settle(20_000)).toBe(true);
       await n.notify({ event: 'promoted', key: 'staging:abc', message: 'staging: promoted abc' });
       n.setLink('http://127.0.0.1:7420/');
       await n.notify({ event: 'promoted', key: 'staging:def', message: 'staging: promoted def' });
+      expect(await n.settle(20_000)).toBe(true);
     } finally {
       process.env.PATH = path0;
       server.close();

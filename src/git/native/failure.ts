@@ -1,3 +1,4 @@
+import { posix } from "node:path";
 import { CascadeError, type ErrorKind } from "../../errors.js";
 
 /**
@@ -149,12 +150,14 @@ const RULES: Rule[] = [
     });
   },
   (f) => {
-    const lock = /Unable to create '([^']+\.lock)': File exists/.exec(f.text);
-    if (!lock) return undefined;
+    const found = /Unable to create '([^']+\.lock)': File exists/.exec(f.text);
+    if (!found) return undefined;
+    // A remote's receive-pack names it as `site.git/./refs/heads/x.lock`.
+    const lock = posix.normalize(found[1]!);
     const ref = /cannot lock ref '([^']+)'/.exec(f.text)?.[1];
-    return new GitError("Transient", "LockBusy", `${f.where}: ${lock[1]} exists: another git process is working in this repository, or one crashed and left it`, {
-      ...f.base, ref, lockPath: lock[1],
-      hint: `retried with backoff; if no git process is running, remove ${lock[1]}`,
+    return new GitError("Transient", "LockBusy", `${f.where}: ${lock} exists: another git process is working in this repository, or one crashed and left it`, {
+      ...f.base, ref, lockPath: lock,
+      hint: `retried soon; if no git process is running, remove ${lock}`,
     });
   },
   (f) => {
@@ -162,7 +165,7 @@ const RULES: Rule[] = [
     const ref = refIn(f.text);
     return new GitError("Transient", "RefConflict", `${f.where}: ${ref ?? "a ref"} was moved by someone else meanwhile; nothing was changed`, {
       ...f.base, ref,
-      hint: "a race with another process: cascade-sync looks again and retries",
+      hint: "a race with another process (another push, a native git command): cascade-sync looks again and retries at once; nobody has to act",
     });
   },
   (f) => {
