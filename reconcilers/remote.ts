@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { applyToWorktree } from "../src/git/commit.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
-import { RefConflictError } from "../src/git/refs.js";
+import { RefConflictError } from "../src/git/native/failure.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";

@@ -87,8 +87,16 @@ export class CatFileBatch {
 
   private send(req: Request): void {
     const reader = this.reader ?? this.start();
+    if (reader.pending.length === 0) holdLoop(reader, true);
     reader.pending.push(req);
     reader.child.stdin!.write(`${req.name}\n`);
+  }
+
+  /** Takes the first pending request: it is being answered. An idle reader no longer keeps Node running. */
+  private answered(reader: Reader): Request {
+    const req = reader.pending.shift()!;
+    if (reader.pending.length === 0) holdLoop(reader, false);
+    return req;
   }
 
   private start(): Reader {
@@ -102,6 +110,7 @@ export class CatFileBatch {
     });
     const reader: Reader = { child, pending: [], stderr: "", header: Buffer.alloc(0), body: undefined, expectNewline: false, ended: false };
     this.reader = reader;
+    holdLoop(reader, false);
     child.stdin!.on("error", () => undefined); // a dead process: handled on close
     child.stdout!.on("data", (chunk: Buffer) => this.onData(reader, chunk));
     child.stderr!.on("data", (d: Buffer) => (reader.stderr = (reader.stderr + d.toString("utf8")).slice(-4000)));
@@ -122,7 +131,7 @@ export class CatFileBatch {
         if (reader.body.filled === obj.size) {
           reader.body = undefined;
           reader.expectNewline = true;
-          reader.pending.shift()!.resolve(obj);
+          this.answered(reader).resolve(obj);
         }
         continue;
       }
@@ -149,12 +158,12 @@ export class CatFileBatch {
       const obj: GitObject = { oid: m[1]!, type: m[2]!, size: Number(m[3]), data: Buffer.allocUnsafe(Number(m[3])) };
       if (obj.size === 0) {
         reader.expectNewline = true;
-        reader.pending.shift()!.resolve(obj);
+        this.answered(reader).resolve(obj);
       } else reader.body = { obj, filled: 0 };
       return;
     }
-    const req = reader.pending.shift();
-    if (!req) return;
+    if (reader.pending.length === 0) return;
+    const req = this.answered(reader);
     if (line.endsWith(" ambiguous")) req.reject(failed("ObjectNameAmbiguous", `${req.name} names more than one object`));
     else req.resolve(undefined); // "<name> missing" (and the --follow-symlinks answers, which mean the same here)
   }
@@ -171,6 +180,18 @@ export class CatFileBatch {
         this.send({ ...req, attempts: req.attempts + 1 });
       }
     }
+  }
+}
+
+/**
+ * A reader waiting for answers keeps Node's event loop alive; an idle one does not, so a command or a
+ * script that opened a repository exits without closing it (the process then ends with its stdin).
+ */
+function holdLoop(reader: Reader, hold: boolean): void {
+  const handles = [reader.child, reader.child.stdout, reader.child.stderr, reader.child.stdin] as unknown as ({ ref?(): void; unref?(): void } | null)[];
+  for (const h of handles) {
+    if (hold) h?.ref?.();
+    else h?.unref?.();
   }
 }
 
