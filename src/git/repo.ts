@@ -374,20 +374,19 @@ export class Repo {
     return exitCode === 0 ? stdout.toString("utf8").trim() || null : null;
   }
 
-  /** The content of the file at `path` in `commit`'s tree, or null when there is none (or it is not a file). */
+  /**
+   * The content of the file at `path` in `commit`'s tree, or null when there is none (or it is not a
+   * file). Read tree by tree from the root: a tree on the way that holds a name git refuses to check out
+   * (`.git` in any spelling, `.`, `..`, a name twice) rejects with Stalled `UnsafeTree`, so nothing is
+   * taken from a commit git itself would not check out.
+   */
   async fileAt(commit: string, path: string): Promise<Buffer | null> {
-    if (!HEX.test(commit)) throw new TypeError(`not an object id: ${JSON.stringify(commit)}`);
-    if (/\n/.test(path)) return this.fileAtByWalk(commit, path);
-    const obj = await this.objects().read(`${commit}:${path}`);
-    return obj?.type === "blob" ? obj.data : null;
-  }
-
-  /** fileAt for a path the line-based reader cannot be asked for: tree by tree. */
-  private async fileAtByWalk(commit: string, path: string): Promise<Buffer | null> {
     let tree = await this.commitTree(commit);
     const parts = path.split("/");
     for (const [i, part] of parts.entries()) {
-      const entry = (await this.readTree(tree)).find((e) => e.path === part);
+      const entries = await this.readTree(tree);
+      refuseUnsafeNames(tree, parts.slice(0, i).join("/"), entries);
+      const entry = entries.find((e) => e.path === part);
       if (!entry) return null;
       if (i === parts.length - 1) return entry.type === "blob" ? this.readBlob(entry.oid) : null;
       if (entry.type !== "tree") return null;
@@ -525,6 +524,30 @@ function personOf(text: string): Person {
   if (!m) return { name: text, email: "", timestamp: 0, timezoneOffset: 0 };
   const minutes = Number(m[5]) * 60 + Number(m[6]);
   return { name: m[1]!, email: m[2]!, timestamp: Number(m[3]), timezoneOffset: m[4] === "-" ? minutes : -minutes };
+}
+
+/** Rejects with Stalled `UnsafeTree` naming every name in a tree that git's verify_path refuses, or that is there twice. */
+function refuseUnsafeNames(tree: string, folder: string, entries: readonly TreeItem[]): void {
+  const seen = new Set<string>();
+  const refused: string[] = [];
+  for (const e of entries) {
+    if (refusedName(e.path)) refused.push(JSON.stringify(e.path));
+    else if (seen.has(e.path)) refused.push(`${JSON.stringify(e.path)} twice`);
+    seen.add(e.path);
+  }
+  if (!refused.length) return;
+  throw new GitError("Stalled", "UnsafeTree", `tree ${tree} (${folder ? JSON.stringify(folder) : "the root folder"}) holds ${refused.join(", ")}: git refuses to check that out`, {
+    command: "git cat-file --batch", stderr: "", hint: "the commit cannot be used; commit a fixed tree on top of it",
+  });
+}
+
+/** Names git's verify_path refuses on some platform: empty, `.`, `..`, a separator, `.git` as HFS+ or NTFS may spell it. */
+function refusedName(name: string): boolean {
+  if (name === "" || /[\/\0]/.test(name)) return true;
+  const hfs = name.replace(/[\u200C-\u200F\u202A-\u202E\u206A-\u206F\uFEFF]/g, "");
+  if (hfs === "." || hfs === "..") return true;
+  const ntfs = (hfs.split(":")[0] ?? "").toLowerCase().replace(/[. ]+$/, "");
+  return ntfs === ".git" || /^\.?git~[1-9]$/.test(ntfs);
 }
 
 function same(a: { mode: string; oid: string } | undefined, b: { mode: string; oid: string } | undefined): boolean {
