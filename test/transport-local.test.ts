@@ -2,7 +2,6 @@ import { execFile } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { deflateSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Repo } from "../src/git/repo.js";
 import { fetchBranch, pushBranch, type RemoteTarget } from "../src/git/transport.js";

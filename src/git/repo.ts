@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { BlobPolicy } from "../security/blob-policy.js";
@@ -106,6 +107,8 @@ export class Repo {
   /** Parents of the commits read so far, for ancestry questions (a commit never changes). */
   private readonly parents = new Map<string, readonly string[]>();
   private reader: CatFileBatch | undefined;
+  /** Answers of merge-base questions so far: two commits' histories never change, so neither does the answer. */
+  private readonly history = new Map<string, string | boolean | null>();
 
   private constructor(
     readonly dir: string,
@@ -346,14 +349,34 @@ export class Repo {
    */
   async isAncestor(ancestor: string, descendant: string): Promise<boolean> {
     if (ancestor === descendant) return true;
-    const { exitCode } = await runGit(["merge-base", "--is-ancestor", "--end-of-options", ancestor, descendant], { ...this.git, okExitCodes: [0, 1] });
-    return exitCode === 0;
+    return this.remembered(`is ${ancestor} ${descendant}`, async () => {
+      const { exitCode } = await runGit(["merge-base", "--is-ancestor", "--end-of-options", ancestor, descendant], { ...this.git, okExitCodes: [0, 1] });
+      return exitCode === 0;
+    });
   }
 
   /** The best common ancestor of two commits (`git merge-base`), or null when their histories are unrelated. */
   async mergeBase(a: string, b: string): Promise<string | null> {
-    const { stdout, exitCode } = await runGit(["merge-base", "--end-of-options", a, b], { ...this.git, okExitCodes: [0, 1] });
-    return exitCode === 0 ? stdout.toString("utf8").trim() || null : null;
+    return this.remembered(`base ${a} ${b}`, async () => {
+      const { stdout, exitCode } = await runGit(["merge-base", "--end-of-options", a, b], { ...this.git, okExitCodes: [0, 1] });
+      return exitCode === 0 ? stdout.toString("utf8").trim() || null : null;
+    });
+  }
+
+  /**
+   * The answer for two full commit ids, asked once: a loop over a branch's history then costs one git
+   * process per new pair, not one per pass. Names that are not full ids (a branch), and answers in a
+   * shallow repository, are never remembered.
+   */
+  private async remembered<T extends string | boolean | null>(key: string, ask: () => Promise<T>): Promise<T> {
+    const [, a, b] = key.split(" ");
+    // A shallow repository's answer may change when it is deepened.
+    if (!HEX.test(a!) || !HEX.test(b!) || existsSync(join(this.gitdir, "shallow"))) return ask();
+    if (this.history.has(key)) return this.history.get(key) as T;
+    const answer = await ask();
+    if (this.history.size >= 10_000) this.history.clear();
+    this.history.set(key, answer);
+    return answer;
   }
 
   /** Reads an object's type and content as stored; rejects with `ObjectMissing` when it is not there. */
