@@ -5,7 +5,7 @@ import { commitTree, GitError, mergeWinning } from "../src/git/native/index.js";
 import { gitRepoOf } from "./sandbox.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef } from "../src/git/repo.js";
-import { RefConflictError } from "../src/git/refs.js";
+import { RefConflictError } from "../src/git/native/failure.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";

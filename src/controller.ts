@@ -9,7 +9,7 @@ import { DOTENV_FILE, dotenvPath } from "./config/dotenv.js";
 import type { Config, ConfigProblem, VariableSource } from "./config/types.js";
 import { CascadeError, stalled, toCascadeError } from "./errors.js";
 import { exclusionsFor, type Exclusions } from "./exclusions.js";
-import { readIndex } from "./git/index-file.js";
+import { statCacheEntry, type IndexEntry } from "./git/stat.js";
 import { Repo, requireUsableRepository, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
 import { fixableByCommit, FAST_RACE_RETRIES, RACE_REASONS, retryDelay } from "./backoff.js";
@@ -670,9 +670,13 @@ export class Controller {
     const st = await stat(file, { bigint: true }).catch(() => null);
     const key = st ? `${st.mtimeNs}:${st.size}:${st.ino}` : "none";
     if (key !== this.statCacheKey || !this.statCacheValue) {
-      const index = await readIndex(this.repo.gitdir);
+      // git lists the entries; their stat data stays git's own, so a file compared with one is read and hashed.
+      const entries = new Map<string, IndexEntry>();
+      for (const e of await this.repo.indexEntries()) {
+        if (e.stage === 0) entries.set(e.path, statCacheEntry(e.path, e.mode, e.oid));
+      }
       this.statCacheValue = {
-        entries: index.entries,
+        entries,
         mtime: st ? { sec: Number(st.mtimeNs / 1_000_000_000n), nsec: Number(st.mtimeNs % 1_000_000_000n) } : { sec: 0, nsec: 0 },
       };
       this.statCacheKey = key;

@@ -1,25 +1,22 @@
 import * as fs from "node:fs";
-import { mkdir, readFile, writeFile, access } from "node:fs/promises";
+import { mkdir, readFile, writeFile, access, lstat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { CONFIG_FILE, formatProblem, loadConfig, parseConfig } from "./config/load.js";
 import { remoteKind } from "./config/normalize.js";
 import type { Config, ConfigProblem } from "./config/types.js";
 import { exclusionsFor } from "./exclusions.js";
-import { commitWorktree } from "./git/commit.js";
-import { readIndex } from "./git/index-file.js";
-import { deleteRef, writeSymbolicRef } from "./git/refs.js";
-import { branchRef, EMPTY_TREE, Repo, requireUsableRepository, type Person } from "./git/repo.js";
+import { blobOid, branchRef, gitIdentity, Repo, requireUsableRepository, type Person } from "./git/repo.js";
+import { commitNative, parseLsFilesStage, runGit, worktreeChanges, type StatusEntry } from "./git/native/index.js";
 import { requireGitVersion } from "./git/native/version.js";
 import { checkoutBranch, CheckoutConflictError, createRepository, populateWorkTree } from "./git/setup.js";
 import { fetchObjects, remoteBranchTips, type RemoteTarget } from "./git/transport.js";
 import { assertSafeTree } from "./pipeline/materialize.js";
 import { packageRoot } from "./package-root.js";
 import { ensureRuntimeDir } from "./runtime.js";
-import { Worktree } from "./worktree.js";
 import { CascadeError, stalled } from "./errors.js";
 import { ensureDefaultKeyFile } from "./security/keyfile.js";
-import { loadBlobPolicy } from "./security/blob-policy.js";
+import { loadBlobPolicy, type HeldBack } from "./security/blob-policy.js";
 
 /** The environment branches `init` creates next to the sandbox branch. */
 export const PIPELINE_BRANCHES = ["staging", "main"];
@@ -64,15 +61,12 @@ export async function init(opts: InitOptions): Promise<InitReport> {
     lines.push(...(await adoptSandboxBranch(repo, adoption, opts)));
     lines.push(...(await switchToSandboxBranch(repo, configPath, remoteUrl, opts).catch(async (err) => {
       // The branch just adopted goes again: a refusal changes nothing.
-      if (adoption?.createdSandbox) await deleteRef(repo!.gitdir, branchRef((await sandboxBranchOnDisk(configPath, opts)) ?? "develop"), { expectedOld: adoption.createdSandbox });
+      if (adoption?.createdSandbox) await repo!.deleteRef(branchRef((await sandboxBranchOnDisk(configPath, opts)) ?? "develop"), adoption.createdSandbox);
       throw err;
     })));
   } else {
     await createRepository(dir, { bare: false, defaultBranch: "develop" });
     repo = await Repo.open(dir);
-    // isomorphic-git writes core.filemode=false, which would lose exec-bit changes.
-    await repo.setConfig("core.filemode", "true");
-    await repo.setConfig("core.logallrefupdates", "true");
     lines.push(`created a git repository in ${dir}`);
     adoption = await adoptionFor(repo, configPath, remoteUrl, opts);
   }
@@ -132,30 +126,31 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   // exist yet, on a new branch starting at the commit checked out, whose history it keeps).
   const who = await author(repo, opts.now());
   const base = sandboxHead ?? (await repo.ref("HEAD"));
-  const baseTree = base ? await repo.commitTree(base) : EMPTY_TREE;
-  const worktree = new Worktree(dir, repo, exclusions, (await repo.getConfig("core.filemode")) !== "false");
-  const index = await readIndex(repo.gitdir);
-  const obs = await worktree.observe(baseTree, [""], { entries: index.entries, mtime: index.mtime ?? { sec: 0, nsec: 0 } });
-  if (obs.changes.length || obs.refresh.length || !base) {
-    const outcome = await commitWorktree(repo, {
-      branch: sandbox,
+  const { changes, heldBack } = await sandboxChanges(repo);
+  if (changes.length || !base) {
+    const policy = repo.policy;
+    const outcome = await commitNative<HeldBack>(repo.git, {
+      changes,
+      ref: branchRef(sandbox),
       parent: base,
-      paths: obs.changes.map((c) => ({ path: c.path, deleted: !c.work })),
-      refresh: obs.refresh.map((r) => r.path),
-      modeOf: (st, head) => worktree.modeOf(st, head),
-      headEntry: async (p) => {
-        const e = await worktree.headEntry(baseTree, p);
-        return e && !e.isTree ? { mode: e.mode, oid: e.oid } : undefined;
+      expected: sandboxHead,
+      isEncrypted: (p) => policy.isEncrypted(p),
+      encrypt: (p, content) => {
+        const r = policy.toGit(p, content);
+        return r.ok ? { ok: true, blob: r.blob } : { ok: false, held: r.held };
+      },
+      // The first commit follows the policy of every later one: the exact bytes git staged are judged.
+      judge: (p, blob) => {
+        const r = policy.toGit(p, blob);
+        return r.ok ? undefined : r.held;
       },
       message: (paths) => `cascade-sync init: ${paths.length} file(s)\n`,
-      author: who,
-      allowEmpty: !base,
-      expectedBranchHead: sandboxHead,
+      author: gitIdentity(who),
     });
-    for (const h of outcome.held) lines.push(`held back: ${h.message}`);
-    if (outcome.commit) lines.push(`committed the current content as ${outcome.commit.slice(0, 7)} on ${sandbox} (${outcome.paths.length} file(s))`);
+    for (const h of outcome.held) lines.push(`held back: ${h.held.message}`);
+    if (outcome.commit) lines.push(`committed the current content as ${outcome.commit.slice(0, 7)} on ${sandbox} (${outcome.changes.length} file(s))`);
   }
-  if (obs.heldBack.length) lines.push(`held back (match security.encrypt, and there is no encryption key; never committed in plaintext): ${obs.heldBack.join(", ")}`);
+  if (heldBack.length) lines.push(`held back (match security.encrypt, and there is no encryption key; never committed in plaintext): ${heldBack.map((h) => h.path).join(", ")}`);
   let start = await repo.branchHead(sandbox);
   if (!start) {
     // The content equals the commit checked out: the new sandbox branch starts right there.
@@ -185,7 +180,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   if (created.length) lines.push(`created branch(es) ${created.join(", ")} at ${start.slice(0, 7)}`);
   if (checkedOut !== sandbox) {
     // The branch was just made from the files as they are: pointing HEAD at it changes no file.
-    await writeSymbolicRef(repo.gitdir, "HEAD", branchRef(sandbox), { message: `checkout: moving from ${checkedOut ?? "a detached HEAD"} to ${sandbox}`, committer: who });
+    await repo.setSymbolicRef("HEAD", branchRef(sandbox), `checkout: moving from ${checkedOut ?? "a detached HEAD"} to ${sandbox}`, who);
     lines.push(`checked out ${sandbox}`);
   }
   if (lines.length && kept.length) lines.push(`kept the existing branch(es) ${kept.join(", ")} where they are (their history is untouched)`);
@@ -363,7 +358,7 @@ async function populateFromRemote(repo: Repo, adoption: Adoption, configPath: st
   const who = await author(repo, opts.now());
   await repo.setRef(branchRef(sandbox), theirs, null, `cascade-sync init: adopted from ${adoption.source.name}`, who);
   const checkedOut = await repo.currentBranch();
-  if (checkedOut !== sandbox) await writeSymbolicRef(repo.gitdir, "HEAD", branchRef(sandbox), { message: `checkout: moving from ${checkedOut ?? "HEAD"} to ${sandbox}`, committer: who });
+  if (checkedOut !== sandbox) await repo.setSymbolicRef("HEAD", branchRef(sandbox), `checkout: moving from ${checkedOut ?? "HEAD"} to ${sandbox}`, who);
   adoption.teamConfig = !onDisk && text !== undefined;
   adoption.adopted.push(`${sandbox} -> ${theirs.slice(0, 7)}`);
   const lines = [`wrote ${written.length} file(s) of ${adoption.source.name}'s ${sandbox} (${theirs.slice(0, 7)}) into ${repo.dir}${adoption.teamConfig ? `, with the team's ${CONFIG_FILE}` : ""}`];
@@ -417,21 +412,22 @@ async function switchToSandboxBranch(repo: Repo, configPath: string, remoteUrl: 
   repo.policy = (await loadBlobPolicy(config, opts.env)).policy;
   const filemode = (await repo.getConfig("core.filemode")) !== "false";
   const from = await repo.ref("HEAD");
-  const fromTree = from ? await repo.commitTree(from) : EMPTY_TREE;
-  const index = await readIndex(repo.gitdir);
+  const exclusions = await exclusionsFor(config);
   const dirty: string[] = [];
-  // Staged changes (or conflicts) would be lost with the index.
-  const tracked = await repo.flattenTree(fromTree);
-  for (const [p, e] of tracked) {
-    const i = index.entries.get(p);
-    if (!i || i.oid !== e.oid || i.mode !== parseInt(e.mode, 8) || i.flags.intentToAdd) dirty.push(`${p} (staged)`);
+  const { changes, heldBack } = await sandboxChanges(repo);
+  for (const c of changes) {
+    if (c.kind === "untracked") {
+      // The config's exclusions are not in .git/info/exclude yet: what they exclude would never be synced.
+      if (!(await exclusions.isExcluded(c.path.replace(/\/$/, ""), c.path.endsWith("/")))) dirty.push(`${c.path} (untracked)`);
+    } else if (c.kind === "unmerged") dirty.push(`${c.path} (conflict)`);
+    else if (c.kind === "ordinary" || c.kind === "renamed") {
+      // Staged changes would be lost with the index; a change in the work tree would be left behind.
+      if (c.xy[0] !== ".") dirty.push(`${c.path} (staged)`);
+      if (c.xy[1] === "D") dirty.push(`${c.path} (deleted)`);
+      else if (c.xy[1] !== ".") dirty.push(`${c.path} (modified)`);
+    }
   }
-  for (const p of index.entries.keys()) if (!tracked.has(p)) dirty.push(`${p} (staged)`);
-  for (const c of index.conflicts) dirty.push(`${c.path} (conflict)`);
-  const worktree = new Worktree(repo.dir, repo, await exclusionsFor(config), filemode);
-  const obs = await worktree.observe(fromTree, [""], { entries: index.entries, mtime: index.mtime ?? { sec: 0, nsec: 0 } });
-  for (const c of obs.changes) dirty.push(`${c.path} (${!c.head ? "untracked" : c.work ? "modified" : "deleted"})`);
-  for (const p of obs.heldBack) if (tracked.has(p)) dirty.push(`${p} (encrypted, no key to compare it)`);
+  for (const h of heldBack) if (h.tracked) dirty.push(`${h.path} (encrypted, no key to compare it)`);
   const was = checkedOut ? `branch ${checkedOut}` : "a detached HEAD";
   if (dirty.length) {
     const shown = [...new Set(dirty)];
@@ -502,6 +498,42 @@ async function addRemoteIfMissing(configPath: string, url: string): Promise<bool
   doc.addIn(["remotes"], doc.createNode({ name, url }));
   await writeFile(configPath, doc.toString());
   return true;
+}
+
+/**
+ * What differs in the work tree from the index and HEAD, as git sees it (`git status`, which writes
+ * nothing: optional locks off), with tracked encrypted paths compared by their ciphertext (their
+ * entries are assume-unchanged, so git does not look) and paths held back apart: encrypted ones
+ * without a key, which are never committed in plaintext.
+ */
+async function sandboxChanges(repo: Repo): Promise<{ changes: StatusEntry[]; heldBack: { path: string; tracked: boolean }[] }> {
+  const git = { ...repo.git, env: { GIT_OPTIONAL_LOCKS: "0" } };
+  const policy = repo.policy;
+  const changes: StatusEntry[] = [];
+  const heldBack: { path: string; tracked: boolean }[] = [];
+  const present = (path: string) => lstat(join(repo.dir, path)).then(() => true, () => false);
+  for (const e of await worktreeChanges(git, [])) {
+    if (policy.isEncrypted(e.path) && e.kind !== "untracked") continue;
+    if (policy.holdsBack(e.path)) {
+      if (await present(e.path)) heldBack.push({ path: e.path, tracked: e.kind !== "untracked" });
+      continue;
+    }
+    changes.push(e);
+  }
+  const { stdout } = await runGit(["ls-files", "-s", "-z"], git);
+  for (const e of parseLsFilesStage(stdout)) {
+    if (e.stage !== 0 || e.mode === "160000" || !policy.isEncrypted(e.path)) continue;
+    const abs = join(repo.dir, e.path);
+    const st = await lstat(abs).catch(() => null);
+    if (st && policy.holdsBack(e.path)) {
+      heldBack.push({ path: e.path, tracked: true });
+      continue;
+    }
+    if (st && !st.isFile()) continue;
+    if (st && blobOid(policy.blobContent(e.path, await readFile(abs))) === e.oid) continue;
+    changes.push({ kind: "ordinary", xy: st ? ".M" : ".D", submodule: undefined, modeHead: e.mode, modeIndex: e.mode, modeWorktree: st ? e.mode : "000000", oidHead: e.oid, oidIndex: e.oid, path: e.path });
+  }
+  return { changes, heldBack };
 }
 
 async function author(repo: Repo, now: number): Promise<Person> {

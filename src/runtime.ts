@@ -2,7 +2,6 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, writeFile, chmod } from "node:fs/promises";
 import { join } from "node:path";
 import { stalled } from "./errors.js";
-import { disableLockJournal, enableLockJournal, recoverStaleLocks } from "./git/lockfile.js";
 
 /** The controller's runtime folder inside .git (never committed, never watched). */
 export function runtimeDir(gitdir: string): string {
@@ -104,8 +103,8 @@ export async function runningController(gitdir: string): Promise<LockInfo | unde
 /**
  * Takes the one-controller-per-sandbox lock. A lock whose process is gone (kill -9, a crash) is
  * stale and taken over. Throws Stalled `AlreadyRunning` naming the pid when a live controller holds it.
- * Git lock files (index.lock, ref locks) that a crashed holder left are removed (see
- * recoverStaleLocks). Returns a function that releases the lock, and what was taken over or removed.
+ * Returns a function that releases the lock, what was taken over, and the git lock files removed
+ * (none: cascade-sync takes no git lock of its own, git takes and releases them).
  */
 export async function takeControllerLock(gitdir: string, now: Date): Promise<{ release(): Promise<void>; tookOver?: LockInfo; removedLocks: string[] }> {
   const dir = await ensureRuntimeDir(gitdir);
@@ -117,10 +116,8 @@ export async function takeControllerLock(gitdir: string, now: Date): Promise<{ r
       const fh = await open(file, "wx", 0o600);
       await fh.writeFile(JSON.stringify(mine));
       await fh.close();
-      // Only the lock holder touches git lock files' journal: first clear what a crashed holder left.
-      const journal = join(dir, "locks.json");
-      const removedLocks = await recoverStaleLocks(journal, (pid) => isAlive({ pid, startedAt: "" }));
-      enableLockJournal(gitdir, journal);
+      // git takes and releases its own lock files; none are ours to recover here.
+      const removedLocks: string[] = [];
       return {
         removedLocks, release: async () => {
         const cur = await readLock(gitdir);

@@ -2,7 +2,7 @@ import { lstatSync, readdirSync, readFile, readFileSync, readlinkSync, type BigI
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { blobOid, EMPTY_TREE, type EntryMode, type FileEntry, type Repo } from "./git/repo.js";
-import { fileStats, isStatClean, type FileStats, type IndexEntry } from "./git/index-file.js";
+import { fileStats, isStatClean, type FileStats, type IndexEntry } from "./git/stat.js";
 import type { Exclusions } from "./exclusions.js";
 
 const readBytes = promisify(readFile) as (p: string) => Promise<Buffer>;

@@ -41,41 +41,9 @@ describe('durations', () => {
   it('formats for people', () => expect(formatDuration(125_000)).toBe('2m05s'));
 });
 
-import { lstat, writeFile as writeFileP } from 'node:fs/promises';
-import path from 'node:path';
-import { recoverStaleLocks } from '../src/git/lockfile.js';
-import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
-
-describe('recoverStaleLocks', () => {
-  it("removes only the lock files a dead controller held, never someone else's", async () => {
-    const dir = await makeTmpDir('locks');
-    const ours = path.join(dir, 'index.lock');
-    const foreign = path.join(dir, 'HEAD.lock');
-    const pending = path.join(dir, 'packed-refs.lock');
-    const pendingForeign = path.join(dir, 'config.lock');
-    const now = Date.now(); // journaled intent comes before the create, as in lockfile.ts
-    for (const f of [ours, foreign, pending, pendingForeign]) await writeFileP(f, 'x');
-    const journal = path.join(dir, 'locks.json');
-    await writeFileP(journal, JSON.stringify({
-      pid: 999_999,
-      locks: [
-        { path: ours, ino: Number((await lstat(ours)).ino), since: now },
-        { path: foreign, ino: Number((await lstat(foreign)).ino) + 1, since: now }, // recreated by another process
-        { path: pending, ino: null, since: now }, // the dead process was creating it
-        { path: pendingForeign, ino: null, since: now - 60_000 }, // created long after the intent: not ours
-      ],
-    }));
-    const alive = async (pid: number) => pid !== 999_999;
-    expect((await recoverStaleLocks(journal, alive)).sort()).toEqual([ours, pending].sort());
-    await expect(lstat(foreign)).resolves.toBeDefined();
-    await expect(lstat(pendingForeign)).resolves.toBeDefined();
-    // A live recorder's locks are never touched.
-    expect(await recoverStaleLocks(journal, async () => true)).toEqual([]);
-    await cleanupTmpDirs();
-  });
-});
-
 import { readFile as readFileP } from 'node:fs/promises';
+import path from 'node:path';
+import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 import { writeRuntimeFile } from '../src/runtime.js';
 
 describe('writeRuntimeFile', () => {

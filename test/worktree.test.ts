@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Repo } from '../src/git/repo.js';
-import { readIndex } from '../src/git/index-file.js';
+import { statCacheEntry, type IndexEntry } from '../src/git/stat.js';
 import { Worktree, type StatCache } from '../src/worktree.js';
 import { Exclusions } from '../src/exclusions.js';
 import { git, logOneline } from './helpers/git.js';
@@ -23,10 +23,12 @@ function files(): Record<string, string> {
   return out;
 }
 
-async function statCache(dir: string): Promise<StatCache> {
-  const gitdir = path.join(dir, '.git');
-  const st = await stat(path.join(gitdir, 'index'), { bigint: true });
-  return { entries: (await readIndex(gitdir)).entries, mtime: { sec: Number(st.mtimeNs / 1_000_000_000n), nsec: Number(st.mtimeNs % 1_000_000_000n) } };
+/** The index as the controller builds its stat cache: git lists the entries (`git ls-files -s`). */
+async function statCache(repo: Repo): Promise<StatCache> {
+  const st = await stat(path.join(repo.gitdir, 'index'), { bigint: true });
+  const entries = new Map<string, IndexEntry>();
+  for (const e of await repo.indexEntries()) if (e.stage === 0) entries.set(e.path, statCacheEntry(e.path, e.mode, e.oid));
+  return { entries, mtime: { sec: Number(st.mtimeNs / 1_000_000_000n), nsec: Number(st.mtimeNs % 1_000_000_000n) } };
 }
 
 /** Loose objects in the repository (`git count-objects`). */
@@ -42,11 +44,11 @@ describe('cost proportional to the change', () => {
     const headTree = await repo.commitTree((await repo.branchHead('develop'))!);
     await writeFile(path.join(dir, 'd7/s3/f4.txt'), 'changed\n');
 
-    const hinted = await wt.observe(headTree, ['d7/s3/f4.txt'], await statCache(dir));
+    const hinted = await wt.observe(headTree, ['d7/s3/f4.txt'], await statCache(repo));
     expect(hinted.scanned).toBe(1);
     expect(hinted.changes.map((c) => c.path)).toEqual(['d7/s3/f4.txt']);
     // The same change seen by a whole-tree scan, which looks at every file.
-    const full = await wt.observe(headTree, [''], await statCache(dir));
+    const full = await wt.observe(headTree, [''], await statCache(repo));
     expect(full.scanned).toBeGreaterThanOrEqual(5000);
     expect(full.changes.map((c) => c.path)).toEqual(['d7/s3/f4.txt']);
 

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { Document, isMap, isScalar, isSeq, Scalar, YAMLSeq, type Node, type YAMLMap } from "yaml";
 import type { Approval } from "../generated/state.js";
 import { CascadeError, InternalError, stalled } from "../errors.js";
-import { withLock } from "../git/lockfile.js";
+import { withLock } from "./file-lock.js";
 import {
   APPROVAL_NAMESPACE,
   approvalMessage,

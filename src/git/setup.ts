@@ -1,14 +1,12 @@
 import { lstat, type BigIntStats } from "node:fs";
-import { mkdir, readdir, rm, rmdir } from "node:fs/promises";
+import { mkdir, readdir } from "node:fs/promises";
 import { promisify } from "node:util";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { CascadeError } from "../errors.js";
 import { readContent } from "../worktree.js";
-import { acquireLock } from "./lockfile.js";
-import { entryFromStat, isStatClean, readIndex, writeIndex, type GitIndex } from "./index-file.js";
-import { RefConflictError, writeSymbolicRef } from "./refs.js";
-import { blobOid, branchRef, type EntryMode, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
+import { blobOid, branchRef, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { writeWorkFile } from "./commit.js";
+import { RefConflictError } from "./native/failure.js";
 import { runGit } from "./native/run.js";
 
 const lstatBig = promisify(lstat) as unknown as (p: string, o: { bigint: true }) => Promise<BigIntStats>;
@@ -43,17 +41,17 @@ export class CheckoutConflictError extends CascadeError {
 /**
  * Switches the work tree from commit `from` (null: an unborn HEAD) to `branch`, like `git checkout
  * branch` but stricter: every path the two commits differ in must be on disk exactly as `from`
- * records it (or absent, where `from` has nothing), so that nothing the user has is overwritten or
- * deleted; a file is compared by its bytes, or through `repo.policy` for an encrypted path. Paths
- * the commits agree on are left alone (with any local edit). Files are written through
- * `repo.policy` (encrypted ones decrypted, all of them before anything is written) and atomically;
- * then HEAD points at the branch (with a reflog entry) and the index is written, all under
- * `.git/index.lock`.
+ * records it as git sees it (or absent, where `from` has nothing), so that nothing the user has is
+ * overwritten or deleted, ignored files included; an encrypted path is compared through `repo.policy`.
+ * Paths the commits agree on are left alone (with any local edit). git writes the files and the
+ * index (`git read-tree -m -u`: attributes, filters, symlinks and modes as git checks out), except
+ * encrypted paths, which are written through `repo.policy` (all decrypted before anything is
+ * written) and marked assume-unchanged; then HEAD points at the branch (`git symbolic-ref`, logged).
  *
  * Returns the paths written and deleted. Throws CheckoutConflictError (nothing changed) when a path
- * is not as `from` has it, RefConflictError when HEAD no longer resolves to `from`, LockBusyError
- * when the index is locked, Stalled `EncryptionKeyMissing` when an encrypted file cannot be decrypted
- * (nothing changed).
+ * is not as `from` has it, RefConflictError when HEAD no longer resolves to `from`, Transient
+ * `LockBusy` when the index is locked, Stalled `EncryptionKeyMissing` when an encrypted file cannot be
+ * decrypted (nothing changed).
  */
 export async function checkoutBranch(
   repo: Repo,
@@ -61,51 +59,34 @@ export async function checkoutBranch(
 ): Promise<{ written: string[]; deleted: string[] }> {
   const to = await repo.branchHead(opts.branch);
   if (!to) throw new CascadeError("Stalled", "BranchMissing", `branch ${opts.branch} does not exist; nothing was changed`);
-  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
-  try {
-    const head = await repo.ref("HEAD");
-    if (head !== opts.from) throw new RefConflictError("HEAD", opts.from, head);
-    const index = await readIndex(repo.gitdir);
-    const diff = await repo.diffTrees(opts.from ? await repo.commitTree(opts.from) : null, await repo.commitTree(to));
-    const conflicts = await findConflicts(repo, diff, index, opts.trustExecutableBit);
-    if (conflicts.length) throw new CheckoutConflictError(opts.branch, conflicts);
-    // Decrypt first: a missing key or a tampered blob stops the checkout before any file changes.
-    for (const d of diff) if (d.after && d.after.mode !== "120000" && repo.policy.isEncrypted(d.path)) await repo.readContent(d.path, d.after);
+  const head = await repo.ref("HEAD");
+  if (head !== opts.from) throw new RefConflictError(`HEAD is at ${head ?? "nothing"}, not at ${opts.from ?? "nothing"}; nothing was changed`, { command: "checkout", stderr: "", ref: "HEAD" });
+  const diff = await repo.diffTrees(opts.from ? await repo.commitTree(opts.from) : null, await repo.commitTree(to));
+  const conflicts = await findConflicts(repo, diff, opts.trustExecutableBit);
+  if (conflicts.length) throw new CheckoutConflictError(opts.branch, conflicts);
+  // Decrypt first: a missing key or a tampered blob stops the checkout before any file changes.
+  const encrypted = diff.filter((d) => d.after && d.after.mode !== "120000" && repo.policy.isEncrypted(d.path));
+  const plaintext = new Map<string, Buffer>();
+  for (const d of encrypted) plaintext.set(d.path, await repo.readContent(d.path, d.after!));
 
-    const deleted: string[] = [];
-    const written: string[] = [];
-    // Deletions first: a file leaving may be the folder (or the file) in the way of one arriving.
-    for (const d of diff) {
-      if (d.after) continue;
-      await rm(join(repo.dir, d.path), { force: true });
-      index.entries.delete(d.path);
-      await pruneEmptyParents(repo.dir, d.path);
-      deleted.push(d.path);
-    }
-    for (const d of diff) {
-      if (!d.after) continue;
-      const abs = join(repo.dir, d.path);
-      await writeWorkFile(abs, await repo.readContent(d.path, d.after), d.after.mode);
-      const st = await lstatBig(abs, { bigint: true });
-      const entry = entryFromStat(d.path, st, d.after.oid, parseInt(d.after.mode, 8));
-      // As commitWorktree does: the file holds plaintext, the blob ciphertext; native git must trust the entry.
-      if (d.after.mode !== "120000" && repo.policy.isEncrypted(d.path)) entry.flags.assumeValid = true;
-      index.entries.set(d.path, entry);
-      written.push(d.path);
-    }
-    await writeSymbolicRef(repo.gitdir, "HEAD", branchRef(opts.branch), { message: opts.message, committer: opts.committer });
-    await writeIndex(repo.gitdir, index, { lock });
-    return { written, deleted };
-  } catch (err) {
-    await lock.rollback().catch(() => undefined);
-    throw err;
-  }
+  await runGit(["read-tree", "-m", "-u", ...(opts.from ? [opts.from] : []), to], repo.git);
+  // git wrote the ciphertext: the file gets the plaintext, and git is told to trust the entry.
+  for (const d of encrypted) await writeWorkFile(join(repo.dir, d.path), plaintext.get(d.path)!, d.after!.mode);
+  await assumeUnchanged(repo, encrypted.map((d) => d.path));
+  await repo.setSymbolicRef("HEAD", branchRef(opts.branch), opts.message, opts.committer);
+  return { written: diff.filter((d) => d.after).map((d) => d.path), deleted: diff.filter((d) => !d.after).map((d) => d.path) };
+}
+
+/** Marks index entries assume-unchanged (an encrypted path: plaintext file, ciphertext blob). */
+async function assumeUnchanged(repo: Repo, paths: string[]): Promise<void> {
+  if (paths.length) await runGit(["update-index", "-z", "--assume-unchanged", "--stdin"], { ...repo.git, stdin: `${paths.join("\0")}\0` });
 }
 
 /** The paths of `diff` whose disk state is not what the checkout may replace (see checkoutBranch). */
-async function findConflicts(repo: Repo, diff: TreeDiff[], index: GitIndex, trustExecutableBit: boolean): Promise<string[]> {
+async function findConflicts(repo: Repo, diff: TreeDiff[], trustExecutableBit: boolean): Promise<string[]> {
   const leaving = new Set(diff.filter((d) => d.before && !d.after).map((d) => d.path));
   const conflicts = new Set<string>();
+  const compare: { path: string; expected: FileEntry }[] = [];
   for (const d of diff) {
     if (d.before?.mode === "160000" || d.after?.mode === "160000") {
       conflicts.add(d.path);
@@ -116,8 +97,14 @@ async function findConflicts(repo: Repo, diff: TreeDiff[], index: GitIndex, trus
     if (st?.isDirectory()) {
       // A folder where a file arrives: only fine when everything in it is leaving anyway.
       if (!d.after || !(await filesUnder(abs, d.path)).every((p) => leaving.has(p))) conflicts.add(d.path);
-    } else if (!(await matches(repo, d.path, st, d.before, index, trustExecutableBit))) {
+    } else if (!d.before) {
+      if (st) conflicts.add(d.path);
+    } else if (!st || !(st.isFile() || st.isSymbolicLink()) || st.isSymbolicLink() !== (d.before.mode === "120000")) {
       conflicts.add(d.path);
+    } else if (trustExecutableBit && st.isFile() && ((Number(st.mode) & 0o100) !== 0) !== (d.before.mode === "100755")) {
+      conflicts.add(d.path);
+    } else {
+      compare.push({ path: d.path, expected: d.before });
     }
     if (!d.after) continue;
     // A file (or symlink) where a folder of an arriving path must be, and it is not leaving.
@@ -129,22 +116,40 @@ async function findConflicts(repo: Repo, diff: TreeDiff[], index: GitIndex, trus
       if (!pst || !pst.isDirectory()) break;
     }
   }
+  const onDisk = await blobsOnDisk(repo, compare.map((c) => c.path));
+  for (const c of compare) if (onDisk.get(c.path) !== c.expected.oid) conflicts.add(c.path);
   return [...conflicts].sort();
 }
 
-/** True when the disk state `st` of `path` is exactly `expected` (absent when `expected` is). */
-async function matches(repo: Repo, path: string, st: BigIntStats | null, expected: FileEntry | undefined, index: GitIndex, trustExecutableBit: boolean): Promise<boolean> {
-  if (!expected) return st === null;
-  if (!st || !(st.isFile() || st.isSymbolicLink())) return false;
-  if (st.isSymbolicLink() !== (expected.mode === "120000")) return false;
-  if (trustExecutableBit && st.isFile() && ((Number(st.mode) & 0o100) !== 0) !== (expected.mode === "100755")) return false;
-  const idx = index.entries.get(path);
-  if (idx && idx.oid === expected.oid && !idx.flags.assumeValid && isStatClean(idx, st, index.mtime, { trustExecutableBit })) return true;
-  const content = await readContent(join(repo.dir, path), st).catch(() => null);
-  if (content === null) return false;
-  if (blobOid(content) === expected.oid) return true;
-  // An encrypted path holds plaintext while its blob is ciphertext (deterministic with the key).
-  return st.isFile() && repo.policy.isEncrypted(path) && blobOid(repo.policy.blobContent(path, content)) === expected.oid;
+/**
+ * The blob each file (or symlink) would be stored as now: what `git hash-object --stdin-paths` gives
+ * (attributes and clean filters applied, as `git add` would), a symlink's target hashed as git hashes
+ * it, an encrypted path's plaintext through the policy (deterministic with the key). A path that cannot
+ * be read is left out.
+ */
+async function blobsOnDisk(repo: Repo, paths: string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const plain: string[] = [];
+  for (const p of paths) {
+    const abs = join(repo.dir, p);
+    const st = await lstatBig(abs, { bigint: true }).catch(() => null);
+    if (!st) continue;
+    if (st.isSymbolicLink() || (repo.policy.isEncrypted(p) && st.isFile())) {
+      const content = await readContent(abs, st).catch(() => null);
+      if (content === null) continue;
+      out.set(p, blobOid(st.isSymbolicLink() ? content : repo.policy.blobContent(p, content)));
+    } else if (/\n/.test(p)) {
+      // hash-object reads paths line by line: such a name is hashed on its own.
+      const { stdout } = await runGit(["hash-object", `--path=${p}`, "--stdin"], { ...repo.git, stdin: await readContent(abs, st) });
+      out.set(p, stdout.toString("utf8").trim());
+    } else plain.push(p);
+  }
+  if (plain.length) {
+    const { stdout } = await runGit(["hash-object", "--stdin-paths"], { ...repo.git, stdin: `${plain.join("\n")}\n` });
+    const oids = stdout.toString("utf8").split("\n");
+    plain.forEach((p, i) => out.set(p, oids[i]!));
+  }
+  return out;
 }
 
 /** Every non-folder under `abs` (relative paths, prefixed with `rel/`), and `rel/` for an empty folder (never leaving). */
@@ -159,17 +164,6 @@ async function filesUnder(abs: string, rel: string): Promise<string[]> {
   return out;
 }
 
-/** Removes the folders of `rel` that the deletion left empty, as git does; stops at the first that is not. */
-async function pruneEmptyParents(root: string, rel: string): Promise<void> {
-  for (let d = dirname(rel); d !== "." && d !== ""; d = dirname(d)) {
-    try {
-      await rmdir(join(root, d));
-    } catch {
-      return;
-    }
-  }
-}
-
 function preview(paths: string[]): string {
   return paths.length > 10 ? `${paths.slice(0, 10).join(", ")} and ${paths.length - 10} more` : paths.join(", ");
 }
@@ -178,40 +172,30 @@ function preview(paths: string[]): string {
  * Writes the files of `commit` into a work tree that has no history yet (the adoption of a remote's
  * branch by init), never replacing or deleting anything already there: a path that exists on disk
  * (or whose folder is taken by a file) is left as it is and listed in `kept`, so that it is
- * committed on top as the sandbox's own content. Every path of the commit is decrypted through
- * `repo.policy` before anything is written (a missing key or a tampered blob changes nothing);
- * submodules are not written. The index gets an entry for each file written, under `.git/index.lock`.
+ * committed on top as the sandbox's own content. Every encrypted path of the commit is decrypted
+ * through `repo.policy` before anything is written (a missing key or a tampered blob changes nothing).
+ * The index becomes the commit's tree (`git read-tree`), and git writes the other files
+ * (`git checkout-index -u`: attributes, filters, symlinks and modes as git checks out); encrypted
+ * ones are written through the policy and marked assume-unchanged; submodules are not written.
  *
  * Returns the paths written and kept. Throws Stalled `EncryptionKeyMissing`/`EncryptedBlobTampered`
- * from the policy (nothing written), LockBusyError when the index is locked.
+ * from the policy (nothing written), Transient `LockBusy` when the index is locked.
  */
 export async function populateWorkTree(repo: Repo, commit: string): Promise<{ written: string[]; kept: string[] }> {
   const files = [...(await repo.flattenTree(await repo.commitTree(commit)))].filter(([, e]) => e.mode !== "160000");
-  for (const [path, e] of files) if (e.mode !== "120000" && repo.policy.isEncrypted(path)) await repo.readContent(path, e);
-  const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
-  try {
-    const index = await readIndex(repo.gitdir);
-    const written: string[] = [];
-    const kept: string[] = [];
-    for (const [path, e] of files) {
-      const abs = join(repo.dir, path);
-      if (await occupied(repo.dir, path)) {
-        kept.push(path);
-        continue;
-      }
-      await writeWorkFile(abs, await repo.readContent(path, e), e.mode);
-      const st = await lstatBig(abs, { bigint: true });
-      const entry = entryFromStat(path, st, e.oid, parseInt(e.mode, 8));
-      if (e.mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
-      index.entries.set(path, entry);
-      written.push(path);
-    }
-    await writeIndex(repo.gitdir, index, { lock });
-    return { written, kept };
-  } catch (err) {
-    await lock.rollback().catch(() => undefined);
-    throw err;
-  }
+  const isEncrypted = (path: string, e: FileEntry) => e.mode !== "120000" && repo.policy.isEncrypted(path);
+  const plaintext = new Map<string, Buffer>();
+  for (const [path, e] of files) if (isEncrypted(path, e)) plaintext.set(path, await repo.readContent(path, e));
+  const written: string[] = [];
+  const kept: string[] = [];
+  for (const [path] of files) ((await occupied(repo.dir, path)) ? kept : written).push(path);
+  await runGit(["read-tree", commit], repo.git);
+  const byGit = written.filter((p) => !plaintext.has(p));
+  if (byGit.length) await runGit(["checkout-index", "-u", "-z", "--stdin"], { ...repo.git, stdin: `${byGit.join("\0")}\0` });
+  const mine = written.filter((p) => plaintext.has(p));
+  for (const p of mine) await writeWorkFile(join(repo.dir, p), plaintext.get(p)!, files.find(([q]) => q === p)![1].mode);
+  await assumeUnchanged(repo, mine);
+  return { written, kept };
 }
 
 /** True when `rel` exists on disk, or one of its folders is something other than a folder. */

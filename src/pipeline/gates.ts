@@ -207,7 +207,7 @@ function key(commit: string, gate: GateSpec): string {
   return `${commit}:${createHash("sha256").update(JSON.stringify(definition)).digest("hex").slice(0, 16)}`;
 }
 
-/** Why an export failed, in one line: isomorphic-git wraps a hash mismatch in a long bug-report text. */
+/** Why an export failed, in one line (a hash mismatch reported as `SHA check failed! Expected X, computed Y` becomes one clear sentence). */
 function exportFailure(err: unknown): string {
   const message = (err as Error)?.message ?? String(err);
   const sha = /SHA check failed! Expected (\w+), computed (\w+)/.exec(message);

@@ -162,7 +162,7 @@ export async function restoreReleasePaths(repo: Repo, commit: string, dir: strin
 
 /**
  * Why a single tree entry name must not be written, or undefined when it is safe. Mirrors git's
- * verify_path (and isomorphic-git's tree parser) on every platform: a tree that is harmless on Linux
+ * verify_path on every platform: a tree that is harmless on Linux
  * is still refused, so a release never holds a ".git" that a hook running git would obey.
  */
 export function unsafeNameReason(name: string): string | undefined {
@@ -216,7 +216,7 @@ async function walkTree(repo: Repo, tree: string, prefix: string, out: PlannedEn
   try {
     entries = await repo.readTree(tree);
   } catch (err) {
-    // isomorphic-git refuses the same names while parsing, before we see the tree's entries.
+    // A tree reader that refuses such names itself reports them before we see the tree's entries.
     if ((err as { code?: unknown }).code !== "UnsafeFilepathError") throw err;
     problems.push(`${prefix === "" ? "the root folder" : JSON.stringify(prefix)}: ${(err as Error).message}`);
     return;

@@ -154,7 +154,7 @@ export interface MakeBareRepoOptions {
 
 /**
  * Creates a bare repository at `dir` (parents created) with HEAD -> refs/heads/<initialBranch>.
- * With withCommit the branch exists, so HEAD names a real branch, which isomorphic-git's clone needs.
+ * With withCommit the branch exists, so HEAD names a real branch (a clone then checks it out).
  * Resolves with the commit oid when withCommit, otherwise undefined; rejects with GitCommandError.
  */
 export async function makeBareRepo(dir: string, opts: MakeBareRepoOptions = {}): Promise<string | undefined> {

@@ -32,13 +32,16 @@ interface Reader {
   expectNewline: boolean;
   /** close (or a spawn error) was handled; Node may report both. */
   ended: boolean;
+  /** A `flush` is queued for the requests written in this tick. */
+  flushQueued: boolean;
 }
 
 const HEADER = /^([0-9a-f]{40}|[0-9a-f]{64}) (\S+) (\d+)$/;
 
 /**
- * Reads objects through one long-lived `git cat-file --batch`, so a thousand reads cost one process
- * instead of a thousand. Requests are written as they come and answered in order; content is read by the
+ * Reads objects through one long-lived `git cat-file --batch-command --buffer` (`--batch`'s answers, git
+ * 2.36+), so a thousand reads cost one process instead of a thousand. Requests are written as they come,
+ * git is told to flush once per tick, and answers come in order; content is read by the
  * size git announces, so it may hold any bytes, newlines included. When the process dies (killed, out of
  * memory) the requests it had not answered are sent again to a new one, at most twice each; a request
  * whose answer has begun to arrive is sent again whole. Object names containing a newline cannot be
@@ -87,21 +90,39 @@ export class CatFileBatch {
 
   private send(req: Request): void {
     const reader = this.reader ?? this.start();
+    if (reader.pending.length === 0) holdLoop(reader, true);
     reader.pending.push(req);
-    reader.child.stdin!.write(`${req.name}\n`);
+    reader.child.stdin!.write(`contents ${req.name}\n`);
+    // git buffers its answers until told to flush: one flush per tick answers every request of the tick
+    // in a few large writes instead of one small write (and one wake-up of each side) per object.
+    if (!reader.flushQueued) {
+      reader.flushQueued = true;
+      process.nextTick(() => {
+        reader.flushQueued = false;
+        if (!reader.ended) reader.child.stdin!.write("flush\n");
+      });
+    }
+  }
+
+  /** Takes the first pending request: it is being answered. An idle reader no longer keeps Node running. */
+  private answered(reader: Reader): Request {
+    const req = reader.pending.shift()!;
+    if (reader.pending.length === 0) holdLoop(reader, false);
+    return req;
   }
 
   private start(): Reader {
     this.starts++;
-    const child = spawn("git", [...globalArgs(this.repo), "cat-file", "--batch"], {
+    const child = spawn("git", [...globalArgs(this.repo), "cat-file", "--batch-command", "--buffer"], {
       cwd: this.repo.cwd,
       env: gitEnvironment(this.repo.env),
       stdio: ["pipe", "pipe", "pipe"],
       detached: true,
       windowsHide: true,
     });
-    const reader: Reader = { child, pending: [], stderr: "", header: Buffer.alloc(0), body: undefined, expectNewline: false, ended: false };
+    const reader: Reader = { child, pending: [], stderr: "", header: Buffer.alloc(0), body: undefined, expectNewline: false, ended: false, flushQueued: false };
     this.reader = reader;
+    holdLoop(reader, false);
     child.stdin!.on("error", () => undefined); // a dead process: handled on close
     child.stdout!.on("data", (chunk: Buffer) => this.onData(reader, chunk));
     child.stderr!.on("data", (d: Buffer) => (reader.stderr = (reader.stderr + d.toString("utf8")).slice(-4000)));
@@ -122,7 +143,7 @@ export class CatFileBatch {
         if (reader.body.filled === obj.size) {
           reader.body = undefined;
           reader.expectNewline = true;
-          reader.pending.shift()!.resolve(obj);
+          this.answered(reader).resolve(obj);
         }
         continue;
       }
@@ -149,12 +170,12 @@ export class CatFileBatch {
       const obj: GitObject = { oid: m[1]!, type: m[2]!, size: Number(m[3]), data: Buffer.allocUnsafe(Number(m[3])) };
       if (obj.size === 0) {
         reader.expectNewline = true;
-        reader.pending.shift()!.resolve(obj);
+        this.answered(reader).resolve(obj);
       } else reader.body = { obj, filled: 0 };
       return;
     }
-    const req = reader.pending.shift();
-    if (!req) return;
+    if (reader.pending.length === 0) return;
+    const req = this.answered(reader);
     if (line.endsWith(" ambiguous")) req.reject(failed("ObjectNameAmbiguous", `${req.name} names more than one object`));
     else req.resolve(undefined); // "<name> missing" (and the --follow-symlinks answers, which mean the same here)
   }
@@ -171,6 +192,18 @@ export class CatFileBatch {
         this.send({ ...req, attempts: req.attempts + 1 });
       }
     }
+  }
+}
+
+/**
+ * A reader waiting for answers keeps Node's event loop alive; an idle one does not, so a command or a
+ * script that opened a repository exits without closing it (the process then ends with its stdin).
+ */
+function holdLoop(reader: Reader, hold: boolean): void {
+  const handles = [reader.child, reader.child.stdout, reader.child.stderr, reader.child.stdin] as unknown as ({ ref?(): void; unref?(): void } | null)[];
+  for (const h of handles) {
+    if (hold) h?.ref?.();
+    else h?.unref?.();
   }
 }
 

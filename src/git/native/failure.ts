@@ -37,6 +37,29 @@ export class GitError extends CascadeError {
   }
 }
 
+/**
+ * A ref was not where the move expected it (someone else moved it, or it exists where it must not):
+ * Transient `RefConflict`, nothing was changed. Every RefConflict the gateway reports is one, so callers
+ * may test `instanceof RefConflictError` or the reason alike.
+ */
+export class RefConflictError extends GitError {
+  constructor(message: string, detail: { command: string; exitCode?: number; stderr: string; ref?: string }) {
+    super("Transient", "RefConflict", message, { ...detail, hint: "a race with another process (another push, a native git command): cascade-sync looks again and retries at once; nobody has to act" });
+    this.name = "RefConflictError";
+  }
+}
+
+/**
+ * An object the repository does not have (or cannot read): Stalled `ObjectMissing` naming it and what
+ * was being read. A repository that lost an object needs a person (a fetch, or a restore).
+ */
+export function objectMissing(oid: string, what: string): GitError {
+  return new GitError("Stalled", "ObjectMissing", `${what} ${oid} is missing from the repository`, {
+    command: "git cat-file --batch", stderr: "",
+    hint: "run `git fsck` in the repository; fetch the missing objects again from a remote that has them",
+  });
+}
+
 /** What {@link classifyGitFailure} reads. */
 export interface GitFailure {
   args: readonly string[];
@@ -163,10 +186,7 @@ const RULES: Rule[] = [
   (f) => {
     if (!/\[remote rejected\][^\n]*\((?:failed to update ref|cannot lock ref|failed to lock)|failed to update ref|cannot lock ref|is at [0-9a-f]+ but expected|reference already exists|unable to resolve reference/.test(f.text)) return undefined;
     const ref = refIn(f.text);
-    return new GitError("Transient", "RefConflict", `${f.where}: ${ref ?? "a ref"} was moved by someone else meanwhile; nothing was changed`, {
-      ...f.base, ref,
-      hint: "a race with another process (another push, a native git command): cascade-sync looks again and retries at once; nobody has to act",
-    });
+    return new RefConflictError(`${f.where}: ${ref ?? "a ref"} was moved by someone else meanwhile; nothing was changed`, { ...f.base, ref });
   },
   (f) => {
     if (!/\[rejected\][^\n]*\((?:fetch first|non-fast-forward|stale info)\)|Updates were rejected because/.test(f.text)) return undefined;

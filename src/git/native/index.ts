@@ -4,7 +4,7 @@
  * `git cat-file --batch`; ref moves as `update-ref --stdin` transactions with expected old values; git's
  * failures turned into our error kinds and reasons in failure.ts.
  */
-export { GitError, classifyGitFailure, remoteMessages, type GitFailure } from "./failure.js";
+export { GitError, RefConflictError, objectMissing, classifyGitFailure, remoteMessages, type GitFailure } from "./failure.js";
 export { runGit, gitEnvironment, killProcessGroup, sshWithBatchMode, DEFAULT_GIT_TIMEOUT_MS, type GitRepo, type GitRunOptions, type GitRunResult } from "./run.js";
 export * from "./parse.js";
 export { CatFileBatch, type GitObject } from "./cat-file.js";

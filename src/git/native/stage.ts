@@ -66,8 +66,10 @@ export interface NativeCommit<H> {
   changes: readonly StatusEntry[];
   /** The branch to move, e.g. refs/heads/develop. */
   ref: string;
-  /** The branch's commit now: the parent, and what the ref must still hold when it moves. */
-  parent: string;
+  /** The branch's commit now: the parent, and what the ref must still hold when it moves; null for a first commit. */
+  parent: string | null;
+  /** What the ref must hold when it moves, when that is not `parent` (null: it must not exist yet, as for a new branch starting at `parent`). */
+  expected?: string | null;
   /** True for a path git must never read itself (security.encrypt): its blob comes from {@link encrypt}. */
   isEncrypted: (path: string) => boolean;
   /** The blob to store for an encrypted path's working file, or why it is held back (never plaintext). */
@@ -120,6 +122,7 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     if (h !== undefined) held.push({ path: p, held: h });
   }
   let parent = c.parent;
+  let expected = c.expected === undefined ? parent : c.expected;
   let staged = await stagedChanges(repo, parent, paths);
   const restore: IndexInfo[] = [];
   const judged = await judgeStaged(repo, staged.filter((e) => !c.isEncrypted(e.path)), c.judge);
@@ -132,12 +135,12 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
   for (let attempt = 1; ; attempt++) {
     const changes = staged.filter((e) => !heldPaths.has(e.path)).map(toChange);
     const tree = await writeTree(repo);
-    const parentTree = (await runGit(["rev-parse", `${parent}^{tree}`], repo)).stdout.toString("utf8").trim();
+    const parentTree = parent ? (await runGit(["rev-parse", `${parent}^{tree}`], repo)).stdout.toString("utf8").trim() : EMPTY_TREE;
     if (tree === parentTree) return { commit: null, tree, changes: [], held };
     const message = c.message(changes);
-    const commit = await commitTree(repo, { tree, parents: [parent], message, author: c.author });
+    const commit = await commitTree(repo, { tree, parents: parent ? [parent] : [], message, author: c.author });
     try {
-      await updateRefs(repo, [{ ref: c.ref, newOid: commit, expectedOld: parent }], `commit: ${message.split("\n")[0]}`);
+      await updateRefs(repo, [{ ref: c.ref, newOid: commit, expectedOld: expected }], `commit: ${message.split("\n")[0]}`);
       return { commit, tree, changes, held };
     } catch (err) {
       // A native `git commit` moved the branch between our staging and the ref move. It committed the
@@ -146,10 +149,14 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
       const now = await runGit(["rev-parse", "--verify", "--end-of-options", `${c.ref}^{commit}`], repo).catch(() => null);
       if (!now) throw err;
       parent = now.stdout.toString("utf8").trim();
+      expected = parent;
       staged = await stagedChanges(repo, parent, paths);
     }
   }
 }
+
+/** git's empty tree, which git knows without storing it: the "parent tree" of a first commit. */
+const EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
 /** Ref moves tried when native commits keep moving the branch under ours; then RefConflict goes to the caller. */
 const REF_RACE_ATTEMPTS = 5;
@@ -215,11 +222,11 @@ function workTreeOf(repo: GitRepo): string {
 }
 
 /** What the index now holds differently from `parent` for `paths`: `git diff-index --cached -z --raw --no-renames`. */
-async function stagedChanges(repo: GitRepo, parent: string, paths: readonly string[]): Promise<RawDiffEntry[]> {
+async function stagedChanges(repo: GitRepo, parent: string | null, paths: readonly string[]): Promise<RawDiffEntry[]> {
   if (paths.length === 0) return [];
   // An embedded repository was asked for as `sub/`; its gitlink is the path `sub`.
   const scope = paths.map((p) => (p.endsWith("/") ? p.slice(0, -1) : p));
-  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent, "--", ...scope], literal(repo));
+  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent ?? EMPTY_TREE, "--", ...scope], literal(repo));
   return parseRawDiff(stdout).entries;
 }
 
