@@ -20,6 +20,7 @@ import { Worktree } from "./worktree.js";
 import { CascadeError, stalled } from "./errors.js";
 import { ensureDefaultKeyFile } from "./security/keyfile.js";
 import { loadBlobPolicy } from "./security/blob-policy.js";
+import { setUpEncryptionFilter } from "./security/git-filter.js";
 
 /** The environment branches `init` creates next to the sandbox branch. */
 export const PIPELINE_BRANCHES = ["staging", "main"];
@@ -118,6 +119,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const { policy, keyProblem } = await loadBlobPolicy(config, opts.env);
   repo.policy = policy;
   if (keyProblem && keyProblem.reason !== "EncryptionKeyMissing") lines.push(`the encryption key cannot be used: ${keyProblem.message}`);
+  lines.push(...(await setUpEncryptionFilter(repo, { encrypt: config.security.encrypt, policy })));
 
   const exclusions = await exclusionsFor(config);
   if (await exclusions.writeInfoExclude(repo.gitdir)) lines.push("wrote the exclusions to .git/info/exclude");

@@ -145,23 +145,29 @@ async function stageFile(blobs: ObjectBatch, index: GitIndex, staged: StagedPath
  * it is and returned, so that the next batch commits the sandbox's version. Never deletes or
  * overwrites an edit. `finalize` (moving the branch) runs after the files are written and before
  * the index is, still under the lock; if it throws, the index is left as it was. Blobs come out
- * through `repo.policy` (encrypted ones decrypted); the encrypted paths are all decrypted before anything
- * is written, so a tampered blob or a missing key stops the whole change, not half of it.
+ * through `repo.policy` (encrypted ones decrypted). An encrypted blob this sandbox's key cannot
+ * decrypt (another person's key, or none) is held: not written, its index entry kept, returned in
+ * `held` (and in `skipped`, so that the sandbox looks at it again and reports it).
  */
 export async function applyToWorktree(
   repo: Repo,
   diff: TreeDiff[],
   isUntouched: (path: string, expected: FileEntry | undefined) => Promise<boolean>,
   finalize: () => Promise<void>,
-): Promise<{ written: string[]; skipped: string[] }> {
+): Promise<{ written: string[]; skipped: string[]; held: string[] }> {
   const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
   const written: string[] = [];
   const skipped: string[] = [];
   try {
-    for (const d of diff) if (d.after && repo.policy.isEncrypted(d.path)) await repo.readContent(d.path, d.after);
+    // A blob this sandbox's key cannot decrypt (another person's key) is held: not written, the index
+    // entry kept, and the sandbox never commits over it; the rest of the change goes on.
+    const held: string[] = [];
+    for (const d of diff) {
+      if (d.after && d.after.mode !== "120000" && repo.policy.isEncrypted(d.path) && repo.policy.undecryptable(d.path, await repo.readBlob(d.after.oid))) held.push(d.path);
+    }
     const index = await readIndex(repo.gitdir);
     for (const d of diff) {
-      if (!(await isUntouched(d.path, d.before))) {
+      if (held.includes(d.path) || !(await isUntouched(d.path, d.before))) {
         skipped.push(d.path);
         continue;
       }
@@ -178,7 +184,7 @@ export async function applyToWorktree(
     }
     await finalize();
     await writeIndex(repo.gitdir, index, { lock });
-    return { written, skipped };
+    return { written, skipped, held };
   } catch (err) {
     await lock.rollback().catch(() => undefined);
     throw err;
@@ -187,13 +193,11 @@ export async function applyToWorktree(
 
 /**
  * The index entry of a working file stored as blob `oid`. An encrypted file's blob is ciphertext
- * while the file holds plaintext: the entry is marked assume-unchanged, so that native `git status`
- * trusts it instead of hashing the plaintext (cascade-sync itself still compares stat data).
+ * while the file holds plaintext: git's cascade-sync filter gives that blob back from the file, so
+ * the entry is an ordinary one.
  */
 function indexEntry(repo: Repo, path: string, st: FileStats, oid: string, mode: EntryMode) {
-  const entry = entryFromStat(path, st, oid, parseInt(mode, 8));
-  if (mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
-  return entry;
+  return entryFromStat(path, st, oid, parseInt(mode, 8));
 }
 
 /** Writes a file (or symlink) atomically: a temp file beside it, then rename over the old one. */

@@ -69,8 +69,6 @@ export async function checkoutBranch(
     const diff = await repo.diffTrees(opts.from ? await repo.commitTree(opts.from) : null, await repo.commitTree(to));
     const conflicts = await findConflicts(repo, diff, index, opts.trustExecutableBit);
     if (conflicts.length) throw new CheckoutConflictError(opts.branch, conflicts);
-    // Decrypt first: a missing key or a tampered blob stops the checkout before any file changes.
-    for (const d of diff) if (d.after && d.after.mode !== "120000" && repo.policy.isEncrypted(d.path)) await repo.readContent(d.path, d.after);
 
     const deleted: string[] = [];
     const written: string[] = [];
@@ -85,12 +83,9 @@ export async function checkoutBranch(
     for (const d of diff) {
       if (!d.after) continue;
       const abs = join(repo.dir, d.path);
-      await writeWorkFile(abs, await repo.readContent(d.path, d.after), d.after.mode);
+      await writeWorkFile(abs, await checkoutContent(repo, d.path, d.after), d.after.mode);
       const st = await lstatBig(abs, { bigint: true });
-      const entry = entryFromStat(d.path, st, d.after.oid, parseInt(d.after.mode, 8));
-      // As commitWorktree does: the file holds plaintext, the blob ciphertext; native git must trust the entry.
-      if (d.after.mode !== "120000" && repo.policy.isEncrypted(d.path)) entry.flags.assumeValid = true;
-      index.entries.set(d.path, entry);
+      index.entries.set(d.path, entryFromStat(d.path, st, d.after.oid, parseInt(d.after.mode, 8)));
       written.push(d.path);
     }
     await writeSymbolicRef(repo.gitdir, "HEAD", branchRef(opts.branch), { message: opts.message, committer: opts.committer });
@@ -130,6 +125,16 @@ async function findConflicts(repo: Repo, diff: TreeDiff[], index: GitIndex, trus
     }
   }
   return [...conflicts].sort();
+}
+
+/**
+ * What a checkout writes for an entry, as git's smudge filter would: a symlink's target; an encrypted
+ * file decrypted, or its ciphertext when this sandbox cannot decrypt it (no key, another person's key),
+ * so that a clone of a team's history never fails on a key it does not have yet.
+ */
+async function checkoutContent(repo: Repo, path: string, entry: { oid: string; mode: string }): Promise<Buffer> {
+  const blob = await repo.readBlob(entry.oid);
+  return entry.mode === "120000" ? blob : repo.policy.toWorkTree(path, blob);
 }
 
 /** True when the disk state `st` of `path` is exactly `expected` (absent when `expected` is). */
@@ -187,7 +192,6 @@ function preview(paths: string[]): string {
  */
 export async function populateWorkTree(repo: Repo, commit: string): Promise<{ written: string[]; kept: string[] }> {
   const files = [...(await repo.flattenTree(await repo.commitTree(commit)))].filter(([, e]) => e.mode !== "160000");
-  for (const [path, e] of files) if (e.mode !== "120000" && repo.policy.isEncrypted(path)) await repo.readContent(path, e);
   const lock = await acquireLock(join(repo.gitdir, "index"), { timeoutMs: 1000 });
   try {
     const index = await readIndex(repo.gitdir);
@@ -199,11 +203,9 @@ export async function populateWorkTree(repo: Repo, commit: string): Promise<{ wr
         kept.push(path);
         continue;
       }
-      await writeWorkFile(abs, await repo.readContent(path, e), e.mode);
+      await writeWorkFile(abs, await checkoutContent(repo, path, e), e.mode);
       const st = await lstatBig(abs, { bigint: true });
-      const entry = entryFromStat(path, st, e.oid, parseInt(e.mode, 8));
-      if (e.mode !== "120000" && repo.policy.isEncrypted(path)) entry.flags.assumeValid = true;
-      index.entries.set(path, entry);
+      index.entries.set(path, entryFromStat(path, st, e.oid, parseInt(e.mode, 8)));
       written.push(path);
     }
     await writeIndex(repo.gitdir, index, { lock });
