@@ -7,7 +7,7 @@ import { stalled, transient } from "../src/errors.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
-import { pathsWithoutFilter, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
+import { keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
 import { TEAM_KEY_HINT } from "../src/security/filter-content.js";
 import { CONFIG_FILE } from "../src/config/load.js";
 
@@ -121,11 +121,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
           ref: `refs/heads/${desired.sandbox.branch}`,
           parent: o.head!,
-          // An encrypted path git would not run the filter on is never given to git (its plaintext would become an object).
-          keepOut: async (paths) => {
-            const unfiltered = await pathsWithoutFilter(ctx.repo, paths.filter((p) => policy.isEncrypted(p) && !p.endsWith("/")));
-            return new Map(unfiltered.map((p) => [p, { why: "unfiltered", path: p, message: `${p} matches security.encrypt but its attributes do not run the cascade-sync filter; it is not committed (run \`cascade-sync init\` to register the filter)` } as HeldBack]));
-          },
+          // An encrypted path git would not (or could not) run the filter on is never given to git.
+          keepOut: keepOutOfGit(ctx.repo, policy),
           // The secret scan and the size rule judge the exact bytes git staged; an encrypted path's must be ciphertext.
           judge: (p, blob) => policy.judgeStaged(p, blob),
           message: (changes) => commitMessage(desired, changes as CommittedPath[]),

@@ -140,7 +140,7 @@ export async function main(args: MainArgs): Promise<number> {
         return await keyCommand(securityArgs(args, flags, out, err), positionals);
       case "filter-process":
       case "filter-textconv":
-        return await filterCommand(securityArgs(args, flags, out, err), [command, ...positionals]);
+        return await filterCommand(securityArgs(args, {}, out, err), args.argv);
       default:
         err(`cascade-sync: unknown command "${command}"\n\n${USAGE}`);
         return 2;

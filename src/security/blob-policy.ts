@@ -38,10 +38,15 @@ export class BlobPolicy {
   private readonly encrypted: PathRules;
   private readonly allowList: AllowList;
 
-  /** `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback). */
+  /**
+   * `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback).
+   * `keyFile`: the absolute path the key was read from, when it came from a file (the git filter is
+   * told where it is, so that git's filter process finds the very key the controller uses).
+   */
   constructor(
     private readonly settings: BlobPolicySettings,
     private readonly key: EncryptionKey | undefined,
+    readonly keyFile?: string,
   ) {
     this.encrypted = new PathRules(settings.encrypt);
     this.allowList = makeAllowList(settings.allow);
@@ -178,7 +183,7 @@ export async function loadBlobPolicy(config: { dir: string; file: string; securi
   const loaded = config.security.encrypt.length ? await sandboxKey({ dir: config.dir, configDir: dirname(config.file), security: config.security }, env) : undefined;
   const key = loaded?.ok ? loaded.key : undefined;
   return {
-    policy: new BlobPolicy(config.security, key),
+    policy: new BlobPolicy(config.security, key, loaded?.ok && loaded.source === "file" ? loaded.path : undefined),
     ...(loaded && !loaded.ok ? { keyProblem: loaded.error } : {}),
     warnings: loaded?.ok ? loaded.warnings : [],
   };

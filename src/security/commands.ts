@@ -25,9 +25,9 @@ export interface SecurityCommandArgs {
   configFile?: string;
 }
 
-/** `cascade-sync filter-process` and `filter-textconv FILE` through the CLI's main (bin/ takes a faster way to the same {@link filterMain}). */
+/** `cascade-sync filter-process` and `filter-textconv FILE` (argv as given, flags included) through the CLI's main (bin/ takes a faster way to the same {@link filterMain}). */
 export async function filterCommand(a: SecurityCommandArgs, argv: readonly string[]): Promise<number> {
-  return filterMain({ argv: [...argv, ...(a.configFile ? ["--config", a.configFile] : [])], cwd: a.cwd, env: a.env, stdin: a.stdin, stdout: a.stdout, stderr: { write: (s: string) => a.err(s) } });
+  return filterMain({ argv, cwd: a.cwd, env: a.env, stdin: a.stdin, stdout: a.stdout, stderr: { write: (s: string) => a.err(s) } });
 }
 
 async function sandboxSettings(a: SecurityCommandArgs) {

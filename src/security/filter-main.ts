@@ -10,7 +10,7 @@ import { CONFIG_FILE, loadConfig } from "../config/load.js";
 import type { EncryptionKey } from "./encrypt.js";
 import { smudgeContent } from "./filter-content.js";
 import { serveFilterProcess } from "./filter-process.js";
-import { sandboxKey, type KeyEnv } from "./keyfile.js";
+import { loadEncryptionKey, sandboxKey, type KeyEnv } from "./keyfile.js";
 
 /** The commands this entry serves. */
 export const FILTER_COMMANDS: readonly string[] = ["filter-process", "filter-textconv"];
@@ -20,12 +20,14 @@ export const FILTER_COMMANDS: readonly string[] = ["filter-process", "filter-tex
  * runs filters at the top of the work tree) the way the controller finds it; when that config cannot
  * be loaded, the key file `init` made for this folder. Undefined (with why) when there is none.
  */
-export async function loadFilterKey(cwd: string, env: KeyEnv & NodeJS.ProcessEnv, configFile = join(cwd, CONFIG_FILE)): Promise<{ key: EncryptionKey | undefined; problem?: string }> {
+export async function loadFilterKey(cwd: string, env: KeyEnv & NodeJS.ProcessEnv, configFile = join(cwd, CONFIG_FILE), keyFile?: string): Promise<{ key: EncryptionKey | undefined; problem?: string }> {
   const loaded = await loadConfig(configFile, env);
   const settings = loaded.ok
     ? { dir: loaded.config.dir, configDir: dirname(loaded.config.file), security: loaded.config.security }
     : { dir: cwd, configDir: cwd, security: { encrypt: [] as string[] } };
-  const k = await sandboxKey(settings, env);
+  let k = await sandboxKey(settings, env);
+  // The config names no key and no default key file is found here: the key file the controller registered.
+  if (!k.ok && k.error.reason === "EncryptionKeyMissing" && keyFile) k = await loadEncryptionKey(keyFile, { baseDir: cwd, env });
   return k.ok ? { key: k.key } : { key: undefined, problem: k.error.message };
 }
 
@@ -42,15 +44,20 @@ export interface FilterMainArgs {
 /**
  * Runs `filter-process` (git's long-running filter protocol until git closes the pipe) or
  * `filter-textconv FILE` (the file decrypted when it is encrypted and this key reads it, else as it
- * is, for `git diff`). `--config PATH` names the config when it is not in `cwd`. Resolves with the
+ * is, for `git diff`). `--config PATH` names the config when it is not in `cwd`; `--key-file PATH` the
+ * key file to use when the config names no key and no default key file is found. Resolves with the
  * exit code; a protocol error rejects (git then fails the command, storing nothing unfiltered).
  */
 export async function filterMain(a: FilterMainArgs): Promise<number> {
   const [command, ...rest] = a.argv;
-  const at = rest.indexOf("--config");
-  const configFile = at >= 0 && rest[at + 1] ? resolve(a.cwd, rest[at + 1]!) : undefined;
-  const positionals = rest.filter((_, i) => at < 0 || (i !== at && i !== at + 1));
-  const { key } = await loadFilterKey(a.cwd, a.env, configFile);
+  const flags: Record<string, string> = {};
+  const positionals: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const f = rest[i]!;
+    if ((f === "--config" || f === "--key-file") && rest[i + 1] !== undefined) flags[f.slice(2)] = resolve(a.cwd, rest[++i]!);
+    else positionals.push(f);
+  }
+  const { key } = await loadFilterKey(a.cwd, a.env, flags.config, flags["key-file"]);
   const warn = (line: string) => a.stderr.write(`${line}\n`);
   if (command === "filter-process") return serveFilterProcess({ input: a.stdin, output: a.stdout, warn, key });
   if (command === "filter-textconv" && positionals[0]) {

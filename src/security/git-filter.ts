@@ -10,7 +10,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, type GitRepo } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
-import type { BlobPolicy } from "./blob-policy.js";
+import type { BlobPolicy, HeldBack } from "./blob-policy.js";
 import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
 import { TEAM_KEY_HINT, undecryptable } from "./filter-content.js";
 
@@ -33,10 +33,12 @@ function shellQuote(s: string): string {
 
 /**
  * The command git runs for `sub` (`filter-process` or `filter-textconv`): this Node and this install's
- * bin/cascade-sync.js, both absolute, so that it works from any shell and any PATH.
+ * bin/cascade-sync.js, both absolute, so that it works from any shell and any PATH. `keyFile` is the
+ * key file the controller uses: the filter falls back to it when the config alone names no key
+ * (git may run with another HOME than the one that found the default key file).
  */
-export function filterCommand(sub: "filter-process" | "filter-textconv", binPath = join(packageRoot(), "bin", "cascade-sync.js")): string {
-  return [process.execPath, binPath, sub].map(shellQuote).join(" ");
+export function filterCommand(sub: "filter-process" | "filter-textconv", binPath = join(packageRoot(), "bin", "cascade-sync.js"), keyFile?: string): string {
+  return [process.execPath, binPath, sub, ...(keyFile ? ["--key-file", keyFile] : [])].map(shellQuote).join(" ");
 }
 
 /**
@@ -126,9 +128,9 @@ export interface EncryptionSetup {
 export async function setUpEncryptionFilter(repo: FilterRepo, s: EncryptionSetup): Promise<string[]> {
   const lines: string[] = [];
   const bin = s.binPath;
-  let changed = await setLocalConfig(repo, `filter.${FILTER_DRIVER}.process`, filterCommand("filter-process", bin));
+  let changed = await setLocalConfig(repo, `filter.${FILTER_DRIVER}.process`, filterCommand("filter-process", bin, s.policy.keyFile));
   changed = (await setLocalConfig(repo, `filter.${FILTER_DRIVER}.required`, "true")) || changed;
-  changed = (await setLocalConfig(repo, `diff.${FILTER_DRIVER}.textconv`, filterCommand("filter-textconv", bin))) || changed;
+  changed = (await setLocalConfig(repo, `diff.${FILTER_DRIVER}.textconv`, filterCommand("filter-textconv", bin, s.policy.keyFile))) || changed;
   changed = (await writeInfoAttributes(repo.gitdir, s.encrypt)) || changed;
   if (changed && s.encrypt.length) lines.push(`registered the cascade-sync git filter for security.encrypt (${s.encrypt.join(", ")}) in .git/config and .git/info/attributes`);
   if (!s.encrypt.length) return lines;
@@ -268,4 +270,24 @@ export async function historyHasEncryptedFiles(dir: string, encrypt: readonly st
   const [workTree, gitdir] = top.stdout.toString("utf8").trim().split("\n");
   if (!workTree || !gitdir) return false;
   return (await undecryptableInBranches({ dir: workTree, gitdir }, noKey, undefined)).length > 0;
+}
+
+/**
+ * What the native commit must keep away from git for a batch (NativeCommit.keepOut): an encrypted
+ * path without a key (the filter would refuse it), and one whose attributes would not run the
+ * cascade-sync filter (git would store its plaintext as an object). Folders (embedded repositories,
+ * ending in `/`) are never encrypted files.
+ */
+export function keepOutOfGit(repo: FilterRepo, policy: BlobPolicy): (paths: readonly string[]) => Promise<Map<string, HeldBack>> {
+  return async (paths) => {
+    const out = new Map<string, HeldBack>();
+    const encrypted = paths.filter((p) => !p.endsWith("/") && policy.isEncrypted(p));
+    for (const p of encrypted) {
+      if (policy.holdsBack(p)) out.set(p, { why: "no-key", path: p, message: `${p} matches security.encrypt and there is no encryption key; it is never committed in plaintext` });
+    }
+    for (const p of await pathsWithoutFilter(repo, encrypted.filter((p) => !out.has(p)))) {
+      out.set(p, { why: "unfiltered", path: p, message: `${p} matches security.encrypt but its attributes do not run the cascade-sync filter; it is not committed (run \`cascade-sync init\` to register the filter)` });
+    }
+    return out;
+  };
 }
