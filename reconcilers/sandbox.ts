@@ -7,7 +7,7 @@ import { stalled, transient } from "../src/errors.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
-import { keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
+import { heldInIndex, indexAsCommitted, keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
 import { TEAM_KEY_HINT } from "../src/security/filter-content.js";
 import { CONFIG_FILE } from "../src/config/load.js";
 
@@ -22,10 +22,16 @@ export interface SandboxObserved {
    * path whose committed blob this key cannot decrypt (another person's key: never committed over).
    */
   heldBack: string[];
+  /** Every path git reported that is held (also a held file that is gone): committed only as the branch has it. */
+  keptAsCommitted: string[];
   full: boolean;
 }
 
-export type SandboxAction = { type: "commit"; changes: StatusEntry[]; preview: string };
+/**
+ * `held`: paths kept out of the batch (security.encrypt without a key, or encrypted with another key);
+ * their index entries are set back to the branch's before the commit, which records the whole index.
+ */
+export type SandboxAction = { type: "commit"; changes: StatusEntry[]; preview: string; held: string[] };
 
 /** The sandbox as the native git gateway addresses it (never discovered: the work tree and .git are given). */
 export function gitRepoOf(repo: Repo): GitRepo {
@@ -45,7 +51,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   async observe(ctx, desired) {
     const checkedOut = await ctx.repo.currentBranch();
     const head = await ctx.repo.branchHead(desired.sandbox.branch);
-    const none = { checkedOut, head, changes: [], heldBack: [], full: ctx.hints.full };
+    const none = { checkedOut, head, changes: [], heldBack: [], keptAsCommitted: [], full: ctx.hints.full };
     if (checkedOut !== desired.sandbox.branch || !head) return none;
     const paths = ctx.hints.full ? [] : [...ctx.hints.paths].filter((p) => p !== "");
     if (!ctx.hints.full && paths.length === 0) return none;
@@ -57,8 +63,10 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const changes: StatusEntry[] = [];
     const found = await worktreeChanges(repo, paths);
     const otherKey = new Set(await undecryptableAtHead(ctx.repo, head, found, ctx.hints.full ? undefined : paths));
+    const keptAsCommitted: string[] = [];
     for (const e of found) {
       if (policy.holdsBack(e.path) || otherKey.has(e.path)) {
+        keptAsCommitted.push(e.path);
         if (otherKey.has(e.path) || (await exists(join(ctx.repo.dir, e.path)))) heldBack.push(e.path);
         continue;
       }
@@ -81,7 +89,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       const looked = ctx.hints.full || paths.some((h) => h === p || p.startsWith(`${h}/`));
       if (looked && !changed.has(p)) delete ctx.state.findings[p];
     }
-    return { checkedOut, head, changes, heldBack, full: ctx.hints.full };
+    return { checkedOut, head, changes, heldBack, keptAsCommitted, full: ctx.hints.full };
   },
 
   plan(desired, o): Plan<SandboxAction> {
@@ -101,7 +109,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     }
     if (!o.changes.length) return { actions: [] };
     const preview = summarize([...new Map(o.changes.map((c) => [c.path, c] as const)).values()].map(previewPath)).summary;
-    return { actions: [{ type: "commit", changes: o.changes, preview }] };
+    return { actions: [{ type: "commit", changes: o.changes, preview, held: o.keptAsCommitted }] };
   },
 
   async apply(ctx, desired, plan, o): Promise<Result> {
@@ -115,8 +123,10 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     // security.encrypt may have changed since start: git's attributes follow it before git reads a file.
     await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
-      const outcome = await ctx.exclusive(() =>
-        commitNative<HeldBack>(gitRepoOf(ctx.repo), {
+      const outcome = await ctx.exclusive(async () => {
+        // A held file goes into this commit exactly as the branch has it (never deleted or reverted by it).
+        await indexAsCommitted(ctx.repo, o.head!, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, o.head!))])]);
+        return commitNative<HeldBack>(gitRepoOf(ctx.repo), {
           changes: action.changes,
           lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
           ref: `refs/heads/${desired.sandbox.branch}`,
@@ -127,8 +137,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           judge: (p, blob) => policy.judgeStaged(p, blob),
           message: (changes) => commitMessage(desired, changes as CommittedPath[]),
           author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
-        }),
-      );
+        });
+      });
       const held = outcome.held.map((h) => h.held);
       await recordHeld(ctx, [...new Set(action.changes.map((c) => c.path))], held);
       if (!outcome.commit) {

@@ -6,9 +6,9 @@
  * and keeps that registration, moves sandboxes of the assume-unchanged era onto it, and finds the
  * encrypted blobs this sandbox's key cannot read (another person's key).
  */
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, type GitRepo } from "../git/native/index.js";
+import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, updateIndexInfo, type GitRepo } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
 import type { BlobPolicy, HeldBack } from "./blob-policy.js";
 import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
@@ -192,7 +192,10 @@ async function decryptCheckedOutCiphertext(repo: FilterRepo, tracked: readonly {
     await reader.close();
   }
   if (readable.length) {
-    await runGit(["checkout-index", "-f", "-z", "--stdin"], { ...gitRepo(repo), stdin: `${readable.join("\0")}\0` });
+    // git skips an entry whose file looks up to date by its stat data: the file (byte for byte the
+    // blob, so nothing is lost) goes first, then git writes it again through the filter.
+    for (const p of readable) await rm(join(repo.dir, p), { force: true });
+    await runGit(["checkout-index", "-u", "-f", "-z", "--stdin"], { ...gitRepo(repo), stdin: `${readable.join("\0")}\0` });
   }
   return readable;
 }
@@ -290,4 +293,33 @@ export function keepOutOfGit(repo: FilterRepo, policy: BlobPolicy): (paths: read
     }
     return out;
   };
+}
+
+/**
+ * Sets the index entries of `paths` to what `treeish` holds (removed where it holds nothing), without
+ * touching the files: a held path (no key, another person's key) must go into the next commit exactly
+ * as committed, since git writes the whole index as the commit's tree.
+ */
+export async function indexAsCommitted(repo: FilterRepo, treeish: string, paths: readonly string[]): Promise<void> {
+  if (!paths.length) return;
+  const { stdout } = await runGit(["ls-tree", "-z", "--full-tree", treeish, "--", ...paths], { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" } });
+  const committed = new Map(parseLsTree(stdout).map((e) => [e.path, e] as const));
+  const zero = "0".repeat(committed.values().next().value?.oid.length ?? 40);
+  await updateIndexInfo(gitRepo(repo), paths.map((p) => {
+    const e = committed.get(p);
+    return e ? { mode: e.mode, oid: e.oid, path: p } : { mode: "0", oid: zero, path: p };
+  }));
+}
+
+/**
+ * The encrypted paths whose index entry differs from `head` while this sandbox cannot commit them
+ * (no key, or `head` holds them encrypted with another key): a merge left such a file alone, and
+ * since a commit records the whole index, they must go back to `head`'s entries first.
+ */
+export async function heldInIndex(repo: FilterRepo, policy: BlobPolicy, head: string): Promise<string[]> {
+  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--name-only", "--no-renames", head], gitRepo(repo));
+  const encrypted = splitNul(stdout).filter((p) => policy.isEncrypted(p));
+  if (!encrypted.length) return [];
+  if (!policy.encryptionKey) return encrypted;
+  return undecryptableInTree(repo, policy, policy.encryptionKey, head, encrypted);
 }
