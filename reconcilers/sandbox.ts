@@ -65,9 +65,11 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const otherKey = new Set(await undecryptableAtHead(ctx.repo, head, found, ctx.hints.full ? undefined : paths));
     const keptAsCommitted: string[] = [];
     for (const e of found) {
-      if (policy.holdsBack(e.path) || otherKey.has(e.path)) {
+      // Without a key a file is held back, but its deletion (which reveals nothing) is committed.
+      const present = otherKey.has(e.path) || (policy.holdsBack(e.path) && (await exists(join(ctx.repo.dir, e.path))));
+      if (present) {
         keptAsCommitted.push(e.path);
-        if (otherKey.has(e.path) || (await exists(join(ctx.repo.dir, e.path)))) heldBack.push(e.path);
+        heldBack.push(e.path);
         continue;
       }
       changes.push(e);

@@ -40,7 +40,7 @@ async function pushed(remote: string, dir: string) {
 }
 
 describe('encrypted paths', () => {
-  it('stores .env encrypted (no plaintext in any object or in git log -p), plaintext in the sandbox; unchanged content makes no commit; a second sandbox with the key gets the plaintext; a tampered blob is refused', async () => {
+  it('stores .env encrypted (no plaintext in any object or in git log -p), plaintext in the sandbox; unchanged content makes no commit; a second sandbox with the key gets the plaintext; a tampered blob is held while the rest syncs', async () => {
     const remote = path.join(await makeTmpDir('remote'), 'site.git');
     await makeBareRepo(remote, { initialBranch: 'develop' });
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }], files: { '.env': `${SECRET}\n`, 'secrets/db.txt': 'password=hunter2-but-longer-9f8e7d\n', 'app.txt': 'app\n' } });

@@ -6,7 +6,7 @@
  * and keeps that registration, moves sandboxes of the assume-unchanged era onto it, and finds the
  * encrypted blobs this sandbox's key cannot read (another person's key).
  */
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, updateIndexInfo, type GitRepo } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
@@ -277,7 +277,7 @@ export async function historyHasEncryptedFiles(dir: string, encrypt: readonly st
 
 /**
  * What the native commit must keep away from git for a batch (NativeCommit.keepOut): an encrypted
- * path without a key (the filter would refuse it), and one whose attributes would not run the
+ * file without a key (the filter would refuse it; its deletion goes through), and one whose attributes would not run the
  * cascade-sync filter (git would store its plaintext as an object). Folders (embedded repositories,
  * ending in `/`) are never encrypted files.
  */
@@ -286,7 +286,9 @@ export function keepOutOfGit(repo: FilterRepo, policy: BlobPolicy): (paths: read
     const out = new Map<string, HeldBack>();
     const encrypted = paths.filter((p) => !p.endsWith("/") && policy.isEncrypted(p));
     for (const p of encrypted) {
-      if (policy.holdsBack(p)) out.set(p, { why: "no-key", path: p, message: `${p} matches security.encrypt and there is no encryption key; it is never committed in plaintext` });
+      // A deletion reveals nothing and needs no key; a file that is there does.
+      const there = await lstat(join(repo.dir, p)).then(() => true, () => false);
+      if (policy.holdsBack(p) && there) out.set(p, { why: "no-key", path: p, message: `${p} matches security.encrypt and there is no encryption key; it is never committed in plaintext` });
     }
     for (const p of await pathsWithoutFilter(repo, encrypted.filter((p) => !out.has(p)))) {
       out.set(p, { why: "unfiltered", path: p, message: `${p} matches security.encrypt but its attributes do not run the cascade-sync filter; it is not committed (run \`cascade-sync init\` to register the filter)` });
