@@ -95,7 +95,7 @@ describe('encrypted paths', () => {
     const held = await waitFor(async () => {
       const s = await status(other);
       return s.sandbox.heldBack.includes('.env') && s.sandbox.keyProblem?.reason === 'EncryptedWithAnotherKey' ? s : undefined;
-    }, { what: 'the tampered .env held and reported', timeoutMs: 30_000 });
+    }, { what: 'the tampered .env held and reported', timeoutMs: 60_000 });
     expect(held.sandbox.keyProblem.hint).toContain('cascade-sync key import');
     expect(await readFile(path.join(other, '.env'), 'utf8')).toBe(`${SECRET}\nDEBUG=1\n`);
     // Never committed over: develop still holds the tampered blob, in both sandboxes' remotes.
