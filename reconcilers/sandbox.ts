@@ -1,27 +1,38 @@
-import { readFile, lstat } from "node:fs/promises";
+import { lstat } from "node:fs/promises";
 import { join } from "node:path";
 import type { CommittedPath } from "../src/git/commit.js";
-import { blobOid, type EntryMode, type Repo } from "../src/git/repo.js";
-import { commitNative, GitError, parseLsFilesStage, runGit, worktreeChanges, type GitRepo, type StatusEntry } from "../src/git/native/index.js";
+import type { EntryMode, Repo } from "../src/git/repo.js";
+import { commitNative, GitError, worktreeChanges, type GitRepo, type StatusEntry } from "../src/git/native/index.js";
 import { stalled, transient, waiting } from "../src/errors.js";
 import { readIntents, restoreInProgress, restoreMessage, settleIntents } from "../src/history/intent.js";
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
+import { heldInIndex, indexAsCommitted, keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
+import { TEAM_KEY_HINT } from "../src/security/filter-content.js";
 import { CONFIG_FILE } from "../src/config/load.js";
 
 /** What the sandbox looks like now. */
 export interface SandboxObserved {
   checkedOut: string | null;
   head: string | null;
-  /** What git says changed (plus encrypted paths whose ciphertext would change), held-back paths left out. */
+  /** What git says changed (encrypted paths as git's cascade-sync filter stores them), held-back paths left out. */
   changes: StatusEntry[];
-  /** Files that exist but are held back (security.encrypt without a key): never committed in plaintext. */
+  /**
+   * Files held back: security.encrypt without a key (never committed in plaintext), or an encrypted
+   * path whose committed blob this key cannot decrypt (another person's key: never committed over).
+   */
   heldBack: string[];
+  /** Every path git reported that is held (also a held file that is gone): committed only as the branch has it. */
+  keptAsCommitted: string[];
   full: boolean;
 }
 
-export type SandboxAction = { type: "commit"; changes: StatusEntry[]; preview: string };
+/**
+ * `held`: paths kept out of the batch (security.encrypt without a key, or encrypted with another key);
+ * their index entries are set back to the branch's before the commit, which records the whole index.
+ */
+export type SandboxAction = { type: "commit"; changes: StatusEntry[]; preview: string; held: string[] };
 
 /** The sandbox as the native git gateway addresses it (never discovered: the work tree and .git are given). */
 export function gitRepoOf(repo: Repo): GitRepo {
@@ -41,7 +52,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
   async observe(ctx, desired) {
     const checkedOut = await ctx.repo.currentBranch();
     const head = await ctx.repo.branchHead(desired.sandbox.branch);
-    const none = { checkedOut, head, changes: [], heldBack: [], full: ctx.hints.full };
+    const none = { checkedOut, head, changes: [], heldBack: [], keptAsCommitted: [], full: ctx.hints.full };
     if (checkedOut !== desired.sandbox.branch || !head) return none;
     const paths = ctx.hints.full ? [] : [...ctx.hints.paths].filter((p) => p !== "");
     if (!ctx.hints.full && paths.length === 0) return none;
@@ -51,18 +62,21 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const policy = ctx.repo.policy;
     const heldBack: string[] = [];
     const changes: StatusEntry[] = [];
-    for (const e of await worktreeChanges(repo, paths)) {
-      if (policy.isEncrypted(e.path) && e.kind !== "untracked") continue; // looked at below, with its ciphertext
-      if (policy.holdsBack(e.path)) {
-        if (await exists(join(ctx.repo.dir, e.path))) heldBack.push(e.path);
+    const found = await worktreeChanges(repo, paths);
+    const otherKey = new Set(await undecryptableAtHead(ctx.repo, head, found, ctx.hints.full ? undefined : paths));
+    const keptAsCommitted: string[] = [];
+    for (const e of found) {
+      // Without a key a file is held back, but its deletion (which reveals nothing) is committed.
+      const present = otherKey.has(e.path) || (policy.holdsBack(e.path) && (await exists(join(ctx.repo.dir, e.path))));
+      if (present) {
+        keptAsCommitted.push(e.path);
+        heldBack.push(e.path);
         continue;
       }
       changes.push(e);
     }
-    for (const e of await encryptedChanges(ctx.repo, repo, paths)) {
-      if (policy.holdsBack(e.path)) heldBack.push(e.path);
-      else changes.push(e);
-    }
+    for (const p of otherKey) if (!heldBack.includes(p)) heldBack.push(p);
+    reportAnotherKey(ctx, otherKey);
     if (progress) {
       progress.end(`${changes.length} changed`);
       ctx.state.scannedOnce = true;
@@ -78,7 +92,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       const looked = ctx.hints.full || paths.some((h) => h === p || p.startsWith(`${h}/`));
       if (looked && !changed.has(p)) delete ctx.state.findings[p];
     }
-    return { checkedOut, head, changes, heldBack, full: ctx.hints.full };
+    return { checkedOut, head, changes, heldBack, keptAsCommitted, full: ctx.hints.full };
   },
 
   plan(desired, o): Plan<SandboxAction> {
@@ -98,7 +112,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     }
     if (!o.changes.length) return { actions: [] };
     const preview = summarize([...new Map(o.changes.map((c) => [c.path, c] as const)).values()].map(previewPath)).summary;
-    return { actions: [{ type: "commit", changes: o.changes, preview }] };
+    return { actions: [{ type: "commit", changes: o.changes, preview, held: o.keptAsCommitted }] };
   },
 
   async apply(ctx, desired, plan, o): Promise<Result> {
@@ -114,27 +128,25 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const policy = ctx.repo.policy;
     const started = performance.now();
     ctx.forgetStatCache();
+    // security.encrypt may have changed since start: git's attributes follow it before git reads a file.
+    await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
-      const outcome = await ctx.exclusive(() =>
-        commitNative<HeldBack>(gitRepoOf(ctx.repo), {
+      const outcome = await ctx.exclusive(async () => {
+        // A held file goes into this commit exactly as the branch has it (never deleted or reverted by it).
+        await indexAsCommitted(ctx.repo, o.head!, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, o.head!))])]);
+        return commitNative<HeldBack>(gitRepoOf(ctx.repo), {
           changes: action.changes,
           lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
           ref: `refs/heads/${desired.sandbox.branch}`,
           parent: o.head!,
-          isEncrypted: (p) => policy.isEncrypted(p),
-          encrypt: (p, content) => {
-            const r = policy.toGit(p, content);
-            return r.ok ? { ok: true, blob: r.blob } : { ok: false, held: r.held };
-          },
-          // The secret scan and the size rule judge the exact bytes git staged.
-          judge: (p, blob) => {
-            const r = policy.toGit(p, blob);
-            return r.ok ? undefined : r.held;
-          },
+          // An encrypted path git would not (or could not) run the filter on is never given to git.
+          keepOut: keepOutOfGit(ctx.repo, policy),
+          // The secret scan and the size rule judge the exact bytes git staged; an encrypted path's must be ciphertext.
+          judge: (p, blob) => policy.judgeStaged(p, blob),
           message: (changes) => messageOf(changes as CommittedPath[]),
           author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
-        }),
-      );
+        });
+      });
       const held = outcome.held.map((h) => h.held);
       await recordHeld(ctx, [...new Set(action.changes.map((c) => c.path))], held);
       if (!outcome.commit) {
@@ -175,32 +187,30 @@ async function exists(abs: string): Promise<boolean> {
 }
 
 /**
- * Tracked encrypted paths whose file no longer gives the stored ciphertext (or is gone). Their index
- * entries are marked assume-unchanged (the blob is ciphertext while the file is plaintext, which git
- * would otherwise report as changed forever), so git status does not look at them: this does, by
- * encrypting the file again (the same plaintext gives the same blob) and comparing.
+ * The encrypted paths the branch head holds as blobs this sandbox's key cannot decrypt (another
+ * person's key): among what git reported and the hinted paths, or all of them on a full scan. Such a
+ * path is held: the sandbox never commits over a teammate's file it cannot even read.
  */
-async function encryptedChanges(work: Repo, repo: GitRepo, paths: readonly string[]): Promise<StatusEntry[]> {
+async function undecryptableAtHead(work: Repo, head: string, found: readonly StatusEntry[], hinted: readonly string[] | undefined): Promise<string[]> {
   const policy = work.policy;
-  if (!hasEncryptRules(work)) return [];
-  const { stdout } = await runGit(["ls-files", "-s", "-z", "--", ...paths], { ...repo, env: { ...repo.env, GIT_LITERAL_PATHSPECS: "1" } });
-  const out: StatusEntry[] = [];
-  for (const e of parseLsFilesStage(stdout)) {
-    if (!policy.isEncrypted(e.path) || e.mode === "160000") continue;
-    const abs = join(work.dir, e.path);
-    const st = await lstat(abs).catch(() => null);
-    // Without a key there is nothing to compare with: a file that is there stays as committed.
-    if (st && (policy.holdsBack(e.path) || !st.isFile())) continue;
-    if (st && blobOid(policy.blobContent(e.path, await readFile(abs))) === e.oid) continue;
-    const change: StatusEntry = { kind: "ordinary", xy: st ? ".M" : ".D", submodule: undefined, modeHead: e.mode, modeIndex: e.mode, modeWorktree: st ? e.mode : "000000", oidHead: e.oid, oidIndex: e.oid, path: e.path };
-    out.push(change);
-  }
-  return out;
+  // Without a key every encrypted path is held back already (holdsBack).
+  if (!policy.encryptionKey) return [];
+  const candidates = hinted === undefined ? undefined : [...new Set([...found.map((e) => e.path), ...hinted].filter((p) => policy.isEncrypted(p)))];
+  if (candidates && candidates.length === 0) return [];
+  return undecryptableInTree(work, policy, policy.encryptionKey, head, candidates);
 }
 
-/** True when the config names paths to encrypt (then tracked encrypted paths are compared by their ciphertext). */
-function hasEncryptRules(work: Repo): boolean {
-  return (JSON.parse(work.policy.identity) as [string[]])[0].length > 0;
+/** Status says why files are held for another person's key (and stops saying it once none are). */
+function reportAnotherKey(ctx: ReconcileContext, held: ReadonlySet<string>): void {
+  if (held.size) {
+    if (ctx.state.keyProblem && ctx.state.keyProblem.reason !== "EncryptedWithAnotherKey") return;
+    const key = ctx.repo.policy.encryptionKey!;
+    const message = `${[...held].sort().join(", ")} do(es) not decrypt with this sandbox's key (${key.fingerprint}): encrypted with another key; held (not written, not committed over) while the rest syncs`;
+    if (ctx.state.keyProblem?.message !== message) ctx.log.warn(message, { paths: [...held] });
+    ctx.state.keyProblem = { reason: "EncryptedWithAnotherKey", message, hint: TEAM_KEY_HINT };
+  } else if (ctx.hints.full && ctx.state.keyProblem?.reason === "EncryptedWithAnotherKey") {
+    delete ctx.state.keyProblem;
+  }
 }
 
 /**
@@ -211,8 +221,8 @@ function hasEncryptRules(work: Repo): boolean {
 async function recordHeld(ctx: ReconcileContext, batch: string[], held: HeldBack[]): Promise<void> {
   for (const p of batch) delete ctx.state.findings[p];
   for (const h of held) {
-    if (h.why === "no-key") continue; // reported as held back (status), like a file the worktree held back
-    if (h.why === "ciphertext") {
+    if (h.why === "no-key" || h.why === "other-key") continue; // reported as held back (status), like a file the worktree held back
+    if (h.why === "unfiltered") {
       ctx.log.error(h.message, { path: h.path });
       continue;
     }

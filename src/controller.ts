@@ -30,6 +30,7 @@ import { promotionOrder } from "./config/pipeline.js";
 import { PipelineStore } from "./pipeline/store.js";
 import { Metrics } from "./server/metrics.js";
 import { loadBlobPolicy, type LoadedPolicy } from "./security/blob-policy.js";
+import { setUpEncryptionFilter } from "./security/git-filter.js";
 import type { Finding } from "./security/scan.js";
 import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
@@ -208,6 +209,7 @@ export class Controller {
     await exclusions.writeInfoExclude(repo.gitdir);
     const loadedPolicy = await loadBlobPolicy(config, deps.env);
     repo.policy = loadedPolicy.policy;
+    for (const line of await setUpEncryptionFilter(repo, { encrypt: config.security.encrypt, policy: loadedPolicy.policy })) deps.log.info(line);
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     let c: Controller | undefined;
     const metrics = new Metrics();

@@ -17,6 +17,7 @@ import { ensureRuntimeDir } from "./runtime.js";
 import { CascadeError, stalled } from "./errors.js";
 import { ensureDefaultKeyFile } from "./security/keyfile.js";
 import { loadBlobPolicy, type HeldBack } from "./security/blob-policy.js";
+import { keepOutOfGit, setUpEncryptionFilter } from "./security/git-filter.js";
 
 /** The environment branches `init` creates next to the sandbox branch. */
 export const PIPELINE_BRANCHES = ["staging", "main"];
@@ -112,6 +113,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
   const { policy, keyProblem } = await loadBlobPolicy(config, opts.env);
   repo.policy = policy;
   if (keyProblem && keyProblem.reason !== "EncryptionKeyMissing") lines.push(`the encryption key cannot be used: ${keyProblem.message}`);
+  lines.push(...(await setUpEncryptionFilter(repo, { encrypt: config.security.encrypt, policy })));
 
   const exclusions = await exclusionsFor(config);
   if (await exclusions.writeInfoExclude(repo.gitdir)) lines.push("wrote the exclusions to .git/info/exclude");
@@ -134,16 +136,10 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       ref: branchRef(sandbox),
       parent: base,
       expected: sandboxHead,
-      isEncrypted: (p) => policy.isEncrypted(p),
-      encrypt: (p, content) => {
-        const r = policy.toGit(p, content);
-        return r.ok ? { ok: true, blob: r.blob } : { ok: false, held: r.held };
-      },
+      // An encrypted path git would not (or could not) run the filter on is never given to git.
+      keepOut: keepOutOfGit(repo, policy),
       // The first commit follows the policy of every later one: the exact bytes git staged are judged.
-      judge: (p, blob) => {
-        const r = policy.toGit(p, blob);
-        return r.ok ? undefined : r.held;
-      },
+      judge: (p, blob) => policy.judgeStaged(p, blob),
       message: (paths) => `cascade-sync init: ${paths.length} file(s)\n`,
       author: gitIdentity(who),
     });
@@ -502,8 +498,8 @@ async function addRemoteIfMissing(configPath: string, url: string): Promise<bool
 
 /**
  * What differs in the work tree from the index and HEAD, as git sees it (`git status`, which writes
- * nothing: optional locks off), with tracked encrypted paths compared by their ciphertext (their
- * entries are assume-unchanged, so git does not look) and paths held back apart: encrypted ones
+ * nothing: optional locks off), with tracked encrypted paths compared by their ciphertext (encrypted
+ * again with the key) and paths held back apart: encrypted ones
  * without a key, which are never committed in plaintext.
  */
 async function sandboxChanges(repo: Repo): Promise<{ changes: StatusEntry[]; heldBack: { path: string; tracked: boolean }[] }> {

@@ -6,6 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { commitNative, runGit, worktreeChanges, type GitRepo, type NativeCommitOutcome } from '../src/git/native/index.js';
 import { BlobPolicy, type HeldBack } from '../src/security/blob-policy.js';
 import { EncryptionKey, isEncryptedBlob } from '../src/security/encrypt.js';
+import { keepOutOfGit, setUpEncryptionFilter } from '../src/security/git-filter.js';
+import { createKeyFile } from '../src/security/keyfile.js';
 import { git, gitEnv } from './helpers/git.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
@@ -37,9 +39,9 @@ async function newRepo(prefix: string): Promise<string> {
 async function commitSandbox(dir: string, hints: string[] = []): Promise<NativeCommitOutcome<string>> {
   const changes = await worktreeChanges(at(dir), hints);
   const parent = (await git(dir, 'rev-parse', 'HEAD')).trim();
-  return commitNative(at(dir), {
+  return commitNative<string>(at(dir), {
     changes, ref: 'refs/heads/develop', parent, author: AUTHOR,
-    isEncrypted: () => false, encrypt: () => ({ ok: false, held: 'never' }), judge: () => undefined,
+    judge: () => undefined,
     message: (changes) => `sync ${changes.length}\n`,
   });
 }
@@ -294,9 +296,9 @@ describe('the commit is git\'s: a replayed history', () => {
     await git(box, 'commit', '--quiet', '-m', 'native');
     const native = (await git(box, 'rev-parse', 'HEAD')).trim();
     await writeFile(path.join(box, 'ours.txt'), 'ours\n');
-    const out = await commitNative(at(box), {
+    const out = await commitNative<string>(at(box), {
       changes: await worktreeChanges(at(box)), ref: 'refs/heads/develop', parent, author: AUTHOR,
-      isEncrypted: () => false, encrypt: () => ({ ok: false, held: 'x' }), judge: () => undefined, message: () => 'ours\n',
+      judge: () => undefined, message: () => 'ours\n',
     });
     // The ref move expecting the old head failed; what was staged is committed on top of the native commit.
     expect(out.changes.map((c) => c.path)).toEqual(['ours.txt']);
@@ -306,42 +308,46 @@ describe('the commit is git\'s: a replayed history', () => {
 });
 
 describe('the commit is git\'s: secrets and encrypted paths', () => {
-  const KEY = EncryptionKey.fromBytes(randomBytes(32));
+  const KEY_BYTES = randomBytes(32);
+  const KEY = EncryptionKey.fromBytes(KEY_BYTES);
   const settings = { encrypt: ['secrets/**', '.env'], maxFileSizeBytes: 1_000_000, allow: [] };
   const AWS = `aws_access_key_id = ${'AKIA'}Q3VZ7K2M9PLX4T8B\n`;
 
+  /** A key file holding KEY, as `init` would make it (the git filter finds the key there). */
+  async function keyFile(): Promise<string> {
+    const file = path.join(await makeTmpDir('replay-key'), 'team.key');
+    await createKeyFile(file, KEY_BYTES);
+    return file;
+  }
+
+  /** Commits what git says changed the way the sandbox does: the cascade-sync filter registered, encrypted paths kept out when git could not filter them. */
   async function commitWith(box: string, policy: BlobPolicy): Promise<NativeCommitOutcome<HeldBack>> {
+    const repo = { dir: box, gitdir: path.join(box, '.git') };
+    await setUpEncryptionFilter(repo, { encrypt: settings.encrypt, policy });
     const changes = await worktreeChanges(at(box));
     return commitNative<HeldBack>(at(box), {
       changes, ref: 'refs/heads/develop', parent: (await git(box, 'rev-parse', 'HEAD')).trim(), author: AUTHOR,
-      isEncrypted: (p) => policy.isEncrypted(p),
-      encrypt: (p, content) => {
-        const r = policy.toGit(p, content);
-        return r.ok ? { ok: true, blob: r.blob } : { ok: false, held: r.held };
-      },
-      judge: (p, blob) => {
-        const r = policy.toGit(p, blob);
-        return r.ok ? undefined : r.held;
-      },
+      keepOut: keepOutOfGit(repo, policy),
+      judge: (p, blob) => policy.judgeStaged(p, blob),
       message: () => 'sync\n',
     });
   }
 
-  it('stores an encrypted path as ciphertext that native git add never saw, and holds it back without a key', async () => {
+  it('stores an encrypted path as ciphertext through git\'s cascade-sync filter (its plaintext never an object), and holds it back without a key', async () => {
     const box = await newRepo('replay-enc');
     const plaintext = 'DB_PASSWORD=hunter2-but-longer\n';
     await writeFile(path.join(box, '.env'), plaintext);
     await mkdir(path.join(box, 'secrets'));
     await writeFile(path.join(box, 'secrets', 'a.txt'), 'top secret\n');
     await writeFile(path.join(box, 'plain.txt'), 'hello\n');
-    const out = await commitWith(box, new BlobPolicy(settings, KEY));
+    const out = await commitWith(box, new BlobPolicy(settings, KEY, await keyFile()));
     expect(out.held).toEqual([]);
     expect(out.changes.map((c) => c.path).sort()).toEqual(['.env', 'plain.txt', 'secrets/a.txt']);
     for (const p of ['.env', 'secrets/a.txt']) {
       const blob = (await runGit(['cat-file', 'blob', `HEAD:${p}`], at(box))).stdout;
       expect(isEncryptedBlob(blob)).toBe(true);
     }
-    // The plaintext blob was never written: git add -A was not given the encrypted paths.
+    // The plaintext blob was never written: git's clean filter encrypted it before git stored anything.
     const oid = (await gitStdin(box, ['hash-object', '--no-filters', '--stdin'], plaintext)).trim();
     expect(await git(box, 'cat-file', '-e', oid).then(() => true, () => false)).toBe(false);
 

@@ -26,6 +26,7 @@ import { currentRelease, integrityCheck } from "../pipeline/deploy.js";
 import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.js";
 import { requireGitVersion } from "../git/native/version.js";
 import { historyCmd, restoreCmd } from "./history.js";
+import { filterCommand, keyCommand, type SecurityCommandArgs } from "../security/commands.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -39,6 +40,8 @@ export interface MainArgs {
   signal: AbortSignal;
   /** Path of the bin script, for `start --detach`. */
   binPath?: string;
+  /** Bytes for commands that read them (git's filter protocol, `key import`); default the process's stdin. */
+  stdin?: NodeJS.ReadableStream;
   /** Asks a running controller to reconcile now (SIGUSR1 in production). */
   onNudge?: (handler: () => void) => void;
 }
@@ -68,6 +71,11 @@ commands:
   deploy-staging, deploy-production
                               reconcile that environment now and say what happened or what
                               blocks it; never bypasses a gate, approval or window
+  key export                  print this sandbox's encryption key (base64) for a teammate
+  key import [FILE]           install the team's key from FILE or stdin, then decrypt the
+                              encrypted files that hold their ciphertext
+  filter-process, filter-textconv FILE
+                              run by git for security.encrypt paths (registered by init)
 
 options:
   --config PATH               the config file (default ./${CONFIG_FILE})
@@ -139,6 +147,11 @@ export async function main(args: MainArgs): Promise<number> {
       case "deploy-staging":
       case "deploy-production":
         return await deployCmd(args, configFile, redactor, command.slice("deploy-".length), out, err);
+      case "key":
+        return await keyCommand(securityArgs(args, flags, out, err), positionals);
+      case "filter-process":
+      case "filter-textconv":
+        return await filterCommand(securityArgs(args, {}, out, err), args.argv);
       default:
         err(`cascade-sync: unknown command "${command}"\n\n${USAGE}`);
         return 2;
@@ -152,6 +165,19 @@ export async function main(args: MainArgs): Promise<number> {
     // An invalid config is the command's check failing (as for `validate`), not a usage error.
     return ce.reason === "ConfigInvalid" ? 1 : 2;
   }
+}
+
+/** The world of the encryption commands: git speaks bytes on the process's own stdin and stdout. */
+function securityArgs(args: MainArgs, flags: Record<string, string | boolean>, out: (s: string) => void, err: (s: string) => void): SecurityCommandArgs {
+  return {
+    cwd: args.cwd,
+    env: args.env,
+    stdin: args.stdin ?? process.stdin,
+    stdout: (args.stdout as Partial<NodeJS.WritableStream>).once ? (args.stdout as NodeJS.WritableStream) : process.stdout,
+    out,
+    err,
+    ...(typeof flags.config === "string" ? { configFile: resolve(args.cwd, flags.config) } : {}),
+  };
 }
 
 function makeLogger(args: MainArgs, redactor: Redactor, file: string | undefined, terminal: boolean): Logger {

@@ -40,6 +40,8 @@ export interface IntegrationSandbox {
     isEncrypted(path: string): boolean;
     blobContent(path: string, content: Buffer): Buffer;
     fromGit(path: string, blob: Buffer): Buffer;
+    /** Why this sandbox's key cannot decrypt `blob` (another person's key, no key), or undefined. */
+    undecryptable(path: string, blob: Buffer): unknown;
   };
 }
 
@@ -182,7 +184,9 @@ async function catchUp(sandbox: IntegrationSandbox, from: string, to: string): P
         written.push(d.path);
         continue;
       }
-      const outcome = await bring(sandbox, look, d.path, before, after);
+      // A blob this sandbox's key cannot decrypt (another person's key) is held: not written, and the
+      // sandbox reconciler never commits over it (see security/git-filter.ts); the rest goes on.
+      const outcome = after && (await look.undecryptable(d.path, after)) ? "skipped" : await bring(sandbox, look, d.path, before, after);
       if (outcome === "skipped") {
         skipped.push(d.path);
         // The index says what the branch has; git then sees the edit as a change to commit.
@@ -190,6 +194,7 @@ async function catchUp(sandbox: IntegrationSandbox, from: string, to: string): P
         continue;
       }
       written.push(d.path);
+      // An encrypted path's entry is the known ciphertext blob (git's clean filter gives the same from the plaintext).
       if (after && sandbox.policy.isEncrypted(d.path) && after.mode !== "120000") index.push({ ...after, path: d.path });
       else rehash.push(d.path);
     }
@@ -211,14 +216,12 @@ function removal(path: string): IndexInfo {
 /**
  * The index entries of exactly the paths handled: written files hashed by git from what is on disk now
  * (`update-index --add --remove --replace`: attributes and filters applied, stat data recorded), the rest
- * set as given (encrypted paths trusted with assume-unchanged, as the sandbox's commits do).
+ * set as given.
  */
 async function setIndex(sandbox: IntegrationSandbox, rehash: string[], entries: IndexInfo[]): Promise<void> {
   const literal: GitRepo = { ...sandbox.git, env: { ...sandbox.git.env, GIT_LITERAL_PATHSPECS: "1" } };
   if (rehash.length) await runGit(["update-index", "-z", "--add", "--remove", "--replace", "--stdin"], { ...literal, stdin: `${rehash.join("\0")}\0` });
   await updateIndexInfo(literal, entries);
-  const trusted = entries.filter((e) => e.mode !== "0" && e.mode !== "120000" && e.mode !== "160000" && sandbox.policy.isEncrypted(e.path)).map((e) => e.path);
-  if (trusted.length) await runGit(["update-index", "-z", "--assume-unchanged", "--stdin"], { ...literal, stdin: `${trusted.join("\0")}\0` });
 }
 
 /** A tree entry of a file: its mode and blob (or gitlink) id. */
@@ -286,6 +289,12 @@ class Look {
   async content(path: string, entry: Entry): Promise<Buffer> {
     const blob = await this.blob(entry.oid);
     return entry.mode === "120000" ? blob : this.sandbox.policy.fromGit(path, blob);
+  }
+
+  /** True when `entry` is an encrypted path's blob that this sandbox's key cannot decrypt. */
+  async undecryptable(path: string, entry: Entry): Promise<boolean> {
+    if (entry.mode === "120000" || entry.mode === "160000" || !this.sandbox.policy.isEncrypted(path)) return false;
+    return !!this.sandbox.policy.undecryptable(path, await this.blob(entry.oid));
   }
 
   private async blob(oid: string): Promise<Buffer> {

@@ -45,8 +45,8 @@ export class CheckoutConflictError extends CascadeError {
  * overwritten or deleted, ignored files included; an encrypted path is compared through `repo.policy`.
  * Paths the commits agree on are left alone (with any local edit). git writes the files and the
  * index (`git read-tree -m -u`: attributes, filters, symlinks and modes as git checks out), except
- * encrypted paths, which are written through `repo.policy` (all decrypted before anything is
- * written) and marked assume-unchanged; then HEAD points at the branch (`git symbolic-ref`, logged).
+ * encrypted paths, which are written through `repo.policy` (decrypted, or left as ciphertext when
+ * this sandbox's key cannot decrypt them); then HEAD points at the branch (`git symbolic-ref`, logged).
  *
  * Returns the paths written and deleted. Throws CheckoutConflictError (nothing changed) when a path
  * is not as `from` has it, RefConflictError when HEAD no longer resolves to `from`, Transient
@@ -64,22 +64,18 @@ export async function checkoutBranch(
   const diff = await repo.diffTrees(opts.from ? await repo.commitTree(opts.from) : null, await repo.commitTree(to));
   const conflicts = await findConflicts(repo, diff, opts.trustExecutableBit);
   if (conflicts.length) throw new CheckoutConflictError(opts.branch, conflicts);
-  // Decrypt first: a missing key or a tampered blob stops the checkout before any file changes.
+  // An encrypted file is written as git's smudge filter would: decrypted, or its ciphertext when this
+  // sandbox cannot decrypt it (no key, another person's key), so a team's history never fails a checkout.
   const encrypted = diff.filter((d) => d.after && d.after.mode !== "120000" && repo.policy.isEncrypted(d.path));
   const plaintext = new Map<string, Buffer>();
-  for (const d of encrypted) plaintext.set(d.path, await repo.readContent(d.path, d.after!));
+  for (const d of encrypted) plaintext.set(d.path, repo.policy.toWorkTree(d.path, await repo.readBlob(d.after!.oid)));
 
   await runGit(["read-tree", "-m", "-u", ...(opts.from ? [opts.from] : []), to], repo.git);
-  // git wrote the ciphertext: the file gets the plaintext, and git is told to trust the entry.
+  // git wrote the ciphertext (the filter is registered later by init): the file gets the plaintext,
+  // which git's cascade-sync clean filter turns back into the same blob.
   for (const d of encrypted) await writeWorkFile(join(repo.dir, d.path), plaintext.get(d.path)!, d.after!.mode);
-  await assumeUnchanged(repo, encrypted.map((d) => d.path));
   await repo.setSymbolicRef("HEAD", branchRef(opts.branch), opts.message, opts.committer);
   return { written: diff.filter((d) => d.after).map((d) => d.path), deleted: diff.filter((d) => !d.after).map((d) => d.path) };
-}
-
-/** Marks index entries assume-unchanged (an encrypted path: plaintext file, ciphertext blob). */
-async function assumeUnchanged(repo: Repo, paths: string[]): Promise<void> {
-  if (paths.length) await runGit(["update-index", "-z", "--assume-unchanged", "--stdin"], { ...repo.git, stdin: `${paths.join("\0")}\0` });
 }
 
 /** The paths of `diff` whose disk state is not what the checkout may replace (see checkoutBranch). */
@@ -176,7 +172,7 @@ function preview(paths: string[]): string {
  * through `repo.policy` before anything is written (a missing key or a tampered blob changes nothing).
  * The index becomes the commit's tree (`git read-tree`), and git writes the other files
  * (`git checkout-index -u`: attributes, filters, symlinks and modes as git checks out); encrypted
- * ones are written through the policy and marked assume-unchanged; submodules are not written.
+ * ones are written through the policy (as the cascade-sync smudge filter would); submodules are not written.
  *
  * Returns the paths written and kept. Throws Stalled `EncryptionKeyMissing`/`EncryptedBlobTampered`
  * from the policy (nothing written), Transient `LockBusy` when the index is locked.
@@ -185,7 +181,7 @@ export async function populateWorkTree(repo: Repo, commit: string): Promise<{ wr
   const files = [...(await repo.flattenTree(await repo.commitTree(commit)))].filter(([, e]) => e.mode !== "160000");
   const isEncrypted = (path: string, e: FileEntry) => e.mode !== "120000" && repo.policy.isEncrypted(path);
   const plaintext = new Map<string, Buffer>();
-  for (const [path, e] of files) if (isEncrypted(path, e)) plaintext.set(path, await repo.readContent(path, e));
+  for (const [path, e] of files) if (isEncrypted(path, e)) plaintext.set(path, repo.policy.toWorkTree(path, await repo.readBlob(e.oid)));
   const written: string[] = [];
   const kept: string[] = [];
   for (const [path] of files) ((await occupied(repo.dir, path)) ? kept : written).push(path);
@@ -194,7 +190,6 @@ export async function populateWorkTree(repo: Repo, commit: string): Promise<{ wr
   if (byGit.length) await runGit(["checkout-index", "-u", "-z", "--stdin"], { ...repo.git, stdin: `${byGit.join("\0")}\0` });
   const mine = written.filter((p) => plaintext.has(p));
   for (const p of mine) await writeWorkFile(join(repo.dir, p), plaintext.get(p)!, files.find(([q]) => q === p)![1].mode);
-  await assumeUnchanged(repo, mine);
   return { written, kept };
 }
 

@@ -9,7 +9,8 @@
 import { PathRules } from "../path-rules.js";
 import type { CascadeError } from "../errors.js";
 import { stalled } from "../errors.js";
-import { decryptBlob, encryptBlob, isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
+import { decryptBlob, isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
+import { cleanContent, smudgeContent, undecryptable } from "./filter-content.js";
 import { fileTooLarge, makeAllowList, scanFile, type AllowList, type Finding } from "./scan.js";
 import { sandboxKey, type KeyEnv } from "./keyfile.js";
 import { dirname } from "node:path";
@@ -24,7 +25,10 @@ export interface BlobPolicySettings {
 /** Why a file stays out of git for now. */
 export type HeldBack =
   | { why: "no-key"; path: string; message: string }
-  | { why: "ciphertext"; path: string; message: string }
+  /** The branch holds this encrypted path in a form this key cannot decrypt (another person's key): never committed over. */
+  | { why: "other-key"; path: string; message: string; hint: string }
+  /** git staged an encrypted path without the cascade-sync filter (its attributes do not name it): never committed. */
+  | { why: "unfiltered"; path: string; message: string }
   | { why: "findings"; path: string; findings: Finding[]; message: string };
 
 /** A file's content as it goes into git, or why it is held back. */
@@ -34,10 +38,15 @@ export class BlobPolicy {
   private readonly encrypted: PathRules;
   private readonly allowList: AllowList;
 
-  /** `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback). */
+  /**
+   * `key` undefined: files matching `encrypt` are held back (there is no plaintext fallback).
+   * `keyFile`: the absolute path the key was read from, when it came from a file (the git filter is
+   * told where it is, so that git's filter process finds the very key the controller uses).
+   */
   constructor(
     private readonly settings: BlobPolicySettings,
     private readonly key: EncryptionKey | undefined,
+    readonly keyFile?: string,
   ) {
     this.encrypted = new PathRules(settings.encrypt);
     this.allowList = makeAllowList(settings.allow);
@@ -63,9 +72,19 @@ export class BlobPolicy {
     return JSON.stringify([this.settings.encrypt, this.settings.maxFileSizeBytes, this.settings.allow, this.key?.fingerprint ?? null]);
   }
 
-  /** The bytes a regular file of `content` at `path` is hashed as when observing: what toGit stores (encrypted when it is stored encrypted). */
+  /** The key encrypted paths are stored with, or undefined (they are held back). */
+  get encryptionKey(): EncryptionKey | undefined {
+    return this.key;
+  }
+
+  /**
+   * The bytes a regular file of `content` at `path` is hashed as when observing: what git's clean
+   * filter stores (encrypted when it is stored encrypted; ciphertext as it is).
+   */
   blobContent(path: string, content: Buffer): Buffer {
-    return this.isEncrypted(path) && this.key ? encryptBlob(this.key, content) : content;
+    if (!this.isEncrypted(path) || !this.key) return content;
+    const r = cleanContent(this.key, path, content);
+    return r.ok ? r.blob : content;
   }
 
   /** True when a file of `size` bytes at `path` is held back for its size alone (checked before reading it). */
@@ -85,11 +104,9 @@ export class BlobPolicy {
       if (!this.key) {
         return { ok: false, held: { why: "no-key", path, message: `${path} matches security.encrypt and there is no encryption key; it is never committed in plaintext` } };
       }
-      if (isEncryptedBlob(content)) {
-        // Ciphertext in the working file (a native `git checkout` or `git stash` wrote the blob out): never encrypt it twice.
-        return { ok: false, held: { why: "ciphertext", path, message: `${path} holds cascade-sync ciphertext, not its plaintext (written by a native git command?); it is not committed. Put the plaintext back (e.g. from a release or another sandbox)` } };
-      }
-      return { ok: true, blob: encryptBlob(this.key, content), encrypted: true };
+      // What git's clean filter stores: encrypted, or a file that already holds ciphertext as it is.
+      const r = cleanContent(this.key, path, content);
+      return r.ok ? { ok: true, blob: r.blob, encrypted: true } : { ok: false, held: { why: "no-key", path, message: r.error.message } };
     }
     const findings = this.allowList.filter(scanFile(path, content, { maxFileSizeBytes: this.settings.maxFileSizeBytes }));
     if (findings.length) {
@@ -97,6 +114,37 @@ export class BlobPolicy {
       return { ok: false, held: { why: "findings", path, findings, message: `${path}${first.line ? `:${first.line}` : ""}: ${first.message}` } };
     }
     return { ok: true, blob: content, encrypted: false };
+  }
+
+  /**
+   * Judges the exact blob git staged for the regular file `path`: undefined to commit it, or why it
+   * stays out. An encrypted path's blob must be ciphertext (git ran the cascade-sync filter); any
+   * other blob goes through the secret scan and the size rule.
+   */
+  judgeStaged(path: string, blob: Buffer): HeldBack | undefined {
+    if (this.isEncrypted(path)) {
+      if (isEncryptedBlob(blob)) return undefined;
+      return { why: "unfiltered", path, message: `${path} matches security.encrypt but git staged it without the cascade-sync filter; it is not committed (run \`cascade-sync init\` to register the filter)` };
+    }
+    const r = this.toGit(path, blob);
+    return r.ok ? undefined : r.held;
+  }
+
+  /**
+   * Why the blob of `path` cannot be written out here, or undefined when it can: an encrypted blob
+   * with no key, another person's key (`EncryptedWithAnotherKey`), or an unknown format version.
+   */
+  undecryptable(path: string, blob: Buffer): CascadeError | undefined {
+    return undecryptable(this.key, path, blob);
+  }
+
+  /**
+   * What git's smudge filter writes for the blob of the regular file `path` into a working folder
+   * that has nothing there yet (a checkout): decrypted, or the ciphertext itself when this key cannot
+   * decrypt it (as a native checkout writes it; clean gives the same blob back). Never throws.
+   */
+  toWorkTree(path: string, blob: Buffer): Buffer {
+    return this.isEncrypted(path) || isEncryptedBlob(blob) ? smudgeContent(this.key, path, blob).content : blob;
   }
 
   /**
@@ -135,7 +183,7 @@ export async function loadBlobPolicy(config: { dir: string; file: string; securi
   const loaded = config.security.encrypt.length ? await sandboxKey({ dir: config.dir, configDir: dirname(config.file), security: config.security }, env) : undefined;
   const key = loaded?.ok ? loaded.key : undefined;
   return {
-    policy: new BlobPolicy(config.security, key),
+    policy: new BlobPolicy(config.security, key, loaded?.ok && loaded.source === "file" ? loaded.path : undefined),
     ...(loaded && !loaded.ok ? { keyProblem: loaded.error } : {}),
     warnings: loaded?.ok ? loaded.warnings : [],
   };

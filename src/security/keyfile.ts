@@ -63,15 +63,15 @@ export async function loadEncryptionKey(spec: string | undefined, opts: LoadKeyO
 }
 
 /**
- * Creates a new key file at `path`: 32 random bytes in base64 and a newline, mode 0600, parent folders
+ * Creates a new key file at `path`: 32 random bytes (or `key`, for `key import`) in base64 and a newline, mode 0600, parent folders
  * created with mode 0700. The file appears complete or not at all, and an existing file is never
  * overwritten (Stalled `EncryptionKeyFileExists`). Returns the loaded key.
  */
-export async function createKeyFile(path: string): Promise<EncryptionKey> {
+export async function createKeyFile(path: string, key?: Uint8Array): Promise<EncryptionKey> {
   const abs = resolve(path);
   const dir = dirname(abs);
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const master = randomBytes(KEY_BYTES);
+  const master = key ? Buffer.from(key) : randomBytes(KEY_BYTES);
   const tmp = join(dir, `.${basename(abs)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
   const fh = await open(tmp, "wx", 0o600);
   try {
@@ -221,12 +221,68 @@ export async function sandboxKey(s: SandboxKeySettings, env: KeyEnv): Promise<Lo
 
 /**
  * For `init`: creates the default key file when the config encrypts paths, sets no `security.key`,
- * and no default key file exists yet. Returns the new file's path, or undefined when nothing was made.
+ * no default key file exists yet, and the repository's branches hold no encrypted file (whose key
+ * would be the team's). Returns the new file's path, or undefined when nothing was made.
  */
 export async function ensureDefaultKeyFile(s: SandboxKeySettings, env: KeyEnv): Promise<string | undefined> {
   if (!s.security.encrypt.length || s.security.key) return undefined;
   const path = defaultKeyFilePath(s.dir, env);
   if (await exists(path)) return undefined;
+  // A clone of a team's history: its files are encrypted with the team's key, which a new key would
+  // never read. init then says how to install that key instead (setUpEncryptionFilter).
+  const { historyHasEncryptedFiles } = await import("./git-filter.js");
+  if (await historyHasEncryptedFiles(s.dir, s.security.encrypt)) return undefined;
   await createKeyFile(path);
   return path;
+}
+
+/** The key as text to hand to a teammate (`key export`), or why there is none. */
+export type ExportKeyResult = { ok: true; text: string; fingerprint: string; source: string } | { ok: false; error: CascadeError };
+
+/**
+ * The base64 text of this sandbox's key (`security.key` itself, or the key file's content), for
+ * `cascade-sync key export`. Fails as {@link sandboxKey} does.
+ */
+export async function exportKeyText(s: SandboxKeySettings, env: KeyEnv): Promise<ExportKeyResult> {
+  const loaded = await sandboxKey(s, env);
+  if (!loaded.ok) return loaded;
+  if (loaded.source === "file" && loaded.path) {
+    const { readFile } = await import("node:fs/promises");
+    return { ok: true, text: (await readFile(loaded.path, "utf8")).trim(), fingerprint: loaded.key.fingerprint, source: loaded.path };
+  }
+  return { ok: true, text: (s.security.key ?? "").trim(), fingerprint: loaded.key.fingerprint, source: "security.key" };
+}
+
+/** What `key import` did: the file written (or already holding that key), or why nothing was written. */
+export type ImportKeyResult = { ok: true; path: string; fingerprint: string; created: boolean } | { ok: false; error: CascadeError };
+
+/**
+ * Installs a teammate's key (`cascade-sync key import`): `text` must be base64 of 32 bytes. It goes
+ * to the key file security.key names, else to the default key file of this sandbox, created with
+ * mode 0600. A key file holding another key is never overwritten (Stalled `EncryptionKeyFileExists`);
+ * a security.key that is the key itself (e.g. ${CASCADE_ENCRYPTION_KEY}) cannot be imported into
+ * (Stalled `EncryptionKeyInConfig`).
+ */
+export async function importKeyText(s: SandboxKeySettings, env: KeyEnv, text: string): Promise<ImportKeyResult> {
+  const bytes = decodeKey(text.trim());
+  if (!bytes) return { ok: false, error: stalled("EncryptionKeyInvalid", "the key to import is not base64 of 32 bytes", "paste exactly the line `cascade-sync key export` printed") };
+  const key = EncryptionKey.fromBytes(bytes);
+  const spec = s.security.key?.trim();
+  let path: string;
+  if (spec) {
+    if (decodeKey(spec)) {
+      return { ok: false, error: stalled("EncryptionKeyInConfig", "security.key holds the key itself (normally from ${CASCADE_ENCRYPTION_KEY}), so there is no key file to import into", "set that variable to the team's key where cascade-sync runs (and in the shell you run git from)") };
+    }
+    path = resolveKeyPath(spec, { baseDir: s.configDir, env });
+  } else {
+    path = defaultKeyFilePath(s.dir, env);
+  }
+  if (await exists(path)) {
+    const have = await loadKeyFile(path);
+    if (have.ok && have.key.fingerprint === key.fingerprint) return { ok: true, path, fingerprint: key.fingerprint, created: false };
+    return { ok: false, error: stalled("EncryptionKeyFileExists", `a key file already exists at ${path}${have.ok ? ` (key ${have.key.fingerprint})` : ""}; cascade-sync never overwrites a key`,
+      "if that key encrypted nothing anyone still needs, move the file away (keep a copy), then import again") };
+  }
+  await createKeyFile(path, bytes);
+  return { ok: true, path, fingerprint: key.fingerprint, created: true };
 }

@@ -1,5 +1,3 @@
-import { lstat, readFile, readlink } from "node:fs/promises";
-import { join } from "node:path";
 import { CatFileBatch } from "./cat-file.js";
 import { GitError } from "./failure.js";
 import { parseRawDiff, parseStatusV2, type RawDiffEntry, type StatusEntry } from "./parse.js";
@@ -25,7 +23,10 @@ function literal(repo: GitRepo): GitRepo {
  */
 export async function worktreeChanges(repo: GitRepo, paths: readonly string[] = []): Promise<StatusEntry[]> {
   const scoped = paths.filter((p) => p !== "");
-  const args = ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty"];
+  // Without an encryption key the cascade-sync clean filter refuses plaintext, and a required filter
+  // that fails makes git status die; status only compares (it stores nothing), so here the failure
+  // just marks the file changed, and the sandbox holds it back.
+  const args = ["-c", "filter.cascade-sync.required=false", "status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty"];
   if (scoped.length === 0) return parseStatusV2((await runGit(args, repo)).stdout).entries.filter((e) => e.kind !== "ignored");
   // status takes no --pathspec-from-file: the paths go on the command line, in slices that fit in one.
   const out: StatusEntry[] = [];
@@ -57,9 +58,6 @@ export interface Held<H> {
   held: H;
 }
 
-/** What an encrypted path's working file becomes in git: its blob bytes, or why it stays out. */
-export type EncryptedBlob<H> = { ok: true; blob: Buffer } | { ok: false; held: H };
-
 /** A batch to commit with native git. */
 export interface NativeCommit<H> {
   /** What git said changed ({@link worktreeChanges}); paths relative to the top, an embedded repository's ending in `/`. */
@@ -70,10 +68,11 @@ export interface NativeCommit<H> {
   parent: string | null;
   /** What the ref must hold when it moves, when that is not `parent` (null: it must not exist yet, as for a new branch starting at `parent`). */
   expected?: string | null;
-  /** True for a path git must never read itself (security.encrypt): its blob comes from {@link encrypt}. */
-  isEncrypted: (path: string) => boolean;
-  /** The blob to store for an encrypted path's working file, or why it is held back (never plaintext). */
-  encrypt: (path: string, content: Buffer) => EncryptedBlob<H>;
+  /**
+   * Paths git must not read at all, by why (an encrypted path whose attributes would not run the
+   * cascade-sync filter: git would store its plaintext as an object): they are never staged.
+   */
+  keepOut?: (paths: readonly string[]) => Promise<Map<string, H>>;
   /** Judges the exact bytes staged for a regular file: undefined to commit them, or why they stay out. */
   judge: (path: string, blob: Buffer) => H | undefined;
   /** The commit message for what the commit changes. */
@@ -96,11 +95,12 @@ export interface NativeCommitOutcome<H> {
 
 /**
  * Commits `paths` the way `git add -A -- PATHS && git commit` would record them, with git doing the work:
- * `git add -A` stages every path that is not encrypted (attributes, eol, clean filters and LFS applied by
- * git, gitlinks for submodules and embedded repositories); an encrypted path is never given to git: its
- * ciphertext is written with `hash-object -w --no-filters` and set with `update-index --index-info` (held
- * back without a key). The staged blobs of regular files are read back and judged (the secret scan sees
- * exactly the committed bytes); a held path gets HEAD's entry back (or none when new). Then write-tree,
+ * `git add -A` and `git update-index` stage every path (attributes, eol, clean filters and LFS applied by
+ * git, gitlinks for submodules and embedded repositories; `security.encrypt` paths through the
+ * cascade-sync filter, which stores their ciphertext) except those `keepOut` names, which git never
+ * reads. The staged blobs of regular files are read back and judged (the secret scan sees exactly the
+ * committed bytes, an encrypted path's must be ciphertext); a held path gets HEAD's entry back (or
+ * none when new). Then write-tree,
  * commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
  * commit racing us is never lost: what is still staged is committed on top of it, and after
  * {@link REF_RACE_ATTEMPTS} lost races Transient `RefConflict` goes to the caller (the index keeps the
@@ -109,23 +109,25 @@ export interface NativeCommitOutcome<H> {
  */
 export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promise<NativeCommitOutcome<H>> {
   const held: Held<H>[] = [];
-  let paths = changedPathsOf(c.changes);
-  const removed = await stagePlain(repo, c.changes.filter((e) => !c.isEncrypted(e.path)));
+  const keepOut = async (entries: readonly StatusEntry[]) => {
+    const out = (await c.keepOut?.(changedPathsOf(entries))) ?? new Map<string, H>();
+    for (const [path, h] of out) held.push({ path, held: h });
+    return entries.filter((e) => !out.has(e.path));
+  };
+  const changes = await keepOut(c.changes);
+  let paths = changedPathsOf(changes);
+  const removed = await stagePlain(repo, changes);
   if (removed && c.lookAgain) {
-    const known = new Set(paths);
-    const surfaced = (await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path) && !c.isEncrypted(e.path));
+    const known = new Set(changedPathsOf(c.changes));
+    const surfaced = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
     await stagePlain(repo, surfaced);
-    paths = changedPathsOf([...c.changes, ...surfaced]);
-  }
-  for (const p of paths.filter((p) => c.isEncrypted(p))) {
-    const h = await stageEncrypted(repo, p, c.encrypt);
-    if (h !== undefined) held.push({ path: p, held: h });
+    paths = changedPathsOf([...changes, ...surfaced]);
   }
   let parent = c.parent;
   let expected = c.expected === undefined ? parent : c.expected;
   let staged = await stagedChanges(repo, parent, paths);
   const restore: IndexInfo[] = [];
-  const judged = await judgeStaged(repo, staged.filter((e) => !c.isEncrypted(e.path)), c.judge);
+  const judged = await judgeStaged(repo, staged, c.judge);
   for (const { entry, held: h } of judged) {
     held.push({ path: entry.path, held: h });
     restore.push(entry.srcMode === "000000" ? { mode: "0", oid: "0".repeat(entry.srcOid.length), path: entry.path } : { mode: entry.srcMode, oid: entry.srcOid, path: entry.path });
@@ -187,38 +189,6 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promi
     if (still.length) await add(still);
   }
   return removed.length > 0;
-}
-
-/** Stages an encrypted path's ciphertext (or its deletion); returns why it was held back, if it was. */
-async function stageEncrypted<H>(repo: GitRepo, path: string, encrypt: NativeCommit<H>["encrypt"]): Promise<H | undefined> {
-  const abs = join(workTreeOf(repo), path);
-  const st = await lstat(abs).catch(() => null);
-  if (!st || !(st.isFile() || st.isSymbolicLink())) {
-    await runGit(["update-index", "-z", "--force-remove", "--stdin"], { ...repo, stdin: `${path}\0` });
-    return undefined;
-  }
-  let blob: Buffer;
-  let mode: string;
-  if (st.isSymbolicLink()) {
-    blob = Buffer.from(await readlink(abs));
-    mode = "120000";
-  } else {
-    const stored = encrypt(path, await readFile(abs));
-    if (!stored.ok) return stored.held;
-    blob = stored.blob;
-    mode = st.mode & 0o100 ? "100755" : "100644";
-  }
-  const oid = (await runGit(["hash-object", "-w", "--no-filters", "--stdin"], { ...repo, stdin: blob })).stdout.toString("utf8").trim();
-  await updateIndexInfo(repo, [{ mode, oid, path }]);
-  // The blob is ciphertext while the file is plaintext: git would report it changed forever, so git is
-  // told to trust the entry; the caller compares encrypted paths itself (by encrypting them again).
-  if (mode !== "120000") await runGit(["update-index", "-z", "--assume-unchanged", "--stdin"], { ...repo, stdin: `${path}\0` });
-  return undefined;
-}
-
-/** The work tree's top folder of a repository description. */
-function workTreeOf(repo: GitRepo): string {
-  return repo.workTree ?? repo.cwd ?? process.cwd();
 }
 
 /** What the index now holds differently from `parent` for `paths`: `git diff-index --cached -z --raw --no-renames`. */

@@ -1,0 +1,327 @@
+/**
+ * `security.encrypt` as a git filter driver: the sandbox's `.git/config` names the `cascade-sync`
+ * filter process (and a textconv for readable diffs), `.git/info/attributes` gives each encrypt
+ * pattern `filter=cascade-sync diff=cascade-sync`, and from then on git itself encrypts what it
+ * stores and decrypts what it writes, in every command, native ones included. This module writes
+ * and keeps that registration, moves sandboxes of the assume-unchanged era onto it, and finds the
+ * encrypted blobs this sandbox's key cannot read (another person's key).
+ */
+import { lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, updateIndexInfo, type GitRepo } from "../git/native/index.js";
+import { packageRoot } from "../package-root.js";
+import type { BlobPolicy, HeldBack } from "./blob-policy.js";
+import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
+import { TEAM_KEY_HINT, undecryptable } from "./filter-content.js";
+
+/** The filter (and diff) driver's name in `.git/config` and in attributes. */
+export const FILTER_DRIVER = "cascade-sync";
+
+const MANAGED_BEGIN = "# cascade-sync: security.encrypt (managed by cascade-sync; edit security.encrypt instead)";
+const MANAGED_END = "# end of cascade-sync";
+
+/** A sandbox as the registration sees it: its work tree and its git directory. */
+export interface FilterRepo {
+  dir: string;
+  gitdir: string;
+}
+
+/** Quotes one word for the shell git runs a filter command with. */
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The command git runs for `sub` (`filter-process` or `filter-textconv`): this Node and this install's
+ * bin/cascade-sync.js, both absolute, so that it works from any shell and any PATH. `keyFile` is the
+ * key file the controller uses: the filter falls back to it when the config alone names no key
+ * (git may run with another HOME than the one that found the default key file).
+ */
+export function filterCommand(sub: "filter-process" | "filter-textconv", binPath = join(packageRoot(), "bin", "cascade-sync.js"), keyFile?: string): string {
+  return [process.execPath, binPath, sub, ...(keyFile ? ["--key-file", keyFile] : [])].map(shellQuote).join(" ");
+}
+
+/**
+ * The `.git/info/attributes` lines for gitignore-style encrypt patterns. gitattributes differs in two
+ * ways: a folder pattern (`secrets/`) does not reach the files inside (it becomes `secrets/**`), and
+ * there is no `!` negation (it becomes the pattern with the attributes unset, which a later line may do).
+ */
+export function attributeLines(patterns: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const raw of patterns) {
+    let p = raw.trim();
+    if (p === "" || p.startsWith("#")) continue;
+    const negated = p.startsWith("!");
+    if (negated) p = p.slice(1);
+    if (p.endsWith("/")) {
+      // A folder pattern: without another slash it matches such a folder at any depth.
+      const core = p.slice(0, -1);
+      p = core.includes("/") ? `${core}/**` : `**/${core}/**`;
+    }
+    // Whitespace ends a pattern in attributes; git reads C-quoted patterns.
+    const pattern = /[\s"\\]/.test(p) ? `"${p.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\t/g, "\\t")}"` : p;
+    out.push(negated ? `${pattern} !filter !diff` : `${pattern} filter=${FILTER_DRIVER} diff=${FILTER_DRIVER}`);
+  }
+  return out;
+}
+
+/**
+ * Writes the managed block of `.git/info/attributes` for `patterns` (removed when there are none),
+ * keeping every other line. Resolves true when the file changed.
+ */
+export async function writeInfoAttributes(gitdir: string, patterns: readonly string[]): Promise<boolean> {
+  const file = join(gitdir, "info", "attributes");
+  const old = await readFile(file, "utf8").catch(() => "");
+  const lines = attributeLines(patterns);
+  const block = lines.length ? [MANAGED_BEGIN, ...lines, MANAGED_END].join("\n") : "";
+  const start = old.indexOf(MANAGED_BEGIN);
+  const end = old.indexOf(MANAGED_END);
+  let next: string;
+  if (start >= 0 && end > start) {
+    const after = old.slice(end + MANAGED_END.length).replace(/^\n/, "");
+    next = old.slice(0, start) + (block ? `${block}\n` : "") + after;
+  } else {
+    next = block ? `${old}${old && !old.endsWith("\n") ? "\n" : ""}${block}\n` : old;
+  }
+  if (next === old) return false;
+  await mkdir(dirname(file), { recursive: true });
+  await writeFile(file, next);
+  return true;
+}
+
+function gitRepo(repo: FilterRepo): GitRepo {
+  return { cwd: repo.dir, gitDir: repo.gitdir, workTree: repo.dir };
+}
+
+async function localConfig(repo: FilterRepo, key: string): Promise<string | undefined> {
+  const r = await runGit(["config", "--local", "--get", key], { ...gitRepo(repo), okExitCodes: [0, 1] });
+  return r.exitCode === 0 ? r.stdout.toString("utf8").trim() : undefined;
+}
+
+async function setLocalConfig(repo: FilterRepo, key: string, value: string): Promise<boolean> {
+  if ((await localConfig(repo, key)) === value) return false;
+  await runGit(["config", "--local", key, value], gitRepo(repo));
+  return true;
+}
+
+/** What {@link setUpEncryptionFilter} needs: the security settings in force and the policy (with its key) built from them. */
+export interface EncryptionSetup {
+  encrypt: readonly string[];
+  /** The policy in force; its key (or none) decides what can be decrypted. */
+  policy: BlobPolicy;
+  /** The bin script git should run (default: this install's bin/cascade-sync.js). */
+  binPath?: string;
+}
+
+/**
+ * Registers the `cascade-sync` filter in the sandbox (for `init`, and at `start` for sandboxes made
+ * before it existed) and returns sentences for a person:
+ * - `.git/config`: `filter.cascade-sync.process` (this install's absolute command), `.required=true`
+ *   (git fails a command rather than store a file unfiltered), `diff.cascade-sync.textconv`;
+ * - `.git/info/attributes`: one line per security.encrypt pattern (kept in step when it changes);
+ * - index entries of encrypted paths marked assume-unchanged (the former workaround) are unmarked;
+ * - tracked encrypted files that hold their own committed ciphertext (a clone made before the
+ *   filter was registered, or a key installed since) are checked out again, now decrypted;
+ * - when the branches hold encrypted files this sandbox cannot decrypt (no key, another key), says
+ *   so and how to install the team's key.
+ */
+export async function setUpEncryptionFilter(repo: FilterRepo, s: EncryptionSetup): Promise<string[]> {
+  const lines: string[] = [];
+  const bin = s.binPath;
+  let changed = await setLocalConfig(repo, `filter.${FILTER_DRIVER}.process`, filterCommand("filter-process", bin, s.policy.keyFile));
+  changed = (await setLocalConfig(repo, `filter.${FILTER_DRIVER}.required`, "true")) || changed;
+  changed = (await setLocalConfig(repo, `diff.${FILTER_DRIVER}.textconv`, filterCommand("filter-textconv", bin, s.policy.keyFile))) || changed;
+  changed = (await writeInfoAttributes(repo.gitdir, s.encrypt)) || changed;
+  if (changed && s.encrypt.length) lines.push(`registered the cascade-sync git filter for security.encrypt (${s.encrypt.join(", ")}) in .git/config and .git/info/attributes`);
+  if (!s.encrypt.length) return lines;
+  const tracked = parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], gitRepo(repo))).stdout).filter((e) => e.stage === 0 && e.mode !== "120000" && e.mode !== "160000" && s.policy.isEncrypted(e.path));
+  const unmarked = await unmarkAssumeUnchanged(repo, new Set(tracked.map((e) => e.path)));
+  if (unmarked.length) lines.push(`${unmarked.length} encrypted file(s) are no longer marked assume-unchanged in the index: git's filter keeps them as ciphertext now`);
+  const key = s.policy.encryptionKey;
+  if (key) {
+    const refreshed = await decryptCheckedOutCiphertext(repo, tracked, key);
+    if (refreshed.length) lines.push(`decrypted ${refreshed.length} file(s) that held their ciphertext: ${refreshed.join(", ")}`);
+  }
+  const unreadable = await undecryptableInBranches(repo, s.policy, key);
+  if (unreadable.length) {
+    const shown = unreadable.slice(0, 5).join(", ") + (unreadable.length > 5 ? `, +${unreadable.length - 5} more` : "");
+    const why = key ? `do not decrypt with this sandbox's key (${key.fingerprint}): they were encrypted with another key` : "are stored encrypted and this sandbox has no key";
+    lines.push(`this repository's history has encrypted files that ${why}: ${shown}`);
+    lines.push(`  they are held (not written, never committed over) until the key is here; ${TEAM_KEY_HINT}`);
+  }
+  return lines;
+}
+
+/** Clears assume-unchanged from the index entries of `paths` that have it; returns those paths. */
+async function unmarkAssumeUnchanged(repo: FilterRepo, paths: ReadonlySet<string>): Promise<string[]> {
+  if (!paths.size) return [];
+  // `ls-files -v` shows an assume-unchanged entry with a lowercase tag.
+  const marked = splitNul((await runGit(["ls-files", "-v", "-z"], gitRepo(repo))).stdout)
+    .filter((r) => /^[a-z] /.test(r))
+    .map((r) => r.slice(2))
+    .filter((p) => paths.has(p));
+  if (marked.length) await runGit(["update-index", "-z", "--no-assume-unchanged", "--stdin"], { ...gitRepo(repo), stdin: `${marked.join("\0")}\0` });
+  return marked;
+}
+
+/**
+ * Checks out again (through the filter, so decrypted) each tracked encrypted file whose working file
+ * is byte for byte its index blob, a ciphertext this key decrypts: nothing of the person's is
+ * replaced, since the file is exactly what git already has.
+ */
+async function decryptCheckedOutCiphertext(repo: FilterRepo, tracked: readonly { path: string; oid: string }[], key: EncryptionKey): Promise<string[]> {
+  const candidates: { path: string; oid: string }[] = [];
+  for (const e of tracked) {
+    const head = await readHead(join(repo.dir, e.path), 17);
+    if (head && isEncryptedBlob(head)) candidates.push(e);
+  }
+  if (!candidates.length) return [];
+  // hash-object reads one path per line: a name holding a newline is left as it is.
+  const named = candidates.filter((c) => !c.path.includes("\n"));
+  const hashed = await runGit(["hash-object", "--no-filters", "--stdin-paths"], { ...gitRepo(repo), stdin: named.map((c) => `${c.path}\n`).join("") }).catch(() => null);
+  const hashes = hashed ? hashed.stdout.toString("utf8").split("\n") : [];
+  const same = named.filter((c, i) => hashes[i] === c.oid);
+  const readable: string[] = [];
+  const reader = new CatFileBatch(gitRepo(repo));
+  try {
+    for (const c of same) {
+      const obj = await reader.read(c.oid);
+      if (obj && !undecryptable(key, c.path, obj.data)) readable.push(c.path);
+    }
+  } finally {
+    await reader.close();
+  }
+  if (readable.length) {
+    // git skips an entry whose file looks up to date by its stat data: the file (byte for byte the
+    // blob, so nothing is lost) goes first, then git writes it again through the filter.
+    for (const p of readable) await rm(join(repo.dir, p), { force: true });
+    await runGit(["checkout-index", "-u", "-f", "-z", "--stdin"], { ...gitRepo(repo), stdin: `${readable.join("\0")}\0` });
+  }
+  return readable;
+}
+
+async function readHead(abs: string, bytes: number): Promise<Buffer | undefined> {
+  const { open } = await import("node:fs/promises");
+  const fh = await open(abs, "r").catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(bytes);
+    const { bytesRead } = await fh.read(buf, 0, bytes, 0);
+    return buf.subarray(0, bytesRead);
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The encrypted paths in the trees of the local and remote-tracking branches whose blob this key cannot decrypt, sorted. */
+export async function undecryptableInBranches(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined): Promise<string[]> {
+  const tips = (await runGit(["for-each-ref", "--format=%(objectname)", "refs/heads", "refs/remotes"], gitRepo(repo))).stdout.toString("utf8").split("\n").filter(Boolean);
+  const out = new Set<string>();
+  for (const tip of new Set(tips)) for (const p of await undecryptableInTree(repo, policy, key, tip)) out.add(p);
+  return [...out].sort();
+}
+
+/**
+ * The encrypted paths of `treeish` (all of them, or those among `paths`) whose blob this key cannot
+ * decrypt: another person's key, or no key at all. Such a path is held: nothing is written for it
+ * and the sandbox never commits over it.
+ */
+export async function undecryptableInTree(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined, treeish: string, paths?: readonly string[]): Promise<string[]> {
+  if (paths && paths.length === 0) return [];
+  const args = ["ls-tree", "-r", "-z", "--full-tree", treeish];
+  const { stdout } = await runGit(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] });
+  const entries = parseLsTree(stdout).filter((e) => e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path));
+  if (!entries.length) return [];
+  const reader = new CatFileBatch(gitRepo(repo));
+  const out: string[] = [];
+  try {
+    for (const e of entries) {
+      const obj = await reader.read(e.oid);
+      if (obj && undecryptable(key, e.path, obj.data)) out.push(e.path);
+    }
+  } finally {
+    await reader.close();
+  }
+  return out;
+}
+
+/**
+ * Those of `paths` whose attributes do not run the cascade-sync filter (`git check-attr filter`): git
+ * would store such a file as it is, so an encrypted path among them must never be staged.
+ */
+export async function pathsWithoutFilter(repo: FilterRepo, paths: readonly string[]): Promise<string[]> {
+  if (!paths.length) return [];
+  const { stdout } = await runGit(["check-attr", "-z", "--stdin", "filter"], { ...gitRepo(repo), stdin: `${paths.join("\0")}\0` });
+  const f = splitNul(stdout);
+  const out: string[] = [];
+  for (let i = 0; i + 2 < f.length; i += 3) if (f[i + 2] !== FILTER_DRIVER) out.push(f[i]!);
+  return out;
+}
+
+/**
+ * True when a branch (local or remote-tracking) of the repository at `dir` holds an encrypted
+ * blob at a path matching `encrypt`; false also when `dir` is no repository.
+ */
+export async function historyHasEncryptedFiles(dir: string, encrypt: readonly string[]): Promise<boolean> {
+  if (!encrypt.length) return false;
+  const { BlobPolicy } = await import("./blob-policy.js");
+  const noKey = new BlobPolicy({ encrypt, maxFileSizeBytes: Number.MAX_SAFE_INTEGER, allow: [] }, undefined);
+  const top = await runGit(["rev-parse", "--show-toplevel", "--absolute-git-dir"], { cwd: dir }).catch(() => null);
+  if (!top) return false;
+  const [workTree, gitdir] = top.stdout.toString("utf8").trim().split("\n");
+  if (!workTree || !gitdir) return false;
+  return (await undecryptableInBranches({ dir: workTree, gitdir }, noKey, undefined)).length > 0;
+}
+
+/**
+ * What the native commit must keep away from git for a batch (NativeCommit.keepOut): an encrypted
+ * file without a key (the filter would refuse it; its deletion goes through), and one whose attributes would not run the
+ * cascade-sync filter (git would store its plaintext as an object). Folders (embedded repositories,
+ * ending in `/`) are never encrypted files.
+ */
+export function keepOutOfGit(repo: FilterRepo, policy: BlobPolicy): (paths: readonly string[]) => Promise<Map<string, HeldBack>> {
+  return async (paths) => {
+    const out = new Map<string, HeldBack>();
+    const encrypted = paths.filter((p) => !p.endsWith("/") && policy.isEncrypted(p));
+    for (const p of encrypted) {
+      // A deletion reveals nothing and needs no key; a file that is there does.
+      const there = await lstat(join(repo.dir, p)).then(() => true, () => false);
+      if (policy.holdsBack(p) && there) out.set(p, { why: "no-key", path: p, message: `${p} matches security.encrypt and there is no encryption key; it is never committed in plaintext` });
+    }
+    for (const p of await pathsWithoutFilter(repo, encrypted.filter((p) => !out.has(p)))) {
+      out.set(p, { why: "unfiltered", path: p, message: `${p} matches security.encrypt but its attributes do not run the cascade-sync filter; it is not committed (run \`cascade-sync init\` to register the filter)` });
+    }
+    return out;
+  };
+}
+
+/**
+ * Sets the index entries of `paths` to what `treeish` holds (removed where it holds nothing), without
+ * touching the files: a held path (no key, another person's key) must go into the next commit exactly
+ * as committed, since git writes the whole index as the commit's tree.
+ */
+export async function indexAsCommitted(repo: FilterRepo, treeish: string, paths: readonly string[]): Promise<void> {
+  if (!paths.length) return;
+  const { stdout } = await runGit(["ls-tree", "-z", "--full-tree", treeish, "--", ...paths], { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" } });
+  const committed = new Map(parseLsTree(stdout).map((e) => [e.path, e] as const));
+  const zero = "0".repeat(committed.values().next().value?.oid.length ?? 40);
+  await updateIndexInfo(gitRepo(repo), paths.map((p) => {
+    const e = committed.get(p);
+    return e ? { mode: e.mode, oid: e.oid, path: p } : { mode: "0", oid: zero, path: p };
+  }));
+}
+
+/**
+ * The encrypted paths whose index entry differs from `head` while this sandbox cannot commit them
+ * (no key, or `head` holds them encrypted with another key): a merge left such a file alone, and
+ * since a commit records the whole index, they must go back to `head`'s entries first.
+ */
+export async function heldInIndex(repo: FilterRepo, policy: BlobPolicy, head: string): Promise<string[]> {
+  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--name-only", "--no-renames", head], gitRepo(repo));
+  const encrypted = splitNul(stdout).filter((p) => policy.isEncrypted(p));
+  if (!encrypted.length) return [];
+  if (!policy.encryptionKey) return encrypted;
+  return undecryptableInTree(repo, policy, policy.encryptionKey, head, encrypted);
+}
