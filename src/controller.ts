@@ -35,6 +35,8 @@ import { noProgress, type ProgressReporter } from "./progress.js";
 import { startStatusServer, type StatusServer } from "./server/http.js";
 import type { PipelineServices } from "./reconcile.js";
 import { requireGitVersion } from "./git/native/version.js";
+import { SandboxUpkeep } from "./upkeep.js";
+import type { EmbeddedRepository } from "./git/native/embedded.js";
 
 /** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
 interface Slot {
@@ -68,6 +70,8 @@ export interface StatusSnapshot {
     /** Files held back by the secret scan or their size: where, which rule, the fingerprint (never the secret). */
     findings?: Finding[];
     lastCommit?: SharedState["lastCommit"];
+    /** Embedded repositories (nested folders with their own .git) whose content does not travel with the sandbox. */
+    embedded?: EmbeddedRepository[];
   };
   /** `variables`: where each ${VAR} of the config in force came from (`shell`, `.env`, `missing`), never a value. */
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string; variables?: VariableSource[] };
@@ -159,6 +163,8 @@ export class Controller {
   private lastTurnAt = 0;
   /** Commits are immutable: what status shows of each is read once. */
   private readonly commitInfos = new Map<string, CommitInfo>();
+  /** Stale git locks at start, `git maintenance run --auto`, embedded repositories for status. */
+  private readonly upkeep: SandboxUpkeep;
 
   private constructor(
     private readonly deps: ControllerDeps,
@@ -173,6 +179,7 @@ export class Controller {
   ) {
     this.startedAt = new Date(deps.clock.now()).toISOString();
     this.configLastGoodAt = this.startedAt;
+    this.upkeep = new SandboxUpkeep(repo, (fn) => this.exclusive(fn), deps.log, () => this.now());
     this.rebuildSlots();
   }
 
@@ -233,6 +240,7 @@ export class Controller {
    * batch and pushes it if the remotes are reachable, then resolves.
    */
   async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
+    await this.upkeep.start(this.config);
     this.watcher = new SandboxWatcher(this.config.dir, this.repo.gitdir, () => this.exclusions, {
       changed: (rel) => this.onPathChanged(rel),
       headChanged: () => this.retryStalled(),
@@ -270,6 +278,7 @@ export class Controller {
       await this.pipeline.gates.close();
       await this.settlePasses();
       await this.flush();
+      await this.upkeep.close();
       await this.stopServing();
     }
   }
@@ -471,6 +480,7 @@ export class Controller {
     slot.nextRunAt = undefined;
     slot.lastRunAt = this.now();
     const ctx = this.context(taken);
+    const lastCommit = this.state.lastCommit;
     try {
       const t0 = Date.now();
       const observed = await slot.r.observe(ctx, this.config);
@@ -478,6 +488,7 @@ export class Controller {
       const result: Result = await reconcile(slot.r, ctx, this.config, observed);
       this.deps.log.debug(`${slot.r.name}: ${result.summary ?? "done"}`, { observeMs: t1 - t0, applyMs: Date.now() - t1 });
       this.succeeded(slot, result);
+      if (taken) this.upkeep.afterSandboxPass(this.state.lastCommit === lastCommit ? 0 : taken.full ? Infinity : taken.paths.size, taken.full);
       if (taken && !taken.full && taken.paths.size >= BURST_RESCAN_THRESHOLD) this.burstPaths += taken.paths.size;
       if (isSandbox && this.burstPaths && this.hints.paths.size === 0) {
         // inotify drops events without an error when its queue overflows in a big burst: once the
@@ -784,6 +795,7 @@ export class Controller {
         ...(this.state.heldBack.length && this.state.keyProblem ? { keyProblem: this.state.keyProblem } : {}),
         findings: Object.values(this.state.findings).flat(),
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
+        embedded: this.upkeep.embeddedRepositories(),
       },
       config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt, variables: this.config.variables },
       remotes: this.config.remotes.map((r) => {
