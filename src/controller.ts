@@ -179,7 +179,10 @@ export class Controller {
   ) {
     this.startedAt = new Date(deps.clock.now()).toISOString();
     this.configLastGoodAt = this.startedAt;
-    this.upkeep = new SandboxUpkeep(repo, (fn) => this.exclusive(fn), deps.log, () => this.now());
+    this.upkeep = new SandboxUpkeep(repo, (fn) => this.exclusive(fn), deps.log, () => this.now(), () => {
+      this.statusDirty = true;
+      this.wakeUp?.();
+    });
     this.rebuildSlots();
   }
 
@@ -772,6 +775,11 @@ export class Controller {
     }
     await this.statusWrite;
     await this.writeStatus(false);
+  }
+
+  /** Looks at the sandbox's embedded repositories now, for a snapshot taken while no controller runs (`status`). */
+  lookAtEmbedded(): Promise<void> {
+    return this.upkeep.refreshEmbedded();
   }
 
   /** The status snapshot (also written to status.json). */

@@ -26,6 +26,8 @@ export class SandboxUpkeep {
     gate: <T>(fn: () => Promise<T>) => Promise<T>,
     private readonly log: Logger,
     private readonly now: () => number,
+    /** Called when what status shows changed (the embedded repositories were looked at again). */
+    private readonly changed: () => void,
     policy: MaintenancePolicy = DEFAULT_MAINTENANCE,
   ) {
     this.maintenance = new AutoMaintenance(this.git(), gate, log, policy);
@@ -58,7 +60,10 @@ export class SandboxUpkeep {
     this.embeddedRun ??= (async () => {
       this.embeddedAt = this.now();
       try {
-        this.embedded = await unsyncedEmbeddedRepositories(this.git(), this.repo.dir);
+        const found = await unsyncedEmbeddedRepositories(this.git(), this.repo.dir);
+        const before = JSON.stringify(this.embedded);
+        this.embedded = found;
+        if (JSON.stringify(found) !== before) this.changed();
       } catch (err) {
         this.log.debug(`cannot list embedded repositories: ${(err as Error).message}`);
       } finally {

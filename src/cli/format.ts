@@ -33,11 +33,12 @@ export function formatStatus(r: StatusReport): string {
     lines.push(`held back:  ${f.path}${f.line ? `:${f.line}` : ""}: ${f.rule}: ${f.message}`);
     lines.push(`            not committed; remove it, or accept it with security.allow: ["${f.fingerprint}"]`);
   }
+  if (s.sandbox.lastCommit) lines.push(`            last commit ${s.sandbox.lastCommit.commit.slice(0, 7)} ${s.sandbox.lastCommit.at}: ${s.sandbox.lastCommit.message}`);
   for (const e of s.sandbox.embedded ?? []) {
-    lines.push(`not synced: ${e.path}/ (a repository of its own${e.head ? ` at ${e.head.slice(0, 7)}` : ""}, recorded only as a gitlink): ${e.problems.map((p) => p.message).join("; ")}`);
+    const recorded = e.recorded ? `recorded only as a gitlink to ${e.head?.slice(0, 7)}` : e.head ? `to be recorded as a gitlink to ${e.head.slice(0, 7)}` : "not recorded";
+    lines.push(`not synced: ${e.path}/ (a repository of its own, ${recorded}): ${e.problems.map((p) => p.message).join("; ")}`);
     lines.push(`            hint: ${e.hint}`);
   }
-  if (s.sandbox.lastCommit) lines.push(`            last commit ${s.sandbox.lastCommit.commit.slice(0, 7)} ${s.sandbox.lastCommit.at}: ${s.sandbox.lastCommit.message}`);
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");
   for (const rm of s.remotes) {
     const push = rm.lastPush ? `last push ${rm.lastPush.commit.slice(0, 7)} at ${rm.lastPush.at}` : "never pushed";
