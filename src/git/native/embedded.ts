@@ -46,7 +46,7 @@ export interface EmbeddedRepository {
  */
 export async function unsyncedEmbeddedRepositories(repo: GitRepo, workTree: string): Promise<EmbeddedRepository[]> {
   const recorded = parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], repo)).stdout).filter((e) => e.mode === "160000").map((e) => e.path);
-  const status = parseStatusV2((await runGit(["status", "--porcelain=v2", "-z", "--untracked-files=normal", "--ignore-submodules=all"], repo)).stdout);
+  const status = parseStatusV2((await runGit(["status", "--porcelain=v2", "-z", "--untracked-files=all", "--ignore-submodules=all"], repo)).stdout);
   const untracked = status.entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path.slice(0, -1));
   const urls = await submoduleUrls(repo);
   const out: EmbeddedRepository[] = [];

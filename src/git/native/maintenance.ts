@@ -72,6 +72,7 @@ export class AutoMaintenance {
   private running: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly stopping = new AbortController();
+  private closed = false;
 
   constructor(
     private readonly repo: GitRepo,
@@ -103,6 +104,7 @@ export class AutoMaintenance {
    * process group), which git tolerates: its temporary packs go at the next gc, a left lock at the next start.
    */
   async close(graceMs = 10_000): Promise<void> {
+    this.closed = true;
     clearTimeout(this.timer);
     this.timer = undefined;
     const run = this.running;
@@ -115,13 +117,13 @@ export class AutoMaintenance {
 
   private arm(ms: number): void {
     clearTimeout(this.timer);
-    if (this.stopping.signal.aborted) return;
+    if (this.closed) return;
     this.timer = setTimeout(() => this.launch("periodic"), ms);
     this.timer.unref();
   }
 
   private launch(why: string): void {
-    if (this.running || this.stopping.signal.aborted) return;
+    if (this.running || this.closed) return;
     this.commits = 0;
     this.paths = 0;
     const t0 = Date.now();
