@@ -44,7 +44,8 @@ export interface EmbeddedRepository {
  * GitError when git fails on the sandbox itself; a nested repository git cannot read is reported, not
  * thrown.
  */
-export async function unsyncedEmbeddedRepositories(repo: GitRepo, workTree: string): Promise<EmbeddedRepository[]> {
+export async function unsyncedEmbeddedRepositories(sandbox: GitRepo, workTree: string): Promise<EmbeddedRepository[]> {
+  const repo = withoutOptionalLocks(sandbox);
   const recorded = parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], repo)).stdout).filter((e) => e.mode === "160000").map((e) => e.path);
   const status = parseStatusV2((await runGit(["status", "--porcelain=v2", "-z", "--untracked-files=all", "--ignore-submodules=all"], repo)).stdout);
   const untracked = status.entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path.slice(0, -1));
@@ -59,7 +60,7 @@ export async function unsyncedEmbeddedRepositories(repo: GitRepo, workTree: stri
 }
 
 async function inspect(abs: string, path: string, recorded: boolean, url: string | undefined): Promise<EmbeddedRepository> {
-  const nested: GitRepo = { cwd: abs, gitDir: join(abs, ".git"), workTree: abs };
+  const nested = withoutOptionalLocks({ cwd: abs, gitDir: join(abs, ".git"), workTree: abs });
   const problems: EmbeddedRepository["problems"] = [];
   const head = await runGit(["rev-parse", "--verify", "-q", "HEAD^{commit}"], { ...nested, okExitCodes: [0, 1] })
     .then((r) => r.stdout.toString("utf8").trim() || null, () => null);
@@ -104,6 +105,14 @@ async function submoduleUrls(repo: GitRepo): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const e of byName.values()) if (e.path && e.url) out.set(e.path, e.url);
   return out;
+}
+
+/**
+ * A look for status only: `git status` must not refresh and write the index (it would take index.lock
+ * and make a commit of ours, or the user's `git add`, fail meanwhile), as VS Code's background status does.
+ */
+function withoutOptionalLocks(repo: GitRepo): GitRepo {
+  return { ...repo, env: { ...repo.env, GIT_OPTIONAL_LOCKS: "0" } };
 }
 
 async function hasGitDir(abs: string): Promise<boolean> {
