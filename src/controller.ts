@@ -37,6 +37,8 @@ import { startStatusServer, type StatusServer } from "./server/http.js";
 import { recentHistory } from "./history/page-data.js";
 import type { PipelineServices } from "./reconcile.js";
 import { requireGitVersion } from "./git/native/version.js";
+import { SandboxUpkeep } from "./upkeep.js";
+import type { EmbeddedRepository } from "./git/native/embedded.js";
 
 /** Per-reconciler bookkeeping: when it runs next, how often it failed, what it last said. */
 interface Slot {
@@ -74,6 +76,8 @@ export interface StatusSnapshot {
     /** Files held back by the secret scan or their size: where, which rule, the fingerprint (never the secret). */
     findings?: Finding[];
     lastCommit?: SharedState["lastCommit"];
+    /** Embedded repositories (nested folders with their own .git) whose content does not travel with the sandbox. */
+    embedded?: EmbeddedRepository[];
   };
   /** `variables`: where each ${VAR} of the config in force came from (`shell`, `.env`, `missing`), never a value. */
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string; variables?: VariableSource[] };
@@ -167,6 +171,8 @@ export class Controller {
   private lastTurnAt = 0;
   /** Commits are immutable: what status shows of each is read once. */
   private readonly commitInfos = new Map<string, CommitInfo>();
+  /** Stale git locks at start, `git maintenance run --auto`, embedded repositories for status. */
+  private readonly upkeep: SandboxUpkeep;
 
   private constructor(
     private readonly deps: ControllerDeps,
@@ -181,6 +187,10 @@ export class Controller {
   ) {
     this.startedAt = new Date(deps.clock.now()).toISOString();
     this.configLastGoodAt = this.startedAt;
+    this.upkeep = new SandboxUpkeep(repo, (fn) => this.exclusive(fn), deps.log, () => this.now(), () => {
+      this.statusDirty = true;
+      this.wakeUp?.();
+    });
     this.rebuildSlots();
   }
 
@@ -242,6 +252,7 @@ export class Controller {
    * batch and pushes it if the remotes are reachable, then resolves.
    */
   async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
+    await this.upkeep.start(this.config);
     this.watcher = new SandboxWatcher(this.config.dir, this.repo.gitdir, () => this.exclusions, {
       changed: (rel) => this.onPathChanged(rel),
       headChanged: () => this.retryStalled(),
@@ -281,6 +292,7 @@ export class Controller {
       await this.pipeline.gates.close();
       await this.settlePasses();
       await this.flush();
+      await this.upkeep.close();
       await this.stopServing();
       // Notifications are delivered beside the loop; a stop gives the pending ones a few seconds, no more.
       await this.notifier.close(NOTIFY_GRACE_MS);
@@ -489,6 +501,7 @@ export class Controller {
     slot.nextRunAt = undefined;
     slot.lastRunAt = this.now();
     const ctx = this.context(taken);
+    const lastCommit = this.state.lastCommit;
     try {
       const t0 = Date.now();
       const observed = await slot.r.observe(ctx, this.config);
@@ -496,6 +509,7 @@ export class Controller {
       const result: Result = await reconcile(slot.r, ctx, this.config, observed);
       this.deps.log.debug(`${slot.r.name}: ${result.summary ?? "done"}`, { observeMs: t1 - t0, applyMs: Date.now() - t1 });
       this.succeeded(slot, result);
+      if (taken) this.upkeep.afterSandboxPass(this.state.lastCommit === lastCommit ? 0 : taken.full ? Infinity : taken.paths.size, taken.full);
       if (taken && !taken.full && taken.paths.size >= BURST_RESCAN_THRESHOLD) this.burstPaths += taken.paths.size;
       if (isSandbox && this.burstPaths && this.hints.paths.size === 0) {
         // inotify drops events without an error when its queue overflows in a big burst: once the
@@ -821,6 +835,11 @@ export class Controller {
     await this.writeStatus(false);
   }
 
+  /** Looks at the sandbox's embedded repositories now, for a snapshot taken while no controller runs (`status`). */
+  lookAtEmbedded(): Promise<void> {
+    return this.upkeep.refreshEmbedded();
+  }
+
   /** The status snapshot (also written to status.json). */
   async snapshot(running: boolean): Promise<StatusSnapshot> {
     this.head = await this.repo.branchHead(this.config.sandbox.branch).catch(() => this.head);
@@ -842,6 +861,7 @@ export class Controller {
         ...(this.state.heldBack.length && this.state.keyProblem ? { keyProblem: this.state.keyProblem } : {}),
         findings: Object.values(this.state.findings).flat(),
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
+        embedded: this.upkeep.embeddedRepositories(),
       },
       config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt, variables: this.config.variables },
       remotes: this.config.remotes.map((r) => {

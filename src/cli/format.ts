@@ -34,6 +34,11 @@ export function formatStatus(r: StatusReport): string {
     lines.push(`            not committed; remove it, or accept it with security.allow: ["${f.fingerprint}"]`);
   }
   if (s.sandbox.lastCommit) lines.push(`            last commit ${s.sandbox.lastCommit.commit.slice(0, 7)} ${s.sandbox.lastCommit.at}: ${s.sandbox.lastCommit.message}`);
+  for (const e of s.sandbox.embedded ?? []) {
+    const recorded = e.recorded ? `recorded only as a gitlink to ${e.head?.slice(0, 7)}` : e.head ? `to be recorded as a gitlink to ${e.head.slice(0, 7)}` : "not recorded";
+    lines.push(`not synced: ${e.path}/ (a repository of its own, ${recorded}): ${e.problems.map((p) => p.message).join("; ")}`);
+    lines.push(`            hint: ${e.hint}`);
+  }
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");
   for (const rm of s.remotes) {
     const push = rm.lastPush ? `last push ${rm.lastPush.commit.slice(0, 7)} at ${rm.lastPush.at}` : "never pushed";

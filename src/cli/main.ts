@@ -282,6 +282,7 @@ async function status(args: MainArgs, configFile: string, redactor: Redactor, ou
     const c = await Controller.open({ configFile, env: args.env, clock: args.clock, log: makeLogger(args, redactor, undefined, false), redactor });
     // Only the sandbox is observed: status must answer at once, also while a remote is down.
     const pending = (await c.planAll(["sandbox"])).find((p) => p.name === "sandbox");
+    await c.lookAtEmbedded();
     const now = await c.snapshot(false);
     // What the reconcilers said when a controller last ran; nothing is scheduled while none runs.
     const last = (snap?.reconcilers ?? []).map(({ nextRunAt: _next, ...r }) => r);

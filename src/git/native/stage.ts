@@ -169,7 +169,8 @@ const REF_RACE_ATTEMPTS = 5;
  * under an ignored folder is still a tracked file, which `git add` would refuse to name), then the
  * untracked ones with `git add -A` (status lists no ignored file, so git takes them all; an embedded
  * repository becomes a gitlink). An untracked path that matches nothing any more (deleted again since
- * it was observed) makes git refuse the whole list, so the paths git still sees are asked again.
+ * it was observed) or an embedded repository without a commit makes git refuse the whole list, so the
+ * paths git still sees are asked again and the repositories without a commit left out.
  * Resolves true when a tracked path was removed.
  */
 async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promise<boolean> {
@@ -184,8 +185,11 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promi
   try {
     await add(untracked);
   } catch (err) {
-    if (!(err instanceof GitError) || !/did not match any files/.test(err.message)) throw err;
-    const still = (await worktreeChanges(repo, untracked)).filter((e) => e.kind === "untracked").map((e) => e.path);
+    // An embedded repository without a commit cannot be a gitlink: git refuses the whole list for it.
+    // It stays out (status names it, see embedded.ts), and the rest is committed.
+    const unborn = err instanceof GitError ? [...err.stderr.matchAll(/^error: '(.+)' does not have a commit checked out$/gm)].map((m) => m[1]!) : [];
+    if (!(err instanceof GitError) || (!unborn.length && !/did not match any files/.test(err.message))) throw err;
+    const still = (await worktreeChanges(repo, untracked)).filter((e) => e.kind === "untracked" && !unborn.includes(e.path)).map((e) => e.path);
     if (still.length) await add(still);
   }
   return removed.length > 0;
