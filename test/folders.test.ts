@@ -133,7 +133,8 @@ describe('truthful messages', () => {
   it('[slow] deleting a 5,000-file folder is one commit whose message lists each path once, with the counts git diff-tree gives', async () => {
     const files: Record<string, string> = { 'keep.txt': 'keep' };
     for (let i = 0; i < 5000; i++) files[`big/sub${i % 50}/f${i}.txt`] = `file ${i}\n`;
-    const { dir } = await makeSandbox({ files, debounce: '1s', batchWindow: '10s', rescan: '10m' });
+    // The default batching (3 s of quiet, 10 s at most): the deletion takes a few seconds on a busy machine.
+    const { dir } = await makeSandbox({ files, debounce: '3s', batchWindow: '10s', rescan: '10m' });
     await start(dir);
     const before = (await logOneline(dir, 'develop')).length;
     await rm(path.join(dir, 'big'), { recursive: true });
