@@ -263,9 +263,11 @@ const MAX_SUBJECT_PATHS = 3;
 /**
  * Describes a set of committed paths for people: counts by kind and the first few paths
  * (`2 modified, 1 added (src/app.ts, README.md, docs/intro.md)`), and a body listing every path.
- * A deletion and an addition of the same content are one rename.
+ * A deletion and an addition of the same content are one rename. Each path is counted and listed
+ * once, also when `paths` names it twice (issue 15: a message listed paths two or three times).
  */
-export function summarize(paths: CommittedPath[]): { summary: string; body: string; files: number } {
+export function summarize(listed: CommittedPath[]): { summary: string; body: string; files: number } {
+  const paths = eachPathOnce(listed);
   const added = paths.filter((p) => p.after && !p.before);
   const deleted = paths.filter((p) => p.before && !p.after);
   const modified = paths.filter((p) => p.before && p.after);
@@ -300,4 +302,18 @@ export function summarize(paths: CommittedPath[]): { summary: string; body: stri
   ].join("\n");
   // Files changed, as a person counts them: a rename is one.
   return { summary, body, files: paths.length - renamed.length };
+}
+
+/**
+ * One entry per path, in the order of first mention: a path named twice is what it was before the
+ * first mention and what it is after the last; one that ends as it began (absent) is left out.
+ */
+function eachPathOnce(paths: CommittedPath[]): CommittedPath[] {
+  const byPath = new Map<string, CommittedPath>();
+  for (const p of paths) {
+    const seen = byPath.get(p.path);
+    if (!seen) byPath.set(p.path, p);
+    else byPath.set(p.path, { path: p.path, ...(seen.before ? { before: seen.before } : {}), ...(p.after ? { after: p.after } : {}) });
+  }
+  return [...byPath.values()].filter((p) => p.before || p.after);
 }

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { stat } from "node:fs/promises";
-import { watch, type FSWatcher } from "node:fs";
+import { lstatSync, watch, type FSWatcher } from "node:fs";
 import { join, posix } from "node:path";
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -19,6 +19,7 @@ import type { Redactor } from "./redact.js";
 import { reconcile, type Condition, type Plan, type ReconcileContext, type Reconciler, type Result, type SharedState } from "./reconcile.js";
 import { ensureRuntimeDir, writeRuntimeFile } from "./runtime.js";
 import { SandboxWatcher } from "./watcher.js";
+import { withoutPathsInGoneFolders } from "./hints.js";
 import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler, resumeIntegration } from "../reconcilers/remote.js";
@@ -258,7 +259,7 @@ export class Controller {
       headChanged: () => this.retryStalled(),
       missedEvents: (why) => {
         this.deps.log.warn(`${why}; rescanning the whole sandbox`);
-        this.requestFullScan();
+        this.rescanAll();
       },
     });
     await this.watcher.start();
@@ -435,6 +436,12 @@ export class Controller {
     this.addHint(undefined);
   }
 
+  /** A whole-tree scan that also checks every folder's watch (an event a watch missed may have left a folder unwatched). */
+  private rescanAll(): void {
+    this.requestFullScan();
+    void this.watcher?.rewatch("").catch((err: unknown) => this.deps.log.warn(`cannot check the sandbox's watches: ${(err as Error).message}`));
+  }
+
   private addHint(rel: string | undefined): void {
     const now = this.now();
     if (rel !== undefined) this.hints.paths.add(rel);
@@ -468,7 +475,7 @@ export class Controller {
     if (this.nextRescanAt !== undefined && this.nextRescanAt <= this.now()) {
       // Read from the config on each turn, so an edited rescan interval applies at once.
       this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
-      this.requestFullScan();
+      this.rescanAll();
     }
     for (const slot of this.orderedSlots()) {
       if (slot.running || slot.nextRunAt === undefined || slot.nextRunAt > this.now()) continue;
@@ -516,7 +523,7 @@ export class Controller {
         // burst has been committed, look at the whole tree to catch what the events missed.
         this.deps.log.info(`a burst of ${this.burstPaths} changed paths: rescanning the whole sandbox after it`);
         this.burstPaths = 0;
-        this.requestFullScan();
+        this.rescanAll();
       }
       return { name: slot.r.name, ...(result.summary ? { summary: result.summary } : {}) };
     } catch (err) {
@@ -605,6 +612,8 @@ export class Controller {
   }
 
   private takeHints(): { paths: Set<string>; full: boolean } {
+    // A deleted folder is asked about as a whole: its files' own hints would cut it into several commits.
+    if (!this.hints.full && this.hints.paths.size > 1) this.hints.paths = withoutPathsInGoneFolders(this.hints.paths, (p) => this.isGone(p));
     if (!this.hints.full && this.hints.paths.size > MAX_BATCH_PATHS) {
       // The oldest paths now; the rest is overdue, so the next pass follows this one at once.
       const paths = new Set<string>();
@@ -623,6 +632,16 @@ export class Controller {
     this.lastHintAt = undefined;
     this.state.pendingPaths = 0;
     return taken;
+  }
+
+  /** True when nothing is at `rel` in the sandbox any more. */
+  private isGone(rel: string): boolean {
+    try {
+      lstatSync(join(this.config.dir, rel));
+      return false;
+    } catch {
+      return true;
+    }
   }
 
   /** Puts hints of a failed batch back, so that nothing is lost. */
@@ -818,6 +837,9 @@ export class Controller {
   /** On stop: commit what is pending and push it if the remotes answer, within a bounded time. */
   private async flush(): Promise<void> {
     const sandbox = this.slots.get("sandbox")!;
+    // A write whose event was still on its way when the watch closed has no hint: a last look at the
+    // whole tree (git status, cheap with the index's stat data) commits everything written before the stop.
+    this.requestFullScan();
     if (this.hints.paths.size || this.hints.full) {
       this.deps.log.info("stopping: committing the pending batch");
       await this.runSlot(sandbox);

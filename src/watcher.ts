@@ -1,4 +1,4 @@
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { lstat, readdir } from "node:fs/promises";
 import { watch as fsWatch, type FSWatcher as NodeFSWatcher } from "node:fs";
 import type { Exclusions } from "./exclusions.js";
@@ -14,6 +14,13 @@ export interface WatchSink {
 /** Folders read at once while walking the tree. */
 const WALK_CONCURRENCY = 16;
 
+/** One folder's watch and the folder it was set on (a folder made again under the same name is another one). */
+interface Watched {
+  watch: NodeFSWatcher;
+  /** `dev:ino` of the folder when it was watched; undefined until known. */
+  id: string | undefined;
+}
+
 /**
  * Watches the sandbox and turns every event into a hint: "look at this path again". Events are
  * never trusted as the truth (a burst can overflow inotify without an error); the controller
@@ -23,15 +30,23 @@ const WALK_CONCURRENCY = 16;
  * Only folders are watched (one `fs.watch`, i.e. one inotify watch, per folder): a folder's watch
  * names every entry created, changed (content or metadata), moved or deleted in it, so per-file
  * watches add nothing but memory. chokidar set one per file and kept a stat per file: about 870 MB
- * at 100,000 files, against about 10 MB of watches here (issue 5 has the measurements). A new
+ * at 100,000 files, against about 27 MB here (issue 5 and issue 15 have the measurements). A new
  * folder is watched when its parent reports it, and then hinted as a whole, so files written into
  * it before its watch existed are observed too.
+ *
+ * An inotify watch follows the folder (the inode), not its name, and a deleted folder's watch just
+ * goes quiet: so whenever a parent reports that a name was created, deleted or moved, whatever was
+ * watched under that name is dropped and the name is looked at afresh (issue 15: `rm -r d && mkdir
+ * d`, `mv d x && mkdir d` and folder -> file -> folder lost their watch). Events that come while that
+ * look is under way make it look once more when it ends, so the last state of the name wins.
  */
 export class SandboxWatcher {
   /** Watched folders by posix path relative to the sandbox ("" is the sandbox itself). */
-  private readonly dirs = new Map<string, NodeFSWatcher>();
-  /** Entries with a pending check "is this a folder to watch, or a watched folder that is gone?". */
+  private readonly dirs = new Map<string, Watched>();
+  /** Names being looked at ("is this a folder to watch?"). */
   private readonly checking = new Set<string>();
+  /** Names that had another event while being looked at: looked at once more afterwards. */
+  private readonly recheck = new Set<string>();
   private head: NodeFSWatcher | undefined;
   private closed = false;
   private limitReported = false;
@@ -69,14 +84,16 @@ export class SandboxWatcher {
     this.closed = true;
     this.head?.close();
     this.head = undefined;
-    for (const w of this.dirs.values()) w.close();
+    for (const w of this.dirs.values()) w.watch.close();
     this.dirs.clear();
   }
 
   /**
-   * Brings the watches at and below `root` in line with the exclusions as they are now (after a
-   * .gitignore or the config changed them): folders no longer excluded get a watch, newly
-   * excluded ones lose theirs.
+   * Brings the watches at and below `root` in line with the tree and the exclusions as they are now
+   * (after a .gitignore or the config changed them, and at each full rescan, for what events
+   * missed): folders no longer excluded or not yet watched get a watch, newly excluded ones lose
+   * theirs, and a watch whose folder was replaced under the same name is set again on the new one
+   * (the new folder is then hinted as a whole).
    */
   async rewatch(root: string): Promise<void> {
     const prefix = root === "" ? "" : `${root}/`;
@@ -88,7 +105,8 @@ export class SandboxWatcher {
 
   /**
    * Watches `root` and every folder below it that is not excluded (breadth first, a few folders at
-   * a time). Folders already watched are skipped with what is below them, unless `descend`.
+   * a time). Folders already watched are skipped with what is below them, unless `descend`: then
+   * each is checked to be still the folder its watch was set on.
    */
   private async watchTree(root: string, descend = false): Promise<void> {
     const queue = [root];
@@ -97,17 +115,39 @@ export class SandboxWatcher {
         if (this.closed) return;
         if (rel !== "" && this.exclusions().quickExcluded(rel, true)) continue;
         const abs = rel === "" ? this.dir : join(this.dir, rel);
-        // Watch first, then list: a sub-folder made after the watch is reported by it, one made
-        // before is in the listing (a folder in both is skipped by the `has` check).
-        if (this.dirs.has(rel)) {
-          if (!descend) continue;
-        } else if (!this.watchOne(rel, abs)) continue;
+        const known = this.dirs.get(rel);
+        if (known && !descend) continue;
+        if (known && known.id !== undefined && known.id !== (await this.idOf(abs))) {
+          // Replaced since it was watched (an event was missed): watch the new folder, look at it whole.
+          this.unwatch(rel);
+          if (!this.watchOne(rel, abs)) continue;
+          await this.identify(rel, abs);
+          this.sink.changed(rel);
+        } else if (!known) {
+          // Watch first, then list: a sub-folder made after the watch is reported by it, one made
+          // before is in the listing (a folder in both is skipped by the `has` check).
+          if (!this.watchOne(rel, abs)) continue;
+          await this.identify(rel, abs);
+        }
         const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
         const prefix = rel === "" ? "" : `${rel}/`;
         for (const e of entries) if (e.isDirectory()) queue.push(prefix + e.name);
       }
     };
     while (queue.length && !this.closed) await Promise.all(Array.from({ length: WALK_CONCURRENCY }, worker));
+  }
+
+  /** `dev:ino` of the folder at `abs`, or undefined when there is none. */
+  private async idOf(abs: string): Promise<string | undefined> {
+    const st = await lstat(abs).catch(() => null);
+    return st?.isDirectory() ? `${st.dev}:${st.ino}` : undefined;
+  }
+
+  /** Records which folder the new watch of `rel` is on (read after the watch: a folder swapped in between is caught by its parent's event). */
+  private async identify(rel: string, abs: string): Promise<void> {
+    const id = await this.idOf(abs);
+    const w = this.dirs.get(rel);
+    if (w && w.id === undefined) w.id = id;
   }
 
   /** Adds the watch of one folder; false when it cannot be watched (gone, or the watch limit). */
@@ -125,12 +165,14 @@ export class SandboxWatcher {
       }
       return false;
     }
+    const watched: Watched = { watch: w, id: undefined };
     w.on("error", () => {
-      // The folder went away (or its watch broke): its parent's watch reports the change.
-      this.unwatch(rel);
+      // The folder went away (or its watch broke): look at its name again.
+      if (this.dirs.get(rel) !== watched) return;
       this.sink.changed(rel);
+      if (rel !== "") this.check(rel);
     });
-    this.dirs.set(rel, w);
+    this.dirs.set(rel, watched);
     return true;
   }
 
@@ -142,44 +184,64 @@ export class SandboxWatcher {
       this.sink.changed(dirRel);
       return;
     }
-    const child = prefix + name.toString();
+    const entry = name.toString();
+    const child = prefix + entry;
+    // A watched folder deleted or moved away reports a "rename" of its own name to its own watch
+    // (inotify's IN_DELETE_SELF / IN_MOVE_SELF): look at that name again too, in case its parent's
+    // event is lost. (A child of the same name makes this look once more than needed: harmless.)
+    if (event === "rename" && dirRel !== "" && entry === basename(dirRel)) this.check(dirRel);
     if (this.exclusions().quickExcluded(child)) return;
     this.sink.changed(child);
     // "rename" covers creation, deletion and moves: the entry may be a folder to start or stop watching.
     if (event === "rename") this.check(child);
   }
 
-  /** Starts watching `rel` if it is now a folder, stops watching it (and below) if it is not. */
+  /**
+   * Looks at the name `rel` afresh: whatever was watched under it is dropped (it may be gone, a file,
+   * or another folder now), and a folder there now is watched with what is below it and hinted as a
+   * whole. Another event for the name while this runs makes it look once more when it ends.
+   */
   private check(rel: string): void {
-    if (this.checking.has(rel)) return;
+    if (this.checking.has(rel)) {
+      this.recheck.add(rel);
+      return;
+    }
     this.checking.add(rel);
-    void lstat(join(this.dir, rel))
-      .then((st) => st.isDirectory(), () => false)
-      .then(async (isDir) => {
+    // On the next turn: the other events of the same swap (delete, create, the old folder's own
+    // deletion) come in the same read and then need no look of their own.
+    void new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.lookAgain(rel))
+      .catch((err: unknown) => this.sink.missedEvents(`watcher error: ${(err as Error).message ?? String(err)}`))
+      .finally(() => {
         this.checking.delete(rel);
-        if (this.closed) return;
-        if (!isDir) {
-          this.unwatch(rel);
-          return;
-        }
-        if (this.dirs.has(rel) || this.exclusions().quickExcluded(rel, true)) return;
-        await this.watchTree(rel);
-        // Files written into the new folder before its watch existed: observe the folder as a whole.
-        this.sink.changed(rel);
-      })
-      .catch((err: unknown) => this.sink.missedEvents(`watcher error: ${(err as Error).message ?? String(err)}`));
+        this.recheck.delete(rel);
+      });
+  }
+
+  private async lookAgain(rel: string): Promise<void> {
+    do {
+      this.recheck.delete(rel);
+      const abs = join(this.dir, rel);
+      const id = await this.idOf(abs);
+      if (this.closed) return;
+      this.unwatch(rel);
+      if (id === undefined || this.exclusions().quickExcluded(rel, true)) continue;
+      await this.watchTree(rel);
+      // Files written into the new folder before its watch existed: observe the folder as a whole.
+      this.sink.changed(rel);
+    } while (this.recheck.has(rel) && !this.closed);
   }
 
   /** Stops watching `rel` and every folder below it. */
   private unwatch(rel: string): void {
     const w = this.dirs.get(rel);
     if (!w) return;
-    w.close();
+    w.watch.close();
     this.dirs.delete(rel);
-    const prefix = `${rel}/`;
+    const prefix = rel === "" ? "" : `${rel}/`;
     for (const [k, sub] of this.dirs) {
       if (k.startsWith(prefix)) {
-        sub.close();
+        sub.watch.close();
         this.dirs.delete(k);
       }
     }

@@ -107,6 +107,13 @@ describe('summarize', () => {
     expect(out.body).toBe(body.join('\n'));
   });
 
+  it('counts and lists a path named twice once (what it was first, what it is last), as a commit changes it', () => {
+    const out = summarize([deleted('d/a.txt', OID_A), deleted('d/a.txt', OID_A), modified('b.txt', OID_B, OID_C), modified('b.txt', OID_C, OID_D), added('gone.txt', OID_E), deleted('gone.txt', OID_E)]);
+    expect(out.summary).toBe('1 modified, 1 deleted (b.txt, d/a.txt)');
+    expect(out.body).toBe('M b.txt\nD d/a.txt');
+    expect(out.files).toBe(2);
+  });
+
   it('lists every one of many paths in the body', () => {
     const many = Array.from({ length: 250 }, (_, i) => added(`f/${String(i).padStart(3, '0')}.txt`, i.toString(16).padStart(40, '0')));
     const out = summarize(many);

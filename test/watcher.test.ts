@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SandboxWatcher } from '../src/watcher.js';
 import { Exclusions } from '../src/exclusions.js';
@@ -83,6 +84,58 @@ describe('SandboxWatcher (one watch per folder)', () => {
     await rm(path.join(t.dir, 'moved'), { recursive: true });
     await waitFor(() => t.w.watchedFolders === 1 || undefined, { what: 'the removed folders to be unwatched' });
     expect(t.missed).toEqual([]);
+  });
+});
+
+// Issue 15: an inotify watch follows the folder, not its name, and a deleted folder's watch goes
+// quiet without an error. Each swap below is made with synchronous calls in one turn of the event
+// loop (as `rm -r d && mkdir d` in a shell): the watcher sees its events only once it is complete.
+describe('SandboxWatcher: a folder made again under its name is watched again at once', () => {
+  /**
+   * Once `folder` was hinted, writes each of `rels` and waits for a hint given after the write that
+   * covers it: its own (from a watch) or its folder's (the folder being watched again as a whole).
+   */
+  async function laterWritesHinted(t: Awaited<ReturnType<typeof watched>>, folder: string, rels: string[]) {
+    await waitFor(() => t.hints.includes(folder) || undefined, { what: `the swapped folder ${folder} hinted` });
+    t.reset();
+    for (const rel of rels) await writeFile(path.join(t.dir, rel), 'later');
+    for (const rel of rels) await t.hinted(rel);
+  }
+
+  it('rm -r d && mkdir d, 20 times', async () => {
+    const t = await watched({ 'd/seed.txt': 's', 'd/sub/x.txt': 'x' });
+    for (let i = 0; i < 20; i++) {
+      rmSync(path.join(t.dir, 'd'), { recursive: true });
+      mkdirSync(path.join(t.dir, 'd/sub'), { recursive: true });
+      await laterWritesHinted(t, 'd', [`d/late-${i}.txt`, `d/sub/late-${i}.txt`]);
+    }
+    await waitFor(() => t.w.watchedFolders === 3 || undefined, { what: 'one watch per folder (., d, d/sub), none left on the deleted ones' });
+    expect(t.missed).toEqual([]);
+  });
+
+  it('mv d x && mkdir d: d and x each watched under their own name', async () => {
+    const t = await watched({ 'd/a.txt': 'a' });
+    renameSync(path.join(t.dir, 'd'), path.join(t.dir, 'x'));
+    mkdirSync(path.join(t.dir, 'd'));
+    await laterWritesHinted(t, 'd', ['d/late.txt']);
+    t.reset();
+    await writeFile(path.join(t.dir, 'x/late.txt'), 'later');
+    await waitFor(() => t.hints.includes('x/late.txt') || undefined, { what: 'the exact hint x/late.txt' });
+    expect(t.hints.filter((h) => h.startsWith('d/'))).toEqual([]);
+  });
+
+  it('folder -> file -> folder, and renamed away and back', async () => {
+    const t = await watched({ 'd/a.txt': 'a' });
+    rmSync(path.join(t.dir, 'd'), { recursive: true });
+    writeFileSync(path.join(t.dir, 'd'), 'a file');
+    rmSync(path.join(t.dir, 'd'));
+    mkdirSync(path.join(t.dir, 'd'));
+    await laterWritesHinted(t, 'd', ['d/late.txt']);
+    renameSync(path.join(t.dir, 'd'), path.join(t.dir, 'away'));
+    renameSync(path.join(t.dir, 'away'), path.join(t.dir, 'd'));
+    t.reset();
+    await laterWritesHinted(t, 'd', ['d/back.txt']);
+    await waitFor(() => t.w.watchedFolders === 2 || undefined, { what: 'one watch per folder (., d)' });
   });
 });
 
