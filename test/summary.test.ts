@@ -1,4 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { commitNative, worktreeChanges } from '../src/git/native/index.js';
+import { git, gitEnv } from './helpers/git.js';
+import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 import { commitMessage, summarize } from '../reconcilers/sandbox.js';
 import type { CommittedPath } from '../src/git/commit.js';
 import { parseConfig } from '../src/config/load.js';
@@ -149,5 +154,33 @@ describe('commitMessage', () => {
   it('uses "sync: {summary}" when the config sets no template', () => {
     const config = sandboxConfig('  branch: develop');
     expect(commitMessage(config, paths)).toBe('sync: 2 modified, 1 added (src/app.ts, README.md, docs/intro.md)\n\nM src/app.ts\nM README.md\nA docs/intro.md\n');
+  });
+});
+
+describe('the message of a native commit says what the commit records', () => {
+  afterAll(cleanupTmpDirs);
+
+  it('also a file a person staged with `git add` that the batch did not name: counts and paths equal git diff-tree', async () => {
+    const dir = await makeTmpDir('message');
+    await git(dir, 'init', '--quiet', '-b', 'develop');
+    await writeFile(path.join(dir, 'old.txt'), 'old');
+    await git(dir, 'add', 'old.txt');
+    await git(dir, 'commit', '--quiet', '-m', 'root');
+    // Staged by a person (or by a native commit racing ours), not among the batch's paths.
+    await writeFile(path.join(dir, 'staged.txt'), 'staged by hand');
+    await git(dir, 'add', 'staged.txt');
+    await writeFile(path.join(dir, 'batch.txt'), 'the batch');
+    const repo = { cwd: dir, env: gitEnv() };
+    const config = sandboxConfig('  branch: develop');
+    const out = await commitNative(repo, {
+      changes: await worktreeChanges(repo, ['batch.txt']), ref: 'refs/heads/develop', parent: await git(dir, 'rev-parse', 'HEAD'),
+      author: { name: 'Cascade Test', email: 'cascade-test@example.invalid' },
+      isEncrypted: () => false, encrypt: () => ({ ok: false, held: 'never' }), judge: () => undefined,
+      message: (changes) => commitMessage(config, changes as CommittedPath[]),
+    });
+    const real = (await git(dir, 'diff-tree', '-r', '--no-commit-id', '--name-status', out.commit!)).split('\n').map((l) => l.replace('\t', ' '));
+    expect(real).toEqual(['A batch.txt', 'A staged.txt']);
+    expect(await git(dir, 'log', '-1', '--format=%s', 'develop')).toBe('sync: 2 added (batch.txt, staged.txt)');
+    expect((await git(dir, 'log', '-1', '--format=%b', 'develop')).split('\n')).toEqual(real);
   });
 });

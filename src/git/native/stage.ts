@@ -133,12 +133,14 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     restore.push(entry.srcMode === "000000" ? { mode: "0", oid: "0".repeat(entry.srcOid.length), path: entry.path } : { mode: entry.srcMode, oid: entry.srcOid, path: entry.path });
   }
   await updateIndexInfo(repo, restore);
-  const heldPaths = new Set(judged.map((j) => j.entry.path));
   for (let attempt = 1; ; attempt++) {
-    const changes = staged.filter((e) => !heldPaths.has(e.path)).map(toChange);
     const tree = await writeTree(repo);
     const parentTree = parent ? (await runGit(["rev-parse", `${parent}^{tree}`], repo)).stdout.toString("utf8").trim() : EMPTY_TREE;
     if (tree === parentTree) return { commit: null, tree, changes: [], held };
+    // The message says what the commit records: the index may hold more than these paths (a file a
+    // person staged with `git add`, or left staged by a native commit racing ours), issue 15.
+    // (A held path has its parent's entry back, so it is not among them.)
+    const changes = await treeChanges(repo, parentTree, tree);
     const message = c.message(changes);
     const commit = await commitTree(repo, { tree, parents: parent ? [parent] : [], message, author: c.author });
     try {
@@ -202,6 +204,12 @@ async function stagedChanges(repo: GitRepo, parent: string | null, paths: readon
   const scope = paths.map((p) => (p.endsWith("/") ? p.slice(0, -1) : p));
   const { stdout } = await runGit(["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent ?? EMPTY_TREE, "--", ...scope], literal(repo));
   return parseRawDiff(stdout).entries;
+}
+
+/** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
+async function treeChanges(repo: GitRepo, parentTree: string, tree: string): Promise<StagedChange[]> {
+  const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--full-index", parentTree, tree], repo);
+  return parseRawDiff(stdout).entries.map(toChange);
 }
 
 /** Reads back the staged blob of every added or modified regular file and judges it. */
