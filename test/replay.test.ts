@@ -260,7 +260,7 @@ describe('the commit is git\'s: a replayed history', () => {
     const log = await git(sandbox, 'log', '--format=', '--name-status', '--no-renames', '--', 'logs/tracked.txt');
     expect(log.trim().split('\n').filter(Boolean).map((l) => l[0])).toEqual(['D', 'M', 'M', 'A']);
     await git(sandbox, 'fsck', '--strict', '--no-progress');
-  }, 240_000);
+  }, 600_000);
 
   it('commits only what git says changed under the hinted paths', async () => {
     const box = await newRepo('replay-hint');

@@ -175,7 +175,7 @@ describe('the message of a native commit says what the commit records', () => {
     const out = await commitNative(repo, {
       changes: await worktreeChanges(repo, ['batch.txt']), ref: 'refs/heads/develop', parent: await git(dir, 'rev-parse', 'HEAD'),
       author: { name: 'Cascade Test', email: 'cascade-test@example.invalid' },
-      isEncrypted: () => false, encrypt: () => ({ ok: false, held: 'never' }), judge: () => undefined,
+      judge: () => undefined,
       message: (changes) => commitMessage(config, changes as CommittedPath[]),
     });
     const real = (await git(dir, 'diff-tree', '-r', '--no-commit-id', '--name-status', out.commit!)).split('\n').map((l) => l.replace('\t', ' '));
