@@ -17,6 +17,7 @@ import {
 } from "../src/pipeline/health-state.js";
 import { isIntact, manifestPathFor, writeManifest, type ReleaseManifest, type VerifyResult } from "../src/security/manifest.js";
 import { windowState, type WindowState } from "../src/pipeline/windows.js";
+import { describeHolder, leaseView, mayAct, type LeaseView, type PolicyReader } from "../src/pipeline/lease.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../src/reconcile.js";
 
 /** What an environment looks like now, for `status` and `plan`. */
@@ -60,6 +61,11 @@ export interface EnvironmentReport {
   blocked: boolean;
   /** True while the controller is acting on this environment (promoting, deploying, rolling back, gates running). */
   inProgress: boolean;
+  /**
+   * The environment's lease on the first remote (a team: only its holder acts on the environment);
+   * absent without a remote (a single controller needs none).
+   */
+  lease?: LeaseView;
 }
 
 /** The live release against its manifest, for status. */
@@ -156,6 +162,8 @@ export interface EnvironmentObserved {
    * this pass; undefined: not observed). Its trust root cannot be moved by a config edit alone.
    */
   pinnedBranch?: string | null;
+  /** The environment's lease as this controller holds or sees it; absent: no lease needed (no remote). Only `held` acts. */
+  lease?: LeaseView;
 }
 
 /** How a commit relates to the environment branch's head. */
@@ -227,13 +235,17 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const subject = !inForce ? null : target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
       const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
 
+      // runsOn is policy: read from the config in force on the branch, like who may approve.
+      const lease = leaseView(pipeline.leases, name, now, inForce?.env.runsOn);
+      // A controller that follows another's lease runs no commands for the environment (the holder watches it).
+      const acting = !lease || lease.state === "held";
       const release = env.deploy ? deployed : head;
       const stored = rec.health?.commit === release ? rec.health : undefined;
       const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
-      const round = release && env.health.length && due ? await runHealthRound(env, deployed, desired.dir, pipeline.env) : undefined;
+      const round = acting && release && env.health.length && due ? await runHealthRound(env, deployed, desired.dir, pipeline.env) : undefined;
       // Verified on the health interval whether or not there are checks; drift never fails a check.
       const verifyDue = !stored?.integrity || now >= stored.integrity.at + desired.intervals.healthMs;
-      const integrity = env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;
+      const integrity = acting && env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;
       const releases = env.deploy ? new Set(await listReleases(env.deploy.directory)) : undefined;
       const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
       return {
@@ -242,7 +254,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
-        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch,
+        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch, ...(lease ? { lease } : {}),
       };
     },
 
@@ -292,6 +304,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     const rec = pipeline.store.get(name);
     const env = o.env;
     const at = new Date(ctx.clock.now()).toISOString();
+    // The lease may have run out while this pass observed (a long health round): only its holder acts.
+    if (["promote", "deploy", "rollback", "run-gates", "repair-release"].includes(action.type) && !mayAct(pipeline.leases, name, ctx.clock.now())) {
+      throw transient("LeaseLost", `${name}: this controller no longer holds ${name}'s lease; it follows the holder`, "nothing to do: the lease is renewed or taken over on its own");
+    }
     switch (action.type) {
       case "record-health": {
         rec.health = action.state;
@@ -479,6 +495,10 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     };
   };
 
+  if (o.lease) report.lease = o.lease;
+  // Another controller holds the lease (or nobody yet): follow, never act.
+  if (o.lease && o.lease.state !== "held") return follow(o.lease);
+
   // Health of the live release.
   let health = o.health;
   if (release && (!health || health.commit !== release)) {
@@ -572,6 +592,28 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   requeueAfterMs = 0;
   return finish(`promote ${short(target)}${env.deploy ? " and deploy it" : ""}`);
 
+  /**
+   * The plan of a controller that does not hold the lease: nothing but pinning the branch; the report
+   * shows the environment as its holder left it (the branches themselves are followed by the remote reconciler).
+   */
+  function follow(lease: LeaseView): EnvironmentPlan {
+    if (!policyProblem && o.pinnedBranch === null) actions.push({ type: "pin-branch", branch: env.branch });
+    const held = lease.holderState;
+    const holder = lease.holder ? `${describeHolder(lease.holder)}, which holds ${env.name}'s lease until ${lease.until}` : undefined;
+    let next: string;
+    if (lease.state === "other") next = `following ${holder}${held?.next ? `; it says: ${held.next}` : ""}`;
+    else if (lease.state === "excluded") next = `not acting: this machine (${lease.me}) is not in ${env.name}'s runsOn (${(lease.runsOn ?? []).join(", ")})${holder ? `; following ${holder}` : "; no controller holds the lease now"}`;
+    else if (lease.state === "free") next = `${env.name}'s lease is free: this controller takes it, then acts${lease.problem ? ` (${lease.problem})` : ""}`;
+    else next = `not acting until ${env.name}'s lease on the remote has been read${lease.problem ? `: ${lease.problem}` : ""}`;
+    const shown: EnvironmentReport = {
+      ...report, next, blocked: false, inProgress: false,
+      ...(held ? { deployed: held.deployed, health: held.health ? { phase: held.health.split(":")[0] ?? "unknown", description: held.health, checks: [] } : null } : {}),
+    };
+    return {
+      actions, report: shown,
+      ...(policyProblem ? { blocked: { reason: policyProblem.reason, message: policyProblem.message, hint: policyProblem.hint } } : {}),
+    };
+  }
   /** The health state with this pass's verification recorded (drift is reported and repaired, never a failed check). */
   function integrityStep(s: HealthState): { state: HealthState; event?: IntegrityEvent } {
     const i = o.integrity;
@@ -738,6 +780,24 @@ async function provenCommit(ctx: ReconcileContext, environment: string, branchHe
   }
   return null;
 }
+
+/**
+ * The lease reconciler's reader: whether `name` has a policy in force (the config committed on its
+ * branch, which the sandbox's .git/config pins) and the runsOn it states. runsOn is read from there,
+ * not from the sandbox's copy, so that every controller of a team judges who may hold the lease by
+ * the same committed text, and a change of who may deploy an environment is itself promoted (and,
+ * for production, approved) before it counts.
+ */
+export const readLeasePolicy: PolicyReader = async (ctx, desired, name) => {
+  const sandboxEnv = Object.hasOwn(desired.environments, name) ? desired.environments[name] : undefined;
+  if (!sandboxEnv) return { ok: false };
+  const pinned = await ctx.repo.getConfig(pinKey(name));
+  if (pinned !== undefined && pinned !== sandboxEnv.branch) return { ok: false };
+  const head = await ctx.repo.branchHead(sandboxEnv.branch);
+  if (!head) return { ok: false };
+  const t = await trustedSpecAt(ctx, desired, name, sandboxEnv.branch, head, "head");
+  return t.ok ? { ok: true, ...(t.env.runsOn ? { runsOn: t.env.runsOn } : {}) } : { ok: false };
+};
 
 /** Why an environment has no policy in force, or why a commit's config cannot become it. */
 export interface PolicyProblem {

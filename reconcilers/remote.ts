@@ -6,6 +6,7 @@ import { applyToWorktree } from "../src/git/commit.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef, type FileEntry } from "../src/git/repo.js";
 import { RefConflictError } from "../src/git/refs.js";
+import { leaseRole } from "../src/pipeline/lease.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
@@ -281,6 +282,8 @@ async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config
       environment: e.name, branch: e.branch, local, remote: theirs, primary, remoteName: remote.name, checkedOut: checkedOut === e.branch, sandboxBranch: desired.sandbox.branch,
       ahead: !!(local && theirs && (await ctx.repo.isAncestor(theirs, local))),
       contained: !!(local && theirs && (await ctx.repo.isAncestor(local, theirs))),
+      // Only the lease holder's promotions are pushed; a follower's branch only follows (issue 15).
+      lease: leaseRole(ctx.pipeline?.leases, e.name, ctx.clock.now()),
       promotedHere: local ? await promotedHere(ctx, e.branch, local) : false,
       remoteMovedAway: theirs ? await movedAway(ctx, e.name, theirs) : false,
     };
@@ -309,6 +312,11 @@ export interface EnvironmentBranchFacts {
   promotedHere: boolean;
   /** The remote's commit is one this controller moved the environment away from (rolled back or superseded). */
   remoteMovedAway: boolean;
+  /**
+   * The environment's lease (issue 15): `follow` when another controller holds it (nothing is pushed,
+   * the branch only follows), `wait` while it is not read or not taken yet (nothing moves); absent or `act`: this controller acts.
+   */
+  lease?: "act" | "follow" | "wait";
 }
 
 /**
@@ -316,7 +324,11 @@ export interface EnvironmentBranchFacts {
  * promotion here, follow the first remote otherwise, never overwrite a remote's commit that this
  * controller did not itself move the environment away from.
  */
-export function planEnvironmentBranch(f: EnvironmentBranchFacts): EnvironmentBranchSync {
+export function planEnvironmentBranch(facts: EnvironmentBranchFacts): EnvironmentBranchSync {
+  if (facts.lease === "wait") return { environment: facts.environment, branch: facts.branch, local: facts.local, remote: facts.remote, action: "none" };
+  // A follower's own promotions (made while it held the lease) no longer count: the holder's branch wins.
+  const f = facts.lease === "follow" ? { ...facts, promotedHere: false } : facts;
+  if (f.lease === "follow" && f.local && !f.remote) return { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote, action: "none", note: `${f.branch} not pushed to ${f.remoteName}: another controller holds ${f.environment}'s lease` };
   const base = { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote };
   const short = (c: string) => c.slice(0, 7);
   if (!f.local && !f.remote) return { ...base, action: "none" };

@@ -22,7 +22,8 @@ import { SandboxWatcher } from "./watcher.js";
 import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler } from "../reconcilers/remote.js";
-import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
+import { environmentReconciler, readLeasePolicy, type EnvironmentReport } from "../reconcilers/environment.js";
+import { LeaseBook, leaseReconciler, localHolder } from "./pipeline/lease.js";
 import { GateRunner } from "./pipeline/gates.js";
 import { CommandSourceEnv, controllerVariableNames } from "./pipeline/command-env.js";
 import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
@@ -101,6 +102,9 @@ export interface ControllerDeps {
   progress?: ProgressReporter;
 }
 
+/** One promoter per environment in a team: the leases on the first remote (issue 15). */
+const leases = leaseReconciler(readLeasePolicy);
+
 const STALLED_PROBE_MS = 60_000;
 const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
@@ -157,6 +161,8 @@ export class Controller {
   private scanned = false;
   /** When the loop last turned (/healthz: a loop stuck for long is not healthy). */
   private lastTurnAt = 0;
+  /** Set while start() runs the loop (a one-shot pass releases its leases when it ends). */
+  private looping = false;
   /** Commits are immutable: what status shows of each is read once. */
   private readonly commitInfos = new Map<string, CommitInfo>();
 
@@ -214,6 +220,7 @@ export class Controller {
       env: source.env,
       source,
       reports: {},
+      leases: new LeaseBook(localHolder(deps.env)),
     };
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
     c.lastConfigDigest = await configDigest(config.file);
@@ -247,6 +254,7 @@ export class Controller {
     // Edits made while stopped are committed at once, not after a debounce.
     for (const slot of this.slots.values()) slot.nextRunAt = this.now();
     this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
+    this.looping = true;
     const onAbort = () => this.wakeUp?.();
     signal.addEventListener("abort", onAbort);
     try {
@@ -296,6 +304,9 @@ export class Controller {
   async settleEnvironments(only?: string[]): Promise<{ name: string; summary?: string; error?: CascadeError }[]> {
     const results: { name: string; summary?: string; error?: CascadeError }[] = [];
     const envs = () => this.orderedSlots().filter((s) => s.r.name.startsWith("env:") && (!only || only.includes(s.r.name.slice(4))));
+    // The leases first: only an environment whose lease this controller holds is acted on.
+    const leaseSlot = this.slots.get(leases.name);
+    if (leaseSlot && !leaseSlot.running) results.push(await this.runSlot(leaseSlot));
     for (let round = 0; round < 10; round++) {
       let again = false;
       for (const slot of envs()) {
@@ -309,6 +320,8 @@ export class Controller {
       if (!again) break;
     }
     for (const slot of this.orderedSlots().filter((s) => s.r.name.startsWith("remote:"))) results.push(await this.runSlot(slot));
+    // A one-shot pass (reconcile, deploy-*) lets go of its leases: the team need not wait for them to expire.
+    if (!this.looping) await leases.release(this.context(), this.config);
     return results;
   }
 
@@ -696,6 +709,8 @@ export class Controller {
   private rebuildSlots(): void {
     const wanted: Reconciler<any, any>[] = [
       sandboxReconciler,
+      // With a remote, the leases decide which controller of a team acts on each environment.
+      ...(this.config.remotes.length && Object.keys(this.config.environments).length ? [leases] : []),
       ...promotionOrder(this.config).map((e) => environmentReconciler(e)),
       ...this.config.remotes.map((r) => remoteReconciler(r.name)),
     ];
@@ -759,6 +774,10 @@ export class Controller {
       await Promise.all(remotes.map((s) => this.runSlot(s)));
       this.timeoutCapMs = undefined;
     }
+    // Graceful: the leases held here are released, so another controller takes over at once.
+    this.timeoutCapMs = STOP_TIMEOUT_MS;
+    await leases.release(this.context(), this.config);
+    this.timeoutCapMs = undefined;
     await this.statusWrite;
     await this.writeStatus(false);
   }

@@ -301,3 +301,54 @@ export function sshTarget(url: string): string {
   if (scp) return `${scp[1] ? `${scp[1]}@` : ""}${scp[2]!.replace(/^\[|\]$/g, "")}`;
   return "HOST";
 }
+
+/**
+ * The remote's refs matching `pattern` (an `ls-remote` pattern such as `refs/cascade-sync/lease/*`),
+ * full ref name -> object id, read without fetching. Errors are classified (see {@link remoteError}).
+ */
+export async function remoteRefs(repo: Repo, remote: RemoteTarget, pattern: string, opts: TransportOptions): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  try {
+    const { stdout } = await runGit(["ls-remote", "--", remote.url, pattern], await gitOptions(repo, remote, opts));
+    for (const line of stdout.toString("utf8").split("\n")) {
+      const [oid, ref] = line.split("\t");
+      if (oid && ref && /^[0-9a-f]{40,64}$/.test(oid)) out[ref] = oid;
+    }
+  } catch (err) {
+    throw remoteError(remote, "list refs of", err);
+  }
+  return out;
+}
+
+/**
+ * Fetches the remote's `ref` into the local ref `into` (forced: it mirrors whatever the remote holds).
+ * Errors are classified (see {@link remoteError}).
+ */
+export async function fetchRef(repo: Repo, remote: RemoteTarget, ref: string, into: string, opts: TransportOptions): Promise<void> {
+  try {
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--", remote.url, `+${ref}:${into}`], await gitOptions(repo, remote, opts));
+  } catch (err) {
+    throw remoteError(remote, "fetch", err);
+  }
+}
+
+/**
+ * Compare-and-swap of one ref on the remote: `git push --porcelain --force-with-lease=REF:EXPECTED`
+ * sets `ref` to `oid` only while the remote still holds `expected` (null: only while it has no such
+ * ref). Resolves true when the ref was set, false when the remote held something else (another
+ * writer won; nothing changed). Every other failure is thrown, classified like a branch push's.
+ */
+export async function compareAndSwapRef(repo: Repo, remote: RemoteTarget, ref: string, oid: string, expected: string | null, opts: TransportOptions): Promise<boolean> {
+  const options = await gitOptions(repo, remote, opts);
+  const args = ["push", "--porcelain", `--force-with-lease=${ref}:${expected ?? ""}`, "--", remote.url, `${oid}:${ref}`];
+  try {
+    const { stdout, stderr } = await runGit(args, options);
+    const text = stdout.toString("utf8");
+    if (/^!/m.test(text)) throw classifyGitFailure({ args, exitCode: 0, stderr, stdout: text, redact: options.redact });
+    return true;
+  } catch (err) {
+    // Lost the race: the remote's ref is not what we expected (stale info), or another push took its lock.
+    if (err instanceof GitError && (err.reason === "NonFastForward" || err.reason === "RefConflict")) return false;
+    throw remoteError(remote, "push to", err);
+  }
+}
