@@ -103,7 +103,8 @@ export type EnvironmentAction =
   | { type: "run-gates"; commit: string }
   | { type: "promote"; commit: string; mode: "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[]; release: ReleaseSettings }
   | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string }
-  | { type: "pin-branch"; branch: string };
+  | { type: "pin-branch"; branch: string }
+  | { type: "adopt-holder-record"; healthy: string[]; failed: string[]; holder: string };
 
 /** A release's deploy hooks: always those of the commit being deployed (its own config). */
 export type DeployHooks = NonNullable<EnvironmentSpec["deploy"]>["hooks"];
@@ -164,6 +165,8 @@ export interface EnvironmentObserved {
   pinnedBranch?: string | null;
   /** The environment's lease as this controller holds or sees it; absent: no lease needed (no remote). Only `held` acts. */
   lease?: LeaseView;
+  /** What this controller's own record says (healthy and rolled-back commits), for adopting the holder's. */
+  known?: { healthy: string[] };
 }
 
 /** How a commit relates to the environment branch's head. */
@@ -255,6 +258,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
         ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch, ...(lease ? { lease } : {}),
+        ...(lease && !acting ? { known: { healthy: [...rec.healthy] } } : {}),
       };
     },
 
@@ -294,6 +298,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         case "promote": return `promote ${a.commit.slice(0, 7)} to ${name} (${a.mode})${a.signers.length ? `, approved by ${a.signers.join(", ")}` : ""}`;
         case "notify": return `notify ${a.event}: ${a.message}`;
         case "pin-branch": return `pin ${name}'s branch to ${a.branch} (git config ${pinKey(name)})`;
+        case "adopt-holder-record": return `record what the lease holder ${a.holder} reports: ${a.healthy.length} healthy, ${a.failed.length} rolled back`;
       }
     },
   };
@@ -396,6 +401,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "notify":
         await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
         return `notified ${action.event}`;
+      case "adopt-holder-record":
+        for (const c of action.healthy) pipeline.store.markHealthy(name, c);
+        for (const c of action.failed) rec.failed[c] ??= { at, reason: `rolled back by the lease holder ${action.holder}`, approvals: [] };
+        return `recorded the holder's ${action.healthy.length} healthy and ${action.failed.length} rolled-back commit(s)`;
       case "pin-branch":
         await ctx.repo.setConfig(pinKey(name), action.branch);
         ctx.log.info(`${name}: branch ${action.branch} pinned as its trust root (git config ${pinKey(name)})`, { environment: name, branch: action.branch });
@@ -599,6 +608,10 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   function follow(lease: LeaseView): EnvironmentPlan {
     if (!policyProblem && o.pinnedBranch === null) actions.push({ type: "pin-branch", branch: env.branch });
     const held = lease.holderState;
+    // What the holder proved and rolled back counts here too: for the next environment's candidates, and after a takeover.
+    const healthy = (held?.healthy ?? []).filter((c) => !o.known?.healthy.includes(c));
+    const failed = (held?.failed ?? []).filter((c) => !o.failed[c]);
+    if (lease.holder && (healthy.length || failed.length)) actions.push({ type: "adopt-holder-record", healthy, failed, holder: describeHolder(lease.holder) });
     const holder = lease.holder ? `${describeHolder(lease.holder)}, which holds ${env.name}'s lease until ${lease.until}` : undefined;
     let next: string;
     if (lease.state === "other") next = `following ${holder}${held?.next ? `; it says: ${held.next}` : ""}`;

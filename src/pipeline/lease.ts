@@ -64,6 +64,13 @@ export interface LeaseState {
   deployed: string | null;
   health?: string;
   next?: string;
+  /**
+   * The holder's newest healthy commits and the commits it rolled back: a controller that takes the
+   * lease over (or holds the next environment) knows what was proven and never promotes a rolled-back
+   * commit again. At most 10 each.
+   */
+  healthy?: string[];
+  failed?: string[];
 }
 
 /** What this controller knows of one environment's lease between passes. */
@@ -367,11 +374,19 @@ export function parseLeaseRecord(text: Buffer | null, environment: string): Leas
     deployed: typeof s.deployed === "string" ? s.deployed : null,
     ...(typeof s.health === "string" ? { health: s.health.slice(0, 200) } : {}),
     ...(typeof s.next === "string" ? { next: s.next.slice(0, 300) } : {}),
+    ...(commitList(s.healthy) ? { healthy: commitList(s.healthy)! } : {}),
+    ...(commitList(s.failed) ? { failed: commitList(s.failed)! } : {}),
   } : undefined;
   return {
     version: 1, environment, holder: { id: h.id.slice(0, 64), host: h.host.slice(0, 255), user: h.user.slice(0, 64), pid: h.pid },
     acquiredAt: r.acquiredAt, renewedAt: r.renewedAt, expiresAt: r.expiresAt, ttlMs, ...(r.released === true ? { released: true } : {}), ...(state ? { state } : {}),
   };
+}
+
+/** At most 10 full commit ids from a lease's list; undefined when it is not a list. */
+function commitList(v: unknown): string[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  return v.filter((c): c is string => typeof c === "string" && /^[0-9a-f]{40}([0-9a-f]{24})?$/.test(c)).slice(-10);
 }
 
 /**
@@ -475,7 +490,10 @@ async function applyLease(ctx: ReconcileContext, desired: Config, o: LeasesObser
 /** The environment as this controller last reported it, for the others to show. */
 function holderState(ctx: ReconcileContext, environment: string): LeaseState {
   const r = ctx.pipeline!.reports[environment];
+  const rec = ctx.pipeline!.store.get(environment);
   return {
+    healthy: rec.healthy.slice(-10),
+    failed: Object.keys(rec.failed).slice(-10),
     head: r?.head ?? null,
     deployed: r?.deployed ?? null,
     ...(r?.health ? { health: `${r.health.phase}: ${r.health.description}`.slice(0, 200) } : {}),
