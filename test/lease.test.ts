@@ -99,3 +99,13 @@ describe('parseLeaseRecord: the lease ref is hostile input', () => {
     expect(parseLeaseRecord(Buffer.from(JSON.stringify({ ...good, ttlMs: 1e12 })), 'staging')?.ttlMs).toBe(3_600_000);
   });
 });
+
+describe('planLeases: a remote that does not answer', () => {
+  it('takes and renews nothing, keeps what it knew with the reason, and looks again within a third of the term', () => {
+    const o = observed({}, { staging: { oid: O1, record: record(me), seenAt: NOW - 1000, renewedAt: NOW - 1000 } }, { envs: [], unreachable: { reason: 'RemoteUnavailable', message: 'no answer' } });
+    const p = planLeases(o);
+    expect(p.actions).toEqual([{ type: 'note', environment: 'staging', entry: expect.objectContaining({ oid: O1, renewedAt: NOW - 1000, problem: 'no answer' }) }]);
+    expect(p.blocked?.reason).toBe('RemoteUnavailable');
+    expect(p.requeueAfterMs).toBe(TTL / 3);
+  });
+});

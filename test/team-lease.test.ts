@@ -24,7 +24,7 @@ afterEach(async () => {
 });
 
 /** The lease term of the test config: short, so that a handover after kill -9 is quick. */
-const TTL_MS = 6_000;
+const TTL_MS = 9_000;
 
 function cli(cwd: string, host: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -182,6 +182,7 @@ describe('a team of three controllers on one remote: one promoter per environmen
     expect(acts(await history(dirs['host-c']!), 'production')).toEqual([]);
     await waitFor(async () => (await revParse(dirs['host-c']!, 'staging')) === c3 || undefined, { what: 'host-c to follow staging' });
     await fsckStrict(bare);
+    if (process.env.LEASE_TEST_LOG) await writeFile(process.env.LEASE_TEST_LOG, await readFile(path.join(logDir, 'team.log'), 'utf8'));
     console.log(`approval made on host-c acted on after ${approvalLatencyMs} ms; staging's lease handed over ${handoverMs} ms after kill -9 (term ${TTL_MS} ms)`);
   }, 420_000);
 });

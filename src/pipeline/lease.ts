@@ -219,6 +219,8 @@ export interface LeasesObserved {
   known: Record<string, LeaseEntry>;
   /** Set while stopping (or after a one-shot pass): every held lease is released, none taken. */
   releasing: boolean;
+  /** Why the remote's leases could not be read (the remote did not answer): nothing is taken or renewed. */
+  unreachable?: { reason: string; message: string };
 }
 
 export type LeaseAction =
@@ -259,8 +261,11 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
       const after = new Set(heldNames(book, now));
       // Gaining or losing a lease changes what the environments (and the pushes of their branches) may do.
       if ([...before].some((n) => !after.has(n)) || [...after].some((n) => !before.has(n))) ctx.branchMoved();
-      if (plan.blocked) throw new CascadeError("Transient", plan.blocked.reason, plan.blocked.message, plan.blocked.hint ? { hint: plan.blocked.hint } : {});
-      return { requeueAfterMs: plan.requeueAfterMs ?? Math.min(desired.intervals.fetchMs, o.ttlMs * RENEW_FRACTION), summary: done.join(", ") || describeLeases(book, now) };
+      if (plan.blocked) throw new CascadeError("Waiting", plan.blocked.reason, plan.blocked.message, { retryAfterMs: plan.requeueAfterMs ?? o.ttlMs * RENEW_FRACTION, ...(plan.blocked.hint ? { hint: plan.blocked.hint } : {}) });
+      // A renewal is due a third of the term after the previous one *began*, however long this pass took.
+      let requeue = Math.min(plan.requeueAfterMs ?? Infinity, desired.intervals.fetchMs, o.ttlMs * RENEW_FRACTION);
+      for (const e of book.entries.values()) if (e.renewedAt !== undefined && e.record) requeue = Math.min(requeue, Math.max(0, e.renewedAt + e.record.ttlMs * RENEW_FRACTION - now));
+      return { requeueAfterMs: requeue, summary: done.join(", ") || describeLeases(book, now) };
     },
 
     describe(a) {
@@ -325,17 +330,28 @@ async function observeLeases(ctx: ReconcileContext, desired: Config, readPolicy:
   if (!remote) return { ...base, envs: [] };
   const who = await ctx.who();
   const cap = ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {};
-  const refs = await remoteRefs(ctx.repo, remote, "refs/cascade-sync/lease/*", { ...cap, who });
+  let refs: Record<string, string>;
+  try {
+    refs = await remoteRefs(ctx.repo, remote, "refs/cascade-sync/lease/*", { ...cap, who });
+  } catch (err) {
+    // A value, not a failure to back off from: the leases are read again within a third of the term once it answers.
+    const e = err instanceof CascadeError ? err : undefined;
+    return { ...base, envs: [], unreachable: { reason: e?.reason ?? "RemoteUnavailable", message: err instanceof Error ? err.message : String(err) } };
+  }
   const envs: LeaseObservation[] = [];
   for (const name of Object.keys(desired.environments)) {
-    const oid = refs[leaseRef(name)] ?? null;
     const policy = await readPolicy(ctx, desired, name);
+    let oid = refs[leaseRef(name)] ?? null;
     let record: LeaseRecord | null = null;
     let problem: string | undefined;
     if (oid && known[name]?.oid === oid && known[name]!.record) record = known[name]!.record;
     else if (oid) {
       try {
-        if (!(await ctx.repo.hasObject(oid))) await fetchRef(ctx.repo, remote, leaseRef(name), trackingRef(name), { ...cap, who });
+        if (!(await ctx.repo.hasObject(oid))) {
+          await fetchRef(ctx.repo, remote, leaseRef(name), trackingRef(name), { ...cap, who });
+          // Renewed between ls-remote and the fetch: what was fetched is the newer lease, and what a compare-and-swap must expect.
+          oid = (await ctx.repo.ref(trackingRef(name))) ?? oid;
+        }
         record = parseLeaseRecord(await ctx.repo.fileAt(oid, "lease.json"), name);
         if (!record) problem = `${leaseRef(name)} on ${remote.name} (${oid.slice(0, 7)}) is not a cascade-sync lease`;
       } catch (err) {
@@ -399,6 +415,14 @@ export function planLeases(o: LeasesObserved): Plan<LeaseAction> & { requeueAfte
   const actions: LeaseAction[] = [];
   let next = Infinity;
   const poll = o.ttlMs * RENEW_FRACTION;
+  if (o.unreachable) {
+    // What was known stays (a lease held here lapses on its own clock); each entry says why it is not current.
+    for (const [environment, entry] of Object.entries(o.known)) actions.push({ type: "note", environment, entry: { ...entry, problem: o.unreachable.message } });
+    return {
+      actions, requeueAfterMs: poll,
+      blocked: { reason: o.unreachable.reason, message: `the leases on the first remote cannot be read: ${o.unreachable.message}`, hint: "no environment is acted on without its lease; looked at again within a third of intervals.lease" },
+    };
+  }
   const mine = (r: LeaseRecord | null) => !!r && r.holder.id === o.me.id && r.holder.host === o.me.host;
   for (const e of o.envs) {
     const prev = o.known[e.name];
