@@ -23,7 +23,7 @@ import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler } from "../reconcilers/remote.js";
 import { environmentReconciler, readLeasePolicy, type EnvironmentReport } from "../reconcilers/environment.js";
-import { LeaseBook, leaseReconciler, localHolder } from "./pipeline/lease.js";
+import { assumeLeasePlan, LeaseBook, leaseReconciler, localHolder } from "./pipeline/lease.js";
 import { GateRunner } from "./pipeline/gates.js";
 import { CommandSourceEnv, controllerVariableNames } from "./pipeline/command-env.js";
 import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
@@ -333,6 +333,8 @@ export class Controller {
       try {
         const observed = await slot.r.observe(this.context(), this.config);
         const plan = slot.r.plan(this.config, observed);
+        // The environments are planned as they would be once the lease plan is applied (taken, renewed, or followed).
+        if (slot.r === leases && this.pipeline.leases) assumeLeasePlan(this.pipeline.leases, observed, plan);
         out.push({ name: slot.r.name, plan, lines: plan.actions.map((a) => slot.r.describe(a)) });
       } catch (err) {
         out.push({ name: slot.r.name, lines: [], error: toCascadeError(err) });

@@ -109,3 +109,16 @@ describe('planLeases: a remote that does not answer', () => {
     expect(p.requeueAfterMs).toBe(TTL / 3);
   });
 });
+
+describe('runsOn is policy: a sandbox edit of it is pending until promoted', () => {
+  it('policyDifferences names runsOn when the sandbox\'s copy differs from the one in force', async () => {
+    const { policyDifferences, describePolicyDifference } = await import('../src/config/pipeline.js');
+    const env = { name: 'production', branch: 'main', from: 'staging', promotion: 'approval' as const, gates: [], approvals: { required: 1, signers: [] }, windows: [], health: [], healthyAfter: 1, failureThreshold: 1, progressDeadlineMs: 1, rollback: { automatic: true } };
+    const inForce = { env: { ...env, runsOn: ['prod-1'] }, fromBranch: 'staging' };
+    const sandbox = { env: { ...env, runsOn: ['prod-1', 'laptop'] }, fromBranch: 'staging' };
+    const diffs = policyDifferences(sandbox, inForce);
+    expect(diffs).toEqual([{ setting: 'runsOn', sandbox: 'laptop, prod-1', inForce: 'prod-1' }]);
+    expect(describePolicyDifference(diffs[0]!, 'main')).toBe('pending policy change: runsOn laptop, prod-1 (sandbox) vs prod-1 (in force on main); takes effect once promoted');
+    expect(policyDifferences({ env, fromBranch: 'staging' }, { env, fromBranch: 'staging' })).toEqual([]);
+  });
+});

@@ -253,14 +253,16 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
       const book = ctx.pipeline!.leases!;
       const before = new Set(heldNames(book, o.now));
       const done: string[] = [];
-      for (const a of plan.actions) {
-        const d = await applyLease(ctx, desired, o, a);
-        if (d) done.push(d);
-      }
+      for (const a of plan.actions.filter((x) => x.type === "note")) await applyLease(ctx, desired, o, a);
+      // Each environment's lease is its own ref: their pushes run side by side, so one slow push never makes another renewal late.
+      const moves = await Promise.allSettled(plan.actions.filter((x) => x.type !== "note").map((a) => applyLease(ctx, desired, o, a)));
+      for (const m of moves) if (m.status === "fulfilled" && m.value) done.push(m.value);
       const now = ctx.clock.now();
       const after = new Set(heldNames(book, now));
       // Gaining or losing a lease changes what the environments (and the pushes of their branches) may do.
       if ([...before].some((n) => !after.has(n)) || [...after].some((n) => !before.has(n))) ctx.branchMoved();
+      const failed = moves.find((m): m is PromiseRejectedResult => m.status === "rejected");
+      if (failed) throw failed.reason;
       if (plan.blocked) throw new CascadeError("Waiting", plan.blocked.reason, plan.blocked.message, { retryAfterMs: plan.requeueAfterMs ?? o.ttlMs * RENEW_FRACTION, ...(plan.blocked.hint ? { hint: plan.blocked.hint } : {}) });
       // A renewal is due a third of the term after the previous one *began*, however long this pass took.
       let requeue = Math.min(plan.requeueAfterMs ?? Infinity, desired.intervals.fetchMs, o.ttlMs * RENEW_FRACTION);
@@ -293,6 +295,22 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
   return r;
 }
 
+/**
+ * For `plan` only (a controller that never applies): records in `book` what applying the lease plan
+ * would lead to, so that the environments' plans show what this controller would do once it holds
+ * (or renews) a lease, and whom it would follow otherwise. Nothing is written anywhere else.
+ */
+export function assumeLeasePlan(book: LeaseBook, o: LeasesObserved, plan: Plan<LeaseAction>): void {
+  for (const a of plan.actions) {
+    if (a.type === "note") book.entries.set(a.environment, a.entry);
+    else if (a.type === "take" || a.type === "renew") {
+      const at = new Date(o.now).toISOString();
+      const record: LeaseRecord = { version: 1, environment: a.environment, holder: o.me, acquiredAt: at, renewedAt: at, expiresAt: new Date(o.now + o.ttlMs).toISOString(), ttlMs: o.ttlMs };
+      book.entries.set(a.environment, { oid: null, record, seenAt: o.now, renewedAt: o.now });
+    }
+  }
+}
+
 function heldNames(book: LeaseBook, now: number): string[] {
   return [...book.entries.keys()].filter((n) => leaseView(book, n, now)?.state === "held");
 }
@@ -305,18 +323,20 @@ function describeLeases(book: LeaseBook, now: number): string {
   }).join(", ");
 }
 
-/** The sandbox's id, made once and kept in its .git/config (a clone gets its own). */
+/**
+ * The sandbox's id, kept in its .git/config (a clone gets its own). Read-only: a new one is made in
+ * memory and written only when a lease is first taken (`plan` changes nothing).
+ */
 async function sandboxId(ctx: ReconcileContext): Promise<string> {
   const book = ctx.pipeline!.leases!;
   if (book.me.id) return book.me.id;
-  let id = await ctx.repo.getConfig("cascade-sync.id");
-  if (!id) {
-    id = randomBytes(8).toString("hex");
-    await ctx.repo.setConfig("cascade-sync.id", id);
-  }
+  const id = (await ctx.repo.getConfig(ID_KEY)) ?? randomBytes(8).toString("hex");
   book.me.id = id;
   return id;
 }
+
+/** Where the sandbox's id is kept: its restarted controller resumes its own leases at once. */
+const ID_KEY = "cascade-sync.id";
 
 /** Reads every environment's lease from the first remote (ls-remote, and a fetch of a lease commit not here yet). */
 async function observeLeases(ctx: ReconcileContext, desired: Config, readPolicy: PolicyReader, releasing: boolean): Promise<LeasesObserved> {
@@ -481,6 +501,7 @@ async function applyLease(ctx: ReconcileContext, desired: Config, o: LeasesObser
     ...(a.type === "release" ? { released: true } : {}),
     ...(a.type !== "release" ? { state: holderState(ctx, a.environment) } : {}),
   };
+  if ((await ctx.repo.getConfig(ID_KEY)) !== o.me.id) await ctx.repo.setConfig(ID_KEY, o.me.id);
   const oid = await writeLeaseCommit(ctx, record);
   const who = await ctx.who();
   const cap = ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {};
