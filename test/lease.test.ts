@@ -122,3 +122,19 @@ describe('runsOn is policy: a sandbox edit of it is pending until promoted', () 
     expect(policyDifferences({ env, fromBranch: 'staging' }, { env, fromBranch: 'staging' })).toEqual([]);
   });
 });
+
+describe('environment branches in a team: only the lease holder pushes them (planEnvironmentBranch)', () => {
+  it('a follower never pushes, even a commit it promoted while it held the lease: it follows the holder\'s; while the lease is not read yet nothing moves', async () => {
+    const { planEnvironmentBranch } = await import('../reconcilers/remote.js');
+    const a = 'a'.repeat(40);
+    const b = 'b'.repeat(40);
+    const base = { environment: 'staging', branch: 'staging', remoteName: 'origin', primary: true, checkedOut: false, sandboxBranch: 'develop', ahead: false, contained: false, promotedHere: false, remoteMovedAway: false };
+    // The holder rolled back to b; a former holder with its own promotion a (ahead of b) must not push it back.
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, ahead: true, promotedHere: true, lease: 'act' }).action).toBe('push');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, ahead: true, promotedHere: true, lease: 'follow' })).toMatchObject({ action: 'follow', keep: true });
+    expect(planEnvironmentBranch({ ...base, local: a, remote: null, promotedHere: true, lease: 'follow' }).action).toBe('none');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, ahead: true, promotedHere: true, lease: 'wait' }).action).toBe('none');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, lease: 'wait' }).action).toBe('none');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, lease: 'follow' }).action).toBe('follow');
+  });
+});
