@@ -49,9 +49,7 @@ describe('a second person joins a running pipeline', () => {
     // The first controller stops, so that whatever changes from here on is the newcomer's doing.
     await a.stop();
     controllers = [];
-    // The first controller released its leases when it stopped; the newcomer may take them (issue 15): every other ref must stay.
-    const withoutLeases = async (repo: string) => (await refsOf(repo)).split('\n').filter((l) => !l.startsWith('refs/cascade-sync/lease/')).join('\n');
-    const remoteBefore = await withoutLeases(bare);
+    const remoteBefore = await refsOf(bare);
     const deployBefore = await treeSnapshot(deployRoot);
     expect(deployBefore['production/current']).toBe(`link releases/${c2}`);
 
@@ -82,7 +80,7 @@ describe('a second person joins a running pipeline', () => {
     }, { what: 'a further clean fetch' });
     await waitFor(async () => (await statusJson(second)).remotes[0]?.lastFetch?.at > fetched && (await envReport(second, 'production'))?.health?.phase === 'healthy' || undefined, { what: 'production healthy in the newcomer\'s view' });
 
-    expect(await withoutLeases(bare)).toBe(remoteBefore);
+    expect(await refsOf(bare)).toBe(remoteBefore);
     expect(await treeSnapshot(deployRoot)).toEqual(deployBefore);
     expect(await revParse(second, 'main')).toBe(c2);
     // The newcomer deployed nothing: its history has no deploy, promotion or rollback.
