@@ -618,6 +618,8 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     else if (lease.state === "excluded") next = `not acting: this machine (${lease.me}) is not in ${env.name}'s runsOn (${(lease.runsOn ?? []).join(", ")})${holder ? `; following ${holder}` : "; no controller holds the lease now"}`;
     else if (lease.state === "free") next = `${env.name}'s lease is free: this controller takes it, then acts${lease.problem ? ` (${lease.problem})` : ""}`;
     else next = `not acting until ${env.name}'s lease on the remote has been read${lease.problem ? `: ${lease.problem}` : ""}`;
+    // Without a policy in force no lease is taken: that, not the lease, is what a person must fix.
+    if (policyProblem && lease.state !== "other") next = `blocked: ${policyProblem.message}`;
     const shown: EnvironmentReport = {
       ...report, next, blocked: false, inProgress: false,
       ...(held ? { deployed: held.deployed, health: held.health ? { phase: held.health.split(":")[0] ?? "unknown", description: held.health, checks: [] } : null } : {}),

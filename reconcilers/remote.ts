@@ -325,7 +325,13 @@ export interface EnvironmentBranchFacts {
  * controller did not itself move the environment away from.
  */
 export function planEnvironmentBranch(facts: EnvironmentBranchFacts): EnvironmentBranchSync {
-  if (facts.lease === "wait") return { environment: facts.environment, branch: facts.branch, local: facts.local, remote: facts.remote, action: "none" };
+  if (facts.lease === "wait") {
+    // The lease is not read yet (or about to be taken here): nothing is pushed, and a branch is followed
+    // (a missing one fetched) unless it holds this controller's own promotion, which a restart must not move back.
+    const r = planEnvironmentBranch({ ...facts, lease: "act" });
+    const hold = r.action === "push" || r.action === "force" || (r.action === "follow" && facts.promotedHere);
+    return hold ? { environment: facts.environment, branch: facts.branch, local: facts.local, remote: facts.remote, action: "none" } : r;
+  }
   // A follower's own promotions (made while it held the lease) no longer count: the holder's branch wins.
   const f = facts.lease === "follow" ? { ...facts, promotedHere: false } : facts;
   if (f.lease === "follow" && f.local && !f.remote) return { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote, action: "none", note: `${f.branch} not pushed to ${f.remoteName}: another controller holds ${f.environment}'s lease` };

@@ -134,7 +134,11 @@ describe('environment branches in a team: only the lease holder pushes them (pla
     expect(planEnvironmentBranch({ ...base, local: a, remote: b, ahead: true, promotedHere: true, lease: 'follow' })).toMatchObject({ action: 'follow', keep: true });
     expect(planEnvironmentBranch({ ...base, local: a, remote: null, promotedHere: true, lease: 'follow' }).action).toBe('none');
     expect(planEnvironmentBranch({ ...base, local: a, remote: b, ahead: true, promotedHere: true, lease: 'wait' }).action).toBe('none');
-    expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, lease: 'wait' }).action).toBe('none');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, promotedHere: true, lease: 'wait' }).action).toBe('none');
+    // Not its own promotion: followed while waiting, and a missing branch is fetched (its trust root; no lease is taken without it).
+    expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, lease: 'wait' }).action).toBe('follow');
+    expect(planEnvironmentBranch({ ...base, local: null, remote: b, lease: 'wait' }).action).toBe('follow');
+    expect(planEnvironmentBranch({ ...base, local: a, remote: null, promotedHere: true, lease: 'wait' }).action).toBe('none');
     expect(planEnvironmentBranch({ ...base, local: a, remote: b, contained: true, lease: 'follow' }).action).toBe('follow');
   });
 });
