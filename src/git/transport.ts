@@ -332,23 +332,41 @@ export async function fetchRef(repo: Repo, remote: RemoteTarget, ref: string, in
   }
 }
 
+/** One compare-and-swap of {@link compareAndSwapRefs}: set `ref` to `oid` only while the remote holds `expected` (null: no such ref). */
+export interface RefSwap {
+  ref: string;
+  oid: string;
+  expected: string | null;
+}
+
 /**
- * Compare-and-swap of one ref on the remote: `git push --porcelain --force-with-lease=REF:EXPECTED`
- * sets `ref` to `oid` only while the remote still holds `expected` (null: only while it has no such
- * ref). Resolves true when the ref was set, false when the remote held something else (another
- * writer won; nothing changed). Every other failure is thrown, classified like a branch push's.
+ * Compare-and-swap of several refs on the remote in one `git push --porcelain` (one connection),
+ * each with its own `--force-with-lease=REF:EXPECTED`, each judged on its own (not atomic). Resolves
+ * each ref -> true when it was set, false when the remote held something else or another push took
+ * its lock (another writer won; that ref did not change). Every other failure is thrown, classified
+ * like a branch push's (a hook refusing one ref: Stalled `PushRejected`).
  */
-export async function compareAndSwapRef(repo: Repo, remote: RemoteTarget, ref: string, oid: string, expected: string | null, opts: TransportOptions): Promise<boolean> {
+export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps: RefSwap[], opts: TransportOptions): Promise<Record<string, boolean>> {
+  const out: Record<string, boolean> = {};
+  if (!swaps.length) return out;
   const options = await gitOptions(repo, remote, opts);
-  const args = ["push", "--porcelain", `--force-with-lease=${ref}:${expected ?? ""}`, "--", remote.url, `${oid}:${ref}`];
+  const args = ["push", "--porcelain", ...swaps.map((w) => `--force-with-lease=${w.ref}:${w.expected ?? ""}`), "--", remote.url, ...swaps.map((w) => `${w.oid}:${w.ref}`)];
   try {
-    const { stdout, stderr } = await runGit(args, options);
+    // Exit 1: some refs were refused; the porcelain lines say which, and why.
+    const { stdout, stderr } = await runGit(args, { ...options, okExitCodes: [0, 1] });
     const text = stdout.toString("utf8");
-    if (/^!/m.test(text)) throw classifyGitFailure({ args, exitCode: 0, stderr, stdout: text, redact: options.redact });
-    return true;
+    for (const line of text.split("\n")) {
+      const [flag, spec, summary = ""] = line.split("\t");
+      const ref = spec?.split(":")[1];
+      if (flag === undefined || ref === undefined || !swaps.some((w) => w.ref === ref)) continue;
+      if (flag !== "!") out[ref] = true;
+      else if (/stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists/.test(summary)) out[ref] = false;
+      else throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: line, redact: options.redact });
+    }
+    const unreported = swaps.filter((w) => out[w.ref] === undefined);
+    if (unreported.length) throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: text, redact: options.redact });
+    return out;
   } catch (err) {
-    // Lost the race: the remote's ref is not what we expected (stale info), or another push took its lock.
-    if (err instanceof GitError && (err.reason === "NonFastForward" || err.reason === "RefConflict")) return false;
     throw remoteError(remote, "push to", err);
   }
 }

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname, userInfo } from "node:os";
 import type { Config, RemoteSpec } from "../config/types.js";
 import { CascadeError } from "../errors.js";
-import { compareAndSwapRef, fetchRef, remoteRefs } from "../git/transport.js";
+import { compareAndSwapRefs, fetchRef, remoteRefs } from "../git/transport.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../reconcile.js";
 
 /**
@@ -253,16 +253,15 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
       const book = ctx.pipeline!.leases!;
       const before = new Set(heldNames(book, o.now));
       const done: string[] = [];
-      for (const a of plan.actions.filter((x) => x.type === "note")) await applyLease(ctx, desired, o, a);
-      // Each environment's lease is its own ref: their pushes run side by side, so one slow push never makes another renewal late.
-      const moves = await Promise.allSettled(plan.actions.filter((x) => x.type !== "note").map((a) => applyLease(ctx, desired, o, a)));
-      for (const m of moves) if (m.status === "fulfilled" && m.value) done.push(m.value);
+      noteLeases(book, plan.actions);
+      // Every lease move of the pass in one push: one slow connection never makes another renewal late.
+      let failed: unknown;
+      await applyLeaseMoves(ctx, o, movesOf(plan.actions)).then((d) => done.push(...d), (err: unknown) => void (failed = err ?? new Error("lease push failed")));
       const now = ctx.clock.now();
       const after = new Set(heldNames(book, now));
       // Gaining or losing a lease changes what the environments (and the pushes of their branches) may do.
       if ([...before].some((n) => !after.has(n)) || [...after].some((n) => !before.has(n))) ctx.branchMoved();
-      const failed = moves.find((m): m is PromiseRejectedResult => m.status === "rejected");
-      if (failed) throw failed.reason;
+      if (failed !== undefined) throw failed;
       if (plan.blocked) throw new CascadeError("Waiting", plan.blocked.reason, plan.blocked.message, { retryAfterMs: plan.requeueAfterMs ?? o.ttlMs * RENEW_FRACTION, ...(plan.blocked.hint ? { hint: plan.blocked.hint } : {}) });
       // A renewal is due a third of the term after the previous one *began*, however long this pass took.
       let requeue = Math.min(plan.requeueAfterMs ?? Infinity, desired.intervals.fetchMs, o.ttlMs * RENEW_FRACTION);
@@ -286,7 +285,8 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
       try {
         const o = await observeLeases(ctx, desired, readPolicy, true);
         const plan = planLeases(o);
-        for (const a of plan.actions) await applyLease(ctx, desired, o, a);
+        noteLeases(ctx.pipeline!.leases!, plan.actions);
+        await applyLeaseMoves(ctx, o, movesOf(plan.actions));
       } catch (err) {
         ctx.log.warn(`could not release the leases (they expire on their own): ${err instanceof Error ? err.message : String(err)}`);
       }
@@ -309,6 +309,15 @@ export function assumeLeasePlan(book: LeaseBook, o: LeasesObserved, plan: Plan<L
       book.entries.set(a.environment, { oid: null, record, seenAt: o.now, renewedAt: o.now });
     }
   }
+}
+
+/** Records what the pass saw of each lease (the plan's `note` actions). */
+function noteLeases(book: LeaseBook, actions: LeaseAction[]): void {
+  for (const a of actions) if (a.type === "note") book.entries.set(a.environment, a.entry);
+}
+
+function movesOf(actions: LeaseAction[]): Exclude<LeaseAction, { type: "note" }>[] {
+  return actions.filter((a): a is Exclude<LeaseAction, { type: "note" }> => a.type !== "note");
 }
 
 function heldNames(book: LeaseBook, now: number): string[] {
@@ -483,53 +492,62 @@ export function planLeases(o: LeasesObserved): Plan<LeaseAction> & { requeueAfte
   return { actions, requeueAfterMs: Number.isFinite(next) ? Math.max(0, Math.round(next)) : poll };
 }
 
-/** One lease action's side effects; returns what was done (undefined: nothing worth saying). */
-async function applyLease(ctx: ReconcileContext, desired: Config, o: LeasesObserved, a: LeaseAction): Promise<string | undefined> {
+/**
+ * The lease moves (take, renew, release) of one pass: each lease commit is written here, then all of
+ * them are pushed in one `git push` (one connection), each as its own compare-and-swap; what this
+ * controller holds is recorded from each result. Returns what was done.
+ */
+async function applyLeaseMoves(ctx: ReconcileContext, o: LeasesObserved, moves: Exclude<LeaseAction, { type: "note" }>[]): Promise<string[]> {
+  if (!moves.length) return [];
   const book = ctx.pipeline!.leases!;
-  if (a.type === "note") {
-    book.entries.set(a.environment, a.entry);
-    return undefined;
-  }
   const remote = o.remote!;
+  if ((await ctx.repo.getConfig(ID_KEY)) !== o.me.id) await ctx.repo.setConfig(ID_KEY, o.me.id);
+  // Measured before anything is pushed: nobody can have seen these leases earlier than that.
   const now = ctx.clock.now();
   const at = new Date(now).toISOString();
-  const prev = book.entries.get(a.environment);
-  const record: LeaseRecord = {
-    version: 1, environment: a.environment, holder: o.me,
-    acquiredAt: a.type === "renew" && a.acquiredAt ? a.acquiredAt : at, renewedAt: at,
-    expiresAt: new Date(a.type === "release" ? now : now + o.ttlMs).toISOString(), ttlMs: o.ttlMs,
-    ...(a.type === "release" ? { released: true } : {}),
-    ...(a.type !== "release" ? { state: holderState(ctx, a.environment) } : {}),
-  };
-  if ((await ctx.repo.getConfig(ID_KEY)) !== o.me.id) await ctx.repo.setConfig(ID_KEY, o.me.id);
-  const oid = await writeLeaseCommit(ctx, record);
+  const prepared: { a: (typeof moves)[number]; record: LeaseRecord; oid: string }[] = [];
+  for (const a of moves) {
+    const record: LeaseRecord = {
+      version: 1, environment: a.environment, holder: o.me,
+      acquiredAt: a.type === "renew" && a.acquiredAt ? a.acquiredAt : at, renewedAt: at,
+      expiresAt: new Date(a.type === "release" ? now : now + o.ttlMs).toISOString(), ttlMs: o.ttlMs,
+      ...(a.type === "release" ? { released: true } : { state: holderState(ctx, a.environment) }),
+    };
+    prepared.push({ a, record, oid: await writeLeaseCommit(ctx, record) });
+  }
   const who = await ctx.who();
   const cap = ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {};
-  let won: boolean;
+  let won: Record<string, boolean>;
   try {
-    won = await compareAndSwapRef(ctx.repo, remote, leaseRef(a.environment), oid, a.expected, { ...cap, who });
+    won = await compareAndSwapRefs(ctx.repo, remote, prepared.map((p) => ({ ref: leaseRef(p.a.environment), oid: p.oid, expected: p.a.expected })), { ...cap, who });
   } catch (err) {
-    if (prev) book.entries.set(a.environment, { ...prev, problem: err instanceof Error ? err.message : String(err) });
+    for (const { a } of prepared) {
+      const prev = book.entries.get(a.environment);
+      if (prev) book.entries.set(a.environment, { ...prev, problem: err instanceof Error ? err.message : String(err) });
+    }
     throw err;
   }
-  if (!won) {
-    // Another controller moved it first: forget our claim; the next pass reads who won.
-    if (prev) book.entries.set(a.environment, { oid: prev.oid, record: prev.record, seenAt: prev.seenAt });
-    ctx.log.info(`${a.environment}: another controller moved the lease first; following it`, { environment: a.environment });
-    return `${a.environment}: lease taken by another controller`;
+  const done: string[] = [];
+  for (const { a, record, oid } of prepared) {
+    const prev = book.entries.get(a.environment);
+    if (!won[leaseRef(a.environment)]) {
+      // Another controller moved it first: forget our claim; the next pass reads who won.
+      if (prev) book.entries.set(a.environment, { oid: prev.oid, record: prev.record, seenAt: prev.seenAt });
+      ctx.log.info(`${a.environment}: another controller moved the lease first; following it`, { environment: a.environment });
+      done.push(`${a.environment}: lease taken by another controller`);
+    } else if (a.type === "release") {
+      book.entries.set(a.environment, { oid, record, seenAt: now });
+      ctx.log.info(`${a.environment}: lease released`, { environment: a.environment });
+      done.push(`${a.environment}: lease released`);
+    } else {
+      book.entries.set(a.environment, { oid, record, seenAt: now, renewedAt: now, acquiredAt: record.acquiredAt });
+      if (a.type === "take") {
+        ctx.log.info(`${a.environment}: took the lease (${leaseRef(a.environment)} on ${remote.name}); this controller acts on ${a.environment} now`, { environment: a.environment, holder: record.holder });
+        done.push(`${a.environment}: lease taken`);
+      }
+    }
   }
-  if (a.type === "release") {
-    book.entries.set(a.environment, { oid, record, seenAt: now });
-    ctx.log.info(`${a.environment}: lease released`, { environment: a.environment });
-    return `${a.environment}: lease released`;
-  }
-  // Measured from before the push: nobody can have seen this lease earlier than that.
-  book.entries.set(a.environment, { oid, record, seenAt: now, renewedAt: now, acquiredAt: record.acquiredAt });
-  if (a.type === "take") {
-    ctx.log.info(`${a.environment}: took the lease (${leaseRef(a.environment)} on ${remote.name}); this controller acts on ${a.environment} now`, { environment: a.environment, holder: record.holder });
-    return `${a.environment}: lease taken`;
-  }
-  return undefined;
+  return done;
 }
 
 /** The environment as this controller last reported it, for the others to show. */
