@@ -239,7 +239,8 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
 
       // runsOn is policy: read from the config in force on the branch, like who may approve.
-      const lease = leaseView(pipeline.leases, name, now, inForce?.env.runsOn);
+      // No remote (any more): a single controller, no lease.
+      const lease = desired.remotes.length ? leaseView(pipeline.leases, name, now, inForce?.env.runsOn) : undefined;
       // A controller that follows another's lease runs no commands for the environment (the holder watches it).
       const acting = !lease || lease.state === "held";
       const release = env.deploy ? deployed : head;
@@ -310,7 +311,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     const env = o.env;
     const at = new Date(ctx.clock.now()).toISOString();
     // The lease may have run out while this pass observed (a long health round): only its holder acts.
-    if (["promote", "deploy", "rollback", "run-gates", "repair-release"].includes(action.type) && !mayAct(pipeline.leases, name, ctx.clock.now())) {
+    if (["promote", "deploy", "rollback", "run-gates", "repair-release"].includes(action.type) && o.lease && !mayAct(pipeline.leases, name, ctx.clock.now())) {
       throw transient("LeaseLost", `${name}: this controller no longer holds ${name}'s lease; it follows the holder`, "nothing to do: the lease is renewed or taken over on its own");
     }
     switch (action.type) {
