@@ -319,7 +319,11 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         rec.health = action.state;
         // A release first seen healthy (no checks: e.g. one deployed by another controller) counts like one that became so.
         const firstSeenHealthy = !action.event && action.state.phase === "healthy" && !rec.healthy.includes(action.state.commit);
-        if (action.event === "healthy" || action.event === "recovered" || firstSeenHealthy) pipeline.store.markHealthy(name, action.state.commit);
+        if (action.event === "healthy" || action.event === "recovered" || firstSeenHealthy) {
+          pipeline.store.markHealthy(name, action.state.commit);
+          // A release proven here may be the next environment's candidate: it looks again now, not a health interval later.
+          ctx.branchMoved();
+        }
         if (action.event === "degraded" || action.event === "failed") {
           ctx.notifier.reset("health-recovered", `${name}:${action.state.commit}`);
           await ctx.notifier.notify({ event: "health-degraded", key: `${name}:${action.state.commit}`, message: `${name}: ${action.state.commit.slice(0, 7)} is ${describeHealth(action.state, env, ctx.clock.now())}`, details: { environment: name, commit: action.state.commit } });
