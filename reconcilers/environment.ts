@@ -18,6 +18,7 @@ import {
 } from "../src/pipeline/health-state.js";
 import { isIntact, manifestPathFor, writeManifest, type ReleaseManifest, type VerifyResult } from "../src/security/manifest.js";
 import { windowState, type WindowState } from "../src/pipeline/windows.js";
+import { describeHolder, leaseView, mayAct, type LeaseView, type PolicyReader } from "../src/pipeline/lease.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../src/reconcile.js";
 
 /** What an environment looks like now, for `status` and `plan`. */
@@ -61,6 +62,11 @@ export interface EnvironmentReport {
   blocked: boolean;
   /** True while the controller is acting on this environment (promoting, deploying, rolling back, gates running). */
   inProgress: boolean;
+  /**
+   * The environment's lease on the first remote (a team: only its holder acts on the environment);
+   * absent without a remote (a single controller needs none).
+   */
+  lease?: LeaseView;
 }
 
 /** The live release against its manifest, for status. */
@@ -98,7 +104,8 @@ export type EnvironmentAction =
   | { type: "run-gates"; commit: string }
   | { type: "promote"; commit: string; mode: "fast-forward" | "merge" | "reset"; signers: string[]; approvalIds: string[]; release: ReleaseSettings }
   | { type: "notify"; event: "approval-needed" | "gate-failed"; key: string; message: string }
-  | { type: "pin-branch"; branch: string };
+  | { type: "pin-branch"; branch: string }
+  | { type: "adopt-holder-record"; healthy: string[]; failed: string[]; holder: string };
 
 /** A release's deploy hooks: always those of the commit being deployed (its own config). */
 export type DeployHooks = NonNullable<EnvironmentSpec["deploy"]>["hooks"];
@@ -157,6 +164,10 @@ export interface EnvironmentObserved {
    * this pass; undefined: not observed). Its trust root cannot be moved by a config edit alone.
    */
   pinnedBranch?: string | null;
+  /** The environment's lease as this controller holds or sees it; absent: no lease needed (no remote). Only `held` acts. */
+  lease?: LeaseView;
+  /** What this controller's own record says (healthy and rolled-back commits), for adopting the holder's. */
+  known?: { healthy: string[] };
 }
 
 /** How a commit relates to the environment branch's head. */
@@ -228,13 +239,18 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       const subject = !inForce ? null : target?.commit ?? (candidate && movable(candidateRelation) && !failed[candidate] ? candidate : null);
       const gates = subject && env.gates.length ? pipeline.gates.report(name, subject, env.gates) : null;
 
+      // runsOn is policy: read from the config in force on the branch, like who may approve.
+      // No remote (any more): a single controller, no lease.
+      const lease = desired.remotes.length ? leaseView(pipeline.leases, name, now, inForce?.env.runsOn) : undefined;
+      // A controller that follows another's lease runs no commands for the environment (the holder watches it).
+      const acting = !lease || lease.state === "held";
       const release = env.deploy ? deployed : head;
       const stored = rec.health?.commit === release ? rec.health : undefined;
       const due = !stored?.last || now >= stored.last.at + desired.intervals.healthMs;
-      const round = release && env.health.length && due ? await runHealthRound(env, release, desired.dir, pipeline.env) : undefined;
+      const round = acting && release && env.health.length && due ? await runHealthRound(env, release, desired.dir, pipeline.env) : undefined;
       // Verified on the health interval whether or not there are checks; drift never fails a check.
       const verifyDue = !stored?.integrity || now >= stored.integrity.at + desired.intervals.healthMs;
-      const integrity = env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;
+      const integrity = acting && env.deploy && deployed && verifyDue ? await observeIntegrity(ctx, env.deploy.directory, deployed) : undefined;
       const releases = env.deploy ? new Set(await listReleases(env.deploy.directory)) : undefined;
       const rollbackTarget = [...rec.healthy].reverse().find((c) => c !== release && !failed[c] && (!releases || releases.has(c))) ?? null;
       return {
@@ -243,7 +259,8 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
-        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch,
+        ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch, ...(lease ? { lease } : {}),
+        ...(lease && !acting ? { known: { healthy: [...rec.healthy] } } : {}),
       };
     },
 
@@ -283,6 +300,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         case "promote": return `promote ${a.commit.slice(0, 7)} to ${name} (${a.mode})${a.signers.length ? `, approved by ${a.signers.join(", ")}` : ""}`;
         case "notify": return `notify ${a.event}: ${a.message}`;
         case "pin-branch": return `pin ${name}'s branch to ${a.branch} (git config ${pinKey(name)})`;
+        case "adopt-holder-record": return `record what the lease holder ${a.holder} reports: ${a.healthy.length} healthy, ${a.failed.length} rolled back`;
       }
     },
   };
@@ -293,12 +311,20 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
     const rec = pipeline.store.get(name);
     const env = o.env;
     const at = new Date(ctx.clock.now()).toISOString();
+    // The lease may have run out while this pass observed (a long health round): only its holder acts.
+    if (["promote", "deploy", "rollback", "run-gates", "repair-release"].includes(action.type) && o.lease && !mayAct(pipeline.leases, name, ctx.clock.now())) {
+      throw transient("LeaseLost", `${name}: this controller no longer holds ${name}'s lease; it follows the holder`, "nothing to do: the lease is renewed or taken over on its own");
+    }
     switch (action.type) {
       case "record-health": {
         rec.health = action.state;
         // A release first seen healthy (no checks: e.g. one deployed by another controller) counts like one that became so.
         const firstSeenHealthy = !action.event && action.state.phase === "healthy" && !rec.healthy.includes(action.state.commit);
-        if (action.event === "healthy" || action.event === "recovered" || firstSeenHealthy) pipeline.store.markHealthy(name, action.state.commit);
+        if (action.event === "healthy" || action.event === "recovered" || firstSeenHealthy) {
+          pipeline.store.markHealthy(name, action.state.commit);
+          // A release proven here may be the next environment's candidate: it looks again now, not a health interval later.
+          ctx.branchMoved();
+        }
         if (action.event === "degraded" || action.event === "failed") {
           ctx.notifier.reset("health-recovered", `${name}:${action.state.commit}`);
           await ctx.notifier.notify({ event: "health-degraded", key: `${name}:${action.state.commit}`, message: `${name}: ${action.state.commit.slice(0, 7)} is ${describeHealth(action.state, env, ctx.clock.now())}`, details: { environment: name, commit: action.state.commit } });
@@ -381,6 +407,10 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "notify":
         await ctx.notifier.notify({ event: action.event, key: action.key, message: action.message, details: { environment: name } });
         return `notified ${action.event}`;
+      case "adopt-holder-record":
+        for (const c of action.healthy) pipeline.store.markHealthy(name, c);
+        for (const c of action.failed) rec.failed[c] ??= { at, reason: `rolled back by the lease holder ${action.holder}`, approvals: [] };
+        return `recorded the holder's ${action.healthy.length} healthy and ${action.failed.length} rolled-back commit(s)`;
       case "pin-branch":
         await ctx.repo.setConfig(pinKey(name), action.branch);
         ctx.log.info(`${name}: branch ${action.branch} pinned as its trust root (git config ${pinKey(name)})`, { environment: name, branch: action.branch });
@@ -487,6 +517,10 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     };
   };
 
+  if (o.lease) report.lease = o.lease;
+  // Another controller holds the lease (or nobody yet): follow, never act.
+  if (o.lease && o.lease.state !== "held") return follow(o.lease);
+
   // Health of the live release.
   let health = o.health;
   if (release && (!health || health.commit !== release)) {
@@ -580,6 +614,34 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   requeueAfterMs = 0;
   return finish(`promote ${short(target)}${env.deploy ? " and deploy it" : ""}`);
 
+  /**
+   * The plan of a controller that does not hold the lease: nothing but pinning the branch; the report
+   * shows the environment as its holder left it (the branches themselves are followed by the remote reconciler).
+   */
+  function follow(lease: LeaseView): EnvironmentPlan {
+    if (!policyProblem && o.pinnedBranch === null) actions.push({ type: "pin-branch", branch: env.branch });
+    const held = lease.holderState;
+    // What the holder proved and rolled back counts here too: for the next environment's candidates, and after a takeover.
+    const healthy = (held?.healthy ?? []).filter((c) => !o.known?.healthy.includes(c));
+    const failed = (held?.failed ?? []).filter((c) => !o.failed[c]);
+    if (lease.holder && (healthy.length || failed.length)) actions.push({ type: "adopt-holder-record", healthy, failed, holder: describeHolder(lease.holder) });
+    const holder = lease.holder ? `${describeHolder(lease.holder)}, which holds ${env.name}'s lease until ${lease.until}` : undefined;
+    let next: string;
+    if (lease.state === "other") next = `following ${holder}${held?.next ? `; it says: ${held.next}` : ""}`;
+    else if (lease.state === "excluded") next = `not acting: this machine (${lease.me}) is not in ${env.name}'s runsOn (${(lease.runsOn ?? []).join(", ")})${holder ? `; following ${holder}` : "; no controller holds the lease now"}`;
+    else if (lease.state === "free") next = `${env.name}'s lease is free: this controller takes it, then acts${lease.problem ? ` (${lease.problem})` : ""}`;
+    else next = `not acting until ${env.name}'s lease on the remote has been read${lease.problem ? `: ${lease.problem}` : ""}`;
+    // Without a policy in force no lease is taken: that, not the lease, is what a person must fix.
+    if (policyProblem && lease.state !== "other") next = `blocked: ${policyProblem.message}`;
+    const shown: EnvironmentReport = {
+      ...report, next, blocked: false, inProgress: false,
+      ...(held ? { deployed: held.deployed, health: held.health ? { phase: held.health.split(":")[0] ?? "unknown", description: held.health, checks: [] } : null } : {}),
+    };
+    return {
+      actions, report: shown,
+      ...(policyProblem ? { blocked: { reason: policyProblem.reason, message: policyProblem.message, hint: policyProblem.hint } } : {}),
+    };
+  }
   /** The health state with this pass's verification recorded (drift is reported and repaired, never a failed check). */
   function integrityStep(s: HealthState): { state: HealthState; event?: IntegrityEvent } {
     const i = o.integrity;
@@ -746,6 +808,24 @@ async function provenCommit(ctx: ReconcileContext, environment: string, branchHe
   }
   return null;
 }
+
+/**
+ * The lease reconciler's reader: whether `name` has a policy in force (the config committed on its
+ * branch, which the sandbox's .git/config pins) and the runsOn it states. runsOn is read from there,
+ * not from the sandbox's copy, so that every controller of a team judges who may hold the lease by
+ * the same committed text, and a change of who may deploy an environment is itself promoted (and,
+ * for production, approved) before it counts.
+ */
+export const readLeasePolicy: PolicyReader = async (ctx, desired, name) => {
+  const sandboxEnv = Object.hasOwn(desired.environments, name) ? desired.environments[name] : undefined;
+  if (!sandboxEnv) return { ok: false };
+  const pinned = await ctx.repo.getConfig(pinKey(name));
+  if (pinned !== undefined && pinned !== sandboxEnv.branch) return { ok: false };
+  const head = await ctx.repo.branchHead(sandboxEnv.branch);
+  if (!head) return { ok: false };
+  const t = await trustedSpecAt(ctx, desired, name, sandboxEnv.branch, head, "head");
+  return t.ok ? { ok: true, ...(t.env.runsOn ? { runsOn: t.env.runsOn } : {}) } : { ok: false };
+};
 
 /** Why an environment has no policy in force, or why a commit's config cannot become it. */
 export interface PolicyProblem {

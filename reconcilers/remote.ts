@@ -6,6 +6,7 @@ import { gitRepoOf } from "./sandbox.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef } from "../src/git/repo.js";
 import { RefConflictError } from "../src/git/native/failure.js";
+import { leaseRole } from "../src/pipeline/lease.js";
 import { stalled, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
@@ -327,6 +328,8 @@ async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config
       environment: e.name, branch: e.branch, local, remote: theirs, primary, remoteName: remote.name, checkedOut: checkedOut === e.branch, sandboxBranch: desired.sandbox.branch,
       ahead: !!(local && theirs && (await ctx.repo.isAncestor(theirs, local))),
       contained: !!(local && theirs && (await ctx.repo.isAncestor(local, theirs))),
+      // Only the lease holder's promotions are pushed; a follower's branch only follows (issue 15).
+      lease: leaseRole(ctx.pipeline?.leases, e.name, ctx.clock.now()),
       promotedHere: local ? await promotedHere(ctx, e.branch, local) : false,
       remoteMovedAway: theirs ? await movedAway(ctx, e.name, theirs) : false,
     };
@@ -355,6 +358,11 @@ export interface EnvironmentBranchFacts {
   promotedHere: boolean;
   /** The remote's commit is one this controller moved the environment away from (rolled back or superseded). */
   remoteMovedAway: boolean;
+  /**
+   * The environment's lease (issue 15): `follow` when another controller holds it (nothing is pushed,
+   * the branch only follows), `wait` while it is not read or not taken yet (nothing moves); absent or `act`: this controller acts.
+   */
+  lease?: "act" | "follow" | "wait";
 }
 
 /**
@@ -362,7 +370,17 @@ export interface EnvironmentBranchFacts {
  * promotion here, follow the first remote otherwise, never overwrite a remote's commit that this
  * controller did not itself move the environment away from.
  */
-export function planEnvironmentBranch(f: EnvironmentBranchFacts): EnvironmentBranchSync {
+export function planEnvironmentBranch(facts: EnvironmentBranchFacts): EnvironmentBranchSync {
+  if (facts.lease === "wait") {
+    // The lease is not read yet (or about to be taken here): nothing is pushed, and a branch is followed
+    // (a missing one fetched) unless it holds this controller's own promotion, which a restart must not move back.
+    const r = planEnvironmentBranch({ ...facts, lease: "act" });
+    const hold = r.action === "push" || r.action === "force" || (r.action === "follow" && facts.promotedHere);
+    return hold ? { environment: facts.environment, branch: facts.branch, local: facts.local, remote: facts.remote, action: "none" } : r;
+  }
+  // A follower's own promotions (made while it held the lease) no longer count: the holder's branch wins.
+  const f = facts.lease === "follow" ? { ...facts, promotedHere: false } : facts;
+  if (f.lease === "follow" && f.local && !f.remote) return { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote, action: "none", note: `${f.branch} not pushed to ${f.remoteName}: another controller holds ${f.environment}'s lease` };
   const base = { environment: f.environment, branch: f.branch, local: f.local, remote: f.remote };
   const short = (c: string) => c.slice(0, 7);
   if (!f.local && !f.remote) return { ...base, action: "none" };

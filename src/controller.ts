@@ -23,7 +23,8 @@ import { withoutPathsInGoneFolders } from "./hints.js";
 import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler, resumeIntegration } from "../reconcilers/remote.js";
-import { environmentReconciler, type EnvironmentReport } from "../reconcilers/environment.js";
+import { environmentReconciler, readLeasePolicy, type EnvironmentReport } from "../reconcilers/environment.js";
+import { assumeLeasePlan, LeaseBook, leaseReconciler, localHolder } from "./pipeline/lease.js";
 import { GateRunner } from "./pipeline/gates.js";
 import { CommandSourceEnv, controllerVariableNames } from "./pipeline/command-env.js";
 import { HistoryLog, type HistoryEntry } from "./pipeline/history.js";
@@ -112,6 +113,9 @@ export interface ControllerDeps {
   progress?: ProgressReporter;
 }
 
+/** One promoter per environment in a team: the leases on the first remote (issue 15). */
+const leases = leaseReconciler(readLeasePolicy);
+
 const STALLED_PROBE_MS = 60_000;
 const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
@@ -170,6 +174,8 @@ export class Controller {
   private scanned = false;
   /** When the loop last turned (/healthz: a loop stuck for long is not healthy). */
   private lastTurnAt = 0;
+  /** Set while start() runs the loop (a one-shot pass releases its leases when it ends). */
+  private looping = false;
   /** Commits are immutable: what status shows of each is read once. */
   private readonly commitInfos = new Map<string, CommitInfo>();
   /** Stale git locks at start, `git maintenance run --auto`, embedded repositories for status. */
@@ -234,6 +240,7 @@ export class Controller {
       env: source.env,
       source,
       reports: {},
+      leases: new LeaseBook(localHolder(deps.env)),
     };
     c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
     c.lastConfigDigest = await configDigest(config.file);
@@ -270,6 +277,7 @@ export class Controller {
     // Edits made while stopped are committed at once, not after a debounce.
     for (const slot of this.slots.values()) slot.nextRunAt = this.now();
     this.nextRescanAt = this.now() + this.config.intervals.rescanMs;
+    this.looping = true;
     const onAbort = () => this.wakeUp?.();
     signal.addEventListener("abort", onAbort);
     try {
@@ -324,6 +332,9 @@ export class Controller {
   async settleEnvironments(only?: string[]): Promise<{ name: string; summary?: string; error?: CascadeError }[]> {
     const results: { name: string; summary?: string; error?: CascadeError }[] = [];
     const envs = () => this.orderedSlots().filter((s) => s.r.name.startsWith("env:") && (!only || only.includes(s.r.name.slice(4))));
+    // The leases first: only an environment whose lease this controller holds is acted on.
+    const leaseSlot = this.slots.get(leases.name);
+    if (leaseSlot && !leaseSlot.running) results.push(await this.runSlot(leaseSlot));
     for (let round = 0; round < 10; round++) {
       let again = false;
       for (const slot of envs()) {
@@ -337,6 +348,8 @@ export class Controller {
       if (!again) break;
     }
     for (const slot of this.orderedSlots().filter((s) => s.r.name.startsWith("remote:"))) results.push(await this.runSlot(slot));
+    // A one-shot pass (reconcile, deploy-*) lets go of its leases: the team need not wait for them to expire.
+    if (!this.looping) await leases.release(this.context(), this.config);
     // A one-shot command (deploy-*) exits after this: what it notified gets a few seconds to be delivered.
     await this.notifier.settle(NOTIFY_GRACE_MS);
     return results;
@@ -350,6 +363,8 @@ export class Controller {
       try {
         const observed = await slot.r.observe(this.context(), this.config);
         const plan = slot.r.plan(this.config, observed);
+        // The environments are planned as they would be once the lease plan is applied (taken, renewed, or followed).
+        if (slot.r === leases && this.pipeline.leases) assumeLeasePlan(this.pipeline.leases, observed, plan);
         out.push({ name: slot.r.name, plan, lines: plan.actions.map((a) => slot.r.describe(a)) });
       } catch (err) {
         out.push({ name: slot.r.name, lines: [], error: toCascadeError(err) });
@@ -787,6 +802,8 @@ export class Controller {
   private rebuildSlots(): void {
     const wanted: Reconciler<any, any>[] = [
       sandboxReconciler,
+      // With a remote, the leases decide which controller of a team acts on each environment.
+      ...(this.config.remotes.length && Object.keys(this.config.environments).length ? [leases] : []),
       ...promotionOrder(this.config).map((e) => environmentReconciler(e)),
       ...this.config.remotes.map((r) => remoteReconciler(r.name)),
     ];
@@ -853,6 +870,10 @@ export class Controller {
       await Promise.all(remotes.map((s) => this.runSlot(s)));
       this.timeoutCapMs = undefined;
     }
+    // Graceful: the leases held here are released, so another controller takes over at once.
+    this.timeoutCapMs = STOP_TIMEOUT_MS;
+    await leases.release(this.context(), this.config);
+    this.timeoutCapMs = undefined;
     await this.statusWrite;
     await this.writeStatus(false);
   }

@@ -14,6 +14,7 @@ import type { Metrics } from "./server/metrics.js";
 import type { ProgressReporter } from "./progress.js";
 import type { Finding } from "./security/scan.js";
 import type { CommandSourceEnv } from "./pipeline/command-env.js";
+import type { LeaseBook } from "./pipeline/lease.js";
 
 /** What the environment reconcilers share: their memory, the gate runner, the process environment for commands, and their reports. */
 export interface PipelineServices {
@@ -24,6 +25,8 @@ export interface PipelineServices {
   env: NodeJS.ProcessEnv;
   source: CommandSourceEnv;
   reports: Record<string, EnvironmentReport>;
+  /** Each environment's lease on the first remote (a team: only the holder acts); absent: no leases kept. */
+  leases?: LeaseBook;
 }
 
 /** A status condition, as in Kubernetes/Flux: a type, whether it holds, a stable reason and a message. */

@@ -81,7 +81,7 @@ describe('a config with only version, sandbox and remotes', () => {
       // The default credentials are ${CASCADE_CLIENT_ID}/${CASCADE_CLIENT_SECRET}: unset here, so none.
       remotes: [{ name: 'origin', url: 'https://git.example.com/team/site.git', kind: 'http', timeoutMs: 60_000 }],
       retry: { initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.2 },
-      intervals: { fetchMs: 30_000, healthMs: 20_000, rescanMs: 600_000 },
+      intervals: { fetchMs: 30_000, healthMs: 20_000, rescanMs: 600_000, leaseMs: 60_000 },
       environments: {},
       notifications: { desktop: true, webhooks: [] },
       logging: { file: path.join(HOME, '.headyme/logs/cascade-sync.log'), level: 'info' },
@@ -1016,6 +1016,8 @@ const NO_DEFAULT: Record<string, Record<string, string>> = {
     'environment.deploy.hooks.post': 'no hook when absent',
     // Depends on promotion (true for approval, false for auto); a schema default is one value.
     'environment.rollback.automatic': 'default depends on promotion',
+    // Absent: any machine may hold the environment's lease; an empty list is refused (minItems 1).
+    'environment.runsOn': 'any machine when absent',
     // Absent: the body is not checked at all.
     'httpCheck.body': 'body not checked when absent',
     // Absent: requests go unsigned; an empty secret is refused (minLength 1).

@@ -74,6 +74,7 @@ export const short = (c: string | null | undefined) => (c ? c.slice(0, 7) : "(no
 export function formatEnvironment(e: EnvironmentReport): string[] {
   const lines = [`${e.name} (${e.promotion} from ${e.from}, branch ${e.branch}): at ${short(e.head)}${e.deployed !== null || e.head ? `, live ${short(e.deployed ?? e.head)}` : ""}`];
   for (const d of e.pendingPolicy ?? []) lines.push(`  ${d.message}`);
+  if (e.lease) lines.push(`  lease: ${formatLease(e.lease)}`);
   if (e.health) lines.push(`  health: ${e.health.description}`);
   for (const c of e.health?.checks ?? []) lines.push(`    ${c.ok ? "ok  " : c.pending ? "WAIT" : "FAIL"} ${c.name}: ${c.message}`);
   if (e.integrity) lines.push(`  integrity: ${e.integrity.description}${e.integrity.drift && !e.integrity.selfHeal ? " (deploy.selfHeal is false: only reported)" : ""}`);
@@ -91,6 +92,19 @@ export function formatEnvironment(e: EnvironmentReport): string[] {
   lines.push(`  next: ${e.next}`);
   if (e.hint) lines.push(`  run: ${e.hint}`);
   return lines;
+}
+
+/** Who holds an environment's lease and until when (a team on one remote: only the holder acts). */
+export function formatLease(l: NonNullable<EnvironmentReport["lease"]>): string {
+  const who = l.holder ? `${l.holder.user}@${l.holder.host} (pid ${l.holder.pid}, sandbox ${l.holder.id.slice(0, 8)})` : "";
+  const runsOn = l.runsOn ? `; runsOn: ${l.runsOn.join(", ")}` : "";
+  switch (l.state) {
+    case "held": return `held by this controller (${who}) until ${l.until}${runsOn}`;
+    case "other": return `held by ${who} until ${l.until}; this controller (${l.me}) follows${runsOn}`;
+    case "excluded": return `${l.holder ? `held by ${who} until ${l.until}` : "not held"}; this machine (${l.me}) is not in runsOn${runsOn}`;
+    case "free": return `free: this controller (${l.me}) takes it${runsOn}`;
+    case "unknown": return `not read yet${l.problem ? `: ${l.problem}` : ""}${runsOn}`;
+  }
 }
 
 /** One history line: when, where, what, which commit, who signed. */

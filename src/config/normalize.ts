@@ -124,6 +124,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       failureThreshold: e.failureThreshold ?? 3,
       progressDeadlineMs: ms(e.progressDeadline, "5m"),
       rollback: { automatic: e.rollback?.automatic ?? promotion === "approval" },
+      ...(e.runsOn ? { runsOn: [...e.runsOn] } : {}),
     };
   }
 
@@ -158,6 +159,7 @@ export function normalize(data: CascadeSyncConfig, file: string, env: NodeJS.Pro
       fetchMs: ms(data.intervals?.fetch, "30s"),
       healthMs: ms(data.intervals?.health, "20s"),
       rescanMs: ms(data.intervals?.rescan, "10m"),
+      leaseMs: ms(data.intervals?.lease, "1m"),
     },
     environments,
     notifications: { desktop: data.notifications?.desktop ?? true, webhooks },

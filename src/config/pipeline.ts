@@ -41,7 +41,7 @@ export interface PolicyView {
 
 /**
  * Pure. Every policy setting (promotion, from, approvals.required, approvals.signers, windows, gates,
- * rollback.automatic) where `sandbox` differs from `inForce`, in that order; empty when they agree.
+ * rollback.automatic, runsOn) where `sandbox` differs from `inForce`, in that order; empty when they agree.
  * Release settings (deploy, health) are not policy: each release runs those of its own commit.
  */
 export function policyDifferences(sandbox: PolicyView, inForce: PolicyView): PolicyDifference[] {
@@ -56,6 +56,7 @@ export function policyDifferences(sandbox: PolicyView, inForce: PolicyView): Pol
   compare("windows", (p) => (p.env.windows.length ? p.env.windows.map((w) => `${w.kind} "${w.schedule}" for ${w.durationMs / 60_000}m (${w.timezone})`).join(", ") : "none"), (p) => JSON.stringify(p.env.windows));
   compare("gates", (p) => (p.env.gates.length ? p.env.gates.map(describeGate).join(", ") : "none"), (p) => JSON.stringify(p.env.gates));
   compare("rollback.automatic", (p) => String(p.env.rollback.automatic));
+  compare("runsOn", (p) => (p.env.runsOn?.length ? [...p.env.runsOn].sort().join(", ") : "any machine"));
   return out;
 }
 

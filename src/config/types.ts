@@ -95,6 +95,8 @@ export interface EnvironmentSpec {
   failureThreshold: number;
   progressDeadlineMs: number;
   rollback: { automatic: boolean };
+  /** Host names whose controllers may hold this environment's lease (act on it); absent: any. */
+  runsOn?: string[];
 }
 
 export interface RemoteSpec {
@@ -131,7 +133,8 @@ export interface Config {
   };
   remotes: RemoteSpec[];
   retry: { initialMs: number; factor: number; maxMs: number; jitter: number };
-  intervals: { fetchMs: number; healthMs: number; rescanMs: number };
+  /** `leaseMs`: how long an environment's lease lasts without renewal (a team on one remote). */
+  intervals: { fetchMs: number; healthMs: number; rescanMs: number; leaseMs: number };
   environments: Record<string, EnvironmentSpec>;
   notifications: { desktop: boolean; webhooks: { url: string; secret?: string; events?: string[] }[] };
   logging: { file: string; level: LogLevel };

@@ -168,6 +168,10 @@ export interface Intervals {
    * How often the whole sandbox is rescanned to catch changes the file watcher missed.
    */
   rescan?: string;
+  /**
+   * How long an environment's lease lasts without renewal (only with a remote: in a team on one remote, only the lease holder acts on an environment). The holder renews it every third of this; when the holder stops it releases the lease, when it dies another controller takes over once this long has passed without a renewal. The duration written in the lease by its holder is the one every controller judges it by.
+   */
+  lease?: string;
 }
 /**
  * The stages after the sandbox, keyed by environment name (lowercase letters, digits and dashes, starting with a letter). Without environments cascade-sync only commits and pushes the sandbox.
@@ -217,6 +221,12 @@ export interface Environment {
    * How long a new release may take to become healthy. Past this it counts as failed.
    */
   progressDeadline?: string;
+  /**
+   * Host names of the machines whose controllers may act on this environment (run its gates, promote, deploy, watch health, roll back) by holding its lease on the first remote; the others follow it. Default: any machine. Read from the config committed on this environment's own branch, like its promotion policy, so a sandbox edit cannot put a laptop in charge of production. A machine's name is its hostname, or CASCADE_SYNC_HOSTNAME when set.
+   *
+   * @minItems 1
+   */
+  runsOn?: [string, ...string[]];
   rollback?: Rollback;
 }
 /**

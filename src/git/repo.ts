@@ -253,6 +253,12 @@ export class Repo {
     return treeItems(obj.data, oid.length / 2);
   }
 
+  /** Writes `content` as a blob exactly as given (`git hash-object -w --no-filters --stdin`) and returns its oid. */
+  async writeBlob(content: Buffer): Promise<string> {
+    const { stdout } = await runGit(["hash-object", "-w", "--no-filters", "--stdin"], { ...this.git, stdin: content });
+    return stdout.toString("utf8").trim();
+  }
+
   /**
    * Writes a tree from its entries (`git mktree -z`, which sorts them in git's order and checks that the
    * objects they name exist, gitlinks excepted) and returns its oid.

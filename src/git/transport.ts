@@ -301,3 +301,72 @@ export function sshTarget(url: string): string {
   if (scp) return `${scp[1] ? `${scp[1]}@` : ""}${scp[2]!.replace(/^\[|\]$/g, "")}`;
   return "HOST";
 }
+
+/**
+ * The remote's refs matching `pattern` (an `ls-remote` pattern such as `refs/cascade-sync/lease/*`),
+ * full ref name -> object id, read without fetching. Errors are classified (see {@link remoteError}).
+ */
+export async function remoteRefs(repo: Repo, remote: RemoteTarget, pattern: string, opts: TransportOptions): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  try {
+    const { stdout } = await runGit(["ls-remote", "--", remote.url, pattern], await gitOptions(repo, remote, opts));
+    for (const line of stdout.toString("utf8").split("\n")) {
+      const [oid, ref] = line.split("\t");
+      if (oid && ref && /^[0-9a-f]{40,64}$/.test(oid)) out[ref] = oid;
+    }
+  } catch (err) {
+    throw remoteError(remote, "list refs of", err);
+  }
+  return out;
+}
+
+/**
+ * Fetches the remote's `ref` into the local ref `into` (forced: it mirrors whatever the remote holds).
+ * Errors are classified (see {@link remoteError}).
+ */
+export async function fetchRef(repo: Repo, remote: RemoteTarget, ref: string, into: string, opts: TransportOptions): Promise<void> {
+  try {
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--", remote.url, `+${ref}:${into}`], await gitOptions(repo, remote, opts));
+  } catch (err) {
+    throw remoteError(remote, "fetch", err);
+  }
+}
+
+/** One compare-and-swap of {@link compareAndSwapRefs}: set `ref` to `oid` only while the remote holds `expected` (null: no such ref). */
+export interface RefSwap {
+  ref: string;
+  oid: string;
+  expected: string | null;
+}
+
+/**
+ * Compare-and-swap of several refs on the remote in one `git push --porcelain` (one connection),
+ * each with its own `--force-with-lease=REF:EXPECTED`, each judged on its own (not atomic). Resolves
+ * each ref -> true when it was set, false when the remote held something else or another push took
+ * its lock (another writer won; that ref did not change). Every other failure is thrown, classified
+ * like a branch push's (a hook refusing one ref: Stalled `PushRejected`).
+ */
+export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps: RefSwap[], opts: TransportOptions): Promise<Record<string, boolean>> {
+  const out: Record<string, boolean> = {};
+  if (!swaps.length) return out;
+  const options = await gitOptions(repo, remote, opts);
+  const args = ["push", "--porcelain", ...swaps.map((w) => `--force-with-lease=${w.ref}:${w.expected ?? ""}`), "--", remote.url, ...swaps.map((w) => `${w.oid}:${w.ref}`)];
+  try {
+    // Exit 1: some refs were refused; the porcelain lines say which, and why.
+    const { stdout, stderr } = await runGit(args, { ...options, okExitCodes: [0, 1] });
+    const text = stdout.toString("utf8");
+    for (const line of text.split("\n")) {
+      const [flag, spec, summary = ""] = line.split("\t");
+      const ref = spec?.split(":")[1];
+      if (flag === undefined || ref === undefined || !swaps.some((w) => w.ref === ref)) continue;
+      if (flag !== "!") out[ref] = true;
+      else if (/stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists/.test(summary)) out[ref] = false;
+      else throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: line, redact: options.redact });
+    }
+    const unreported = swaps.filter((w) => out[w.ref] === undefined);
+    if (unreported.length) throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: text, redact: options.redact });
+    return out;
+  } catch (err) {
+    throw remoteError(remote, "push to", err);
+  }
+}

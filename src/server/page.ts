@@ -206,6 +206,20 @@ const SCRIPT = `
     }))];
   }
 
+  // A team on one remote: only the lease holder acts on the environment; the others follow it.
+  function leaseBlock(e) {
+    var l = e.lease;
+    if (!l) return null;
+    var who = l.holder ? l.holder.user + "@" + l.holder.host + " (pid " + l.holder.pid + ")" : "nobody";
+    var text = l.state === "held" ? "held here by " + who + " until " + l.until
+      : l.state === "other" ? "held by " + who + " until " + l.until + "; this controller follows"
+      : l.state === "excluded" ? "held by " + who + (l.until ? " until " + l.until : "") + "; this machine (" + l.me + ") is not in runsOn"
+      : l.state === "free" ? "free: this controller takes it" : "not read yet" + (l.problem ? ": " + l.problem : "");
+    return [h("h3", {}, "lease"), h("div", { "data-testid": "lease" },
+      h("span", { class: "badge " + (l.state === "held" ? "ok" : l.state === "unknown" ? "warn" : "") }, l.state), " ", text),
+      l.runsOn ? h("div", { class: "meta" }, "runsOn: " + l.runsOn.join(", ")) : null];
+  }
+
   function windowBlock(e) {
     var w = e.window;
     return [h("h3", {}, "window"),
@@ -222,7 +236,7 @@ const SCRIPT = `
       policyBlock(e),
       h("h3", {}, "commit"), commitLine(snap, e.head, lastMove(snap, e)),
       e.deployed && e.deployed !== e.head ? h("div", { class: "meta" }, "live release: " + short(e.deployed)) : null,
-      healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
+      leaseBlock(e), healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
       e.failed.length ? [h("h3", {}, "rolled back (not promoted again automatically)"), h("div", {}, e.failed.map(short).join(", "))] : null,
       h("div", { class: "next" + (e.blocked ? " blocked" : ""), "data-testid": "next" }, h("b", {}, "next: "), e.next,
         e.hint ? h("div", { class: "cmd" }, h("code", { "data-testid": "hint" }, e.hint), copyButton(e.hint)) : null),

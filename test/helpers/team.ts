@@ -74,9 +74,13 @@ export async function teamRemote(opts: { serve?: (root: string) => Promise<strin
   return { bare, url, config, c1, c2, c3 };
 }
 
-/** Every ref of a repository with its commit (native git's view). */
-export function refsOf(repo: string): Promise<string> {
-  return git(repo, 'for-each-ref', '--format=%(refname) %(objectname)');
+/**
+ * Every ref of a repository with its commit (native git's view), except the environments' leases
+ * (`refs/cascade-sync/lease/*`, issue 15): any controller's pass may take, renew or release those.
+ */
+export async function refsOf(repo: string): Promise<string> {
+  const all = await git(repo, 'for-each-ref', '--format=%(refname) %(objectname)');
+  return all.split('\n').filter((l) => !l.startsWith('refs/cascade-sync/lease/')).join('\n');
 }
 
 /** A folder's whole content: each path with its type, symlink target, mode and content hash. */
