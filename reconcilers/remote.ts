@@ -268,7 +268,7 @@ async function integrate(ctx: ReconcileContext, branch: string, local: string, a
     throw stalled("UnsafePath", `remote commit ${target.slice(0, 7)} would write ${through.slice(0, 5).map((p) => JSON.stringify(p)).join(", ")}${through.length > 5 ? ` (and ${through.length - 5} more)` : ""} through a symlink or file in the sandbox; nothing was written`,
       "look at that commit and at the sandbox's symlinks; replace the symlink by a folder (or fix the commit on the remote)");
   }
-  for (const d of diff) if (d.after && ctx.repo.policy.isEncrypted(d.path)) ctx.repo.policy.fromGit(d.path, (await ctx.repo.readBlob(d.after.oid)));
+  // An encrypted blob this sandbox's key cannot decrypt is held by the catch-up (not written); the rest goes on.
   const edited = await editedPaths(sandbox, diff);
   const now = ctx.clock.now();
   if (edited.length && (postponed.since === undefined || now - postponed.since < desired.sandbox.batchWindowMs + desired.sandbox.debounceMs)) {

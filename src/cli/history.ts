@@ -186,7 +186,7 @@ export function describePlan(plan: RestorePlan, subject: string): string[] {
     `${subject}: ${plan.changes.length} file(s)`,
     ...plan.changes.map((c) => c.action === "delete"
       ? `  delete   ${c.path} (created since)`
-      : `  ${c.existsNow ? "overwrite" : "recreate "} ${c.path}${c.size !== undefined ? ` (${c.size} B${c.decrypt ? " encrypted in git, written as plaintext" : ""})` : ""}`),
+      : `  ${c.existsNow ? "overwrite" : "recreate "} ${c.path}${c.size !== undefined ? ` (${c.size} B${c.encrypted ? " encrypted in git, written as plaintext" : ""})` : ""}`),
   ];
 }
 

@@ -28,6 +28,8 @@ export interface RestoreChange {
   existsNow: boolean;
   /** Decrypted by cascade-sync (an encrypted path without a git filter for it). */
   decrypt: boolean;
+  /** A security.encrypt path: ciphertext in git, written as plaintext (by git's filter or by cascade-sync). */
+  encrypted: boolean;
 }
 
 /** What a restore of some paths to one commit would do. */
@@ -69,9 +71,9 @@ export async function planRestore(repo: GitRepo, policy: BlobPolicy, head: strin
     if (e.type === "commit") continue; // a submodule's checkout is its own repository's business
     const cur = now.get(p);
     if (cur && cur.oid === e.oid && cur.mode === e.mode) continue;
-    changes.push({ path: p, action: "write", oid: e.oid, mode: e.mode, ...(e.size !== undefined ? { size: e.size } : {}), existsNow: !!cur, decrypt: policy.isEncrypted(p) });
+    changes.push({ path: p, action: "write", oid: e.oid, mode: e.mode, ...(e.size !== undefined ? { size: e.size } : {}), existsNow: !!cur, decrypt: policy.isEncrypted(p), encrypted: policy.isEncrypted(p) });
   }
-  for (const [p, e] of now) if (!then.has(p) && e.type !== "commit") changes.push({ path: p, action: "delete", existsNow: true, decrypt: false });
+  for (const [p, e] of now) if (!then.has(p) && e.type !== "commit") changes.push({ path: p, action: "delete", existsNow: true, decrypt: false, encrypted: false });
   changes.sort((a, b) => (a.path < b.path ? -1 : 1));
   const filtered = await gitFilteredPaths(repo, changes.filter((c) => c.decrypt).map((c) => c.path));
   for (const c of changes) if (filtered.has(c.path)) c.decrypt = false;
