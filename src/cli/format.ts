@@ -24,6 +24,7 @@ export function formatStatus(r: StatusReport): string {
   if (!s) return lines.join("\n");
   if (r.running && s.server) lines.push(`status page: ${s.server.url} (also /metrics)`);
   lines.push(`sandbox:    ${s.sandbox.dir} on ${s.sandbox.branch} at ${s.sandbox.head?.slice(0, 7) ?? "(no commit)"}, ${s.sandbox.pendingPaths} pending change(s)`);
+  if (s.sandbox.paused) lines.push("            PAUSED (sandbox.paused: true): nothing is committed; edits wait and are committed as one batch when unpaused");
   if (s.sandbox.heldBack?.length) {
     lines.push(`held back:  ${s.sandbox.heldBack.join(", ")}`);
     lines.push(`            (they match security.encrypt and are stored only encrypted: ${s.sandbox.keyProblem?.message ?? "there is no encryption key"}; they are never committed in plaintext)`);
@@ -37,7 +38,7 @@ export function formatStatus(r: StatusReport): string {
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");
   for (const rm of s.remotes) {
     const push = rm.lastPush ? `last push ${rm.lastPush.commit.slice(0, 7)} at ${rm.lastPush.at}` : "never pushed";
-    lines.push(`remote ${rm.name}: ${rm.url}: ${push}${rm.relation ? `, ${rm.relation}` : ""}`);
+    lines.push(`remote ${rm.name}: ${rm.url}: ${push}${rm.relation ? `, ${rm.relation}` : ""}${rm.paused ? ", PAUSED (remotes[].paused: true): not pushing, commits wait locally" : ""}`);
     if (rm.error) lines.push(`  error (${rm.error.kind} ${rm.error.reason}, ${rm.error.at}): ${rm.error.message}${rm.error.hint ? `\n  hint: ${rm.error.hint}` : ""}`);
   }
   if (!r.running && s.reconcilers.length) lines.push("when the controller last ran:");

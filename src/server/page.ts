@@ -128,13 +128,14 @@ const SCRIPT = `
     var rec = (snap.reconcilers || []).filter(function (r) { return r.name === "sandbox"; })[0];
     return h("section", { class: "col", "data-env": s.branch, "data-testid": "column" },
       h("h2", {}, s.branch), h("span", { class: "badge " + (s.pendingPaths ? "busy" : "ok") }, s.pendingPaths ? s.pendingPaths + " pending" : "committed"),
+      s.paused ? h("span", { class: "badge warn", "data-testid": "paused" }, "paused") : null,
       h("span", { class: "sub" }, "sandbox " + s.dir),
       h("h3", {}, "commit"), commitLine(snap, s.head),
       s.heldBack && s.heldBack.length ? [h("h3", {}, "held back (never committed)"), h("ul", {}, s.heldBack.map(function (p) { return h("li", {}, p); }))] : null,
       h("h3", {}, "remotes"),
       snap.remotes.length ? h("ul", {}, snap.remotes.map(function (r) {
         return h("li", {}, h("b", {}, r.name), " ", r.lastPush ? "pushed " + short(r.lastPush.commit) + " " + ago(r.lastPush.at) : "never pushed",
-          r.relation ? " · " + r.relation : null, h("span", { class: "sub" }, r.url), errorBlock(r.error));
+          r.relation ? " · " + r.relation : null, r.paused ? h("span", { class: "badge warn", "data-testid": "remote-paused" }, "paused: not pushing") : null, h("span", { class: "sub" }, r.url), errorBlock(r.error));
       })) : h("div", { class: "muted" }, "none (everything stays local)"),
       errorBlock(rec && rec.lastError));
   }
