@@ -82,6 +82,9 @@ export function formatEnvironment(e: EnvironmentReport): string[] {
     for (const v of a.valid) lines.push(`    valid: ${v.signer} for ${short(v.commit)}, expires ${v.expires}`);
     for (const r of a.rejected) lines.push(`    rejected (line ${r.line}${r.signer ? `, ${r.signer}` : ""}${r.commit ? `, ${short(r.commit)}` : ""}): ${r.reason}: ${r.message}`);
   }
+  for (const f of e.freeze?.active ?? []) lines.push(`  FROZEN by ${f.signer} at ${f.at}, ${f.expires ? `until ${f.expires}` : "until lifted"}: ${f.reason}`);
+  if (e.freeze?.lifted && !e.freeze.active.length) lines.push(`  freeze lifted by ${e.freeze.lifted.signer} at ${e.freeze.lifted.at}`);
+  for (const r of e.freeze?.rejected ?? []) lines.push(`  ${r.action ?? "freeze"} rejected (line ${r.line}${r.signer ? `, ${r.signer}` : ""}): ${r.reason}: ${r.message}`);
   lines.push(`  window: ${e.window.open ? "open" : "closed"}: ${e.window.reason}`);
   if (e.failed.length) lines.push(`  rolled back (not promoted again automatically): ${e.failed.map(short).join(", ")}`);
   lines.push(`  next: ${e.next}`);

@@ -198,6 +198,19 @@ const SCRIPT = `
         })) : null];
   }
 
+  // Signed freezes (issue 16): who froze the environment, why and until when; rejected entries with why.
+  function freezeBlock(e) {
+    var f = e.freeze;
+    if (!f || (!f.active.length && !f.rejected.length)) return null;
+    return [h("h3", {}, "freeze"),
+      f.active.map(function (x) {
+        return h("div", { class: "warn", "data-testid": "frozen" }, h("span", { class: "badge warn" }, "frozen"), " by " + x.signer + " at " + x.at + ", " + (x.expires ? "until " + x.expires : "until lifted") + ": " + x.reason);
+      }),
+      f.rejected.length ? h("ul", {}, f.rejected.map(function (r) {
+        return h("li", { class: "bad", "data-testid": "freeze-rejected" }, (r.action || "freeze") + " rejected (line " + r.line + (r.signer ? ", " + r.signer : "") + "): ", h("b", {}, r.reason), ": " + r.message);
+      })) : null];
+  }
+
   // Sandbox edits of the policy (promotion, from, approvals, windows, gates, rollback) wait until promoted.
   function policyBlock(e) {
     var p = e.pendingPolicy || [];
@@ -223,7 +236,7 @@ const SCRIPT = `
       policyBlock(e),
       h("h3", {}, "commit"), commitLine(snap, e.head, lastMove(snap, e)),
       e.deployed && e.deployed !== e.head ? h("div", { class: "meta" }, "live release: " + short(e.deployed)) : null,
-      healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
+      freezeBlock(e), healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
       e.failed.length ? [h("h3", {}, "rolled back (not promoted again automatically)"), h("div", {}, e.failed.map(short).join(", "))] : null,
       h("div", { class: "next" + (e.blocked ? " blocked" : ""), "data-testid": "next" }, h("b", {}, "next: "), e.next,
         e.hint ? h("div", { class: "cmd" }, h("code", { "data-testid": "hint" }, e.hint), copyButton(e.hint)) : null),
