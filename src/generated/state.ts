@@ -51,7 +51,7 @@ export interface Freeze {
    */
   action: "freeze" | "lift";
   /**
-   * Why, for people (one line, at most 500 characters); required for a freeze. Signed as written.
+   * Why, for people (one line, at most 500 characters); required for a freeze. Signed as written. Default: none (allowed for a lift only).
    */
   reason?: string;
   /**
@@ -59,7 +59,7 @@ export interface Freeze {
    */
   at: string;
   /**
-   * For a freeze: when it ends by itself, as an RFC 3339 date-time. Without it, the freeze lasts until lifted. Signed as written.
+   * For a freeze: when it ends by itself, as an RFC 3339 date-time. Signed as written. Default: none (the freeze lasts until lifted).
    */
   expires?: string;
   /**
