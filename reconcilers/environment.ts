@@ -8,6 +8,7 @@ import { branchRef } from "../src/git/repo.js";
 import { commitTree as commitObject, mergeWinning } from "../src/git/native/index.js";
 import { approvalsByCommit, evaluateApprovals, type ApprovalEvaluation, type ValidApproval } from "../src/approvals/evaluate.js";
 import { parseStateFile, STATE_FILE, type ParsedEntry } from "../src/approvals/state.js";
+import { frozenDecision, observeFreeze, type FreezeReport } from "../src/approvals/freeze.js";
 import { parseCommitConfig } from "../src/pipeline/commit-config.js";
 import { runHealthRound } from "../src/pipeline/checks.js";
 import { currentRelease, deployRelease, listReleases, prepareRelease, releaseDir, repairRelease, switchCurrent, verifyReleaseIntegrity, type ReleasePreparation } from "../src/pipeline/deploy.js";
@@ -44,6 +45,8 @@ export interface EnvironmentReport {
     fileProblems?: string[];
   };
   window: WindowState;
+  /** Signed freezes of this environment (issue 16): while one is in force nothing is promoted into it. */
+  freeze?: FreezeReport;
   health: { phase: string; description: string; checks: RoundResult[] } | null;
   /** The live release checked against its manifest (environments with a deploy directory). */
   integrity?: IntegrityReport;
@@ -159,6 +162,8 @@ export interface EnvironmentObserved {
   sandbox?: PolicyView;
   /** Set when the environment has no policy in force: nothing is promoted into it or deployed. */
   policyProblem?: PolicyProblem;
+  /** Signed freezes judged against the signers in force (absent without a policy in force). */
+  freeze?: FreezeReport;
   /**
    * The branch pinned for this environment in the sandbox's .git/config (null: none yet, pinned on
    * this pass; undefined: not observed). Its trust root cannot be moved by a config edit alone.
@@ -258,6 +263,7 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         ...(inForce?.fromEnvironment ? { proving: { environment: inForce.fromEnvironment, healthy: proven ?? null, waiting } } : {}),
         ...(approvals ? { approvals } : {}), ...(stored ? { health: stored } : {}), ...(round ? { round } : {}), ...(integrity ? { integrity } : {}),
         rollbackTarget, failed, healthIntervalMs: desired.intervals.healthMs, sandbox,
+        ...(inForce ? { freeze: await observeFreeze(ctx, desired, env) } : {}),
         ...(inForce ? { headRelease: releaseSettings(inForce.env) } : {}),
         ...(policy.ok ? {} : { policyProblem: policy.problem }), pinnedBranch, ...(lease ? { lease } : {}),
         ...(lease && !acting ? { known: { healthy: [...rec.healthy] } } : {}),
@@ -501,6 +507,7 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
     name: env.name, branch: env.branch, from: o.fromBranch, promotion: env.promotion, head: o.head, deployed: o.deployed,
     candidate: o.candidate, target: o.target?.commit ?? null, gates: o.gates,
     ...(o.approvals ? { approvals: reportApprovals(o.approvals) } : {}),
+    ...(o.freeze ? { freeze: o.freeze } : {}),
     window: o.window, health: null, failed: Object.keys(o.failed), next: "", blocked: false, inProgress: false,
   };
   // No trust root (branch or committed config missing or invalid): nothing is promoted or deployed, and a person must act.
@@ -559,6 +566,11 @@ export function planEnvironment(o: EnvironmentObserved): EnvironmentPlan {
   }
 
   // Promotion.
+  const frozen = frozenDecision(o.freeze, env.name, o.now, o.healthIntervalMs);
+  if (frozen) {
+    requeueAfterMs = Math.min(requeueAfterMs ?? Infinity, frozen.requeueAfterMs);
+    return finish(frozen.next, frozen.hint);
+  }
   const waitingFor = o.target?.commit ?? null;
   if (!o.target) {
     if (o.proving?.waiting) {

@@ -118,7 +118,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       }
       const stuck = o.environments.find((e) => e.action === "blocked");
       const blocked = sync.blocked ?? (stuck ? { reason: stuck.reason!, message: stuck.note!, ...(stuck.hint ? { hint: stuck.hint } : {}) } : undefined);
-      return { actions: [...sync.actions, ...envActions], ...(blocked ? { blocked } : {}) };
+      return { actions: withoutPushesWhenPaused(o.remote, [...sync.actions, ...envActions]), ...(blocked ? { blocked } : {}) };
     },
 
     async apply(ctx, desired, plan, o): Promise<Result> {
@@ -162,6 +162,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       // Only the sandbox branch's own block fails the pass: an environment branch a person must look at never delays its sync (issue 15).
       if (problem && planSync(desired, o).blocked) throw problem;
       for (const e of o.environments) if (e.action === "none" && e.note) done.push(e.note);
+      if (o.remote.paused) done.push(pausedNote(o));
       return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
     },
 
@@ -475,6 +476,21 @@ async function movedAway(ctx: ReconcileContext, env: string, commit: string): Pr
     if (tip && (await ctx.repo.isAncestor(commit, tip).catch(() => false))) return true;
   }
   return false;
+}
+
+/**
+ * `remotes[].paused: true` (issue 16): nothing is pushed to this remote (sandbox branch and environment
+ * branches alike), so commits wait locally. Fetching goes on on purpose: the remote's commits still reach
+ * the sandbox and environment branches still follow it, and status shows how far ahead the local side is.
+ */
+export function withoutPushesWhenPaused(remote: RemoteSpec, actions: RemoteAction[]): RemoteAction[] {
+  return remote.paused ? actions.filter((a) => a.type !== "push" && a.type !== "push-environment") : actions;
+}
+
+/** What a paused remote's pass says in status: that pushes wait, and whether commits are waiting. */
+function pausedNote(o: RemoteObserved): string {
+  const waiting = o.relation === "ahead" || o.relation === "remote-empty" || o.relation === "diverged" || o.environments.some((e) => e.action === "push" || e.action === "force");
+  return `paused (remotes[].paused: true): not pushing${waiting ? "; commits wait locally" : ""}`;
 }
 
 /** Runs one transfer (a fetch or a push) and counts whether it succeeded. */

@@ -53,7 +53,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const checkedOut = await ctx.repo.currentBranch();
     const head = await ctx.repo.branchHead(desired.sandbox.branch);
     const none = { checkedOut, head, changes: [], heldBack: [], keptAsCommitted: [], full: ctx.hints.full };
-    if (checkedOut !== desired.sandbox.branch || !head) return none;
+    if (checkedOut !== desired.sandbox.branch || !head || desired.sandbox.paused) return none;
     const paths = ctx.hints.full ? [] : [...ctx.hints.paths].filter((p) => p !== "");
     if (!ctx.hints.full && paths.length === 0) return none;
     // The first whole-tree scan of a run may take a while on a big tree: show how it goes.
@@ -110,12 +110,14 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
         },
       };
     }
+    if (desired.sandbox.paused) return { actions: [], blocked: PAUSED };
     if (!o.changes.length) return { actions: [] };
     const preview = summarize([...new Map(o.changes.map((c) => [c.path, c] as const)).values()].map(previewPath)).summary;
     return { actions: [{ type: "commit", changes: o.changes, preview, held: o.keptAsCommitted }] };
   },
 
   async apply(ctx, desired, plan, o): Promise<Result> {
+    if (plan.blocked === PAUSED) throw waiting(PAUSED.reason, PAUSED.message, PAUSED_RECHECK_MS, PAUSED.hint);
     if (plan.blocked) throw stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint);
     const action = plan.actions[0];
     if (!action) return { summary: "no changes" };
@@ -174,6 +176,14 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     return `commit ${new Set(a.changes.map((c) => c.path)).size} path(s): ${a.preview}`;
   },
 };
+
+/**
+ * `sandbox.paused: true` (issue 16): nothing is committed. The edits stay in the folder and their paths
+ * stay pending (a Waiting pass hands its hints back to the loop), so unpausing commits them as one batch;
+ * the controller runs the sandbox at once when the field changes, the recheck only bounds a missed reload.
+ */
+const PAUSED = { reason: "Paused", message: "the sandbox is paused (sandbox.paused: true): edits wait uncommitted, nothing is lost", hint: "set sandbox.paused to false (or remove it) to commit them as one batch" };
+const PAUSED_RECHECK_MS = 60_000;
 
 /** A timezone offset as git writes it (`+0100`), from JS minutes (UTC+1 is -60). */
 function offset(minutes: number): string {

@@ -80,10 +80,12 @@ export interface StatusSnapshot {
     lastCommit?: SharedState["lastCommit"];
     /** Embedded repositories (nested folders with their own .git) whose content does not travel with the sandbox. */
     embedded?: EmbeddedRepository[];
+    /** `sandbox.paused: true` is in force: nothing is committed, `pendingPaths` wait. */
+    paused?: boolean;
   };
   /** `variables`: where each ${VAR} of the config in force came from (`shell`, `.env`, `missing`), never a value. */
   config: { file: string; valid: boolean; problems: string[]; lastGoodAt: string; variables?: VariableSource[] };
-  remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"] }[];
+  remotes: { name: string; url: string; lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string; error?: Slot["lastError"]; paused?: boolean }[];
   /** `lastRunAt`/`lastDoneAt`: when the last pass started/ended; `running`: a pass is under way (its results are not in this snapshot yet). */
   reconcilers: { name: string; conditions: Condition[]; failures: number; running: boolean; lastRunAt?: string; lastDoneAt?: string; nextRunAt?: string; lastError?: Slot["lastError"]; lastSummary?: string; lastSuccessAt?: string }[];
   /** Each environment of the pipeline, in promotion order, as its reconciler last saw it. */
@@ -779,6 +781,8 @@ export class Controller {
     this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
     for (const s of this.slots.values()) if (s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) s.nextRunAt = this.now();
+    // Unpausing commits what waited at once, as one batch (the paused passes handed their paths back).
+    if (!!old.sandbox.paused !== !!config.sandbox.paused) this.slots.get("sandbox")!.nextRunAt = this.now();
     this.deps.log.info(`config reloaded${wasInvalid ? " (valid again)" : ""}`, { remotes: config.remotes.map((r) => r.name), exclude: config.sandbox.exclude });
     if (old.intervals.rescanMs !== config.intervals.rescanMs && this.nextRescanAt !== undefined) this.nextRescanAt = this.now() + config.intervals.rescanMs;
     // A path no longer excluded, held back or judged the same must be looked at: rescan when the rules changed.
@@ -905,11 +909,12 @@ export class Controller {
         findings: Object.values(this.state.findings).flat(),
         ...(this.state.lastCommit ? { lastCommit: this.state.lastCommit } : {}),
         embedded: this.upkeep.embeddedRepositories(),
+        ...(this.config.sandbox.paused ? { paused: true } : {}),
       },
       config: { file: this.config.file, valid: this.configProblems.length === 0, problems: (this.configProblems.length ? this.configProblems : this.configWarnings).map(formatProblem), lastGoodAt: this.configLastGoodAt, variables: this.config.variables },
       remotes: this.config.remotes.map((r) => {
         const s = this.slots.get(`remote:${r.name}`);
-        return { name: r.name, url: this.deps.redactor.redact(r.url), ...this.state.remotes[r.name], ...(s?.lastError ? { error: s.lastError } : {}) };
+        return { name: r.name, url: this.deps.redactor.redact(r.url), ...this.state.remotes[r.name], ...(s?.lastError ? { error: s.lastError } : {}), ...(r.paused ? { paused: true } : {}) };
       }),
       reconcilers: slots.map((s) => ({
         name: s.r.name,

@@ -304,7 +304,7 @@ describe('schema problems', () => {
       lines: ['sandbox:', '  __proto__: { debounce: 5 }'],
       at: [3, 3],
       path: 'sandbox.__proto__',
-      hint: 'valid keys: branch, debounce, batchWindow, exclude, commitMessage, author',
+      hint: 'valid keys: branch, debounce, batchWindow, exclude, commitMessage, paused, author',
     },
   ])('unknown key ($name): a warning at the key, with the nearest valid key; the key is ignored', ({ lines, at, path: p, hint }) => {
     const key = p.split('.').at(-1)!;
@@ -1029,7 +1029,12 @@ const NO_DEFAULT: Record<string, Record<string, string>> = {
     // Absent: no token, so only loopback listening is allowed (rule loopbackOrToken).
     'server.token': 'no token when absent',
   },
-  state: {},
+  state: {
+    // Absent: a lift without a reason (a freeze needs one; the entry reader says so).
+    'freeze.reason': 'no reason when absent',
+    // Absent: the freeze lasts until lifted; a date default would be one moment for everybody.
+    'freeze.expires': 'until lifted when absent',
+  },
 };
 
 /** What is wrong with the documentation of `schema`'s fields: one line per problem. */

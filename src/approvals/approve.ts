@@ -156,13 +156,26 @@ function checkSigner(signer: string, source: string): void {
   }
 }
 
-interface SigningKey {
+/** A private key ready to sign with, and the principal it signs as. */
+export interface SigningKey {
   privateKey: Extract<ReturnType<typeof parsePrivateKey>, { ok: true }>["key"];
   signer: string;
 }
 
 /** Reads, parses and names the key; every failure is a CascadeError saying what to do. */
 async function loadSigningKey(opts: ApproveOptions, fields: { environment: string; commit: string; expires: string }): Promise<SigningKey> {
+  return loadKeyForSigning(opts.keyFile, opts.signer, (signer) => sshKeygenSteps(fields, opts.keyFile, signer));
+}
+
+/**
+ * Reads, parses and names a signing key (the principal is `signer`, else the key's comment or its
+ * .pub file's). Throws the Stalled errors of approveCommit: KeyUnreadable, KeyEncrypted (the hint is
+ * `steps(signer)`, how to sign with ssh-keygen instead), KeyUnsupported, SignerRequired, BadSigner.
+ * Also used by freeze and unfreeze.
+ */
+export async function loadKeyForSigning(keyFile: string, signerArg: string | undefined, steps: string | ((signer: string | undefined) => string)): Promise<SigningKey> {
+  const opts = { keyFile, signer: signerArg };
+  if (signerArg !== undefined) checkSigner(signerArg, "--signer");
   const text = await readKeyFile(opts.keyFile);
   const parsed = parsePrivateKey(text);
   if (!parsed.ok) {
@@ -171,7 +184,7 @@ async function loadSigningKey(opts: ApproveOptions, fields: { environment: strin
       throw stalled(
         "KeyEncrypted",
         `${opts.keyFile}: ${parsed.message}; cascade-sync never asks for passphrases`,
-        sshKeygenSteps(fields, opts.keyFile, signer),
+        typeof steps === "string" ? steps : steps(signer),
       );
     }
     if (parsed.code === "unsupported") {

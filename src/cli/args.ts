@@ -6,7 +6,7 @@ export interface ParsedArgs {
 }
 
 /** Flags that take a value (`--config PATH`); every other flag is a switch. */
-const VALUE_FLAGS = new Set(["config", "remote", "key", "expires", "signer", "since", "at", "limit"]);
+const VALUE_FLAGS = new Set(["config", "remote", "key", "expires", "signer", "since", "at", "limit", "reason"]);
 
 /** Parses `argv` (without node and script). Throws an Error with a usage hint on a bad flag. */
 export function parseArgs(argv: string[]): ParsedArgs {

@@ -24,6 +24,7 @@ export function formatStatus(r: StatusReport): string {
   if (!s) return lines.join("\n");
   if (r.running && s.server) lines.push(`status page: ${s.server.url} (also /metrics)`);
   lines.push(`sandbox:    ${s.sandbox.dir} on ${s.sandbox.branch} at ${s.sandbox.head?.slice(0, 7) ?? "(no commit)"}, ${s.sandbox.pendingPaths} pending change(s)`);
+  if (s.sandbox.paused) lines.push("            PAUSED (sandbox.paused: true): nothing is committed; edits wait and are committed as one batch when unpaused");
   if (s.sandbox.heldBack?.length) {
     lines.push(`held back:  ${s.sandbox.heldBack.join(", ")}`);
     lines.push(`            (they match security.encrypt and are stored only encrypted: ${s.sandbox.keyProblem?.message ?? "there is no encryption key"}; they are never committed in plaintext)`);
@@ -42,7 +43,7 @@ export function formatStatus(r: StatusReport): string {
   if (!s.remotes.length) lines.push("remotes:    none (everything stays local)");
   for (const rm of s.remotes) {
     const push = rm.lastPush ? `last push ${rm.lastPush.commit.slice(0, 7)} at ${rm.lastPush.at}` : "never pushed";
-    lines.push(`remote ${rm.name}: ${rm.url}: ${push}${rm.relation ? `, ${rm.relation}` : ""}`);
+    lines.push(`remote ${rm.name}: ${rm.url}: ${push}${rm.relation ? `, ${rm.relation}` : ""}${rm.paused ? ", PAUSED (remotes[].paused: true): not pushing, commits wait locally" : ""}`);
     if (rm.error) lines.push(`  error (${rm.error.kind} ${rm.error.reason}, ${rm.error.at}): ${rm.error.message}${rm.error.hint ? `\n  hint: ${rm.error.hint}` : ""}`);
   }
   if (!r.running && s.reconcilers.length) lines.push("when the controller last ran:");
@@ -87,6 +88,9 @@ export function formatEnvironment(e: EnvironmentReport): string[] {
     for (const v of a.valid) lines.push(`    valid: ${v.signer} for ${short(v.commit)}, expires ${v.expires}`);
     for (const r of a.rejected) lines.push(`    rejected (line ${r.line}${r.signer ? `, ${r.signer}` : ""}${r.commit ? `, ${short(r.commit)}` : ""}): ${r.reason}: ${r.message}`);
   }
+  for (const f of e.freeze?.active ?? []) lines.push(`  FROZEN by ${f.signer} at ${f.at}, ${f.expires ? `until ${f.expires}` : "until lifted"}: ${f.reason}`);
+  if (e.freeze?.lifted && !e.freeze.active.length) lines.push(`  freeze lifted by ${e.freeze.lifted.signer} at ${e.freeze.lifted.at}`);
+  for (const r of e.freeze?.rejected ?? []) lines.push(`  ${r.action ?? "freeze"} rejected (line ${r.line}${r.signer ? `, ${r.signer}` : ""}): ${r.reason}: ${r.message}`);
   lines.push(`  window: ${e.window.open ? "open" : "closed"}: ${e.window.reason}`);
   if (e.failed.length) lines.push(`  rolled back (not promoted again automatically): ${e.failed.map(short).join(", ")}`);
   lines.push(`  next: ${e.next}`);

@@ -27,6 +27,7 @@ import { fromBranch as fromBranchOf, promotionOrder } from "../config/pipeline.j
 import { requireGitVersion } from "../git/native/version.js";
 import { historyCmd, restoreCmd } from "./history.js";
 import { filterCommand, keyCommand, type SecurityCommandArgs } from "../security/commands.js";
+import { freezeCmd } from "./freeze.js";
 
 /** The world the CLI runs in, passed in so that tests run it in-process. */
 export interface MainArgs {
@@ -62,6 +63,11 @@ commands:
   approve ENV [COMMIT] --key FILE [--expires 24h] [--signer NAME]
                               sign an approval of COMMIT (default: the one waiting for ENV)
                               into cascade-sync-state.yaml; the controller commits it
+  freeze ENV --reason TEXT [--expires 4h] --key FILE [--signer NAME]
+                              sign a freeze of ENV into cascade-sync-state.yaml: nothing is
+                              promoted into ENV until it expires or is lifted (rollback still works)
+  unfreeze ENV --key FILE [--signer NAME]
+                              sign a lift of ENV's freezes into cascade-sync-state.yaml
   history [PATH...] [--since 4h|TIME] [--limit N] [--json]
                               every version of PATHs (default: the whole sandbox) on the sandbox
                               branch, newest first: time, commit, summary, each file's size or deletion
@@ -140,6 +146,9 @@ export async function main(args: MainArgs): Promise<number> {
         return await healthCmd(args, configFile, redactor, out, !!flags.json);
       case "approve":
         return await approveCmd(args, configFile, positionals, flags, out, err);
+      case "freeze":
+      case "unfreeze":
+        return await freezeCmd(args, configFile, positionals, flags, out, err, command === "freeze" ? "freeze" : "lift");
       case "history":
         return await historyCmd(args, configFile, positionals, flags, out, err);
       case "restore":

@@ -111,6 +111,8 @@ export interface RemoteSpec {
   timeoutMs: number;
   /** ssh only: trust a host key seen for the first time (a changed one is refused regardless). */
   acceptNewHostKey?: boolean;
+  /** `paused: true`: commits wait locally; nothing is pushed to this remote (fetching goes on). */
+  paused?: boolean;
 }
 
 /**
@@ -130,6 +132,8 @@ export interface Config {
     exclude: string[];
     commitMessage: string;
     author?: { name: string; email: string };
+    /** `paused: true`: nothing is committed; edits wait in the folder and are committed as one batch once unpaused. */
+    paused?: boolean;
   };
   remotes: RemoteSpec[];
   retry: { initialMs: number; factor: number; maxMs: number; jitter: number };

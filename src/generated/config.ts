@@ -87,6 +87,10 @@ export interface Sandbox {
    * Message of each sandbox commit. {summary} becomes a short list of what changed, {count} the number of changed files and {branch} the sandbox branch.
    */
   commitMessage?: string;
+  /**
+   * Stop committing the sandbox: edits stay in the folder, uncommitted, and nothing is lost; setting paused back to false (or removing it) commits everything that waited as one batch. Remotes are still fetched and pushed. Takes effect without a restart.
+   */
+  paused?: boolean;
   author?: Author;
 }
 /**
@@ -130,6 +134,10 @@ export interface Remote {
    * For ssh remotes: trust the server's host key the first time it is seen (ssh's StrictHostKeyChecking=accept-new) instead of stalling until someone runs ssh -T once. A host key that changed later is refused regardless.
    */
   acceptNewHostKey?: boolean;
+  /**
+   * Stop pushing to this remote: sandbox commits go on and wait locally, and are pushed when paused is set back to false (or removed). Fetching from the remote goes on, so its commits still reach the sandbox and status shows how far behind it is. Takes effect without a restart.
+   */
+  paused?: boolean;
 }
 /**
  * Backoff for transient failures such as an unreachable remote or a held lock. The wait starts at initial, is multiplied by factor after each failure up to max, and resets after a success.

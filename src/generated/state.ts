@@ -9,7 +9,7 @@ export interface CascadeSyncState {
    */
   approvals?: Approval[];
   /**
-   * Reserved for freezes, which a later release will add. Entries are accepted and ignored today.
+   * Signed freezes and lifts. While an unexpired freeze of an environment is committed and no later lift is, nothing is promoted into that environment (rollback still works). cascade-sync freeze and unfreeze append to this list.
    */
   freezes?: Freeze[];
 }
@@ -39,8 +39,35 @@ export interface Approval {
   signature: string;
 }
 /**
- * A freeze entry. The format is reserved for a later release, so any fields are accepted for now.
+ * A freeze (action freeze) or a lift (action lift) of one environment. The signature is an OpenSSH SSHSIG with namespace cascade-sync-freeze over exactly these six lines, each ending in a newline: "cascade-sync freeze v1", "environment: <environment>", "action: <action>", "reason: <reason, empty when none>", "at: <at as written>" and "expires: <expires as written, or none>". It counts only when committed and signed by a key in that environment's approvals.signers, as committed on its branch. A freeze is in force from when it is committed until it expires or a valid lift with a later at is committed.
  */
 export interface Freeze {
-  [k: string]: unknown;
+  /**
+   * Name of the environment frozen or lifted, as a key of environments in the config.
+   */
+  environment: string;
+  /**
+   * freeze stops promotion into the environment; lift ends every freeze of it signed before the lift's at.
+   */
+  action: "freeze" | "lift";
+  /**
+   * Why, for people (one line, at most 500 characters); required for a freeze. Signed as written. Default: none (allowed for a lift only).
+   */
+  reason?: string;
+  /**
+   * When the entry was signed, as an RFC 3339 date-time; a lift ends the freezes whose at is earlier. Signed as written.
+   */
+  at: string;
+  /**
+   * For a freeze: when it ends by itself, as an RFC 3339 date-time. Signed as written. Default: none (the freeze lasts until lifted).
+   */
+  expires?: string;
+  /**
+   * Principal that signed, as it appears at the start of a line of the environment's approvals.signers.
+   */
+  signer: string;
+  /**
+   * The armored signature, as printed by ssh-keygen -Y sign -n cascade-sync-freeze.
+   */
+  signature: string;
 }

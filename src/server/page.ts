@@ -128,13 +128,14 @@ const SCRIPT = `
     var rec = (snap.reconcilers || []).filter(function (r) { return r.name === "sandbox"; })[0];
     return h("section", { class: "col", "data-env": s.branch, "data-testid": "column" },
       h("h2", {}, s.branch), h("span", { class: "badge " + (s.pendingPaths ? "busy" : "ok") }, s.pendingPaths ? s.pendingPaths + " pending" : "committed"),
+      s.paused ? h("span", { class: "badge warn", "data-testid": "paused" }, "paused") : null,
       h("span", { class: "sub" }, "sandbox " + s.dir),
       h("h3", {}, "commit"), commitLine(snap, s.head),
       s.heldBack && s.heldBack.length ? [h("h3", {}, "held back (never committed)"), h("ul", {}, s.heldBack.map(function (p) { return h("li", {}, p); }))] : null,
       h("h3", {}, "remotes"),
       snap.remotes.length ? h("ul", {}, snap.remotes.map(function (r) {
         return h("li", {}, h("b", {}, r.name), " ", r.lastPush ? "pushed " + short(r.lastPush.commit) + " " + ago(r.lastPush.at) : "never pushed",
-          r.relation ? " · " + r.relation : null, h("span", { class: "sub" }, r.url), errorBlock(r.error));
+          r.relation ? " · " + r.relation : null, r.paused ? h("span", { class: "badge warn", "data-testid": "remote-paused" }, "paused: not pushing") : null, h("span", { class: "sub" }, r.url), errorBlock(r.error));
       })) : h("div", { class: "muted" }, "none (everything stays local)"),
       errorBlock(rec && rec.lastError));
   }
@@ -197,6 +198,19 @@ const SCRIPT = `
         })) : null];
   }
 
+  // Signed freezes (issue 16): who froze the environment, why and until when; rejected entries with why.
+  function freezeBlock(e) {
+    var f = e.freeze;
+    if (!f || (!f.active.length && !f.rejected.length)) return null;
+    return [h("h3", {}, "freeze"),
+      f.active.map(function (x) {
+        return h("div", { class: "warn", "data-testid": "frozen" }, h("span", { class: "badge warn" }, "frozen"), " by " + x.signer + " at " + x.at + ", " + (x.expires ? "until " + x.expires : "until lifted") + ": " + x.reason);
+      }),
+      f.rejected.length ? h("ul", {}, f.rejected.map(function (r) {
+        return h("li", { class: "bad", "data-testid": "freeze-rejected" }, (r.action || "freeze") + " rejected (line " + r.line + (r.signer ? ", " + r.signer : "") + "): ", h("b", {}, r.reason), ": " + r.message);
+      })) : null];
+  }
+
   // Sandbox edits of the policy (promotion, from, approvals, windows, gates, rollback) wait until promoted.
   function policyBlock(e) {
     var p = e.pendingPolicy || [];
@@ -236,7 +250,7 @@ const SCRIPT = `
       policyBlock(e),
       h("h3", {}, "commit"), commitLine(snap, e.head, lastMove(snap, e)),
       e.deployed && e.deployed !== e.head ? h("div", { class: "meta" }, "live release: " + short(e.deployed)) : null,
-      leaseBlock(e), healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
+      leaseBlock(e), freezeBlock(e), healthBlock(e), gatesBlock(snap, e), approvalsBlock(e), windowBlock(e),
       e.failed.length ? [h("h3", {}, "rolled back (not promoted again automatically)"), h("div", {}, e.failed.map(short).join(", "))] : null,
       h("div", { class: "next" + (e.blocked ? " blocked" : ""), "data-testid": "next" }, h("b", {}, "next: "), e.next,
         e.hint ? h("div", { class: "cmd" }, h("code", { "data-testid": "hint" }, e.hint), copyButton(e.hint)) : null),
