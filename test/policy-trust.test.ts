@@ -194,9 +194,12 @@ describe('production\'s policy is the one committed on main (issue 12, part 1)',
       return (await gitOk(p.dir, 'show', `${s}:app.txt`)).stdout === 'v3\n' ? s : undefined;
     }, { what: 'v3 on staging', timeoutMs: 60_000 });
     await waitFor(async () => (await revParse(p.dir, 'main')) === c3 || undefined, { what: 'main to follow staging on its own', timeoutMs: 60_000 });
-    const promoted = await productionHistory(p, 'promoted');
+    // The branch moves a moment before the promotion's history entry is appended.
+    const promoted = await waitFor(async () => {
+      const h = await productionHistory(p, 'promoted');
+      return h.includes(c3) ? h : undefined;
+    }, { what: 'the promotion of v3 in production\'s history', timeoutMs: 10_000 });
     expect(promoted.slice(0, 2)).toEqual([c2, change]);
-    expect(promoted).toContain(c3);
     expect((await markersWritten(p)).filter((m) => !m.startsWith('approved-'))).toEqual([]);
   }, 240_000);
 

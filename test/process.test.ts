@@ -207,7 +207,8 @@ describe('the controller process', () => {
         const add = await gitOk(dir, 'add', `user/u${n}.txt`);
         const r = add.code === 0 ? await gitOk(dir, 'commit', '-m', `user commit ${n}`) : add;
         if (r.code === 0) made.push({ n, oid: await reportedCommit(dir, r.stdout) });
-        else if (/index\.lock/.test(r.stderr)) lockFailures.push(`${n}: ${r.stderr.trim()}`);
+        // git's own locks: the index, or the branch's ref lock held by the controller's update-ref at that moment.
+        else if (/index\.lock|develop\.lock': File exists/.test(r.stderr)) lockFailures.push(`${n}: ${r.stderr.trim()}`);
         // git's own compare-and-swap: the controller moved develop while this commit was being made.
         else if (/cannot lock ref 'HEAD': is at [0-9a-f]+ but expected/.test(r.stderr)) movedFailures.push(`${n}: ${r.stderr.trim()}`);
         else otherFailures.push(`${n}: ${(r.stderr || r.stdout).trim()}`);

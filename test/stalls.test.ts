@@ -90,7 +90,11 @@ describe('no stall outlives its cause', () => {
     await rm(freeze);
     await writeFile(path.join(dir, 'app.txt'), 'v3\n');
     const tookMs = await onRemote(bare, 'v3', 20_000);
-    const after = await reconciler(dir, 'remote:origin');
+    // The push lands on the remote a moment before the controller records the pass that made it.
+    const after = await waitFor(async () => {
+      const r = await reconciler(dir, 'remote:origin');
+      return r && r.lastError === undefined ? r : undefined;
+    }, { what: 'the refusal gone from status', timeoutMs: 10_000 }).catch(async () => reconciler(dir, 'remote:origin'));
     expect(after?.lastError, JSON.stringify(after)).toBeUndefined();
     console.log(`pushed ${tookMs} ms after the edit that followed the lifted refusal`);
   }, 90_000);

@@ -51,7 +51,7 @@ describe('two sandboxes on one remote, each editing its own line of a shared fil
       if ((await statusPorcelain(a.dir)).length || (await statusPorcelain(bDir)).length) return undefined;
       return (await showFile(bare, 'develop', 'shared.txt')).toString() === expected || undefined;
     }, { what: 'both sandboxes and the remote to converge on both latest saves', timeoutMs: 90_000 }).catch(async (e: Error) => {
-      throw new Error(`${e.message}\nA: ${await readFile(path.join(a.dir, 'shared.txt'), 'utf8')}\nB: ${await readFile(path.join(bDir, 'shared.txt'), 'utf8')}\nremote: ${(await showFile(bare, 'develop', 'shared.txt').catch(() => Buffer.from(''))).toString()}`);
+      throw new Error(`${e.message}\nA: ${await readFile(path.join(a.dir, 'shared.txt'), 'utf8')}\nB: ${await readFile(path.join(bDir, 'shared.txt'), 'utf8')}\nremote: ${(await showFile(bare, 'develop', 'shared.txt').catch(() => Buffer.from(''))).toString()}\nB's log:\n${(await readFile(path.join(root, 'b.log'), 'utf8').catch(() => '')).split('\n').filter((l) => !l.includes('in sync')).slice(0, 60).join('\n')}`);
     });
     for (const dir of [a.dir, bDir]) {
       expect(await readFile(path.join(dir, 'shared.txt'), 'utf8')).toBe(expected);

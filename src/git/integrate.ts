@@ -224,6 +224,38 @@ async function setIndex(sandbox: IntegrationSandbox, rehash: string[], entries: 
   await updateIndexInfo(literal, entries);
 }
 
+/**
+ * Merges `after`'s changes since `before` into the edited text file at `abs` (`git merge-file -p --ours`:
+ * the file's own edits win overlapping hunks), written only if the file still holds the bytes merged.
+ * Binary, symlink, encrypted and added/deleted paths are left as they are (the sandbox wins whole).
+ */
+async function mergeIntoEdited(sandbox: IntegrationSandbox, look: Look, abs: string, path: string, before: Entry | undefined, after: Entry | undefined): Promise<void> {
+  const regular = (e: Entry | undefined) => e && (e.mode === "100644" || e.mode === "100755");
+  if (!regular(before) || !regular(after) || sandbox.policy.isEncrypted(path)) return;
+  const st = await lstat(abs).catch(() => null);
+  if (!st?.isFile()) return;
+  const mine = await readFile(abs).catch(() => null);
+  if (mine === null) return;
+  const scratch = scratchDir(sandbox.gitdir);
+  const id = randomBytes(8).toString("hex");
+  const files = ["mine", "base", "theirs"].map((n) => join(scratch, `${id}.${n}`));
+  try {
+    await Promise.all([writeFile(files[0]!, mine), writeFile(files[1]!, await look.blobOf(before!)), writeFile(files[2]!, await look.blobOf(after!))]);
+    // Exit 255: git will not merge it as text (binary); with --ours nothing is left in conflict.
+    const { stdout, exitCode } = await runGit(["merge-file", "-p", "--ours", "--", files[0]!, files[1]!, files[2]!], { ...sandbox.git, okExitCodes: [0, 255] });
+    if (exitCode !== 0 || stdout.equals(mine)) return;
+    const tmp = join(scratch, `${id}.merged`);
+    await writeFile(tmp, stdout);
+    await chmod(tmp, st.mode & 0o777);
+    // The last look: an edit saved meanwhile is never overwritten (its next commit carries it).
+    const now = await readFile(abs).catch(() => null);
+    if (now === null || !now.equals(mine)) return rm(tmp, { force: true });
+    await rename(tmp, abs);
+  } finally {
+    await Promise.all(files.map((f) => rm(f, { force: true })));
+  }
+}
+
 /** A tree entry of a file: its mode and blob (or gitlink) id. */
 export type Entry = { mode: string; oid: string };
 
@@ -235,7 +267,13 @@ export type Entry = { mode: string; oid: string };
 async function bring(sandbox: IntegrationSandbox, look: Look, path: string, before: Entry | undefined, after: Entry | undefined): Promise<"written" | "skipped"> {
   const abs = join(sandbox.dir, path);
   // The old version first: the usual case, and one the bytes decide without asking git to clean them.
-  if (!(await look.holds(abs, path, before))) return (await look.holds(abs, path, after)) ? "written" : "skipped";
+  if (!(await look.holds(abs, path, before))) {
+    if (await look.holds(abs, path, after)) return "written";
+    // Edited here: the remote's hunks are merged into the edited file (the sandbox winning overlapping
+    // ones), so the sandbox's next commit of this file cannot revert the other side's lines.
+    await mergeIntoEdited(sandbox, look, abs, path, before, after);
+    return "skipped";
+  }
   if (!after) {
     await rm(abs, { force: true });
     await removeEmptyFolders(sandbox.dir, dirname(path));
@@ -295,6 +333,11 @@ class Look {
   async undecryptable(path: string, entry: Entry): Promise<boolean> {
     if (entry.mode === "120000" || entry.mode === "160000" || !this.sandbox.policy.isEncrypted(path)) return false;
     return !!this.sandbox.policy.undecryptable(path, await this.blob(entry.oid));
+  }
+
+  /** The stored bytes of `entry`'s blob. */
+  async blobOf(entry: Entry): Promise<Buffer> {
+    return this.blob(entry.oid);
   }
 
   private async blob(oid: string): Promise<Buffer> {
