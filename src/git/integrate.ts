@@ -1,6 +1,7 @@
 import { lstat, mkdir, open, readFile, readlink, rename, rm, rmdir, symlink, writeFile, chmod } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
+import { mergeTextOurs } from "./native/merge.js";
 import { CatFileBatch, GitError, parseRawDiff, runGit, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
 
 /**
@@ -236,24 +237,15 @@ async function mergeIntoEdited(sandbox: IntegrationSandbox, look: Look, abs: str
   if (!st?.isFile()) return;
   const mine = await readFile(abs).catch(() => null);
   if (mine === null) return;
-  const scratch = scratchDir(sandbox.gitdir);
-  const id = randomBytes(8).toString("hex");
-  const files = ["mine", "base", "theirs"].map((n) => join(scratch, `${id}.${n}`));
-  try {
-    await Promise.all([writeFile(files[0]!, mine), writeFile(files[1]!, await look.blobOf(before!)), writeFile(files[2]!, await look.blobOf(after!))]);
-    // Exit 255: git will not merge it as text (binary); with --ours nothing is left in conflict.
-    const { stdout, exitCode } = await runGit(["merge-file", "-p", "--ours", "--", files[0]!, files[1]!, files[2]!], { ...sandbox.git, okExitCodes: [0, 255] });
-    if (exitCode !== 0 || stdout.equals(mine)) return;
-    const tmp = join(scratch, `${id}.merged`);
-    await writeFile(tmp, stdout);
-    await chmod(tmp, st.mode & 0o777);
-    // The last look: an edit saved meanwhile is never overwritten (its next commit carries it).
-    const now = await readFile(abs).catch(() => null);
-    if (now === null || !now.equals(mine)) return rm(tmp, { force: true });
-    await rename(tmp, abs);
-  } finally {
-    await Promise.all(files.map((f) => rm(f, { force: true })));
-  }
+  const merged = await mergeTextOurs(sandbox.git, scratchDir(sandbox.gitdir), mine, await look.blobOf(before!), await look.blobOf(after!));
+  if (merged === undefined || merged.equals(mine)) return;
+  const tmp = join(scratchDir(sandbox.gitdir), `${randomBytes(8).toString("hex")}.merged`);
+  await writeFile(tmp, merged);
+  await chmod(tmp, st.mode & 0o777);
+  // The last look: an edit saved meanwhile is never overwritten (its next commit carries it).
+  const now = await readFile(abs).catch(() => null);
+  if (now === null || !now.equals(mine)) return rm(tmp, { force: true });
+  await rename(tmp, abs);
 }
 
 /** A tree entry of a file: its mode and blob (or gitlink) id. */

@@ -119,13 +119,27 @@ async function mergeFileContent(repo: GitRepo, reader: CatFileBatch, scratch: st
   const read = async (s: ConflictStage | undefined) => (s ? (await reader.read(s.oid))?.data ?? null : Buffer.alloc(0));
   const [b, o, t] = await Promise.all([read(base), read(ours), read(theirs)]);
   if (b === null || o === null || t === null) return undefined;
-  const files = ["ours", "base", "theirs"].map((n) => join(scratch, n));
-  await Promise.all([writeFile(files[0]!, o), writeFile(files[1]!, b), writeFile(files[2]!, t)]);
-  // Exit 255: git refuses (a binary file); with --ours no conflict is left, so any other code is the count 0.
-  const { stdout, exitCode } = await runGit(["merge-file", "-p", "--ours", "--", files[0]!, files[1]!, files[2]!], { ...repo, okExitCodes: [0, 255] });
-  if (exitCode !== 0) return undefined;
-  const { stdout: oid } = await runGit(["hash-object", "-w", "--no-filters", "--stdin"], { ...repo, stdin: stdout });
+  const merged = await mergeTextOurs(repo, scratch, o, b, t);
+  if (merged === undefined) return undefined;
+  const { stdout: oid } = await runGit(["hash-object", "-w", "--no-filters", "--stdin"], { ...repo, stdin: merged });
   return oid.toString("utf8").trim();
+}
+
+/**
+ * `git merge-file -p --ours` of three versions' bytes (scratch files under `scratch`, removed after):
+ * both sides' hunks where they do not overlap, `ours` where they do. Undefined when git will not merge
+ * them as text (exit 255: a binary file); with --ours nothing is left in conflict.
+ */
+export async function mergeTextOurs(repo: GitRepo, scratch: string, ours: Buffer, base: Buffer, theirs: Buffer): Promise<Buffer | undefined> {
+  const id = randomBytes(8).toString("hex");
+  const files = ["ours", "base", "theirs"].map((n) => join(scratch, `${id}.${n}`));
+  try {
+    await Promise.all([writeFile(files[0]!, ours), writeFile(files[1]!, base), writeFile(files[2]!, theirs)]);
+    const { stdout, exitCode } = await runGit(["merge-file", "-p", "--ours", "--", files[0]!, files[1]!, files[2]!], { ...repo, okExitCodes: [0, 255] });
+    return exitCode === 0 ? stdout : undefined;
+  } finally {
+    await Promise.all(files.map((f) => rm(f, { force: true })));
+  }
 }
 
 /** `tree` with `fixes` applied, through a temporary index (never the repository's own). */
