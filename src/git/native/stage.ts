@@ -27,7 +27,11 @@ export async function worktreeChanges(repo: GitRepo, paths: readonly string[] = 
   // that fails makes git status die; status only compares (it stores nothing), so here the failure
   // just marks the file changed, and the sandbox holds it back.
   const args = ["-c", "filter.cascade-sync.required=false", "status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty"];
-  if (scoped.length === 0) return parseStatusV2((await runGit(args, repo)).stdout).entries.filter((e) => e.kind !== "ignored");
+  const all = async () => parseStatusV2((await runGit(args, repo)).stdout).entries.filter((e) => e.kind !== "ignored");
+  if (scoped.length === 0) return all();
+  // Many paths: git matches each file against every pathspec (files x pathspecs), so one whole-tree
+  // status filtered here costs less than the slices of pathspecs would.
+  if (scoped.length > PATHS_PER_COMMAND) return (await all()).filter(insidePaths(scoped));
   // status takes no --pathspec-from-file: the paths go on the command line, in slices that fit in one.
   const out: StatusEntry[] = [];
   for (let i = 0; i < scoped.length; i += PATHS_PER_COMMAND) {
@@ -35,6 +39,19 @@ export async function worktreeChanges(repo: GitRepo, paths: readonly string[] = 
     out.push(...parseStatusV2(stdout).entries.filter((e) => e.kind !== "ignored"));
   }
   return out;
+}
+
+/**
+ * Whether a path is one of `paths` or under one of them, as a literal pathspec matches (an embedded
+ * repository's `sub/` matches `sub`). Cost: one set lookup per level of the path.
+ */
+function insidePaths(paths: readonly string[]): (e: { path: string }) => boolean {
+  const set = new Set(paths.map((p) => (p.endsWith("/") ? p.slice(0, -1) : p)));
+  return ({ path }) => {
+    const p = path.endsWith("/") ? path.slice(0, -1) : path;
+    for (let end = p.length; end > 0; end = p.lastIndexOf("/", end - 1)) if (set.has(p.slice(0, end))) return true;
+    return false;
+  };
 }
 
 /** Paths per command line: well inside Linux's and macOS's argument limits for paths of a few hundred bytes. */
@@ -166,33 +183,33 @@ const EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 const REF_RACE_ATTEMPTS = 5;
 
 /**
- * Stages what git said changed, with git reading the files (attributes and filters applied): a tracked
- * path with `git update-index` (`--force-remove` when its file is gone or became a folder; a tracked file
- * under an ignored folder is still a tracked file, which `git add` would refuse to name), then the
- * untracked ones with `git add -A` (status lists no ignored file, so git takes them all; an embedded
- * repository becomes a gitlink). An untracked path that matches nothing any more (deleted again since
- * it was observed) or an embedded repository without a commit makes git refuse the whole list, so the
- * paths git still sees are asked again and the repositories without a commit left out.
+ * Stages what git said changed, with git reading the files (attributes and filters applied): a path whose
+ * file is gone (or became a folder) with `git update-index --force-remove`; every other file, tracked or
+ * not, with `git update-index --add --remove --replace` (a tracked file under an ignored folder is still
+ * a tracked file, which `git add` would refuse to name; `--replace` settles a file that took a folder's
+ * place, as `git add` does; one path a line, so a burst of any size costs one pass, where `git add` would
+ * match every file against every pathspec); an embedded repository (`sub/`) with `git add -A`, which
+ * makes it a gitlink. A path that changed again since it was observed (became a folder, or went away
+ * under a new symlink) makes git refuse the list, and an embedded repository without a commit makes
+ * `git add` refuse it: then the paths are asked again, those repositories left out, and staged once more.
  * Resolves true when a tracked path was removed.
  */
-async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[]): Promise<boolean> {
+async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retried = false): Promise<boolean> {
   const gone = (e: StatusEntry) => e.kind === "ordinary" && (e.xy[1] === "D" || (e.xy[0] === "D" && e.xy[1] === "."));
   const removed = entries.filter((e) => e.kind !== "untracked" && gone(e)).map((e) => e.path);
-  const updated = entries.filter((e) => e.kind !== "untracked" && !gone(e)).map((e) => e.path);
-  const untracked = entries.filter((e) => e.kind === "untracked").map((e) => e.path);
+  const files = entries.filter((e) => !gone(e) && !(e.kind === "untracked" && e.path.endsWith("/"))).map((e) => e.path);
+  const repos = entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path);
   if (removed.length) await runGit(["update-index", "-z", "--force-remove", "--stdin"], { ...repo, stdin: `${removed.join("\0")}\0` });
-  if (updated.length) await runGit(["update-index", "-z", "--add", "--remove", "--stdin"], { ...repo, stdin: `${updated.join("\0")}\0` });
-  if (untracked.length === 0) return removed.length > 0;
-  const add = (ps: readonly string[]) => runGit(["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { ...literal(repo), stdin: `${ps.join("\0")}\0` });
   try {
-    await add(untracked);
+    if (files.length) await runGit(["update-index", "-z", "--add", "--remove", "--replace", "--stdin"], { ...repo, stdin: `${files.join("\0")}\0` });
+    if (repos.length) await runGit(["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"], { ...literal(repo), stdin: `${repos.join("\0")}\0` });
   } catch (err) {
-    // An embedded repository without a commit cannot be a gitlink: git refuses the whole list for it.
-    // It stays out (status names it, see embedded.ts), and the rest is committed.
-    const unborn = err instanceof GitError ? [...err.stderr.matchAll(/^error: '(.+)' does not have a commit checked out$/gm)].map((m) => m[1]!) : [];
-    if (!(err instanceof GitError) || (!unborn.length && !/did not match any files/.test(err.message))) throw err;
-    const still = (await worktreeChanges(repo, untracked)).filter((e) => e.kind === "untracked" && !unborn.includes(e.path)).map((e) => e.path);
-    if (still.length) await add(still);
+    if (!(err instanceof GitError) || retried) throw err;
+    // An embedded repository without a commit cannot be a gitlink: it stays out (status names it, see
+    // embedded.ts), and the rest is committed.
+    const unborn = new Set([...err.stderr.matchAll(/^error: '(.+)' does not have a commit checked out$/gm)].map((m) => m[1]!));
+    const again = (await worktreeChanges(repo, [...files, ...repos])).filter((e) => !unborn.has(e.path));
+    await stagePlain(repo, again, true);
   }
   return removed.length > 0;
 }
@@ -202,8 +219,11 @@ async function stagedChanges(repo: GitRepo, parent: string | null, paths: readon
   if (paths.length === 0) return [];
   // An embedded repository was asked for as `sub/`; its gitlink is the path `sub`.
   const scope = paths.map((p) => (p.endsWith("/") ? p.slice(0, -1) : p));
-  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent ?? EMPTY_TREE, "--", ...scope], literal(repo));
-  return parseRawDiff(stdout).entries;
+  const args = ["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent ?? EMPTY_TREE];
+  // Many paths: one whole-index comparison filtered here (see worktreeChanges), and no argument list
+  // beyond the system's limit.
+  if (scope.length > PATHS_PER_COMMAND) return parseRawDiff((await runGit(args, repo)).stdout).entries.filter(insidePaths(scope));
+  return parseRawDiff((await runGit([...args, "--", ...scope], literal(repo))).stdout).entries;
 }
 
 /** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
