@@ -145,6 +145,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           keepOut: keepOutOfGit(ctx.repo, policy),
           // The secret scan and the size rule judge the exact bytes git staged; an encrypted path's must be ciphertext.
           judge: (p, blob) => policy.judgeStaged(p, blob),
+          objects: { readBlob: (oid) => ctx.repo.readBlob(oid), treeOf: (commit) => ctx.repo.commitTree(commit) },
           message: (changes) => messageOf(changes as CommittedPath[]),
           author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
         });

@@ -140,6 +140,7 @@ export async function init(opts: InitOptions): Promise<InitReport> {
       keepOut: keepOutOfGit(repo, policy),
       // The first commit follows the policy of every later one: the exact bytes git staged are judged.
       judge: (p, blob) => policy.judgeStaged(p, blob),
+      objects: { readBlob: (oid) => repo.readBlob(oid), treeOf: (commit) => repo.commitTree(commit) },
       message: (paths) => `cascade-sync init: ${paths.length} file(s)\n`,
       author: gitIdentity(who),
     });

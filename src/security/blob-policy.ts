@@ -57,6 +57,11 @@ export class BlobPolicy {
     return new BlobPolicy({ encrypt: [], maxFileSizeBytes: Number.MAX_SAFE_INTEGER, allow: [] }, undefined);
   }
 
+  /** True when security.encrypt names any pattern (otherwise no path is ever encrypted). */
+  get encryptsAnything(): boolean {
+    return this.settings.encrypt.length > 0;
+  }
+
   /** True when `path` is stored encrypted (it matches security.encrypt). */
   isEncrypted(path: string): boolean {
     return this.settings.encrypt.length > 0 && this.encrypted.matches(path);

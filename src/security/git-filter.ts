@@ -319,6 +319,7 @@ export async function indexAsCommitted(repo: FilterRepo, treeish: string, paths:
  * since a commit records the whole index, they must go back to `head`'s entries first.
  */
 export async function heldInIndex(repo: FilterRepo, policy: BlobPolicy, head: string): Promise<string[]> {
+  if (!policy.encryptsAnything) return [];
   const { stdout } = await runGit(["diff-index", "--cached", "-z", "--name-only", "--no-renames", head], gitRepo(repo));
   const encrypted = splitNul(stdout).filter((p) => policy.isEncrypted(p));
   if (!encrypted.length) return [];

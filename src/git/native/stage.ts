@@ -100,6 +100,11 @@ export interface NativeCommit<H> {
    */
   lookAgain?: readonly string[];
   author: GitIdentity;
+  /**
+   * The repository's long-lived object reader, when the caller has one (a commit then starts no
+   * `git cat-file` or `git rev-parse` of its own): a staged blob's bytes, a commit's tree.
+   */
+  objects?: { readBlob(oid: string): Promise<Buffer>; treeOf(commit: string): Promise<string> };
 }
 
 /** What {@link commitNative} did: the new commit (null when nothing is left to commit), what it changed, and what was held back. */
@@ -115,10 +120,10 @@ export interface NativeCommitOutcome<H> {
  * `git add -A` and `git update-index` stage every path (attributes, eol, clean filters and LFS applied by
  * git, gitlinks for submodules and embedded repositories; `security.encrypt` paths through the
  * cascade-sync filter, which stores their ciphertext) except those `keepOut` names, which git never
- * reads. The staged blobs of regular files are read back and judged (the secret scan sees exactly the
- * committed bytes, an encrypted path's must be ciphertext); a held path gets HEAD's entry back (or
- * none when new). Then write-tree,
- * commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
+ * reads. Then write-tree; the blob of every regular file the new tree records differently from the
+ * parent's (`git diff-tree`) is read back and judged (the secret scan sees exactly the committed
+ * bytes, an encrypted path's must be ciphertext); a held path gets the parent's entry back (or none
+ * when new) and the tree is written again. Then commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
  * commit racing us is never lost: what is still staged is committed on top of it, and after
  * {@link REF_RACE_ATTEMPTS} lost races Transient `RefConflict` goes to the caller (the index keeps the
  * paths staged, which the next look sees as changes). A file edited while this runs is committed as git
@@ -132,32 +137,30 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     return entries.filter((e) => !out.has(e.path));
   };
   const changes = await keepOut(c.changes);
-  let paths = changedPathsOf(changes);
   const removed = await stagePlain(repo, changes);
   if (removed && c.lookAgain) {
     const known = new Set(changedPathsOf(c.changes));
-    const surfaced = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
-    await stagePlain(repo, surfaced);
-    paths = changedPathsOf([...changes, ...surfaced]);
+    await stagePlain(repo, await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path))));
   }
   let parent = c.parent;
   let expected = c.expected === undefined ? parent : c.expected;
-  let staged = await stagedChanges(repo, parent, paths);
-  const restore: IndexInfo[] = [];
-  const judged = await judgeStaged(repo, staged, c.judge);
-  for (const { entry, held: h } of judged) {
-    held.push({ path: entry.path, held: h });
-    restore.push(entry.srcMode === "000000" ? { mode: "0", oid: "0".repeat(entry.srcOid.length), path: entry.path } : { mode: entry.srcMode, oid: entry.srcOid, path: entry.path });
-  }
-  await updateIndexInfo(repo, restore);
-  for (let attempt = 1; ; attempt++) {
+  const judged = new Set<string>();
+  for (let attempt = 1; ; ) {
     const tree = await writeTree(repo);
-    const parentTree = parent ? (await runGit(["rev-parse", `${parent}^{tree}`], repo)).stdout.toString("utf8").trim() : EMPTY_TREE;
+    const parentTree = parent ? await treeOfCommit(repo, c, parent) : EMPTY_TREE;
     if (tree === parentTree) return { commit: null, tree, changes: [], held };
-    // The message says what the commit records: the index may hold more than these paths (a file a
-    // person staged with `git add`, or left staged by a native commit racing ours), issue 15.
-    // (A held path has its parent's entry back, so it is not among them.)
+    // The message says what the commit records: the index may hold more than the batch (a file a
+    // person staged with `git add`, or left staged by a native commit racing ours), issue 15; and
+    // every staged blob it records is judged, whoever staged it.
     const changes = await treeChanges(repo, parentTree, tree);
+    const refused = await judgeStaged(repo, c, changes.filter((ch) => !judged.has(judgedKey(ch))));
+    for (const ch of changes) judged.add(judgedKey(ch));
+    if (refused.length) {
+      // A held path gets the parent's entry back (none when new), and the tree is written again.
+      for (const r of refused) held.push({ path: r.change.path, held: r.held });
+      await updateIndexInfo(repo, refused.map(({ change: ch }) => (ch.before ? { mode: ch.before.mode, oid: ch.before.oid, path: ch.path } : { mode: "0", oid: "0".repeat(ch.after!.oid.length), path: ch.path })));
+      continue;
+    }
     const message = c.message(changes);
     const commit = await commitTree(repo, { tree, parents: parent ? [parent] : [], message, author: c.author });
     try {
@@ -166,12 +169,11 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     } catch (err) {
       // A native `git commit` moved the branch between our staging and the ref move. It committed the
       // index, which holds what we staged: commit what is still staged on top of it (never over it).
-      if (!(err instanceof GitError) || err.reason !== "RefConflict" || attempt >= REF_RACE_ATTEMPTS) throw err;
+      if (!(err instanceof GitError) || err.reason !== "RefConflict" || attempt++ >= REF_RACE_ATTEMPTS) throw err;
       const now = await runGit(["rev-parse", "--verify", "--end-of-options", `${c.ref}^{commit}`], repo).catch(() => null);
       if (!now) throw err;
       parent = now.stdout.toString("utf8").trim();
       expected = parent;
-      staged = await stagedChanges(repo, parent, paths);
     }
   }
 }
@@ -214,40 +216,42 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retrie
   return removed.length > 0;
 }
 
-/** What the index now holds differently from `parent` for `paths`: `git diff-index --cached -z --raw --no-renames`. */
-async function stagedChanges(repo: GitRepo, parent: string | null, paths: readonly string[]): Promise<RawDiffEntry[]> {
-  if (paths.length === 0) return [];
-  // An embedded repository was asked for as `sub/`; its gitlink is the path `sub`.
-  const scope = paths.map((p) => (p.endsWith("/") ? p.slice(0, -1) : p));
-  const args = ["diff-index", "--cached", "-z", "--raw", "--no-renames", "--full-index", parent ?? EMPTY_TREE];
-  // Many paths: one whole-index comparison filtered here (see worktreeChanges), and no argument list
-  // beyond the system's limit.
-  if (scope.length > PATHS_PER_COMMAND) return parseRawDiff((await runGit(args, repo)).stdout).entries.filter(insidePaths(scope));
-  return parseRawDiff((await runGit([...args, "--", ...scope], literal(repo))).stdout).entries;
-}
-
 /** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
 async function treeChanges(repo: GitRepo, parentTree: string, tree: string): Promise<StagedChange[]> {
   const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--full-index", parentTree, tree], repo);
   return parseRawDiff(stdout).entries.map(toChange);
 }
 
-/** Reads back the staged blob of every added or modified regular file and judges it. */
-async function judgeStaged<H>(repo: GitRepo, entries: RawDiffEntry[], judge: NativeCommit<H>["judge"]): Promise<{ entry: RawDiffEntry; held: H }[]> {
-  const files = entries.filter((e) => e.dstMode === "100644" || e.dstMode === "100755");
+/** A change as judged once: the same path with the same staged blob is not read again. */
+function judgedKey(ch: StagedChange): string {
+  return `${ch.path}\0${ch.after?.mode ?? ""}\0${ch.after?.oid ?? ""}`;
+}
+
+/** The tree of `commit`, through the caller's object reader when it gave one. */
+async function treeOfCommit(repo: GitRepo, c: NativeCommit<unknown>, commit: string): Promise<string> {
+  if (c.objects) return c.objects.treeOf(commit);
+  return (await runGit(["rev-parse", "--verify", "--end-of-options", `${commit}^{tree}`], repo)).stdout.toString("utf8").trim();
+}
+
+/** Reads back the staged blob of every added or modified regular file among `changes` and judges it: those held, and why. */
+async function judgeStaged<H>(repo: GitRepo, c: NativeCommit<H>, changes: readonly StagedChange[]): Promise<{ change: StagedChange; held: H }[]> {
+  const files = changes.filter((ch) => ch.after && (ch.after.mode === "100644" || ch.after.mode === "100755"));
   if (files.length === 0) return [];
-  const reader = new CatFileBatch(repo);
+  const own = c.objects ? undefined : new CatFileBatch(repo);
+  const readBlob = c.objects ? (oid: string) => c.objects!.readBlob(oid) : async (oid: string) => {
+    const obj = await own!.read(oid);
+    if (!obj) throw new Error(`git staged ${oid}, which the repository does not have`);
+    return obj.data;
+  };
   try {
-    const out: { entry: RawDiffEntry; held: H }[] = [];
-    for (const entry of files) {
-      const obj = await reader.read(entry.dstOid);
-      if (!obj) throw new Error(`git add staged ${entry.path} as ${entry.dstOid}, which the repository does not have`);
-      const h = judge(entry.path, obj.data);
-      if (h !== undefined) out.push({ entry, held: h });
+    const out: { change: StagedChange; held: H }[] = [];
+    for (const change of files) {
+      const h = c.judge(change.path, await readBlob(change.after!.oid));
+      if (h !== undefined) out.push({ change, held: h });
     }
     return out;
   } finally {
-    await reader.close();
+    await own?.close();
   }
 }
 
