@@ -290,6 +290,10 @@ async function integrate(ctx: ReconcileContext, branch: string, local: string, a
   const done = await finishIntegration(sandbox, integration);
   const skipped = done?.skipped ?? [];
   for (const p of skipped) ctx.hint(p);
+  // The sandbox looks at every encrypted path the branch's move changed (issue 15): a blob this key cannot
+  // decrypt is held and reported, and one that decrypts again releases the file and the report, also when
+  // the file already held its plaintext (nothing written, so no watcher event would say so).
+  for (const d of diff) if (ctx.repo.policy.isEncrypted(d.path)) ctx.hint(d.path);
   ctx.log.info(`${message}: ${done?.written.length ?? 0} file(s) updated in the sandbox${skipped.length ? `, ${skipped.length} left as edited (the sandbox wins)` : ""}`, { commit: target });
   return target;
 }

@@ -51,9 +51,9 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
 
   async observe(ctx, desired) {
     const checkedOut = await ctx.repo.currentBranch();
-    const head = await ctx.repo.branchHead(desired.sandbox.branch);
-    const none = { checkedOut, head, changes: [], heldBack: [], keptAsCommitted: [], full: ctx.hints.full };
-    if (checkedOut !== desired.sandbox.branch || !head || desired.sandbox.paused) return none;
+    const before = await ctx.repo.branchHead(desired.sandbox.branch);
+    const none = { checkedOut, head: before, changes: [], heldBack: [], keptAsCommitted: [], full: ctx.hints.full };
+    if (checkedOut !== desired.sandbox.branch || !before || desired.sandbox.paused) return none;
     const paths = ctx.hints.full ? [] : [...ctx.hints.paths].filter((p) => p !== "");
     if (!ctx.hints.full && paths.length === 0) return none;
     // The first whole-tree scan of a run may take a while on a big tree: show how it goes.
@@ -63,7 +63,17 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const heldBack: string[] = [];
     const changes: StatusEntry[] = [];
     const found = await worktreeChanges(repo, paths);
-    const otherKey = new Set(await undecryptableAtHead(ctx.repo, head, found, ctx.hints.full ? undefined : paths));
+    // The head is read after git status (issue 15). An integration runs beside this look: it moves the
+    // branch first, then writes files and index entries (src/git/integrate.ts), so a head read now is never
+    // older than the index git status compared with. Read before, a remote blob this key cannot decrypt,
+    // already in the index, looked like a sandbox edit of a file the older head still decrypted: it was
+    // not held, not reported, and committed over on top of the merge.
+    const head = await ctx.repo.branchHead(desired.sandbox.branch);
+    if (!head) return { ...none, head };
+    // Files held for another key are looked at again on every pass (not only when hinted), so the report
+    // follows what the head holds now: kept while their blobs do not decrypt, gone once they do.
+    const heldForOtherKey = policy.encryptionKey ? ctx.state.heldBack.filter((p) => policy.isEncrypted(p)) : [];
+    const otherKey = new Set(await undecryptableAtHead(ctx.repo, head, found, ctx.hints.full ? undefined : [...paths, ...heldForOtherKey]));
     const keptAsCommitted: string[] = [];
     for (const e of found) {
       // Without a key a file is held back, but its deletion (which reveals nothing) is committed.
@@ -81,9 +91,9 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       progress.end(`${changes.length} changed`);
       ctx.state.scannedOnce = true;
     }
-    // What is held back is reported in status: replaced on a full scan, updated for hinted paths.
+    // What is held back is reported in status: replaced on a full scan, updated for the paths looked at.
     const held = ctx.hints.full ? new Set<string>() : new Set(ctx.state.heldBack);
-    if (!ctx.hints.full) for (const p of paths) held.delete(p);
+    if (!ctx.hints.full) for (const p of [...paths, ...heldForOtherKey]) held.delete(p);
     for (const p of heldBack) held.add(p);
     ctx.state.heldBack = [...held].sort();
     // A file held back by the scan that is no longer a change (deleted, or back as committed) leaves the list.
@@ -134,6 +144,12 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
       const outcome = await ctx.exclusive(async () => {
+        // What was observed is judged against the head it was observed at (what is held, what the index is
+        // set back to): after an integration moved the branch meanwhile, it is looked at again, never
+        // committed on top of the new head (issue 15).
+        if ((await ctx.repo.branchHead(desired.sandbox.branch)) !== o.head) {
+          throw transient("BranchMoved", `${desired.sandbox.branch} moved since the sandbox was looked at; observing again`);
+        }
         // A held file goes into this commit exactly as the branch has it (never deleted or reverted by it).
         await indexAsCommitted(ctx.repo, o.head!, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, o.head!))])]);
         return commitNative<HeldBack>(gitRepoOf(ctx.repo), {
@@ -211,7 +227,11 @@ async function undecryptableAtHead(work: Repo, head: string, found: readonly Sta
   return undecryptableInTree(work, policy, policy.encryptionKey, head, candidates);
 }
 
-/** Status says why files are held for another person's key (and stops saying it once none are). */
+/**
+ * Status says why files are held for another person's key, and stops saying it once none are: `held` is
+ * every such file at the observed head among what the pass looked at, which always includes the files
+ * held so far (see observe), so any pass may set or clear the report.
+ */
 function reportAnotherKey(ctx: ReconcileContext, held: ReadonlySet<string>): void {
   if (held.size) {
     if (ctx.state.keyProblem && ctx.state.keyProblem.reason !== "EncryptedWithAnotherKey") return;
@@ -219,7 +239,7 @@ function reportAnotherKey(ctx: ReconcileContext, held: ReadonlySet<string>): voi
     const message = `${[...held].sort().join(", ")} do(es) not decrypt with this sandbox's key (${key.fingerprint}): encrypted with another key; held (not written, not committed over) while the rest syncs`;
     if (ctx.state.keyProblem?.message !== message) ctx.log.warn(message, { paths: [...held] });
     ctx.state.keyProblem = { reason: "EncryptedWithAnotherKey", message, hint: TEAM_KEY_HINT };
-  } else if (ctx.hints.full && ctx.state.keyProblem?.reason === "EncryptedWithAnotherKey") {
+  } else if (ctx.state.keyProblem?.reason === "EncryptedWithAnotherKey") {
     delete ctx.state.keyProblem;
   }
 }

@@ -799,7 +799,9 @@ export class Controller {
     const problem = loaded.keyProblem;
     if (problem && problem.reason !== "EncryptionKeyMissing") this.deps.log.error(`${problem.message}; files matching security.encrypt are held back`, { reason: problem.reason });
     if (problem) this.state.keyProblem = { reason: problem.reason, message: problem.message, ...(problem.hint ? { hint: problem.hint } : {}) };
-    else delete this.state.keyProblem;
+    // Files held for another person's key stay held across a reload that leaves the key usable (issue 15):
+    // the sandbox's passes say when they are not any more (a new key makes a whole-tree look).
+    else if (this.state.keyProblem?.reason !== "EncryptedWithAnotherKey") delete this.state.keyProblem;
   }
 
   /** Keeps slots for reconcilers that stay, adds new remotes and environments, drops removed ones. */
