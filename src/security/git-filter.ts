@@ -229,7 +229,7 @@ export async function undecryptableInBranches(repo: FilterRepo, policy: BlobPoli
  * and the sandbox never commits over it.
  */
 export async function undecryptableInTree(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined, treeish: string, paths?: readonly string[]): Promise<string[]> {
-  if (paths && paths.length === 0) return [];
+  if ((paths && paths.length === 0) || !policy.encryptsAnything) return [];
   const args = ["ls-tree", "-r", "-z", "--full-tree", treeish];
   const { stdout } = await runGit(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] });
   const entries = parseLsTree(stdout).filter((e) => e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path));
