@@ -220,6 +220,12 @@ export interface LeaseObservation {
   runsOn?: string[];
   /** False when the environment has no policy in force: nothing to act on, so the lease is not taken. */
   hasPolicy: boolean;
+  /**
+   * Held here, and the commits this controller proved healthy or rolled back differ from what the lease
+   * tells the others: renewed at once, so the next environment's holder (which promotes only what
+   * is proven here, and an approval only of such a commit) learns it within a fetch interval.
+   */
+  proofChanged?: boolean;
 }
 
 export interface LeasesObserved {
@@ -360,8 +366,7 @@ export function environmentsToWake(before: ReadonlyMap<string, LeaseEntry>, afte
     const b = before.get(name);
     const held = holds(e, to);
     if (held !== holds(b, from) || (held && !holds(b, to))) return true;
-    const proof = (x: LeaseEntry | undefined) => JSON.stringify([x?.record?.state?.healthy ?? [], x?.record?.state?.failed ?? []]);
-    if (e.renewedAt === undefined && proof(b) !== proof(e)) return true;
+    if (e.renewedAt === undefined && proofOf(b?.record?.state) !== proofOf(e.record?.state)) return true;
   }
   for (const [name, b] of before) if (!after.has(name) && holds(b, from)) return true;
   return false;
@@ -448,10 +453,16 @@ async function observeLeases(ctx: ReconcileContext, desired: Config, readPolicy:
         problem = `cannot read ${leaseRef(name)} on ${remote.name}: ${err instanceof Error ? err.message : String(err)}`;
       }
     }
-    envs.push({ name, oid, record, ...(problem ? { problem } : {}), ...(policy.runsOn ? { runsOn: policy.runsOn } : {}), hasPolicy: policy.ok });
+    const proofChanged = !!record && record.holder.id === me.id && record.holder.host === me.host && proofOf(record.state) !== proofOf(holderState(ctx, name));
+    envs.push({ name, oid, record, ...(problem ? { problem } : {}), ...(policy.runsOn ? { runsOn: policy.runsOn } : {}), hasPolicy: policy.ok, ...(proofChanged ? { proofChanged } : {}) });
   }
   // The clock is read after the transfers: an observation is as old as its end.
   return { ...base, now: ctx.clock.now(), envs };
+}
+
+/** The healthy and rolled-back commits a lease state carries, comparable as one string. */
+function proofOf(state: LeaseState | undefined): string {
+  return JSON.stringify([state?.healthy ?? [], state?.failed ?? []]);
 }
 
 /**
@@ -531,7 +542,7 @@ export function planLeases(o: LeasesObserved): Plan<LeaseAction> & { requeueAfte
         continue;
       }
       // Held here: renew once a third has passed (at once when this process does not know when it renewed: a restart).
-      const due = entry.renewedAt === undefined ? o.now : entry.renewedAt + e.record!.ttlMs * RENEW_FRACTION;
+      const due = entry.renewedAt === undefined || e.proofChanged ? o.now : entry.renewedAt + e.record!.ttlMs * RENEW_FRACTION;
       if (o.now >= due) {
         actions.push({ type: "renew", environment: e.name, expected: e.oid, acquiredAt: e.record!.acquiredAt });
         next = Math.min(next, poll);
