@@ -9,6 +9,7 @@ import { RefConflictError } from "../src/git/native/failure.js";
 import { leaseRole, leaseView, pushUnderLease } from "../src/pipeline/lease.js";
 import { CascadeError, stalled, toCascadeError, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
+import { RACE_REASONS } from "../src/backoff.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
@@ -173,7 +174,9 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       const problem = envProblems.values().next().value;
       for (const e of o.environments) if (e.action === "none" && e.note) done.push(e.note);
       if (o.remote.paused) done.push(pausedNote(o));
-      return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
+      // An environment branch that lost a race (another push got there first) is looked at again soon, as a failed pass's race would be.
+      const race = [...envProblems.values()].some((e) => RACE_REASONS.has(e.reason));
+      return { requeueAfterMs: race ? Math.min(desired.intervals.fetchMs, desired.retry.initialMs) : desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
     },
 
     describe(a) {
