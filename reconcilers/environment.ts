@@ -291,7 +291,9 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
         await pipeline.store.save();
       }
       if (p.blocked) throw stalled(p.blocked.reason, p.blocked.message, p.blocked.hint);
-      return { requeueAfterMs: p.requeueAfterMs ?? o.healthIntervalMs, summary: [...done, p.report.next].join("; ") };
+      // The branch could not be kept in step with a remote (listed, fetched or pushed): shown here, on the environment (issue 15).
+      const branchProblem = pipeline.branchProblems?.get(name)?.values().next().value;
+      return { requeueAfterMs: p.requeueAfterMs ?? o.healthIntervalMs, summary: [...done, p.report.next].join("; "), ...(branchProblem ? { problem: branchProblem } : {}) };
     },
 
     describe(a) {
@@ -416,6 +418,8 @@ export function environmentReconciler(name: string): Reconciler<EnvironmentObser
       case "adopt-holder-record":
         for (const c of action.healthy) pipeline.store.markHealthy(name, c);
         for (const c of action.failed) rec.failed[c] ??= { at, reason: `rolled back by the lease holder ${action.holder}`, approvals: [] };
+        // A commit proven by the holder may be the next environment's candidate (or approved target): it looks again now, not at its next timer.
+        if (action.healthy.length) ctx.branchMoved();
         return `recorded the holder's ${action.healthy.length} healthy and ${action.failed.length} rolled-back commit(s)`;
       case "pin-branch":
         await ctx.repo.setConfig(pinKey(name), action.branch);

@@ -6,9 +6,10 @@ import { gitRepoOf } from "./sandbox.js";
 import { fetchBranch, pushBranch, remoteBranchTips } from "../src/git/transport.js";
 import { branchRef } from "../src/git/repo.js";
 import { RefConflictError } from "../src/git/native/failure.js";
-import { leaseRole } from "../src/pipeline/lease.js";
-import { stalled, transient } from "../src/errors.js";
+import { leaseRole, leaseView, pushUnderLease } from "../src/pipeline/lease.js";
+import { CascadeError, stalled, toCascadeError, transient } from "../src/errors.js";
 import { mapLimit } from "../src/concurrency.js";
+import { RACE_REASONS } from "../src/backoff.js";
 import { assertSafeTree, linkOnTheWay } from "../src/pipeline/materialize.js";
 import type { Config, RemoteSpec } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
@@ -44,7 +45,9 @@ export interface RemoteObserved {
  *   missing, behind, diverged, or was never promoted here): the local branch moves to the remote's,
  *   whose objects observe fetched; a local commit that is not in the remote's history stays
  *   reachable under `refs/cascade-sync/replaced/<environment>/<commit>`;
- * - `blocked`: neither is safe; a person must look (`reason` and `message` say why).
+ * - `blocked`: neither is safe; a person must look (`reason` and `message` say why); or (`kind`
+ *   Transient) the branch could not be observed on the remote (listed or fetched): looked at again
+ *   on the next pass, while the sandbox branch syncs.
  */
 export interface EnvironmentBranchSync {
   environment: string;
@@ -58,13 +61,15 @@ export interface EnvironmentBranchSync {
   keep?: boolean;
   reason?: string;
   hint?: string;
+  /** For `blocked`: Stalled (default: a person must act) or Transient (it could not be observed; retried). */
+  kind?: "Stalled" | "Transient";
 }
 
 export type RemoteAction =
   | { type: "fast-forward"; to: string }
   | { type: "merge"; theirs: string; base: string | null }
   | { type: "push"; commit: string }
-  | { type: "push-environment"; branch: string; commit: string; force: boolean; expected: string | null }
+  | { type: "push-environment"; environment: string; branch: string; commit: string; force: boolean; expected: string | null }
   | { type: "follow-environment"; environment: string; branch: string; from: string | null; to: string; keep: boolean };
 
 /**
@@ -111,7 +116,7 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       const sync = planSync(desired, o);
       const envActions: RemoteAction[] = [];
       for (const e of o.environments) {
-        if (e.action === "push" || e.action === "force") envActions.push({ type: "push-environment", branch: e.branch, commit: e.local!, force: e.action === "force", expected: e.remote });
+        if (e.action === "push" || e.action === "force") envActions.push({ type: "push-environment", environment: e.environment, branch: e.branch, commit: e.local!, force: e.action === "force", expected: e.remote });
         if (e.action === "follow") {
           envActions.push({ type: "follow-environment", environment: e.environment, branch: e.branch, from: e.local, to: e.remote!, keep: e.keep === true });
         }
@@ -126,15 +131,19 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
       const done: string[] = [];
       let head = o.local;
       if (!plan.actions.some((a) => a.type === "fast-forward" || a.type === "merge")) delete postponed.since;
+      // What keeps each environment's branch from being in step here: blocked in observe, or failed below.
+      const envProblems = new Map<string, CascadeError>();
+      for (const e of o.environments) if (e.action === "blocked") envProblems.set(e.environment, (e.kind === "Transient" ? transient : stalled)(e.reason!, e.note!, e.hint));
       for (const action of plan.actions) {
-        if (action.type === "follow-environment") {
-          done.push(await followEnvironment(ctx, remoteName, action));
-        } else if (action.type === "push-environment") {
-          const who = await ctx.who();
-          if (action.force) await assertRemoteStill(ctx, o.remote, action.branch, action.expected);
-          await counted((ok) => ctx.metrics.pushed(remoteName, ok), () => pushBranch(ctx.repo, o.remote, action.branch, action.commit, { ...transportCap(ctx), who, force: action.force }));
-          ctx.log.info(`pushed ${action.branch} ${action.commit.slice(0, 7)} to ${remoteName}${action.force ? " (it had moved back: a rollback)" : ""}`, { remote: remoteName, branch: action.branch, commit: action.commit });
-          done.push(`pushed ${action.branch} ${action.commit.slice(0, 7)}`);
+        if (action.type === "follow-environment" || action.type === "push-environment") {
+          // An environment branch that cannot be moved is that environment's problem: it never fails (or delays) the sandbox branch's sync (issue 15).
+          try {
+            done.push(action.type === "follow-environment" ? await followEnvironment(ctx, remoteName, action) : await pushEnvironment(ctx, o.remote, action));
+          } catch (err) {
+            const e = toCascadeError(err);
+            envProblems.set(action.environment, e);
+            ctx.log[e.kind === "Stalled" ? "error" : "warn"](`${action.environment}: ${e.message}`, { remote: remoteName, environment: action.environment, reason: e.reason });
+          }
         } else if (action.type === "push") {
           if (!head) break;
           const who = await ctx.who();
@@ -158,12 +167,16 @@ export function remoteReconciler(remoteName: string): Reconciler<RemoteObserved,
           done.push(action.type === "merge" ? `merged ${remoteName}/${branch}` : `fast-forwarded to ${action.to.slice(0, 7)}`);
         }
       }
-      const problem = plan.blocked ? stalled(plan.blocked.reason, plan.blocked.message, plan.blocked.hint) : undefined;
+      const syncBlocked = planSync(desired, o).blocked;
       // Only the sandbox branch's own block fails the pass: an environment branch a person must look at never delays its sync (issue 15).
-      if (problem && planSync(desired, o).blocked) throw problem;
+      if (syncBlocked) throw stalled(syncBlocked.reason, syncBlocked.message, syncBlocked.hint);
+      noteEnvironmentProblems(ctx, remoteName, o, envProblems);
+      const problem = envProblems.values().next().value;
       for (const e of o.environments) if (e.action === "none" && e.note) done.push(e.note);
       if (o.remote.paused) done.push(pausedNote(o));
-      return { requeueAfterMs: desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
+      // An environment branch that lost a race (another push got there first) is looked at again soon, as a failed pass's race would be.
+      const race = [...envProblems.values()].some((e) => RACE_REASONS.has(e.reason));
+      return { requeueAfterMs: race ? Math.min(desired.intervals.fetchMs, desired.retry.initialMs) : desired.intervals.fetchMs, summary: done.join(", ") || "in sync", ...(problem ? { problem } : {}) };
     },
 
     describe(a) {
@@ -319,7 +332,13 @@ async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config
   const envs = Object.values(desired.environments).filter((e) => e.branch !== desired.sandbox.branch);
   if (!envs.length) return [];
   const who = await ctx.who();
-  const tips = await remoteBranchTips(ctx.repo, remote, [...new Set(envs.map((e) => e.branch))], { ...transportCap(ctx), who });
+  let tips: Record<string, string | null>;
+  try {
+    tips = await remoteBranchTips(ctx.repo, remote, [...new Set(envs.map((e) => e.branch))], { ...transportCap(ctx), who });
+  } catch (err) {
+    // A value, not a failed pass: the sandbox branch, fetched already, still syncs (issue 15).
+    return envs.map((e) => unobserved(e.name, e.branch, remote, "listed", err));
+  }
   const primary = desired.remotes[0]?.name === remote.name;
   const checkedOut = await ctx.repo.currentBranch();
   const out: RemoteObserved["environments"] = [];
@@ -327,7 +346,12 @@ async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config
     const local = await ctx.repo.branchHead(e.branch);
     const theirs = tips[e.branch] ?? null;
     if (theirs && theirs !== local && !(await ctx.repo.hasObject(theirs))) {
-      await counted((ok) => ctx.metrics.fetched(remote.name, ok), () => fetchBranch(ctx.repo, remote, e.branch, { ...transportCap(ctx), who }));
+      try {
+        await counted((ok) => ctx.metrics.fetched(remote.name, ok), () => fetchBranch(ctx.repo, remote, e.branch, { ...transportCap(ctx), who }));
+      } catch (err) {
+        out.push(unobserved(e.name, e.branch, remote, "fetched", err, local));
+        continue;
+      }
     }
     const facts = {
       environment: e.name, branch: e.branch, local, remote: theirs, primary, remoteName: remote.name, checkedOut: checkedOut === e.branch, sandboxBranch: desired.sandbox.branch,
@@ -341,6 +365,56 @@ async function observeEnvironmentBranches(ctx: ReconcileContext, desired: Config
     out.push(planEnvironmentBranch(facts));
   }
   return out;
+}
+
+/** An environment branch that could not be listed or fetched on `remote`: nothing moves, and it is reported on the environment (Transient). */
+function unobserved(environment: string, branch: string, remote: RemoteSpec, how: "listed" | "fetched", err: unknown, local: string | null = null): EnvironmentBranchSync {
+  const e = toCascadeError(err);
+  return {
+    environment, branch, local, remote: null, action: "blocked", kind: "Transient", reason: "EnvironmentBranchUnreadable",
+    note: `${environment}'s branch ${branch} could not be ${how} on ${remote.name} (${e.reason}: ${e.message}); it is neither pushed nor followed there until it can be, while the sandbox branch keeps syncing`,
+    hint: `looked at again at the next fetch (intervals.fetch); if it lasts, check that the remote serves it: git ls-remote ${remote.name} refs/heads/${branch} and git fetch ${remote.name} ${branch}${e.hint ? ` (${e.hint})` : ""}`,
+  };
+}
+
+/**
+ * Pushes an environment branch. To the lease's remote under the lease (a compare-and-swap of the lease
+ * in the same atomic push, see pushUnderLease): a holder that lost its lease while it promoted or deployed
+ * moves nothing. Elsewhere (further remotes, no leases) as before: a fast-forward, or a forced push checked
+ * against what was judged. Returns what was done.
+ */
+async function pushEnvironment(ctx: ReconcileContext, remote: RemoteSpec, action: Extract<RemoteAction, { type: "push-environment" }>): Promise<string> {
+  const book = ctx.pipeline?.leases;
+  const now = ctx.clock.now();
+  const view = leaseView(book, action.environment, now);
+  if (view && book?.remote === remote.name) {
+    await counted((ok) => ctx.metrics.pushed(remote.name, ok), () => pushUnderLease(ctx, remote, action.environment, { branch: action.branch, commit: action.commit, expected: action.expected }));
+  } else {
+    // A further remote cannot be fenced in the same push: at least never after the lease is known lost here.
+    if (view && view.state !== "held") throw transient("LeaseLost", `${action.branch} ${action.commit.slice(0, 7)} was not pushed to ${remote.name}: this controller no longer holds ${action.environment}'s lease`, "nothing to do: it follows the lease holder");
+    const who = await ctx.who();
+    if (action.force) await assertRemoteStill(ctx, remote, action.branch, action.expected);
+    await counted((ok) => ctx.metrics.pushed(remote.name, ok), () => pushBranch(ctx.repo, remote, action.branch, action.commit, { ...transportCap(ctx), who, force: action.force }));
+  }
+  ctx.log.info(`pushed ${action.branch} ${action.commit.slice(0, 7)} to ${remote.name}${action.force ? " (it had moved back: a rollback)" : ""}${view && book?.remote === remote.name ? " (with a renewal of the lease: fenced)" : ""}`, { remote: remote.name, branch: action.branch, commit: action.commit });
+  return `pushed ${action.branch} ${action.commit.slice(0, 7)}`;
+}
+
+/**
+ * Records on the pipeline what keeps each environment's branch from being in step with remote
+ * `remoteName` (cleared for the others), so the environment shows it in status with its hint.
+ */
+function noteEnvironmentProblems(ctx: ReconcileContext, remoteName: string, o: RemoteObserved, problems: Map<string, CascadeError>): void {
+  if (!ctx.pipeline) return;
+  const all = (ctx.pipeline.branchProblems ??= new Map());
+  for (const e of o.environments) {
+    const mine = all.get(e.environment) ?? new Map<string, CascadeError>();
+    const p = problems.get(e.environment);
+    if (p) mine.set(remoteName, p);
+    else mine.delete(remoteName);
+    if (mine.size) all.set(e.environment, mine);
+    else all.delete(e.environment);
+  }
 }
 
 /** What observe found out about one environment branch on one remote (plain data, for the pure rule). */

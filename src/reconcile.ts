@@ -27,6 +27,12 @@ export interface PipelineServices {
   reports: Record<string, EnvironmentReport>;
   /** Each environment's lease on the first remote (a team: only the holder acts); absent: no leases kept. */
   leases?: LeaseBook;
+  /**
+   * What keeps an environment's branch from being in step with a remote (environment -> remote ->
+   * problem), as the remote reconcilers last found it: the environment shows it in status, while the
+   * sandbox branch's sync goes on.
+   */
+  branchProblems?: Map<string, Map<string, CascadeError>>;
 }
 
 /** A status condition, as in Kubernetes/Flux: a type, whether it holds, a stable reason and a message. */

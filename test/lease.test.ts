@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LeaseBook, leaseRole, leaseView, parseLeaseRecord, planLeases, type LeaseHolder, type LeaseRecord, type LeasesObserved } from '../src/pipeline/lease.js';
+import { environmentsToWake, LeaseBook, leaseRole, leaseView, parseLeaseRecord, planLeases, type LeaseEntry, type LeaseHolder, type LeaseRecord, type LeasesObserved } from '../src/pipeline/lease.js';
 
 const NOW = 1_000_000;
 const TTL = 30_000;
@@ -30,6 +30,7 @@ describe('planLeases (table)', () => {
     { name: 'released by its holder: take it at once', o: observed({ oid: O1, record: record(other, { released: true }) }), actions: [`take ${O1}`] },
     { name: 'held here, renewed less than a third ago: nothing', o: observed({ oid: O1, record: record(me) }, { staging: { oid: O1, record: record(me), seenAt: NOW - 1000, renewedAt: NOW - 1000 } }), actions: [] },
     { name: 'held here, a third has passed: renew', o: observed({ oid: O1, record: record(me) }, { staging: { oid: O1, record: record(me), seenAt: NOW - TTL / 3, renewedAt: NOW - TTL / 3 } }), actions: [`renew ${O1}`] },
+    { name: 'held here, renewed just now, but what it proved changed: renew at once (the next environment learns it)', o: observed({ oid: O1, record: record(me), proofChanged: true }, { staging: { oid: O1, record: record(me), seenAt: NOW - 1000, renewedAt: NOW - 1000 } }), actions: [`renew ${O1}`] },
     { name: 'held by this sandbox before a restart: renew at once', o: observed({ oid: O1, record: record({ ...me, pid: 9 }) }), actions: [`renew ${O1}`] },
     { name: 'this machine is not in runsOn: never take a free lease', o: observed({ runsOn: ['host-b'] }), actions: [] },
     { name: 'not in runsOn: never take an expired one either', o: observed({ oid: O1, record: record(other), runsOn: ['host-b'] }, { staging: { oid: O1, record: record(other), seenAt: NOW - 10 * TTL } }), actions: [] },
@@ -45,6 +46,27 @@ describe('planLeases (table)', () => {
   it('looks again no later than the other holder\'s expiry, and renews every third of the term', () => {
     expect(planLeases(observed({ oid: O1, record: record(other) }, { staging: { oid: O1, record: record(other), seenAt: NOW - TTL + 500 } })).requeueAfterMs).toBe(500);
     expect(planLeases(observed({ oid: O1, record: record(me) }, { staging: { oid: O1, record: record(me), seenAt: NOW - 1000, renewedAt: NOW - 1000 } })).requeueAfterMs).toBe(TTL / 3 - 1000);
+  });
+});
+
+describe('environmentsToWake: a lease pass wakes the environments when what they may do changed', () => {
+  const held = (renewedAt: number, state?: LeaseRecord['state']) => ({ oid: O1, record: record(me, state ? { state } : {}), seenAt: renewedAt, renewedAt });
+  const others = (state?: LeaseRecord['state']) => ({ oid: O1, record: record(other, state ? { state } : {}), seenAt: NOW });
+  const wake = (before: Record<string, LeaseEntry>, after: Record<string, LeaseEntry>, from = NOW, to = NOW + 100) => environmentsToWake(new Map(Object.entries(before)), new Map(Object.entries(after)), from, to);
+  it('taken, or lost', () => {
+    expect(wake({}, { staging: held(NOW) })).toBe(true);
+    expect(wake({ staging: held(NOW) }, { staging: others() })).toBe(true);
+  });
+  it('renewed while still held: nothing changed for the environments', () => {
+    expect(wake({ staging: held(NOW - 1000) }, { staging: held(NOW + 50) })).toBe(false);
+  });
+  it('renewed after it lapsed here while the renewal was on its way (an environment pass may have seen it free and gone to sleep)', () => {
+    const renewedAt = NOW - (2 * TTL) / 3 + 50;
+    expect(wake({ staging: held(renewedAt) }, { staging: held(NOW + 10) }, NOW, NOW + 100)).toBe(true);
+  });
+  it('another holder\'s proof (healthy or rolled-back commits) changed: a follower adopts it', () => {
+    expect(wake({ staging: others({ head: null, deployed: null, healthy: [] }) }, { staging: others({ head: null, deployed: null, healthy: [O1] }) })).toBe(true);
+    expect(wake({ staging: others({ head: null, deployed: null, healthy: [O1] }) }, { staging: others({ head: null, deployed: null, healthy: [O1], next: 'x' }) })).toBe(false);
   });
 });
 

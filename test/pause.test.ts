@@ -127,7 +127,7 @@ describe('remotes[].paused', () => {
     const actions: RemoteAction[] = [
       { type: 'merge', theirs: 'b'.repeat(40), base: null },
       { type: 'push', commit: '(merge)' },
-      { type: 'push-environment', branch: 'staging', commit: 'c'.repeat(40), force: false, expected: null },
+      { type: 'push-environment', environment: 'staging', branch: 'staging', commit: 'c'.repeat(40), force: false, expected: null },
       { type: 'follow-environment', environment: 'production', branch: 'main', from: null, to: 'd'.repeat(40), keep: false },
     ];
     expect(withoutPushesWhenPaused(spec(false), actions)).toEqual(actions);

@@ -17,7 +17,12 @@ beforeAll(async () => {
   await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
 }, 180_000);
 
+/** The team's shared log file of the test under way (kept on failure when LEASE_TEST_LOG names a file). */
+let teamLog: string | undefined;
+
 afterEach(async () => {
+  if (process.env.LEASE_TEST_LOG && teamLog) await writeFile(process.env.LEASE_TEST_LOG, await readFile(teamLog, 'utf8').catch(() => ''));
+  teamLog = undefined;
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   children.length = 0;
   await cleanupTmpDirs();
@@ -67,7 +72,8 @@ describe('a team of three controllers on one remote: one promoter per environmen
     await makeBareRepo(bare, { initialBranch: 'develop' });
     const logDir = await makeTmpDir('logs');
     // Each machine deploys into its own folder beside its sandbox (the config's relative path).
-    const config = pipelineConfig({ url: bare, signers: [alice.pub], logFile: path.join(logDir, 'team.log'), deployRoot: '../deploy' })
+    teamLog = path.join(logDir, 'team.log');
+    const config = pipelineConfig({ url: bare, signers: [alice.pub], logFile: teamLog, deployRoot: '../deploy' })
       .replace('intervals: { fetch: 1s, health: 1s, rescan: 10m }', `intervals: { fetch: 1s, health: 1s, rescan: 10m, lease: ${TTL_MS / 1000}s }`)
       .replace('    branch: staging\n', '    branch: staging\n    runsOn: [host-a, host-b]\n')
       .replace('    branch: main\n', '    branch: main\n    runsOn: [host-a, host-b]\n');
@@ -182,7 +188,6 @@ describe('a team of three controllers on one remote: one promoter per environmen
     expect(acts(await history(dirs['host-c']!), 'production')).toEqual([]);
     await waitFor(async () => (await revParse(dirs['host-c']!, 'staging')) === c3 || undefined, { what: 'host-c to follow staging' });
     await fsckStrict(bare);
-    if (process.env.LEASE_TEST_LOG) await writeFile(process.env.LEASE_TEST_LOG, await readFile(path.join(logDir, 'team.log'), 'utf8'));
     console.log(`approval made on host-c acted on after ${approvalLatencyMs} ms; staging's lease handed over ${handoverMs} ms after kill -9 (term ${TTL_MS} ms)`);
   }, 420_000);
 });

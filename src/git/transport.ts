@@ -341,16 +341,18 @@ export interface RefSwap {
 
 /**
  * Compare-and-swap of several refs on the remote in one `git push --porcelain` (one connection),
- * each with its own `--force-with-lease=REF:EXPECTED`, each judged on its own (not atomic). Resolves
- * each ref -> true when it was set, false when the remote held something else or another push took
- * its lock (another writer won; that ref did not change). Every other failure is thrown, classified
- * like a branch push's (a hook refusing one ref: Stalled `PushRejected`).
+ * each with its own `--force-with-lease=REF:EXPECTED`, each judged on its own, or with `atomic` all
+ * or none (`git push --atomic`: one ref refused leaves every ref as it was). Resolves each ref ->
+ * true when it was set, false when the remote held something else, another push took its lock
+ * (another writer won; that ref did not change), or (atomic) another ref of the push was refused.
+ * Every other failure is thrown, classified like a branch push's (a hook refusing one ref: Stalled
+ * `PushRejected`; a server without atomic pushes: its refusal).
  */
-export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps: RefSwap[], opts: TransportOptions): Promise<Record<string, boolean>> {
+export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps: RefSwap[], opts: TransportOptions & { atomic?: boolean }): Promise<Record<string, boolean>> {
   const out: Record<string, boolean> = {};
   if (!swaps.length) return out;
   const options = await gitOptions(repo, remote, opts);
-  const args = ["push", "--porcelain", ...swaps.map((w) => `--force-with-lease=${w.ref}:${w.expected ?? ""}`), "--", remote.url, ...swaps.map((w) => `${w.oid}:${w.ref}`)];
+  const args = ["push", "--porcelain", ...(opts.atomic ? ["--atomic"] : []), ...swaps.map((w) => `--force-with-lease=${w.ref}:${w.expected ?? ""}`), "--", remote.url, ...swaps.map((w) => `${w.oid}:${w.ref}`)];
   try {
     // Exit 1: some refs were refused; the porcelain lines say which, and why.
     const { stdout, stderr } = await runGit(args, { ...options, okExitCodes: [0, 1] });
@@ -360,7 +362,7 @@ export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps
       const ref = spec?.split(":")[1];
       if (flag === undefined || ref === undefined || !swaps.some((w) => w.ref === ref)) continue;
       if (flag !== "!") out[ref] = true;
-      else if (/stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists/.test(summary)) out[ref] = false;
+      else if (/stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists|atomic push failed/.test(summary)) out[ref] = false;
       else throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: line, redact: options.redact });
     }
     const unreported = swaps.filter((w) => out[w.ref] === undefined);

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { hostname, userInfo } from "node:os";
 import type { Config, RemoteSpec } from "../config/types.js";
-import { CascadeError } from "../errors.js";
+import { CascadeError, transient } from "../errors.js";
 import { compareAndSwapRefs, fetchRef, remoteRefs } from "../git/transport.js";
+import { branchRef } from "../git/repo.js";
 import type { Plan, ReconcileContext, Reconciler, Result } from "../reconcile.js";
 
 /**
@@ -98,11 +99,24 @@ export class LeaseBook {
   /** The remote the leases live on (the first one), while there is one. */
   remote: string | undefined;
   ttlMs = 60_000;
+  /** The lease pushes under way, one after the other (see {@link LeaseBook.serialize}). */
+  private pushes: Promise<unknown> = Promise.resolve();
 
   constructor(
     /** This machine and user, as runsOn and status name them; `id` is filled from the sandbox's git config. */
     readonly me: Omit<LeaseHolder, "id"> & { id?: string },
   ) {}
+
+  /**
+   * Runs `fn` while no other lease push of this controller runs: the lease reconciler's renewals and
+   * an environment branch's fenced push (which renews the lease too) each expect the lease commit the
+   * other may just have replaced; one after the other, each expects the one the book holds.
+   */
+  serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.pushes.then(fn, fn);
+    this.pushes = run.catch(() => undefined);
+    return run;
+  }
 }
 
 /** This machine and user: the host is CASCADE_SYNC_HOSTNAME when set (containers often get random hostnames). */
@@ -149,8 +163,7 @@ export function leaseView(book: LeaseBook | undefined, name: string, now: number
   const me = book.me.host;
   const e = book.entries.get(name);
   const base = { me, ...(runsOn ? { runsOn } : {}) };
-  const held = e?.renewedAt !== undefined && e.record && now < e.renewedAt + e.record.ttlMs * ACT_FRACTION;
-  if (held) return { ...base, state: "held", holder: e!.record!.holder, until: e!.record!.expiresAt };
+  if (holds(e, now)) return { ...base, state: "held", holder: e!.record!.holder, until: e!.record!.expiresAt };
   if (runsOn && !runsOn.includes(me)) {
     const live = e?.record && !e.record.released && !expired(e, now) ? e.record : undefined;
     return { ...base, state: "excluded", ...(live ? { holder: live.holder, until: live.expiresAt, ...(live.state ? { holderState: live.state } : {}) } : {}) };
@@ -207,6 +220,12 @@ export interface LeaseObservation {
   runsOn?: string[];
   /** False when the environment has no policy in force: nothing to act on, so the lease is not taken. */
   hasPolicy: boolean;
+  /**
+   * Held here, and the commits this controller proved healthy or rolled back differ from what the lease
+   * tells the others: renewed at once, so the next environment's holder (which promotes only what
+   * is proven here, and an approval only of such a commit) learns it within a fetch interval.
+   */
+  proofChanged?: boolean;
 }
 
 export interface LeasesObserved {
@@ -251,16 +270,22 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
 
     async apply(ctx, desired, plan, o): Promise<Result> {
       const book = ctx.pipeline!.leases!;
-      const before = new Set(heldNames(book, o.now));
       const done: string[] = [];
-      noteLeases(book, plan.actions);
-      // Every lease move of the pass in one push: one slow connection never makes another renewal late.
       let failed: unknown;
-      await applyLeaseMoves(ctx, o, movesOf(plan.actions)).then((d) => done.push(...d), (err: unknown) => void (failed = err ?? new Error("lease push failed")));
+      let wake = false;
+      await book.serialize(async () => {
+        const actions = unchangedSince(book, o, plan.actions);
+        const old = new Map(book.entries);
+        noteLeases(book, actions);
+        // Every lease move of the pass in one push: one slow connection never makes another renewal late.
+        await applyLeaseMoves(ctx, o, movesOf(actions)).then((d) => done.push(...d), (err: unknown) => void (failed = err ?? new Error("lease push failed")));
+        wake = environmentsToWake(old, book.entries, o.now, ctx.clock.now());
+      });
       const now = ctx.clock.now();
-      const after = new Set(heldNames(book, now));
-      // Gaining or losing a lease changes what the environments (and the pushes of their branches) may do.
-      if ([...before].some((n) => !after.has(n)) || [...after].some((n) => !before.has(n))) ctx.branchMoved();
+      // Gaining or losing a lease (also one that lapsed here while its renewal was on its way, when an
+      // environment's pass may have seen it not held and gone to sleep), or news of what another holder
+      // proved, changes what the environments may do: they look again now, not at their next timer.
+      if (wake) ctx.branchMoved();
       if (failed !== undefined) throw failed;
       if (plan.blocked) throw new CascadeError("Waiting", plan.blocked.reason, plan.blocked.message, { retryAfterMs: plan.requeueAfterMs ?? o.ttlMs * RENEW_FRACTION, ...(plan.blocked.hint ? { hint: plan.blocked.hint } : {}) });
       // A renewal is due a third of the term after the previous one *began*, however long this pass took.
@@ -285,8 +310,11 @@ export function leaseReconciler(readPolicy: PolicyReader): Reconciler<LeasesObse
       try {
         const o = await observeLeases(ctx, desired, readPolicy, true);
         const plan = planLeases(o);
-        noteLeases(ctx.pipeline!.leases!, plan.actions);
-        await applyLeaseMoves(ctx, o, movesOf(plan.actions));
+        await book.serialize(async () => {
+          const actions = unchangedSince(book, o, plan.actions);
+          noteLeases(book, actions);
+          await applyLeaseMoves(ctx, o, movesOf(actions));
+        });
       } catch (err) {
         ctx.log.warn(`could not release the leases (they expire on their own): ${err instanceof Error ? err.message : String(err)}`);
       }
@@ -309,6 +337,44 @@ export function assumeLeasePlan(book: LeaseBook, o: LeasesObserved, plan: Plan<L
       book.entries.set(a.environment, { oid: null, record, seenAt: o.now, renewedAt: o.now });
     }
   }
+}
+
+/**
+ * The lease actions of a pass for the environments whose entry in `book` is still what the pass
+ * observed: a fenced push of an environment branch (pushUnderLease) may have renewed a lease
+ * meanwhile, and noting the older lease commit, or renewing it, would take that renewal for a loss.
+ * The next pass reads those leases again.
+ */
+function unchangedSince(book: LeaseBook, o: LeasesObserved, actions: LeaseAction[]): LeaseAction[] {
+  const changed = (env: string) => {
+    const now = book.entries.get(env);
+    const then = o.known[env];
+    return (now?.oid ?? null) !== (then?.oid ?? null) || now?.renewedAt !== then?.renewedAt;
+  };
+  return actions.filter((a) => !changed(a.environment));
+}
+
+/**
+ * True when the environments should look again after a lease pass that turned `before` into `after`
+ * between `from` (when the pass observed) and `to` (now): a lease held here now that was not held at
+ * some moment of the pass (taken, or lapsed while its renewal was pushed), one held before and not
+ * now, or another holder's lease whose record of healthy or rolled-back commits changed (a follower
+ * adopts it; the next environment's candidates depend on it).
+ */
+export function environmentsToWake(before: ReadonlyMap<string, LeaseEntry>, after: ReadonlyMap<string, LeaseEntry>, from: number, to: number): boolean {
+  for (const [name, e] of after) {
+    const b = before.get(name);
+    const held = holds(e, to);
+    if (held !== holds(b, from) || (held && !holds(b, to))) return true;
+    if (e.renewedAt === undefined && proofOf(b?.record?.state) !== proofOf(e.record?.state)) return true;
+  }
+  for (const [name, b] of before) if (!after.has(name) && holds(b, from)) return true;
+  return false;
+}
+
+/** True when `e` is a lease this controller holds and may act on at `now` (within two thirds of the term after its last renewal began). */
+function holds(e: LeaseEntry | undefined, now: number): boolean {
+  return e?.renewedAt !== undefined && !!e.record && now < e.renewedAt + e.record.ttlMs * ACT_FRACTION;
 }
 
 /** Records what the pass saw of each lease (the plan's `note` actions). */
@@ -387,10 +453,16 @@ async function observeLeases(ctx: ReconcileContext, desired: Config, readPolicy:
         problem = `cannot read ${leaseRef(name)} on ${remote.name}: ${err instanceof Error ? err.message : String(err)}`;
       }
     }
-    envs.push({ name, oid, record, ...(problem ? { problem } : {}), ...(policy.runsOn ? { runsOn: policy.runsOn } : {}), hasPolicy: policy.ok });
+    const proofChanged = !!record && record.holder.id === me.id && record.holder.host === me.host && proofOf(record.state) !== proofOf(holderState(ctx, name));
+    envs.push({ name, oid, record, ...(problem ? { problem } : {}), ...(policy.runsOn ? { runsOn: policy.runsOn } : {}), hasPolicy: policy.ok, ...(proofChanged ? { proofChanged } : {}) });
   }
   // The clock is read after the transfers: an observation is as old as its end.
   return { ...base, now: ctx.clock.now(), envs };
+}
+
+/** The healthy and rolled-back commits a lease state carries, comparable as one string. */
+function proofOf(state: LeaseState | undefined): string {
+  return JSON.stringify([state?.healthy ?? [], state?.failed ?? []]);
 }
 
 /**
@@ -470,7 +542,7 @@ export function planLeases(o: LeasesObserved): Plan<LeaseAction> & { requeueAfte
         continue;
       }
       // Held here: renew once a third has passed (at once when this process does not know when it renewed: a restart).
-      const due = entry.renewedAt === undefined ? o.now : entry.renewedAt + e.record!.ttlMs * RENEW_FRACTION;
+      const due = entry.renewedAt === undefined || e.proofChanged ? o.now : entry.renewedAt + e.record!.ttlMs * RENEW_FRACTION;
       if (o.now >= due) {
         actions.push({ type: "renew", environment: e.name, expected: e.oid, acquiredAt: e.record!.acquiredAt });
         next = Math.min(next, poll);
@@ -572,4 +644,50 @@ async function writeLeaseCommit(ctx: ReconcileContext, record: LeaseRecord): Pro
   const who = await ctx.who();
   const what = record.released ? "released" : `held by ${record.holder.user}@${record.holder.host} until ${record.expiresAt}`;
   return ctx.repo.writeCommit({ tree, parents: [], message: `cascade-sync lease: ${record.environment} ${what}\n`, author: who });
+}
+
+/**
+ * Fencing (issue 15): pushes environment `environment`'s branch to the lease's remote only while this
+ * controller still holds the lease there. One `git push --atomic` moves the branch (expecting the
+ * commit observe saw there, null: none) and renews the lease (expecting the lease commit this
+ * controller holds): a holder whose lease ran out or was taken over while it promoted or deployed
+ * moves nothing, however late its push comes. A success is also a renewal (recorded in the book).
+ * Throws Transient `LeaseLost` when the lease is not this controller's any more (it stops acting and
+ * follows the holder), Transient `EnvironmentBranchMoved` when only the branch moved meanwhile (a
+ * race: looked at again), and the push's own classified errors otherwise (nothing moved then either).
+ */
+export async function pushUnderLease(ctx: ReconcileContext, remote: RemoteSpec, environment: string, push: { branch: string; commit: string; expected: string | null }): Promise<void> {
+  const book = ctx.pipeline!.leases!;
+  const lost = (why: string) => transient("LeaseLost", `${push.branch} ${push.commit.slice(0, 7)} was not pushed to ${remote.name}: ${why}; nothing moved there`,
+    `nothing to do: this controller follows ${environment}'s lease holder now (what it promoted here stays reachable under refs/cascade-sync/replaced/${environment}/ once its branch follows)`);
+  await book.serialize(async () => {
+    // Measured before the push: nobody can have seen the renewed lease earlier than that.
+    const now = ctx.clock.now();
+    const entry = book.entries.get(environment);
+    if (leaseView(book, environment, now)?.state !== "held" || !entry?.oid || !entry.record || !book.me.id) throw lost(`this controller no longer holds ${environment}'s lease (${leaseRef(environment)})`);
+    const at = new Date(now).toISOString();
+    const record: LeaseRecord = {
+      version: 1, environment, holder: { ...book.me, id: book.me.id }, acquiredAt: entry.record.acquiredAt, renewedAt: at,
+      expiresAt: new Date(now + book.ttlMs).toISOString(), ttlMs: book.ttlMs, state: holderState(ctx, environment),
+    };
+    const oid = await writeLeaseCommit(ctx, record);
+    const who = await ctx.who();
+    const cap = ctx.timeoutCapMs !== undefined ? { timeoutMs: ctx.timeoutCapMs } : {};
+    const won = await compareAndSwapRefs(ctx.repo, remote, [
+      { ref: leaseRef(environment), oid, expected: entry.oid },
+      { ref: branchRef(push.branch), oid: push.commit, expected: push.expected },
+    ], { ...cap, who, atomic: true });
+    if (won[leaseRef(environment)] && won[branchRef(push.branch)]) {
+      book.entries.set(environment, { oid, record, seenAt: now, renewedAt: now, acquiredAt: record.acquiredAt });
+      return;
+    }
+    // Refused as a whole: which of the two was stale decides whether this controller still holds the lease.
+    const holds = (await remoteRefs(ctx.repo, remote, leaseRef(environment), { ...cap, who }))[leaseRef(environment)] === entry.oid;
+    if (holds) throw transient("EnvironmentBranchMoved", `${push.branch} on ${remote.name} moved while it was being judged; looking again`);
+    // What was held here is not any more: act no longer, and let the next lease pass read who holds it.
+    book.entries.set(environment, { oid: entry.oid, record: entry.record, seenAt: entry.seenAt, problem: `${leaseRef(environment)} on ${remote.name} moved away from the lease commit held here` });
+    ctx.log.warn(`${environment}: the lease was lost (${leaseRef(environment)} on ${remote.name} moved); ${push.branch} ${push.commit.slice(0, 7)} was not pushed`, { environment, commit: push.commit });
+    ctx.branchMoved();
+    throw lost(`${environment}'s lease (${leaseRef(environment)}) moved to another controller (taken over, or it ran out while this one was busy)`);
+  });
 }
