@@ -11,18 +11,12 @@ import {
 } from '../src/git/native/index.js';
 import { Redactor } from '../src/redact.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
-import { TEST_AUTHOR, git, gitEnv, gitOk, makeBareRepo } from './helpers/git.js';
+import { TEST_AUTHOR, gatewayEnv, git, gitOk, makeBareRepo } from './helpers/git.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 import { gitRejection } from './helpers/transport.js';
 
 /** The test HOME, identity and no system config, as additions over the gateway's own environment. */
-function testEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(gitEnv())) if (v !== undefined && (k.startsWith('GIT_') || k === 'HOME' || k === 'XDG_CONFIG_HOME')) env[k] = v;
-  delete env['GIT_TERMINAL_PROMPT'];
-  return env;
-}
-const ENV = testEnv();
+const ENV = gatewayEnv();
 const at = (dir: string): GitRepo => ({ cwd: dir, env: ENV });
 
 /** Names that broke the former home-made layer or need quoting in git's non -z output. */
