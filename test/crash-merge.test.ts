@@ -1,42 +1,18 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { cloneTo, fsckStrict, git, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
-import { makeSandbox, testEnv } from './helpers/sandbox.js';
+import { buildDist, exited, killStartedProcesses, startControllerProcess } from './helpers/process.js';
+import { makeSandbox } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
-const children: ChildProcess[] = [];
-
-beforeAll(async () => {
-  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
-}, 120_000);
+beforeAll(buildDist, 120_000);
 
 afterEach(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  children.length = 0;
+  killStartedProcesses();
   await cleanupTmpDirs();
 });
-
-async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string }> {
-  const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: 'the controller process to be ready', timeoutMs: 60_000 }).catch((e: Error) => {
-    throw new Error(`${e.message}\n--- controller output ---\n${out}`);
-  });
-  return { child, out: () => out };
-}
-
-function exited(child: ChildProcess): Promise<number | null> {
-  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
-}
 
 const FILES = 2500;
 const name = (i: number) => `big/f${String(i).padStart(4, '0')}.txt`;
@@ -48,7 +24,7 @@ describe('crash-safe integration of remote commits (issue 15)', () => {
     const bare = path.join(root, 'site.git');
     await makeBareRepo(bare, { initialBranch: 'develop' });
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: bare }], files: { 'a.txt': 'a\n' }, fetch: '1s' });
-    const first = await startProcess(dir);
+    const first = await startControllerProcess(dir);
     await waitFor(async () => (await tryRevParse(bare, 'develop')) === (await revParse(dir, 'develop')) || undefined, { what: 'the first push', timeoutMs: 30_000 });
 
     // Elsewhere: a commit of thousands of files, pushed.
@@ -80,7 +56,7 @@ describe('crash-safe integration of remote commits (issue 15)', () => {
     await writeFile(edited, mine);
     await writeFile(path.join(dir, 'mine.txt'), 'my own file\n');
 
-    const second = await startProcess(dir);
+    const second = await startControllerProcess(dir);
     const v2 = await revParse(other, 'HEAD');
     await waitFor(async () => {
       const head = await tryRevParse(bare, 'develop');

@@ -2,9 +2,9 @@ import { afterEach, expect, it } from 'vitest';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { revParse } from './helpers/git.js';
-import { run, type RunningController } from './helpers/sandbox.js';
+import type { RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
-import { advancingClock, envReport, live, pipelineConfig, startControllerOn } from './helpers/pipeline.js';
+import { envReport, live, pipelineConfig, startDeployedPipeline } from './helpers/pipeline.js';
 
 let controllers: RunningController[] = [];
 afterEach(async () => {
@@ -28,14 +28,7 @@ it('promotes from another environment only a release that is healthy there: prod
     '    failureThreshold: 1000',
     '    progressDeadline: 1h',
   ].join('\n');
-  await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-  await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [], logFile, deployRoot, stagingExtra, productionPolicy: ['    from: staging', '    promotion: auto'] }));
-  const init = await run(dir, ['init']);
-  expect(init.code, init.stderr).toBe(0);
-  const c1 = await revParse(dir, 'main');
-  const clock = advancingClock();
-  controllers.push(await startControllerOn(dir, clock));
-  await waitFor(async () => (await live(path.join(deployRoot, 'production'))) === c1 || undefined, { what: 'production to deploy the init commit' });
+  const { c1, clock } = await startDeployedPipeline({ dir, config: pipelineConfig({ signers: [], logFile, deployRoot, stagingExtra, productionPolicy: ['    from: staging', '    promotion: auto'] }), deployRoot, track: (c) => controllers.push(c) });
 
   await writeFile(path.join(dir, 'app.txt'), 'SLOW v2\n');
   const c2 = await waitFor(async () => {

@@ -7,7 +7,7 @@ import { evaluateFreezes, FREEZE_NAMESPACE, freezeMessage, frozenDecision, parse
 import { planEnvironment, type EnvironmentObserved } from '../reconcilers/environment.js';
 import type { HealthState } from '../src/pipeline/health-state.js';
 import { git, revParse } from './helpers/git.js';
-import { advancingClock, envReport, live, passControllerTime, pipelineConfig, sshKey, startControllerOn } from './helpers/pipeline.js';
+import { envReport, passControllerTime, pipelineConfig, sshKey, startDeployedPipeline } from './helpers/pipeline.js';
 import { run, type RunningController } from './helpers/sandbox.js';
 import { sshVerify } from './helpers/ssh.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
@@ -166,14 +166,7 @@ describe('freeze and unfreeze with a real controller', () => {
     const deployRoot = await makeTmpDir('deploy');
     const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
     // production's approvals.signers (committed on main at init) say who may freeze it.
-    await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [alice.pub], logFile, deployRoot }));
-    const init = await run(dir, ['init']);
-    expect(init.code, init.stderr).toBe(0);
-    const c1 = await revParse(dir, 'main');
-    const clock = advancingClock();
-    controllers.push(await startControllerOn(dir, clock));
-    await waitFor(async () => (await live(path.join(deployRoot, 'production'))) === c1 || undefined, { what: 'production to deploy the init commit' });
+    const { c1, clock } = await startDeployedPipeline({ dir, config: pipelineConfig({ signers: [alice.pub], logFile, deployRoot }), deployRoot, track: (c) => controllers.push(c) });
 
     const frozen = await run(dir, ['freeze', 'production', '--reason', 'incident 42: payments down', '--key', alice.file]);
     expect(frozen.code, frozen.stderr).toBe(0);

@@ -11,17 +11,12 @@ import {
 } from '../src/git/native/index.js';
 import { Redactor } from '../src/redact.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
-import { TEST_AUTHOR, git, gitEnv, gitOk, makeBareRepo } from './helpers/git.js';
+import { TEST_AUTHOR, gatewayEnv, git, gitOk, makeBareRepo } from './helpers/git.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
+import { gitRejection } from './helpers/transport.js';
 
 /** The test HOME, identity and no system config, as additions over the gateway's own environment. */
-function testEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(gitEnv())) if (v !== undefined && (k.startsWith('GIT_') || k === 'HOME' || k === 'XDG_CONFIG_HOME')) env[k] = v;
-  delete env['GIT_TERMINAL_PROMPT'];
-  return env;
-}
-const ENV = testEnv();
+const ENV = gatewayEnv();
 const at = (dir: string): GitRepo => ({ cwd: dir, env: ENV });
 
 /** Names that broke the former home-made layer or need quoting in git's non -z output. */
@@ -41,16 +36,6 @@ async function repoWith(files: Record<string, string | Buffer>, initArgs: string
   await git(dir, 'add', '-A');
   await git(dir, 'commit', '--quiet', '-m', 'initial');
   return dir;
-}
-
-async function rejection(p: Promise<unknown>): Promise<GitError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof GitError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
 }
 
 /** Pids of the processes in process group `pgid` (Linux /proc). */
@@ -130,7 +115,7 @@ describe('runGit', () => {
     const fetching = runGit(['fetch', server.url('r.git'), 'develop'], { ...at(dir), timeoutMs: 3000, remote: {}, onSpawn: (pid) => (pgid = pid) });
     // git-remote-http runs as a child of git: the group is more than git itself while it hangs.
     await waitFor(async () => (helperSeen = pgid > 0 && (await processGroup(pgid)).length >= 2), { what: 'git and its http helper to be running', timeoutMs: 2500 }).catch(() => undefined);
-    const err = await rejection(fetching);
+    const err = await gitRejection(fetching);
     expect(err.kind).toBe('Transient');
     expect(err.reason).toBe('GitTimeout');
     expect(Date.now() - started).toBeLessThan(15_000);
@@ -147,7 +132,7 @@ describe('runGit', () => {
     expect(heard.join('')).toContain('tick 8');
     expect(heard.length).toBeGreaterThan(1);
     const started = Date.now();
-    const silent = await rejection(runGit(['-c', 'alias.hush=!echo start >&2; sleep 30', 'hush'], { ...at(dir), idleTimeoutMs: 800 }));
+    const silent = await gitRejection(runGit(['-c', 'alias.hush=!echo start >&2; sleep 30', 'hush'], { ...at(dir), idleTimeoutMs: 800 }));
     expect([silent.kind, silent.reason]).toEqual(['Transient', 'GitTimeout']);
     expect(silent.message).toMatch(/no sign of progress for 800 ms/);
     expect(Date.now() - started).toBeLessThan(10_000);
@@ -159,7 +144,7 @@ describe('runGit', () => {
     const never = new PassThrough();
     const p = runGit(['hash-object', '--stdin'], { ...at(dir), stdin: never, signal: ac.signal });
     setImmediate(() => ac.abort());
-    const err = await rejection(p);
+    const err = await gitRejection(p);
     expect(err.reason).toBe('GitAborted');
   });
 
@@ -169,12 +154,12 @@ describe('runGit', () => {
     await writeFile(recorder, '#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\necho "ssh: connect to host example.invalid port 22: Connection refused" >&2\nexit 255\n');
     await chmod(recorder, 0o755);
     await git(dir, 'config', 'core.sshCommand', recorder);
-    const first = await rejection(runGit(['fetch', 'ssh://git@example.invalid/r.git'], { ...at(dir), remote: {} }));
+    const first = await gitRejection(runGit(['fetch', 'ssh://git@example.invalid/r.git'], { ...at(dir), remote: {} }));
     expect(first.reason).toBe('RemoteUnavailable');
     const args1 = (await readFile(`${recorder}.args`, 'utf8')).split('\n');
     expect(args1).toContain('BatchMode=yes');
     expect(args1).not.toContain('StrictHostKeyChecking=accept-new');
-    await rejection(runGit(['fetch', 'ssh://git@example.invalid/r.git'], { ...at(dir), remote: { acceptNewHostKey: true } }));
+    await gitRejection(runGit(['fetch', 'ssh://git@example.invalid/r.git'], { ...at(dir), remote: { acceptNewHostKey: true } }));
     const args2 = (await readFile(`${recorder}.args`, 'utf8')).split('\n');
     expect(args2).toEqual(expect.arrayContaining(['BatchMode=yes', 'StrictHostKeyChecking=accept-new']));
   });
@@ -183,7 +168,7 @@ describe('runGit', () => {
 describe('git failures become our kinds', () => {
   it('not a git repository -> Stalled NotAGitRepository', async () => {
     const dir = await makeTmpDir('gw-plain');
-    const err = await rejection(runGit(['status'], at(dir)));
+    const err = await gitRejection(runGit(['status'], at(dir)));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'NotAGitRepository']);
   });
 
@@ -191,7 +176,7 @@ describe('git failures become our kinds', () => {
     const dir = await repoWith({ 'a.txt': 'a\n' });
     await writeFile(path.join(dir, 'a.txt'), 'changed\n');
     await writeFile(path.join(dir, '.git', 'index.lock'), '');
-    const err = await rejection(updateIndex(at(dir), ['a.txt']));
+    const err = await gitRejection(updateIndex(at(dir), ['a.txt']));
     expect([err.kind, err.reason]).toEqual(['Transient', 'LockBusy']);
     expect(err.lockPath).toBe(path.join(dir, '.git', 'index.lock'));
     expect(err.hint).toContain('index.lock');
@@ -208,10 +193,10 @@ describe('git failures become our kinds', () => {
     const redactor = new Redactor();
     redactor.add('wrong-password');
     const url = server.url('r.git').replace('http://', 'http://bob:wrong-password@');
-    const err = await rejection(runGit(['fetch', url], { ...at(dir), remote: {}, redact: (t) => redactor.redact(t), timeoutMs: 20_000 }));
+    const err = await gitRejection(runGit(['fetch', url], { ...at(dir), remote: {}, redact: (t) => redactor.redact(t), timeoutMs: 20_000 }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'AuthFailed']);
     expect(`${err.message} ${err.command} ${err.stderr}`).not.toContain('wrong-password');
-    const anonymous = await rejection(runGit(['fetch', server.url('r.git')], { ...at(dir), remote: {}, timeoutMs: 20_000 }));
+    const anonymous = await gitRejection(runGit(['fetch', server.url('r.git')], { ...at(dir), remote: {}, timeoutMs: 20_000 }));
     expect(anonymous.reason).toBe('AuthFailed');
   });
 
@@ -226,7 +211,7 @@ describe('git failures become our kinds', () => {
     await git(dir, 'commit', '--quiet', '-m', 'n');
     await writeFile(path.join(bare, 'hooks', 'pre-receive'), '#!/bin/sh\necho "policy: main is frozen until Monday" >&2\nexit 1\n');
     await chmod(path.join(bare, 'hooks', 'pre-receive'), 0o755);
-    const refused = await rejection(runGit(['push', '--porcelain', 'origin', 'main'], { ...at(dir), remote: {} }));
+    const refused = await gitRejection(runGit(['push', '--porcelain', 'origin', 'main'], { ...at(dir), remote: {} }));
     expect([refused.kind, refused.reason]).toEqual(['Stalled', 'PushRejected']);
     expect(refused.message).toContain('policy: main is frozen until Monday');
     expect(refused.ref).toBe('refs/heads/main');
@@ -238,14 +223,14 @@ describe('git failures become our kinds', () => {
     await git(other, 'add', '-A');
     await git(other, 'commit', '--quiet', '-m', 'o');
     await git(other, 'push', '--quiet', 'origin', 'main');
-    const stale = await rejection(runGit(['push', '--porcelain', 'origin', 'main'], { ...at(dir), remote: {} }));
+    const stale = await gitRejection(runGit(['push', '--porcelain', 'origin', 'main'], { ...at(dir), remote: {} }));
     expect([stale.kind, stale.reason]).toEqual(['Transient', 'NonFastForward']);
     expect(stale.ref).toBe('refs/heads/main');
   });
 
   it('an unknown failure is Transient GitFailed with git\'s message, redacted', async () => {
     const dir = await repoWith({ 'a.txt': 'a\n' });
-    const err = await rejection(runGit(['cat-file', '-p', 'secret-token-value'], { ...at(dir), redact: (t) => t.split('secret-token-value').join('[REDACTED]') }));
+    const err = await gitRejection(runGit(['cat-file', '-p', 'secret-token-value'], { ...at(dir), redact: (t) => t.split('secret-token-value').join('[REDACTED]') }));
     expect([err.kind, err.reason]).toEqual(['Transient', 'GitFailed']);
     expect(err.message).toContain('[REDACTED]');
     expect(`${err.message}${err.stderr}${err.command}`).not.toContain('secret-token-value');
@@ -423,13 +408,13 @@ describe('update-ref transactions', () => {
       { ref: 'refs/heads/develop', newOid: c2, expectedOld: null },
     ]);
     expect(await git(dir, 'rev-parse', 'staging', 'develop')).toBe(`${c1}\n${c2}`);
-    const err = await rejection(updateRefs(at(dir), [
+    const err = await gitRejection(updateRefs(at(dir), [
       { ref: 'refs/heads/staging', newOid: c2, expectedOld: c1 },
       { ref: 'refs/heads/develop', newOid: c1, expectedOld: c1 },
     ]));
     expect([err.kind, err.reason, err.ref]).toEqual(['Transient', 'RefConflict', 'refs/heads/develop']);
     expect(await git(dir, 'rev-parse', 'staging', 'develop')).toBe(`${c1}\n${c2}`);
-    const exists = await rejection(updateRefs(at(dir), [{ ref: 'refs/heads/staging', newOid: c2, expectedOld: null }]));
+    const exists = await gitRejection(updateRefs(at(dir), [{ ref: 'refs/heads/staging', newOid: c2, expectedOld: null }]));
     expect([exists.reason, exists.ref]).toEqual(['RefConflict', 'refs/heads/staging']);
     await updateRefs(at(dir), [{ ref: 'refs/heads/staging', newOid: null, expectedOld: c1 }]);
     expect(await gitOk(dir, 'rev-parse', '--verify', '--quiet', 'staging')).toMatchObject({ code: 1 });
@@ -457,7 +442,7 @@ describe('update-ref transactions', () => {
     const dir = await repoWith({ 'a.txt': 'a\n' });
     const head = await git(dir, 'rev-parse', 'HEAD');
     await writeFile(path.join(dir, '.git', 'refs', 'heads', 'main.lock'), '');
-    const err = await rejection(updateRefs(at(dir), [{ ref: 'refs/heads/main', newOid: head, expectedOld: head }]));
+    const err = await gitRejection(updateRefs(at(dir), [{ ref: 'refs/heads/main', newOid: head, expectedOld: head }]));
     expect([err.kind, err.reason, err.ref]).toEqual(['Transient', 'LockBusy', 'refs/heads/main']);
     expect(err.lockPath).toBe(path.join(dir, '.git', 'refs', 'heads', 'main.lock'));
   });
@@ -483,14 +468,14 @@ describe('git version', () => {
     const v = await gitVersion({ env: ENV });
     expect(compareGitVersions(v, parseGitVersion(`git version ${MIN_GIT_VERSION}`)!)).toBeGreaterThanOrEqual(0);
     await expect(requireGitVersion(undefined, { env: ENV })).resolves.toMatchObject({ major: v.major });
-    const err = await rejection(requireGitVersion('99.1.0', { env: ENV }));
+    const err = await gitRejection(requireGitVersion('99.1.0', { env: ENV }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'GitTooOld']);
     expect(err.message).toContain(v.text);
     expect(err.hint).toBeTruthy();
   });
 
   it('a missing git binary is Stalled GitNotFound', async () => {
-    const err = await rejection(runGit(['version'], { env: { PATH: '/nonexistent-dir' } }));
+    const err = await gitRejection(runGit(['version'], { env: { PATH: '/nonexistent-dir' } }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'GitNotFound']);
   });
 });
@@ -502,7 +487,7 @@ describe('repository format', () => {
     const sha256 = await repoWith({ 'a.txt': 'a\n' }, ['--object-format=sha256']);
     const f256 = await requireSupportedFormat(path.join(sha256, '.git'), {}, { env: ENV });
     expect(f256).toMatchObject({ version: 1, objectFormat: 'sha256' });
-    const refused = await rejection(requireSupportedFormat(path.join(sha256, '.git'), { objectFormats: ['sha1'] }, { env: ENV }));
+    const refused = await gitRejection(requireSupportedFormat(path.join(sha256, '.git'), { objectFormats: ['sha1'] }, { env: ENV }));
     expect([refused.kind, refused.reason]).toEqual(['Stalled', 'RepositoryFormatUnsupported']);
     expect(refused.message).toContain('sha256');
 
@@ -510,13 +495,13 @@ describe('repository format', () => {
     const config = path.join(odd, '.git', 'config');
     await git(odd, 'config', '--file', config, 'core.repositoryformatversion', '1');
     await git(odd, 'config', '--file', config, 'extensions.refStorage', 'reftable');
-    const reftable = await rejection(requireSupportedFormat(path.join(odd, '.git'), {}, { env: ENV }));
+    const reftable = await gitRejection(requireSupportedFormat(path.join(odd, '.git'), {}, { env: ENV }));
     expect(reftable.message).toContain('reftable');
     await git(odd, 'config', '--file', config, '--unset', 'extensions.refStorage');
     await git(odd, 'config', '--file', config, 'extensions.timeTravel', 'true');
     expect((await repositoryFormat(path.join(odd, '.git'), { env: ENV })).unknownExtensions).toEqual(['timetravel']);
     await expect(requireSupportedFormat(path.join(odd, '.git'), {}, { env: ENV })).rejects.toMatchObject({ reason: 'RepositoryFormatUnsupported' });
-    const byGit = await rejection(runGit(['status'], at(odd)));
+    const byGit = await gitRejection(runGit(['status'], at(odd)));
     expect([byGit.kind, byGit.reason]).toEqual(['Stalled', 'RepositoryFormatUnsupported']);
   });
 
@@ -557,7 +542,7 @@ describe('plumbing commit on the known path', () => {
       } finally {
         await reader.close();
       }
-      const stale = await rejection(commitKnownPaths(at(dir), { paths: [], ref: 'refs/heads/main', parent, message: 'stale\n', author: TEST_AUTHOR }));
+      const stale = await gitRejection(commitKnownPaths(at(dir), { paths: [], ref: 'refs/heads/main', parent, message: 'stale\n', author: TEST_AUTHOR }));
       expect([stale.reason, stale.ref]).toEqual(['RefConflict', 'refs/heads/main']);
     });
   }
@@ -601,7 +586,7 @@ describe('merge-tree --write-tree', () => {
     expect(clean).toMatchObject({ clean: true, conflicts: [] });
     expect(clean.tree).toBe((await gitOk(dir, 'merge-tree', '--write-tree', 'main', 'other')).stdout.trim());
     expect(await git(dir, 'cat-file', 'blob', `${clean.tree}:new\nfile.txt`)).toBe('n');
-    const unknown = await rejection(mergeTree(at(dir), 'main', 'no-such-branch'));
+    const unknown = await gitRejection(mergeTree(at(dir), 'main', 'no-such-branch'));
     expect([unknown.kind, unknown.reason]).toEqual(['Transient', 'GitFailed']);
     expect(unknown.message).toContain('no-such-branch');
   });

@@ -1,22 +1,13 @@
 import { afterEach, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
 import { chmod, mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { gitOk } from './helpers/git.js';
+// The built CLI (npm test compiles it first), run with a PATH of the test's choosing.
+import { cli } from './helpers/process.js';
 import { run, testEnv } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
-// The built CLI (npm test compiles it first), run with a PATH of the test's choosing.
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
-
 afterEach(cleanupTmpDirs);
-
-function cli(cwd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { cwd, env }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }));
-  });
-}
 
 it('init, start and reconcile refuse a sha256 repository with the reason and a hint, writing nothing', async () => {
   const dir = await makeTmpDir('sha256');

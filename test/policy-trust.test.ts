@@ -5,7 +5,7 @@ import { cloneTo, git, gitOk, makeBareRepo, revParse, tryRevParse } from './help
 import { run, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 import {
-  advancingClock, approvalPolicy, envReport, live, passControllerTime, pipelineConfig, signedEntry, sshKey, startControllerOn,
+  approvalPolicy, envReport, live, passControllerTime, pipelineConfig, signedEntry, sshKey, startDeployedPipeline,
   type AdvancingClock, type PipelineOptions,
 } from './helpers/pipeline.js';
 
@@ -48,14 +48,7 @@ async function pipeline(): Promise<Pipeline> {
   const markers = await makeTmpDir('markers');
   const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
   const opts: PipelineOptions = { url: bare, signers: [alice.pub], logFile, deployRoot };
-  await writeFile(path.join(dir, 'app.txt'), 'v1\n');
-  await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig(opts));
-  const init = await run(dir, ['init']);
-  expect(init.code, init.stderr).toBe(0);
-  const c1 = await revParse(dir, 'main');
-  const clock = advancingClock();
-  controllers.push(await startControllerOn(dir, clock));
-  await waitFor(async () => (await live(path.join(deployRoot, 'production'))) === c1 || undefined, { what: 'production to deploy the init commit' });
+  const { c1, clock } = await startDeployedPipeline({ dir, config: pipelineConfig(opts), deployRoot, track: (c) => controllers.push(c) });
   await waitFor(async () => (await tryRevParse(bare, 'main')) === c1 || undefined, { what: 'main pushed to the remote' });
   return { dir, bare, deployRoot, markers, logFile, clock, opts, alice, c1 };
 }

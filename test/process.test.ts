@@ -1,10 +1,9 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { promisify } from 'node:util';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { fsckStrict, git, gitOk, logOneline, lsTree, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
+import { buildDist, cli, exited, killStartedProcesses, spawnCli, startControllerProcess, type CliProcess } from './helpers/process.js';
 import { makeSandbox, testEnv } from './helpers/sandbox.js';
 import { envReport, live, pipelineConfig, sshKey } from './helpers/pipeline.js';
 import { createServer, type Server } from 'node:http';
@@ -12,43 +11,20 @@ import { existsSync } from 'node:fs';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 import { parse } from 'yaml';
 
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
-const children: ChildProcess[] = [];
 const servers: Server[] = [];
 
-beforeAll(async () => {
-  // The bin runs the compiled code: `npm test` builds first; make sure a stale dist is not tested.
-  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
-}, 120_000);
+// The bin runs the compiled code: `npm test` builds first; make sure a stale dist is not tested.
+beforeAll(buildDist, 120_000);
 
 afterEach(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  children.length = 0;
+  killStartedProcesses();
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
   await cleanupTmpDirs();
 });
 
-function cli(cwd: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { cwd, env: testEnv() }, (err, stdout, stderr) => {
-      const signal = (err as { signal?: string } | null)?.signal;
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr: signal ? `${stderr}(killed by ${signal})` : stderr });
-    });
-  });
-}
-
 /** Starts `cascade-sync start` as a real process; resolves once it says it is ready. `out` is stdout and stderr interleaved, `stdout` the terminal output alone. */
-async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string; stdout: () => string }> {
-  const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '';
-  let stdout = '';
-  child.stdout!.on('data', (d) => ((out += d), (stdout += d)));
-  child.stderr!.on('data', (d) => (out += d));
-  await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: 'the controller process to be ready', timeoutMs: 30_000 }).catch((e: Error) => {
-    throw new Error(`${e.message}\n--- controller output ---\n${out}`);
-  });
-  return { child, out: () => out, stdout: () => stdout };
+function startProcess(dir: string): Promise<CliProcess> {
+  return startControllerProcess(dir, { timeoutMs: 30_000 });
 }
 
 /** The full oid of the commit a successful `git commit` reported (`[develop 1a2b3c4] subject`). */
@@ -65,34 +41,30 @@ async function isAncestor(dir: string, oid: string, ref: string): Promise<boolea
   return r.code === 0;
 }
 
-function exited(child: ChildProcess): Promise<number | null> {
-  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
-}
-
 describe('the controller process', () => {
   it('runs one controller per sandbox: --detach returns once up, a second start names the pid, stop is graceful', async () => {
     const remote = path.join(await makeTmpDir('remote'), 'r.git');
     await makeBareRepo(remote, { initialBranch: 'develop' });
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }], debounce: '1h', batchWindow: '2h' });
-    const up = await cli(dir, 'start', '--detach');
+    const up = await cli(dir, ['start', '--detach']);
     expect(up.code, up.stderr).toBe(0);
     const pid = Number(/pid (\d+)/.exec(up.stdout)?.[1]);
     expect(pid).toBeGreaterThan(0);
-    const second = await cli(dir, 'start');
+    const second = await cli(dir, ['start']);
     expect(second.code).toBe(2);
     expect(second.stderr).toContain(`already running for this sandbox (pid ${pid}`);
-    const st = JSON.parse((await cli(dir, 'status', '--json')).stdout);
+    const st = JSON.parse((await cli(dir, ['status', '--json'])).stdout);
     expect(st.running).toBe(true);
     expect(st.pid).toBe(pid);
     expect(st.snapshot.sandbox.branch).toBe('develop');
     // A pending batch (debounce 1h) is committed and pushed by a graceful stop.
     await writeFile(path.join(dir, 'pending.txt'), 'do not lose me');
-    await waitFor(async () => JSON.parse((await cli(dir, 'status', '--json')).stdout).snapshot.sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
-    const stop = await cli(dir, 'stop');
+    await waitFor(async () => JSON.parse((await cli(dir, ['status', '--json'])).stdout).snapshot.sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
+    const stop = await cli(dir, ['stop']);
     expect(stop.code, stop.stderr).toBe(0);
     expect((await showFile(dir, 'develop', 'pending.txt')).toString()).toBe('do not lose me');
     expect(await revParse(remote, 'develop')).toBe(await revParse(dir, 'develop'));
-    const after = JSON.parse((await cli(dir, 'status', '--json')).stdout);
+    const after = JSON.parse((await cli(dir, ['status', '--json'])).stdout);
     expect(after.running).toBe(false);
     await fsckStrict(dir);
   });
@@ -288,12 +260,12 @@ describe('the controller process', () => {
     await makeBareRepo(remote, { initialBranch: 'develop' });
     const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }] });
     await writeFile(path.join(dir, 'offline.txt'), 'edited while stopped');
-    const r = await cli(dir, 'reconcile');
+    const r = await cli(dir, ['reconcile']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/sandbox: committed/);
     expect(r.stdout).toMatch(/remote:origin: pushed/);
     expect((await showFile(remote, 'develop', 'offline.txt')).toString()).toBe('edited while stopped');
-    const again = await cli(dir, 'reconcile');
+    const again = await cli(dir, ['reconcile']);
     expect(again.stdout).toMatch(/sandbox: no changes/);
     expect(await tryRevParse(remote, 'develop')).toBe(await revParse(dir, 'develop'));
   });
@@ -325,14 +297,14 @@ describe('the pipeline under a running controller process', () => {
     // A long debounce: edits are committed only when a command nudges the controller, so each step below is deterministic.
     const sandbox = '{ debounce: 1h, batchWindow: 2h }';
     await writeFile(path.join(dir, 'cascade-sync-config.yaml'), pipelineConfig({ signers: [alice.pub], logFile, deployRoot, stagingExtra, sandbox }));
-    expect((await cli(dir, 'init')).code).toBe(0);
+    expect((await cli(dir, ['init'])).code).toBe(0);
     const c1 = await revParse(dir, 'develop');
     const { child, out } = await startProcess(dir);
 
     // deploy-staging with a controller running: it nudges it (SIGUSR1): the pending edit is committed, gated, promoted and deployed.
     await writeFile(path.join(dir, 'app.txt'), 'v2\n');
     await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the edit to be pending' });
-    const staged = await cli(dir, 'deploy-staging');
+    const staged = await cli(dir, ['deploy-staging']);
     expect(staged.code, staged.stdout + staged.stderr).toBe(0);
     expect(staged.stdout).toContain(`asked the running controller (pid ${child.pid})`);
     const c2 = await revParse(dir, 'develop');
@@ -343,10 +315,10 @@ describe('the pipeline under a running controller process', () => {
     await waitFor(async () => (await envReport(dir, 'staging'))?.health?.phase === 'healthy' || undefined, { what: 'staging healthy through its http check' });
 
     // approve, then deploy-production at once: the approval is not committed yet; the command waits for the commit and the promotion.
-    const approve = await cli(dir, 'approve', 'production', '--key', alice.file);
+    const approve = await cli(dir, ['approve', 'production', '--key', alice.file]);
     expect(approve.code, approve.stderr).toBe(0);
     expect(approve.stdout).toContain(`commit: ${c2}`);
-    const produced = await cli(dir, 'deploy-production');
+    const produced = await cli(dir, ['deploy-production']);
     expect(produced.code, produced.stdout + produced.stderr).toBe(0);
     expect(produced.stdout).toMatch(new RegExp(`promoted.*${c2.slice(0, 7)}`));
     expect(await revParse(dir, 'main')).toBe(c2);
@@ -359,7 +331,7 @@ describe('the pipeline under a running controller process', () => {
     }, { what: 'staging at the approval commit, healthy', timeoutMs: 30_000 });
     await writeFile(path.join(dir, 'app.txt'), 'v3 SLOW\n');
     await waitFor(async () => JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/status.json'), 'utf8')).sandbox.pendingPaths > 0 || undefined, { what: 'the slow edit to be pending' });
-    const slowDeploy = await cli(dir, 'deploy-staging');
+    const slowDeploy = await cli(dir, ['deploy-staging']);
     expect(slowDeploy.code, slowDeploy.stdout + slowDeploy.stderr).toBe(0);
     const slow = await revParse(dir, 'develop');
     expect(await live(path.join(deployRoot, 'staging')), `${slowDeploy.stdout}\n${await git(dir, 'log', '--oneline', '--all', '--decorate')}`).toBe(slow);
@@ -379,7 +351,7 @@ describe('the pipeline under a running controller process', () => {
     expect(await tryRevParse(dir, `refs/cascade-sync/failed/staging/${slow}`)).toBe(slow);
     expect(await live(path.join(deployRoot, 'staging'))).toBe(rollback.commit);
     // The failed commit is not promoted again, and deploy-staging says so.
-    const again = await cli(dir, 'deploy-staging');
+    const again = await cli(dir, ['deploy-staging']);
     expect(again.code).toBe(1);
     expect(again.stdout).toContain(`${slow.slice(0, 7)} was rolled back`);
     expect(await revParse(dir, 'staging')).toBe(rollback.commit);
@@ -400,12 +372,7 @@ interface Demo {
 
 /** `cascade-sync demo` as `npm start` runs it, with a scratch HOME and TMPDIR that must stay untouched. */
 function startDemo(demoDir: string, home: string, tmp: string): Demo {
-  const child = spawn(process.execPath, [BIN, 'demo'], { cwd: demoDir, env: testEnv({ CASCADE_DEMO_DIR: demoDir, HOME: home, TMPDIR: tmp }), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  return { child, out: () => out };
+  return spawnCli(['demo'], { cwd: demoDir, env: testEnv({ CASCADE_DEMO_DIR: demoDir, HOME: home, TMPDIR: tmp }) });
 }
 
 async function until(demo: Demo, text: string | RegExp, timeoutMs = TOUR_MS): Promise<void> {

@@ -4,27 +4,22 @@
  * local paths, smart HTTP through `git http-backend`, and ssh through the real OpenSSH client. Retry
  * timing for races is checked in the same place.
  */
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classifyGitFailure, GitError } from '../src/git/native/index.js';
 import { Repo } from '../src/git/repo.js';
 import { fetchBranch, pushBranch, type RemoteTarget } from '../src/git/transport.js';
 import { backoffDelay, fixableByCommit, FAST_RACE_RETRIES, retryDelay } from '../src/backoff.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
-import { cloneTo, commitFiles, fsckStrict, git, gitEnv, makeBareRepo, revParse } from './helpers/git.js';
-import { haveSshClient, makeKeyPair, startSshGitServer, writeSshConfig, type SshGitServer } from './helpers/ssh-server.js';
+import { cloneTo, commitFiles, fsckStrict, git, revParse } from './helpers/git.js';
+import { haveSshClient } from './helpers/ssh-server.js';
+import { gitRejection, isolateProcessEnv, remoteAndClone, sshCommandFor, startSshRemoteHost, who, withEnv } from './helpers/transport.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
-const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 
-beforeAll(() => {
-  const env = gitEnv();
-  for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM', 'GIT_CEILING_DIRECTORIES']) process.env[k] = env[k];
-  for (const k of ['SSH_AUTH_SOCK', 'SSH_AGENT_PID', 'GIT_SSH_COMMAND', 'GIT_SSH', 'GIT_TRACE']) delete process.env[k];
-});
+beforeAll(isolateProcessEnv);
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
   await cleanupTmpDirs();
@@ -86,17 +81,12 @@ describe('how soon a failed reconciler looks again', () => {
 });
 
 /** A bare remote with develop and a side commit, a clone with one more commit, and the side commit's id. */
-async function remoteAndClone(root: string): Promise<{ bare: string; work: string; repo: Repo; tip: string; side: string }> {
-  const dir = path.join(root, randomBytes(4).toString('hex'));
-  await mkdir(dir, { recursive: true });
-  const bare = path.join(dir, 'site.git');
-  await makeBareRepo(bare, { withCommit: true });
-  const other = await cloneTo(bare, path.join(dir, 'other'), '--branch', 'develop');
+async function remoteWithSideCommit(root: string): Promise<{ bare: string; work: string; repo: Repo; tip: string; side: string }> {
+  const { bare, work, repo, tip } = await remoteAndClone(root, { 'mine.txt': 'mine\n' }, 'mine');
+  const other = await cloneTo(bare, path.join(path.dirname(bare), 'other'), '--branch', 'develop');
   const side = await commitFiles(other, { 'other.txt': 'other\n' }, 'pushed by someone else');
   await git(other, 'push', '-q', 'origin', `${side}:refs/heads/side`);
-  const work = await cloneTo(bare, path.join(dir, 'work'), '--branch', 'develop');
-  const tip = await commitFiles(work, { 'mine.txt': 'mine\n' }, 'mine');
-  return { bare, work, repo: await Repo.open(work), tip, side };
+  return { bare, work, repo, tip, side };
 }
 
 /**
@@ -118,16 +108,6 @@ async function raceOnce(bare: string, side: string): Promise<void> {
   await chmod(hook, 0o755);
 }
 
-async function rejection(p: Promise<unknown>): Promise<GitError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof GitError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
-
 /** The race and the held lock on one transport, then the retry that lands. */
 function racesOver(name: string, setup: () => Promise<{ root: string; remote: (bare: string) => RemoteTarget; env?: Record<string, string> }>) {
   describe(`a race on the remote's ref over ${name}`, () => {
@@ -137,21 +117,12 @@ function racesOver(name: string, setup: () => Promise<{ root: string; remote: (b
     beforeAll(async () => {
       ({ root, remote, env = {} } = await setup());
     });
-    const withEnv = async <T>(body: () => Promise<T>): Promise<T> => {
-      const before = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-      Object.assign(process.env, env);
-      try {
-        return await body();
-      } finally {
-        for (const [k, v] of Object.entries(before)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
-      }
-    };
 
     it('`[remote rejected] (failed to update ref)` after the ref moved under the push is Transient RefConflict; fetch, merge and push again land it', async () => {
-      const { bare, work, repo, tip, side } = await remoteAndClone(root);
+      const { bare, work, repo, tip, side } = await remoteWithSideCommit(root);
       await raceOnce(bare, side);
-      await withEnv(async () => {
-        const err = await rejection(pushBranch(repo, remote(bare), 'develop', tip, { who }));
+      await withEnv(env, async () => {
+        const err = await gitRejection(pushBranch(repo, remote(bare), 'develop', tip, { who }));
         expect([err.kind, err.reason], err.message).toEqual(['Transient', 'RefConflict']);
         expect(err.message).not.toMatch(/refused/);
         expect(await revParse(bare, 'develop')).toBe(side);
@@ -165,11 +136,11 @@ function racesOver(name: string, setup: () => Promise<{ root: string; remote: (b
     });
 
     it('a ref lock held on the remote is Transient LockBusy naming the lock; once it is gone the push lands', async () => {
-      const { bare, repo, tip } = await remoteAndClone(root);
+      const { bare, repo, tip } = await remoteWithSideCommit(root);
       const lock = path.join(bare, 'refs', 'heads', 'develop.lock');
       await writeFile(lock, '');
-      await withEnv(async () => {
-        const err = await rejection(pushBranch(repo, remote(bare), 'develop', tip, { who }));
+      await withEnv(env, async () => {
+        const err = await gitRejection(pushBranch(repo, remote(bare), 'develop', tip, { who }));
         expect([err.kind, err.reason], err.message).toEqual(['Transient', 'LockBusy']);
         expect(err.lockPath).toBe(lock);
         await import('node:fs/promises').then((fs) => fs.rm(lock));
@@ -179,14 +150,14 @@ function racesOver(name: string, setup: () => Promise<{ root: string; remote: (b
     });
 
     it('four pushes racing at once: every failure is Transient, and all land after fetch, merge and push', async () => {
-      const { bare } = await remoteAndClone(root);
+      const { bare } = await remoteWithSideCommit(root);
       const clones = await Promise.all([0, 1, 2, 3].map(async (i) => {
         const dir = await cloneTo(bare, path.join(path.dirname(bare), `racer-${i}`), '--branch', 'develop');
         const tip = await commitFiles(dir, { [`racer-${i}.txt`]: `${i}\n` }, `racer ${i}`);
         return { dir, tip, repo: await Repo.open(dir) };
       }));
       const failures: GitError[] = [];
-      await withEnv(() => Promise.all(clones.map(async (c) => {
+      await withEnv(env, () => Promise.all(clones.map(async (c) => {
         for (let attempt = 0; attempt < 20; attempt++) {
           try {
             await pushBranch(c.repo, remote(bare), 'develop', await revParse(c.dir), { who });
@@ -220,16 +191,11 @@ racesOver('smart HTTP (git http-backend)', async () => {
 const sshMissing = !(await haveSshClient());
 if (!sshMissing) {
   racesOver('ssh (OpenSSH client)', async () => {
-    const keys = await makeTmpDir('races-ssh-keys');
-    await chmod(keys, 0o700);
-    const hostKey = await makeKeyPair(path.join(keys, 'host_ed25519'), 'test-host');
-    const clientKey = await makeKeyPair(path.join(keys, 'client_ed25519'), 'test-client');
-    const root = await makeTmpDir('races-ssh-root');
-    const server: SshGitServer = await startSshGitServer({ root, hostKey, authorizedKeys: [clientKey.publicLine] });
+    const host = await startSshRemoteHost('races-ssh');
+    const { server, root } = host;
     cleanups.push(() => server.close());
-    const knownHosts = path.join(keys, 'known_hosts');
-    const config = await writeSshConfig(path.join(keys, 'ssh_config'), { alias: 'gitbox', port: server.port, knownHosts, knownHostsLines: [server.knownHostsLine()], identity: clientKey.privatePath });
-    return { root, remote: (bare) => ({ name: 'origin', url: server.url(bare), kind: 'ssh', timeoutMs: 20_000 }), env: { GIT_SSH_COMMAND: `ssh -F ${config}` } };
+    const { command } = await sshCommandFor(host);
+    return { root, remote: (bare) => ({ name: 'origin', url: server.url(bare), kind: 'ssh', timeoutMs: 20_000 }), env: { GIT_SSH_COMMAND: command } };
   });
 } else {
   console.warn('races: no OpenSSH client (ssh) on this machine: the ssh race tests are skipped');

@@ -8,17 +8,11 @@ import { BlobPolicy, type HeldBack } from '../src/security/blob-policy.js';
 import { EncryptionKey, isEncryptedBlob } from '../src/security/encrypt.js';
 import { keepOutOfGit, setUpEncryptionFilter } from '../src/security/git-filter.js';
 import { createKeyFile } from '../src/security/keyfile.js';
-import { git, gitEnv } from './helpers/git.js';
+import { gatewayEnv, git } from './helpers/git.js';
 import { cleanupTmpDirs, makeTmpDir } from './helpers/tmp.js';
 
 /** The test HOME, identity and no system config, as additions over the gateway's own environment. */
-function testEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(gitEnv())) if (v !== undefined && (k.startsWith('GIT_') || k === 'HOME' || k === 'XDG_CONFIG_HOME')) env[k] = v;
-  delete env['GIT_TERMINAL_PROMPT'];
-  return env;
-}
-const ENV = testEnv();
+const ENV = gatewayEnv();
 const at = (dir: string): GitRepo => ({ cwd: dir, env: ENV });
 const AUTHOR = { name: 'Cascade Test', email: 'cascade-test@example.invalid' };
 

@@ -1,29 +1,24 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { promisify } from 'node:util';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createHash } from 'node:crypto';
 import { cloneTo, fsckStrict, git, gitOk, makeBareRepo } from './helpers/git.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
-import { run, testEnv } from './helpers/sandbox.js';
+import { buildDist, killStartedProcesses, startControllerProcess } from './helpers/process.js';
+import { run } from './helpers/sandbox.js';
+import { frozenPipelineConfig } from './helpers/team.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
 // A team over smart HTTP (issue 15): three sandboxes, each with its own controller process (the compiled
 // dist), on one `git http-backend` remote, everyone editing their own files at once. Pushes race on the
 // server (`failed to update ref`, non-fast-forward); each race must be retried at once, never stall.
 
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
-const children: ChildProcess[] = [];
 let server: GitHttpServer | undefined;
 
-beforeAll(async () => {
-  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
-}, 180_000);
+beforeAll(buildDist, 180_000);
 
 afterEach(async () => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killStartedProcesses();
   await server?.close();
   server = undefined;
   await cleanupTmpDirs();
@@ -32,43 +27,13 @@ afterAll(async () => {
   await server?.close();
 });
 
-/** The team's config: retry.max as in production (5 minutes), so a race treated as a refusal would show. */
+/**
+ * The team's config: retry.max as in production (5 minutes), so a race treated as a refusal would show.
+ * The team's pipeline as in the issue's run, held still: staging's gate never passes and production
+ * has no signers, so environments keep failing (Waiting, Stalled) while develop must go on syncing.
+ */
 function teamConfig(url: string, logFile: string): string {
-  return [
-    'version: 1',
-    'sandbox: { debounce: 300ms, batchWindow: 2s }',
-    `remotes:\n  - { name: origin, url: ${JSON.stringify(url)} }`,
-    'retry: { initial: 1s, factor: 2, max: 5m }',
-    'intervals: { fetch: 2s, rescan: 10m }',
-    `logging: { file: ${JSON.stringify(logFile)}, level: debug }`,
-    'notifications: { desktop: false }',
-    // The team's pipeline as in the issue's run, held still: staging's gate never passes and production
-    // has no signers, so environments keep failing (Waiting, Stalled) while develop must go on syncing.
-    'environments:',
-    '  staging:',
-    '    branch: staging',
-    '    from: develop',
-    '    gates:',
-    '      - { name: never, command: "false", timeout: 10s }',
-    '  production:',
-    '    branch: main',
-    '    from: staging',
-    '    promotion: approval',
-    '    approvals: { required: 1, signers: [] }',
-    '',
-  ].join('\n');
-}
-
-async function startProcess(dir: string): Promise<{ child: ChildProcess; out: () => string }> {
-  const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: 'a controller process to be ready', timeoutMs: 60_000 }).catch((e: Error) => {
-    throw new Error(`${e.message}\n--- controller output ---\n${out}`);
-  });
-  return { child, out: () => out };
+  return frozenPipelineConfig({ url, logFile, retry: '{ initial: 1s, factor: 2, max: 5m }', intervals: '{ fetch: 2s, rescan: 10m }' });
 }
 
 /** The paths (with content) `dir` holds among `expected` that differ from it. */
@@ -100,7 +65,7 @@ describe('a team of three controllers on one smart-HTTP remote', () => {
       expect(init.code, init.stderr + init.stdout).toBe(0);
       dirs.push(dir);
     }
-    const procs = await Promise.all(dirs.map((d) => startProcess(d)));
+    const procs = await Promise.all(dirs.map((d) => startControllerProcess(d, { what: 'a controller process' })));
 
     // Each person writes and rewrites their own files, all three at once, for a while.
     const expected = new Map<string, string>();

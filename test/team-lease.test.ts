@@ -1,21 +1,14 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { cloneTo, fsckStrict, git, makeBareRepo, revParse, tryRevParse } from './helpers/git.js';
+import { buildDist, cli, killStartedProcesses, startControllerProcess, type CliProcess } from './helpers/process.js';
 import { testEnv } from './helpers/sandbox.js';
 import { envReport, live, pipelineConfig, sshKey } from './helpers/pipeline.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
-const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'cascade-sync.js');
-const children: ChildProcess[] = [];
-
-beforeAll(async () => {
-  // The processes run the compiled code: make sure a stale dist is not tested.
-  await promisify(execFile)('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: path.join(path.dirname(BIN), '..') });
-}, 180_000);
+// The processes run the compiled code: make sure a stale dist is not tested.
+beforeAll(buildDist, 180_000);
 
 /** The team's shared log file of the test under way (kept on failure when LEASE_TEST_LOG names a file). */
 let teamLog: string | undefined;
@@ -23,31 +16,21 @@ let teamLog: string | undefined;
 afterEach(async () => {
   if (process.env.LEASE_TEST_LOG && teamLog) await writeFile(process.env.LEASE_TEST_LOG, await readFile(teamLog, 'utf8').catch(() => ''));
   teamLog = undefined;
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  children.length = 0;
+  killStartedProcesses();
   await cleanupTmpDirs();
 });
 
 /** The lease term of the test config: short, so that a handover after kill -9 is quick. */
 const TTL_MS = 9_000;
 
-function cli(cwd: string, host: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { cwd, env: testEnv({ CASCADE_SYNC_HOSTNAME: host }) }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
+/** The CLI run to its end as a process on machine `host` (CASCADE_SYNC_HOSTNAME). */
+function cliOn(cwd: string, host: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return cli(cwd, args, testEnv({ CASCADE_SYNC_HOSTNAME: host }));
 }
 
 /** `cascade-sync start` as a real process on machine `host` (CASCADE_SYNC_HOSTNAME), so it can be killed with SIGKILL. */
-async function startOn(dir: string, host: string): Promise<{ child: ChildProcess; out: () => string }> {
-  const child = spawn(process.execPath, [BIN, 'start'], { cwd: dir, env: testEnv({ CASCADE_SYNC_HOSTNAME: host }), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), { what: `the controller on ${host} to be ready`, timeoutMs: 60_000 });
-  return { child, out: () => out };
+function startOn(dir: string, host: string): Promise<CliProcess> {
+  return startControllerProcess(dir, { env: testEnv({ CASCADE_SYNC_HOSTNAME: host }), what: `the controller on ${host}` });
 }
 
 type HistoryEntry = { event: string; environment: string; commit: string; at: string };
@@ -85,21 +68,21 @@ describe('a team of three controllers on one remote: one promoter per environmen
     await mkdir(dirs['host-a'], { recursive: true });
     await writeFile(path.join(dirs['host-a'], 'cascade-sync-config.yaml'), config);
     await writeFile(path.join(dirs['host-a'], 'app.txt'), 'v1\n');
-    expect((await cli(dirs['host-a'], 'host-a', 'init')).code).toBe(0);
-    const first = await cli(dirs['host-a'], 'host-a', 'reconcile');
+    expect((await cliOn(dirs['host-a'], 'host-a', 'init')).code).toBe(0);
+    const first = await cliOn(dirs['host-a'], 'host-a', 'reconcile');
     expect(first.code, first.stderr + first.stdout).toBe(0);
     // The one-shot pass let go of the leases it took.
     expect((await remoteLease(bare, 'staging'))?.released).toBe(true);
     for (const host of ['host-b', 'host-c']) {
       dirs[host] = path.join(await makeTmpDir(`machine-${host.slice(-1)}`), 'site');
       await cloneTo(bare, dirs[host]!);
-      const init = await cli(dirs[host]!, host, 'init');
+      const init = await cliOn(dirs[host]!, host, 'init');
       expect(init.code, init.stderr).toBe(0);
     }
 
     // What the controllers do from here on is counted (host-a's one-shot pass above deployed the first commit on its machine).
     const since = new Date().toISOString();
-    const running: Record<string, { child: ChildProcess; out: () => string }> = {};
+    const running: Record<string, CliProcess> = {};
     for (const host of hosts) running[host] = await startOn(dirs[host]!, host);
 
     // Each environment's lease goes to exactly one of the machines runsOn names; host-c follows.
@@ -128,7 +111,7 @@ describe('a team of three controllers on one remote: one promoter per environmen
     }, { what: 'the holder to promote and deploy the edit made on host-c', timeoutMs: 90_000 });
 
     // The approval is made (and committed) on host-c; the holder of production acts on it.
-    const approve = await cli(dirs['host-c']!, 'host-c', 'approve', 'production', c2, '--key', alice.file, '--expires', '2h');
+    const approve = await cliOn(dirs['host-c']!, 'host-c', 'approve', 'production', c2, '--key', alice.file, '--expires', '2h');
     expect(approve.code, approve.stderr).toBe(0);
     const approvedAt = Date.now();
     await waitFor(async () => (await tryRevParse(bare, 'main')) === c2 && (await live(path.join(dirs[productionHolder]!, '..', 'deploy', 'production'))) === c2 || undefined,
@@ -144,7 +127,7 @@ describe('a team of three controllers on one remote: one promoter per environmen
     for (const h of hosts.filter((x) => x !== productionHolder)) {
       await waitFor(async () => (await envReport(dirs[h]!, 'production'))?.deployed === c2 || undefined, { what: `host ${h} to show production's live release as the holder left it` });
     }
-    const status = await cli(dirs['host-c']!, 'host-c', 'status');
+    const status = await cliOn(dirs['host-c']!, 'host-c', 'status');
     expect(status.stdout).toMatch(new RegExp(`lease: held by \\S+@${productionHolder} \\(pid \\d+, sandbox [0-9a-f]{8}\\) until \\S+; this machine \\(host-c\\) is not in runsOn`));
 
     // Exactly one controller promoted and deployed each environment; each commit was deployed once.

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { chmod, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createHash, randomBytes } from 'node:crypto';
@@ -17,68 +17,24 @@ import { GitError } from '../src/git/native/index.js';
 import { Repo } from '../src/git/repo.js';
 import { fetchBranch, pushBranch, remoteBranchTips, sshTarget, type RemoteTarget } from '../src/git/transport.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
-import { cloneTo, commitFiles, fsckStrict, git, gitEnv, makeBareRepo, revParse, runGit as runTestGit, tryRevParse } from './helpers/git.js';
+import { cloneTo, commitFiles, fsckStrict, git, revParse, runGit as runTestGit, tryRevParse } from './helpers/git.js';
 import { haveSshClient, makeKeyPair, startSshGitServer, writeSshConfig, type KeyPair, type SshGitServer } from './helpers/ssh-server.js';
+import { gitRejection, isolateProcessEnv, remoteAndClone, sshCommandFor, startSshRemoteHost, who, withEnv, type SshRemoteHost } from './helpers/transport.js';
 import { run } from './helpers/ssh.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
-const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 
-/**
- * The transport runs git with the process's own environment, as the controller does: here the tests'
- * isolated HOME and no system config, and neither the developer's ssh agent nor their GIT_SSH_COMMAND.
- */
+/** HOME and XDG_CONFIG_HOME as isolateProcessEnv set them, for tests that change them and put them back. */
 const baseEnv: Record<string, string | undefined> = {};
 beforeAll(() => {
-  const env = gitEnv();
-  for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM', 'GIT_CEILING_DIRECTORIES']) process.env[k] = env[k];
-  for (const k of ['SSH_AUTH_SOCK', 'SSH_AGENT_PID', 'GIT_SSH_COMMAND', 'GIT_SSH', 'GIT_TRACE']) delete process.env[k];
+  isolateProcessEnv();
   Object.assign(baseEnv, { HOME: process.env.HOME, XDG_CONFIG_HOME: process.env.XDG_CONFIG_HOME });
 });
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
   await cleanupTmpDirs();
 });
-
-/** Runs `body` with process.env changed as given (undefined removes), then puts it back. */
-async function withEnv<T>(changes: Record<string, string | undefined>, body: () => Promise<T>): Promise<T> {
-  const before: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(changes)) {
-    before[k] = process.env[k];
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  try {
-    return await body();
-  } finally {
-    for (const [k, v] of Object.entries(before)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
-}
-
-async function rejection(p: Promise<unknown>): Promise<GitError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof GitError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
-
-/** A bare remote with one commit on develop, and a sandbox-like clone of it with one more commit. */
-async function remoteAndClone(root?: string): Promise<{ bare: string; work: string; repo: Repo; tip: string }> {
-  const dir = root ? path.join(root, randomBytes(4).toString('hex')) : await makeTmpDir('cascade-native-');
-  await mkdir(dir, { recursive: true });
-  const bare = path.join(dir, 'site.git');
-  await makeBareRepo(bare, { withCommit: true });
-  const work = await cloneTo(bare, path.join(dir, `work-${randomBytes(3).toString('hex')}`), '--branch', 'develop');
-  const tip = await commitFiles(work, { 'page.html': '<h1>hi</h1>\n', 'a/b.txt': 'b\n' }, 'files');
-  return { bare, work, repo: await Repo.open(work), tip };
-}
 
 function local(url: string, extra: Partial<RemoteTarget> = {}): RemoteTarget {
   return { name: 'origin', url, kind: 'local', timeoutMs: 20_000, ...extra };
@@ -158,32 +114,20 @@ const sshMissing = !(await haveSshClient());
 if (sshMissing) console.warn('transport-native: no OpenSSH client (ssh) on this machine: the ssh transport tests are skipped');
 
 describe.skipIf(sshMissing)('ssh remotes through the real OpenSSH client', () => {
+  let host: SshRemoteHost;
   let server: SshGitServer;
   let keys: string;
   let hostKey: KeyPair;
-  let clientKey: KeyPair;
   let root: string;
 
   beforeAll(async () => {
-    keys = await makeTmpDir('cascade-ssh-keys-');
-    await chmod(keys, 0o700);
-    hostKey = await makeKeyPair(path.join(keys, 'host_ed25519'), 'test-host');
-    clientKey = await makeKeyPair(path.join(keys, 'client_ed25519'), 'test-client');
-    root = await makeTmpDir('cascade-ssh-root-');
-    server = await startSshGitServer({ root, hostKey, authorizedKeys: [clientKey.publicLine] });
+    host = await startSshRemoteHost('cascade-ssh');
+    ({ server, keys, hostKey, root } = host);
     cleanups.push(() => server.close());
   });
 
-  /** An ssh_config for `alias` -> the server, trusting `knownHostsLines`, with `identity` (none: the agent's keys). */
-  async function sshCommand(o: { identity?: string; knownHostsLines?: string[] } = {}): Promise<{ command: string; knownHosts: string }> {
-    const dir = await makeTmpDir('cascade-ssh-config-');
-    const knownHosts = path.join(dir, 'known_hosts');
-    const config = await writeSshConfig(path.join(dir, 'ssh_config'), {
-      alias: 'gitbox', port: server.port, knownHosts, knownHostsLines: o.knownHostsLines ?? [server.knownHostsLine()],
-      ...('identity' in o ? (o.identity ? { identity: o.identity } : {}) : { identity: clientKey.privatePath }),
-    });
-    return { command: `ssh -F ${config}`, knownHosts };
-  }
+  /** An ssh_config for `gitbox` -> the server, trusting `knownHostsLines`, with `identity` (none: the agent's keys). */
+  const sshCommand = (o: { identity?: string; knownHostsLines?: string[] } = {}) => sshCommandFor(host, o);
 
   function sshRemote(url: string, extra: Partial<RemoteTarget> = {}): RemoteTarget {
     return { name: 'origin', url, kind: 'ssh', timeoutMs: 20_000, ...extra };
@@ -232,7 +176,7 @@ describe.skipIf(sshMissing)('ssh remotes through the real OpenSSH client', () =>
     const config = await writeSshConfig(path.join(dir, 'ssh_config'), { alias: 'gitbox', port: agentServer.port, knownHosts: path.join(dir, 'known_hosts'), knownHostsLines: [agentServer.knownHostsLine()] });
     const remote = sshRemote(`gitbox:${bare}`);
     // The key is only in the agent: no agent, no login.
-    const refused = await withEnv({ GIT_SSH_COMMAND: `ssh -F ${config}`, SSH_AUTH_SOCK: undefined }, () => rejection(pushBranch(repo, remote, 'develop', tip, { who })));
+    const refused = await withEnv({ GIT_SSH_COMMAND: `ssh -F ${config}`, SSH_AUTH_SOCK: undefined }, () => gitRejection(pushBranch(repo, remote, 'develop', tip, { who })));
     expect([refused.kind, refused.reason]).toEqual(['Stalled', 'AuthFailed']);
     expect(refused.hint).toMatch(/ssh-agent/);
     expect(refused.hint).toMatch(/SSH_AUTH_SOCK/);
@@ -246,7 +190,7 @@ describe.skipIf(sshMissing)('ssh remotes through the real OpenSSH client', () =>
     const { bare, repo, tip } = await remoteAndClone(root);
     const { command } = await sshCommand({ identity: stranger.privatePath });
     const before = server.refusedKeys;
-    const err = await withEnv({ GIT_SSH_COMMAND: command }, () => rejection(fetchBranch(repo, sshRemote(server.url(bare)), 'develop', { who })));
+    const err = await withEnv({ GIT_SSH_COMMAND: command }, () => gitRejection(fetchBranch(repo, sshRemote(server.url(bare)), 'develop', { who })));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'AuthFailed']);
     expect(err.stderr).toMatch(/Permission denied \(publickey\)/);
     expect(server.refusedKeys).toBeGreaterThan(before);
@@ -257,14 +201,14 @@ describe.skipIf(sshMissing)('ssh remotes through the real OpenSSH client', () =>
     const { bare, repo, tip } = await remoteAndClone(root);
     const { command, knownHosts } = await sshCommand({ knownHostsLines: [] });
     const started = Date.now();
-    const err = await withEnv({ GIT_SSH_COMMAND: command }, () => rejection(pushBranch(repo, sshRemote(`gitbox:${bare}`), 'develop', tip, { who })));
+    const err = await withEnv({ GIT_SSH_COMMAND: command }, () => gitRejection(pushBranch(repo, sshRemote(`gitbox:${bare}`), 'develop', tip, { who })));
     expect(Date.now() - started).toBeLessThan(15_000);
     expect([err.kind, err.reason]).toEqual(['Stalled', 'HostKeyUnknown']);
     expect(err.hint).toContain('ssh -T gitbox');
     expect(err.hint).toContain('acceptNewHostKey: true');
     expect(await readFile(knownHosts, 'utf8')).toBe('');
     // The ssh:// form names host and port.
-    const err2 = await withEnv({ GIT_SSH_COMMAND: command }, () => rejection(fetchBranch(repo, sshRemote(server.url(bare)), 'develop', { who })));
+    const err2 = await withEnv({ GIT_SSH_COMMAND: command }, () => gitRejection(fetchBranch(repo, sshRemote(server.url(bare)), 'develop', { who })));
     expect(err2.hint).toContain(`ssh -T -p ${server.port} git@127.0.0.1`);
 
     await withEnv({ GIT_SSH_COMMAND: command }, () => pushBranch(repo, sshRemote(`gitbox:${bare}`, { acceptNewHostKey: true }), 'develop', tip, { who }));
@@ -278,7 +222,7 @@ describe.skipIf(sshMissing)('ssh remotes through the real OpenSSH client', () =>
     const wrongLine = `[127.0.0.1]:${server.port} ${impostor.publicLine.split(' ').slice(0, 2).join(' ')}`;
     const { command, knownHosts } = await sshCommand({ knownHostsLines: [wrongLine] });
     for (const acceptNewHostKey of [false, true]) {
-      const err = await withEnv({ GIT_SSH_COMMAND: command }, () => rejection(pushBranch(repo, sshRemote(`gitbox:${bare}`, { acceptNewHostKey }), 'develop', tip, { who })));
+      const err = await withEnv({ GIT_SSH_COMMAND: command }, () => gitRejection(pushBranch(repo, sshRemote(`gitbox:${bare}`, { acceptNewHostKey }), 'develop', tip, { who })));
       expect([err.kind, err.reason]).toEqual(['Stalled', 'HostKeyChanged']);
       expect(err.hint).toContain('never accepted');
     }
@@ -340,7 +284,7 @@ describe('http(s) remotes', () => {
 
   it('a wrong password: Stalled AuthFailed, the password nowhere in the error', async () => {
     const { bare, repo, tip, remote } = await httpRemote({ username: USER, password: 'wrong-password-123' });
-    const err = await rejection(pushBranch(repo, remote, 'develop', tip, { who }));
+    const err = await gitRejection(pushBranch(repo, remote, 'develop', tip, { who }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'AuthFailed']);
     expect(err.hint).toMatch(/CASCADE_CLIENT_ID/);
     expect(`${err.message} ${err.hint} ${err.stderr} ${err.command}`).not.toContain('wrong-password-123');
@@ -356,13 +300,13 @@ describe('http(s) remotes', () => {
     await withEnv({ HOME: home, XDG_CONFIG_HOME: path.join(home, '.config') }, () => pushBranch(repo, remote, 'develop', tip, { who }));
     expect(await revParse(bare, 'develop')).toBe(tip);
     // No helper and no credentials: AuthFailed at once, no prompt.
-    const err = await rejection(fetchBranch(repo, remote, 'develop', { who }));
+    const err = await gitRejection(fetchBranch(repo, remote, 'develop', { who }));
     expect(err.reason).toBe('AuthFailed');
 
     await writeFile(path.join(home, '.gitconfig'), `[credential]\n\thelper = "${helper('stale-helper-pass').replace(/"/g, '\\"')}"\n`);
     const next = await commitFiles(repo.dir, { 'more.txt': 'more\n' }, 'more');
     await withEnv({ HOME: home, XDG_CONFIG_HOME: path.join(home, '.config') }, async () => {
-      expect((await rejection(fetchBranch(repo, remote, 'develop', { who }))).reason).toBe('AuthFailed');
+      expect((await gitRejection(fetchBranch(repo, remote, 'develop', { who }))).reason).toBe('AuthFailed');
       await pushBranch(repo, { ...remote, username: USER, password: PASS }, 'develop', next, { who });
     });
     expect(await revParse(bare, 'develop')).toBe(next);
@@ -393,7 +337,7 @@ describe('local remotes through git-receive-pack', () => {
     const { bare, repo, tip } = await remoteAndClone();
     await writeFile(path.join(bare, 'hooks', 'pre-receive'), '#!/bin/sh\necho "develop is frozen until the release is out" >&2\nexit 1\n', { mode: 0o755 });
     const before = await revParse(bare, 'develop');
-    const err = await rejection(pushBranch(repo, local(bare), 'develop', tip, { who }));
+    const err = await gitRejection(pushBranch(repo, local(bare), 'develop', tip, { who }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'PushRejected']);
     expect(err.message).toContain('develop is frozen until the release is out');
     expect(err.message).toMatch(/refused the push/);
@@ -432,7 +376,7 @@ describe('local remotes through git-receive-pack', () => {
     const other = await cloneTo(bare, path.join(path.dirname(work), 'other'), '--branch', 'develop');
     const theirs = await commitFiles(other, { 'theirs.txt': 't\n' }, 'theirs');
     await git(other, 'push', '-q', 'origin', 'develop');
-    const stale = await rejection(pushBranch(repo, local(bare), 'develop', first, { who, force: true, expectedOld: ahead }));
+    const stale = await gitRejection(pushBranch(repo, local(bare), 'develop', first, { who, force: true, expectedOld: ahead }));
     expect([stale.kind, stale.reason]).toEqual(['Transient', 'NonFastForward']);
     expect(await revParse(bare, 'develop')).toBe(theirs);
     // With what it holds now: moved back.
@@ -444,7 +388,7 @@ describe('local remotes through git-receive-pack', () => {
     expect(await revParse(bare, 'develop')).toBe(ahead);
     // A new branch: expectedOld null means "must not exist yet".
     await pushBranch(repo, local(bare), 'staging', ahead, { who, force: true, expectedOld: null });
-    expect((await rejection(pushBranch(repo, local(bare), 'staging', first, { who, force: true, expectedOld: null }))).kind).toBe('Transient');
+    expect((await gitRejection(pushBranch(repo, local(bare), 'staging', first, { who, force: true, expectedOld: null }))).kind).toBe('Transient');
     expect(await revParse(bare, 'staging')).toBe(ahead);
   });
 
@@ -462,7 +406,7 @@ describe('local remotes through git-receive-pack', () => {
 
     expect(await fetchBranch(repo, local(bare), 'no-such-branch', { who })).toBeNull();
     const missing = path.join(path.dirname(bare), 'nothing-here.git');
-    const err = await rejection(fetchBranch(repo, local(missing), 'develop', { who }));
+    const err = await gitRejection(fetchBranch(repo, local(missing), 'develop', { who }));
     expect([err.kind, err.reason]).toEqual(['Stalled', 'RemoteNotFound']);
     expect(err.hint).toContain(`git init --bare ${missing}`);
   });
@@ -475,7 +419,7 @@ describe('local remotes through git-receive-pack', () => {
     const remote: RemoteTarget = { name: 'origin', url, kind: 'ssh', timeoutMs: 10_000 };
     const tip = await revParse(repo.dir);
     for (const attempt of [() => fetchBranch(repo, remote, 'develop', { who }), () => pushBranch(repo, remote, 'develop', tip, { who }), () => remoteBranchTips(repo, remote, ['develop'], { who })]) {
-      const err = await rejection(attempt());
+      const err = await gitRejection(attempt());
       expect([err.kind, err.reason]).toEqual(['Stalled', 'ProtocolNotAllowed']);
     }
     expect(existsSync(marker)).toBe(false);

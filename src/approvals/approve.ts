@@ -5,10 +5,9 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { Document, isMap, isScalar, isSeq, Scalar, YAMLSeq, type Node, type YAMLMap } from "yaml";
 import type { Approval } from "../generated/state.js";
 import { CascadeError, InternalError, stalled } from "../errors.js";
-import { withLock } from "./file-lock.js";
+import { appendListItem, appendToStateFile, signedEntryNode, signedEntryYaml } from "./state-append.js";
 import {
   APPROVAL_NAMESPACE,
   approvalMessage,
@@ -19,7 +18,7 @@ import {
   verifySshsig,
   type SshPublicKey,
 } from "./sshsig.js";
-import { COMMIT_PATTERN, ENVIRONMENT_PATTERN, isEmptyNode, parseStateDocument, parseStateFile, STATE_FILE } from "./state.js";
+import { COMMIT_PATTERN, ENVIRONMENT_PATTERN, parseStateDocument, parseStateFile, STATE_FILE } from "./state.js";
 
 /** What approveCommit signs, with which key, and where it writes. */
 export interface ApproveOptions {
@@ -81,10 +80,10 @@ export async function approveCommit(opts: ApproveOptions): Promise<ApproveResult
   if (!verifySshsig(message, signature).ok) throw new InternalError(`a fresh ${key.privateKey.type} signature does not verify`);
   const entry: Approval = { ...fields, signer: key.signer, signature };
   const stateFile = join(opts.sandboxDir, STATE_FILE);
-  await appendEntry(stateFile, entry);
+  await appendToStateFile(stateFile, (existing) => appendToStateText(existing, entry, stateFile));
   const fp = fingerprint(key.privateKey.publicBlob);
   return {
-    entryText: entryYaml(entry),
+    entryText: signedEntryYaml(entry, ENTRY_KEYS),
     stateFile,
     message: `approved ${opts.commit} for ${opts.environment} as ${key.signer} (key ${fp}), valid until ${expires}; it counts once ${STATE_FILE} is committed`,
     entry,
@@ -226,19 +225,6 @@ async function pubFileComment(keyFile: string, key: SshPublicKey): Promise<strin
   return m[3]!.trim() || undefined;
 }
 
-/** Appends `entry` under the state file's lock; the existing text is re-read inside the lock. */
-async function appendEntry(stateFile: string, entry: Approval): Promise<void> {
-  await withLock(stateFile, async (lock) => {
-    const existing = await readFile(stateFile, "utf8").catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT") return "";
-      throw stalled("StateFileInvalid", `cannot read ${stateFile}: ${err.message}`, undefined, err);
-    });
-    const text = appendToStateText(existing, entry, stateFile);
-    await lock.write(text);
-    await lock.commit();
-  });
-}
-
 /**
  * The state file text with `entry` appended to `approvals` (created when missing), every other node
  * and comment kept. Throws StateFileInvalid when `existing` is not a valid state file to append to.
@@ -249,54 +235,14 @@ function appendToStateText(existing: string, entry: Approval, stateFile: string)
     const where = parsed.problems.map((p) => `${p.file}:${p.line}:${p.col}: ${p.message}`).join("; ");
     throw stalled("StateFileInvalid", `${where}; the file was not changed`, `fix ${STATE_FILE} (or restore it with git checkout -- ${STATE_FILE}), then approve again`);
   }
-  const doc = parsed.doc;
   const invalid = (what: string) =>
     stalled("StateFileInvalid", `${stateFile}: ${what}; the file was not changed`, `fix ${STATE_FILE} by hand (it should look like "approvals:" followed by "- environment: ..." entries), then approve again`);
   const before = parseStateFile(existing, stateFile);
   if (before.problems.some((p) => p.path === "approvals")) throw invalid(before.problems.find((p) => p.path === "approvals")!.message);
-  if (isEmptyNode(doc.contents as Node | null)) {
-    // Keeps a comment-only file's comments: they stay the document's, only the contents are set.
-    doc.contents = doc.createNode({}) as unknown as typeof doc.contents;
-  }
-  const root = doc.contents;
-  if (!isMap(root)) throw invalid("the file is not a mapping with an approvals: list");
-  let list = root.get("approvals", true) as Node | undefined;
-  const indentSeq = !startsInKeyColumn(root, list, parsed.pos);
-  if (list === undefined || isEmptyNode(list)) {
-    list = new YAMLSeq();
-    root.set("approvals", list);
-  }
-  if (!isSeq(list)) throw invalid("approvals is not a list");
-  // A flow list (`approvals: []`) would put the multi-line signature inside brackets: use block style.
-  list.flow = false;
-  list.items.push(entryNode(doc, entry));
-  const text = doc.toString({ lineWidth: 0, indentSeq });
+  const { inKeyColumn } = appendListItem(parsed, { key: "approvals", item: (doc) => signedEntryNode(doc, entry, ENTRY_KEYS), invalid, notMapping: "the file is not a mapping with an approvals: list" });
+  const text = parsed.doc.toString({ lineWidth: 0, indentSeq: !inKeyColumn });
   checkAppended(text, entry, before.entries.length, stateFile);
   return text;
-}
-
-/** Whether the `approvals` list's items are written in the key's column (`approvals:\n- ...`): kept that way. */
-function startsInKeyColumn(root: YAMLMap, list: Node | undefined, pos: (offset: number | undefined) => { col: number }): boolean {
-  const key = root.items.find((p) => isScalar(p.key) && p.key.value === "approvals")?.key as Node | undefined;
-  if (!isSeq(list) || list.flow || !list.range || !key?.range) return false;
-  return pos(list.range[0]).col === pos(key.range[0]).col;
-}
-
-/** The entry as a block mapping with the signature as a literal block, as DESIGN.md shows it. */
-function entryNode(doc: Document, entry: Approval): Node {
-  const map = doc.createNode(Object.fromEntries(ENTRY_KEYS.map((k) => [k, entry[k]])));
-  const sig = map.get("signature", true) as Scalar;
-  sig.type = Scalar.BLOCK_LITERAL;
-  return map;
-}
-
-/** The entry alone, as a one-item YAML list. */
-function entryYaml(entry: Approval): string {
-  const doc = new Document(null, { schema: "failsafe" });
-  const list = new YAMLSeq();
-  list.items.push(entryNode(doc, entry));
-  doc.contents = list as unknown as typeof doc.contents;
-  return doc.toString({ lineWidth: 0 });
 }
 
 /** Re-reads what is about to be written: the new entry must come back exactly, and nothing may be lost. */

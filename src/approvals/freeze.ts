@@ -9,12 +9,12 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Document, isMap, isScalar, isSeq, Scalar, YAMLSeq, type Node } from "yaml";
+import { isMap, isScalar, isSeq, type Node } from "yaml";
 import type { Freeze } from "../generated/state.js";
 import type { ConfigProblem, Config, EnvironmentSpec } from "../config/types.js";
 import { CONFIG_FILE } from "../config/load.js";
 import { InternalError, stalled } from "../errors.js";
-import { withLock } from "./file-lock.js";
+import { appendListItem, appendToStateFile, signedEntryNode, signedEntryYaml } from "./state-append.js";
 import type { Repo } from "../git/repo.js";
 import { parseSigners } from "./evaluate.js";
 import { allowedSignerAccepts, fingerprint, matchPatternList, signSshsig, verifySshsig } from "./sshsig.js";
@@ -302,16 +302,9 @@ export async function signFreeze(opts: FreezeOptions): Promise<{ entry: Freeze; 
   if (!verifySshsig(message, signature, FREEZE_NAMESPACE).ok) throw new InternalError(`a fresh ${key.privateKey.type} signature does not verify`);
   const entry: Freeze = { ...fields, signer: key.signer, signature };
   const stateFile = join(opts.sandboxDir, STATE_FILE);
-  await withLock(stateFile, async (lock) => {
-    const existing = await readFile(stateFile, "utf8").catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT") return "";
-      throw stalled("StateFileInvalid", `cannot read ${stateFile}: ${err.message}`, undefined, err);
-    });
-    await lock.write(appendFreeze(existing, entry, stateFile));
-    await lock.commit();
-  });
+  await appendToStateFile(stateFile, (existing) => appendFreeze(existing, entry, stateFile));
   const what = opts.action === "freeze" ? `froze ${opts.environment} ${entry.expires ? `until ${entry.expires}` : "until lifted"}: ${reason}` : `lifted the freezes of ${opts.environment} signed before ${at}`;
-  return { entry, entryText: entryYaml(entry), stateFile, message: `${what} (signed by ${key.signer}, key ${fingerprint(key.privateKey.publicBlob)}); it counts once ${STATE_FILE} is committed` };
+  return { entry, entryText: signedEntryYaml(entry, KEYS), stateFile, message: `${what} (signed by ${key.signer}, key ${fingerprint(key.privateKey.publicBlob)}); it counts once ${STATE_FILE} is committed` };
 }
 
 /** The state text with `entry` appended to `freezes` (created when missing); throws StateFileInvalid when it cannot be. */
@@ -319,36 +312,11 @@ function appendFreeze(existing: string, entry: Freeze, stateFile: string): strin
   const parsed = parseStateDocument(existing, stateFile);
   const invalid = (what: string) => stalled("StateFileInvalid", `${stateFile}: ${what}; the file was not changed`, `fix ${STATE_FILE} (or restore it with git checkout -- ${STATE_FILE}), then sign again`);
   if (!parsed.ok) throw invalid(parsed.problems.map((p) => `${p.line}:${p.col}: ${p.message}`).join("; "));
-  const doc = parsed.doc;
-  if (isEmptyNode(doc.contents as Node | null)) doc.contents = doc.createNode({}) as unknown as typeof doc.contents;
-  const root = doc.contents;
-  if (!isMap(root)) throw invalid("the file is not a mapping");
-  let list = root.get("freezes", true) as Node | undefined;
-  if (list === undefined || isEmptyNode(list)) {
-    list = new YAMLSeq();
-    root.set("freezes", list);
-  }
-  if (!isSeq(list)) throw invalid("freezes is not a list");
-  list.flow = false;
   const before = parseFreezes(existing, stateFile).entries.length;
-  list.items.push(entryNode(doc, entry));
-  const text = doc.toString({ lineWidth: 0 });
+  appendListItem(parsed, { key: "freezes", item: (doc) => signedEntryNode(doc, entry, KEYS), invalid, notMapping: "the file is not a mapping" });
+  const text = parsed.doc.toString({ lineWidth: 0 });
   const after = parseFreezes(text, stateFile).entries;
   const last = after[after.length - 1];
   if (after.length !== before + 1 || !last?.ok || last.freeze.signature !== entry.signature) throw new InternalError(`appending to ${stateFile} would not read back as the new freeze entry`);
   return text;
-}
-
-function entryNode(doc: Document, entry: Freeze): Node {
-  const map = doc.createNode(Object.fromEntries(KEYS.filter((k) => entry[k] !== undefined).map((k) => [k, entry[k]])));
-  (map.get("signature", true) as Scalar).type = Scalar.BLOCK_LITERAL;
-  return map;
-}
-
-function entryYaml(entry: Freeze): string {
-  const doc = new Document(null, { schema: "failsafe" });
-  const list = new YAMLSeq();
-  list.items.push(entryNode(doc, entry));
-  doc.contents = list as unknown as typeof doc.contents;
-  return doc.toString({ lineWidth: 0 });
 }

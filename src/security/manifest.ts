@@ -6,10 +6,11 @@
  * target), and files are opened with O_NOFOLLOW, so a symlink planted mid-walk is seen as a change,
  * never read through. Empty folders are not recorded (git does not track them either).
  */
-import { randomBytes, createHash } from "node:crypto";
+import { createHash } from "node:crypto";
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from "node:fs";
-import { open, readdir, readFile, readlink, rename, rm } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { open, readdir, readFile, readlink } from "node:fs/promises";
+import { join } from "node:path";
+import { writeFileDurably } from "../fs-util.js";
 import { mapLimit } from "../concurrency.js";
 import { stalled } from "../errors.js";
 
@@ -131,20 +132,7 @@ export function isIntact(result: VerifyResult): boolean {
 export async function writeManifest(path: string, manifest: ReleaseManifest): Promise<void> {
   // One entry per line, so that two manifests can be compared with diff.
   const text = `{"version":${manifest.version},"commit":${JSON.stringify(manifest.commit)},"entries":[\n${manifest.entries.map((e) => JSON.stringify(e)).join(",\n")}\n]}\n`;
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
-  try {
-    const fh = await open(tmp, "wx", 0o600);
-    try {
-      await fh.writeFile(text);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  await writeFileDurably(path, text, { mode: 0o600 });
 }
 
 /**

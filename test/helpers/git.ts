@@ -77,6 +77,18 @@ export function gitEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   };
 }
 
+/**
+ * gitEnv's test HOME, identity and no system config (its GIT_* variables, HOME and XDG_CONFIG_HOME), as
+ * the `env` of a src/git/native call: additions over the gateway's own environment, which keeps
+ * terminal prompts off itself.
+ */
+export function gatewayEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(gitEnv())) if (v !== undefined && (k.startsWith('GIT_') || k === 'HOME' || k === 'XDG_CONFIG_HOME')) env[k] = v;
+  delete env['GIT_TERMINAL_PROMPT'];
+  return env;
+}
+
 export interface GitResult {
   code: number;
   stdout: string;

@@ -4,9 +4,9 @@ import { createServer } from 'node:http';
 import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { main } from '../../src/cli/main.js';
 import type { Clock } from '../../src/clock.js';
-import { capture, testEnv, type RunningController } from './sandbox.js';
+import { revParse } from './git.js';
+import { run, startController, testEnv, type RunningController } from './sandbox.js';
 import { waitFor } from './tmp.js';
 
 const exec = promisify(execFile);
@@ -163,18 +163,27 @@ export function advancingClock(): AdvancingClock {
 }
 
 /** Starts `cascade-sync start` in-process in `dir` on `clock`; resolves once it reports ready. */
-export async function startControllerOn(dir: string, clock: Clock, env: NodeJS.ProcessEnv = testEnv()): Promise<RunningController> {
-  const ac = new AbortController();
-  const stdout = capture();
-  const stderr = capture();
-  const done = main({ argv: ['start'], cwd: dir, env, stdout, stderr, clock, signal: ac.signal });
-  const ready = waitFor(() => stdout.text().includes('cascade-sync: ready') || undefined, { what: 'the controller to be ready', timeoutMs: 30_000 }).then(() => undefined);
-  const failed = done.then((code) => {
-    throw new Error(`controller exited early with ${code}: ${stderr.text()}${stdout.text()}`);
-  });
-  await Promise.race([ready, failed]);
-  failed.catch(() => undefined);
-  return { stdout, ready, stop: async () => (ac.abort(), await done) };
+export function startControllerOn(dir: string, clock: Clock, env: NodeJS.ProcessEnv = testEnv()): Promise<RunningController> {
+  return startController(dir, env, clock);
+}
+
+/**
+ * A sandbox in `dir` running the pipeline of `config` in-process on an advancing clock, with production
+ * (deployed under `deployRoot`) live at the init commit: writes app.txt ("v1") and the config, runs
+ * `init`, starts the controller (handed to `track` at once, so that the test's afterEach stops it also
+ * when this rejects) and waits for the deploy. Returns that commit (`c1`, main after init) and the clock.
+ * Rejects when init fails or production is not live at c1 within 20 s.
+ */
+export async function startDeployedPipeline(o: { dir: string; config: string; deployRoot: string; track: (c: RunningController) => void }): Promise<{ c1: string; clock: AdvancingClock }> {
+  await writeFile(path.join(o.dir, 'app.txt'), 'v1\n');
+  await writeFile(path.join(o.dir, 'cascade-sync-config.yaml'), o.config);
+  const init = await run(o.dir, ['init']);
+  if (init.code !== 0) throw new Error(`init failed with ${init.code}: ${init.stderr}`);
+  const c1 = await revParse(o.dir, 'main');
+  const clock = advancingClock();
+  o.track(await startControllerOn(o.dir, clock));
+  await waitFor(async () => (await live(path.join(o.deployRoot, 'production'))) === c1 || undefined, { what: 'production to deploy the init commit' });
+  return { c1, clock };
 }
 
 /**

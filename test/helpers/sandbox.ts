@@ -1,7 +1,7 @@
 import { writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { main } from '../../src/cli/main.js';
-import { systemClock } from '../../src/clock.js';
+import { systemClock, type Clock } from '../../src/clock.js';
 import { gitEnv } from './git.js';
 import { makeTmpDir, waitFor } from './tmp.js';
 
@@ -82,12 +82,15 @@ export interface RunningController {
   ready: Promise<void>;
 }
 
-/** Starts `cascade-sync start` in-process in `dir`; resolves once it reports ready. */
-export async function startController(dir: string, env: NodeJS.ProcessEnv = testEnv()): Promise<RunningController> {
+/**
+ * Starts `cascade-sync start` in-process in `dir` (on `clock`, default the wall clock); resolves once it
+ * reports ready, rejects when it exits first or is not ready within 30 s.
+ */
+export async function startController(dir: string, env: NodeJS.ProcessEnv = testEnv(), clock: Clock = systemClock): Promise<RunningController> {
   const ac = new AbortController();
   const stdout = capture();
   const stderr = capture();
-  const done = main({ argv: ['start'], cwd: dir, env, stdout, stderr, clock: systemClock, signal: ac.signal });
+  const done = main({ argv: ['start'], cwd: dir, env, stdout, stderr, clock, signal: ac.signal });
   const ready = waitFor(() => stdout.text().includes('cascade-sync: ready') || undefined, { what: 'the controller to be ready', timeoutMs: 30_000 }).then(() => undefined);
   const failed = done.then((code) => {
     throw new Error(`controller exited early with ${code}: ${stderr.text()}${stdout.text()}`);

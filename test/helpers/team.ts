@@ -8,15 +8,16 @@ import { makeTmpDir } from './tmp.js';
 /**
  * A pipeline config without deploy directories: staging's gate never passes and production has no
  * signers, so no controller in a test can promote anything; only the remote reconciler can move an
- * environment branch (which is what the tests below watch).
+ * environment branch (which is what the tests below watch). `retry` and `intervals` replace the
+ * quick test defaults (flow mappings, as in YAML: `{ initial: 1s, factor: 2, max: 5m }`).
  */
-export function frozenPipelineConfig(o: { url: string; logFile: string }): string {
+export function frozenPipelineConfig(o: { url: string; logFile: string; retry?: string; intervals?: string }): string {
   return [
     'version: 1',
     'sandbox: { debounce: 300ms, batchWindow: 2s }',
     `remotes:\n  - { name: origin, url: ${JSON.stringify(o.url)} }`,
-    'retry: { initial: 200ms, factor: 2, max: 2s, jitter: 0 }',
-    'intervals: { fetch: 1s, health: 1s, rescan: 10m }',
+    `retry: ${o.retry ?? '{ initial: 200ms, factor: 2, max: 2s, jitter: 0 }'}`,
+    `intervals: ${o.intervals ?? '{ fetch: 1s, health: 1s, rescan: 10m }'}`,
     `logging: { file: ${JSON.stringify(o.logFile)}, level: debug }`,
     'notifications: { desktop: false }',
     'environments:',
