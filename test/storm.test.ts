@@ -28,7 +28,7 @@ const BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin',
 const SEED = process.env.STORM_SEED !== undefined && process.env.STORM_SEED !== '' ? Number(process.env.STORM_SEED) : Math.floor(Math.random() * 2 ** 31);
 const ROUNDS = Number(process.env.STORM_ROUNDS ?? 5);
 /** Writer operations per round (a burst counts as one). */
-const OPS_PER_ROUND = Number(process.env.STORM_OPS ?? 220);
+const OPS_PER_ROUND = Number(process.env.STORM_OPS ?? 300);
 /** Clone commits per round. */
 const CLONE_COMMITS_PER_ROUND = 6;
 const SHARED = ['shared/s0.txt', 'shared/s1.txt', 'shared/s2.txt'];
@@ -83,8 +83,12 @@ class Controller {
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Starts a controller process and resolves once it says it is ready; rejects (with its output) if it exits first or takes over a minute. */
-  async start(): Promise<void> {
+  /**
+   * Starts a controller process and resolves once it says it is ready; rejects (with its output) if it
+   * exits first or takes over a minute. With `killAfterMs`, it is killed (SIGKILL, with its git
+   * children) that long after the spawn instead, ready or not: a crash during start-up and recovery.
+   */
+  async start(killAfterMs?: number): Promise<void> {
     const n = ++this.starts;
     let out = '';
     // detached: its own process group, so a test runner's signal does not reach it twice.
@@ -97,6 +101,11 @@ class Controller {
     };
     child.stdout!.on('data', onData);
     child.stderr!.on('data', onData);
+    if (killAfterMs !== undefined) {
+      await sleep(killAfterMs);
+      await this.kill(true);
+      return;
+    }
     await waitFor(() => out.includes('cascade-sync: ready') || (child.exitCode !== null ? Promise.reject(new Error(`exited ${child.exitCode}: ${out}`)) : undefined), {
       what: `controller run ${n} to be ready`,
       timeoutMs: 60_000,
@@ -571,9 +580,9 @@ describe('fault storm (issue 15)', () => {
       const outages = new Set<Promise<void>>();
       const faults = (async () => {
         while (!stormOver) {
-          await sleep(faultDice.int(300, 1500));
+          await sleep(faultDice.int(200, 1000));
           if (stormOver) break;
-          const kind = faultDice.weighted({ kill: 3, killAtLock: 3, localAway: 2, httpDown: 2 });
+          const kind = faultDice.weighted({ kill: 3, killAtLock: 3, killDuringStart: 1, localAway: 2, httpDown: 2 });
           const duration = faultDice.int(300, 3000);
           const tree = faultDice.chance(0.6);
           const pause = faultDice.int(0, 800);
@@ -604,10 +613,11 @@ describe('fault storm (issue 15)', () => {
             }
             count(seen ? `kill-at-${path.basename(seen)}` : 'kill-no-lock-seen');
           } else {
-            count('kill');
+            count(kind);
           }
           await ctl.kill(tree);
           await sleep(pause);
+          if (kind === 'killDuringStart') await ctl.start(faultDice.int(50, 2500));
           await ctl.start();
         }
       })();
