@@ -692,7 +692,10 @@ describe('fault storm (issue 15)', () => {
 
       // What the controller ran into this round (reason codes of its warnings and errors), for the summary.
       const reasons: Record<string, number> = {};
-      for (const m of ctl.output().slice(outputAtStart).matchAll(/ reason=(\w+)/g)) reasons[m[1]!] = (reasons[m[1]!] ?? 0) + 1;
+      const roundOutput = ctl.output().slice(outputAtStart);
+      for (const m of roundOutput.matchAll(/ reason=(\w+)/g)) reasons[m[1]!] = (reasons[m[1]!] ?? 0) + 1;
+      // A failure git's messages were not classified for says what it was, for whoever reads the summary.
+      for (const line of new Set(roundOutput.split('\n').filter((l) => / reason=(GitFailed|InternalError)\b/.test(l)))) console.log(`storm round ${round}: unclassified: ${line.slice(0, 600)}`);
       console.log(`storm round ${round}: ${stormMs} ms of storm, settled in ${settleMs} ms${settled ? '' : ' (NOT settled)'}; ${JSON.stringify(tally)}; controller reasons ${JSON.stringify(reasons)}; ledger ${writer.ledger.size} paths, clone ${clone.ledger.size} files, ${clone.pushed.length} pushes so far`);
       if (problems.length > 0) {
         const tail = ctl.output().slice(-20_000);
