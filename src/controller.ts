@@ -123,6 +123,8 @@ const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
 /** How long a stop, or a one-shot command, lets queued notifications be delivered before giving up on them. */
 const NOTIFY_GRACE_MS = 3_000;
+/** How long a one-shot command (`reconcile`) waits for a race to clear before it can finish an interrupted integration. */
+const RESUME_PATIENCE_ONCE_MS = 30_000;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
 /**
@@ -273,7 +275,7 @@ export class Controller {
     });
     await this.watcher.start();
     // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
-    await this.exclusive(() => resumeIntegration(this.context()));
+    await this.finishInterruptedIntegration(signal);
     const dotenvWatch = this.watchDotenv();
     this.requestFullScan();
     // Edits made while stopped are committed at once, not after a debounce.
@@ -313,7 +315,7 @@ export class Controller {
   /** One full pass (the `reconcile` command): scan the whole sandbox, commit, fetch, merge, push. */
   async runOnce(): Promise<{ ok: boolean; results: { name: string; summary?: string; error?: CascadeError }[] }> {
     this.requestFullScan();
-    await this.exclusive(() => resumeIntegration(this.context()));
+    await this.finishInterruptedIntegration(undefined, RESUME_PATIENCE_ONCE_MS);
     const results: { name: string; summary?: string; error?: CascadeError }[] = [];
     for (const slot of this.orderedSlots()) results.push(await this.runSlot(slot));
     // Remote commits merged in the first pass may leave edited paths to commit, and new commits to push.
@@ -324,6 +326,29 @@ export class Controller {
     await this.writeStatus(false);
     await this.notifier.settle(NOTIFY_GRACE_MS);
     return { ok: results.every((r) => !r.error), results };
+  }
+
+  /**
+   * Finishes a merge of remote commits that a crash interrupted (resumeIntegration), before anything
+   * may commit the sandbox. A race is waited out rather than ending the start: a lock held by a live
+   * git (a person's `git commit` in the sandbox, a git the killed controller left running) or the
+   * branch moving is retried with a growing pause (at most 2 s) until it clears, the signal aborts,
+   * or `patienceMs` passed. Rejects with the last error then, and at once with any other kind of
+   * error (a person must act).
+   */
+  private async finishInterruptedIntegration(signal?: AbortSignal, patienceMs = Number.POSITIVE_INFINITY): Promise<void> {
+    const since = this.now();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.exclusive(() => resumeIntegration(this.context()));
+        return;
+      } catch (err) {
+        const e = toCascadeError(err);
+        if (e.kind !== "Transient" || signal?.aborted || this.now() - since >= patienceMs) throw err;
+        if (attempt === 1) this.deps.log.warn(`finishing an interrupted integration: ${e.message}; retrying until it clears`, { reason: e.reason });
+        await sleep(Math.min(2_000, 100 * 2 ** attempt));
+      }
+    }
   }
 
   /**

@@ -179,8 +179,11 @@ describe('materializeTree', () => {
   });
 
   it('names unsafe path components the way git does (also those a tree reader might refuse first)', () => {
-    const unsafe = ['', '.', '..', '.git', '.GIT', '.Git', '.git.', '.git ', '.git. . ', 'git~1', 'GIT~1', '.git~2', '.g\u200cit', '\ufeff.git', '.git::$INDEX_ALLOCATION', 'a/b', 'a\\b', '..\u200d'];
+    const unsafe = ['', '.', '..', '.git', '.GIT', '.Git', '.git.', '.git ', '.git. . ', 'git~1', 'GIT~1', '.git~2', '.g\u200cit', '\ufeff.git', '.git::$INDEX_ALLOCATION', 'a/b', '..\u200d'];
     for (const name of unsafe) expect(unsafeNameReason(name), JSON.stringify(name)).toBeDefined();
+    // A backslash separates only where git takes it for a separator (Windows); elsewhere git commits it.
+    expect(unsafeNameReason('a\\b', 'win32')).toBeDefined();
+    expect(unsafeNameReason('a\\b', 'linux')).toBeUndefined();
     const safe = ['.gitignore', '.github', '.gitmodules', 'git', 'git~0', 'a..b', '...', '.git-x', 'my.git', 'x.'];
     for (const name of safe) expect(unsafeNameReason(name), JSON.stringify(name)).toBeUndefined();
   });

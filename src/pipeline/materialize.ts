@@ -162,12 +162,15 @@ export async function restoreReleasePaths(repo: Repo, commit: string, dir: strin
 
 /**
  * Why a single tree entry name must not be written, or undefined when it is safe. Mirrors git's
- * verify_path on every platform: a tree that is harmless on Linux
- * is still refused, so a release never holds a ".git" that a hook running git would obey.
+ * verify_path with core.protectNTFS and core.protectHFS on every platform: a ".git" in any spelling
+ * that some file system would take for ".git" is refused also on Linux, so a release never holds a
+ * ".git" that a hook running git would obey. A backslash is a separator only where git takes it for
+ * one (Windows, `platform` "win32"); elsewhere it is an ordinary character that git itself commits and
+ * checks out, and the sandbox's own commits may hold it (the fault storm, issue 15).
  */
-export function unsafeNameReason(name: string): string | undefined {
+export function unsafeNameReason(name: string, platform: NodeJS.Platform = process.platform): string | undefined {
   if (name === "") return "has an empty path component";
-  if (/[/\\\0]/.test(name)) return "has a path separator in a component";
+  if ((platform === "win32" ? /[/\\\0]/ : /[/\0]/).test(name)) return "has a path separator in a component";
   const hfs = name.replace(HFS_IGNORABLE, "");
   if (hfs === "." || hfs === "..") return `has a "${name}" component`;
   const ntfs = (hfs.split(":")[0] ?? "").toLowerCase().replace(/[. ]+$/, "");
