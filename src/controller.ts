@@ -634,7 +634,7 @@ export class Controller {
     slot.lastError = { kind: e.kind, reason: e.reason, message: this.deps.redactor.redact(e.message), ...(e.hint ? { hint: e.hint } : {}), at };
     let delay: number;
     if (e.kind === "Waiting") delay = e.retryAfterMs ?? this.config.retry.initialMs;
-    else if (e.kind === "Stalled") delay = Math.max(this.config.retry.maxMs, STALLED_PROBE_MS);
+    else if (e.kind === "Stalled") delay = e.retryAfterMs ?? Math.max(this.config.retry.maxMs, STALLED_PROBE_MS);
     else delay = retryDelay(this.config.retry, e.reason, slot.failures);
     // The sandbox branch moved while this pass ran: the new commit may be what it lacked.
     if (slot.wokenWhileRunning && fixableByCommit(e.reason)) delay = Math.min(delay, this.config.retry.initialMs);

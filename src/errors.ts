@@ -2,7 +2,8 @@
  * Errors are values with a reason. Every error a person can see is one of three kinds, each mapped to
  * what the control loop does next:
  * - `Stalled`: a person must act (bad credentials, invalid config, refused push); no retry until
- *   something changes.
+ *   something changes, or a probe now and then (sooner, after `retryAfterMs`, where the cause can
+ *   go away by itself and looking costs next to nothing).
  * - `Waiting`: nothing is wrong, a condition is pending; look again after `retryAfterMs`.
  * - `Transient`: network down, lock held; retry with backoff, reset after a success.
  * A `reason` is a stable code used by status, logs, notifications and tests.

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
-import { readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { cloneTo, commitFiles, git, makeBareRepo, showFile, statusPorcelain } from './helpers/git.js';
 import { makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
@@ -69,5 +69,24 @@ describe('storm findings (issue 15)', () => {
     expect(await readFile(path.join(dir, 'a.txt'), 'utf8')).toBe('v2\n');
     await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'a clean sandbox' });
     expect(await git(dir, 'rev-parse', 'develop')).toBe(to);
+  });
+
+  it('a local remote whose folder was renamed away and back is pushed to again within seconds, not after the minute a stall waits', async () => {
+    const root = await makeTmpDir('storm-away');
+    const bare = path.join(root, 'site.git');
+    await makeBareRepo(bare, { initialBranch: 'develop' });
+    const { dir, logFile } = await makeSandbox({ remotes: [{ name: 'origin', url: bare }], files: { 'a.txt': 'v1\n' } });
+    const c = await startController(dir);
+    controllers.push(c);
+    await c.ready;
+    await waitFor(async () => (await git(dir, 'rev-parse', 'develop')) === (await git(bare, 'rev-parse', 'develop').catch(() => '')) || undefined, { what: 'the first push' });
+    await rename(bare, `${bare}.away`);
+    await writeFile(path.join(dir, 'a.txt'), 'v2\n');
+    await waitFor(async () => /RemoteNotFound/.test(await readFile(logFile, 'utf8')) || undefined, { what: 'the push to fail on the missing folder', timeoutMs: 30_000 });
+    await rename(`${bare}.away`, bare);
+    const back = Date.now();
+    // The probe comes within 5 s (a stall's own probe would wait a minute); the margin is for a busy machine.
+    await waitFor(async () => (await showFile(bare, 'develop', 'a.txt').catch(() => Buffer.from(''))).toString() === 'v2\n' || undefined, { what: 'the edit to reach the remote once its folder is back', timeoutMs: 30_000 });
+    expect(Date.now() - back).toBeLessThan(30_000);
   });
 });

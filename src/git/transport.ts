@@ -50,6 +50,9 @@ export interface TransportOptions {
  */
 const lastSeen = new Map<string, string | null>();
 
+/** How soon a local remote whose folder is missing is looked at again (Stalled, but it may come back by itself). */
+const LOCAL_REMOTE_PROBE_MS = 5_000;
+
 /**
  * The remote's commit for each of `branches` (null when it has no such branch), read with one
  * `git ls-remote` without fetching objects. Errors are classified (see {@link remoteError}).
@@ -267,6 +270,7 @@ export function remoteError(remote: RemoteTarget, op: string, err: unknown): Cas
   let { kind, reason } = err;
   let message = `${where}: ${said}`;
   let hint = err.hint;
+  let retryAfterMs: number | undefined;
   if (reason === "GitTimeout") {
     reason = "RemoteUnavailable";
     message = `${where}: remote unreachable: no answer within ${Math.round(remote.timeoutMs / 1000)}s`;
@@ -279,10 +283,12 @@ export function remoteError(remote: RemoteTarget, op: string, err: unknown): Cas
   } else if (reason === "RemoteNotFound" && remote.kind === "local") {
     message = `${where}: ${remote.url} is not a git repository`;
     hint = `create it with \`git init --bare ${remote.url}\`, or fix remotes[].url`;
+    // A folder renamed away and back, a disk mounted again: looked at again within seconds (one stat).
+    retryAfterMs = LOCAL_REMOTE_PROBE_MS;
   }
   kind = reason === "RemoteUnavailable" ? "Transient" : kind;
   return new GitError(kind, reason, message, {
-    command: err.command, exitCode: err.exitCode, stderr: err.stderr, ref: err.ref, lockPath: err.lockPath, host: err.host, hint, cause: err,
+    command: err.command, exitCode: err.exitCode, stderr: err.stderr, ref: err.ref, lockPath: err.lockPath, host: err.host, hint, cause: err, retryAfterMs,
   });
 }
 

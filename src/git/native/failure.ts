@@ -24,9 +24,9 @@ export class GitError extends CascadeError {
     kind: ErrorKind,
     reason: string,
     message: string,
-    detail: { command: string; exitCode?: number; stderr: string; ref?: string; lockPath?: string; host?: string; hint?: string; cause?: unknown },
+    detail: { command: string; exitCode?: number; stderr: string; ref?: string; lockPath?: string; host?: string; hint?: string; cause?: unknown; retryAfterMs?: number },
   ) {
-    super(kind, reason, message, { hint: detail.hint, cause: detail.cause });
+    super(kind, reason, message, { hint: detail.hint, cause: detail.cause, retryAfterMs: detail.retryAfterMs });
     this.name = "GitError";
     this.command = detail.command;
     this.exitCode = detail.exitCode;
