@@ -249,6 +249,9 @@ describe('git failures become our kinds', () => {
     ['NonFastForward', 'Transient', 'To /srv/r.git\n ! [rejected]        develop -> develop (fetch first)\nerror: failed to push some refs\n', undefined],
     ['PushRejected', 'Stalled', 'remote: Sorry, develop is protected.        \nTo /srv/r.git\n ! [remote rejected] develop -> develop (pre-receive hook declined)\n', undefined],
     ['RemoteUnavailable', 'Transient', 'ssh: connect to host git.example.com port 22: Connection refused\r\nfatal: Could not read from remote repository.\n', 'git.example.com'],
+    // An HTTP server gone in the middle of a push (the fault storm's outage): curl's and git's words.
+    ['RemoteUnavailable', 'Transient', 'error: RPC failed; curl 18 transfer closed with outstanding read data remaining\nsend-pack: unexpected disconnect while reading sideband packet\nfatal: the remote end hung up unexpectedly\n', undefined],
+    ['RemoteUnavailable', 'Transient', 'fatal: unable to access \'http://127.0.0.1:1/r.git/\': transfer closed with outstanding read data remaining\n', undefined],
     ['RepositoryFormatUnsupported', 'Stalled', 'fatal: unknown repository extension found:\n\trefstorage\n', undefined],
   ])('%s (%s) from git/ssh wording', (reason, kind, stderr, host) => {
     const err = classifyGitFailure({ args: ['push', 'origin', 'develop'], exitCode: 1, stderr });

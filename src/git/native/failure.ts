@@ -237,7 +237,7 @@ const RULES: Rule[] = [
     return new GitError("Transient", "DiskFull", `${f.where}: the disk is full`, { ...f.base, hint: "free some space; retried with backoff" });
   },
   (f) => {
-    if (!/Could not resolve host|Failed to connect|Connection refused|Connection timed out|Connection reset|Operation timed out|The remote end hung up unexpectedly|early EOF|returned error: 5\d\d|ssh: connect to host|Could not read from remote repository|Could not resolve hostname|RPC failed/.test(f.text)) return undefined;
+    if (!/Could not resolve host|Failed to connect|Connection refused|Connection timed out|Connection reset|Operation timed out|The remote end hung up unexpectedly|early EOF|returned error: 5\d\d|ssh: connect to host|Could not read from remote repository|Could not resolve hostname|RPC failed|transfer closed with outstanding read data|Empty reply from server|unexpected disconnect while reading sideband packet/.test(f.text)) return undefined;
     return new GitError("Transient", "RemoteUnavailable", `${f.where}: remote unreachable: ${firstLines(f.base.stderr, 3)}`, {
       ...f.base, hint: "retried with backoff; commits wait locally until it is back",
     });
