@@ -441,7 +441,7 @@ async function longRun() {
   const out = path.join(tmp, "long.json");
   const pass = ["bursts", "burst-files", "long-files", "debounce-long", "push-files"].flatMap((k) => (args[k] === undefined ? [] : [`--${k}`, String(args[k])]));
   const code = await new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(ROOT, "bench", "long.mjs"), "--out", out, "--bin", BIN, ...pass], { stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(process.execPath, [path.join(ROOT, "bench", "long.mjs"), "--quiet", "--out", out, "--bin", BIN, ...pass], { stdio: ["ignore", "inherit", "inherit"] });
     child.once("exit", resolve);
   });
   const long = JSON.parse(readFileSync(out, "utf8"));
