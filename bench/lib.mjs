@@ -115,9 +115,24 @@ export function procCpu(pid) {
   return Number(f[11]) + Number(f[12]);
 }
 
-/** Starts `cascade-sync start` in `cwd`; `ready` resolves on its "cascade-sync: ready" line. */
-export function startController(bin, cwd, env) {
-  const child = spawn(process.execPath, [bin, "start"], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * CPU seconds of a process so far: its own (user + system) and its waited-for children's (the git
+ * processes it ran and reaped), from /proc/<pid>/stat.
+ */
+export function procCpuSplit(pid) {
+  const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+  // Fields 14-17 (utime, stime, cutime, cstime), counted from the pid; f starts at field 3.
+  return { selfS: round((Number(f[11]) + Number(f[12])) / CLK_TCK, 2), childrenS: round((Number(f[13]) + Number(f[14])) / CLK_TCK, 2) };
+}
+
+/**
+ * Starts `cascade-sync start` in `cwd`; `ready` resolves on its "cascade-sync: ready" line. With
+ * `profileDir`, node writes a CPU profile (.cpuprofile) there when the controller exits.
+ */
+export function startController(bin, cwd, env, profileDir) {
+  const node = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+  const child = spawn(process.execPath, [...node, bin, "start"], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (out += d));
@@ -141,6 +156,30 @@ export async function stopController(c, timeoutMs = 120_000) {
   await c.exited;
   clearTimeout(timer);
   return round(performance.now() - t);
+}
+
+/**
+ * The functions that took the most self time in a V8 .cpuprofile, and the same by source file:
+ * [{ name, ms, pct }] each, biggest first (idle and GC included, as V8 names them).
+ */
+export function profileSummary(file, top = 15) {
+  const prof = JSON.parse(readFileSync(file, "utf8"));
+  const byNode = new Map(prof.nodes.map((n) => [n.id, n]));
+  const selfMs = new Map();
+  for (let i = 0; i < prof.samples.length; i++) selfMs.set(prof.samples[i], (selfMs.get(prof.samples[i]) ?? 0) + (prof.timeDeltas[i] ?? 0) / 1000);
+  const total = [...selfMs.values()].reduce((a, b) => a + b, 0);
+  const fns = new Map();
+  const files = new Map();
+  for (const [id, ms] of selfMs) {
+    const cf = byNode.get(id).callFrame;
+    const where = cf.url ? cf.url.replace(/^file:\/\//, "").replace(/^.*\/(dist|node_modules)\//, "$1/") : "";
+    const fn = `${cf.functionName || "(anonymous)"}${where ? ` ${where}:${cf.lineNumber + 1}` : ""}`;
+    fns.set(fn, (fns.get(fn) ?? 0) + ms);
+    const key = where || cf.functionName || "(native)";
+    files.set(key, (files.get(key) ?? 0) + ms);
+  }
+  const list = (m) => [...m].sort((a, b) => b[1] - a[1]).slice(0, top).map(([name, ms]) => ({ name, ms: round(ms), pct: round((ms / total) * 100, 1) }));
+  return { totalMs: round(total), functions: list(fns), files: list(files) };
 }
 
 /** git's object id of a blob with this content. */

@@ -5,7 +5,8 @@
 //                    [--debounce 1s] [--batch-window 10s] [--jobs 2] [--init-commits]
 //                    [--out FILE] [--keep] [--bin PATH]
 //                    [--setup-only] (make and keep the trees, measure nothing: for profiling)
-//                    [--long [--bursts 1000] [--long-files 20000]] (then the long run, bench/long.mjs)
+//                    [--cpu-prof] (a V8 CPU profile of the controller per run, summarized, kept next to the report)
+//                    [--long [--bursts 1000] [--long-files 10000]] (then the long run, bench/long.mjs)
 //
 // It drives the real compiled controller (`node bin/cascade-sync.js start` in a sandbox made by
 // `init`), so memory and CPU are the real process's (/proc/<pid>/status VmHWM, /proc/<pid>/stat).
@@ -20,14 +21,14 @@
 // report (its path is printed at the end). Everything lives under one temp dir, removed at the end
 // unless --keep.
 import { spawn } from "node:child_process";
-import { mkdirSync, writeFileSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import {
   ROOT, CLK_TCK, parseArgs, parseDuration, cleanEnv, sh as shWith, must as mustWith, waitFor, refOf, procMemory, procCpu,
-  startController, stopController, blobOid, generateTree, pickFiles, spread, round, ratio, median, percentile, sleep, markdownTable,
+  startController, stopController, procCpuSplit, profileSummary, blobOid, generateTree, pickFiles, spread, round, ratio, median, percentile, sleep, markdownTable,
 } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
@@ -107,9 +108,9 @@ try {
   }
   report.machine.loadAfter = os.loadavg().map((l) => round(l, 2));
   report.totalSeconds = round((Date.now() - started) / 1000);
-  const out = path.resolve(args.out ?? path.join(os.tmpdir(), `cascade-bench-${FILES}-${Date.now()}.json`));
+  const out = reportPath();
   await writeFile(out, JSON.stringify(report, null, 2) + "\n");
-  process.stdout.write(`\n${table(report)}\n\n${phaseTable(report)}\n`);
+  process.stdout.write(`\n${table(report)}\n\n${phaseTable(report)}\n${profileText(report)}`);
   if (report.long?.table) process.stdout.write(`\n${report.long.table}\n`);
   if (report.error) process.stderr.write(`\nbench failed: ${report.error}\n`);
   if (args.keep) process.stdout.write(`trees kept in ${tmp}\n`);
@@ -198,11 +199,18 @@ function configText() {
 /** One run: start, idle, one-file commits, burst, stop, promote. Returns its figures and phase times. */
 async function measuredRun(run) {
   const phases = {};
+  const cpu = {};
   const figures = {};
+  // Wall time of each phase, and the controller's CPU in it: its own and its git processes' (reaped children).
   const phase = async (name, fn) => {
     const t = performance.now();
+    const cpuNow = () => { try { return controller && procCpuSplit(controller.pid); } catch { return undefined; } };
+    // A controller started in the phase counts from zero; one that exits in it is not counted.
+    const c0 = cpuNow() ?? { selfS: 0, childrenS: 0 };
     const v = await fn();
     phases[name] = round(performance.now() - t);
+    const c1 = cpuNow();
+    if (c1) cpu[name] = { controllerS: round(c1.selfS - c0.selfS, 2), gitS: round(c1.childrenS - c0.childrenS, 2) };
     return v;
   };
   await phase("start", () => measureStart(run, figures));
@@ -216,8 +224,23 @@ async function measuredRun(run) {
   controller = undefined;
   step("promote: develop -> staging fast-forward + push, vs native git push");
   figures.promote = await phase("promote", () => promote());
-  return { figures, phases, load: os.loadavg().map((l) => round(l, 2)) };
+  const profile = args["cpu-prof"] ? keepProfile(run) : undefined;
+  return { figures, phases, cpu, profile, load: os.loadavg().map((l) => round(l, 2)) };
 }
+
+function profileDir(run) { return path.join(tmp, "profiles", `run-${run + 1}`); }
+
+/** The run's controller profile: summarized, and copied next to the JSON report (the temp dir goes). */
+function keepProfile(run) {
+  const dir = profileDir(run);
+  const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+  if (!file) return undefined;
+  const kept = `${reportPath().replace(/\.json$/, "")}.run${run + 1}.cpuprofile`;
+  copyFileSync(path.join(dir, file), kept);
+  return { file: kept, ...profileSummary(path.join(dir, file)) };
+}
+
+function reportPath() { return path.resolve(args.out ?? path.join(os.tmpdir(), `cascade-bench-${FILES}-${started}.json`)); }
 
 /** Edits made while stopped, then `start` until ready, vs a cold `git status` on the native copy. */
 async function measureStart(run, figures) {
@@ -232,7 +255,7 @@ async function measureStart(run, figures) {
   if (cold) await dropCaches();
   step(`start the controller (${cold ? "cold" : "warm"} page cache)`);
   const t0 = performance.now();
-  controller = startController(BIN, sandbox, env);
+  controller = startController(BIN, sandbox, env, args["cpu-prof"] ? profileDir(run) : undefined);
   await controller.ready;
   const startMs = performance.now() - t0;
   const missing = await notCommitted(sandbox, edits);
@@ -520,19 +543,33 @@ function table(r) {
 /** Where the wall time of the invocation went: setup steps once, then each run's phases. */
 function phaseTable(r) {
   const s = (ms) => (ms === undefined ? "-" : `${round(ms / 1000, 1)} s`);
-  const rows = [["step", "time"]];
+  const rows = [["step", "wall time", "controller CPU", "its git processes' CPU"]];
   const st = r.setup;
-  rows.push([`generate ${r.files} files (${JOBS} processes)`, s(st.tree?.ms)]);
-  if (st.nativeFirstCommitMs !== undefined) rows.push(["native first commit (git add -A && git commit)", s(st.nativeFirstCommitMs)]);
-  rows.push([r.config.initCommits ? "cascade-sync init (commits the tree)" : "cascade-sync init (adopts the committed repository)", s(st.initMs)]);
-  rows.push(["native copy (cp -a, objects hard-linked)", s(st.copyMs)]);
-  rows.push(["native index refresh (update-index --refresh)", s(st.nativeRefreshMs)]);
-  rows.push(["remotes (objects hard-linked) + fetch", s(st.remotesMs)]);
+  rows.push([`generate ${r.files} files (${JOBS} processes)`, s(st.tree?.ms), "", ""]);
+  if (st.nativeFirstCommitMs !== undefined) rows.push(["native first commit (git add -A && git commit)", s(st.nativeFirstCommitMs), "", ""]);
+  rows.push([r.config.initCommits ? "cascade-sync init (commits the tree)" : "cascade-sync init (adopts the committed repository)", s(st.initMs), "", ""]);
+  rows.push(["native copy (cp -a, objects hard-linked)", s(st.copyMs), "", ""]);
+  rows.push(["native index refresh (update-index --refresh)", s(st.nativeRefreshMs), "", ""]);
+  rows.push(["remotes (objects hard-linked) + fetch", s(st.remotesMs), "", ""]);
   r.perRun.forEach((run, i) => {
-    for (const [k, v] of Object.entries(run.phases)) rows.push([`run ${i + 1}: ${k}`, s(v)]);
+    for (const [k, v] of Object.entries(run.phases)) {
+      const c = run.cpu?.[k];
+      rows.push([`run ${i + 1}: ${k}`, s(v), c ? `${c.controllerS} s` : "", c ? `${c.gitS} s` : ""]);
+    }
   });
-  rows.push(["total", s(r.totalSeconds * 1000)]);
+  rows.push(["total", s(r.totalSeconds * 1000), "", ""]);
   return markdownTable(rows);
+}
+
+/** The top of each run's controller profile (--cpu-prof), by function. */
+function profileText(r) {
+  const out = [];
+  r.perRun.forEach((run, i) => {
+    if (!run.profile) return;
+    const rows = [["function (self time)", "ms", "%"], ...run.profile.functions.slice(0, 12).map((f) => [f.name, f.ms, f.pct])];
+    out.push(`\ncontroller CPU profile, run ${i + 1} (${run.profile.file}):\n${markdownTable(rows)}`);
+  });
+  return out.length ? `${out.join("\n")}\n` : "";
 }
 
 function int(v, d) { return v === undefined ? d : parseInt(v, 10); }
