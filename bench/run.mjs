@@ -83,6 +83,7 @@ let controller;
 /** Paths of the generated files, in generation order. */
 let generated = [];
 const started = Date.now();
+for (const sig of ["SIGINT", "SIGTERM"]) process.once(sig, () => interrupted(sig));
 
 try {
   report.machine.git = (await sh("git", ["--version"])).stdout.trim();
@@ -116,6 +117,21 @@ try {
   if (args.keep) process.stdout.write(`trees kept in ${tmp}\n`);
   else await rm(tmp, { recursive: true, force: true, maxRetries: 3 });
   process.stdout.write(`report: ${out}\n`);
+}
+
+/**
+ * Ctrl-C or a timeout's SIGTERM: the report so far (the setup's times and the finished runs) is written
+ * and printed, the controller killed, and the trees left in place (their path is printed).
+ */
+function interrupted(sig) {
+  if (controller) controller.child.kill("SIGKILL");
+  report.error = `interrupted by ${sig}`;
+  if (report.perRun.length) report.figures = summarize(report.perRun);
+  report.totalSeconds = round((Date.now() - started) / 1000);
+  const out = reportPath();
+  writeFileSync(out, JSON.stringify(report, null, 2) + "\n");
+  process.stdout.write(`\n${table(report)}\n\n${phaseTable(report)}\ninterrupted by ${sig}; trees left in ${tmp}\nreport: ${out}\n`);
+  process.exit(130);
 }
 
 // --- setup: once per invocation -----------------------------------------------------------------
