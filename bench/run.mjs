@@ -75,7 +75,7 @@ const report = {
   config: { debounce: DEBOUNCE, batchWindow: BATCH_WINDOW, idleSeconds: IDLE_S, samples: SAMPLES, burst: BURST, initCommits: Boolean(args["init-commits"]) },
   targets: TARGETS,
   machine: { cpus: os.cpus().length, node: process.version, git: "", loadBefore: os.loadavg().map((l) => round(l, 2)) },
-  setup: {},
+  setup: { cpuS: {} },
   perRun: [],
   figures: {},
 };
@@ -139,7 +139,7 @@ function interrupted(sig) {
 /** Generates the tree, commits it, makes it a sandbox, and makes the native copy and both remotes. */
 async function setUp() {
   step(`generating ${FILES} files under ${sandbox} (${JOBS} writer processes)`);
-  const gen = await generateTree(sandbox, FILES, { jobs: JOBS });
+  const gen = await stepCpu("tree", () => generateTree(sandbox, FILES, { jobs: JOBS }));
   generated = gen.names;
   report.setup.tree = { files: FILES, bytes: gen.bytes, dirs: gen.dirs, ms: gen.ms };
   writeFileSync(path.join(sandbox, "cascade-sync-config.yaml"), configText());
@@ -147,19 +147,20 @@ async function setUp() {
   if (!args["init-commits"]) {
     step("native first commit (git add -A && git commit)");
     await must("git", ["init", "-q", "--initial-branch=develop"], { cwd: sandbox });
-    report.setup.nativeFirstCommitMs = (await must("sh", ["-c", "git add -A && git commit -q -m 'first commit'"], { cwd: sandbox })).ms;
+    report.setup.nativeFirstCommitMs = (await stepCpu("nativeFirstCommit", () => must("sh", ["-c", "git add -A && git commit -q -m 'first commit'"], { cwd: sandbox }))).ms;
   }
   step(args["init-commits"] ? "cascade-sync init (commits the whole tree)" : "cascade-sync init (adopts the committed repository)");
-  const init = await sh(process.execPath, [BIN, "init"], { cwd: sandbox });
+  const init = await stepCpu("init", () => sh(process.execPath, [BIN, "init"], { cwd: sandbox }));
   if (init.code !== 0) throw new Error(`init failed: ${init.stderr}${init.stdout}`);
   report.setup.initMs = init.ms;
 
   step("native copy (work tree copied, objects hard-linked) and both remotes (objects hard-linked)");
-  report.setup.copyMs = await copySandbox(native);
+  report.setup.copyMs = await stepCpu("copy", () => copySandbox(native));
   // The copy has new inodes and ctimes: let native git refresh its index once, as a user's would be.
-  report.setup.nativeRefreshMs = (await sh("git", ["update-index", "-q", "--refresh"], { cwd: native })).ms;
+  report.setup.nativeRefreshMs = (await stepCpu("nativeRefresh", () => sh("git", ["update-index", "-q", "--refresh"], { cwd: native }))).ms;
   report.setup.nativeStatusMs = (await sh("git", ["status", "--porcelain"], { cwd: native })).ms;
   const t = performance.now();
+  const c0 = procCpuSplit(process.pid);
   await must("git", ["init", "-q", "--bare", "--initial-branch=develop", nativeRemote]);
   // The copy came with the sandbox's remote (init set it): the native side pushes to its own.
   await sh("git", ["remote", "remove", "origin"], { cwd: native });
@@ -173,6 +174,23 @@ async function setUp() {
   }
   await must("git", ["fetch", "-q", "origin"], { cwd: native });
   report.setup.remotesMs = round(performance.now() - t);
+  report.setup.cpuS.remotes = cpuSince(c0);
+}
+
+/**
+ * Runs a setup step and records the CPU seconds it took in all processes (this one and every child
+ * and grandchild reaped meanwhile): on a busy machine the wall time says little about a quiet one.
+ */
+async function stepCpu(key, fn) {
+  const c0 = procCpuSplit(process.pid);
+  const v = await fn();
+  report.setup.cpuS[key] = cpuSince(c0);
+  return v;
+}
+
+function cpuSince(c0) {
+  const c1 = procCpuSplit(process.pid);
+  return round(c1.selfS + c1.childrenS - c0.selfS - c0.childrenS, 1);
 }
 
 /**
@@ -559,14 +577,15 @@ function table(r) {
 /** Where the wall time of the invocation went: setup steps once, then each run's phases. */
 function phaseTable(r) {
   const s = (ms) => (ms === undefined ? "-" : `${round(ms / 1000, 1)} s`);
-  const rows = [["step", "wall time", "controller CPU", "its git processes' CPU"]];
+  const rows = [["step", "wall time", "CPU: the step's processes / the controller", "CPU: the controller's git processes"]];
   const st = r.setup;
-  rows.push([`generate ${r.files} files (${JOBS} processes)`, s(st.tree?.ms), "", ""]);
-  if (st.nativeFirstCommitMs !== undefined) rows.push(["native first commit (git add -A && git commit)", s(st.nativeFirstCommitMs), "", ""]);
-  rows.push([r.config.initCommits ? "cascade-sync init (commits the tree)" : "cascade-sync init (adopts the committed repository)", s(st.initMs), "", ""]);
-  rows.push(["native copy (cp -a, objects hard-linked)", s(st.copyMs), "", ""]);
-  rows.push(["native index refresh (update-index --refresh)", s(st.nativeRefreshMs), "", ""]);
-  rows.push(["remotes (objects hard-linked) + fetch", s(st.remotesMs), "", ""]);
+  const c = (k) => (st.cpuS?.[k] === undefined ? "" : `${st.cpuS[k]} s`);
+  rows.push([`generate ${r.files} files (${JOBS} processes)`, s(st.tree?.ms), c("tree"), ""]);
+  if (st.nativeFirstCommitMs !== undefined) rows.push(["native first commit (git add -A && git commit)", s(st.nativeFirstCommitMs), c("nativeFirstCommit"), ""]);
+  rows.push([r.config.initCommits ? "cascade-sync init (commits the tree)" : "cascade-sync init (adopts the committed repository)", s(st.initMs), c("init"), ""]);
+  rows.push(["native copy (cp -a, objects hard-linked)", s(st.copyMs), c("copy"), ""]);
+  rows.push(["native index refresh (update-index --refresh)", s(st.nativeRefreshMs), c("nativeRefresh"), ""]);
+  rows.push(["remotes (objects hard-linked) + fetch", s(st.remotesMs), c("remotes"), ""]);
   r.perRun.forEach((run, i) => {
     for (const [k, v] of Object.entries(run.phases)) {
       const c = run.cpu?.[k];
