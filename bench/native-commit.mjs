@@ -1,84 +1,112 @@
 #!/usr/bin/env node
 /**
- * A one-file commit at scale through the native commit engine (src/git/native/stage.ts: git status on the
- * hinted path or the whole tree, git stages, the staged blob read back and judged, write-tree, commit-tree,
- * update-ref expecting the parent) against native plumbing on the known path (commitKnownPaths), in the
- * same repository, alternating, so all see the same cache state.
+ * A one-file commit at scale, in one repository, the ways side by side (alternating each round, so all
+ * see the same cache state):
  *
- *   npm run build && node bench/native-commit.mjs [--files 100000] [--folders 5000] [--rounds 10]
+ * - the gateway's plumbing on the known path (commitKnownPaths: update-index for the path, write-tree,
+ *   commit-tree, update-ref expecting the parent): the floor for a commit that spawns git;
+ * - the native commit engine (src/git/native/stage.ts: git status on the hinted path, git stages, the
+ *   staged blob read back and judged, write-tree, commit-tree, update-ref), as the controller commits;
+ * - the same engine after a whole-tree status (no hint: a rescan);
+ * - `git add -A && git commit`, what a person types.
  *
- * Prints the figures as a table and as one JSON line.
+ * The controller's own figure against plumbing, through the running process, is in `npm run bench`;
+ * this one takes the controller out, to see what the engine itself costs.
+ *
+ *   npm run build && node bench/native-commit.mjs [--files 100000] [--folders 5000] [--rounds 10] [--dir DIR] [--keep]
+ *
+ * The tree is bench/gen-tree.mjs's (the same as the main bench's), generated once (its first `git add
+ * -A && git commit` timed) in a temp dir, or reused from --dir when that already holds a repository;
+ * --keep leaves a generated one behind for the next run. Prints a table and one JSON line.
  */
-import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { promisify } from "node:util";
+import { pathToFileURL } from "node:url";
+import { ROOT, parseArgs, cleanEnv, must as mustWith, generateTree, spread, round, markdownTable } from "./lib.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const gateway = await import(pathToFileURL(path.join(ROOT, "dist", "src", "git", "native", "index.js")).href);
-const run = promisify(execFile);
-const arg = (name, fallback) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : fallback;
-};
-const FILES = Number(arg("files", "100000"));
-const FOLDERS = Number(arg("folders", "5000"));
-const ROUNDS = Number(arg("rounds", "10"));
+const gateway = await import(pathToFileURL(path.join(ROOT, "dist", "src", "git", "native", "index.js")).href).catch(() => {
+  console.error("build first: npm run build (dist/src/git/native is missing)");
+  process.exit(2);
+});
+const args = parseArgs(process.argv.slice(2));
+const FILES = Number(args.files ?? 100_000);
+const FOLDERS = Number(args.folders ?? Math.ceil(FILES / 20));
+const ROUNDS = Number(args.rounds ?? 10);
 const IDENTITY = { name: "Bench", email: "bench@example.invalid" };
 const ENV = {
-  GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null",
+  GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", LC_ALL: "C",
   GIT_AUTHOR_NAME: IDENTITY.name, GIT_AUTHOR_EMAIL: IDENTITY.email, GIT_COMMITTER_NAME: IDENTITY.name, GIT_COMMITTER_EMAIL: IDENTITY.email,
 };
-const git = (dir, ...args) => run("git", args, { cwd: dir, env: { ...process.env, ...ENV, LC_ALL: "C" }, maxBuffer: 1 << 30 }).then((r) => r.stdout.trim());
+const env = cleanEnv(ENV);
+const git = async (dir, ...argv) => (await mustWith(env, "git", argv, { cwd: dir, maxBuffer: 1 << 30 })).stdout.trim();
+const timedGit = async (dir, ...argv) => (await mustWith(env, "git", argv, { cwd: dir, maxBuffer: 1 << 30 })).ms;
 
-const dir = await mkdtemp(path.join(os.tmpdir(), "cascade-native-commit-"));
-await git(dir, "init", "--quiet", "-b", "develop");
-await git(dir, "config", "gc.auto", "0");
-await git(dir, "config", "maintenance.auto", "false");
-const perFolder = Math.ceil(FILES / FOLDERS);
-for (let f = 0; f < FOLDERS; f++) {
-  const folder = path.join(dir, `d${Math.floor(f / 100)}`, `f${f}`);
-  await mkdir(folder, { recursive: true });
-  const writes = [];
-  for (let i = 0; i < perFolder && f * perFolder + i < FILES; i++) writes.push(writeFile(path.join(folder, `file${i}.txt`), `folder ${f} file ${i}\n`));
-  await Promise.all(writes);
+const reused = args.dir !== undefined && existsSync(path.join(args.dir, ".git"));
+const dir = args.dir ?? (await mkdtemp(path.join(os.tmpdir(), "cascade-native-commit-")));
+await mkdir(dir, { recursive: true });
+const result = { files: FILES, folders: FOLDERS, rounds: ROUNDS, git: await git(dir, "version") };
+if (!reused) {
+  console.error(`generating ${FILES} files in ${FOLDERS} folders under ${dir} ...`);
+  const gen = await generateTree(dir, FILES, { perFolder: Math.ceil(FILES / FOLDERS) });
+  await git(dir, "init", "--quiet", "-b", "develop");
+  // No background gc or maintenance: it would run beside the measured commits (and race the cleanup).
+  await git(dir, "config", "gc.auto", "0");
+  await git(dir, "config", "maintenance.auto", "false");
+  const first = (await timedGit(dir, "add", "-A")) + (await timedGit(dir, "commit", "--quiet", "-m", "initial"));
+  result.generateMs = gen.ms;
+  result.firstAddCommitMs = round(first);
+  console.error(`generated in ${round(gen.ms / 1000)} s; first git add -A + commit ${round(first / 1000)} s`);
 }
-await git(dir, "add", "-A");
-await git(dir, "commit", "--quiet", "-m", "initial");
 const repo = { cwd: dir, env: ENV };
+// Warm all the same way: one status, as a running controller would have done.
 await git(dir, "status", "--porcelain");
-const target = "d0/f0/file0.txt";
-const rows = { plumbing: [], hinted: [], rescan: [] };
+const target = (await git(dir, "ls-files", "-z")).split("\0")[0];
 const engine = async (hints) => {
   const changes = await gateway.worktreeChanges(repo, hints);
   const parent = await git(dir, "rev-parse", "refs/heads/develop");
   return gateway.commitNative(repo, {
-    changes, ref: "refs/heads/develop", parent, author: IDENTITY,
-    isEncrypted: () => false, encrypt: () => ({ ok: false, held: "none" }), judge: () => undefined, message: () => "bench\n",
+    changes, ref: "refs/heads/develop", parent, author: IDENTITY, lookAgain: hints,
+    judge: () => undefined, message: () => "bench\n",
   });
 };
-for (let round = 0; round < ROUNDS; round++) {
-  await writeFile(path.join(dir, target), `plumbing round ${round}\n`);
-  const parent = await git(dir, "rev-parse", "refs/heads/develop");
-  let t = performance.now();
-  await gateway.commitKnownPaths(repo, { paths: [target], ref: "refs/heads/develop", parent, message: `plumbing ${round}\n`, author: IDENTITY });
-  rows.plumbing.push(performance.now() - t);
-  await writeFile(path.join(dir, target), `hinted round ${round}\n`);
-  t = performance.now();
-  await engine([target]);
-  rows.hinted.push(performance.now() - t);
-  await writeFile(path.join(dir, target), `rescan round ${round}\n`);
-  t = performance.now();
-  await engine([]);
-  rows.rescan.push(performance.now() - t);
+const ways = {
+  plumbingKnownPath: async (round) => {
+    const parent = await git(dir, "rev-parse", "refs/heads/develop");
+    const t = performance.now();
+    await gateway.commitKnownPaths(repo, { paths: [target], ref: "refs/heads/develop", parent, message: `plumbing ${round}\n`, author: IDENTITY });
+    return performance.now() - t;
+  },
+  engineHinted: async () => timedAsync(() => engine([target])),
+  engineRescan: async () => timedAsync(() => engine([])),
+  addAllCommit: async (round) => (await timedGit(dir, "add", "-A")) + (await timedGit(dir, "commit", "--quiet", "-m", `porcelain ${round}`)),
+};
+const times = Object.fromEntries(Object.keys(ways).map((k) => [k, []]));
+for (let r = 0; r < ROUNDS; r++) {
+  for (const [name, way] of Object.entries(ways)) {
+    await writeFile(path.join(dir, target), `${name} round ${r}\n`);
+    times[name].push(await way(r));
+  }
 }
-const p50 = (ms) => Math.round([...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]);
-const result = { files: FILES, rounds: ROUNDS, git: await git(dir, "version"), plumbingKnownPathMs: p50(rows.plumbing), engineHintedMs: p50(rows.hinted), engineFullRescanMs: p50(rows.rescan), cleanAfter: (await git(dir, "status", "--porcelain")) === "" };
-console.log(`one-file commit at ${FILES} files (${ROUNDS} rounds, ${result.git}), p50`);
-console.log(`  native plumbing on the known path        ${result.plumbingKnownPathMs} ms`);
-console.log(`  native engine, status on the hinted path ${result.engineHintedMs} ms`);
-console.log(`  native engine, whole-tree status         ${result.engineFullRescanMs} ms`);
+for (const [name, ms] of Object.entries(times)) result[`${name}Ms`] = spread(ms);
+result.warmStatusMs = await timedGit(dir, "status", "--porcelain");
+result.cleanAfter = (await git(dir, "status", "--porcelain")) === "";
+const floor = result.plumbingKnownPathMs.median;
+const rows = [["one-file commit", "median", "min-max", "vs plumbing"]];
+const labels = { plumbingKnownPath: "gateway plumbing on the known path", engineHinted: "native engine, status on the hinted path", engineRescan: "native engine, whole-tree status", addAllCommit: "git add -A && git commit" };
+for (const k of Object.keys(ways)) {
+  const s = result[`${k}Ms`];
+  rows.push([labels[k], `${s.median} ms`, `${s.min}-${s.max} ms`, `${round(s.median / floor, 2)}x`]);
+}
+console.log(`one-file commit at ${FILES} files in ${FOLDERS} folders (${ROUNDS} rounds, ${result.git}); warm git status ${result.warmStatusMs} ms; clean after: ${result.cleanAfter}`);
+console.log(markdownTable(rows));
 console.log(JSON.stringify(result));
-await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+if (!reused && !args.keep) await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+else console.error(`tree kept in ${dir} (reuse with --dir ${dir})`);
+
+async function timedAsync(fn) {
+  const t = performance.now();
+  await fn();
+  return performance.now() - t;
+}
