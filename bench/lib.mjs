@@ -2,9 +2,10 @@
 // statistics, /proc readings, the generated tree and a minimal smart-HTTP git server.
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdtemp, readFile } from "node:fs/promises";
 import http from "node:http";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -39,6 +40,19 @@ export function cleanEnv(extra) {
   const out = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("GIT_") && k !== "XDG_CONFIG_HOME") out[k] = v;
   return { ...out, ...extra };
+}
+
+/**
+ * A bench's temp dir with an isolated HOME (its .gitconfig: a bench identity, `develop` as the first
+ * branch, plus `gitconfigExtra`) and the environment and command runners bound to it.
+ */
+export async function benchWorkspace(prefix, gitconfigExtra = "") {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), prefix));
+  const home = path.join(tmp, "home");
+  mkdirSync(home);
+  writeFileSync(path.join(home, ".gitconfig"), `[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = develop\n${gitconfigExtra}`);
+  const env = cleanEnv({ HOME: home, GIT_CONFIG_NOSYSTEM: "1" });
+  return { tmp, home, env, sh: (cmd, argv, opts) => sh(env, cmd, argv, opts), must: (cmd, argv, opts) => must(env, cmd, argv, opts) };
 }
 
 /** Runs a command (never a shell unless `cmd` is one); resolves with code, output and duration, never rejects. */

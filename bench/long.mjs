@@ -26,7 +26,7 @@ import { randomBytes } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import {
-  ROOT, parseArgs, cleanEnv, sh as shWith, must as mustWith, waitFor, refOf, packCount, procMemory, resetPeakRss,
+  ROOT, parseArgs, benchWorkspace, waitFor, refOf, packCount, procMemory, resetPeakRss,
   startController, stopController, blobOid, generateTree, mulberry32, startGitHttpServer, spread, round, ratio, median, mean, sleep, markdownTable,
 } from "./lib.mjs";
 
@@ -41,14 +41,8 @@ const BIN = path.resolve(args.bin ?? path.join(ROOT, "bin", "cascade-sync.js"));
 const WINDOW = Math.max(1, Math.min(100, Math.floor(BURSTS / 2)));
 const TARGETS = { latencyRatio: 1.2, maxPacks: 50, rssRatio: 1.1 };
 
-const tmp = await mkdtemp(path.join(os.tmpdir(), "cascade-long-"));
-const home = path.join(tmp, "home");
-mkdirSync(home);
 // No gc settings: git's defaults (gc.auto 6700, gc.autoPackLimit 50) are what a user has.
-writeFileSync(path.join(home, ".gitconfig"), "[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = develop\n");
-const env = cleanEnv({ HOME: home, GIT_CONFIG_NOSYSTEM: "1" });
-const sh = (cmd, argv, opts) => shWith(env, cmd, argv, opts);
-const must = (cmd, argv, opts) => mustWith(env, cmd, argv, opts);
+const { tmp, env, sh, must } = await benchWorkspace("cascade-long-");
 const sandbox = path.join(tmp, "sandbox");
 const srv = path.join(tmp, "srv");
 const local = path.join(tmp, "local.git");

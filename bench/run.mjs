@@ -27,7 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import {
-  ROOT, CLK_TCK, parseArgs, parseDuration, cleanEnv, sh as shWith, must as mustWith, waitFor, refOf, procMemory, procCpu,
+  ROOT, CLK_TCK, parseArgs, parseDuration, benchWorkspace, waitFor, refOf, procMemory, procCpu,
   startController, stopController, procCpuSplit, profileSummary, blobOid, generateTree, pickFiles, spread, round, ratio, median, percentile, sleep, markdownTable,
 } from "./lib.mjs";
 
@@ -57,13 +57,7 @@ const TARGETS = {
   plumbingRatio: 1.2,
 };
 
-const tmp = await mkdtemp(path.join(os.tmpdir(), "cascade-bench-"));
-const home = path.join(tmp, "home");
-mkdirSync(home);
-writeFileSync(path.join(home, ".gitconfig"), "[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = develop\n[gc]\n\tauto = 0\n");
-const env = cleanEnv({ HOME: home, GIT_CONFIG_NOSYSTEM: "1" });
-const sh = (cmd, argv, opts) => shWith(env, cmd, argv, opts);
-const must = (cmd, argv, opts) => mustWith(env, cmd, argv, opts);
+const { tmp, env, sh, must } = await benchWorkspace("cascade-bench-", "[gc]\n\tauto = 0\n");
 const sandbox = path.join(tmp, "sandbox");
 const native = path.join(tmp, "native");
 const remote = path.join(tmp, "remote.git");
