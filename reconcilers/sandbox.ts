@@ -144,19 +144,22 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
       const outcome = await ctx.exclusive(async () => {
-        // What was observed is judged against the head it was observed at (what is held, what the index is
-        // set back to): after an integration moved the branch meanwhile, it is looked at again, never
-        // committed on top of the new head (issue 15).
-        if ((await ctx.repo.branchHead(desired.sandbox.branch)) !== o.head) {
+        // What was observed is judged against the head it was observed at (which encrypted files are
+        // another key's): when the branch moved meanwhile with a change to an encrypted path (an
+        // integration bringing a teammate's blob), it is looked at again, never committed on top of the
+        // new head (issue 15). Any other move (a person's native commit) is committed on top of, as git
+        // would: a person committing in a tight loop must not starve the sandbox.
+        const head = (await ctx.repo.branchHead(desired.sandbox.branch)) ?? o.head!;
+        if (head !== o.head && policy.encryptsAnything && (await ctx.repo.diffTrees(o.head!, head)).some((d) => policy.isEncrypted(d.path))) {
           throw transient("BranchMoved", `${desired.sandbox.branch} moved since the sandbox was looked at; observing again`);
         }
         // A held file goes into this commit exactly as the branch has it (never deleted or reverted by it).
-        await indexAsCommitted(ctx.repo, o.head!, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, o.head!))])]);
+        await indexAsCommitted(ctx.repo, head, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, head))])]);
         return commitNative<HeldBack>(gitRepoOf(ctx.repo), {
           changes: action.changes,
           lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
           ref: `refs/heads/${desired.sandbox.branch}`,
-          parent: o.head!,
+          parent: head,
           // An encrypted path git would not (or could not) run the filter on is never given to git.
           keepOut: keepOutOfGit(ctx.repo, policy),
           // The secret scan and the size rule judge the exact bytes git staged; an encrypted path's must be ciphertext.

@@ -363,12 +363,20 @@ export async function compareAndSwapRefs(repo: Repo, remote: RemoteTarget, swaps
     // Exit 1: some refs were refused; the porcelain lines say which, and why.
     const { stdout, stderr } = await runGit(args, { ...options, okExitCodes: [0, 1] });
     const text = stdout.toString("utf8");
-    for (const line of text.split("\n")) {
+    // In an atomic push, the refs git did not even try are refused as "atomic push failure": the
+    // line that says why (a lost race, a protected branch) is read first.
+    const collateral = (line: string) => /\tatomic push fail/.test(line) || /\(atomic push fail/.test(line);
+    const lines = text.split("\n");
+    for (const line of [...lines.filter((l) => !collateral(l)), ...lines.filter(collateral)]) {
       const [flag, spec, summary = ""] = line.split("\t");
       const ref = spec?.split(":")[1];
       if (flag === undefined || ref === undefined || !swaps.some((w) => w.ref === ref)) continue;
+      // A race: our expected value was stale here (`[rejected] (stale info)`), or the remote's ref
+      // moved under its own update (`[remote rejected] (failed to update ref)`). Anything else the
+      // remote rejected is its refusal (a protected branch answers `[remote rejected] (non-fast-forward)`).
+      const refused = summary.startsWith("[remote rejected]") && !/failed to update ref|cannot lock ref|failed to lock|atomic push fail/.test(summary);
       if (flag !== "!") out[ref] = true;
-      else if (/stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists|atomic push failed/.test(summary)) out[ref] = false;
+      else if (!refused && /stale info|fetch first|non-fast-forward|failed to update ref|cannot lock ref|failed to lock|already exists|atomic push fail/.test(summary)) out[ref] = false;
       else throw classifyGitFailure({ args, exitCode: 1, stderr, stdout: line, redact: options.redact });
     }
     const unreported = swaps.filter((w) => out[w.ref] === undefined);
