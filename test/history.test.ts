@@ -114,7 +114,7 @@ describe('history and restore', () => {
     const c6 = await committed(dir, c5, 'the restore of .env committed');
     expect(await readFile(path.join(dir, '.env'), 'utf8')).toBe('TOKEN=first-secret-value\n');
     expect((await showFile(dir, c6, '.env')).subarray(0, 16).toString()).toBe('CASCADE-SYNC-ENC');
-    expect(await subject(dir, c6)).toMatch(/^restore: \.env as of /);
+    expect(await subject(dir, c6), await git(dir, 'log', '--format=%h %s', '--name-status', '-6', 'develop')).toMatch(/^restore: \.env as of /);
 
     // the whole sandbox.
     const r4 = await run(dir, ['restore', '.', '--at', c1]);
