@@ -1,7 +1,6 @@
-import { lstat, mkdir, readFile, readlink, rename, rm, rmdir, symlink, writeFile, chmod } from "node:fs/promises";
+import { lstat, mkdir, open, readFile, readlink, rename, rm, rmdir, symlink, writeFile, chmod } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
-import { writeFileDurably } from "../fs-util.js";
 import { mergeTextOurs } from "./native/merge.js";
 import { CatFileBatch, GitError, parseRawDiff, runGit, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
 
@@ -81,7 +80,7 @@ export async function pendingIntegration(gitdir: string): Promise<Integration | 
  * removed again: nothing was written) or `LockBusy`.
  */
 export async function beginIntegration(sandbox: IntegrationSandbox, i: Integration): Promise<void> {
-  await writeFileDurably(journalPath(sandbox.gitdir), `${JSON.stringify(i)}\n`, { makeFolder: true, syncFolder: true });
+  await writeDurably(journalPath(sandbox.gitdir), `${JSON.stringify(i)}\n`);
   try {
     await updateRefs(sandbox.git, [{ ref: i.ref, newOid: i.to, expectedOld: i.from }], i.message);
   } catch (err) {
@@ -365,3 +364,24 @@ class Look {
 function blobOid(content: Buffer): string {
   return createHash("sha1").update(`blob ${content.length}\0`).update(content).digest("hex");
 }
+
+/** Writes a small file so that it survives a crash once this resolves: temp file, fsync, rename, fsync of the folder. */
+async function writeDurably(file: string, text: string): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await open(tmp, "w");
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, file);
+  const dir = await open(dirname(file), "r");
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
