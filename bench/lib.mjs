@@ -172,6 +172,12 @@ export async function stopController(c, timeoutMs = 120_000) {
   return round(performance.now() - t);
 }
 
+/** Kills a controller a failed run left behind (SIGKILL) and waits for it to exit. */
+export async function killController(c) {
+  c.child.kill("SIGKILL");
+  await c.exited.catch(() => undefined);
+}
+
 /**
  * The functions that took the most self time in a V8 .cpuprofile, and the same by source file:
  * [{ name, ms, pct }] each, biggest first (idle and GC included, as V8 names them).

@@ -27,7 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import {
   ROOT, parseArgs, benchWorkspace, waitFor, refOf, packCount, procMemory, resetPeakRss,
-  startController, stopController, blobOid, generateTree, mulberry32, startGitHttpServer, spread, round, ratio, median, mean, sleep, markdownTable,
+  startController, stopController, killController, blobOid, generateTree, mulberry32, startGitHttpServer, spread, round, ratio, median, mean, sleep, markdownTable,
 } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
@@ -86,10 +86,7 @@ try {
   report.error = String(err?.stack ?? err);
   process.exitCode = 1;
 } finally {
-  if (controller) {
-    controller.child.kill("SIGKILL");
-    await controller.exited.catch(() => undefined);
-  }
+  if (controller) await killController(controller);
   await server?.close();
   report.machine.loadAfter = os.loadavg().map((l) => round(l, 2));
   report.totalSeconds = round((Date.now() - started) / 1000);

@@ -28,7 +28,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import {
   ROOT, CLK_TCK, parseArgs, parseDuration, benchWorkspace, waitFor, refOf, procMemory, procCpu,
-  startController, stopController, procCpuSplit, profileSummary, blobOid, generateTree, pickFiles, spread, round, ratio, median, percentile, sleep, markdownTable,
+  startController, stopController, killController, procCpuSplit, profileSummary, blobOid, generateTree, pickFiles, spread, round, ratio, median, percentile, sleep, markdownTable,
 } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
@@ -97,10 +97,7 @@ try {
   report.error = String(err?.stack ?? err);
   process.exitCode = 1;
 } finally {
-  if (controller) {
-    controller.child.kill("SIGKILL");
-    await controller.exited.catch(() => undefined);
-  }
+  if (controller) await killController(controller);
   report.machine.loadAfter = os.loadavg().map((l) => round(l, 2));
   report.totalSeconds = round((Date.now() - started) / 1000);
   const out = reportPath();
