@@ -1,7 +1,7 @@
 import { CatFileBatch } from "./cat-file.js";
 import { GitError } from "./failure.js";
 import { parseRawDiff, parseStatusV2, type RawDiffEntry, type StatusEntry } from "./parse.js";
-import { commitTree, updateIndexInfo, writeTree, type GitIdentity, type IndexInfo } from "./plumbing.js";
+import { commitTree, updateIndexInfo, writeTree, type GitIdentity } from "./plumbing.js";
 import { updateRefs } from "./refs.js";
 import { runGit, type GitRepo } from "./run.js";
 
