@@ -1,7 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, stat, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { commitNative, worktreeChanges } from '../src/git/native/index.js';
 import path from 'node:path';
-import { cloneTo, fsckStrict, git, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
+import { cloneTo, fsckStrict, git, gitEnv, makeTestRepo, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
 import { configText, makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 
@@ -51,6 +53,10 @@ describe('two sandboxes on one remote, each editing its own line of a shared fil
       if ((await statusPorcelain(a.dir)).length || (await statusPorcelain(bDir)).length) return undefined;
       return (await showFile(bare, 'develop', 'shared.txt')).toString() === expected || undefined;
     }, { what: 'both sandboxes and the remote to converge on both latest saves', timeoutMs: 90_000 }).catch(async (e: Error) => {
+      if (process.env.TEAM_MERGE_KEEP) {
+        const { cp } = await import('node:fs/promises');
+        await cp(root, `${process.env.TEAM_MERGE_KEEP}-${Date.now()}`, { recursive: true });
+      }
       throw new Error(`${e.message}\nA: ${await readFile(path.join(a.dir, 'shared.txt'), 'utf8')}\nB: ${await readFile(path.join(bDir, 'shared.txt'), 'utf8')}\nremote: ${(await showFile(bare, 'develop', 'shared.txt').catch(() => Buffer.from(''))).toString()}\nB's log:\n${(await readFile(path.join(root, 'b.log'), 'utf8').catch(() => '')).split('\n').filter((l) => !l.includes('in sync')).slice(0, 60).join('\n')}`);
     });
     for (const dir of [a.dir, bDir]) {
@@ -67,4 +73,33 @@ describe('two sandboxes on one remote, each editing its own line of a shared fil
       expect(steps.length).toBeGreaterThan(0);
     }
   }, 240_000);
+
+  it('a save git reads half-written (truncated, its bytes not yet there) is committed as saved, never as an empty file', async () => {
+    // The loss above came from such a commit: an empty shared.txt in B's history became the merge base, so
+    // A's merge saw both sides adding a whole file and kept A's (B's latest line went back to step 0).
+    const { dir, commit } = await makeTestRepo('torn-save');
+    await commit({ 'shared.txt': 'A: step 0\n\nthe middle stays\n\nB: step 0\n' });
+    const repo = { cwd: dir, env: gitEnv() };
+    const file = path.join(dir, 'shared.txt');
+    const index = path.join(dir, '.git', 'index');
+    await writeFile(file, 'A: step 0\n\nthe middle stays\n\nB: step 1 (a draft)\n');
+    const changes = await worktreeChanges(repo, ['shared.txt']);
+    const staged = (await stat(index)).ino;
+    const ref = `refs/heads/${await git(dir, 'branch', '--show-current')}`;
+    const parent = await git(dir, 'rev-parse', 'HEAD');
+    // The next save begins as the batch is committed: the file is truncated; its bytes are written once git has read it (the index was replaced).
+    const save = await open(file, 'w');
+    const finishing = (async () => {
+      while ((await stat(index)).ino === staged) await sleep(1);
+      await save.writeFile('A: step 0\n\nthe middle stays\n\nB: step 1\n');
+      await save.close();
+    })();
+    const out = await commitNative(repo, {
+      changes, ref, parent,
+      author: { name: 'Cascade Test', email: 'cascade-test@example.invalid' }, judge: () => undefined, message: () => 'sync: 1 modified (shared.txt)',
+    });
+    await finishing;
+    expect((await git(dir, 'show', `${out.commit}:shared.txt`))).toBe('A: step 0\n\nthe middle stays\n\nB: step 1');
+    expect(await statusPorcelain(dir)).toEqual([]);
+  });
 });

@@ -1,8 +1,11 @@
-import { lstat, mkdir, open, readFile, readlink, rename, rm, rmdir, symlink, writeFile, chmod } from "node:fs/promises";
+import { lstat, mkdir, readFile, readlink, rename, rm, rmdir, symlink, writeFile, chmod } from "node:fs/promises";
+import type { Stats } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createHash, randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { mergeTextOurs } from "./native/merge.js";
-import { CatFileBatch, GitError, parseRawDiff, runGit, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
+import { writeFileDurably } from "../fs-util.js";
+import { CatFileBatch, GitError, parseRawDiff, runGit, SETTLE_MS, SETTLE_ROUNDS, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
 
 /**
  * Bringing commits made elsewhere into the sandbox, crash-safe. The invariant: from the moment the
@@ -80,7 +83,7 @@ export async function pendingIntegration(gitdir: string): Promise<Integration | 
  * removed again: nothing was written) or `LockBusy`.
  */
 export async function beginIntegration(sandbox: IntegrationSandbox, i: Integration): Promise<void> {
-  await writeDurably(journalPath(sandbox.gitdir), `${JSON.stringify(i)}\n`);
+  await writeFileDurably(journalPath(sandbox.gitdir), `${JSON.stringify(i)}\n`, { makeFolder: true, syncFolder: true });
   try {
     await updateRefs(sandbox.git, [{ ref: i.ref, newOid: i.to, expectedOld: i.from }], i.message);
   } catch (err) {
@@ -233,19 +236,49 @@ async function setIndex(sandbox: IntegrationSandbox, rehash: string[], entries: 
 async function mergeIntoEdited(sandbox: IntegrationSandbox, look: Look, abs: string, path: string, before: Entry | undefined, after: Entry | undefined): Promise<void> {
   const regular = (e: Entry | undefined) => e && (e.mode === "100644" || e.mode === "100755");
   if (!regular(before) || !regular(after) || sandbox.policy.isEncrypted(path)) return;
-  const st = await lstat(abs).catch(() => null);
-  if (!st?.isFile()) return;
-  const mine = await readFile(abs).catch(() => null);
-  if (mine === null) return;
-  const merged = await mergeTextOurs(sandbox.git, scratchDir(sandbox.gitdir), mine, await look.blobOf(before!), await look.blobOf(after!));
-  if (merged === undefined || merged.equals(mine)) return;
-  const tmp = join(scratchDir(sandbox.gitdir), `${randomBytes(8).toString("hex")}.merged`);
-  await writeFile(tmp, merged);
-  await chmod(tmp, st.mode & 0o777);
-  // The last look: an edit saved meanwhile is never overwritten (its next commit carries it).
-  const now = await readFile(abs).catch(() => null);
-  if (now === null || !now.equals(mine)) return rm(tmp, { force: true });
-  await rename(tmp, abs);
+  const base = await look.blobOf(before!);
+  const theirs = await look.blobOf(after!);
+  // A save landing while the merge is prepared makes it start again from the saved bytes: the remote's
+  // hunks left out would be reverted by the sandbox's next commit of the file.
+  for (let attempt = 0; attempt < MERGE_ATTEMPTS; attempt++) {
+    const mine = await steadyRead(abs);
+    if (!mine) return;
+    const merged = await mergeTextOurs(sandbox.git, scratchDir(sandbox.gitdir), mine.bytes, base, theirs);
+    if (merged === undefined || merged.equals(mine.bytes)) return;
+    const tmp = join(scratchDir(sandbox.gitdir), `${randomBytes(8).toString("hex")}.merged`);
+    await writeFile(tmp, merged);
+    await chmod(tmp, mine.st.mode & 0o777);
+    // The last look: an edit saved meanwhile is never overwritten.
+    const now = await steadyRead(abs, 1);
+    if (now && now.bytes.equals(mine.bytes) && sameStat(now.st, mine.st)) return rename(tmp, abs);
+    await rm(tmp, { force: true });
+  }
+}
+
+/** Merges tried into a file whose person keeps saving it. */
+const MERGE_ATTEMPTS = 10;
+
+/**
+ * The bytes of the regular file at `abs` and its lstat, read whole: a file that changed while it was
+ * read, or that is empty moments after it was written (a save in progress: truncated, its bytes still
+ * to come; renamed over, the save would be lost), is read again after a while, at most `rounds`
+ * times. Null when it is not a regular file, or never held still.
+ */
+async function steadyRead(abs: string, rounds = SETTLE_ROUNDS): Promise<{ st: Stats; bytes: Buffer } | null> {
+  for (let round = 0; round < rounds; round++) {
+    if (round > 0) await sleep(SETTLE_MS / 5);
+    const st = await lstat(abs).catch(() => null);
+    if (!st?.isFile()) return null;
+    if (st.size === 0 && Date.now() - st.mtimeMs < SETTLE_MS) continue;
+    const bytes = await readFile(abs).catch(() => null);
+    const again = await lstat(abs).catch(() => null);
+    if (bytes && again && bytes.length === st.size && sameStat(again, st)) return { st, bytes };
+  }
+  return null;
+}
+
+function sameStat(a: Stats, b: Stats): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 }
 
 /** A tree entry of a file: its mode and blob (or gitlink) id. */
@@ -364,24 +397,3 @@ class Look {
 function blobOid(content: Buffer): string {
   return createHash("sha1").update(`blob ${content.length}\0`).update(content).digest("hex");
 }
-
-/** Writes a small file so that it survives a crash once this resolves: temp file, fsync, rename, fsync of the folder. */
-async function writeDurably(file: string, text: string): Promise<void> {
-  await mkdir(dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fh = await open(tmp, "w");
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, file);
-  const dir = await open(dirname(file), "r");
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
-

@@ -1,3 +1,6 @@
+import { lstat } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { CatFileBatch } from "./cat-file.js";
 import { GitError } from "./failure.js";
 import { parseRawDiff, parseStatusV2, type RawDiffEntry, type StatusEntry } from "./parse.js";
@@ -137,11 +140,16 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     return entries.filter((e) => !out.has(e.path));
   };
   const changes = await keepOut(c.changes);
+  const began = Date.now();
   const removed = await stagePlain(repo, changes);
+  const staged = filesOf(changes);
   if (removed && c.lookAgain) {
     const known = new Set(changedPathsOf(c.changes));
-    await stagePlain(repo, await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path))));
+    const more = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
+    await stagePlain(repo, more);
+    staged.push(...filesOf(more));
   }
+  await settleStaged(repo, staged, began);
   let parent = c.parent;
   let expected = c.expected === undefined ? parent : c.expected;
   const judged = new Set<string>();
@@ -197,9 +205,8 @@ const REF_RACE_ATTEMPTS = 5;
  * Resolves true when a tracked path was removed.
  */
 async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retried = false): Promise<boolean> {
-  const gone = (e: StatusEntry) => e.kind === "ordinary" && (e.xy[1] === "D" || (e.xy[0] === "D" && e.xy[1] === "."));
-  const removed = entries.filter((e) => e.kind !== "untracked" && gone(e)).map((e) => e.path);
-  const files = entries.filter((e) => !gone(e) && !(e.kind === "untracked" && e.path.endsWith("/"))).map((e) => e.path);
+  const removed = entries.filter((e) => e.kind !== "untracked" && goneFromWorktree(e)).map((e) => e.path);
+  const files = filesOf(entries);
   const repos = entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path);
   if (removed.length) await runGit(["update-index", "-z", "--force-remove", "--stdin"], { ...repo, stdin: `${removed.join("\0")}\0` });
   try {
@@ -215,6 +222,56 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retrie
   }
   return removed.length > 0;
 }
+
+/** A status entry whose file is gone from the work tree (its removal is what to stage). */
+function goneFromWorktree(e: StatusEntry): boolean {
+  return e.kind === "ordinary" && (e.xy[1] === "D" || (e.xy[0] === "D" && e.xy[1] === "."));
+}
+
+/** The paths among `entries` that git reads a file for when staging (not removals, not embedded repositories). */
+function filesOf(entries: readonly StatusEntry[]): string[] {
+  return entries.filter((e) => !goneFromWorktree(e) && !(e.kind === "untracked" && e.path.endsWith("/"))).map((e) => e.path);
+}
+
+/**
+ * A save is not atomic: an editor (or `fs.writeFile`) truncates the file, then writes it, so git may
+ * have read it half-written, most often empty. Such a commit, once a merge base, makes a teammate's
+ * merge take one side's whole file (issue 15: one person's latest line was replaced by an older one).
+ * So a staged file modified less than a settle time before staging began, or since, is looked at again
+ * after the settle time and staged again when it changed (`git diff-files`: its stat no longer matches
+ * what git read), until it holds still that long, at most {@link SETTLE_ROUNDS} times. The settle time
+ * is {@link SETTLE_MS}, or as long as staging took when that was longer (a loaded machine slows the
+ * writer too). A file edited long enough ago (the debounce's usual case) costs one lstat.
+ */
+async function settleStaged(repo: GitRepo, files: readonly string[], began: number): Promise<void> {
+  const top = repo.workTree ?? repo.cwd ?? process.cwd();
+  // A loaded machine slows the writer as much as git: the file holds still at least as long as staging took.
+  const settle = Math.max(SETTLE_MS, Date.now() - began);
+  const since = began - settle;
+  let moving = (await Promise.all(files.map(async (p) => ((await lstat(join(top, p)).catch(() => null))?.mtimeMs ?? 0) >= since ? p : undefined))).filter((p): p is string => p !== undefined);
+  for (let round = 0; moving.length > 0 && round < SETTLE_ROUNDS; round++) {
+    await sleep(settle);
+    const changed: string[] = [];
+    for (let i = 0; i < moving.length; i += PATHS_PER_COMMAND) {
+      const { stdout } = await runGit(["diff-files", "--name-only", "-z", "--", ...moving.slice(i, i + PATHS_PER_COMMAND)], literal(repo));
+      changed.push(...stdout.toString("utf8").split("\0").filter((p) => p !== ""));
+    }
+    moving = changed;
+    if (moving.length === 0) return;
+    try {
+      await runGit(["update-index", "-z", "--add", "--remove", "--replace", "--stdin"], { ...repo, stdin: `${moving.join("\0")}\0` });
+    } catch (err) {
+      // A path that became a folder meanwhile: what git read before is committed; the next look sees the rest.
+      if (err instanceof GitError) return;
+      throw err;
+    }
+  }
+}
+
+/** How long a file just written must hold still before its bytes are trusted (see settleStaged). */
+export const SETTLE_MS = 100;
+/** Looks at a file still changing before it is taken as last read. */
+export const SETTLE_ROUNDS = 5;
 
 /** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
 async function treeChanges(repo: GitRepo, parentTree: string, tree: string): Promise<StagedChange[]> {
