@@ -10,7 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { git, revParse, showFile, statusPorcelain } from './helpers/git.js';
+import { git, gitEnv, makeTestRepo, revParse, showFile, statusPorcelain } from './helpers/git.js';
+import { commitNative, worktreeChanges } from '../src/git/native/index.js';
 import { makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, waitFor } from './helpers/tmp.js';
 
@@ -114,7 +115,7 @@ describe('history and restore', () => {
     const c6 = await committed(dir, c5, 'the restore of .env committed');
     expect(await readFile(path.join(dir, '.env'), 'utf8')).toBe('TOKEN=first-secret-value\n');
     expect((await showFile(dir, c6, '.env')).subarray(0, 16).toString()).toBe('CASCADE-SYNC-ENC');
-    expect(await subject(dir, c6), await git(dir, 'log', '--format=%h %s', '--name-status', '-6', 'develop')).toMatch(/^restore: \.env as of /);
+    expect(await subject(dir, c6), `${await git(dir, 'log', '--format=%h %s', '--name-status', '-6', 'develop')}\n${controllers.at(-1)!.stdout.text().split('\n').slice(-40).join('\n')}`).toMatch(/^restore: \.env as of /);
 
     // the whole sandbox.
     const r4 = await run(dir, ['restore', '.', '--at', c1]);
@@ -155,4 +156,22 @@ describe('history and restore', () => {
     expect(outside.code).toBe(2);
     expect(outside.stderr).toContain('outside the sandbox');
   }, 60_000);
+
+  it('a file git saw deleted and that is back when the batch is staged (git restore writes a file by deleting it first) is committed as it is, never as deleted', async () => {
+    // Seen under load: the restore of .env was committed as its deletion, then the next commit added it back.
+    const { dir, commit } = await makeTestRepo('back-again');
+    const parent = await commit({ '.env': 'TOKEN=first\n', 'keep.txt': 'kept\n' });
+    await rm(path.join(dir, '.env'));
+    const repo = { cwd: dir, env: gitEnv() };
+    const changes = await worktreeChanges(repo, ['.env']);
+    expect(changes.map((e) => e.kind === 'ordinary' ? `${e.xy} ${e.path}` : e.path)).toEqual(['.D .env']);
+    await writeFile(path.join(dir, '.env'), 'TOKEN=restored\n');
+    const out = await commitNative(repo, {
+      changes, ref: `refs/heads/${await git(dir, 'branch', '--show-current')}`, parent,
+      author: { name: 'Cascade Test', email: 'cascade-test@example.invalid' }, judge: () => undefined, message: () => 'restore: .env',
+    });
+    expect(await git(dir, 'diff-tree', '-r', '--no-commit-id', '--name-status', out.commit!)).toBe('M\t.env');
+    expect(await git(dir, 'show', `${out.commit}:.env`)).toBe('TOKEN=restored');
+    expect(await statusPorcelain(dir)).toEqual([]);
+  });
 });

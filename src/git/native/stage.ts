@@ -141,13 +141,11 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
   };
   const changes = await keepOut(c.changes);
   const began = Date.now();
-  const removed = await stagePlain(repo, changes);
-  const staged = filesOf(changes);
+  const { removed, files: staged } = await stagePlain(repo, changes);
   if (removed && c.lookAgain) {
     const known = new Set(changedPathsOf(c.changes));
     const more = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
-    await stagePlain(repo, more);
-    staged.push(...filesOf(more));
+    staged.push(...(await stagePlain(repo, more)).files);
   }
   await settleStaged(repo, staged, began);
   let parent = c.parent;
@@ -194,7 +192,7 @@ const REF_RACE_ATTEMPTS = 5;
 
 /**
  * Stages what git said changed, with git reading the files (attributes and filters applied): a path whose
- * file is gone (or became a folder) with `git update-index --force-remove`; every other file, tracked or
+ * file is still gone (or became a folder) with `git update-index --force-remove`; every other file, tracked or
  * not, with `git update-index --add --remove --replace` (a tracked file under an ignored folder is still
  * a tracked file, which `git add` would refuse to name; `--replace` settles a file that took a folder's
  * place, as `git add` does; one path a line, so a burst of any size costs one pass, where `git add` would
@@ -202,11 +200,16 @@ const REF_RACE_ATTEMPTS = 5;
  * makes it a gitlink. A path that changed again since it was observed (became a folder, or went away
  * under a new symlink) makes git refuse the list, and an embedded repository without a commit makes
  * `git add` refuse it: then the paths are asked again, those repositories left out, and staged once more.
- * Resolves true when a tracked path was removed.
+ * Resolves whether a tracked path was removed, and the files git read.
  */
-async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retried = false): Promise<boolean> {
-  const removed = entries.filter((e) => e.kind !== "untracked" && goneFromWorktree(e)).map((e) => e.path);
-  const files = filesOf(entries);
+async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retried = false): Promise<{ removed: boolean; files: string[] }> {
+  const top = repo.workTree ?? repo.cwd ?? process.cwd();
+  // A file git saw gone may be back by now (a checkout or restore writes a file by deleting it first):
+  // it is staged as it is, never committed as deleted.
+  const gone = entries.filter((e) => e.kind !== "untracked" && goneFromWorktree(e)).map((e) => e.path);
+  const back = new Set((await Promise.all(gone.map(async (p) => ((await fileThere(top, p)) ? p : undefined)))).filter((p): p is string => p !== undefined));
+  const removed = gone.filter((p) => !back.has(p));
+  const files = [...filesOf(entries), ...back];
   const repos = entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path);
   if (removed.length) await runGit(["update-index", "-z", "--force-remove", "--stdin"], { ...repo, stdin: `${removed.join("\0")}\0` });
   try {
@@ -218,9 +221,19 @@ async function stagePlain(repo: GitRepo, entries: readonly StatusEntry[], retrie
     // embedded.ts), and the rest is committed.
     const unborn = new Set([...err.stderr.matchAll(/^error: '(.+)' does not have a commit checked out$/gm)].map((m) => m[1]!));
     const again = (await worktreeChanges(repo, [...files, ...repos])).filter((e) => !unborn.has(e.path));
-    await stagePlain(repo, again, true);
+    return stagePlain(repo, again, true);
   }
-  return removed.length > 0;
+  return { removed: removed.length > 0, files };
+}
+
+/** True when a file or symlink is at `path` under `top`, reached through real folders only (as git would read it). */
+async function fileThere(top: string, path: string): Promise<boolean> {
+  const parts = path.split("/");
+  for (let i = 1; i < parts.length; i++) {
+    if (!(await lstat(join(top, ...parts.slice(0, i))).catch(() => null))?.isDirectory()) return false;
+  }
+  const st = await lstat(join(top, path)).catch(() => null);
+  return !!st && (st.isFile() || st.isSymbolicLink());
 }
 
 /** A status entry whose file is gone from the work tree (its removal is what to stage). */
