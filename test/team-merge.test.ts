@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { commitNative, worktreeChanges } from '../src/git/native/index.js';
+import { commitNative, SETTLE_MS, worktreeChanges } from '../src/git/native/index.js';
 import path from 'node:path';
 import { cloneTo, fsckStrict, git, gitEnv, makeTestRepo, makeBareRepo, revParse, showFile, statusPorcelain, tryRevParse } from './helpers/git.js';
 import { configText, makeSandbox, run, startController, type RunningController } from './helpers/sandbox.js';
@@ -100,6 +100,35 @@ describe('two sandboxes on one remote, each editing its own line of a shared fil
     });
     await finishing;
     expect((await git(dir, 'show', `${out.commit}:shared.txt`))).toBe('A: step 0\n\nthe middle stays\n\nB: step 1');
+    expect(await statusPorcelain(dir)).toEqual([]);
+  });
+
+  it('a file that never holds still and is empty after the last look (a save caught between truncation and bytes, again and again) stays out of the commit; the next batch takes its saved bytes', async () => {
+    const { dir, commit } = await makeTestRepo('torn-again');
+    const parent = await commit({ 'notes.txt': 'first\n', 'other.txt': 'x\n' });
+    const repo = { cwd: dir, env: gitEnv() };
+    const file = path.join(dir, 'notes.txt');
+    await writeFile(path.join(dir, 'other.txt'), 'y\n');
+    await writeFile(file, 'a draft\n');
+    const changes = await worktreeChanges(repo, ['notes.txt', 'other.txt']);
+    const ref = `refs/heads/${await git(dir, 'branch', '--show-current')}`;
+    // A writer that keeps truncating the file and is slow to write its bytes.
+    let saving = true;
+    const writer = (async () => {
+      while (saving) {
+        await writeFile(file, '');
+        await sleep(30);
+      }
+      await writeFile(file, 'saved at last\n');
+    })();
+    const author = { name: 'Cascade Test', email: 'cascade-test@example.invalid' };
+    const out = await commitNative(repo, { changes, ref, parent, author, judge: () => undefined, message: () => 'sync' });
+    saving = false;
+    await writer;
+    expect(await git(dir, 'diff-tree', '-r', '--no-commit-id', '--name-status', out.commit!)).toBe('M\tother.txt');
+    await sleep(SETTLE_MS + 20);
+    const next = await commitNative(repo, { changes: await worktreeChanges(repo, ['notes.txt']), ref, parent: out.commit, author, judge: () => undefined, message: () => 'sync' });
+    expect(await git(dir, 'show', `${next.commit}:notes.txt`)).toBe('saved at last');
     expect(await statusPorcelain(dir)).toEqual([]);
   });
 });
