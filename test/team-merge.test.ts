@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { open, readFile, stat, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { commitNative, SETTLE_MS, worktreeChanges } from '../src/git/native/index.js';
 import path from 'node:path';
@@ -74,32 +74,31 @@ describe('two sandboxes on one remote, each editing its own line of a shared fil
     }
   }, 240_000);
 
-  it('a save git reads half-written (truncated, its bytes not yet there) is committed as saved, never as an empty file', async () => {
+  it('a save in progress when the batch is staged (truncated, its bytes 30 ms later) is never committed half-written: waited for, or left for the next batch', async () => {
     // The loss above came from such a commit: an empty shared.txt in B's history became the merge base, so
     // A's merge saw both sides adding a whole file and kept A's (B's latest line went back to step 0).
     const { dir, commit } = await makeTestRepo('torn-save');
-    await commit({ 'shared.txt': 'A: step 0\n\nthe middle stays\n\nB: step 0\n' });
+    const parent = await commit({ 'shared.txt': 'A: step 0\n\nthe middle stays\n\nB: step 0\n' });
     const repo = { cwd: dir, env: gitEnv() };
     const file = path.join(dir, 'shared.txt');
-    const index = path.join(dir, '.git', 'index');
     await writeFile(file, 'A: step 0\n\nthe middle stays\n\nB: step 1 (a draft)\n');
     const changes = await worktreeChanges(repo, ['shared.txt']);
-    const staged = (await stat(index)).ino;
     const ref = `refs/heads/${await git(dir, 'branch', '--show-current')}`;
-    const parent = await git(dir, 'rev-parse', 'HEAD');
-    // The next save begins as the batch is committed: the file is truncated; its bytes are written once git has read it (the index was replaced).
+    const author = { name: 'Cascade Test', email: 'cascade-test@example.invalid' };
+    // The next save begins as the batch is committed: the file is truncated; its bytes come 30 ms later.
     const save = await open(file, 'w');
     const finishing = (async () => {
-      while ((await stat(index)).ino === staged) await sleep(1);
+      await sleep(30);
       await save.writeFile('A: step 0\n\nthe middle stays\n\nB: step 1\n');
       await save.close();
     })();
-    const out = await commitNative(repo, {
-      changes, ref, parent,
-      author: { name: 'Cascade Test', email: 'cascade-test@example.invalid' }, judge: () => undefined, message: () => 'sync: 1 modified (shared.txt)',
-    });
+    const out = await commitNative(repo, { changes, ref, parent, author, judge: () => undefined, message: () => 'sync' });
     await finishing;
-    expect((await git(dir, 'show', `${out.commit}:shared.txt`))).toBe('A: step 0\n\nthe middle stays\n\nB: step 1');
+    const head = out.commit ?? parent;
+    expect((await git(dir, 'show', `${head}:shared.txt`)).length).toBeGreaterThan(0);
+    await sleep(SETTLE_MS + 20);
+    const next = await commitNative(repo, { changes: await worktreeChanges(repo, ['shared.txt']), ref, parent: head, author, judge: () => undefined, message: () => 'sync' });
+    expect(await git(dir, 'show', `${next.commit ?? head}:shared.txt`)).toBe('A: step 0\n\nthe middle stays\n\nB: step 1');
     expect(await statusPorcelain(dir)).toEqual([]);
   });
 

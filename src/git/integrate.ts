@@ -5,7 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { mergeTextOurs } from "./native/merge.js";
 import { writeFileDurably } from "../fs-util.js";
-import { CatFileBatch, GitError, parseRawDiff, runGit, SETTLE_MS, SETTLE_ROUNDS, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
+import { CatFileBatch, GitError, parseRawDiff, runGit, SETTLE_MS, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
 
 /**
  * Bringing commits made elsewhere into the sandbox, crash-safe. The invariant: from the moment the
@@ -255,6 +255,8 @@ async function mergeIntoEdited(sandbox: IntegrationSandbox, look: Look, abs: str
   }
 }
 
+/** Looks at a file until it holds still (see steadyRead). */
+const STEADY_ROUNDS = 5;
 /** Merges tried into a file whose person keeps saving it. */
 const MERGE_ATTEMPTS = 10;
 
@@ -264,7 +266,7 @@ const MERGE_ATTEMPTS = 10;
  * to come; renamed over, the save would be lost), is read again after a while, at most `rounds`
  * times. Null when it is not a regular file, or never held still.
  */
-async function steadyRead(abs: string, rounds = SETTLE_ROUNDS): Promise<{ st: Stats; bytes: Buffer } | null> {
+async function steadyRead(abs: string, rounds = STEADY_ROUNDS): Promise<{ st: Stats; bytes: Buffer } | null> {
   for (let round = 0; round < rounds; round++) {
     if (round > 0) await sleep(SETTLE_MS / 5);
     const st = await lstat(abs).catch(() => null);

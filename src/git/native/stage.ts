@@ -140,6 +140,8 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     return entries.filter((e) => !out.has(e.path));
   };
   const changes = await keepOut(c.changes);
+  const top = repo.workTree ?? repo.cwd ?? process.cwd();
+  await holdStill(top, filesOf(changes));
   const began = Date.now();
   const { removed, files: staged } = await stagePlain(repo, changes);
   if (removed && c.lookAgain) {
@@ -147,7 +149,7 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     const more = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
     staged.push(...(await stagePlain(repo, more)).files);
   }
-  await settleStaged(repo, staged, began, c.parent);
+  await leaveOutMoving(repo, top, staged, began, c.parent);
   let parent = c.parent;
   let expected = c.expected === undefined ? parent : c.expected;
   const judged = new Set<string>();
@@ -248,55 +250,34 @@ function filesOf(entries: readonly StatusEntry[]): string[] {
 
 /**
  * A save is not atomic: an editor (or `fs.writeFile`) truncates the file, then writes it, so git may
- * have read it half-written, most often empty. Such a commit, once a merge base, makes a teammate's
- * merge take one side's whole file (issue 15: one person's latest line was replaced by an older one).
- * So a staged file modified less than a settle time before staging began, or since, is looked at again
- * after the settle time and staged again when it changed (`git diff-files`: its stat no longer matches
- * what git read), until it holds still that long, at most {@link SETTLE_ROUNDS} times; a file empty and
- * written within the settle time is waited for without being staged again, and left out of the commit
- * when it is still so after the last look. The settle time
- * is {@link SETTLE_MS}, or as long as staging took when that was longer (a loaded machine slows the
- * writer too). A file edited long enough ago (the debounce's usual case) costs one lstat.
+ * read it half-written, most often empty. Such a commit, once a merge base, makes a teammate's merge
+ * take one side's whole file (issue 15: one person's latest line was replaced by an older one). So
+ * before staging, files modified less than {@link SETTLE_MS} ago are waited for until they have held
+ * still that long (at most {@link SETTLE_ROUNDS} waits; nothing is staged meanwhile, so a native
+ * commit made then never takes our half of a batch). A file edited long enough ago (the debounce's
+ * usual case) costs one lstat.
  */
-async function settleStaged(repo: GitRepo, files: readonly string[], began: number, parent: string | null): Promise<void> {
-  const top = repo.workTree ?? repo.cwd ?? process.cwd();
-  // A loaded machine slows the writer as much as git: the file holds still at least as long as staging took.
-  const settle = Math.max(SETTLE_MS, Date.now() - began);
-  const since = began - settle;
-  let moving = await filterAsync(files, async (p) => ((await lstat(join(top, p)).catch(() => null))?.mtimeMs ?? 0) >= since);
-  for (let round = 0; moving.length > 0; round++) {
-    if (round === SETTLE_ROUNDS) return leaveOutTorn(repo, top, moving, settle, parent);
-    await sleep(settle);
-    const changed: string[] = [];
-    for (let i = 0; i < moving.length; i += PATHS_PER_COMMAND) {
-      const { stdout } = await runGit(["diff-files", "--name-only", "-z", "--", ...moving.slice(i, i + PATHS_PER_COMMAND)], literal(repo));
-      changed.push(...stdout.toString("utf8").split("\0").filter((p) => p !== ""));
-    }
-    // An empty file written moments ago is most likely a save between its truncation and its bytes:
-    // looked at again (not staged again while it is), also when git already read it empty.
-    const changedSet = new Set(changed);
-    const emptyNow = new Set(await filterAsync(moving, (p) => emptyJustWritten(join(top, p), settle)));
-    moving = [...changed, ...[...emptyNow].filter((p) => !changedSet.has(p))];
-    const restage = changed.filter((p) => !emptyNow.has(p));
-    if (moving.length === 0) return;
-    if (restage.length === 0) continue;
-    try {
-      await runGit(["update-index", "-z", "--add", "--remove", "--replace", "--stdin"], { ...repo, stdin: `${restage.join("\0")}\0` });
-    } catch (err) {
-      // A path that became a folder meanwhile: what git read before is committed; the next look sees the rest.
-      if (err instanceof GitError) return;
-      throw err;
-    }
+async function holdStill(top: string, files: readonly string[]): Promise<void> {
+  for (let round = 0; round < SETTLE_ROUNDS; round++) {
+    const now = Date.now();
+    const mtimes = await Promise.all(files.map(async (p) => (await lstat(join(top, p)).catch(() => null))?.mtimeMs ?? 0));
+    const newest = Math.max(0, ...mtimes);
+    if (now - newest >= SETTLE_MS) return;
+    await sleep(SETTLE_MS - (now - newest));
   }
 }
 
 /**
- * A file that never held still and is empty now, written moments ago, is most likely a save caught
- * between its truncation and its bytes: it stays out of this commit (its entry back to the parent's, or
- * none when new). Its writer is still at work, so the watcher hints it again and the next batch takes it.
+ * After staging: a file modified since staging began (git may have read it half-written) or empty and
+ * written moments ago (a save between its truncation and its bytes) stays out of this commit, its entry
+ * back to the parent's (none when new). Its writer was at work, so the watcher hints it again and the
+ * next batch takes it.
  */
-async function leaveOutTorn(repo: GitRepo, top: string, moving: readonly string[], settle: number, parent: string | null): Promise<void> {
-  const torn = await filterAsync(moving, (p) => emptyJustWritten(join(top, p), settle));
+async function leaveOutMoving(repo: GitRepo, top: string, files: readonly string[], began: number, parent: string | null): Promise<void> {
+  const torn = await filterAsync(files, async (p) => {
+    const st = await lstat(join(top, p)).catch(() => null);
+    return !!st?.isFile() && (st.mtimeMs >= began || (st.size === 0 && st.mtimeMs >= Date.now() - SETTLE_MS));
+  });
   if (torn.length === 0) return;
   const had = new Map<string, { mode: string; oid: string }>();
   if (parent) {
@@ -311,21 +292,15 @@ async function leaveOutTorn(repo: GitRepo, top: string, moving: readonly string[
   }));
 }
 
-/** True when `abs` is an empty regular file modified less than `withinMs` ago. */
-async function emptyJustWritten(abs: string, withinMs: number): Promise<boolean> {
-  const st = await lstat(abs).catch(() => null);
-  return !!st?.isFile() && st.size === 0 && st.mtimeMs >= Date.now() - withinMs;
-}
-
 async function filterAsync<T>(items: readonly T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
   const kept = await Promise.all(items.map(keep));
   return items.filter((_, i) => kept[i]);
 }
 
-/** How long a file just written must hold still before its bytes are trusted (see settleStaged). */
+/** How long a file just written must hold still before its bytes are trusted (see holdStill). */
 export const SETTLE_MS = 100;
-/** Looks at a file still changing before it is taken as last read. */
-export const SETTLE_ROUNDS = 5;
+/** Looks at a file still changing before it is taken as last read (each holds the staged index back from a native commit meanwhile: kept few). */
+const SETTLE_ROUNDS = 5;
 
 /** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
 async function treeChanges(repo: GitRepo, parentTree: string, tree: string): Promise<StagedChange[]> {
