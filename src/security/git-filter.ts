@@ -8,7 +8,7 @@
  */
 import { lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CatFileBatch, parseLsFilesStage, parseLsTree, runGit, splitNul, updateIndexInfo, type GitRepo } from "../git/native/index.js";
+import { CatFileBatch, indexAsIn, parseLsFilesStage, parseLsTree, runGit, splitNul, type GitRepo } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
 import type { BlobPolicy, HeldBack } from "./blob-policy.js";
 import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
@@ -303,14 +303,7 @@ export function keepOutOfGit(repo: FilterRepo, policy: BlobPolicy): (paths: read
  * as committed, since git writes the whole index as the commit's tree.
  */
 export async function indexAsCommitted(repo: FilterRepo, treeish: string, paths: readonly string[]): Promise<void> {
-  if (!paths.length) return;
-  const { stdout } = await runGit(["ls-tree", "-z", "--full-tree", treeish, "--", ...paths], { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" } });
-  const committed = new Map(parseLsTree(stdout).map((e) => [e.path, e] as const));
-  const zero = "0".repeat(committed.values().next().value?.oid.length ?? 40);
-  await updateIndexInfo(gitRepo(repo), paths.map((p) => {
-    const e = committed.get(p);
-    return e ? { mode: e.mode, oid: e.oid, path: p } : { mode: "0", oid: zero, path: p };
-  }));
+  await indexAsIn(gitRepo(repo), treeish, paths);
 }
 
 /**

@@ -13,5 +13,5 @@ export { gitVersion, requireGitVersion, parseGitVersion, compareGitVersions, git
 export { repositoryFormat, requireSupportedFormat, unsupportedFormat, type RepositoryFormat, type FormatSupport } from "./format.js";
 export { updateIndex, updateIndexInfo, writeTree, commitTree, commitKnownPaths, type GitIdentity, type IndexInfo, type CommitSpec, type KnownPathCommit } from "./plumbing.js";
 export { mergeTree, parseMergeTree, type MergeTreeResult, type ConflictStage, type MergeMessage } from "./merge-tree.js";
-export { worktreeChanges, changedPathsOf, commitNative, SETTLE_MS, type StagedChange, type Held, type NativeCommit, type NativeCommitOutcome } from "./stage.js";
+export { worktreeChanges, changedPathsOf, commitNative, indexAsIn, SETTLE_MS, type StagedChange, type Held, type NativeCommit, type NativeCommitOutcome } from "./stage.js";
 export { mergeWinning, type WinningMerge, type WinningMergeOptions, type SettledPath } from "./merge.js";

@@ -278,15 +278,23 @@ async function leaveOutMoving(repo: GitRepo, top: string, files: readonly string
     const st = await lstat(join(top, p)).catch(() => null);
     return !!st?.isFile() && (st.mtimeMs >= began || (st.size === 0 && st.mtimeMs >= Date.now() - SETTLE_MS));
   });
-  if (torn.length === 0) return;
+  await indexAsIn(repo, parent, torn);
+}
+
+/**
+ * Sets the index entries of `paths` to what `treeish` holds (removed where it holds nothing, or when
+ * there is no treeish), without touching the files.
+ */
+export async function indexAsIn(repo: GitRepo, treeish: string | null, paths: readonly string[]): Promise<void> {
+  if (paths.length === 0) return;
   const had = new Map<string, { mode: string; oid: string }>();
-  if (parent) {
-    for (let i = 0; i < torn.length; i += PATHS_PER_COMMAND) {
-      const { stdout } = await runGit(["ls-tree", "-z", "--full-tree", parent, "--", ...torn.slice(i, i + PATHS_PER_COMMAND)], literal(repo));
+  if (treeish) {
+    for (let i = 0; i < paths.length; i += PATHS_PER_COMMAND) {
+      const { stdout } = await runGit(["ls-tree", "-z", "--full-tree", treeish, "--", ...paths.slice(i, i + PATHS_PER_COMMAND)], literal(repo));
       for (const e of parseLsTree(stdout)) had.set(e.path, e);
     }
   }
-  await updateIndexInfo(repo, torn.map((path) => {
+  await updateIndexInfo(repo, paths.map((path) => {
     const e = had.get(path);
     return e ? { mode: e.mode, oid: e.oid, path } : { mode: "0", oid: "0".repeat(40), path };
   }));
@@ -299,7 +307,7 @@ async function filterAsync<T>(items: readonly T[], keep: (item: T) => Promise<bo
 
 /** How long a file just written must hold still before its bytes are trusted (see holdStill). */
 export const SETTLE_MS = 100;
-/** Looks at a file still changing before it is taken as last read (each holds the staged index back from a native commit meanwhile: kept few). */
+/** Waits for files still changing before they are staged as they are (see holdStill). */
 const SETTLE_ROUNDS = 5;
 
 /** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
