@@ -139,7 +139,6 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     const who = await ctx.who();
     const policy = ctx.repo.policy;
     const started = performance.now();
-    ctx.forgetStatCache();
     // security.encrypt may have changed since start: git's attributes follow it before git reads a file.
     await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
@@ -154,7 +153,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           throw transient("BranchMoved", `${desired.sandbox.branch} moved since the sandbox was looked at; observing again`);
         }
         // A held file goes into this commit exactly as the branch has it (never deleted or reverted by it).
-        await indexAsCommitted(ctx.repo, head, [...new Set([...action.held, ...(await heldInIndex(ctx.repo, policy, head))])]);
+        await indexAsCommitted(ctx.repo, head, action.held);
         return commitNative<HeldBack>(gitRepoOf(ctx.repo), {
           changes: action.changes,
           lookAgain: o.full ? [] : [...new Set([...ctx.hints.paths, ...action.changes.map((c) => c.path)])].filter((p) => p !== ""),
@@ -162,6 +161,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           parent: head,
           // An encrypted path git would not (or could not) run the filter on is never given to git.
           keepOut: keepOutOfGit(ctx.repo, policy),
+          // What a merge left staged that this sandbox cannot commit goes back to the branch's entries.
+          setBack: (paths, parent) => heldInIndex(ctx.repo, policy, parent, paths),
           // The secret scan and the size rule judge the exact bytes git staged; an encrypted path's must be ciphertext.
           judge: (p, blob) => policy.judgeStaged(p, blob),
           objects: { readBlob: (oid) => ctx.repo.readBlob(oid), treeOf: (commit) => ctx.repo.commitTree(commit) },

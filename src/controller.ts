@@ -1,5 +1,4 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { stat } from "node:fs/promises";
 import { lstatSync, watch, type FSWatcher } from "node:fs";
 import { join, posix } from "node:path";
 import { createHash } from "node:crypto";
@@ -9,7 +8,6 @@ import { DOTENV_FILE, dotenvPath } from "./config/dotenv.js";
 import type { Config, ConfigProblem, VariableSource } from "./config/types.js";
 import { CascadeError, stalled, toCascadeError } from "./errors.js";
 import { exclusionsFor, type Exclusions } from "./exclusions.js";
-import { statCacheEntry, type IndexEntry } from "./git/stat.js";
 import { Repo, requireUsableRepository, type Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
 import { fixableByCommit, FAST_RACE_RETRIES, RACE_REASONS, retryDelay } from "./backoff.js";
@@ -20,7 +18,6 @@ import { reconcile, type Condition, type Plan, type ReconcileContext, type Recon
 import { ensureRuntimeDir, writeRuntimeFile } from "./runtime.js";
 import { SandboxWatcher } from "./watcher.js";
 import { withoutPathsInGoneFolders } from "./hints.js";
-import { Worktree, type StatCache } from "./worktree.js";
 import { sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler, resumeIntegration } from "../reconcilers/remote.js";
 import { environmentReconciler, readLeasePolicy, type EnvironmentReport } from "../reconcilers/environment.js";
@@ -160,8 +157,8 @@ export class Controller {
   /** Pending changes arrived since status.json was written; it is rewritten at most every STATUS_THROTTLE_MS. */
   private statusDirty = false;
   private lastStatusAt = 0;
-  private statCacheKey = "";
-  private statCacheValue: StatCache | undefined;
+  /** A whole-tree sandbox pass has begun: folders watched from now on are hinted (see start). */
+  private firstScanBegan = false;
   private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [], findings: {} };
   private configProblems: ConfigProblem[] = [];
   /** Warnings of the config in force (unknown keys, for one), shown in status while it is valid. */
@@ -190,9 +187,7 @@ export class Controller {
     private config: Config,
     private readonly repo: Repo,
     private exclusions: Exclusions,
-    private worktree: Worktree,
     private readonly notifier: Notifier,
-    private readonly filemode: boolean,
     private readonly pipeline: PipelineServices,
     private readonly metrics: Metrics,
   ) {
@@ -225,7 +220,6 @@ export class Controller {
     });
     await requireUsableRepository(repo.gitdir);
     await ensureRuntimeDir(repo.gitdir);
-    const filemode = (await repo.getConfig("core.filemode")) !== "false";
     const exclusions = await exclusionsFor(config);
     await exclusions.writeInfoExclude(repo.gitdir);
     const loadedPolicy = await loadBlobPolicy(config, deps.env);
@@ -246,7 +240,7 @@ export class Controller {
       reports: {},
       leases: new LeaseBook(localHolder(deps.env)),
     };
-    c = new Controller(deps, config, repo, exclusions, new Worktree(config.dir, repo, exclusions, filemode), notifier, filemode, pipeline, metrics);
+    c = new Controller(deps, config, repo, exclusions, notifier, pipeline, metrics);
     c.lastConfigDigest = await configDigest(config.file);
     c.configWarnings = loaded.warnings;
     c.usePolicy(loadedPolicy);
@@ -273,7 +267,14 @@ export class Controller {
         this.rescanAll();
       },
     });
-    await this.watcher.start();
+    // The watches are set while the first pass looks at the tree: both read every folder, and on a cold
+    // cache whichever comes first warms it for the other (the walk alone took 1-2 s at 100,000 files,
+    // about 20 s at a million). A folder whose watch is set after that pass began may have had an edit
+    // the pass missed, so each such folder is hinted as a whole (see SandboxWatcher.start).
+    const watching = this.watcher.start(() => this.firstScanBegan).catch((err: unknown) => {
+      this.deps.log.warn(`cannot watch the whole sandbox: ${(err as Error).message}; rescanning it`);
+      this.rescanAll();
+    });
     // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
     await this.finishInterruptedIntegration(signal);
     const dotenvWatch = this.watchDotenv();
@@ -302,6 +303,7 @@ export class Controller {
       signal.removeEventListener("abort", onAbort);
       dotenvWatch?.close();
       await this.watcher.close();
+      await watching;
       await this.pipeline.gates.close();
       await this.settlePasses();
       await this.flush();
@@ -402,6 +404,8 @@ export class Controller {
 
   /** A hint from the watcher: `rel` may have changed. */
   onPathChanged(rel: string): void {
+    // The top folder as a whole (an event without a name there): the whole tree.
+    if (rel === "") return this.requestFullScan();
     // .env feeds the config's ${VAR}s: its edit is a config edit.
     if (rel === CONFIG_FILE || rel === DOTENV_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
     if (rel === ".gitignore" || rel.endsWith("/.gitignore")) void this.gitignoreChanged(rel);
@@ -545,6 +549,7 @@ export class Controller {
   private async runSlot(slot: Slot): Promise<{ name: string; summary?: string; error?: CascadeError }> {
     const isSandbox = slot.r.name === "sandbox";
     const taken = isSandbox ? this.takeHints() : undefined;
+    if (taken?.full) this.firstScanBegan = true;
     slot.running = true;
     slot.wokenWhileRunning = false;
     slot.nextRunAt = undefined;
@@ -697,7 +702,6 @@ export class Controller {
   private context(hints = this.hints): ReconcileContext {
     return {
       repo: this.repo,
-      worktree: this.worktree,
       exclusions: this.exclusions,
       log: this.deps.log,
       notifier: this.notifier,
@@ -706,11 +710,6 @@ export class Controller {
       hints,
       hint: (p) => this.addHint(p),
       exclusive: (fn) => this.exclusive(fn),
-      statCache: () => this.statCache(),
-      forgetStatCache: () => {
-        this.statCacheValue = undefined;
-        this.statCacheKey = "";
-      },
       who: () => this.who(),
       branchMoved: () => this.sandboxBranchMoved(),
       pipeline: this.pipeline,
@@ -742,28 +741,11 @@ export class Controller {
     return run;
   }
 
-  private async statCache(): Promise<StatCache> {
-    const file = join(this.repo.gitdir, "index");
-    const st = await stat(file, { bigint: true }).catch(() => null);
-    const key = st ? `${st.mtimeNs}:${st.size}:${st.ino}` : "none";
-    if (key !== this.statCacheKey || !this.statCacheValue) {
-      // git lists the entries; their stat data stays git's own, so a file compared with one is read and hashed.
-      const entries = new Map<string, IndexEntry>();
-      for (const e of await this.repo.indexEntries()) {
-        if (e.stage === 0) entries.set(e.path, statCacheEntry(e.path, e.mode, e.oid));
-      }
-      this.statCacheValue = {
-        entries,
-        mtime: st ? { sec: Number(st.mtimeNs / 1_000_000_000n), nsec: Number(st.mtimeNs % 1_000_000_000n) } : { sec: 0, nsec: 0 },
-      };
-      this.statCacheKey = key;
-    }
-    return this.statCacheValue;
-  }
-
   private async who(): Promise<Person> {
-    const name = this.config.sandbox.author?.name ?? (await this.repo.getConfig("user.name")) ?? "cascade-sync";
-    const email = this.config.sandbox.author?.email ?? (await this.repo.getConfig("user.email")) ?? "cascade-sync@localhost";
+    const author = this.config.sandbox.author;
+    const git = author?.name !== undefined && author.email !== undefined ? {} : await this.repo.userIdentity();
+    const name = author?.name ?? git.name ?? "cascade-sync";
+    const email = author?.email ?? git.email ?? "cascade-sync@localhost";
     const now = this.now();
     return { name, email, timestamp: Math.floor(now / 1000), timezoneOffset: new Date(now).getTimezoneOffset() };
   }
@@ -803,7 +785,6 @@ export class Controller {
     this.exclusions = await exclusionsFor(config);
     await this.exclusions.writeInfoExclude(this.repo.gitdir);
     this.usePolicy(await loadBlobPolicy(config, this.deps.env));
-    this.worktree = new Worktree(config.dir, this.repo, this.exclusions, this.filemode);
     this.rebuildSlots();
     for (const s of this.slots.values()) if (s.r.name.startsWith("remote:") || s.r.name.startsWith("env:")) s.nextRunAt = this.now();
     // Unpausing commits what waited at once, as one batch (the paused passes handed their paths back).

@@ -1,5 +1,5 @@
 import { readFile, writeFile, mkdir } from "node:fs/promises";
-import { dirname, join, posix, relative, sep } from "node:path";
+import { dirname, join, relative, sep } from "node:path";
 import type { Config } from "./config/types.js";
 import { PathRules } from "./path-rules.js";
 

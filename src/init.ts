@@ -534,9 +534,10 @@ async function sandboxChanges(repo: Repo): Promise<{ changes: StatusEntry[]; hel
 }
 
 async function author(repo: Repo, now: number): Promise<Person> {
+  const git = await repo.userIdentity();
   return {
-    name: (await repo.getConfig("user.name")) ?? "cascade-sync",
-    email: (await repo.getConfig("user.email")) ?? "cascade-sync@localhost",
+    name: git.name ?? "cascade-sync",
+    email: git.email ?? "cascade-sync@localhost",
     timestamp: Math.floor(now / 1000),
     timezoneOffset: new Date(now).getTimezoneOffset(),
   };

@@ -5,7 +5,6 @@ import type { Repo, Person } from "./git/repo.js";
 import type { Clock } from "./clock.js";
 import type { Logger } from "./log.js";
 import type { Notifier } from "./notify.js";
-import type { StatCache, Worktree } from "./worktree.js";
 import type { GateRunner } from "./pipeline/gates.js";
 import type { PipelineStore } from "./pipeline/store.js";
 import type { HistoryLog } from "./pipeline/history.js";
@@ -80,10 +79,9 @@ export interface SharedState {
   remotes: Record<string, { lastPush?: { commit: string; at: string }; lastFetch?: { commit: string | null; at: string }; relation?: string }>;
 }
 
-/** Everything a reconciler may use: the world (repo, worktree), the loop's services, and hints. */
+/** Everything a reconciler may use: the world (repo), the loop's services, and hints. */
 export interface ReconcileContext {
   repo: Repo;
-  worktree: Worktree;
   exclusions: Exclusions;
   log: Logger;
   notifier: Notifier;
@@ -95,13 +93,6 @@ export interface ReconcileContext {
   hint(path: string): void;
   /** Runs `fn` while no other reconciler mutates the sandbox's branch, index or files. */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
-  /** The index as a stat cache (re-read when the index file changed). */
-  statCache(): Promise<StatCache>;
-  /**
-   * Drops the stat cache kept between passes: the index is about to be rewritten (it would be
-   * stale after), and a commit parses its own copy (two copies at 100,000 files: 30 MB more).
-   */
-  forgetStatCache(): void;
   /** The author/committer for commits made now. */
   who(): Promise<Person>;
   /** Tells the loop that the sandbox branch moved (remotes push soon). */

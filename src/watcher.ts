@@ -50,6 +50,8 @@ export class SandboxWatcher {
   private head: NodeFSWatcher | undefined;
   private closed = false;
   private limitReported = false;
+  /** During start: whether a folder watched now is to be reported as changed (see start). */
+  private hintNew: () => boolean = () => false;
 
   constructor(
     private readonly dir: string,
@@ -58,10 +60,19 @@ export class SandboxWatcher {
     private readonly sink: WatchSink,
   ) {}
 
-  /** Starts watching; resolves once every folder of the tree is watched. */
-  async start(): Promise<void> {
+  /**
+   * Starts watching; resolves once every folder of the tree is watched. While the walk runs, a folder
+   * watched once `hintFromNow()` is true is reported as changed as a whole: the caller's first scan may
+   * have looked at it before its watch was set, and an edit in between would have no event.
+   */
+  async start(hintFromNow: () => boolean = () => false): Promise<void> {
     this.closed = false;
-    await this.watchTree("");
+    this.hintNew = hintFromNow;
+    try {
+      await this.watchTree("");
+    } finally {
+      this.hintNew = () => false;
+    }
     // .git itself is not watched (our own writes would wake us), except HEAD: a checkout moves it
     // without touching any file when both branches have the same tree.
     try {
@@ -128,6 +139,7 @@ export class SandboxWatcher {
           // before is in the listing (a folder in both is skipped by the `has` check).
           if (!this.watchOne(rel, abs)) continue;
           await this.identify(rel, abs);
+          if (this.hintNew()) this.sink.changed(rel);
         }
         const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
         const prefix = rel === "" ? "" : `${rel}/`;

@@ -5,9 +5,9 @@ import { PassThrough, Readable } from 'node:stream';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
   CatFileBatch, classifyGitFailure, commitKnownPaths, commitTree, compareGitVersions, forEachRef, GitError,
-  gitVersion, mergeTree, MIN_GIT_VERSION, parseGitVersion, parseLsFilesStage, parseLsTree, parseRawDiff,
-  parseStatusV2, repositoryFormat, requireGitVersion, requireSupportedFormat, runGit, updateIndex,
-  updateIndexInfo, updateRefs, writeTree, type GitRepo, type StatusEntry,
+  gitVersion, mergeTree, MIN_GIT_VERSION, parseGitVersion, parseLsFilesStage, parseLsFilesStageRecord, parseLsTree, parseRawDiff,
+  parseStatusV2, repositoryFormat, requireGitVersion, requireSupportedFormat, runGit, runGitRecords, updateIndex,
+  updateIndexInfo, updateRefs, writeTree, type GitRepo, type IndexEntry, type StatusEntry,
 } from '../src/git/native/index.js';
 import { Redactor } from '../src/redact.js';
 import { startGitHttpServer, type GitHttpServer } from './helpers/git-http-server.js';
@@ -310,6 +310,20 @@ describe('-z parsers against real git', () => {
     for (const e of tree) expect(e.size).toBe(Buffer.byteLength(`content of ${e.path}\n`));
     const top = parseLsTree((await runGit(['ls-tree', '-z', 'HEAD'], at(dir))).stdout);
     expect(top.find((e) => e.path === 'sp ace')).toMatchObject({ type: 'tree', mode: '040000', size: undefined });
+  });
+
+  it('runGitRecords hands over every record of a list bigger than a pipe chunk, multibyte names cut across chunks included, and keeps no stdout', async () => {
+    const files: Record<string, string> = {};
+    // About 400 KB of ls-files output: many 64 KB pipe chunks, so records and 2-byte characters are cut between them.
+    for (let i = 0; i < 3000; i++) files[`dïr-${i % 7}/${'ü'.repeat(i % 50)}-${i}.txt`] = `${i}\n`;
+    for (const n of ODD_NAMES) files[n] = `content of ${n}\n`;
+    const dir = await repoWith(files);
+    const whole = parseLsFilesStage((await runGit(['ls-files', '-z', '-s'], at(dir))).stdout);
+    const streamed: IndexEntry[] = [];
+    const result = await runGitRecords(['ls-files', '-z', '-s'], at(dir), (r) => streamed.push(parseLsFilesStageRecord(r)));
+    expect(result.stdout.length).toBe(0);
+    expect(streamed).toEqual(whole);
+    expect(streamed.length).toBe(3000 + ODD_NAMES.length);
   });
 
   it('diff-tree -z --raw -r -M: added, deleted, modified, renamed, mode change; odd names', async () => {

@@ -5,7 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { mergeTextOurs } from "./native/merge.js";
 import { writeFileDurably } from "../fs-util.js";
-import { CatFileBatch, GitError, parseRawDiff, runGit, SETTLE_MS, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
+import { CatFileBatch, diffTrees, GitError, runGit, SETTLE_MS, updateIndexInfo, updateRefs, type GitRepo, type IndexInfo } from "./native/index.js";
 
 /**
  * Bringing commits made elsewhere into the sandbox, crash-safe. The invariant: from the moment the
@@ -130,8 +130,7 @@ function scratchDir(gitdir: string): string {
 
 /** Every path whose entry differs between two commits (`git diff-tree -r`, no renames): files, symlinks, submodules. */
 export async function changedPaths(repo: GitRepo, from: string, to: string): Promise<{ path: string; before?: Entry; after?: Entry }[]> {
-  const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-abbrev", from, to], repo);
-  return parseRawDiff(stdout).entries.map((d) => ({
+  return (await diffTrees(repo, from, to)).map((d) => ({
     path: d.path,
     ...(gone(d.srcMode) ? {} : { before: { mode: d.srcMode, oid: d.srcOid } }),
     ...(gone(d.dstMode) ? {} : { after: { mode: d.dstMode, oid: d.dstOid } }),
@@ -166,8 +165,7 @@ export async function editedPaths(sandbox: IntegrationSandbox, paths: { path: st
  * first (deepest first, emptied folders removed as git does), so a folder can become a file and back.
  */
 async function catchUp(sandbox: IntegrationSandbox, from: string, to: string): Promise<CatchUp> {
-  const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-abbrev", from, to], sandbox.git);
-  const diff = parseRawDiff(stdout).entries;
+  const diff = await diffTrees(sandbox.git, from, to);
   const filemode = (await runGit(["config", "--bool", "core.filemode"], { ...sandbox.git, okExitCodes: [0, 1] })).stdout.toString("utf8").trim() !== "false";
   const deletions = diff.filter((d) => gone(d.dstMode)).reverse();
   const rest = diff.filter((d) => !gone(d.dstMode));

@@ -6,8 +6,8 @@ import { BlobPolicy } from "../security/blob-policy.js";
 import { CatFileBatch, type GitObject } from "./native/cat-file.js";
 import { GitError, objectMissing } from "./native/failure.js";
 import { requireSupportedFormat } from "./native/format.js";
-import { parseLsFilesStage, parseLsTree, parseRawDiff, type IndexEntry } from "./native/parse.js";
-import { commitTree as writeCommitObject, type GitIdentity } from "./native/plumbing.js";
+import { parseLsTree } from "./native/parse.js";
+import { diffTrees, commitTree as writeCommitObject, type GitIdentity } from "./native/plumbing.js";
 import { forEachRef, updateRefs } from "./native/refs.js";
 import { runGit, type GitRepo } from "./native/run.js";
 
@@ -308,8 +308,7 @@ export class Repo {
   /** Paths whose file entry differs between two trees (`git diff-tree -r -z`, no rename detection). */
   async diffTrees(a: string | null, b: string | null): Promise<TreeDiff[]> {
     if (a === b) return [];
-    const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--full-index", "--end-of-options", a ?? EMPTY_TREE, b ?? EMPTY_TREE], this.git);
-    return parseRawDiff(stdout).entries.map((e) => ({
+    return (await diffTrees(this.git, a ?? EMPTY_TREE, b ?? EMPTY_TREE)).map((e) => ({
       path: e.path,
       ...(e.srcMode === "000000" ? {} : { before: { mode: normalizeMode(e.srcMode), oid: e.srcOid } }),
       ...(e.dstMode === "000000" ? {} : { after: { mode: normalizeMode(e.dstMode), oid: e.dstOid } }),
@@ -473,11 +472,6 @@ export class Repo {
     return { objects, problems };
   }
 
-  /** The index's entries as git lists them (`git ls-files -s -z`): mode, blob, stage and path. */
-  async indexEntries(): Promise<IndexEntry[]> {
-    return parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], this.git)).stdout);
-  }
-
   /** Full names of the refs under `prefix` (e.g. `refs/cascade-sync/failed/`), from `git for-each-ref`. */
   async listRefs(prefix: string): Promise<string[]> {
     const base = prefix.replace(/\/+$/, "");
@@ -487,6 +481,20 @@ export class Repo {
   /** A git config value as git reads it for this repository (`git config --get`: local, global, system). */
   async getConfig(path: string): Promise<string | undefined> {
     return this.config(["--get", path]);
+  }
+
+  /** user.name and user.email as git reads them for this repository, in one `git config` (the last value of each wins, as `--get`'s). */
+  async userIdentity(): Promise<{ name?: string; email?: string }> {
+    const { stdout } = await runGit(["config", "-z", "--get-regexp", "^user\\.(name|email)$"], { ...this.git, okExitCodes: [0, 1] });
+    const out: { name?: string; email?: string } = {};
+    for (const item of stdout.toString("utf8").split("\0")) {
+      const nl = item.indexOf("\n");
+      const key = nl < 0 ? item : item.slice(0, nl);
+      if (nl < 0) continue; // a key without "=" (a boolean true) is no name or address
+      if (key === "user.name") out.name = item.slice(nl + 1);
+      else if (key === "user.email") out.email = item.slice(nl + 1);
+    }
+    return out;
   }
 
   /** Sets (or with undefined, unsets) a config value in this repository's own config when it differs there. */

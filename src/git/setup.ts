@@ -1,9 +1,8 @@
 import { lstat, type BigIntStats } from "node:fs";
-import { mkdir, readdir } from "node:fs/promises";
+import { mkdir, readdir, readFile, readlink } from "node:fs/promises";
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { CascadeError } from "../errors.js";
-import { readContent } from "../worktree.js";
 import { blobOid, branchRef, type FileEntry, type Person, type Repo, type TreeDiff } from "./repo.js";
 import { writeWorkFile } from "./commit.js";
 import { RefConflictError } from "./native/failure.js";
@@ -202,4 +201,9 @@ async function occupied(root: string, rel: string): Promise<boolean> {
     if (i === parts.length || !st.isDirectory()) return true;
   }
   return false;
+}
+
+/** A file's blob content: its bytes, or a symlink's target; `st` is its lstat from just before. */
+async function readContent(abs: string, st: { isSymbolicLink(): boolean }): Promise<Buffer> {
+  return st.isSymbolicLink() ? readlink(abs, { encoding: "buffer" }) : readFile(abs);
 }

@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { access } from "node:fs/promises";
+import { access, lstat } from "node:fs/promises";
 import { join } from "node:path";
 import { stalled, transient, type CascadeError } from "../errors.js";
 import { packageRoot } from "../package-root.js";
@@ -88,7 +88,7 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
     await mirrorRemoteConfig(repo, remote);
     // --no-write-fetch-head: FETCH_HEAD is the user's, and a pass needs only the tracking ref.
     // --progress: a long transfer keeps showing signs of life, so only a silent one hits the timeout.
-    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", "--", remote.url, `+${branchRef(branch)}:${tracking}`], options);
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", ...(await submoduleFetch(repo)), "--", remote.url, `+${branchRef(branch)}:${tracking}`], options);
   } catch (err) {
     if (err instanceof GitError && /couldn't find remote ref/.test(err.stderr)) {
       lastSeen.set(seenKey(remote, branch), null);
@@ -103,6 +103,16 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
 }
 
 /**
+ * git fetch's own submodule rule (fetch.recurseSubmodules, default on-demand) where the sandbox has
+ * submodules (a `.gitmodules` file); none otherwise. Finding out reads the whole index, which costs a
+ * fetch 77 ms at 100,000 files (23 ms without) on every pass, though with no `.gitmodules` there is
+ * nothing registered to fetch into.
+ */
+async function submoduleFetch(repo: Repo): Promise<string[]> {
+  return (await lstat(join(repo.dir, ".gitmodules")).then(() => true, () => false)) ? [] : ["--no-recurse-submodules"];
+}
+
+/**
  * Brings the objects of the remote's `branches` into the repository without writing any ref, the
  * remote's entry in .git/config or FETCH_HEAD (init reads a remote this way before it decides to adopt
  * it: a refusal then leaves refs and config as they were). Every branch must exist on the remote
@@ -112,7 +122,7 @@ export async function fetchObjects(repo: Repo, remote: RemoteTarget, branches: s
   if (!branches.length) return;
   const options = await gitOptions(repo, remote, opts);
   try {
-    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", "--", remote.url, ...branches.map(branchRef)], options);
+    await runGit(["fetch", "--no-tags", "--no-write-fetch-head", "--progress", ...(await submoduleFetch(repo)), "--", remote.url, ...branches.map(branchRef)], options);
   } catch (err) {
     throw remoteError(remote, "fetch", err);
   }

@@ -8,7 +8,7 @@
  */
 import { lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CatFileBatch, indexAsIn, parseLsFilesStage, parseLsTree, runGit, splitNul, type GitRepo } from "../git/native/index.js";
+import { CatFileBatch, indexAsIn, parseLsFilesStageRecord, parseLsTreeRecord, runGit, runGitRecords, splitNul, type GitRepo, type IndexEntry, type TreeEntry } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
 import type { BlobPolicy, HeldBack } from "./blob-policy.js";
 import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
@@ -134,7 +134,11 @@ export async function setUpEncryptionFilter(repo: FilterRepo, s: EncryptionSetup
   changed = (await writeInfoAttributes(repo.gitdir, s.encrypt)) || changed;
   if (changed && s.encrypt.length) lines.push(`registered the cascade-sync git filter for security.encrypt (${s.encrypt.join(", ")}) in .git/config and .git/info/attributes`);
   if (!s.encrypt.length) return lines;
-  const tracked = parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], gitRepo(repo))).stdout).filter((e) => e.stage === 0 && e.mode !== "120000" && e.mode !== "160000" && s.policy.isEncrypted(e.path));
+  const tracked: IndexEntry[] = [];
+  await runGitRecords(["ls-files", "-s", "-z"], gitRepo(repo), (r) => {
+    const e = parseLsFilesStageRecord(r);
+    if (e.stage === 0 && e.mode !== "120000" && e.mode !== "160000" && s.policy.isEncrypted(e.path)) tracked.push(e);
+  });
   const unmarked = await unmarkAssumeUnchanged(repo, new Set(tracked.map((e) => e.path)));
   if (unmarked.length) lines.push(`${unmarked.length} encrypted file(s) are no longer marked assume-unchanged in the index: git's filter keeps them as ciphertext now`);
   const key = s.policy.encryptionKey;
@@ -156,10 +160,10 @@ export async function setUpEncryptionFilter(repo: FilterRepo, s: EncryptionSetup
 async function unmarkAssumeUnchanged(repo: FilterRepo, paths: ReadonlySet<string>): Promise<string[]> {
   if (!paths.size) return [];
   // `ls-files -v` shows an assume-unchanged entry with a lowercase tag.
-  const marked = splitNul((await runGit(["ls-files", "-v", "-z"], gitRepo(repo))).stdout)
-    .filter((r) => /^[a-z] /.test(r))
-    .map((r) => r.slice(2))
-    .filter((p) => paths.has(p));
+  const marked: string[] = [];
+  await runGitRecords(["ls-files", "-v", "-z"], gitRepo(repo), (r) => {
+    if (/^[a-z] /.test(r) && paths.has(r.slice(2))) marked.push(r.slice(2));
+  });
   if (marked.length) await runGit(["update-index", "-z", "--no-assume-unchanged", "--stdin"], { ...gitRepo(repo), stdin: `${marked.join("\0")}\0` });
   return marked;
 }
@@ -231,8 +235,12 @@ export async function undecryptableInBranches(repo: FilterRepo, policy: BlobPoli
 export async function undecryptableInTree(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined, treeish: string, paths?: readonly string[]): Promise<string[]> {
   if ((paths && paths.length === 0) || !policy.encryptsAnything) return [];
   const args = ["ls-tree", "-r", "-z", "--full-tree", treeish];
-  const { stdout } = await runGit(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] });
-  const entries = parseLsTree(stdout).filter((e) => e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path));
+  // The whole tree's list (a million entries: about 100 MB) is filtered as it comes, never held.
+  const entries: TreeEntry[] = [];
+  await runGitRecords(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] }, (r) => {
+    const e = parseLsTreeRecord(r);
+    if (e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path)) entries.push(e);
+  });
   if (!entries.length) return [];
   const reader = new CatFileBatch(gitRepo(repo));
   const out: string[] = [];
@@ -307,14 +315,12 @@ export async function indexAsCommitted(repo: FilterRepo, treeish: string, paths:
 }
 
 /**
- * The encrypted paths whose index entry differs from `head` while this sandbox cannot commit them
- * (no key, or `head` holds them encrypted with another key): a merge left such a file alone, and
- * since a commit records the whole index, they must go back to `head`'s entries first.
+ * Of `paths` (staged differently from `head`, not by the sandbox's batch: a merge left the file alone),
+ * the encrypted ones this sandbox cannot commit (no key, or `head` holds them encrypted with another
+ * key): since a commit records the whole index, they must go back to `head`'s entries.
  */
-export async function heldInIndex(repo: FilterRepo, policy: BlobPolicy, head: string): Promise<string[]> {
-  if (!policy.encryptsAnything) return [];
-  const { stdout } = await runGit(["diff-index", "--cached", "-z", "--name-only", "--no-renames", head], gitRepo(repo));
-  const encrypted = splitNul(stdout).filter((p) => policy.isEncrypted(p));
+export async function heldInIndex(repo: FilterRepo, policy: BlobPolicy, head: string, paths: readonly string[]): Promise<string[]> {
+  const encrypted = paths.filter((p) => policy.isEncrypted(p));
   if (!encrypted.length) return [];
   if (!policy.encryptionKey) return encrypted;
   return undecryptableInTree(repo, policy, policy.encryptionKey, head, encrypted);

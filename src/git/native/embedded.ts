@@ -1,7 +1,7 @@
 import { lstat } from "node:fs/promises";
 import { join } from "node:path";
-import { parseLsFilesStage, parseStatusV2 } from "./parse.js";
-import { runGit, type GitRepo } from "./run.js";
+import { parseLsFilesStageRecord, parseStatusV2 } from "./parse.js";
+import { runGit, runGitRecords, type GitRepo } from "./run.js";
 
 /**
  * Embedded repositories: folders of the sandbox with their own `.git`. git records one as a gitlink (the
@@ -46,7 +46,11 @@ export interface EmbeddedRepository {
  */
 export async function unsyncedEmbeddedRepositories(sandbox: GitRepo, workTree: string): Promise<EmbeddedRepository[]> {
   const repo = withoutOptionalLocks(sandbox);
-  const recorded = parseLsFilesStage((await runGit(["ls-files", "-s", "-z"], repo)).stdout).filter((e) => e.mode === "160000").map((e) => e.path);
+  const recorded: string[] = [];
+  await runGitRecords(["ls-files", "-s", "-z"], repo, (r) => {
+    const e = parseLsFilesStageRecord(r);
+    if (e.mode === "160000") recorded.push(e.path);
+  });
   const status = parseStatusV2((await runGit(["status", "--porcelain=v2", "-z", "--untracked-files=all", "--ignore-submodules=all"], repo)).stdout);
   const untracked = status.entries.filter((e) => e.kind === "untracked" && e.path.endsWith("/")).map((e) => e.path.slice(0, -1));
   const urls = await submoduleUrls(repo);

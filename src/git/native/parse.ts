@@ -170,13 +170,16 @@ export interface IndexEntry {
 
 /** Parses `git ls-files -z -s` (`<mode> <oid> <stage>\t<path>`). */
 export function parseLsFilesStage(out: Buffer | string): IndexEntry[] {
-  return splitNul(out).map((r) => {
-    const tab = r.indexOf("\t");
-    if (tab < 0) throw new GitOutputParseError("ls-files -s", r);
-    const [mode, oid, stage] = r.slice(0, tab).split(" ");
-    if (!mode || !oid || stage === undefined) throw new GitOutputParseError("ls-files -s", r);
-    return { mode, oid, stage: Number(stage), path: r.slice(tab + 1) };
-  });
+  return splitNul(out).map(parseLsFilesStageRecord);
+}
+
+/** One record of `git ls-files -s -z` (without its NUL). */
+export function parseLsFilesStageRecord(r: string): IndexEntry {
+  const tab = r.indexOf("\t");
+  if (tab < 0) throw new GitOutputParseError("ls-files -s", r);
+  const [mode, oid, stage] = r.slice(0, tab).split(" ");
+  if (!mode || !oid || stage === undefined) throw new GitOutputParseError("ls-files -s", r);
+  return { mode, oid, stage: Number(stage), path: r.slice(tab + 1) };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -195,13 +198,16 @@ export interface TreeEntry {
 
 /** Parses `git ls-tree -z` (`<mode> <type> <oid>[ <size>]\t<path>`; with `-l` the size is space-padded). */
 export function parseLsTree(out: Buffer | string): TreeEntry[] {
-  return splitNul(out).map((r) => {
-    const tab = r.indexOf("\t");
-    if (tab < 0) throw new GitOutputParseError("ls-tree", r);
-    const [mode, type, oid, size] = r.slice(0, tab).split(/ +/);
-    if (!mode || !type || !oid) throw new GitOutputParseError("ls-tree", r);
-    return { mode, type, oid, size: size === undefined || size === "-" ? undefined : Number(size), path: r.slice(tab + 1) };
-  });
+  return splitNul(out).map(parseLsTreeRecord);
+}
+
+/** One record of `git ls-tree -z` (without its NUL). */
+export function parseLsTreeRecord(r: string): TreeEntry {
+  const tab = r.indexOf("\t");
+  if (tab < 0) throw new GitOutputParseError("ls-tree", r);
+  const [mode, type, oid, size] = r.slice(0, tab).split(/ +/);
+  if (!mode || !type || !oid) throw new GitOutputParseError("ls-tree", r);
+  return { mode, type, oid, size: size === undefined || size === "-" ? undefined : Number(size), path: r.slice(tab + 1) };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import { parseRawDiff, type RawDiffEntry } from "./parse.js";
 import { updateRefs } from "./refs.js";
 import { runGit, type GitRepo } from "./run.js";
 
@@ -53,6 +54,20 @@ export async function writeTree(repo: GitRepo): Promise<string> {
   const { stdout } = await runGit(["write-tree"], repo);
   return stdout.toString("utf8").trim();
 }
+
+/**
+ * What tree `b` changes from tree (or commit) `a`, path by path: `git diff-tree -r -z --raw --no-renames
+ * --full-index`. Trees only: git 2.39's diff-tree reads the whole index anyway (42 ms at 100,000
+ * files) though raw output of two trees never uses it, so it is pointed at an index that does not exist.
+ */
+export async function diffTrees(repo: GitRepo, a: string, b: string): Promise<RawDiffEntry[]> {
+  const noIndex = { ...repo, env: { ...repo.env, GIT_INDEX_FILE: NO_INDEX } };
+  const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--full-index", "--end-of-options", a, b], noIndex);
+  return parseRawDiff(stdout).entries;
+}
+
+/** An index file that never exists (git reads a missing index as empty, and diff-tree writes none). */
+const NO_INDEX = "/nonexistent/cascade-sync/no-index";
 
 /** What a new commit holds. */
 export interface CommitSpec {

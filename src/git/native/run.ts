@@ -48,6 +48,12 @@ export interface GitRunOptions extends GitRepo {
   remote?: { acceptNewHostKey?: boolean };
   /** Called once git has started with its pid, which is also its process group id. */
   onSpawn?: (pid: number) => void;
+  /**
+   * Hears each NUL-terminated record of stdout (a `-z` list) as it arrives, and none of stdout is kept
+   * (the result's is empty): a whole-tree list, about 100 MB at a million files, is filtered without
+   * ever being held. See {@link runGitRecords}.
+   */
+  onRecord?: (record: string) => void;
 }
 
 /** What a finished git command gave. */
@@ -128,6 +134,29 @@ export function globalArgs(repo: GitRepo): string[] {
   return out;
 }
 
+/**
+ * Runs git with a `-z` list on stdout, handing `onRecord` each record (without its NUL) as it arrives;
+ * resolves when git has exited. Nothing of stdout is held, whatever its size.
+ */
+export async function runGitRecords(args: readonly string[], opts: GitRunOptions, onRecord: (record: string) => void): Promise<GitRunResult> {
+  return runGit(args, { ...opts, onRecord });
+}
+
+/** Splits a byte stream at NULs (UTF-8 never has a 0 byte inside a character), a record at a time. */
+function recordSplitter(onRecord: (record: string) => void): (chunk: Buffer) => void {
+  let partial: Buffer | undefined;
+  return (chunk) => {
+    let at = 0;
+    for (let nul = chunk.indexOf(0, at); nul >= 0; nul = chunk.indexOf(0, at)) {
+      const piece = chunk.subarray(at, nul);
+      onRecord((partial ? Buffer.concat([partial, piece]) : piece).toString("utf8"));
+      partial = undefined;
+      at = nul + 1;
+    }
+    if (at < chunk.length) partial = partial ? Buffer.concat([partial, chunk.subarray(at)]) : Buffer.from(chunk.subarray(at));
+  };
+}
+
 function spawnGit(full: string[], shown: readonly string[], env: NodeJS.ProcessEnv, opts: GitRunOptions): Promise<GitRunResult> {
   const redact = opts.redact ?? ((t: string) => t);
   const command = redact(`git ${shown.join(" ")}`);
@@ -167,8 +196,10 @@ function spawnGit(full: string[], shown: readonly string[], env: NodeJS.ProcessE
       opts.signal?.removeEventListener("abort", onAbort);
     };
     if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+    const records = opts.onRecord ? recordSplitter(opts.onRecord) : undefined;
     child.stdout!.on("data", (d: Buffer) => {
-      out.push(d);
+      if (records) records(d);
+      else out.push(d);
       heard();
     });
     const decoder = new StringDecoder("utf8");

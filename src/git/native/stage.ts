@@ -3,8 +3,8 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CatFileBatch } from "./cat-file.js";
 import { GitError } from "./failure.js";
-import { parseLsTree, parseRawDiff, parseStatusV2, type RawDiffEntry, type StatusEntry } from "./parse.js";
-import { commitTree, updateIndexInfo, writeTree, type GitIdentity } from "./plumbing.js";
+import { parseLsTree, parseStatusV2, type RawDiffEntry, type StatusEntry } from "./parse.js";
+import { commitTree, diffTrees, updateIndexInfo, writeTree, type GitIdentity } from "./plumbing.js";
 import { updateRefs } from "./refs.js";
 import { runGit, type GitRepo } from "./run.js";
 
@@ -93,6 +93,12 @@ export interface NativeCommit<H> {
    * cascade-sync filter: git would store its plaintext as an object): they are never staged.
    */
   keepOut?: (paths: readonly string[]) => Promise<Map<string, H>>;
+  /**
+   * Of the paths the new tree changes that this batch did not stage (a merge or a person left them
+   * staged), those that must go back to the parent's entries, unreported (an encrypted file this
+   * sandbox cannot commit): the tree is written again without them.
+   */
+  setBack?: (paths: readonly string[], parent: string) => Promise<string[]>;
   /** Judges the exact bytes staged for a regular file: undefined to commit them, or why they stay out. */
   judge: (path: string, blob: Buffer) => H | undefined;
   /** The commit message for what the commit changes. */
@@ -125,8 +131,8 @@ export interface NativeCommitOutcome<H> {
  * cascade-sync filter, which stores their ciphertext) except those `keepOut` names, which git never
  * reads. Then write-tree; the blob of every regular file the new tree records differently from the
  * parent's (`git diff-tree`) is read back and judged (the secret scan sees exactly the committed
- * bytes, an encrypted path's must be ciphertext); a held path gets the parent's entry back (or none
- * when new) and the tree is written again. Then commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
+ * bytes, an encrypted path's must be ciphertext); a held path, and one `setBack` names, gets the
+ * parent's entry back (or none when new) and the tree is written again. Then commit-tree, and an update-ref transaction that moves `ref` only if it still holds `parent`: a native
  * commit racing us is never lost: what is still staged is committed on top of it, and after
  * {@link REF_RACE_ATTEMPTS} lost races Transient `RefConflict` goes to the caller (the index keeps the
  * paths staged, which the next look sees as changes). A file edited while this runs is committed as git
@@ -144,10 +150,12 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
   await holdStill(top, filesOf(changes));
   const began = Date.now();
   const { removed, files: staged } = await stagePlain(repo, changes);
+  const batch = new Set(changedPathsOf(changes));
   if (removed && c.lookAgain) {
     const known = new Set(changedPathsOf(c.changes));
     const more = await keepOut((await worktreeChanges(repo, c.lookAgain)).filter((e) => e.kind === "untracked" && !known.has(e.path)));
     staged.push(...(await stagePlain(repo, more)).files);
+    for (const p of changedPathsOf(more)) batch.add(p);
   }
   await leaveOutMoving(repo, top, staged, began, c.parent);
   let parent = c.parent;
@@ -161,6 +169,11 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     // person staged with `git add`, or left staged by a native commit racing ours), issue 15; and
     // every staged blob it records is judged, whoever staged it.
     const changes = await treeChanges(repo, parentTree, tree);
+    const back = parent && c.setBack ? await c.setBack(changes.filter((ch) => !batch.has(ch.path)).map((ch) => ch.path), parent) : [];
+    if (back.length) {
+      await indexAsIn(repo, parent, back);
+      continue;
+    }
     const refused = await judgeStaged(repo, c, changes.filter((ch) => !judged.has(judgedKey(ch))));
     for (const ch of changes) judged.add(judgedKey(ch));
     if (refused.length) {
@@ -310,10 +323,9 @@ export const SETTLE_MS = 100;
 /** Waits for files still changing before they are staged as they are (see holdStill). */
 const SETTLE_ROUNDS = 5;
 
-/** What `tree` changes from `parentTree`, path by path: `git diff-tree -r -z --raw --no-renames`. */
+/** What `tree` changes from `parentTree`, path by path. */
 async function treeChanges(repo: GitRepo, parentTree: string, tree: string): Promise<StagedChange[]> {
-  const { stdout } = await runGit(["diff-tree", "-r", "-z", "--raw", "--no-renames", "--full-index", parentTree, tree], repo);
-  return parseRawDiff(stdout).entries.map(toChange);
+  return (await diffTrees(repo, parentTree, tree)).map(toChange);
 }
 
 /** A change as judged once: the same path with the same staged blob is not read again. */
