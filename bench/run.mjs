@@ -43,6 +43,9 @@ const JOBS = int(args.jobs, 2);
 const BIN = path.resolve(args.bin ?? path.join(ROOT, "bin", "cascade-sync.js"));
 const DIST = path.join(path.dirname(BIN), "..", "dist");
 const BIG = FILES >= 1_000_000;
+/** A burst counts files as lost once the sandbox branch has not moved for this long with files still uncommitted. */
+const BURST_STALL_MS = 120_000;
+
 
 /** Issue 17's targets: the 100k column below 1,000,000 files, the 1M column from there. */
 const TARGETS = {
@@ -343,9 +346,6 @@ async function measureSamples(run, figures) {
 }
 
 /** Files rewritten by another process within seconds: the first commit's delay, and whether any is lost. */
-/** A burst counts files as lost once the sandbox branch has not moved for this long with files still uncommitted. */
-const BURST_STALL_MS = 120_000;
-
 async function measureBurst(run, figures) {
   step(`burst: ${BURST} files rewritten by another process`);
   const burstFiles = pickFiles(generated, BURST, 23 + run);

@@ -269,12 +269,19 @@ export class Controller {
     });
     // The watches are set while the first pass looks at the tree: both read every folder, and on a cold
     // cache whichever comes first warms it for the other (the walk alone took 1-2 s at 100,000 files,
-    // about 20 s at a million). A folder whose watch is set after that pass began may have had an edit
-    // the pass missed, so each such folder is hinted as a whole (see SandboxWatcher.start).
-    const watching = this.watcher.start(() => this.firstScanBegan).catch((err: unknown) => {
-      this.deps.log.warn(`cannot watch the whole sandbox: ${(err as Error).message}; rescanning it`);
-      this.rescanAll();
-    });
+    // about 20 s at a million). A folder whose watch was set after that pass began may have had an edit
+    // the pass missed: each such folder is looked at again as a whole, or the whole tree when there
+    // are more than one batch takes.
+    const watching = this.watcher.start(() => this.firstScanBegan).then(
+      (late) => {
+        if (late.length > MAX_BATCH_PATHS) this.requestFullScan();
+        else for (const rel of late) this.onPathChanged(rel);
+      },
+      (err: unknown) => {
+        this.deps.log.warn(`cannot watch the whole sandbox: ${(err as Error).message}; rescanning it`);
+        this.rescanAll();
+      },
+    );
     // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
     await this.finishInterruptedIntegration(signal);
     const dotenvWatch = this.watchDotenv();

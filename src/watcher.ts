@@ -50,8 +50,8 @@ export class SandboxWatcher {
   private head: NodeFSWatcher | undefined;
   private closed = false;
   private limitReported = false;
-  /** During start: whether a folder watched now is to be reported as changed (see start). */
-  private hintNew: () => boolean = () => false;
+  /** Hears each folder the walk of start() watches. */
+  private watchedNow: (rel: string) => void = () => undefined;
 
   constructor(
     private readonly dir: string,
@@ -61,17 +61,20 @@ export class SandboxWatcher {
   ) {}
 
   /**
-   * Starts watching; resolves once every folder of the tree is watched. While the walk runs, a folder
-   * watched once `hintFromNow()` is true is reported as changed as a whole: the caller's first scan may
-   * have looked at it before its watch was set, and an edit in between would have no event.
+   * Starts watching; resolves once every folder of the tree is watched, with the folders watched once
+   * `lateFromNow()` was true: the caller's first scan may have looked at such a folder before its watch
+   * was set, and an edit in between had no event.
    */
-  async start(hintFromNow: () => boolean = () => false): Promise<void> {
+  async start(lateFromNow: () => boolean = () => false): Promise<string[]> {
     this.closed = false;
-    this.hintNew = hintFromNow;
+    const late: string[] = [];
+    this.watchedNow = (rel) => {
+      if (lateFromNow()) late.push(rel);
+    };
     try {
       await this.watchTree("");
     } finally {
-      this.hintNew = () => false;
+      this.watchedNow = () => undefined;
     }
     // .git itself is not watched (our own writes would wake us), except HEAD: a checkout moves it
     // without touching any file when both branches have the same tree.
@@ -83,6 +86,7 @@ export class SandboxWatcher {
     } catch {
       // Without it, a checkout is noticed at the next event or rescan.
     }
+    return late;
   }
 
   /** How many folders are watched now. */
@@ -139,7 +143,7 @@ export class SandboxWatcher {
           // before is in the listing (a folder in both is skipped by the `has` check).
           if (!this.watchOne(rel, abs)) continue;
           await this.identify(rel, abs);
-          if (this.hintNew()) this.sink.changed(rel);
+          this.watchedNow(rel);
         }
         const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
         const prefix = rel === "" ? "" : `${rel}/`;

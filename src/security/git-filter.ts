@@ -8,7 +8,7 @@
  */
 import { lstat, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CatFileBatch, indexAsIn, parseLsFilesStageRecord, parseLsTreeRecord, runGit, runGitRecords, splitNul, type GitRepo, type IndexEntry, type TreeEntry } from "../git/native/index.js";
+import { CatFileBatch, diffTrees, indexAsIn, parseLsFilesStageRecord, parseLsTreeRecord, runGit, runGitRecords, splitNul, type GitRepo, type IndexEntry } from "../git/native/index.js";
 import { packageRoot } from "../package-root.js";
 import type { BlobPolicy, HeldBack } from "./blob-policy.js";
 import { isEncryptedBlob, type EncryptionKey } from "./encrypt.js";
@@ -221,10 +221,11 @@ async function readHead(abs: string, bytes: number): Promise<Buffer | undefined>
 
 /** The encrypted paths in the trees of the local and remote-tracking branches whose blob this key cannot decrypt, sorted. */
 export async function undecryptableInBranches(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined): Promise<string[]> {
-  const tips = (await runGit(["for-each-ref", "--format=%(objectname)", "refs/heads", "refs/remotes"], gitRepo(repo))).stdout.toString("utf8").split("\n").filter(Boolean);
-  const out = new Set<string>();
-  for (const tip of new Set(tips)) for (const p of await undecryptableInTree(repo, policy, key, tip)) out.add(p);
-  return [...out].sort();
+  if (!policy.encryptsAnything) return [];
+  const tips = new Set((await runGit(["for-each-ref", "--format=%(objectname)", "refs/heads", "refs/remotes"], gitRepo(repo))).stdout.toString("utf8").split("\n").filter(Boolean));
+  const entries = new Map<string, { path: string; oid: string }>();
+  for (const tip of tips) for (const e of await encryptedEntries(repo, policy, tip)) entries.set(`${e.path}\0${e.oid}`, e);
+  return [...new Set(await undecryptableEntries(repo, key, [...entries.values()]))].sort();
 }
 
 /**
@@ -234,13 +235,46 @@ export async function undecryptableInBranches(repo: FilterRepo, policy: BlobPoli
  */
 export async function undecryptableInTree(repo: FilterRepo, policy: BlobPolicy, key: EncryptionKey | undefined, treeish: string, paths?: readonly string[]): Promise<string[]> {
   if ((paths && paths.length === 0) || !policy.encryptsAnything) return [];
+  return undecryptableEntries(repo, key, await encryptedEntries(repo, policy, treeish, paths));
+}
+
+/**
+ * The encrypted files (blobs, not symlinks) of `treeish`, or of those among `paths`. The whole tree's
+ * list is filtered as it comes, never held (about 100 MB at a million files), and the last one is kept
+ * per policy: the next tree's is what a diff of the two trees changes in it, not another listing (one
+ * is a second at 100,000 files on a cold cache, several at a million; every full scan asks).
+ */
+async function encryptedEntries(repo: FilterRepo, policy: BlobPolicy, treeish: string, paths?: readonly string[]): Promise<{ path: string; oid: string }[]> {
   const args = ["ls-tree", "-r", "-z", "--full-tree", treeish];
-  // The whole tree's list (a million entries: about 100 MB) is filtered as it comes, never held.
-  const entries: TreeEntry[] = [];
-  await runGitRecords(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] }, (r) => {
+  if (!paths) {
+    const last = lastListing.get(policy);
+    if (last?.gitdir === repo.gitdir) {
+      if (last.treeish !== treeish) {
+        const entries = new Map(last.entries);
+        for (const d of await diffTrees(gitRepo(repo), last.treeish, treeish)) {
+          if (!policy.isEncrypted(d.path)) continue;
+          if (d.dstMode === "000000" || d.dstMode === "120000" || d.dstMode === "160000") entries.delete(d.path);
+          else entries.set(d.path, d.dstOid);
+        }
+        lastListing.set(policy, { gitdir: repo.gitdir, treeish, entries });
+      }
+      return [...lastListing.get(policy)!.entries].map(([path, oid]) => ({ path, oid }));
+    }
+  }
+  const entries: { path: string; oid: string }[] = [];
+  const { exitCode } = await runGitRecords(paths ? [...args, "--", ...paths] : args, { ...gitRepo(repo), env: { GIT_LITERAL_PATHSPECS: "1" }, okExitCodes: [0, 128] }, (r) => {
     const e = parseLsTreeRecord(r);
-    if (e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path)) entries.push(e);
+    if (e.type === "blob" && e.mode !== "120000" && policy.isEncrypted(e.path)) entries.push({ path: e.path, oid: e.oid });
   });
+  if (!paths && exitCode === 0) lastListing.set(policy, { gitdir: repo.gitdir, treeish, entries: new Map(entries.map((e) => [e.path, e.oid])) });
+  return entries;
+}
+
+/** The last whole-tree list of encrypted files, per policy (a config reload makes a new one): path -> blob. */
+const lastListing = new WeakMap<BlobPolicy, { gitdir: string; treeish: string; entries: Map<string, string> }>();
+
+/** The paths among `entries` whose blob this key cannot decrypt. */
+async function undecryptableEntries(repo: FilterRepo, key: EncryptionKey | undefined, entries: readonly { path: string; oid: string }[]): Promise<string[]> {
   if (!entries.length) return [];
   const reader = new CatFileBatch(gitRepo(repo));
   const out: string[] = [];
