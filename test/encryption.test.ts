@@ -5,6 +5,8 @@
  * means held back, and a secret in an ordinary file holds back that file only.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { encryptBlob } from '../src/security/encrypt.js';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { git, lsTree, makeBareRepo, revParse, runGit, showFile, tryRevParse } from './helpers/git.js';
@@ -137,6 +139,27 @@ describe('encrypted paths', () => {
     const text = (await run(dir, ['status'])).stdout;
     expect(text).toMatch(/held back: +\.env, secrets\.pem/);
     expect(text).toContain('no-such.key');
+  });
+});
+
+describe('an encrypted file left staged by something other than the batch', () => {
+  it('goes back to the branch\'s entry before a commit (without a key: not committed at all)', async () => {
+    const remote = path.join(await makeTmpDir('remote'), 'r.git');
+    await makeBareRepo(remote, { initialBranch: 'develop' });
+    const { dir } = await makeSandbox({ remotes: [{ name: 'origin', url: remote }], files: { '.env': `${SECRET}\n`, 'app.txt': 'app\n' }, extra: 'security: { key: ./no-such.key }' });
+    controllers.push(await startController(dir));
+    const first = await pushed(remote, dir);
+    // What a merge can leave: a teammate's .env (ciphertext of another key) staged, the file itself untouched.
+    const r = await runGit({ cwd: dir, args: ['hash-object', '-w', '--stdin'], input: encryptBlob(randomBytes(32), Buffer.from('API_TOKEN=a-teammates-secret\n')) });
+    await git(dir, 'update-index', '--add', '--cacheinfo', `100644,${r.stdout.trim()},.env`);
+    await writeFile(path.join(dir, 'app.txt'), 'app 2\n');
+    await waitFor(async () => ((await pushed(remote, dir)) !== first ? true : undefined), { what: 'the commit of app.txt pushed' });
+    const paths = (await lsTree(remote, 'develop')).map((e) => e.path);
+    expect(paths).toContain('app.txt');
+    expect(paths).not.toContain('.env');
+    // The index entry is the branch's again (none: .env was never committed), the file stays as it was.
+    expect(await git(dir, 'ls-files', '--', '.env')).toBe('');
+    expect(await readFile(path.join(dir, '.env'), 'utf8')).toBe(`${SECRET}\n`);
   });
 });
 
