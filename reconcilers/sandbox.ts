@@ -1,7 +1,7 @@
 import { lstat } from "node:fs/promises";
 import { join } from "node:path";
 import type { CommittedPath } from "../src/git/commit.js";
-import type { EntryMode, Repo } from "../src/git/repo.js";
+import { gitIdentity, type EntryMode, type Repo } from "../src/git/repo.js";
 import { commitNative, GitError, worktreeChanges, type GitRepo, type StatusEntry } from "../src/git/native/index.js";
 import { stalled, transient, waiting } from "../src/errors.js";
 import { readIntents, restoreInProgress, restoreMessage, settleIntents } from "../src/history/intent.js";
@@ -167,7 +167,7 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
           judge: (p, blob) => policy.judgeStaged(p, blob),
           objects: { readBlob: (oid) => ctx.repo.readBlob(oid), treeOf: (commit) => ctx.repo.commitTree(commit) },
           message: (changes) => messageOf(changes as CommittedPath[]),
-          author: { name: who.name, email: who.email, date: `@${who.timestamp} ${offset(who.timezoneOffset)}` },
+          author: gitIdentity(who),
         });
       });
       const held = outcome.held.map((h) => h.held);
@@ -205,13 +205,6 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
  */
 const PAUSED = { reason: "Paused", message: "the sandbox is paused (sandbox.paused: true): edits wait uncommitted, nothing is lost", hint: "set sandbox.paused to false (or remove it) to commit them as one batch" };
 const PAUSED_RECHECK_MS = 60_000;
-
-/** A timezone offset as git writes it (`+0100`), from JS minutes (UTC+1 is -60). */
-function offset(minutes: number): string {
-  const m = -minutes;
-  const abs = Math.abs(m);
-  return `${m < 0 ? "-" : "+"}${String(Math.floor(abs / 60)).padStart(2, "0")}${String(abs % 60).padStart(2, "0")}`;
-}
 
 async function exists(abs: string): Promise<boolean> {
   return lstat(abs).then(() => true, () => false);
