@@ -157,8 +157,6 @@ export class Controller {
   /** Pending changes arrived since status.json was written; it is rewritten at most every STATUS_THROTTLE_MS. */
   private statusDirty = false;
   private lastStatusAt = 0;
-  /** A whole-tree sandbox pass has begun: folders watched from now on are hinted (see start). */
-  private firstScanBegan = false;
   private readonly state: SharedState = { pendingPaths: 0, remotes: {}, heldBack: [], findings: {} };
   private configProblems: ConfigProblem[] = [];
   /** Warnings of the config in force (unknown keys, for one), shown in status while it is valid. */
@@ -267,21 +265,7 @@ export class Controller {
         this.rescanAll();
       },
     });
-    // The watches are set while the first pass looks at the tree: both read every folder, and on a cold
-    // cache whichever comes first warms it for the other (the walk alone took 1-2 s at 100,000 files,
-    // about 20 s at a million). A folder whose watch was set after that pass began may have had an edit
-    // the pass missed: each such folder is looked at again as a whole, or the whole tree when there
-    // are more than one batch takes.
-    const watching = this.watcher.start(() => this.firstScanBegan).then(
-      (late) => {
-        if (late.length > MAX_BATCH_PATHS) this.requestFullScan();
-        else for (const rel of late) this.onPathChanged(rel);
-      },
-      (err: unknown) => {
-        this.deps.log.warn(`cannot watch the whole sandbox: ${(err as Error).message}; rescanning it`);
-        this.rescanAll();
-      },
-    );
+    await this.watcher.start();
     // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
     await this.finishInterruptedIntegration(signal);
     const dotenvWatch = this.watchDotenv();
@@ -310,7 +294,6 @@ export class Controller {
       signal.removeEventListener("abort", onAbort);
       dotenvWatch?.close();
       await this.watcher.close();
-      await watching;
       await this.pipeline.gates.close();
       await this.settlePasses();
       await this.flush();
@@ -411,8 +394,6 @@ export class Controller {
 
   /** A hint from the watcher: `rel` may have changed. */
   onPathChanged(rel: string): void {
-    // The top folder as a whole (an event without a name there): the whole tree.
-    if (rel === "") return this.requestFullScan();
     // .env feeds the config's ${VAR}s: its edit is a config edit.
     if (rel === CONFIG_FILE || rel === DOTENV_FILE) this.configDueAt = this.now() + this.config.sandbox.debounceMs;
     if (rel === ".gitignore" || rel.endsWith("/.gitignore")) void this.gitignoreChanged(rel);
@@ -556,7 +537,6 @@ export class Controller {
   private async runSlot(slot: Slot): Promise<{ name: string; summary?: string; error?: CascadeError }> {
     const isSandbox = slot.r.name === "sandbox";
     const taken = isSandbox ? this.takeHints() : undefined;
-    if (taken?.full) this.firstScanBegan = true;
     slot.running = true;
     slot.wokenWhileRunning = false;
     slot.nextRunAt = undefined;

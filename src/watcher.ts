@@ -50,8 +50,6 @@ export class SandboxWatcher {
   private head: NodeFSWatcher | undefined;
   private closed = false;
   private limitReported = false;
-  /** Hears each folder the walk of start() watches. */
-  private watchedNow: (rel: string) => void = () => undefined;
 
   constructor(
     private readonly dir: string,
@@ -60,22 +58,10 @@ export class SandboxWatcher {
     private readonly sink: WatchSink,
   ) {}
 
-  /**
-   * Starts watching; resolves once every folder of the tree is watched, with the folders watched once
-   * `lateFromNow()` was true: the caller's first scan may have looked at such a folder before its watch
-   * was set, and an edit in between had no event.
-   */
-  async start(lateFromNow: () => boolean = () => false): Promise<string[]> {
+  /** Starts watching; resolves once every folder of the tree is watched. */
+  async start(): Promise<void> {
     this.closed = false;
-    const late: string[] = [];
-    this.watchedNow = (rel) => {
-      if (lateFromNow()) late.push(rel);
-    };
-    try {
-      await this.watchTree("");
-    } finally {
-      this.watchedNow = () => undefined;
-    }
+    await this.watchTree("");
     // .git itself is not watched (our own writes would wake us), except HEAD: a checkout moves it
     // without touching any file when both branches have the same tree.
     try {
@@ -86,7 +72,6 @@ export class SandboxWatcher {
     } catch {
       // Without it, a checkout is noticed at the next event or rescan.
     }
-    return late;
   }
 
   /** How many folders are watched now. */
@@ -143,7 +128,6 @@ export class SandboxWatcher {
           // before is in the listing (a folder in both is skipped by the `has` check).
           if (!this.watchOne(rel, abs)) continue;
           await this.identify(rel, abs);
-          this.watchedNow(rel);
         }
         const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
         const prefix = rel === "" ? "" : `${rel}/`;

@@ -90,31 +90,6 @@ describe('SandboxWatcher (one watch per folder)', () => {
 // Issue 15: an inotify watch follows the folder, not its name, and a deleted folder's watch goes
 // quiet without an error. Each swap below is made with synchronous calls in one turn of the event
 // loop (as `rm -r d && mkdir d` in a shell): the watcher sees its events only once it is complete.
-describe('SandboxWatcher.start beside a first scan', () => {
-  it('returns the folders it watched once the scan had begun, and only those (excluded ones never)', async () => {
-    const dir = await makeTmpDir('watch');
-    await mkdir(path.join(dir, '.git'));
-    for (let i = 0; i < 30; i++) await mkdir(path.join(dir, `d${i}`, 'sub'), { recursive: true });
-    await mkdir(path.join(dir, 'node_modules', 'x'), { recursive: true });
-    const exclusions = await Exclusions.load(dir, ['node_modules/']);
-    const sink = { changed: () => undefined, missedEvents: () => undefined, headChanged: () => undefined };
-    const all = new SandboxWatcher(dir, path.join(dir, '.git'), () => exclusions, sink);
-    watchers.push(all);
-    const late = await all.start(() => true);
-    expect(late.sort()).toEqual(['', ...Array.from({ length: 30 }, (_, i) => [`d${i}`, `d${i}/sub`]).flat()].sort());
-    const none = new SandboxWatcher(dir, path.join(dir, '.git'), () => exclusions, sink);
-    watchers.push(none);
-    expect(await none.start(() => false)).toEqual([]);
-    // The scan begins halfway through the walk: what was watched before is not returned, the rest is.
-    let seen = 0;
-    const half = new SandboxWatcher(dir, path.join(dir, '.git'), () => exclusions, sink);
-    watchers.push(half);
-    const lateHalf = await half.start(() => ++seen > 30);
-    expect(lateHalf.length).toBe(61 - 30);
-    expect(half.watchedFolders).toBe(61);
-  });
-});
-
 describe('SandboxWatcher: a folder made again under its name is watched again at once', () => {
   /**
    * Once `folder` was hinted, writes each of `rels` and waits for a hint given after the write that
