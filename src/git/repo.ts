@@ -6,7 +6,7 @@ import { BlobPolicy } from "../security/blob-policy.js";
 import { CatFileBatch, type GitObject } from "./native/cat-file.js";
 import { GitError, objectMissing } from "./native/failure.js";
 import { requireSupportedFormat } from "./native/format.js";
-import { parseLsTree } from "./native/parse.js";
+import { parseLsTree, splitNul } from "./native/parse.js";
 import { diffTrees, commitTree as writeCommitObject, type GitIdentity } from "./native/plumbing.js";
 import { forEachRef, updateRefs } from "./native/refs.js";
 import { runGit, type GitRepo } from "./native/run.js";
@@ -487,10 +487,10 @@ export class Repo {
   async userIdentity(): Promise<{ name?: string; email?: string }> {
     const { stdout } = await runGit(["config", "-z", "--get-regexp", "^user\\.(name|email)$"], { ...this.git, okExitCodes: [0, 1] });
     const out: { name?: string; email?: string } = {};
-    for (const item of stdout.toString("utf8").split("\0")) {
+    for (const item of splitNul(stdout)) {
       const nl = item.indexOf("\n");
-      const key = nl < 0 ? item : item.slice(0, nl);
       if (nl < 0) continue; // a key without "=" (a boolean true) is no name or address
+      const key = item.slice(0, nl);
       if (key === "user.name") out.name = item.slice(nl + 1);
       else if (key === "user.email") out.email = item.slice(nl + 1);
     }
