@@ -142,13 +142,14 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
     // security.encrypt may have changed since start: git's attributes follow it before git reads a file.
     await writeInfoAttributes(ctx.repo.gitdir, desired.security.encrypt);
     try {
+      let head = o.head!;
       const outcome = await ctx.exclusive(async () => {
         // What was observed is judged against the head it was observed at (which encrypted files are
         // another key's): when the branch moved meanwhile with a change to an encrypted path (an
         // integration bringing a teammate's blob), it is looked at again, never committed on top of the
         // new head (issue 15). Any other move (a person's native commit) is committed on top of, as git
         // would: a person committing in a tight loop must not starve the sandbox.
-        const head = (await ctx.repo.branchHead(desired.sandbox.branch)) ?? o.head!;
+        head = (await ctx.repo.branchHead(desired.sandbox.branch)) ?? head;
         if (head !== o.head && policy.encryptsAnything && (await ctx.repo.diffTrees(o.head!, head)).some((d) => policy.isEncrypted(d.path))) {
           throw transient("BranchMoved", `${desired.sandbox.branch} moved since the sandbox was looked at; observing again`);
         }
@@ -174,6 +175,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       await recordHeld(ctx, [...new Set(action.changes.map((c) => c.path))], held);
       if (!outcome.commit) {
         if (held.length) return { summary: `nothing committed: ${held.length} file(s) held back (${held.map((h) => h.path).join(", ")})` };
+        // A person's `git commit` moved the branch while ours was made: it committed the index, which held what we staged.
+        if (outcome.parent !== head) return { summary: `a native commit made meanwhile (${outcome.parent?.slice(0, 7)}) recorded these changes` };
         return { summary: "changes were undone before the commit" };
       }
       const paths = outcome.changes as CommittedPath[];

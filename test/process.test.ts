@@ -185,6 +185,10 @@ describe('the controller process', () => {
         else if (/cannot lock ref 'HEAD': is at [0-9a-f]+ but expected/.test(r.stderr)) movedFailures.push(`${n}: ${r.stderr.trim()}`);
         else otherFailures.push(`${n}: ${(r.stderr || r.stdout).trim()}`);
         if (made[0]) syncSinceFirst = (await logOneline(dir, `${made[0].oid}..develop`)).filter((s) => s.startsWith('sync: ')).length;
+        // A commit loop with no pause takes what the controller staged nearly every time (git commits the
+        // whole index), so the controller's own commits would land only by luck: every other round the
+        // user pauses for about one controller batch.
+        if (n % 2) await new Promise((r) => setTimeout(r, 400));
       }
     } finally {
       streaming = false;

@@ -119,6 +119,8 @@ export interface NativeCommit<H> {
 /** What {@link commitNative} did: the new commit (null when nothing is left to commit), what it changed, and what was held back. */
 export interface NativeCommitOutcome<H> {
   commit: string | null;
+  /** The commit this one was made on (or compared with, when null): `parent`, or a native commit that moved the branch meanwhile. */
+  parent: string | null;
   tree: string;
   changes: StagedChange[];
   held: Held<H>[];
@@ -164,7 +166,7 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
   for (let attempt = 1; ; ) {
     const tree = await writeTree(repo);
     const parentTree = parent ? await treeOfCommit(repo, c, parent) : EMPTY_TREE;
-    if (tree === parentTree) return { commit: null, tree, changes: [], held };
+    if (tree === parentTree) return { commit: null, parent, tree, changes: [], held };
     // The message says what the commit records: the index may hold more than the batch (a file a
     // person staged with `git add`, or left staged by a native commit racing ours), issue 15; and
     // every staged blob it records is judged, whoever staged it.
@@ -186,7 +188,7 @@ export async function commitNative<H>(repo: GitRepo, c: NativeCommit<H>): Promis
     const commit = await commitTree(repo, { tree, parents: parent ? [parent] : [], message, author: c.author });
     try {
       await updateRefs(repo, [{ ref: c.ref, newOid: commit, expectedOld: expected }], `commit: ${message.split("\n")[0]}`);
-      return { commit, tree, changes, held };
+      return { commit, parent, tree, changes, held };
     } catch (err) {
       // A native `git commit` moved the branch between our staging and the ref move. It committed the
       // index, which holds what we staged: commit what is still staged on top of it (never over it).
