@@ -118,6 +118,8 @@ const leases = leaseReconciler(readLeasePolicy);
 const STALLED_PROBE_MS = 60_000;
 const STATUS_THROTTLE_MS = 500;
 const STOP_TIMEOUT_MS = 10_000;
+/** How long git's user.name and user.email are taken as read (see Controller.gitIdentity). */
+const IDENTITY_MS = 5_000;
 /** How long a stop, or a one-shot command, lets queued notifications be delivered before giving up on them. */
 const NOTIFY_GRACE_MS = 3_000;
 /** How long a one-shot command (`reconcile`) waits for a race to clear before it can finish an interrupted integration. */
@@ -150,6 +152,7 @@ export class Controller {
   private nextRescanAt: number | undefined;
   private wakeUp: (() => void) | undefined;
   private mutex: Promise<unknown> = Promise.resolve();
+  private identity: { at: number; value: Promise<{ name?: string; email?: string }> } | undefined;
   private readonly inflight = new Set<Promise<unknown>>();
   /** Set by a nudge: run every environment once the sandbox's next pass has ended. */
   private environmentsAfterSandbox = false;
@@ -730,11 +733,25 @@ export class Controller {
 
   private async who(): Promise<Person> {
     const author = this.config.sandbox.author;
-    const git = author?.name !== undefined && author.email !== undefined ? {} : await this.repo.userIdentity();
+    const git = author?.name !== undefined && author.email !== undefined ? {} : await this.gitIdentity();
     const name = author?.name ?? git.name ?? "cascade-sync";
     const email = author?.email ?? git.email ?? "cascade-sync@localhost";
     const now = this.now();
     return { name, email, timestamp: Math.floor(now / 1000), timezoneOffset: new Date(now).getTimezoneOffset() };
+  }
+
+  /**
+   * git's `user.name` and `user.email`, read again once {@link IDENTITY_MS} have passed: one change
+   * asks for the author several times (its commit, the fetch and the push after it), each of them a
+   * `git config` process otherwise. An identity a person changes shows in commits made a few seconds later.
+   */
+  private async gitIdentity(): Promise<{ name?: string; email?: string }> {
+    const now = performance.now();
+    if (!this.identity || now - this.identity.at > IDENTITY_MS) this.identity = { at: now, value: this.repo.userIdentity() };
+    return this.identity.value.catch((err: unknown) => {
+      this.identity = undefined;
+      throw err;
+    });
   }
 
   /**

@@ -175,8 +175,18 @@ export class Repo {
     return this.ref(branchRef(branch));
   }
 
-  /** Any ref's value (full name, or HEAD), or null when it does not exist (an unborn HEAD included). */
+  /**
+   * Any ref's value (full name, or HEAD), or null when it does not exist (an unborn HEAD included).
+   * Asked of the running `git cat-file` (git reads the ref from disk on every request, as `git
+   * rev-parse` would: a ref another process moved is seen at once), which costs no process; only a
+   * name it finds nothing for (no such ref, or one whose object this repository lacks) goes to `git
+   * rev-parse --verify`, which tells the two apart.
+   */
   async ref(name: string): Promise<string | null> {
+    if (name !== "" && !/[\n\0]/.test(name)) {
+      const obj = await this.objects().read(name);
+      if (obj) return obj.oid;
+    }
     const { stdout, exitCode } = await runGit(["rev-parse", "--verify", "--quiet", "--end-of-options", name], { ...this.git, okExitCodes: [0, 1] });
     return exitCode === 0 ? stdout.toString("utf8").trim() || null : null;
   }

@@ -96,8 +96,8 @@ export async function fetchBranch(repo: Repo, remote: RemoteTarget, branch: stri
     }
     throw remoteError(remote, "fetch", err);
   }
-  const { stdout } = await runGit(["rev-parse", "--verify", "--end-of-options", `${tracking}^{commit}`], { gitDir: repo.gitdir, cwd: repo.gitdir });
-  const tip = stdout.toString("utf8").trim();
+  // The tracking ref git just wrote names a commit; git's own error says otherwise.
+  const tip = (await repo.ref(`${tracking}^{commit}`)) ?? (await runGit(["rev-parse", "--verify", "--end-of-options", `${tracking}^{commit}`], { gitDir: repo.gitdir, cwd: repo.gitdir })).stdout.toString("utf8").trim();
   lastSeen.set(seenKey(remote, branch), tip);
   return tip;
 }

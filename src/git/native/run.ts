@@ -279,7 +279,24 @@ export function sshWithBatchMode(base: string, acceptNewHostKey: boolean): strin
   return `${base} -o BatchMode=yes${acceptNewHostKey ? " -o StrictHostKeyChecking=accept-new" : ""}`;
 }
 
-async function configuredSshCommand(repo: GitRepo): Promise<string | undefined> {
+/**
+ * core.sshCommand as git would use it in `repo`, read again once {@link SSH_COMMAND_MS} have passed: a
+ * change's fetch and push (and every remote's) would each start a `git config` for it otherwise.
+ */
+function configuredSshCommand(repo: GitRepo): Promise<string | undefined> {
+  const key = repo.gitDir ?? repo.cwd ?? "";
+  const now = performance.now();
+  const known = sshCommands.get(key);
+  if (known && now - known.at <= SSH_COMMAND_MS) return known.value;
+  const value = readSshCommand(repo);
+  sshCommands.set(key, { at: now, value });
+  return value;
+}
+
+const sshCommands = new Map<string, { at: number; value: Promise<string | undefined> }>();
+const SSH_COMMAND_MS = 5_000;
+
+async function readSshCommand(repo: GitRepo): Promise<string | undefined> {
   const args = ["config", "--get", "core.sshCommand"];
   try {
     const { stdout } = await spawnGit([...globalArgs(repo), ...args], args, gitEnvironment(repo.env), { ...repo, okExitCodes: [0, 1], timeoutMs: 30_000 });
