@@ -109,32 +109,48 @@ export class SandboxWatcher {
    * each is checked to be still the folder its watch was set on.
    */
   private async watchTree(root: string, descend = false): Promise<void> {
+    // A pool of WALK_CONCURRENCY folders in flight: a folder's sub-folders join the queue as it is
+    // listed, and the walk ends when nothing is queued or in flight (a loop that let its workers end
+    // whenever the queue was empty for a moment ran most of the walk one folder at a time).
     const queue = [root];
-    const worker = async () => {
-      for (let rel = queue.pop(); rel !== undefined; rel = queue.pop()) {
-        if (this.closed) return;
-        if (rel !== "" && this.exclusions().quickExcluded(rel, true)) continue;
-        const abs = rel === "" ? this.dir : join(this.dir, rel);
-        const known = this.dirs.get(rel);
-        if (known && !descend) continue;
-        if (known && known.id !== undefined && known.id !== (await this.idOf(abs))) {
-          // Replaced since it was watched (an event was missed): watch the new folder, look at it whole.
-          this.unwatch(rel);
-          if (!this.watchOne(rel, abs)) continue;
-          await this.identify(rel, abs);
-          this.sink.changed(rel);
-        } else if (!known) {
-          // Watch first, then list: a sub-folder made after the watch is reported by it, one made
-          // before is in the listing (a folder in both is skipped by the `has` check).
-          if (!this.watchOne(rel, abs)) continue;
-          await this.identify(rel, abs);
+    let active = 0;
+    await new Promise<void>((resolve, reject) => {
+      const pump = () => {
+        while (active < WALK_CONCURRENCY && queue.length && !this.closed) {
+          active++;
+          this.watchFolder(queue.pop()!, descend, queue).then(() => {
+            active--;
+            pump();
+          }, reject);
         }
-        const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
-        const prefix = rel === "" ? "" : `${rel}/`;
-        for (const e of entries) if (e.isDirectory()) queue.push(prefix + e.name);
-      }
-    };
-    while (queue.length && !this.closed) await Promise.all(Array.from({ length: WALK_CONCURRENCY }, worker));
+        if (active === 0 && (!queue.length || this.closed)) resolve();
+      };
+      pump();
+    });
+  }
+
+  /** One folder of {@link watchTree}: watched (or checked, when `descend`), its sub-folders queued. */
+  private async watchFolder(rel: string, descend: boolean, queue: string[]): Promise<void> {
+    if (this.closed) return;
+    if (rel !== "" && this.exclusions().quickExcluded(rel, true)) return;
+    const abs = rel === "" ? this.dir : join(this.dir, rel);
+    const known = this.dirs.get(rel);
+    if (known && !descend) return;
+    if (known && known.id !== undefined && known.id !== (await this.idOf(abs))) {
+      // Replaced since it was watched (an event was missed): watch the new folder, look at it whole.
+      this.unwatch(rel);
+      if (!this.watchOne(rel, abs)) return;
+      await this.identify(rel, abs);
+      this.sink.changed(rel);
+    } else if (!known) {
+      // Watch first, then list: a sub-folder made after the watch is reported by it, one made
+      // before is in the listing (a folder in both is skipped by the `has` check).
+      if (!this.watchOne(rel, abs)) return;
+      await this.identify(rel, abs);
+    }
+    const entries = await readdir(abs, { withFileTypes: true }).catch(() => []);
+    const prefix = rel === "" ? "" : `${rel}/`;
+    for (const e of entries) if (e.isDirectory()) queue.push(prefix + e.name);
   }
 
   /** `dev:ino` of the folder at `abs`, or undefined when there is none. */

@@ -62,6 +62,11 @@ export class BlobPolicy {
     return this.settings.encrypt.length > 0;
   }
 
+  /** security.encrypt as this policy has it. */
+  get encryptPatterns(): readonly string[] {
+    return this.settings.encrypt;
+  }
+
   /** True when `path` is stored encrypted (it matches security.encrypt). */
   isEncrypted(path: string): boolean {
     return this.settings.encrypt.length > 0 && this.encrypted.matches(path);
