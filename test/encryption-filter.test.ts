@@ -12,8 +12,8 @@ import { git, lsTree, makeBareRepo, revParse, runGit, tryRevParse } from './help
 import { configText, makeSandbox, run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
 import { cleanupTmpDirs, makeTmpDir, waitFor } from './helpers/tmp.js';
 import { createKeyFile, defaultKeyFilePath } from '../src/security/keyfile.js';
-import { EncryptionKey, isEncryptedBlob } from '../src/security/encrypt.js';
-import { attributeLines, setUpEncryptionFilter } from '../src/security/git-filter.js';
+import { EncryptionKey, encryptBlob, isEncryptedBlob } from '../src/security/encrypt.js';
+import { attributeLines, setUpEncryptionFilter, undecryptableInBranches } from '../src/security/git-filter.js';
 import { BlobPolicy } from '../src/security/blob-policy.js';
 
 let controllers: RunningController[] = [];
@@ -110,6 +110,47 @@ describe('encrypted paths through native git', () => {
     expect(await readFile(path.join(dir, '.env'), 'utf8')).toBe('OLD=format-v1\n');
     expect((await git(dir, 'hash-object', '.env')).trim()).toBe(oid);
     expect((await git(dir, 'status', '--porcelain')).trim()).toBe('');
+  }, 60_000);
+
+  it('a new process finds what the branches hold for another key from the listing the last one kept, commits made while stopped included', async () => {
+    const dir = await makeTmpDir('listing');
+    await git(dir, 'init', '-q', '-b', 'develop');
+    const keyFile = path.join(await makeTmpDir('listing-key'), 'k.key');
+    const key = await createKeyFile(keyFile, Buffer.alloc(32, 3));
+    const settings = { encrypt: ['.env', 'secrets/**'], maxFileSizeBytes: 1 << 20, allow: [] };
+    const repo = { dir, gitdir: path.join(dir, '.git') };
+    /** Commits `files` as given (ciphertext included) with plumbing: no filter runs. */
+    const commitRaw = async (files: Record<string, Buffer>) => {
+      for (const [p, bytes] of Object.entries(files)) {
+        const oid = (await runGit({ cwd: dir, args: ['hash-object', '-w', '--no-filters', '--stdin'], input: bytes })).stdout.trim();
+        await runGit({ cwd: dir, args: ['update-index', '--add', '--cacheinfo', `100644,${oid},${p}`] });
+      }
+      await git(dir, 'commit', '-q', '-m', 'raw');
+    };
+    const other = Buffer.alloc(32, 9);
+    await commitRaw({ 'app.txt': Buffer.from('app\n'), '.env': encryptBlob(key, Buffer.from('MINE=1\n')), 'secrets/a': encryptBlob(other, Buffer.from('a\n')) });
+    // Each new BlobPolicy is what a new process has: no listing in memory.
+    const fresh = () => new BlobPolicy(settings, key, keyFile);
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/a']);
+    const saved = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8'));
+    expect(saved.treeish).toBe((await revParse(dir, 'develop')).trim());
+    expect(saved.entries.map((e: [string, string]) => e[0]).sort()).toEqual(['.env', 'secrets/a']);
+    // While stopped: a teammate's file arrives, one is re-encrypted with our key, one is deleted.
+    await commitRaw({ 'secrets/b': encryptBlob(other, Buffer.from('b\n')), 'secrets/a': encryptBlob(key, Buffer.from('a\n')) });
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/b']);
+    await git(dir, 'rm', '-q', '--cached', 'secrets/b');
+    await git(dir, 'commit', '-q', '-m', 'gone');
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual([]);
+    // What a new process starts from is the kept listing, not a new ls-tree of the whole tree: an
+    // entry put into it (a blob of another key that the tree does not hold) is reported.
+    const ghost = (await runGit({ cwd: dir, args: ['hash-object', '-w', '--no-filters', '--stdin'], input: encryptBlob(other, Buffer.from('g\n')) })).stdout.trim();
+    const kept = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8'));
+    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...kept, entries: [...kept.entries, ['secrets/ghost', ghost]] }));
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/ghost']);
+    // A kept listing of a tree git no longer has (or of other patterns) is not used: the tree is listed again.
+    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...saved, treeish: 'f'.repeat(40), entries: [] }));
+    await commitRaw({ 'secrets/c': encryptBlob(other, Buffer.from('c\n')) });
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/c']);
   }, 60_000);
 
   it('without a key: the clean filter refuses (native git add fails), the controller holds the file back, and its plaintext is in no object', async () => {
