@@ -94,7 +94,7 @@ export interface Sandbox {
   author?: Author;
 }
 /**
- * Author and committer of sandbox commits. Default: none (the repository's git user.name and user.email are used, and cascade-sync <cascade-sync@localhost> where git has none). When author is given, a name or email left out takes its default below.
+ * Author and committer of sandbox commits. Default: none (the repository's git user.name and user.email are used, read again at most every 5 seconds, and cascade-sync <cascade-sync@localhost> where git has none). When author is given, a name or email left out takes its default below.
  */
 export interface Author {
   /**
