@@ -1,9 +1,9 @@
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { CST, isAlias, isCollection, isPair, isScalar, LineCounter, Lexer, parseDocument, type Document } from "yaml";
-import { Ajv, type ErrorObject } from "ajv";
-import addFormatsModule from "ajv-formats";
+import type { ErrorObject } from "ajv";
 import configSchema from "../../schema/cascade-sync-config.schema.json" with { type: "json" };
+import { validate as validateConfigSchema } from "../generated/validate-config.js";
 import type { CascadeSyncConfig } from "../generated/config.js";
 import { formatPath, SourcePositions } from "./positions.js";
 import { isHttpUrl, normalize } from "./normalize.js";
@@ -22,11 +22,13 @@ const MAX_ALIASES = 100;
 const MAX_EXPANDED_VALUES = 10_000;
 const MAX_DEPTH = 32;
 
-const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
-let validator: ReturnType<Ajv["compile"]> | undefined;
+/**
+ * The config schema's checks (every error; defaults filled in): ajv's validator generated from the
+ * schema by `npm run gen` (src/generated/validate-config.ts), so no process compiles the schema.
+ */
 function validate(value: unknown): ErrorObject[] {
-  validator ??= addFormats(new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })).compile(configSchema);
-  return validator(value) ? [] : [...(validator.errors ?? [])];
+  const v = validateConfigSchema as ((data: unknown) => boolean) & { errors?: ErrorObject[] | null };
+  return v(value) ? [] : [...(v.errors ?? [])];
 }
 
 /**
@@ -171,8 +173,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv, 
       const both = given.length === 2 ? `both ${given.join(" and ")}` : `${given.slice(0, -1).join(", ")} and ${given.at(-1)}`;
       at(path, given.length > 1 ? `has ${both}; give exactly one of: ${options.join(", ")}` : `needs exactly one of: ${options.join(", ")}`,
         given.length === 2 ? `keep either ${given[0]} or ${given[1]}, and remove the other` : given.length > 2 ? `keep one of ${given.join(", ")}, and remove the others` : `add one of ${options.join(", ")}`);
-    } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS.has(e.parentSchema)) {
-      const { what, hint } = VALUE_HINTS.get(e.parentSchema)!;
+    } else if ((e.keyword === "pattern" || e.keyword === "type") && VALUE_HINTS.has(patternOf(e))) {
+      const { what, hint } = VALUE_HINTS.get(patternOf(e))!;
       at(path, `${JSON.stringify(valueAt(data, path))} is not ${what}`, hint);
     } else if (e.keyword === "type") {
       const expected = String((e.params as { type: string }).type).split(",");
@@ -351,12 +353,20 @@ function fillCredentialDefaults(raw: object): Set<string> {
   return unused;
 }
 
-/** Readable messages for values of a string shape the schema checks with a regex, by the schema node that checks them. */
+/**
+ * Readable messages for values of a string shape the schema checks with a regex, by that regex (the
+ * generated validator has its own copy of the schema, so its nodes are told apart by their pattern).
+ */
 const VALUE_HINTS = new Map<unknown, { what: string; hint: string }>([
-  [definition("duration"), { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" }],
-  [definition("branchName"), { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" }],
-  [definition("remote").properties?.url, { what: "a supported remote", hint: "use an http:// or https:// URL, an ssh URL (ssh://host/path or host:path), or the path of a local bare repository; git:// and other schemes are not supported" }],
+  [definition("duration").pattern, { what: "a duration", hint: "write a number followed by ms, s, m, h or d, optionally chained: 500ms, 3s, 5m, 1h30m" }],
+  [definition("branchName").pattern, { what: "a valid branch name", hint: "a short git branch name such as develop or main, without refs/heads/, spaces or any of ~^:?*[\\" }],
+  [definition("remote").properties?.url?.pattern, { what: "a supported remote", hint: "use an http:// or https:// URL, an ssh URL (ssh://host/path or host:path), or the path of a local bare repository; git:// and other schemes are not supported" }],
 ]);
+
+/** The regex of the schema node an error is about (for VALUE_HINTS), if it has one. */
+function patternOf(e: ErrorObject): unknown {
+  return (e.parentSchema as { pattern?: unknown } | undefined)?.pattern;
+}
 
 /** Words for a JSON type in a "write ..." hint. */
 const TYPE_WORDS: Record<string, string> = {
@@ -403,6 +413,7 @@ function valueAt(value: unknown, path: (string | number)[]): unknown {
 
 type SchemaNode = {
   properties?: Record<string, SchemaNode>;
+  pattern?: string;
   items?: SchemaNode;
   additionalProperties?: SchemaNode | boolean;
   oneOf?: SchemaNode[];
