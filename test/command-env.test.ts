@@ -273,7 +273,8 @@ describe('a running controller', () => {
       '    branch: staging',
       '    from: develop',
       '    gates:',
-      `      - { name: dump, command: ${JSON.stringify(`env > ${out}/gate.env; echo "gate token $NPM_TOKEN"`)}, env: [NPM_TOKEN] }`,
+      // Each dump is written whole before it appears (the test reads it as soon as it exists).
+      `      - { name: dump, command: ${JSON.stringify(`env > ${out}/gate.tmp && mv ${out}/gate.tmp ${out}/gate.env; echo "gate token $NPM_TOKEN"`)}, env: [NPM_TOKEN] }`,
       `    deploy: { directory: ${JSON.stringify(path.join(deployRoot, 'staging'))}, hooks: { pre: ${dump('hook')}, env: [{ NODE_ENV: staging }] } }`,
       `    health: [ { name: dump, command: ${dump('health')}, env: [REGISTRY] } ]`,
       '    healthyAfter: 1',
