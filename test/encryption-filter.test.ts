@@ -133,8 +133,8 @@ describe('encrypted paths through native git', () => {
     const fresh = () => new BlobPolicy(settings, key, keyFile);
     expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/a']);
     const saved = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8'));
-    expect(saved.treeish).toBe((await revParse(dir, 'develop')).trim());
-    expect(saved.entries.map((e: [string, string]) => e[0]).sort()).toEqual(['.env', 'secrets/a']);
+    expect(saved.listings[0].treeish).toBe((await revParse(dir, 'develop')).trim());
+    expect(saved.listings[0].entries.map((e: [string, string]) => e[0]).sort()).toEqual(['.env', 'secrets/a']);
     // While stopped: a teammate's file arrives, one is re-encrypted with our key, one is deleted.
     await commitRaw({ 'secrets/b': encryptBlob(other, Buffer.from('b\n')), 'secrets/a': encryptBlob(key, Buffer.from('a\n')) });
     expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/b']);
@@ -145,10 +145,22 @@ describe('encrypted paths through native git', () => {
     // entry put into it (a blob of another key that the tree does not hold) is reported.
     const ghost = (await runGit({ cwd: dir, args: ['hash-object', '-w', '--no-filters', '--stdin'], input: encryptBlob(other, Buffer.from('g\n')) })).stdout.trim();
     const kept = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8'));
-    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...kept, entries: [...kept.entries, ['secrets/ghost', ghost]] }));
+    const [newest] = kept.listings;
+    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...kept, listings: [{ ...newest, entries: [...newest.entries, ['secrets/ghost', ghost]] }] }));
     expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/ghost']);
+    // Branches at different trees (staging left behind) are each kept: a new process answers both
+    // from the kept listings, the older tree too (shown by an entry put into its listing).
+    await git(dir, 'branch', '-f', 'staging', 'develop~1');
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/b', 'secrets/ghost']);
+    const both = JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8'));
+    expect(both.listings.map((l: { treeish: string }) => l.treeish).sort()).toEqual([(await revParse(dir, 'develop')).trim(), (await revParse(dir, 'develop~1')).trim()].sort());
+    const older = both.listings.find((l: { treeish: string }) => l.treeish !== newest.treeish);
+    older.entries.push(['secrets/older-ghost', ghost]);
+    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify(both));
+    expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/b', 'secrets/ghost', 'secrets/older-ghost']);
+    await git(dir, 'branch', '-D', 'staging');
     // A kept listing of a tree git no longer has (or of other patterns) is not used: the tree is listed again.
-    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...saved, treeish: 'f'.repeat(40), entries: [] }));
+    await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...saved, listings: [{ treeish: 'f'.repeat(40), entries: [] }] }));
     await commitRaw({ 'secrets/c': encryptBlob(other, Buffer.from('c\n')) });
     expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/c']);
   }, 60_000);

@@ -255,17 +255,20 @@ async function encryptedEntries(repo: FilterRepo, policy: BlobPolicy, treeish: s
 }
 
 /**
- * The encrypted files of `treeish` (path -> blob), derived from the last whole-tree listing with
- * `git diff-tree` (which reads only the folders that differ): the one kept in memory, else the one
- * kept in the runtime folder from the last run (with the same security.encrypt), else `git ls-tree
- * -r`. A listing whose tree git no longer has is listed again.
+ * The encrypted files of `treeish` (path -> blob). The last few whole-tree listings are kept, in
+ * memory and in the runtime folder for the next run (with the security.encrypt they were made
+ * with): a tree listed before is answered from them (the branches at start often share a few
+ * trees), another is derived from the most recent one with `git diff-tree` (which reads only the
+ * folders that differ), else listed with `git ls-tree -r`. A listing whose tree git no longer has
+ * is not derived from.
  */
 async function wholeTreeListing(repo: FilterRepo, policy: BlobPolicy, treeish: string): Promise<Map<string, string>> {
-  let last = lastListing.get(policy);
-  if (last?.gitdir !== repo.gitdir) last = await savedListing(repo, policy);
-  if (last?.treeish === treeish) return last.entries;
-  let entries: Map<string, string> | undefined;
-  if (last) {
+  let kept = keptListings.get(policy);
+  if (kept?.gitdir !== repo.gitdir) kept = { gitdir: repo.gitdir, listings: await savedListings(repo, policy) };
+  const known = kept.listings.find((l) => l.treeish === treeish);
+  let entries = known?.entries;
+  const last = kept.listings[0];
+  if (!entries && last) {
     const diff = await diffTrees(gitRepo(repo), last.treeish, treeish).catch(() => undefined);
     if (diff) {
       entries = new Map(last.entries);
@@ -281,8 +284,11 @@ async function wholeTreeListing(repo: FilterRepo, policy: BlobPolicy, treeish: s
     if ((await listEncrypted(repo, policy, treeish, undefined, (path, oid) => listed.set(path, oid))) !== 0) return listed;
     entries = listed;
   }
-  lastListing.set(policy, { gitdir: repo.gitdir, treeish, entries });
-  await writeRuntimeFile(repo.gitdir, LISTING_FILE, JSON.stringify({ encrypt: policy.encryptPatterns, treeish, entries: [...entries] })).catch(() => undefined);
+  if (last?.treeish === treeish) return entries;
+  kept.listings = [{ treeish, entries }, ...kept.listings.filter((l) => l.treeish !== treeish)].slice(0, KEPT_LISTINGS);
+  keptListings.set(policy, kept);
+  const saved = { encrypt: policy.encryptPatterns, listings: kept.listings.map((l) => ({ treeish: l.treeish, entries: [...l.entries] })) };
+  await writeRuntimeFile(repo.gitdir, LISTING_FILE, JSON.stringify(saved)).catch(() => undefined);
   return entries;
 }
 
@@ -296,24 +302,30 @@ async function listEncrypted(repo: FilterRepo, policy: BlobPolicy, treeish: stri
   return exitCode;
 }
 
-/** The listing the last run kept, when it was made with the same security.encrypt. */
-async function savedListing(repo: FilterRepo, policy: BlobPolicy): Promise<Listing | undefined> {
-  const saved = await readRuntimeJson<{ encrypt?: unknown; treeish?: unknown; entries?: unknown }>(repo.gitdir, LISTING_FILE);
-  if (!saved || JSON.stringify(saved.encrypt) !== JSON.stringify(policy.encryptPatterns) || typeof saved.treeish !== "string" || !Array.isArray(saved.entries)) return undefined;
-  const entries = new Map<string, string>();
-  for (const e of saved.entries) if (Array.isArray(e) && typeof e[0] === "string" && typeof e[1] === "string") entries.set(e[0], e[1]);
-  return { gitdir: repo.gitdir, treeish: saved.treeish, entries };
+/** The listings the last run kept, when they were made with the same security.encrypt; the most recent first. */
+async function savedListings(repo: FilterRepo, policy: BlobPolicy): Promise<Listing[]> {
+  const saved = await readRuntimeJson<{ encrypt?: unknown; listings?: unknown }>(repo.gitdir, LISTING_FILE);
+  if (!saved || JSON.stringify(saved.encrypt) !== JSON.stringify(policy.encryptPatterns) || !Array.isArray(saved.listings)) return [];
+  const out: Listing[] = [];
+  for (const l of saved.listings as { treeish?: unknown; entries?: unknown }[]) {
+    if (typeof l?.treeish !== "string" || !Array.isArray(l.entries)) continue;
+    const entries = new Map<string, string>();
+    for (const e of l.entries) if (Array.isArray(e) && typeof e[0] === "string" && typeof e[1] === "string") entries.set(e[0], e[1]);
+    out.push({ treeish: l.treeish, entries });
+  }
+  return out.slice(0, KEPT_LISTINGS);
 }
 
 interface Listing {
-  gitdir: string;
   treeish: string;
   entries: Map<string, string>;
 }
 
-/** The last whole-tree list of encrypted files, per policy (a config reload makes a new one): path -> blob. */
-const lastListing = new WeakMap<BlobPolicy, Listing>();
-/** Where the last listing is kept between runs (the runtime folder: .git/cascade-sync). */
+/** The last whole-tree lists of encrypted files, per policy (a config reload makes a new one), the most recent first. */
+const keptListings = new WeakMap<BlobPolicy, { gitdir: string; listings: Listing[] }>();
+/** How many listings are kept: a sandbox's branches (develop, staging, main and their remote copies) hold a few trees. */
+const KEPT_LISTINGS = 4;
+/** Where the listings are kept between runs (the runtime folder: .git/cascade-sync). */
 const LISTING_FILE = "encrypted-files.json";
 
 /** The paths among `entries` whose blob this key cannot decrypt. */
