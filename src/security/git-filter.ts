@@ -264,7 +264,10 @@ async function encryptedEntries(repo: FilterRepo, policy: BlobPolicy, treeish: s
  */
 async function wholeTreeListing(repo: FilterRepo, policy: BlobPolicy, treeish: string): Promise<Map<string, string>> {
   let kept = keptListings.get(policy);
-  if (kept?.gitdir !== repo.gitdir) kept = { gitdir: repo.gitdir, listings: await savedListings(repo, policy) };
+  if (kept?.gitdir !== repo.gitdir) {
+    kept = { gitdir: repo.gitdir, listings: await savedListings(repo, policy) };
+    keptListings.set(policy, kept);
+  }
   const known = kept.listings.find((l) => l.treeish === treeish);
   let entries = known?.entries;
   const last = kept.listings[0];
@@ -286,7 +289,6 @@ async function wholeTreeListing(repo: FilterRepo, policy: BlobPolicy, treeish: s
   }
   if (last?.treeish === treeish) return entries;
   kept.listings = [{ treeish, entries }, ...kept.listings.filter((l) => l.treeish !== treeish)].slice(0, KEPT_LISTINGS);
-  keptListings.set(policy, kept);
   const saved = { encrypt: policy.encryptPatterns, listings: kept.listings.map((l) => ({ treeish: l.treeish, entries: [...l.entries] })) };
   await writeRuntimeFile(repo.gitdir, LISTING_FILE, JSON.stringify(saved)).catch(() => undefined);
   return entries;
