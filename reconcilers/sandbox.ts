@@ -8,7 +8,7 @@ import { readIntents, restoreInProgress, restoreMessage, settleIntents } from ".
 import type { Config } from "../src/config/types.js";
 import type { Plan, Reconciler, ReconcileContext, Result } from "../src/reconcile.js";
 import type { HeldBack } from "../src/security/blob-policy.js";
-import { heldInIndex, indexAsCommitted, keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
+import { followCommit, heldInIndex, indexAsCommitted, keepOutOfGit, undecryptableInTree, writeInfoAttributes } from "../src/security/git-filter.js";
 import { TEAM_KEY_HINT } from "../src/security/filter-content.js";
 import { CONFIG_FILE } from "../src/config/load.js";
 
@@ -186,6 +186,8 @@ export const sandboxReconciler: Reconciler<SandboxObserved, SandboxAction> = {
       ctx.metrics.commitMade(performance.now() - started, paths.length);
       ctx.log.info(`committed ${outcome.commit.slice(0, 7)} on ${desired.sandbox.branch}: ${message}`, { commit: outcome.commit, files: paths.length });
       ctx.branchMoved();
+      // The list of encrypted files at the head follows the commit (a full scan or the next start needs it).
+      if (policy.encryptsAnything) await followCommit(ctx.repo, policy, outcome.parent, outcome.commit, outcome.changes);
       return { summary: `committed ${outcome.commit.slice(0, 7)}: ${message}${held.length ? `; ${held.length} file(s) held back` : ""}` };
     } catch (err) {
       if (err instanceof GitError && err.reason === "RefConflict") {

@@ -6,7 +6,7 @@
  * same blob; without a key nothing is stored; another person's file is held while the rest syncs.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { git, lsTree, makeBareRepo, revParse, runGit, tryRevParse } from './helpers/git.js';
 import { configText, makeSandbox, run, startController, testEnv, type RunningController } from './helpers/sandbox.js';
@@ -163,6 +163,35 @@ describe('encrypted paths through native git', () => {
     await writeFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), JSON.stringify({ ...saved, listings: [{ treeish: 'f'.repeat(40), entries: [] }] }));
     await commitRaw({ 'secrets/c': encryptBlob(other, Buffer.from('c\n')) });
     expect(await undecryptableInBranches(repo, fresh(), key)).toEqual(['secrets/c']);
+  }, 60_000);
+
+  it('the sandbox\'s own commits keep the listing of encrypted files at the head in step (no diff of trees at the next start)', async () => {
+    const { dir } = await makeSandbox({ files: { '.env': 'A=0\n', 'app.txt': 'app\n' } });
+    controllers.push(await startController(dir));
+    const listings = async (): Promise<{ treeish: string; entries: [string, string][] }[]> =>
+      JSON.parse(await readFile(path.join(dir, '.git/cascade-sync/encrypted-files.json'), 'utf8').catch(() => '{"listings":[]}')).listings;
+    const started = (await revParse(dir, 'develop')).trim();
+    await waitFor(async () => (await listings()).some((l) => l.treeish === started) || undefined, { what: 'the start listed the head' });
+    let head = started;
+    const committed = async () => {
+      head = await waitFor(async () => {
+        const now = (await revParse(dir, 'develop')).trim();
+        return now !== head && (await git(dir, 'status', '--porcelain')).trim() === '' ? now : undefined;
+      }, { what: 'a commit', timeoutMs: 20_000 });
+    };
+    for (let i = 1; i <= 3; i++) {
+      await writeFile(path.join(dir, '.env'), `A=${i}\n`);
+      await writeFile(path.join(dir, 'app.txt'), `app ${i}\n`);
+      await committed();
+      // Each commit's listing replaces its parent's: the head is listed, with the blob it records.
+      const [newest, ...rest] = await waitFor(async () => { const l = await listings(); return l[0]?.treeish === head ? l : undefined; }, { what: `the listing of commit ${i}` });
+      expect(newest!.entries).toEqual([['.env', (await git(dir, 'rev-parse', `${head}:.env`)).trim()]]);
+      expect(rest.map((l) => l.treeish)).not.toContain((await git(dir, 'rev-parse', `${head}~1`)).trim());
+    }
+    await rm(path.join(dir, '.env'));
+    await committed();
+    const [gone] = await waitFor(async () => { const l = await listings(); return l[0]?.treeish === head ? l : undefined; }, { what: 'the listing after .env was deleted' });
+    expect(gone!.entries).toEqual([]);
   }, 60_000);
 
   it('without a key: the clean filter refuses (native git add fails), the controller holds the file back, and its plaintext is in no object', async () => {

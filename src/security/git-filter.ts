@@ -260,38 +260,73 @@ async function encryptedEntries(repo: FilterRepo, policy: BlobPolicy, treeish: s
  * with): a tree listed before is answered from them (the branches at start often share a few
  * trees), another is derived from the most recent one with `git diff-tree` (which reads only the
  * folders that differ), else listed with `git ls-tree -r`. A listing whose tree git no longer has
- * is not derived from.
+ * is not derived from. The sandbox's own commits keep the newest listing in step ({@link followCommit}).
  */
 async function wholeTreeListing(repo: FilterRepo, policy: BlobPolicy, treeish: string): Promise<Map<string, string>> {
-  let kept = keptListings.get(policy);
-  if (kept?.gitdir !== repo.gitdir) {
-    kept = { gitdir: repo.gitdir, listings: await savedListings(repo, policy) };
-    keptListings.set(policy, kept);
-  }
+  const kept = await keptFor(repo, policy);
   const known = kept.listings.find((l) => l.treeish === treeish);
-  let entries = known?.entries;
-  const last = kept.listings[0];
-  if (!entries && last) {
-    const diff = await diffTrees(gitRepo(repo), last.treeish, treeish).catch(() => undefined);
-    if (diff) {
-      entries = new Map(last.entries);
-      for (const d of diff) {
-        if (!policy.isEncrypted(d.path)) continue;
-        if (d.dstMode === "000000" || d.dstMode === "120000" || d.dstMode === "160000") entries.delete(d.path);
-        else entries.set(d.path, d.dstOid);
-      }
-    }
+  if (known) {
+    await keepListing(repo, policy, kept, known);
+    return known.entries;
   }
+  const last = kept.listings[0];
+  const diff = last ? await diffTrees(gitRepo(repo), last.treeish, treeish).catch(() => undefined) : undefined;
+  let entries = diff && withChanges(last!.entries, policy, diff.map((d) => ({ path: d.path, after: d.dstMode === "000000" ? undefined : { mode: d.dstMode, oid: d.dstOid } })));
   if (!entries) {
     const listed = new Map<string, string>();
     if ((await listEncrypted(repo, policy, treeish, undefined, (path, oid) => listed.set(path, oid))) !== 0) return listed;
     entries = listed;
   }
-  if (last?.treeish === treeish) return entries;
-  kept.listings = [{ treeish, entries }, ...kept.listings.filter((l) => l.treeish !== treeish)].slice(0, KEPT_LISTINGS);
+  await keepListing(repo, policy, kept, { treeish, entries });
+  return entries;
+}
+
+/**
+ * Keeps the listings in step with a commit the sandbox made on `parent`: when the parent's listing
+ * is kept, the commit's is that listing with what the commit changed (known already: no git runs),
+ * kept as the most recent in place of the parent's. The next full scan and the next start then find
+ * the head listed, instead of a `diff-tree` that, after a burst of commits, reads every folder.
+ */
+export async function followCommit(repo: FilterRepo, policy: BlobPolicy, parent: string | null, commit: string, changes: readonly ListingChange[]): Promise<void> {
+  const kept = await keptFor(repo, policy);
+  const from = kept.listings.find((l) => l.treeish === parent);
+  if (!from) return;
+  await keepListing(repo, policy, kept, { treeish: commit, entries: withChanges(from.entries, policy, changes) }, from.treeish);
+}
+
+/** A path as a tree records it after a change: its mode and blob, or no `after` when it is gone. */
+interface ListingChange {
+  path: string;
+  after?: { mode: string; oid: string };
+}
+
+/** `entries` with `changes` applied: an encrypted path is listed while it is a blob (not a symlink or submodule). */
+function withChanges(entries: ReadonlyMap<string, string>, policy: BlobPolicy, changes: readonly ListingChange[]): Map<string, string> {
+  const out = new Map(entries);
+  for (const ch of changes) {
+    if (!policy.isEncrypted(ch.path)) continue;
+    if (!ch.after || ch.after.mode === "120000" || ch.after.mode === "160000") out.delete(ch.path);
+    else out.set(ch.path, ch.after.oid);
+  }
+  return out;
+}
+
+/** This policy's kept listings, read from the runtime folder the first time. */
+async function keptFor(repo: FilterRepo, policy: BlobPolicy): Promise<KeptListings> {
+  let kept = keptListings.get(policy);
+  if (kept?.gitdir !== repo.gitdir) {
+    kept = { gitdir: repo.gitdir, listings: await savedListings(repo, policy) };
+    keptListings.set(policy, kept);
+  }
+  return kept;
+}
+
+/** Keeps `listing` as the most recent (dropping `replaces`' when given), in memory and in the runtime folder. */
+async function keepListing(repo: FilterRepo, policy: BlobPolicy, kept: KeptListings, listing: Listing, replaces?: string): Promise<void> {
+  if (kept.listings[0]?.treeish === listing.treeish && !replaces) return;
+  kept.listings = [listing, ...kept.listings.filter((l) => l.treeish !== listing.treeish && l.treeish !== replaces)].slice(0, KEPT_LISTINGS);
   const saved = { encrypt: policy.encryptPatterns, listings: kept.listings.map((l) => ({ treeish: l.treeish, entries: [...l.entries] })) };
   await writeRuntimeFile(repo.gitdir, LISTING_FILE, JSON.stringify(saved)).catch(() => undefined);
-  return entries;
 }
 
 /** `git ls-tree -r` of `treeish` (or of `paths` in it), handing over each encrypted blob; git's exit code (128: no such tree). */
@@ -323,8 +358,13 @@ interface Listing {
   entries: Map<string, string>;
 }
 
+interface KeptListings {
+  gitdir: string;
+  listings: Listing[];
+}
+
 /** The last whole-tree lists of encrypted files, per policy (a config reload makes a new one), the most recent first. */
-const keptListings = new WeakMap<BlobPolicy, { gitdir: string; listings: Listing[] }>();
+const keptListings = new WeakMap<BlobPolicy, KeptListings>();
 /** How many listings are kept: a sandbox's branches (develop, staging, main and their remote copies) hold a few trees. */
 const KEPT_LISTINGS = 4;
 /** Where the listings are kept between runs (the runtime folder: .git/cascade-sync). */
