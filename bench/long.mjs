@@ -59,6 +59,8 @@ const report = {
 let controller;
 let server;
 let names = [];
+/** The controller's status server (its /metrics gives the live heap beside the RSS read from /proc). */
+const METRICS_PORT = await freePort();
 
 try {
   report.machine.git = (await sh("git", ["--version"])).stdout.trim();
@@ -136,6 +138,7 @@ function configText(httpPaused) {
     "intervals: { fetch: 30s, rescan: 10m }",
     `logging: { file: ${JSON.stringify(logFile)}, level: info }`,
     "notifications: { desktop: false }",
+    `server: { listen: "127.0.0.1:${METRICS_PORT}" }`,
     "",
   ].join("\n");
 }
@@ -161,8 +164,33 @@ async function burst(b) {
   const mem = procMemory(controller.pid);
   return {
     commitMs: round(commitMs), pushLocalMs: round(pushed.local - tw), pushHttpMs: round(pushed.http - tw),
-    rssMB: mem.rssMB, peakRssMB: mem.peakRssMB, packs: [packCount(sandbox), packCount(local), packCount(httpBare)],
+    rssMB: mem.rssMB, peakRssMB: mem.peakRssMB, ...(await heapMB()), packs: [packCount(sandbox), packCount(local), packCount(httpBare)],
   };
+}
+
+/**
+ * The controller's V8 heap in use and its external memory (Buffers), from its /metrics (prom-client's
+ * default metrics): whether a growing RSS is live memory or memory the allocator keeps.
+ */
+async function heapMB() {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`)).text();
+    const value = (name) => Number(new RegExp(`^${name} ([0-9.e+]+)`, "m").exec(text)?.[1]) / 2 ** 20;
+    return { heapUsedMB: round(value("nodejs_heap_size_used_bytes"), 1), heapTotalMB: round(value("nodejs_heap_size_total_bytes"), 1), externalMB: round(value("nodejs_external_memory_bytes"), 1) };
+  } catch {
+    return {};
+  }
+}
+
+/** A port free on 127.0.0.1 now. */
+async function freePort() {
+  const { createServer } = await import("node:net");
+  return new Promise((resolve, reject) => {
+    const s = createServer().once("error", reject).listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** Waits until develop holds every expected blob; returns that commit. */
@@ -209,6 +237,7 @@ function judge(bursts) {
   return {
     commit: fig("commitMs"), pushLocal: fig("pushLocalMs"), pushHttp: fig("pushHttpMs"),
     rss: { firstMeanMB: round(rssFirst, 1), lastMeanMB: round(rssLast, 1), ratio: ratio(rssLast, rssFirst), peakMB: Math.max(...bursts.map((x) => x.peakRssMB)) },
+    heap: { firstMeanMB: round(mean(first.map((x) => x.heapUsedMB ?? 0)), 1), lastMeanMB: round(mean(last.map((x) => x.heapUsedMB ?? 0)), 1), externalFirstMB: round(mean(first.map((x) => x.externalMB ?? 0)), 1), externalLastMB: round(mean(last.map((x) => x.externalMB ?? 0)), 1) },
     packs: { sandboxMax: Math.max(...bursts.map((x) => x.packs[0])), localMax: Math.max(...bursts.map((x) => x.packs[1])), httpMax: Math.max(...bursts.map((x) => x.packs[2])), sandboxEnd: packCount(sandbox), localEnd: packCount(local) },
   };
 }
@@ -297,6 +326,7 @@ function table(r) {
   rows.push(["push latency, local remote", `${f.pushLocal.firstMedianMs} ms`, `${f.pushLocal.lastMedianMs} ms`, `${f.pushLocal.ratio}x`, `<= ${TARGETS.latencyRatio}x`, yes(f.pushLocal.ratio <= TARGETS.latencyRatio)]);
   rows.push(["push latency, HTTP remote", `${f.pushHttp.firstMedianMs} ms`, `${f.pushHttp.lastMedianMs} ms`, `${f.pushHttp.ratio}x`, `<= ${TARGETS.latencyRatio}x`, yes(f.pushHttp.ratio <= TARGETS.latencyRatio)]);
   rows.push(["controller RSS (mean)", `${f.rss.firstMeanMB} MB`, `${f.rss.lastMeanMB} MB`, `${f.rss.ratio}x (peak ${f.rss.peakMB} MB)`, `<= ${TARGETS.rssRatio}x`, yes(f.rss.ratio <= TARGETS.rssRatio)]);
+  if (f.heap?.lastMeanMB) rows.push(["  its V8 heap in use / external memory (mean)", `${f.heap.firstMeanMB} / ${f.heap.externalFirstMB} MB`, `${f.heap.lastMeanMB} / ${f.heap.externalLastMB} MB`, `${ratio(f.heap.lastMeanMB, f.heap.firstMeanMB)}x / ${ratio(f.heap.externalLastMB, f.heap.externalFirstMB)}x`, "(information)", "-"]);
   rows.push(["packs at any sample: sandbox / local / HTTP", "-", `end ${f.packs.sandboxEnd} / ${f.packs.localEnd}`, `max ${f.packs.sandboxMax} / ${f.packs.localMax} / ${f.packs.httpMax}`, `<= ${TARGETS.maxPacks}`, yes(Math.max(f.packs.sandboxMax, f.packs.localMax) <= TARGETS.maxPacks)]);
   if (r.fsck) rows.push(["git fsck --strict at the end: sandbox / local / HTTP", "-", "-", `${yes(r.fsck.sandbox.ok)} / ${yes(r.fsck.local.ok)} / ${yes(r.fsck.http.ok)}`, "clean", yes(r.fsck.sandbox.ok && r.fsck.local.ok && r.fsck.http.ok)]);
   if (r.push) rows.push([`push of ${r.push.files} new files (${r.push.commits} commits) over HTTP: controller RSS`, `${r.push.rssBeforeMB} MB before`, `peak ${r.push.peakDuringPushMB ?? r.push.sampledPeakMB} MB`, `pack ${r.push.packMB} MB, ${round(r.push.pushMs / 1000, 1)} s`, "no whole push in memory", yes((r.push.peakDuringPushMB ?? r.push.sampledPeakMB) - r.push.rssBeforeMB < r.push.packMB)]);

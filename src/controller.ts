@@ -197,7 +197,7 @@ export class Controller {
     this.upkeep = new SandboxUpkeep(repo, (fn) => this.exclusive(fn), deps.log, () => this.now(), () => {
       this.statusDirty = true;
       this.wakeUp?.();
-    });
+    }, undefined, () => this.config.remotes.filter((r) => r.kind === "local").map((r) => r.url));
     this.rebuildSlots();
   }
 

@@ -1,7 +1,7 @@
 import type { Config } from "./config/types.js";
 import type { Logger } from "./log.js";
 import type { Repo } from "./git/repo.js";
-import { recoverGitLocks, type LockDecision } from "./git/native/locks.js";
+import { localRepositoryAt, recoverGitLocks, type LockDecision } from "./git/native/locks.js";
 import { AutoMaintenance, DEFAULT_MAINTENANCE, type MaintenancePolicy } from "./git/native/maintenance.js";
 import { unsyncedEmbeddedRepositories, type EmbeddedRepository } from "./git/native/embedded.js";
 import type { GitRepo } from "./git/native/run.js";
@@ -12,7 +12,7 @@ const EMBEDDED_REFRESH_MS = 60_000;
 /**
  * The sandbox's housekeeping beside the loop: at start, git locks a crashed git left in the sandbox and
  * in local remotes are cleared; after commits and periodically, `git maintenance run --auto` keeps the
- * object store packed; after commits and whole-tree scans, the embedded repositories whose content
+ * object store packed (and the packs our pushes leave in local remotes are rolled up); after commits and whole-tree scans, the embedded repositories whose content
  * does not travel with the sandbox are listed for `status`. Nothing here fails a pass: problems are logged.
  */
 export class SandboxUpkeep {
@@ -29,8 +29,13 @@ export class SandboxUpkeep {
     /** Called when what status shows changed (the embedded repositories were looked at again). */
     private readonly changed: () => void,
     policy: MaintenancePolicy = DEFAULT_MAINTENANCE,
+    /** The config's local remotes (their paths), read at each maintenance run: a reload may change them. */
+    localRemotes: () => readonly string[] = () => [],
   ) {
-    this.maintenance = new AutoMaintenance(this.git(), gate, log, policy);
+    this.maintenance = new AutoMaintenance(this.git(), gate, log, policy, async () => {
+      const found = await Promise.all(localRemotes().map((path) => localRepositoryAt(path)));
+      return found.filter((r) => r !== undefined).map((r) => ({ gitDir: r.gitDir, cwd: r.gitDir }));
+    });
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * Packs and loose objects stay bounded over many bursts (issue 14): the sandbox gets `git maintenance
  * run --auto` after commits (the controller commits with plumbing, which never runs it), and a local
- * bare remote gets git's own `gc --auto` from receive-pack after each push (receive.autogc). Thresholds
+ * bare remote gets git's own `gc --auto` from receive-pack after each push (receive.autogc), and its packs
+ * rolled up geometrically at each of the sandbox's maintenance runs. Thresholds
  * are lowered through the repositories' own config (gc.auto, gc.autoPackLimit); git decides the rest.
  */
 import { existsSync } from 'node:fs';
@@ -164,5 +165,48 @@ describe('a local bare remote', () => {
     for (const p of packs) expect(p, why).toBeLessThanOrEqual(6);
     expect(await revParse(kept, 'develop')).toBe(await revParse(work, 'develop'));
     await fsckStrict(kept);
+  }, 300_000);
+
+  it(`rolls up the packs our pushes leave there at each maintenance run, git's own gc off: a few packs, not one per push`, async () => {
+    const work = await makeTmpDir('roll-work');
+    await git(work, 'init', '-q', '-b', 'develop');
+    const rolled = path.join(await makeTmpDir('roll-remote'), 'rolled.git');
+    const piled = path.join(await makeTmpDir('roll-remote'), 'piled.git');
+    for (const bare of [rolled, piled]) {
+      await makeBareRepo(bare);
+      // Only our roll-up can merge packs here.
+      await git(bare, 'config', 'receive.autogc', 'false');
+    }
+    const repo = await Repo.open(work);
+    const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
+    const target = (url: string): RemoteTarget => ({ name: 'origin', url, kind: 'local', timeoutMs: 60_000 });
+    const env = gitEnv();
+    for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM']) process.env[k] = env[k];
+    const every = 8;
+    const never = 1e12;
+    const m = new AutoMaintenance({ cwd: work }, (fn) => fn(), quiet, { everyCommits: every, bigCommitPaths: never, periodMs: never, firstAfterMs: never }, async () => [{ gitDir: rolled, cwd: rolled }]);
+    const packs: number[] = [];
+    try {
+      for (let b = 0; b < BURSTS; b++) {
+        await mkdir(path.join(work, `b${b}`), { recursive: true });
+        await Promise.all(Array.from({ length: FILES_PER_BURST }, (_, f) => writeFile(path.join(work, `b${b}`, `f${f}.txt`), `burst ${b} file ${f}\n`)));
+        await git(work, 'add', '-A');
+        await git(work, 'commit', '-q', '-m', `burst ${b}`);
+        const oid = await revParse(work, 'develop');
+        for (const bare of [rolled, piled]) await pushBranch(repo, target(bare), 'develop', oid, { who });
+        packs.push((await objects(rolled)).packs);
+        m.committed(1);
+        await m.idle();
+      }
+    } finally {
+      await m.close();
+    }
+    const why = JSON.stringify(packs);
+    expect((await objects(piled)).packs, why).toBe(BURSTS);
+    // At most the pushes since the last run, and what the roll-up keeps (a pack or two).
+    for (const p of packs) expect(p, why).toBeLessThanOrEqual(every + 2);
+    expect((await objects(rolled)).packs, why).toBeLessThanOrEqual(5);
+    expect(await revParse(rolled, 'develop')).toBe(await revParse(work, 'develop'));
+    await fsckStrict(rolled);
   }, 300_000);
 });

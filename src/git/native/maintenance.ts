@@ -50,6 +50,22 @@ export async function runAutoMaintenance(repo: GitRepo, opts: { signal?: AbortSi
   });
 }
 
+/**
+ * Rolls a repository's packs up geometrically (`git repack -d --geometric=2`): afterwards each pack
+ * holds at least twice the objects of the next smaller one, so a repository that gets a pack per push
+ * keeps a handful (about log2 of its objects) instead of growing to gc.autoPackLimit (50) before
+ * `gc --auto` merges everything; only the small packs are rewritten, never the big one holding most
+ * of the history. Loose objects are rolled in too. In the foreground, at low CPU priority.
+ */
+export async function rollUpPacks(repo: GitRepo, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
+  await runGit(["repack", "-d", "-q", "--geometric=2"], {
+    ...repo,
+    timeoutMs: opts.timeoutMs ?? 60 * 60_000,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onSpawn: (pid) => lowerPriority(pid),
+  });
+}
+
 function lowerPriority(pid: number): void {
   try {
     setPriority(pid, LOW_PRIORITY);
@@ -79,6 +95,11 @@ export class AutoMaintenance {
     private readonly gate: <T>(fn: () => Promise<T>) => Promise<T>,
     private readonly log: MaintenanceLog,
     private readonly policy: MaintenancePolicy = DEFAULT_MAINTENANCE,
+    /**
+     * The local remotes this sandbox pushes to (their git directories): each push leaves a pack there,
+     * and git merges them only past gc.autoPackLimit, so each run rolls their packs up ({@link rollUpPacks}).
+     */
+    private readonly localRemotes: () => Promise<readonly GitRepo[]> = async () => [],
   ) {}
 
   /** Arms the periodic run: the first {@link MaintenancePolicy.firstAfterMs} from now, then every period. */
@@ -115,6 +136,14 @@ export class AutoMaintenance {
     clearTimeout(t);
   }
 
+  /** Rolls up the packs of each local remote; one that fails is logged, the others still get theirs. */
+  private async rollUpRemotes(): Promise<void> {
+    for (const remote of await this.localRemotes()) {
+      if (this.stopping.signal.aborted) return;
+      await rollUpPacks(remote, { signal: this.stopping.signal }).catch((err: Error) => this.log.warn(`git repack --geometric=2 in ${remote.gitDir} failed: ${err.message}; tried again at the next maintenance`));
+    }
+  }
+
   private arm(ms: number): void {
     clearTimeout(this.timer);
     if (this.closed) return;
@@ -132,6 +161,7 @@ export class AutoMaintenance {
       return { done: runAutoMaintenance(this.repo, { signal: this.stopping.signal }) };
     })
       .then(({ done }) => done)
+      .then(() => this.rollUpRemotes())
       .then(
         () => this.log.debug(`git maintenance run --auto (${why}) took ${Date.now() - t0} ms`),
         (err: Error) => this.log.warn(`git maintenance run --auto failed: ${err.message}; tried again later`),
