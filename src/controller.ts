@@ -959,7 +959,7 @@ export class Controller {
       if (!info) {
         const c = await this.repo.readCommit(sha).catch(() => undefined);
         if (!c) continue;
-        info = { subject: c.message.split("\n")[0] ?? "", author: c.author.name, at: new Date(c.author.timestamp * 1000).toISOString() };
+        info = { subject: c.subject, author: c.author.name, at: new Date(c.author.timestamp * 1000).toISOString() };
         if (this.commitInfos.size > 1000) this.commitInfos.clear();
         this.commitInfos.set(sha, info);
       }

@@ -37,6 +37,8 @@ export interface CommitInfo {
   author: Person;
   committer: Person;
   message: string;
+  /** The message's first line. */
+  subject: string;
 }
 
 /** One entry of a tree object (not recursive). */
@@ -549,20 +551,33 @@ function treeItems(data: Buffer, idBytes: number): TreeItem[] {
 /** A commit object's header fields and message. */
 function commitFromObject(data: Buffer): CommitInfo {
   const end = data.indexOf("\n\n");
-  const header = data.toString("utf8", 0, end < 0 ? data.length : end);
+  const headerEnd = end < 0 ? data.length : end;
   const message = end < 0 ? "" : data.toString("utf8", end + 2);
   let tree = "";
   const parent: string[] = [];
   let author: Person | undefined;
   let committer: Person | undefined;
-  for (const line of header.split("\n")) {
+  // Each header line is decoded on its own: a parent kept in a cache then holds its line, not the
+  // whole commit (V8's substrings keep the string they were cut from alive).
+  for (let at = 0; at < headerEnd; ) {
+    const nl = data.indexOf(10, at);
+    const stop = nl < 0 || nl > headerEnd ? headerEnd : nl;
+    const line = data.toString("utf8", at, stop);
+    at = stop + 1;
     if (line.startsWith("tree ")) tree = line.slice(5);
     else if (line.startsWith("parent ")) parent.push(line.slice(7));
     else if (line.startsWith("author ")) author = personOf(line.slice(7));
     else if (line.startsWith("committer ")) committer = personOf(line.slice(10));
   }
   const nobody: Person = { name: "", email: "", timestamp: 0, timezoneOffset: 0 };
-  return { tree, parent, author: author ?? nobody, committer: committer ?? author ?? nobody, message };
+  return { tree, parent, author: author ?? nobody, committer: committer ?? author ?? nobody, message, subject: subjectOf(data, end) };
+}
+
+/** The message's first line, decoded on its own (a cache of subjects must not keep whole messages alive). */
+function subjectOf(data: Buffer, headerEnd: number): string {
+  if (headerEnd < 0) return "";
+  const nl = data.indexOf(10, headerEnd + 2);
+  return data.toString("utf8", headerEnd + 2, nl < 0 ? data.length : nl);
 }
 
 /** `Name <email> 1700000000 +0100` as a Person (timezoneOffset in JS minutes: +0100 is -60). */
