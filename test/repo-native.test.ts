@@ -54,8 +54,9 @@ describe('Repo writes objects through git, and git reads them back the same', ()
     const commit = await repo.writeCommit({ tree: root, parents: [], message: 'first\n\nbody line\n', author: who });
     expect(await git(dir, 'cat-file', '-p', commit)).toContain('author Ref Mover <mover@example.invalid> 1767322245 +0100');
     const read = await repo.readCommit(commit);
-    expect(read).toEqual({ tree: root, parent: [], author: who, committer: who, message: 'first\n\nbody line\n' });
+    expect(read).toEqual({ tree: root, parent: [], author: who, committer: who, message: 'first\n\nbody line\n', subject: 'first' });
     const second = await repo.writeCommit({ tree: EMPTY_TREE, parents: [commit], message: 'second\n', author: who, committer: { ...who, name: 'Other', timezoneOffset: 90 } });
+    expect((await repo.readCommit(second)).subject).toBe('second');
     expect(await repo.commitParents(second)).toEqual([commit]);
     expect(await git(dir, 'log', '-1', '--format=%cn %cd', '--date=format:%z', second)).toBe('Other -0130');
 
