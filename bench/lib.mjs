@@ -108,7 +108,8 @@ export function packCount(dir) {
 export function procMemory(pid) {
   const s = readFileSync(`/proc/${pid}/status`, "utf8");
   const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(s)?.[1] ?? NaN);
-  return { peakRssMB: round(kb("VmHWM") / 1024, 1), rssMB: round(kb("VmRSS") / 1024, 1) };
+  // RssAnon: the heap, V8's pages and malloc's; RssFile: mapped files, mostly the node binary's code as it is first run.
+  return { peakRssMB: round(kb("VmHWM") / 1024, 1), rssMB: round(kb("VmRSS") / 1024, 1), anonMB: round(kb("RssAnon") / 1024, 1), fileMB: round(kb("RssFile") / 1024, 1) };
 }
 
 /** Resets a process's peak RSS (VmHWM) to its current RSS; false when the kernel does not let us. */

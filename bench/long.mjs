@@ -164,7 +164,7 @@ async function burst(b) {
   const mem = procMemory(controller.pid);
   return {
     commitMs: round(commitMs), pushLocalMs: round(pushed.local - tw), pushHttpMs: round(pushed.http - tw),
-    rssMB: mem.rssMB, peakRssMB: mem.peakRssMB, ...(await heapMB()), packs: [packCount(sandbox), packCount(local), packCount(httpBare)],
+    rssMB: mem.rssMB, peakRssMB: mem.peakRssMB, anonMB: mem.anonMB, fileMB: mem.fileMB, ...(await heapMB()), packs: [packCount(sandbox), packCount(local), packCount(httpBare)],
   };
 }
 
@@ -237,6 +237,7 @@ function judge(bursts) {
   return {
     commit: fig("commitMs"), pushLocal: fig("pushLocalMs"), pushHttp: fig("pushHttpMs"),
     rss: { firstMeanMB: round(rssFirst, 1), lastMeanMB: round(rssLast, 1), ratio: ratio(rssLast, rssFirst), peakMB: Math.max(...bursts.map((x) => x.peakRssMB)) },
+    anon: { firstMeanMB: round(mean(first.map((x) => x.anonMB ?? 0)), 1), lastMeanMB: round(mean(last.map((x) => x.anonMB ?? 0)), 1), fileFirstMB: round(mean(first.map((x) => x.fileMB ?? 0)), 1), fileLastMB: round(mean(last.map((x) => x.fileMB ?? 0)), 1) },
     heap: { firstMeanMB: round(mean(first.map((x) => x.heapUsedMB ?? 0)), 1), lastMeanMB: round(mean(last.map((x) => x.heapUsedMB ?? 0)), 1), externalFirstMB: round(mean(first.map((x) => x.externalMB ?? 0)), 1), externalLastMB: round(mean(last.map((x) => x.externalMB ?? 0)), 1) },
     packs: { sandboxMax: Math.max(...bursts.map((x) => x.packs[0])), localMax: Math.max(...bursts.map((x) => x.packs[1])), httpMax: Math.max(...bursts.map((x) => x.packs[2])), sandboxEnd: packCount(sandbox), localEnd: packCount(local) },
   };
@@ -326,6 +327,7 @@ function table(r) {
   rows.push(["push latency, local remote", `${f.pushLocal.firstMedianMs} ms`, `${f.pushLocal.lastMedianMs} ms`, `${f.pushLocal.ratio}x`, `<= ${TARGETS.latencyRatio}x`, yes(f.pushLocal.ratio <= TARGETS.latencyRatio)]);
   rows.push(["push latency, HTTP remote", `${f.pushHttp.firstMedianMs} ms`, `${f.pushHttp.lastMedianMs} ms`, `${f.pushHttp.ratio}x`, `<= ${TARGETS.latencyRatio}x`, yes(f.pushHttp.ratio <= TARGETS.latencyRatio)]);
   rows.push(["controller RSS (mean)", `${f.rss.firstMeanMB} MB`, `${f.rss.lastMeanMB} MB`, `${f.rss.ratio}x (peak ${f.rss.peakMB} MB)`, `<= ${TARGETS.rssRatio}x`, yes(f.rss.ratio <= TARGETS.rssRatio)]);
+  if (f.anon?.lastMeanMB) rows.push(["  of it anonymous / file-backed (mean)", `${f.anon.firstMeanMB} / ${f.anon.fileFirstMB} MB`, `${f.anon.lastMeanMB} / ${f.anon.fileLastMB} MB`, `${ratio(f.anon.lastMeanMB, f.anon.firstMeanMB)}x / ${ratio(f.anon.fileLastMB, f.anon.fileFirstMB)}x`, "(information)", "-"]);
   if (f.heap?.lastMeanMB) rows.push(["  its V8 heap in use / external memory (mean)", `${f.heap.firstMeanMB} / ${f.heap.externalFirstMB} MB`, `${f.heap.lastMeanMB} / ${f.heap.externalLastMB} MB`, `${ratio(f.heap.lastMeanMB, f.heap.firstMeanMB)}x / ${ratio(f.heap.externalLastMB, f.heap.externalFirstMB)}x`, "(information)", "-"]);
   rows.push(["packs at any sample: sandbox / local / HTTP", "-", `end ${f.packs.sandboxEnd} / ${f.packs.localEnd}`, `max ${f.packs.sandboxMax} / ${f.packs.localMax} / ${f.packs.httpMax}`, `<= ${TARGETS.maxPacks}`, yes(Math.max(f.packs.sandboxMax, f.packs.localMax) <= TARGETS.maxPacks)]);
   if (r.fsck) rows.push(["git fsck --strict at the end: sandbox / local / HTTP", "-", "-", `${yes(r.fsck.sandbox.ok)} / ${yes(r.fsck.local.ok)} / ${yes(r.fsck.http.ok)}`, "clean", yes(r.fsck.sandbox.ok && r.fsck.local.ok && r.fsck.http.ok)]);
