@@ -127,32 +127,45 @@ describe('sandbox maintenance', () => {
   }, 120_000);
 });
 
+/**
+ * A work repository and two local bare remotes (`watched`, `piled`, set up by `configure`), then
+ * BURSTS commits of FILES_PER_BURST new files, each pushed to both with the transport; `afterPush`
+ * runs after each push (given the work tree). Returns the work tree and the packs in `watched` after each push.
+ */
+async function pushBursts(prefix: string, configure: (bare: string, which: 'watched' | 'piled') => Promise<void>, afterPush: (work: string) => Promise<void> = async () => undefined) {
+  const work = await makeTmpDir(`${prefix}-work`);
+  await git(work, 'init', '-q', '-b', 'develop');
+  const watched = path.join(await makeTmpDir(`${prefix}-remote`), 'watched.git');
+  const piled = path.join(await makeTmpDir(`${prefix}-remote`), 'piled.git');
+  for (const [bare, which] of [[watched, 'watched'], [piled, 'piled']] as const) {
+    await makeBareRepo(bare);
+    await configure(bare, which);
+  }
+  const repo = await Repo.open(work);
+  const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
+  const target = (url: string): RemoteTarget => ({ name: 'origin', url, kind: 'local', timeoutMs: 60_000 });
+  const env = gitEnv();
+  for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM']) process.env[k] = env[k];
+  const packs: number[] = [];
+  for (let b = 0; b < BURSTS; b++) {
+    await mkdir(path.join(work, `b${b}`), { recursive: true });
+    await Promise.all(Array.from({ length: FILES_PER_BURST }, (_, f) => writeFile(path.join(work, `b${b}`, `f${f}.txt`), `burst ${b} file ${f}\n`)));
+    await git(work, 'add', '-A');
+    await git(work, 'commit', '-q', '-m', `burst ${b}`);
+    const oid = await revParse(work, 'develop');
+    for (const bare of [watched, piled]) await pushBranch(repo, target(bare), 'develop', oid, { who });
+    packs.push((await objects(watched)).packs);
+    await afterPush(work);
+  }
+  return { work, watched, piled, packs };
+}
+
 describe('a local bare remote', () => {
   it(`keeps its packs bounded over ${BURSTS} pushes through receive-pack (receive.autogc); without it they pile up`, async () => {
-    const work = await makeTmpDir('maint-push-work');
-    await git(work, 'init', '-q', '-b', 'develop');
-    const kept = path.join(await makeTmpDir('maint-remote'), 'kept.git');
-    const piled = path.join(await makeTmpDir('maint-remote'), 'piled.git');
-    for (const bare of [kept, piled]) {
-      await makeBareRepo(bare);
+    const { work, watched: kept, piled, packs } = await pushBursts('maint', async (bare, which) => {
       await git(bare, 'config', 'gc.autoPackLimit', '3');
-    }
-    await git(piled, 'config', 'receive.autogc', 'false');
-    const repo = await Repo.open(work);
-    const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
-    const target = (url: string): RemoteTarget => ({ name: 'origin', url, kind: 'local', timeoutMs: 60_000 });
-    const env = gitEnv();
-    for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM']) process.env[k] = env[k];
-    const packs: number[] = [];
-    for (let b = 0; b < BURSTS; b++) {
-      await mkdir(path.join(work, `b${b}`), { recursive: true });
-      await Promise.all(Array.from({ length: FILES_PER_BURST }, (_, f) => writeFile(path.join(work, `b${b}`, `f${f}.txt`), `burst ${b} file ${f}\n`)));
-      await git(work, 'add', '-A');
-      await git(work, 'commit', '-q', '-m', `burst ${b}`);
-      const oid = await revParse(work, 'develop');
-      for (const bare of [kept, piled]) await pushBranch(repo, target(bare), 'develop', oid, { who });
-      packs.push((await objects(kept)).packs);
-    }
+      if (which === 'piled') await git(bare, 'config', 'receive.autogc', 'false');
+    });
     // receive-pack's gc runs detached (gc.autoDetach): wait for the last one.
     const end = await waitFor(async () => {
       const o = await objects(kept);
@@ -168,39 +181,19 @@ describe('a local bare remote', () => {
   }, 300_000);
 
   it(`rolls up the packs our pushes leave there at each maintenance run, git's own gc off: a few packs, not one per push`, async () => {
-    const work = await makeTmpDir('roll-work');
-    await git(work, 'init', '-q', '-b', 'develop');
-    const rolled = path.join(await makeTmpDir('roll-remote'), 'rolled.git');
-    const piled = path.join(await makeTmpDir('roll-remote'), 'piled.git');
-    for (const bare of [rolled, piled]) {
-      await makeBareRepo(bare);
-      // Only our roll-up can merge packs here.
-      await git(bare, 'config', 'receive.autogc', 'false');
-    }
-    const repo = await Repo.open(work);
-    const who = { name: 'Cascade Test', email: 'cascade-test@example.invalid', timestamp: 1_700_000_000, timezoneOffset: 0 };
-    const target = (url: string): RemoteTarget => ({ name: 'origin', url, kind: 'local', timeoutMs: 60_000 });
-    const env = gitEnv();
-    for (const k of ['HOME', 'XDG_CONFIG_HOME', 'GIT_CONFIG_NOSYSTEM']) process.env[k] = env[k];
     const every = 8;
     const never = 1e12;
-    const m = new AutoMaintenance({ cwd: work }, (fn) => fn(), quiet, { everyCommits: every, bigCommitPaths: never, periodMs: never, firstAfterMs: never }, async () => [{ gitDir: rolled, cwd: rolled }]);
-    const packs: number[] = [];
-    try {
-      for (let b = 0; b < BURSTS; b++) {
-        await mkdir(path.join(work, `b${b}`), { recursive: true });
-        await Promise.all(Array.from({ length: FILES_PER_BURST }, (_, f) => writeFile(path.join(work, `b${b}`, `f${f}.txt`), `burst ${b} file ${f}\n`)));
-        await git(work, 'add', '-A');
-        await git(work, 'commit', '-q', '-m', `burst ${b}`);
-        const oid = await revParse(work, 'develop');
-        for (const bare of [rolled, piled]) await pushBranch(repo, target(bare), 'develop', oid, { who });
-        packs.push((await objects(rolled)).packs);
-        m.committed(1);
-        await m.idle();
-      }
-    } finally {
-      await m.close();
-    }
+    let m: AutoMaintenance | undefined;
+    let rolledDir = '';
+    const { work, watched: rolled, piled, packs } = await pushBursts('roll', async (bare, which) => {
+      // Only our roll-up can merge packs here.
+      await git(bare, 'config', 'receive.autogc', 'false');
+      if (which === 'watched') rolledDir = bare;
+    }, async (work) => {
+      m ??= new AutoMaintenance({ cwd: work }, (fn) => fn(), quiet, { everyCommits: every, bigCommitPaths: never, periodMs: never, firstAfterMs: never }, async () => [{ gitDir: rolledDir, cwd: rolledDir }]);
+      m.committed(1);
+      await m.idle();
+    }).finally(() => m?.close());
     const why = JSON.stringify(packs);
     expect((await objects(piled)).packs, why).toBe(BURSTS);
     // At most the pushes since the last run, and what the roll-up keeps (a pack or two).

@@ -160,8 +160,8 @@ export class AutoMaintenance {
       // Started while nothing of ours writes; not awaited inside the gate (commits need not wait for a repack).
       return { done: runAutoMaintenance(this.repo, { signal: this.stopping.signal }) };
     })
-      .then(({ done }) => done)
-      .then(() => this.rollUpRemotes())
+      // The local remotes' packs are rolled up whether or not the sandbox's run succeeded.
+      .then(({ done }) => done.finally(() => this.rollUpRemotes()))
       .then(
         () => this.log.debug(`git maintenance run --auto (${why}) took ${Date.now() - t0} ms`),
         (err: Error) => this.log.warn(`git maintenance run --auto failed: ${err.message}; tried again later`),
