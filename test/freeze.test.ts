@@ -106,6 +106,12 @@ describe('freeze entries (real ssh-keygen signatures)', () => {
     expect(lifted.lifted).toEqual({ signer: 'alice@example.com', at: iso(NOW - 60_000) });
     const earlyLift = await signedFreeze(alice.file, { environment: 'production', action: 'lift', at: iso(NOW - 3_600_000), signer: 'alice@example.com' });
     expect(judge([earlyLift, freeze]).active).toHaveLength(1);
+    // Times are to the second: a lift and a freeze signed in the same second are ordered by the file
+    // (the commands append): a freeze written after the lift is in force, one written before is lifted.
+    const sameSecondLift = await signedFreeze(alice.file, { environment: 'production', action: 'lift', at: iso(NOW - 30_000), signer: 'alice@example.com' });
+    const sameSecondFreeze = await signedFreeze(alice.file, { environment: 'production', action: 'freeze', reason: 'again', at: iso(NOW - 30_000), signer: 'alice@example.com' });
+    expect(judge([freeze, sameSecondLift, sameSecondFreeze]).active.map((f) => f.reason)).toEqual(['again']);
+    expect(judge([freeze, sameSecondFreeze, sameSecondLift]).active).toEqual([]);
     const pending = judge([], { working: [freeze] });
     expect(pending.active).toEqual([]);
     expect(pending.rejected.map((x) => x.reason)).toEqual(['not-committed']);

@@ -176,7 +176,7 @@ export function evaluateFreezes(input: FreezeInput): FreezeReport {
   const { signers } = parseSigners(input.signers);
   const rejected: RejectedFreeze[] = [];
   const freezes: (ActiveFreeze & { atMs: number; expiresMs?: number })[] = [];
-  const lifts: { signer: string; at: string; atMs: number }[] = [];
+  const lifts: { signer: string; at: string; atMs: number; line: number }[] = [];
   const mine = (e: ParsedFreeze) => (e.ok ? e.freeze.environment : e.fields.environment) === input.environment || (!e.ok && e.fields.environment === undefined);
   const judge = (e: ParsedFreeze): { freeze: Freeze; fingerprint: string } | RejectedFreeze => {
     const f: Partial<Freeze> = e.ok ? e.freeze : e.fields;
@@ -205,19 +205,23 @@ export function evaluateFreezes(input: FreezeInput): FreezeReport {
     }
     const f = v.freeze;
     const atMs = parseExpires(f.at)!;
-    if (f.action === "lift") lifts.push({ signer: f.signer, at: f.at, atMs });
+    if (f.action === "lift") lifts.push({ signer: f.signer, at: f.at, atMs, line: e.line });
     else freezes.push({ signer: f.signer, reason: f.reason ?? "", at: f.at, ...(f.expires ? { expires: f.expires, expiresMs: parseExpires(f.expires)! } : {}), fingerprint: v.fingerprint, line: e.line, atMs });
   }
   for (const e of input.working.filter(mine).filter((w) => !committedIds.has(identity(w)))) {
     const v = judge(e);
     rejected.push("reason" in v ? v : { line: e.line, file: e.file, action: v.freeze.action, signer: v.freeze.signer, reason: "not-committed", message: `the ${v.freeze.action} is only in the working copy of ${STATE_FILE}; it counts once the file is committed on the sandbox branch (the controller commits it with its next batch)` });
   }
-  const lastLift = lifts.sort((a, b) => b.atMs - a.atMs)[0];
+  // Times are to the second: of a lift and a freeze signed in the same second, the one written later
+  // in the file (the commands append) is the later one.
+  const later = (a: { atMs: number; line: number }, b: { atMs: number; line: number }) => a.atMs > b.atMs || (a.atMs === b.atMs && a.line > b.line);
+  const lastLift = lifts.sort((a, b) => b.atMs - a.atMs || b.line - a.line)[0];
+  const lifted = (f: { atMs: number; line: number }) => !!lastLift && later(lastLift, f);
   const active = freezes
-    .filter((f) => (f.expiresMs === undefined || input.now < f.expiresMs) && !(lastLift && lastLift.atMs >= f.atMs))
+    .filter((f) => (f.expiresMs === undefined || input.now < f.expiresMs) && !lifted(f))
     .sort((a, b) => b.atMs - a.atMs)
     .map(({ atMs: _a, expiresMs: _e, ...f }) => f);
-  const liftedSomething = lastLift && freezes.some((f) => lastLift.atMs >= f.atMs);
+  const liftedSomething = lastLift && freezes.some(lifted);
   return { active, ...(liftedSomething ? { lifted: { signer: lastLift.signer, at: lastLift.at } } : {}), rejected, signersFrom: input.signersFrom };
 }
 
