@@ -86,7 +86,8 @@ describe('a second person joins a running pipeline', () => {
     // The newcomer deployed nothing: its history has no deploy, promotion or rollback.
     const history = (await readFile(path.join(second, '.git/cascade-sync/history.jsonl'), 'utf8').catch(() => '')).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
     expect(history.filter((h) => ['deployed', 'promoted', 'rolled-back'].includes(h.event))).toEqual([]);
-    expect((await envReport(second, 'production'))?.next).toMatch(/waiting for approval of/);
+    // Production waits for an approval once the newcomer has seen staging healthy too (its own health checks).
+    await waitFor(async () => /waiting for approval of/.test((await envReport(second, 'production'))?.next ?? '') || undefined, { what: 'production waiting for an approval in the newcomer\'s view', timeoutMs: 60_000 });
     await fsckStrict(second);
     expect(await git(bare, 'rev-parse', 'main')).toBe(c2);
   }, 240_000);
