@@ -259,7 +259,7 @@ export class Controller {
    * batch and pushes it if the remotes are reachable, then resolves.
    */
   async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
-    await this.upkeep.start(this.config);
+    await this.upkeep.start();
     this.watcher = new SandboxWatcher(this.config.dir, this.repo.gitdir, () => this.exclusions, {
       changed: (rel) => this.onPathChanged(rel),
       headChanged: () => this.retryStalled(),

@@ -1,4 +1,3 @@
-import type { Config } from "./config/types.js";
 import type { Logger } from "./log.js";
 import type { Repo } from "./git/repo.js";
 import { localRepositoryAt, recoverGitLocks, type LockDecision } from "./git/native/locks.js";
@@ -29,11 +28,11 @@ export class SandboxUpkeep {
     /** Called when what status shows changed (the embedded repositories were looked at again). */
     private readonly changed: () => void,
     policy: MaintenancePolicy = DEFAULT_MAINTENANCE,
-    /** The config's local remotes (their paths), read at each maintenance run: a reload may change them. */
-    localRemotes: () => readonly string[] = () => [],
+    /** The config's local remotes (their paths), read at start and at each maintenance run: a reload may change them. */
+    private readonly localRemotes: () => readonly string[] = () => [],
   ) {
     this.maintenance = new AutoMaintenance(this.git(), gate, log, policy, async () => {
-      const found = await Promise.all(localRemotes().map((path) => localRepositoryAt(path)));
+      const found = await Promise.all(this.localRemotes().map((path) => localRepositoryAt(path)));
       return found.filter((r) => r !== undefined).map((r) => ({ gitDir: r.gitDir, cwd: r.gitDir }));
     });
   }
@@ -42,9 +41,8 @@ export class SandboxUpkeep {
    * Before the first pass: clears stale git locks in the sandbox and in the config's local remotes
    * (each one logged), then arms periodic maintenance. Resolves with what was decided for each lock.
    */
-  async start(config: Config): Promise<LockDecision[]> {
-    const local = config.remotes.filter((r) => r.kind === "local").map((r) => r.url);
-    const decisions = await recoverGitLocks({ gitDir: this.repo.gitdir, workTree: this.repo.dir }, local, this.log);
+  async start(): Promise<LockDecision[]> {
+    const decisions = await recoverGitLocks({ gitDir: this.repo.gitdir, workTree: this.repo.dir }, this.localRemotes(), this.log);
     this.maintenance.start();
     return decisions;
   }

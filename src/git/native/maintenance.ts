@@ -41,8 +41,18 @@ const LOW_PRIORITY = 10;
  * `GitAborted` when `signal` aborts (the whole process group is killed; git's temporary packs are
  * removed by the next gc).
  */
-export async function runAutoMaintenance(repo: GitRepo, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
-  await runGit(["-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false", "maintenance", "run", "--auto", "--quiet"], {
+export async function runAutoMaintenance(repo: GitRepo, opts: UpkeepOptions = {}): Promise<void> {
+  await runUpkeep(repo, ["-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false", "maintenance", "run", "--auto", "--quiet"], opts);
+}
+
+interface UpkeepOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+/** Runs an upkeep git command in the foreground at low CPU priority (an hour at most unless told). */
+async function runUpkeep(repo: GitRepo, args: string[], opts: UpkeepOptions): Promise<void> {
+  await runGit(args, {
     ...repo,
     timeoutMs: opts.timeoutMs ?? 60 * 60_000,
     ...(opts.signal ? { signal: opts.signal } : {}),
@@ -57,13 +67,8 @@ export async function runAutoMaintenance(repo: GitRepo, opts: { signal?: AbortSi
  * `gc --auto` merges everything; only the small packs are rewritten, never the big one holding most
  * of the history. Loose objects are rolled in too. In the foreground, at low CPU priority.
  */
-export async function rollUpPacks(repo: GitRepo, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
-  await runGit(["repack", "-d", "-q", "--geometric=2"], {
-    ...repo,
-    timeoutMs: opts.timeoutMs ?? 60 * 60_000,
-    ...(opts.signal ? { signal: opts.signal } : {}),
-    onSpawn: (pid) => lowerPriority(pid),
-  });
+export async function rollUpPacks(repo: GitRepo, opts: UpkeepOptions = {}): Promise<void> {
+  await runUpkeep(repo, ["repack", "-d", "-q", "--geometric=2"], opts);
 }
 
 function lowerPriority(pid: number): void {
