@@ -18,7 +18,7 @@ import { reconcile, type Condition, type Plan, type ReconcileContext, type Recon
 import { ensureRuntimeDir, writeRuntimeFile } from "./runtime.js";
 import { SandboxWatcher } from "./watcher.js";
 import { withoutPathsInGoneFolders } from "./hints.js";
-import { sandboxReconciler } from "../reconcilers/sandbox.js";
+import { MAX_PASS_PATHS, sandboxReconciler } from "../reconcilers/sandbox.js";
 import { remoteReconciler, resumeIntegration } from "../reconcilers/remote.js";
 import { environmentReconciler, readLeasePolicy, type EnvironmentReport } from "../reconcilers/environment.js";
 import { assumeLeasePlan, LeaseBook, leaseReconciler, localHolder } from "./pipeline/lease.js";
@@ -126,14 +126,6 @@ const NOTIFY_GRACE_MS = 3_000;
 const RESUME_PATIENCE_ONCE_MS = 30_000;
 /** A batch with at least this many hinted paths may have lost events to an inotify overflow. */
 const BURST_RESCAN_THRESHOLD = 1000;
-/**
- * Changed paths one sandbox pass takes at most: a bigger burst becomes a few commits, one after
- * the other, each with bounded memory and time (30,000 files in one pass peaked at 400 MB). The first
- * commit of a burst comes sooner too: at 100,000 files a pass of 2,500 took about 2 s on 2 busy
- * cores, one of 5,000 about 4 s (the whole 30,000-file burst then took 39-45 s instead of 34 s).
- */
-const MAX_BATCH_PATHS = 2_500;
-
 /**
  * The long-running loop: observes the sandbox, the remotes and the config, and reconciles them
  * toward the config. Watcher events, timers and config edits only wake reconcilers; each one
@@ -651,11 +643,11 @@ export class Controller {
   private takeHints(): { paths: Set<string>; full: boolean } {
     // A deleted folder is asked about as a whole: its files' own hints would cut it into several commits.
     if (!this.hints.full && this.hints.paths.size > 1) this.hints.paths = withoutPathsInGoneFolders(this.hints.paths, (p) => this.isGone(p));
-    if (!this.hints.full && this.hints.paths.size > MAX_BATCH_PATHS) {
+    if (!this.hints.full && this.hints.paths.size > MAX_PASS_PATHS) {
       // The oldest paths now; the rest is overdue, so the next pass follows this one at once.
       const paths = new Set<string>();
       for (const p of this.hints.paths) {
-        if (paths.size === MAX_BATCH_PATHS) break;
+        if (paths.size === MAX_PASS_PATHS) break;
         paths.add(p);
         this.hints.paths.delete(p);
       }
@@ -669,6 +661,13 @@ export class Controller {
     this.lastHintAt = undefined;
     this.state.pendingPaths = 0;
     return taken;
+  }
+
+  /** Changed paths a pass could not take (a whole-tree scan found more than one pass takes): the next pass follows at once. */
+  private leaveForNextPass(paths: readonly string[]): void {
+    for (const p of paths) this.hints.paths.add(p);
+    this.state.pendingPaths = this.hints.paths.size;
+    this.batchLeft = true;
   }
 
   /** True when nothing is at `rel` in the sandbox any more. */
@@ -699,6 +698,7 @@ export class Controller {
       state: this.state,
       hints,
       hint: (p) => this.addHint(p),
+      leaveForNextPass: (paths) => this.leaveForNextPass(paths),
       exclusive: (fn) => this.exclusive(fn),
       who: () => this.who(),
       branchMoved: () => this.sandboxBranchMoved(),

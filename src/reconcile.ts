@@ -91,6 +91,8 @@ export interface ReconcileContext {
   hints: { paths: Set<string>; full: boolean };
   /** Marks a path for the next sandbox batch (e.g. a merge left it alone because it is being edited). */
   hint(path: string): void;
+  /** Hands changed paths this sandbox pass does not take to the next one, which follows at once. */
+  leaveForNextPass(paths: readonly string[]): void;
   /** Runs `fn` while no other reconciler mutates the sandbox's branch, index or files. */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
   /** The author/committer for commits made now. */

@@ -326,7 +326,7 @@ describe('a running controller', () => {
       '    branch: staging',
       '    from: develop',
       '    gates:',
-      `      - { name: dump, command: ${JSON.stringify(`env > ${out}/gate.env`)}, env: [SERVER_TOKEN, { COPY: "\${ENCRYPTION_KEY}" }] }`,
+      `      - { name: dump, command: ${dump('gate')}, env: [SERVER_TOKEN, { COPY: "\${ENCRYPTION_KEY}" }] }`,
       `    deploy: { directory: ${JSON.stringify(path.join(deployRoot, 'staging'))}, hooks: { pre: ${dump('hook')}, env: [ENCRYPTION_KEY, { COPY: "\${SERVER_TOKEN}" }] } }`,
       `    health: [ { name: dump, command: ${dump('health')}, env: [SERVER_TOKEN, { COPY: "\${ENCRYPTION_KEY}" }] } ]`,
       '    healthyAfter: 1',

@@ -93,4 +93,29 @@ describe('at scale', () => {
     expect(sizes.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(Math.min(REWRITTEN, FILES / 2) + ADDED + DELETED);
     await fsckStrict(dir);
   }, 300_000);
+
+  it('edits made while stopped, more than one pass takes, become commits of at most 2,500 paths each, with nothing lost', async () => {
+    const dir = await makeTmpDir('scale-start');
+    for (let i = 0; i < 3_000; i++) {
+      if (i % 25 === 0) mkdirSync(path.join(dir, path.dirname(rel(i))), { recursive: true });
+      writeFileSync(path.join(dir, rel(i)), `file ${i}\n`);
+    }
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), configText({ logFile: path.join(await makeTmpDir('logs'), 'cascade-sync.log') }));
+    const init = await run(dir, ['init']);
+    expect(init.code, init.stderr).toBe(0);
+    const before = await git(dir, 'rev-parse', 'develop');
+    // While no controller runs: 3,000 files rewritten and 3,000 added, found by the start's whole-tree scan.
+    for (let i = 0; i < 3_000; i++) writeFileSync(path.join(dir, rel(i)), `rewritten ${i}\n`);
+    mkdirSync(path.join(dir, 'new'));
+    for (let i = 0; i < 3_000; i++) writeFileSync(path.join(dir, 'new', `a${i}.txt`), `added ${i}\n`);
+    controllers.push(await startController(dir));
+    await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'every edit committed', timeoutMs: 120_000, intervalMs: 500 });
+    const commits = (await git(dir, 'rev-list', '--reverse', `${before}..develop`)).split('\n').filter(Boolean);
+    const sizes = await Promise.all(commits.map(async (c) => (await git(dir, 'diff-tree', '-r', '--name-only', '--no-commit-id', c)).split('\n').filter(Boolean).length));
+    expect(sizes).toEqual([2_500, 2_500, 1_000]);
+    expect((await lsTree(dir, 'develop')).length).toBe(6_001);
+    expect(await git(dir, 'show', `develop:${rel(2_999)}`)).toBe('rewritten 2999');
+    expect(await git(dir, 'show', 'develop:new/a2999.txt')).toBe('added 2999');
+    await fsckStrict(dir);
+  }, 180_000);
 });
