@@ -282,6 +282,7 @@ async function measureStart(run, figures) {
   for (let i = 0; i < 3; i++) status.push((await sh("git", ["status", "--porcelain"], { cwd: native })).ms);
   if (cold) await dropCaches();
   step(`start the controller (${cold ? "cold" : "warm"} page cache)`);
+  const logSize = (await stat(logFile)).size;
   const t0 = performance.now();
   controller = startController(BIN, sandbox, env, args["cpu-prof"] ? profileDir(run) : undefined);
   await controller.ready;
@@ -291,6 +292,8 @@ async function measureStart(run, figures) {
     cascadeMs: round(startMs), nativeStatusMs: status.map(round), cache: cold ? "cold" : "warm",
     ratio: ratio(startMs, cold ? status[0] : median(status)), ratioToWarmStatus: ratio(startMs, median(status.slice(1))),
     editsWhileStoppedCommitted: missing.length === 0,
+    // Where the controller says its start went (its "ready" log line).
+    parts: startParts(await readFile(logFile, "utf8"), logSize),
   };
   if (missing.length) throw new Error(`edits made while stopped were not committed: ${missing.join(", ")}`);
   // Native side: the same edits committed, so both trees stay identical.
@@ -317,6 +320,7 @@ async function measureSamples(run, figures) {
   const latencies = [];
   const nativeCommit = [];
   const plumbingCommit = [];
+  const nativeStatus = [];
   const nativePush = [];
   const samplePaths = pickFiles(generated, SAMPLES, 11 + run);
   for (let i = 0; i < SAMPLES; i++) {
@@ -336,6 +340,8 @@ async function measureSamples(run, figures) {
     // holds the same objects as ours (brought up to date first, untimed, so one commit is sent).
     await must("git", ["push", "-q", "origin", "develop"], { cwd: native });
     writeFileSync(path.join(native, rel), `plumbing ${content}`);
+    // What a commit that first asks git what changed adds to plumbing: git status on the path.
+    nativeStatus.push((await must("git", ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--", rel], { cwd: native })).ms);
     plumbingCommit.push(await plumbingKnownPath(native, rel, `plumbing ${run}.${i}`));
     nativePush.push((await must("git", ["push", "-q", "origin", "develop"], { cwd: native })).ms);
     writeFileSync(path.join(native, rel), content);
@@ -346,6 +352,8 @@ async function measureSamples(run, figures) {
     cascadeMs: ours.map(round), nativeMs: nativeCommit.map(round), plumbingMs: plumbingCommit.map(round),
     cascadeMedianMs: round(median(ours)), nativeMedianMs: round(median(nativeCommit)), plumbingMedianMs: round(median(plumbingCommit)),
     ratioToPlumbing: ratio(median(ours), median(plumbingCommit)), ratioToAddAll: ratio(median(ours), median(nativeCommit)),
+    statusMs: nativeStatus.map(round), statusPlusPlumbingMedianMs: round(median(plumbingCommit.map((ms, k) => ms + nativeStatus[k]))),
+    ratioToStatusPlusPlumbing: ratio(median(ours), median(plumbingCommit.map((ms, k) => ms + nativeStatus[k]))),
   };
   const floor = plumbingCommit.map((ms, i) => ms + nativePush[i]);
   figures.latency = {
@@ -423,6 +431,18 @@ async function plumbingKnownPath(dir, rel, message) {
   const commit = await git("commit-tree", tree, "-p", old, "-m", message);
   await git("update-ref", "refs/heads/develop", commit, old);
   return performance.now() - t;
+}
+
+/** The controller's "ready" line logged after `offset`: loading and opening, watching, the first pass (ms). */
+function startParts(text, offset) {
+  for (const l of Buffer.from(text).subarray(offset).toString().split("\n")) {
+    if (!l) continue;
+    const j = JSON.parse(l);
+    if (/^ready /.test(j.msg) && typeof j.readyMs === "number") {
+      return { readyMs: j.readyMs, openMs: j.openMs, encryptionCheckMs: j.encryptionCheckMs, watchMs: j.watchMs, folders: j.folders, firstPassMs: j.firstPassMs };
+    }
+  }
+  return undefined;
 }
 
 /** The sandbox reconciler's debug line for a commit logged after `offset`: its observe and apply times. */
@@ -546,6 +566,12 @@ function summarize(runs) {
     plumbingMs: over((f) => f.commit.plumbingMedianMs),
     addAllMs: over((f) => f.commit.nativeMedianMs),
     plumbingRatio: over((f) => f.commit.ratioToPlumbing, 2),
+    statusPlumbingMs: over((f) => f.commit.statusPlusPlumbingMedianMs ?? NaN),
+    statusPlumbingRatio: over((f) => f.commit.ratioToStatusPlusPlumbing ?? NaN, 2),
+    startOpenMs: over((f) => f.start.parts?.openMs ?? NaN),
+    startCheckMs: over((f) => f.start.parts?.encryptionCheckMs ?? NaN),
+    startWatchMs: over((f) => f.start.parts?.watchMs ?? NaN),
+    startFirstPassMs: over((f) => f.start.parts?.firstPassMs ?? NaN),
     addAllRatio: over((f) => f.commit.ratioToAddAll, 2),
     promoteMs: over((f) => f.promote.cascadeMedianMs),
     promoteNativeMs: over((f) => f.promote.nativeMedianMs),
@@ -579,11 +605,13 @@ function table(r) {
   rows.push(["change -> remote minus debounce, p95", fmt(s.latencyP95Ms, " ms"), "-", fmt(s.latencyP95Ms, " ms"), `<= ${t.latencyP95Ms} ms`, met(r, (f) => f.latency.p95Ms <= t.latencyP95Ms)]);
   rows.push(["  change -> remote vs native plumbing + git push", fmt(s.latencyP50Ms, " ms"), `${fmt(s.floorMs, " ms")} (the commit above, then git push)`, fmt(s.floorRatio, "x"), "(information)", "-"]);
   rows.push([`start until ready (${cache} cache)`, fmt(s.startMs, " ms"), `${fmt(s.coldStatusMs, " ms")} (${cache} git status)`, fmt(s.startRatio, "x"), `<= ${t.startRatio}x`, met(r, (f) => f.start.ratio <= t.startRatio && f.start.editsWhileStoppedCommitted)]);
+  rows.push(["  start: loading and opening (encryption check) / watches / first pass", `${fmt(s.startOpenMs, " ms")} (${fmt(s.startCheckMs, " ms")}) / ${fmt(s.startWatchMs, " ms")} / ${fmt(s.startFirstPassMs, " ms")}`, "-", "-", "(information)", "-"]);
   rows.push(["peak RSS while watching", fmt(s.watchingMB, " MB"), "-", fmt(s.watchingMB, " MB"), `<= ${t.watchingMB} MB`, met(r, (f) => f.memoryWatching.peakRssMB <= t.watchingMB)]);
   rows.push([`idle CPU over ${r.config.idleSeconds} s`, fmt(s.idlePct, " %"), "-", fmt(s.idlePct, " %"), `<= ${t.idlePct} %`, met(r, (f) => f.idle.cpuPercentOfOneCore <= t.idlePct)]);
   rows.push([`burst of ${r.config.burst} files: lost`, fmt(s.burstLost), "-", fmt(s.burstLost), `${t.burstLost}`, met(r, (f) => f.burst.lost === 0)]);
   rows.push(["burst: first commit after", fmt(s.burstFirstMs, " ms"), "-", `all in ${fmt(s.burstAllMs, " ms")}`, `<= ${r.config.batchWindow} + ${(t.burstFirstMs - parseDuration(r.config.batchWindow)) / 1000} s`, met(r, (f) => f.burst.firstCommitMs <= t.burstFirstMs)]);
   rows.push(["one-file commit vs native plumbing", fmt(s.commitMs, " ms"), `${fmt(s.plumbingMs, " ms")} (update-index, write-tree, commit-tree, update-ref)`, fmt(s.plumbingRatio, "x"), `<= ${t.plumbingRatio}x`, met(r, (f) => f.commit.ratioToPlumbing <= t.plumbingRatio)]);
+  rows.push(["  same commit vs native status + plumbing", fmt(s.commitMs, " ms"), `${fmt(s.statusPlumbingMs, " ms")} (git status -- PATH, then the plumbing above)`, fmt(s.statusPlumbingRatio, "x"), "(information)", "-"]);
   rows.push(["  same commit vs git add -A && git commit", fmt(s.commitMs, " ms"), `${fmt(s.addAllMs, " ms")}`, fmt(s.addAllRatio, "x"), "(information)", "-"]);
   rows.push([`  peak RSS with the ${r.config.burst}-file burst`, fmt(s.burstMB, " MB"), "-", fmt(s.burstMB, " MB"), "(information)", "-"]);
   rows.push(["  promote (ff + push)", fmt(s.promoteMs, " ms"), `${fmt(s.promoteNativeMs, " ms")} (git push)`, fmt(s.promoteRatio, "x"), "(information)", "-"]);

@@ -166,6 +166,8 @@ export class Controller {
   private server: { listen: string; token: string; running: Promise<StatusServer | undefined>; url?: string } | undefined;
   /** Set once the first whole-sandbox pass has ended (/readyz). */
   private scanned = false;
+  /** How long `open` took to check the encryption filter (for the start's report of where its time went). */
+  private encryptionCheckMs = 0;
   /** When the loop last turned (/healthz: a loop stuck for long is not healthy). */
   private lastTurnAt = 0;
   /** Set while start() runs the loop (a one-shot pass releases its leases when it ends). */
@@ -217,7 +219,9 @@ export class Controller {
     await exclusions.writeInfoExclude(repo.gitdir);
     const loadedPolicy = await loadBlobPolicy(config, deps.env);
     repo.policy = loadedPolicy.policy;
+    const checkBegan = performance.now();
     for (const line of await setUpEncryptionFilter(repo, { encrypt: config.security.encrypt, policy: loadedPolicy.policy })) deps.log.info(line);
+    const encryptionCheckMs = performance.now() - checkBegan;
     const notifier = new Notifier(config.notifications, deps.log, deps.redactor, deps.clock);
     let c: Controller | undefined;
     const metrics = new Metrics();
@@ -237,6 +241,7 @@ export class Controller {
     c.lastConfigDigest = await configDigest(config.file);
     c.configWarnings = loaded.warnings;
     c.usePolicy(loadedPolicy);
+    c.encryptionCheckMs = encryptionCheckMs;
     return c;
   }
 
@@ -251,6 +256,8 @@ export class Controller {
    * batch and pushes it if the remotes are reachable, then resolves.
    */
   async start(signal: AbortSignal, onReady?: () => void): Promise<void> {
+    // Milliseconds since the process started (Node's time origin), for the report of where the start's time went.
+    const opened = performance.now();
     await this.upkeep.start();
     this.watcher = new SandboxWatcher(this.config.dir, this.repo.gitdir, () => this.exclusions, {
       changed: (rel) => this.onPathChanged(rel),
@@ -261,6 +268,7 @@ export class Controller {
       },
     });
     await this.watcher.start();
+    const watching = performance.now();
     // A merge a crash interrupted is finished before anything can commit its half-written files as sandbox edits.
     await this.finishInterruptedIntegration(signal);
     const dotenvWatch = this.watchDotenv();
@@ -281,6 +289,7 @@ export class Controller {
         // Ready once the first pass over the whole sandbox has finished (also when it failed: status says why).
         if (!this.scanned && sandbox.lastRunAt !== undefined && !sandbox.running) {
           this.scanned = true;
+          this.reportStart(opened, watching);
           onReady?.();
         }
         await this.sleepUntilDue(signal);
@@ -429,6 +438,19 @@ export class Controller {
       this.deps.log.warn(`cannot read ${rel} again: ${(err as Error).message}; rescanning`);
       this.requestFullScan();
     }
+  }
+
+  /** Logs where the start's time went, from the process's start to ready (times from performance.now()). */
+  private reportStart(opened: number, watching: number): void {
+    const ms = (n: number) => Math.round(n);
+    const s = (n: number) => `${(n / 1000).toFixed(2)} s`;
+    const ready = performance.now();
+    const folders = this.watcher?.watchedFolders ?? 0;
+    this.deps.log.info(
+      `ready ${s(ready)} after the process started: loading and opening ${s(opened)} (of which the encryption check ${s(this.encryptionCheckMs)}), ` +
+        `watching ${folders} folder(s) ${s(watching - opened)}, the first whole-tree scan and its commit ${s(ready - watching)}`,
+      { readyMs: ms(ready), openMs: ms(opened), encryptionCheckMs: ms(this.encryptionCheckMs), watchMs: ms(watching - opened), folders, firstPassMs: ms(ready - watching) },
+    );
   }
 
   /** Runs the reconciler named `name` soon (e.g. when its background gates finished). */

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { mkdirSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { fsckStrict, git, lsTree, statusPorcelain } from './helpers/git.js';
@@ -100,7 +100,8 @@ describe('at scale', () => {
       if (i % 25 === 0) mkdirSync(path.join(dir, path.dirname(rel(i))), { recursive: true });
       writeFileSync(path.join(dir, rel(i)), `file ${i}\n`);
     }
-    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), configText({ logFile: path.join(await makeTmpDir('logs'), 'cascade-sync.log') }));
+    const logFile = path.join(await makeTmpDir('logs'), 'cascade-sync.log');
+    await writeFile(path.join(dir, 'cascade-sync-config.yaml'), configText({ logFile }));
     const init = await run(dir, ['init']);
     expect(init.code, init.stderr).toBe(0);
     const before = await git(dir, 'rev-parse', 'develop');
@@ -113,6 +114,12 @@ describe('at scale', () => {
     const commits = (await git(dir, 'rev-list', '--reverse', `${before}..develop`)).split('\n').filter(Boolean);
     const sizes = await Promise.all(commits.map(async (c) => (await git(dir, 'diff-tree', '-r', '--name-only', '--no-commit-id', c)).split('\n').filter(Boolean).length));
     expect(sizes).toEqual([2_500, 2_500, 1_000]);
+    // The start says where its time went: every folder but .git watched, the first pass (2,500 paths) timed.
+    const ready = (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => /^ready /.test(l.msg));
+    const folders = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isDirectory() && !path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).includes('.git'));
+    expect(ready?.msg).toMatch(/^ready [\d.]+ s after the process started: loading and opening [\d.]+ s \(of which the encryption check [\d.]+ s\), watching \d+ folder\(s\) [\d.]+ s, the first whole-tree scan and its commit [\d.]+ s$/);
+    expect(ready.folders).toBe(folders.length + 1);
+    expect(ready.readyMs).toBeGreaterThanOrEqual(ready.openMs + ready.watchMs + ready.firstPassMs - 2);
     expect((await lsTree(dir, 'develop')).length).toBe(6_001);
     expect(await git(dir, 'show', `develop:${rel(2_999)}`)).toBe('rewritten 2999');
     expect(await git(dir, 'show', 'develop:new/a2999.txt')).toBe('added 2999');
