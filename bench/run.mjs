@@ -282,7 +282,7 @@ async function measureStart(run, figures) {
   for (let i = 0; i < 3; i++) status.push((await sh("git", ["status", "--porcelain"], { cwd: native })).ms);
   if (cold) await dropCaches();
   step(`start the controller (${cold ? "cold" : "warm"} page cache)`);
-  const logSize = (await stat(logFile)).size;
+  const logSize = (await stat(logFile).catch(() => undefined))?.size ?? 0;
   const t0 = performance.now();
   controller = startController(BIN, sandbox, env, args["cpu-prof"] ? profileDir(run) : undefined);
   await controller.ready;
@@ -293,7 +293,7 @@ async function measureStart(run, figures) {
     ratio: ratio(startMs, cold ? status[0] : median(status)), ratioToWarmStatus: ratio(startMs, median(status.slice(1))),
     editsWhileStoppedCommitted: missing.length === 0,
     // Where the controller says its start went (its "ready" log line).
-    parts: startParts(await readFile(logFile, "utf8"), logSize),
+    parts: await waitFor(async () => startParts(await readFile(logFile, "utf8"), logSize), 10_000, "the controller's ready log line"),
   };
   if (missing.length) throw new Error(`edits made while stopped were not committed: ${missing.join(", ")}`);
   // Native side: the same edits committed, so both trees stay identical.

@@ -137,7 +137,7 @@ export class Controller {
   private firstHintAt: number | undefined;
   /** Paths of the big burst being committed (over a few passes), for the rescan that follows it. */
   private burstPaths = 0;
-  /** The sandbox pass under way took only part of the batch: the rest is due when it ends. */
+  /** The last (or current) sandbox pass took only part of the batch: the rest is due when it ends. */
   private batchLeft = false;
   private lastHintAt: number | undefined;
   private configDueAt: number | undefined;
@@ -286,8 +286,9 @@ export class Controller {
         await this.launchDue();
         if (this.statusDirty && this.now() >= this.lastStatusAt + STATUS_THROTTLE_MS) this.saveStatus();
         const sandbox = this.slots.get("sandbox")!;
-        // Ready once the first pass over the whole sandbox has finished (also when it failed: status says why).
-        if (!this.scanned && sandbox.lastRunAt !== undefined && !sandbox.running) {
+        // Ready once the first pass over the whole sandbox has finished (also when it failed: status says
+        // why), and the passes after it, when it found more than one pass takes.
+        if (!this.scanned && sandbox.lastRunAt !== undefined && !sandbox.running && !this.batchLeft) {
           this.scanned = true;
           this.reportStart(opened, watching);
           onReady?.();
@@ -448,7 +449,7 @@ export class Controller {
     const folders = this.watcher?.watchedFolders ?? 0;
     this.deps.log.info(
       `ready ${s(ready)} after the process started: loading and opening ${s(opened)} (of which the encryption check ${s(this.encryptionCheckMs)}), ` +
-        `watching ${folders} folder(s) ${s(watching - opened)}, the first whole-tree scan and its commit ${s(ready - watching)}`,
+        `watching ${folders} folder(s) ${s(watching - opened)}, the first whole-tree scan and its commits ${s(ready - watching)}`,
       { readyMs: ms(ready), openMs: ms(opened), encryptionCheckMs: ms(this.encryptionCheckMs), watchMs: ms(watching - opened), folders, firstPassMs: ms(ready - watching) },
     );
   }
@@ -614,7 +615,6 @@ export class Controller {
       // What this pass left of its batch (a burst bigger than one pass takes) goes next.
       slot.nextRunAt = this.now();
     }
-    if (slot.r.name === "sandbox") this.batchLeft = false;
   }
 
   /**
@@ -663,6 +663,7 @@ export class Controller {
   }
 
   private takeHints(): { paths: Set<string>; full: boolean } {
+    this.batchLeft = false;
     // A deleted folder is asked about as a whole: its files' own hints would cut it into several commits.
     if (!this.hints.full && this.hints.paths.size > 1) this.hints.paths = withoutPathsInGoneFolders(this.hints.paths, (p) => this.isGone(p));
     if (!this.hints.full && this.hints.paths.size > MAX_PASS_PATHS) {
@@ -704,6 +705,7 @@ export class Controller {
 
   /** Puts hints of a failed batch back, so that nothing is lost. */
   private returnHints(taken: { paths: Set<string>; full: boolean }): void {
+    this.batchLeft = false;
     for (const p of taken.paths) this.hints.paths.add(p);
     this.hints.full ||= taken.full;
     this.state.pendingPaths = this.hints.paths.size;
