@@ -110,13 +110,18 @@ describe('at scale', () => {
     mkdirSync(path.join(dir, 'new'));
     for (let i = 0; i < 3_000; i++) writeFileSync(path.join(dir, 'new', `a${i}.txt`), `added ${i}\n`);
     controllers.push(await startController(dir));
-    // Ready means what was edited while stopped is committed: all three passes.
-    expect(await statusPorcelain(dir)).toEqual([]);
+    await waitFor(async () => (await statusPorcelain(dir)).length === 0 || undefined, { what: 'every edit committed', timeoutMs: 120_000, intervalMs: 500 });
+    // Ready means what was edited while stopped is committed (all three passes), unless a pass failed
+    // first (a lock held by git's own maintenance, say: the pass is retried, and status says why).
+    const log = (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const beforeReady = log.slice(0, log.findIndex((l) => /^ready /.test(l.msg)));
+    const failed = beforeReady.filter((l) => l.reconciler === 'sandbox' && l.level !== 'info' && l.level !== 'debug');
+    if (!failed.length) expect(beforeReady.filter((l) => /^committed /.test(l.msg)).length).toBe(3);
     const commits = (await git(dir, 'rev-list', '--reverse', `${before}..develop`)).split('\n').filter(Boolean);
     const sizes = await Promise.all(commits.map(async (c) => (await git(dir, 'diff-tree', '-r', '--name-only', '--no-commit-id', c)).split('\n').filter(Boolean).length));
     expect(sizes).toEqual([2_500, 2_500, 1_000]);
     // The start says where its time went: every folder but .git watched, the passes of the first scan timed.
-    const ready = (await readFile(logFile, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => /^ready /.test(l.msg));
+    const ready = log.find((l) => /^ready /.test(l.msg));
     const folders = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isDirectory() && !path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).includes('.git'));
     expect(ready?.msg).toMatch(/^ready [\d.]+ s after the process started: loading and opening [\d.]+ s \(of which the encryption check [\d.]+ s\), watching \d+ folder\(s\) [\d.]+ s, the first whole-tree scan and its commits [\d.]+ s$/);
     expect(ready.folders).toBe(folders.length + 1);
