@@ -348,12 +348,13 @@ async function measureSamples(run, figures) {
     nativeCommit.push((await must("sh", ["-c", `git add -A && git commit -q -m 'sample ${run}.${i}'`], { cwd: native })).ms);
     await sleep(300);
   }
+  const statusPlusPlumbing = plumbingCommit.map((ms, k) => ms + nativeStatus[k]);
   figures.commit = {
     cascadeMs: ours.map(round), nativeMs: nativeCommit.map(round), plumbingMs: plumbingCommit.map(round),
     cascadeMedianMs: round(median(ours)), nativeMedianMs: round(median(nativeCommit)), plumbingMedianMs: round(median(plumbingCommit)),
     ratioToPlumbing: ratio(median(ours), median(plumbingCommit)), ratioToAddAll: ratio(median(ours), median(nativeCommit)),
-    statusMs: nativeStatus.map(round), statusPlusPlumbingMedianMs: round(median(plumbingCommit.map((ms, k) => ms + nativeStatus[k]))),
-    ratioToStatusPlusPlumbing: ratio(median(ours), median(plumbingCommit.map((ms, k) => ms + nativeStatus[k]))),
+    statusMs: nativeStatus.map(round), statusPlusPlumbingMedianMs: round(median(statusPlusPlumbing)),
+    ratioToStatusPlusPlumbing: ratio(median(ours), median(statusPlusPlumbing)),
   };
   const floor = plumbingCommit.map((ms, i) => ms + nativePush[i]);
   figures.latency = {
@@ -435,24 +436,23 @@ async function plumbingKnownPath(dir, rel, message) {
 
 /** The controller's "ready" line logged after `offset`: loading and opening, watching, the first pass (ms). */
 function startParts(text, offset) {
+  const j = logLineAfter(text, offset, (l) => /^ready /.test(l.msg) && typeof l.readyMs === "number");
+  return j && { readyMs: j.readyMs, openMs: j.openMs, encryptionCheckMs: j.encryptionCheckMs, watchMs: j.watchMs, folders: j.folders, firstPassMs: j.firstPassMs };
+}
+
+/** The first JSON log line written after byte `offset` of the log that `test` accepts. */
+function logLineAfter(text, offset, test) {
   for (const l of Buffer.from(text).subarray(offset).toString().split("\n")) {
     if (!l) continue;
     const j = JSON.parse(l);
-    if (/^ready /.test(j.msg) && typeof j.readyMs === "number") {
-      return { readyMs: j.readyMs, openMs: j.openMs, encryptionCheckMs: j.encryptionCheckMs, watchMs: j.watchMs, folders: j.folders, firstPassMs: j.firstPassMs };
-    }
+    if (test(j)) return j;
   }
   return undefined;
 }
 
 /** The sandbox reconciler's debug line for a commit logged after `offset`: its observe and apply times. */
 function commitLogLine(text, offset) {
-  for (const l of Buffer.from(text).subarray(offset).toString().split("\n")) {
-    if (!l) continue;
-    const j = JSON.parse(l);
-    if (j.level === "debug" && /^sandbox: committed/.test(j.msg) && typeof j.observeMs === "number") return j;
-  }
-  return undefined;
+  return logLineAfter(text, offset, (j) => j.level === "debug" && /^sandbox: committed/.test(j.msg) && typeof j.observeMs === "number");
 }
 
 /** develop -> staging fast-forward + push through the controller's own code, 5 times, vs native `git push`. */

@@ -169,7 +169,7 @@ export interface FreezeInput {
  * Pure. Judges every freeze and lift for `environment` (entries for other environments are ignored):
  * checks run in the order malformed, bad-signature, unknown-signer, from-the-future, and the first
  * failure is the reason. A freeze is in force when it counts, has not expired, and no counting lift
- * has an `at` at or after its own. Committed entries only; a working-copy-only entry is reported as
+ * is later than it (a later `at`, or the same second and later in the file). Committed entries only; a working-copy-only entry is reported as
  * not-committed. Never throws.
  */
 export function evaluateFreezes(input: FreezeInput): FreezeReport {
@@ -214,9 +214,9 @@ export function evaluateFreezes(input: FreezeInput): FreezeReport {
   }
   // Times are to the second: of a lift and a freeze signed in the same second, the one written later
   // in the file (the commands append) is the later one.
-  const later = (a: { atMs: number; line: number }, b: { atMs: number; line: number }) => a.atMs > b.atMs || (a.atMs === b.atMs && a.line > b.line);
-  const lastLift = lifts.sort((a, b) => b.atMs - a.atMs || b.line - a.line)[0];
-  const lifted = (f: { atMs: number; line: number }) => !!lastLift && later(lastLift, f);
+  const byTime = (a: { atMs: number; line: number }, b: { atMs: number; line: number }) => a.atMs - b.atMs || a.line - b.line;
+  const lastLift = lifts.sort((a, b) => byTime(b, a))[0];
+  const lifted = (f: { atMs: number; line: number }) => !!lastLift && byTime(lastLift, f) > 0;
   const active = freezes
     .filter((f) => (f.expiresMs === undefined || input.now < f.expiresMs) && !lifted(f))
     .sort((a, b) => b.atMs - a.atMs)
